@@ -1,0 +1,122 @@
+"""Firmware boot entries: read ``efibootmgr -v``, plan one entry per member disk.
+
+An entry of ours carries " (esp-mirror <disk>)" in its label and points at one member's partition
+GUID (efibootmgr writes ``HD(part,GPT,<GUID>,…)/File(\\EFI\\…)``), so every member needs its own entry.
+Planning is idempotent: matching entries are kept, missing ones created with chosen free numbers,
+stale ones of ours deleted, BootOrder set explicitly (ours first, in disk order, then the rest).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .steps import Command
+
+TAG = "esp-mirror"
+_LINE = re.compile(r"^Boot([0-9A-Fa-f]{4})(\*?)\s(.*)$")
+_HD = re.compile(r"HD\((\d+),GPT,([0-9A-Fa-f-]{36})", re.IGNORECASE)
+_FILE = re.compile(r"File\(([^)]*)\)|\)/(\\[^\s]*)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class BootEntry:
+    number: str  # four upper-case hex digits
+    active: bool
+    label: str
+    partuuid: str  # lower case, "" when the entry is not on a GPT partition
+    loader: str  # \EFI\...\x.efi, "" when none
+    path: str  # the device path text as efibootmgr printed it
+
+
+@dataclass(frozen=True)
+class BootState:
+    current: str | None
+    order: tuple[str, ...]
+    entries: tuple[BootEntry, ...]
+
+    def entry(self, number: str) -> BootEntry | None:
+        return next((e for e in self.entries if e.number == number), None)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member disk as a boot entry sees it."""
+
+    disk: str  # the whole-disk device for `efibootmgr --disk`
+    tag: str  # names the disk in the label (serial or kernel name)
+    part: int
+    partuuid: str
+
+
+def parse(text: str) -> BootState:
+    """Parse ``efibootmgr -v`` output (efibootmgr 17 and 18 layouts)."""
+    current, order, entries = None, (), []
+    for line in text.splitlines():
+        if line.startswith("BootCurrent:"):
+            current = line.split(":", 1)[1].strip().upper()
+        elif line.startswith("BootOrder:"):
+            order = tuple(n.strip().upper() for n in line.split(":", 1)[1].split(",") if n.strip())
+        elif match := _LINE.match(line):
+            rest = match.group(3)
+            label, sep, path = rest.partition("\t")
+            if not sep:  # no tab: the device path starts at the first known node
+                at = min((i for i in (rest.find(" HD("), rest.find(" PciRoot(")) if i >= 0), default=-1)
+                label, path = (rest[:at], rest[at + 1:]) if at >= 0 else (rest, "")
+            hd = _HD.search(path)
+            file = _FILE.search(path)
+            entries.append(BootEntry(
+                number=match.group(1).upper(), active=bool(match.group(2)), label=label.rstrip(),
+                partuuid=hd.group(2).lower() if hd else "",
+                loader=(file.group(1) or file.group(2)) if file else "", path=path.strip()))
+    return BootState(current, order, tuple(entries))
+
+
+def label_for(entry_label: str, member: Member) -> str:
+    return f"{entry_label} ({TAG} {member.tag})"
+
+
+def is_ours(entry: BootEntry, entry_label: str, partuuids: set[str]) -> bool:
+    """Our entries: tagged, and either on one of our partitions or under our label."""
+    tagged = f" ({TAG} " in entry.label and entry.label.endswith(")")
+    return tagged and (entry.partuuid in partuuids or entry.label.startswith(f"{entry_label} ({TAG} "))
+
+
+def plan(state: BootState, members: list[Member], entry_label: str, loader: str) -> tuple[Command, ...]:
+    """The efibootmgr commands that make NVRAM hold exactly one entry of ours per member."""
+    partuuids = {m.partuuid for m in members}
+    ours = [e for e in state.entries if is_ours(e, entry_label, partuuids)]
+    kept: dict[str, str] = {}  # partuuid -> boot number
+    delete: list[BootEntry] = []
+    for entry in ours:
+        wanted = next((m for m in members if m.partuuid == entry.partuuid
+                       and label_for(entry_label, m) == entry.label), None)
+        if (wanted and entry.active and entry.loader.lower() == loader.lower()
+                and wanted.partuuid not in kept):
+            kept[wanted.partuuid] = entry.number
+        else:
+            delete.append(entry)
+    used = {e.number for e in state.entries}
+    free = (f"{n:04X}" for n in range(0x10000) if f"{n:04X}" not in used)
+    numbers, commands = {}, []
+    for entry in delete:
+        commands.append(Command(("efibootmgr", "--quiet", "--bootnum", entry.number, "--delete-bootnum"),
+                                why=f"remove stale entry {entry.number} {entry.label!r}"))
+    for member in members:
+        if member.partuuid in kept:
+            numbers[member.partuuid] = kept[member.partuuid]
+            continue
+        number = next(free)
+        numbers[member.partuuid] = number
+        commands.append(Command(
+            ("efibootmgr", "--quiet", "--create", "--bootnum", number, "--disk", member.disk,
+             "--part", str(member.part), "--label", label_for(entry_label, member), "--loader", loader),
+            why=f"boot entry for {member.tag} (partition {member.partuuid})"))
+    deleted = {e.number for e in delete}
+    first = [numbers[m.partuuid] for m in members]
+    rest = [n for n in state.order if n not in first and n not in deleted]
+    desired = tuple(first + rest)
+    if commands or state.order != desired:
+        commands.append(Command(("efibootmgr", "--quiet", "--bootorder", ",".join(desired)),
+                                why="ours first, in disk order; the other entries keep their order"))
+    return tuple(commands)

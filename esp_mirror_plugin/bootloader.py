@@ -1,0 +1,101 @@
+"""bootloader: the payload on the mirrored ESP, the removable fallback path, one entry per disk.
+
+Every kind also puts a copy of its loader at \\EFI\\BOOT\\BOOTX64.EFI (BOOTAA64.EFI on aarch64),
+so a machine that has never seen the disks (fresh NVRAM, a CI image) still boots from any one.
+
+systemd-boot: bootctl refuses an ESP that is not a plain partition, so it runs with
+SYSTEMD_RELAX_ESP_CHECKS=1 and --no-variables (esp-mirror makes the entries). sd-boot refreshes
+``\\loader\\random-seed`` from UEFI on every boot when that file exists; such a write lands on ONE
+member behind md's back. So the seed file is removed and systemd-boot-random-seed.service, which
+would recreate it, is masked: no file, no firmware-side writes.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import bootentries
+from .errors import BadInput
+from .kinds import BootloaderKind
+from .layout import Layout
+from .profiles import Profile
+from .request import Request
+from .steps import Command, CopyFile, MakeDir, Step
+
+_ARCH = {
+    "x86_64": ("x64", "x86_64-efi"),
+    "aarch64": ("aa64", "arm64-efi"),
+}
+
+
+def arch_names(arch: str) -> tuple[str, str]:
+    """(EFI suffix, grub target) for the machine architecture."""
+    if arch not in _ARCH:
+        raise BadInput(f"architecture {arch} is not supported: esp-mirror knows x86_64 and aarch64")
+    return _ARCH[arch]
+
+
+def fallback_name(arch: str) -> str:
+    return f"BOOT{arch_names(arch)[0].upper()}.EFI"
+
+
+def loader_path(request: Request, has_shim: bool) -> str:
+    """The file the boot entries start, as an EFI path with backslashes."""
+    suffix, _ = arch_names(request.arch)
+    kind = request.bootloader
+    if kind is BootloaderKind.EFI:
+        return f"\\EFI\\{request.loader_id}\\{os.path.basename(request.efi_image)}"
+    if kind is BootloaderKind.ZFSBOOTMENU:
+        return "\\EFI\\ZBM\\VMLINUZ.EFI"
+    if kind is BootloaderKind.SYSTEMD_BOOT:
+        return f"\\EFI\\systemd\\systemd-boot{suffix}.efi"
+    return f"\\EFI\\{request.loader_id}\\{'shim' if has_shim else 'grub'}{suffix}.efi"
+
+
+def _on_esp(layout: Layout, efi_path: str) -> str:
+    return os.path.join(layout.esp_dir, *efi_path.strip("\\").split("\\"))
+
+
+def payload_steps(request: Request, layout: Layout) -> tuple[Step, ...]:
+    kind = request.bootloader
+    fallback = f"\\EFI\\BOOT\\{fallback_name(request.arch)}"
+    _, grub_target = arch_names(request.arch)
+    steps: list[Step] = []
+    if kind.needs_image:
+        copies = ([loader_path(request, False)] if kind is BootloaderKind.EFI
+                  else ["\\EFI\\ZBM\\VMLINUZ.EFI", "\\EFI\\ZBM\\VMLINUZ-BACKUP.EFI"])
+        for efi_path in (*copies, fallback):
+            dest = _on_esp(layout, efi_path)
+            steps.append(MakeDir(os.path.dirname(dest), why="directory on the ESP"))
+            steps.append(CopyFile(request.efi_image, dest, why=f"{kind} image at {efi_path}"))
+    elif kind is BootloaderKind.SYSTEMD_BOOT:
+        steps.append(Command(
+            ("bootctl", "install", f"--esp-path={request.mountpoint}", "--no-variables"),
+            root=request.target, env=(("SYSTEMD_RELAX_ESP_CHECKS", "1"),),
+            why="systemd-boot (and its own \\EFI\\BOOT copy) onto the array; entries are ours"))
+        steps.append(Command(("rm", "-f", os.path.join(request.mountpoint, "loader/random-seed")),
+                             root=request.target,
+                             why="no seed file: sd-boot then never writes to one member from UEFI"))
+        steps.append(Command(("systemctl", "mask", "systemd-boot-random-seed.service"),
+                             root=request.target, why="it would recreate the seed file"))
+    else:
+        common = ("grub-install", f"--target={grub_target}", f"--efi-directory={request.mountpoint}",
+                  "--no-nvram")
+        steps.append(Command((*common, f"--bootloader-id={request.loader_id}"), root=request.target,
+                             why=f"GRUB at \\EFI\\{request.loader_id}\\; NVRAM entries are made per disk below"))
+        steps.append(Command((*common, "--removable"), root=request.target,
+                             why=f"GRUB at the removable fallback path {fallback}"))
+    return tuple(steps)
+
+
+def plan(request: Request, profile: Profile, layout: Layout, snapshot) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+    """(steps, notes) for the bootloader hook."""
+    steps = payload_steps(request, layout)
+    if not layout.nvram:
+        return steps, ("no NVRAM boot entries (--no-nvram or no EFI variables): the firmware boots "
+                       f"each disk through \\EFI\\BOOT\\{fallback_name(request.arch)}",)
+    members = [bootentries.Member(disk=m.disk.path, tag=m.tag, part=1, partuuid=m.guid)
+               for m in layout.members]
+    state = snapshot.boot or bootentries.BootState(None, (), ())
+    loader = loader_path(request, snapshot.target_has_shim)
+    return steps + bootentries.plan(state, members, request.entry_label, loader), ()

@@ -1,0 +1,167 @@
+"""esp-mirror command line: plan, apply, profiles.
+
+Exit codes: 0 done, 1 a step failed (re-running apply continues), 2 bad input (nothing changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from typing import TextIO
+
+from . import __version__, host, profiles
+from .context import prepare
+from .errors import BadInput, StepFailed
+from .kinds import BootloaderKind, InitramfsMode
+from .request import Request, coerce, load_config
+from .steps import Group
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="esp-mirror", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"esp-mirror {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("plan", "print every command and file write, change nothing"),
+                       ("apply", "carry out the plan")):
+        p = sub.add_parser(name, help=text, description=text)
+        _install_options(p)
+        if name == "apply":
+            p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        else:
+            p.add_argument("--json", action="store_true", help="the plan as JSON")
+    p = sub.add_parser("profiles", help="list the built-in profiles, or show one")
+    p.add_argument("name", nargs="?")
+    return parser
+
+
+def _install_options(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument
+    a("--config", metavar="FILE.yaml", help="settings file (same keys as the options, e.g. esp_size: 512M)")
+    a("--profile", help="built-in profile name or path to a YAML profile (default: debian)")
+    a("--disk", dest="disks", action="append", metavar="DISK",
+      help="a whole disk or a disk image file; repeat for each mirror member")
+    a("--target", help="root of the system being installed (default: /)")
+    a("--esp-size", help="size of each ESP partition (default: 512M)")
+    a("--mountpoint", help="ESP mount point in the target (default: the profile's)")
+    a("--label", help="FAT volume label (default: ESP)")
+    a("--array-name", help="md array name: /dev/md/NAME (default: esp)")
+    a("--metadata", help="md metadata version; only 1.0 is accepted")
+    a("--bootloader", choices=[k.value for k in BootloaderKind], help="default: the profile's")
+    a("--efi-image", metavar="PATH", help="EFI binary for --bootloader efi or zfsbootmenu")
+    a("--loader-id", help="directory under \\EFI\\ (default: the profile's)")
+    a("--entry-label", help="boot entry label prefix (default: the profile's)")
+    a("--no-nvram", action="store_const", const=True, help="make no firmware boot entries")
+    a("--initramfs", choices=[m.value for m in InitramfsMode], help="default: regenerate")
+    a("--wipe", action="store_const", const=True, help="erase existing partition tables on the disks")
+    a("--degraded", action="store_const", const=True, help="allow a one-disk mirror")
+
+
+def request_from_args(args: argparse.Namespace) -> Request:
+    values = load_config(args.config) if args.config else {}
+    cli = {k: getattr(args, k) for k in ("profile", "disks", "target", "esp_size", "mountpoint", "label",
+                                         "array_name", "metadata", "bootloader", "efi_image", "loader_id",
+                                         "entry_label", "no_nvram", "initramfs", "wipe", "degraded")}
+    values.update(coerce({k: v for k, v in cli.items() if v is not None}, "command line"))
+    values.setdefault("disks", ())
+    return Request(**values)
+
+
+def render(groups: list[Group], ctx, out: TextIO) -> None:
+    r = ctx.request
+    print(f"# esp-mirror plan: profile {ctx.profile.name} ({ctx.profile.description})", file=out)
+    print(f"# {len(r.disks)} disks -> RAID1 {r.device} (metadata 1.0, UUID {ctx.layout.array_uuid}), "
+          f"FAT32 UUID={ctx.layout.fs_uuid} at {r.mountpoint} in target {r.target}", file=out)
+    print(f"# bootloader {r.bootloader}, initramfs {r.initramfs}, boot entries: "
+          f"{'yes' if ctx.layout.nvram else 'no'}", file=out)
+    for group in groups:
+        print(f"\n# == {group.name} ==", file=out)
+        for note in group.notes:
+            print(f"# note: {note}", file=out)
+        for step in group.steps:
+            print(f"# {step.why}", file=out)
+            print(step.describe(), file=out)
+
+
+def plan_json(groups: list[Group], ctx) -> dict:
+    return {
+        "profile": ctx.profile.name,
+        "request": {k: (v if not isinstance(v, tuple) else list(v)) for k, v in asdict(ctx.request).items()},
+        "array": {"device": ctx.request.device, "uuid": ctx.layout.array_uuid, "action": ctx.layout.array_action},
+        "filesystem": {"uuid": ctx.layout.fs_uuid, "mkfs": ctx.layout.make_fs},
+        "members": [{"disk": m.disk.given, "partition_guid": m.guid, "exists": m.exists}
+                    for m in ctx.layout.members],
+        "nvram": ctx.layout.nvram,
+        "groups": [{"name": g.name, "notes": list(g.notes), "steps": [s.to_json() for s in g.steps]}
+                   for g in groups],
+    }
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | None = None,
+         runner=None, host_view=None, stdin: TextIO | None = None) -> int:
+    out, err, stdin = out or sys.stdout, err or sys.stderr, stdin or sys.stdin
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "profiles":
+            return _profiles(args.name, out)
+        if args.command == "apply" and os.geteuid() != 0 and runner is None:
+            raise BadInput("apply changes disks and must run as root: run it with sudo")
+        ctx = prepare(request_from_args(args), runner=runner, host=host_view,
+                      strict_tools=args.command == "apply")
+        pm = host.get_plugin_manager()
+        groups = host.plan(ctx, pm)
+        if args.command == "plan":
+            if args.json:
+                json.dump(plan_json(groups, ctx), out, indent=2)
+                print(file=out)
+            else:
+                render(groups, ctx, out)
+            return 0
+        return _apply(groups, ctx, args.yes, out, stdin)
+    except BadInput as exc:
+        print(f"esp-mirror: error: {exc}", file=err)
+        return exc.exit_code
+    except StepFailed as exc:
+        print(f"esp-mirror: error: [{exc.group}] step failed: {exc.step}\n{exc.detail}\n"
+              "Nothing after this step was done. Fix the cause and run the same `esp-mirror apply` "
+              "again: it continues from here.", file=err)
+        return exc.exit_code
+
+
+def _apply(groups, ctx, yes: bool, out: TextIO, stdin: TextIO) -> int:
+    if not yes:
+        if not stdin.isatty():
+            raise BadInput("apply changes disks: pass --yes to confirm (there is no terminal to ask on)")
+        render(groups, ctx, out)
+        print("\nType 'yes' to carry out this plan: ", end="", file=out, flush=True)
+        if stdin.readline().strip() != "yes":
+            print("Nothing done.", file=out)
+            return 2
+    started = time.monotonic()
+    print(f"esp-mirror apply: profile {ctx.profile.name}, {len(ctx.request.disks)} disks, "
+          f"target {ctx.request.target}", file=out)
+    applier = host.apply(groups, ctx, out)
+    print(f"esp-mirror apply: done in {time.monotonic() - started:.1f} s: {applier.done} steps, "
+          f"{applier.changed} changed; {ctx.request.device} mirrored on "
+          f"{', '.join(d for d in ctx.request.disks)}, mounted at {ctx.layout.esp_dir}"
+          + ("" if ctx.layout.image_mode else ""), file=out)
+    return 0
+
+
+def _profiles(name: str | None, out: TextIO) -> int:
+    if name:
+        prof = profiles.load_profile(name)
+        print(f"# {prof.name}: {prof.source}", file=out)
+        print(profiles.raw_profile_text(name), file=out)
+        return 0
+    for n in profiles.builtin_names():
+        prof = profiles.load_profile(n)
+        print(f"{n:10} {prof.description}", file=out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Executors: what a hook's planned steps turn into.
+
+:class:`PlanRecorder` only collects them (``plan``, and the first half of ``apply``);
+:class:`Applier` carries them out through the runner with timed progress lines. There is no
+``if dry_run`` anywhere else: the choice of executor is the only difference.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import singledispatchmethod
+from pathlib import Path
+from typing import Protocol, TextIO
+
+from . import files
+from .errors import StepFailed
+from .runner import NOT_INSTALLED, Runner
+from .steps import Command, CopyFile, EditBlock, Group, MakeDir, WaitForPartition, WriteFile, resolve_arg
+
+
+class Executor(Protocol):
+    def execute(self, group: Group) -> None:
+        """Carry out (or record) one group of steps, in order."""
+        ...
+
+
+@dataclass
+class PlanRecorder:
+    groups: list[Group] = field(default_factory=list)
+
+    def execute(self, group: Group) -> None:
+        self.groups.append(group)
+
+
+@dataclass
+class Applier:
+    """Runs steps for real. ``bindings`` holds values of :class:`~.steps.Var` set by earlier steps."""
+
+    runner: Runner
+    out: TextIO = sys.stdout
+    exists: Callable[[str], bool] = os.path.exists
+    sleep: Callable[[float], None] = time.sleep
+    bindings: dict[str, str] = field(default_factory=dict)
+    done: int = 0
+    changed: int = 0
+
+    def execute(self, group: Group) -> None:
+        for note in group.notes:
+            print(f"  [{group.name}] note: {note}", file=self.out)
+        for step in group.steps:
+            started = time.monotonic()
+            print(f"  [{group.name}] {step.describe().splitlines()[0]}", file=self.out, flush=True)
+            try:
+                changed = self._apply(step, group.name)
+            except StepFailed as failure:
+                if not getattr(step, "cleanup", False):
+                    raise
+                print(f"  [{group.name}] warning: {failure.detail}", file=self.out)
+                continue
+            except OSError as exc:
+                raise StepFailed(group.name, step.describe().splitlines()[0], f"{exc}") from exc
+            self.done += 1
+            self.changed += bool(changed)
+            state = "done" if changed else "unchanged"
+            print(f"  [{group.name}]   {state} ({time.monotonic() - started:.1f} s)", file=self.out, flush=True)
+
+    @singledispatchmethod
+    def _apply(self, step, group: str) -> bool:
+        raise TypeError(f"no way to apply {type(step).__name__}")
+
+    @_apply.register
+    def _(self, step: Command, group: str) -> bool:
+        argv = tuple(resolve_arg(a, self.bindings) for a in step.argv)
+        result = self.runner.run(argv, root=step.root, env=dict(step.env))
+        if result.returncode not in step.ok_codes:
+            line = step.describe().splitlines()[0]
+            detail = f"command: {' '.join(result.argv)}\nexit code: {result.returncode}"
+            if result.returncode == NOT_INSTALLED:
+                detail += f" ({argv[0]} is not installed)"
+            if result.stderr.strip():
+                detail += f"\nstderr: {result.stderr.strip()}"
+            raise StepFailed(group, line, detail)
+        if step.binds:
+            self.bindings[step.binds] = result.stdout.strip()
+        return True
+
+    @_apply.register
+    def _(self, step: WriteFile, group: str) -> bool:
+        return files.write_atomic(Path(step.path), step.content, step.mode)
+
+    @_apply.register
+    def _(self, step: EditBlock, group: str) -> bool:
+        return files.edit_block(Path(step.path), step.block, step.mode)
+
+    @_apply.register
+    def _(self, step: CopyFile, group: str) -> bool:
+        return files.write_atomic(Path(step.dest), Path(step.source).read_bytes(), preserve=False)
+
+    @_apply.register
+    def _(self, step: MakeDir, group: str) -> bool:
+        if os.path.isdir(step.path):
+            return False
+        os.makedirs(step.path)
+        return True
+
+    @_apply.register
+    def _(self, step: WaitForPartition, group: str) -> bool:
+        node = resolve_arg(step.node, self.bindings)
+        disk = resolve_arg(step.disk, self.bindings)
+        if self._wait(node, min(3.0, step.timeout)):
+            return False
+        self.runner.run(("partx", "--add", "--nr", str(step.number), disk))
+        if self._wait(node, step.timeout):
+            return True
+        raise StepFailed(group, step.describe(),
+                         f"{node} did not appear within {step.timeout:g} s, even after partx --add; "
+                         f"check `lsblk {disk}` and dmesg")
+
+    def _wait(self, node: str, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while True:
+            if self.exists(node):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            self.sleep(0.1)

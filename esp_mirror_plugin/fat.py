@@ -1,0 +1,47 @@
+"""FAT32 on the array: cluster size, the smallest viable ESP, and the mkfs command.
+
+FAT32 needs at least 65,525 clusters. The cluster size is chosen here, not left to mkfs.fat's
+heuristics, so the plan shows the exact command and the size check uses the same arithmetic.
+"""
+
+from __future__ import annotations
+
+from .steps import Command
+
+MIB = 1024 * 1024
+FAT32_MIN_CLUSTERS = 65525 + 16  # a little margin over the FAT32 definition
+RESERVED_SECTORS = 32
+MD_RESERVE = 1 * MIB  # md metadata 1.0 keeps its superblock (and bad-block log) at the end
+MAX_CLUSTER = 4096  # 4 KiB clusters: what firmware and Windows use on an ESP
+
+
+def _clusters(size: int, sector: int, per_cluster: int) -> int:
+    sectors = (size - MD_RESERVE) // sector - RESERVED_SECTORS
+    estimate = sectors // per_cluster
+    fat_sectors = -(-(estimate + 2) * 4 // sector)
+    return (sectors - 2 * fat_sectors) // per_cluster
+
+
+def sectors_per_cluster(size: int, sector: int) -> int | None:
+    """The largest cluster (at most 4 KiB) that still gives a valid FAT32, or None if none does."""
+    per_cluster = max(MAX_CLUSTER // sector, 1)
+    while per_cluster >= 1:
+        if _clusters(size, sector, per_cluster) >= FAT32_MIN_CLUSTERS:
+            return per_cluster
+        per_cluster //= 2
+    return None
+
+
+def minimum_size(sector: int) -> int:
+    """The smallest ESP (whole MiB) that holds a FAT32 at this logical sector size."""
+    mib = 1
+    while sectors_per_cluster(mib * MIB, sector) is None:
+        mib += 1
+    return mib * MIB
+
+
+def mkfs(device: str, size: int, sector: int, label: str, volume_id: str) -> Command:
+    return Command(
+        ("mkfs.vfat", "-F", "32", "-S", str(sector), "-s", str(sectors_per_cluster(size, sector)),
+         "-n", label, "-i", volume_id, device),
+        why=f"FAT32 on the array, volume id {volume_id}, {sector}-byte sectors")

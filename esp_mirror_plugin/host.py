@@ -1,0 +1,98 @@
+"""The reference host: a PluginManager factory and the pipeline that calls the hooks in order.
+
+The CLI uses exactly this; an installer can too, or call the hooks itself (see hookspecs.py).
+"""
+
+from __future__ import annotations
+
+import os
+import types
+from typing import TextIO
+
+import pluggy
+
+from . import PROJECT, hookspecs, plugin
+from .context import Context
+from .errors import BadInput, StepFailed
+from .execute import Applier, PlanRecorder
+from .steps import Group
+from . import attach
+
+HOOK_ORDER = ("pre_partition", "post_format", "initramfs_config", "bootloader")
+BLOCK_PLUGINS_ENV = "ESP_MIRROR_NO_PLUGINS"  # set to 1 to load no third-party plugins
+
+
+def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
+    """A PluginManager with esp-mirror's hooks and its own implementation registered.
+
+    Third-party plugins are loaded from the ``esp_mirror`` entry-point group unless
+    ``$ESP_MIRROR_NO_PLUGINS`` is set.
+    """
+    pm = pluggy.PluginManager(PROJECT)
+    register_into(pm)
+    if load_entrypoints and not os.environ.get(BLOCK_PLUGINS_ENV):
+        pm.load_setuptools_entrypoints(PROJECT)
+    pm.check_pending()
+    return pm
+
+
+def register_into(pm: pluggy.PluginManager) -> None:
+    """Add esp-mirror's hook specs and implementation to ``pm`` — one call for any host.
+
+    A host whose PluginManager has another project name (pluggy looks up ``<project>_impl``
+    markers) gets copies of the specs and implementations re-marked with its own name.
+    """
+    if pm.project_name == PROJECT:
+        pm.add_hookspecs(hookspecs)
+        pm.register(plugin, name=PROJECT)
+        return
+    pm.add_hookspecs(_remarked(hookspecs, f"{PROJECT}_spec", pluggy.HookspecMarker(pm.project_name)))
+    pm.register(_remarked(plugin, f"{PROJECT}_impl", pluggy.HookimplMarker(pm.project_name)), name=PROJECT)
+
+
+def _remarked(module: types.ModuleType, attr: str, marker) -> types.SimpleNamespace:
+    namespace = types.SimpleNamespace()
+    for name in HOOK_ORDER:
+        function = getattr(module, name)
+        copy = types.FunctionType(function.__code__, function.__globals__, name,
+                                  function.__defaults__, function.__closure__)
+        copy.__annotations__ = dict(function.__annotations__)
+        copy.__doc__ = function.__doc__
+        setattr(namespace, name, marker(copy, **getattr(function, attr)))
+    return namespace
+
+
+def plan(ctx: Context, pm: pluggy.PluginManager) -> list[Group]:
+    """Call every hook in order with a recording executor; return all groups, setup to cleanup."""
+    recorder = PlanRecorder()
+    ctx.executor = recorder
+    for name in HOOK_ORDER:
+        call_hook(pm, name, ctx)
+    setup, cleanup = attach.around(ctx, recorder.groups)
+    notes = Group("notes", (), ctx.notes) if ctx.notes else None
+    return [g for g in (notes, setup, *recorder.groups, cleanup) if g and (g.steps or g.notes)]
+
+
+def call_hook(pm: pluggy.PluginManager, name: str, ctx: Context) -> None:
+    """Call one hook; any error stops the pipeline with the hook's name in the message."""
+    try:
+        getattr(pm.hook, name)(ctx=ctx)
+    except (BadInput, StepFailed):
+        raise
+    except Exception as exc:
+        raise StepFailed(name, f"hook {name}", f"{type(exc).__name__}: {exc}") from exc
+
+
+def apply(groups: list[Group], ctx: Context, out: TextIO) -> Applier:
+    """Run planned groups for real; the cleanup group runs even after a failure."""
+    applier = Applier(ctx.runner, out)
+    ctx.executor = applier
+    body = [g for g in groups if g.name != "cleanup"]
+    cleanup = [g for g in groups if g.name == "cleanup"]
+    try:
+        for group in body:
+            applier.execute(group)
+    finally:
+        for group in cleanup:
+            applier.execute(group)
+    return applier

@@ -1,0 +1,45 @@
+"""Closed sets of choices, as StrEnums with the predicates callers need."""
+
+from enum import StrEnum
+
+
+class Generator(StrEnum):
+    """The initramfs generator a distribution uses."""
+
+    INITRAMFS_TOOLS = "initramfs-tools"
+    DRACUT = "dracut"
+    MKINITCPIO = "mkinitcpio"
+    MKINITFS = "mkinitfs"
+
+
+class BootloaderKind(StrEnum):
+    """What ends up on the ESP and which file the boot entries start."""
+
+    EFI = "efi"  # any EFI binary given by path (a unified kernel image, a ZFSBootMenu image, ...)
+    ZFSBOOTMENU = "zfsbootmenu"  # a ZFSBootMenu image in the conventional \EFI\ZBM\ layout
+    SYSTEMD_BOOT = "systemd-boot"
+    GRUB = "grub"
+
+    @property
+    def needs_image(self) -> bool:
+        """True when the payload is a file the user gives with --efi-image."""
+        return self in (BootloaderKind.EFI, BootloaderKind.ZFSBOOTMENU)
+
+    @property
+    def runs_in_target(self) -> bool:
+        """True when the bootloader's own installer runs inside the target root."""
+        return self in (BootloaderKind.SYSTEMD_BOOT, BootloaderKind.GRUB)
+
+
+class InitramfsMode(StrEnum):
+    REGENERATE = "regenerate"  # write the generator settings and rebuild the images once
+    CONFIGURE_ONLY = "configure-only"  # write the settings; an image pipeline rebuilds later
+    SKIP = "skip"  # touch neither
+
+    @property
+    def configures(self) -> bool:
+        return self is not InitramfsMode.SKIP
+
+    @property
+    def regenerates(self) -> bool:
+        return self is InitramfsMode.REGENERATE

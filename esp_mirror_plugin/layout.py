@@ -1,0 +1,280 @@
+"""From (request, profile, snapshot) to a :class:`Layout`: what exists, what must be made, and
+whether it is safe at all. Every refusal is a :class:`BadInput` raised before anything changes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from . import disks as names
+from . import fat, files, fstab
+from .discovery import DiskFacts, Partition, Snapshot
+from .errors import BadInput
+from .kinds import InitramfsMode
+from .profiles import Profile
+from .request import MIB, Request
+from .steps import Arg, Var
+
+MAX_DISKS = 8
+GPT_BACKUP = 34 * 4096  # backup GPT at the end of the disk (generous for 4Kn)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One disk of the mirror and its ESP partition."""
+
+    disk: DiskFacts
+    device: Arg  # the whole disk as commands see it: /dev/sda, or $LOOP_1 for an image file
+    node: Arg  # the ESP partition: /dev/sda1, "${LOOP_1}p1"
+    guid: str  # the partition GUID (existing, or the one sgdisk will set)
+    exists: bool  # our ESP partition is already there
+    wipe: bool  # wipe the disk's old signatures first (only with --wipe)
+    loop_var: str | None  # the variable holding the loop device, for image files
+
+    @property
+    def tag(self) -> str:
+        """Names the disk in boot entry labels: its serial number, else its kernel name."""
+        ident = self.disk.identity
+        return ident.split(":", 1)[1] if ident.startswith("serial:") else self.disk.name
+
+
+@dataclass(frozen=True)
+class Layout:
+    members: tuple[Member, ...]
+    raid_devices: int  # members plus "missing" slots for a --degraded array
+    array_uuid: str  # mdadm form
+    array_action: str  # "create", "assemble" or "keep"
+    fs_uuid: str  # XXXX-XXXX
+    volume_id: str  # 8 hex digits, for mkfs
+    make_fs: bool
+    esp_dir: str  # target + mountpoint, where the ESP is mounted on this machine
+    mount: bool  # mount the array at esp_dir
+    image_mode: bool
+    nvram: bool
+    first_sector: int
+    last_sector: int
+    sector_size: int
+    notes: tuple[str, ...] = ()
+
+
+def required_host_tools(request: Request, image_mode: bool, nvram: bool) -> tuple[str, ...]:
+    tools = ["sfdisk", "blkid", "sgdisk", "partx", "wipefs", "mdadm", "mkfs.vfat", "mount", "umount"]
+    if image_mode:
+        tools.append("losetup")
+    if nvram:
+        tools.append("efibootmgr")
+    if os.path.normpath(request.target) != "/":
+        tools.append("chroot")
+    return tuple(tools)
+
+
+def required_target_tools(request: Request, profile: Profile) -> tuple[str, ...]:
+    tools = []
+    if request.initramfs.regenerates:
+        tools.append(profile.initramfs.regenerate[0])
+    kind = request.bootloader
+    if kind is not None and kind.runs_in_target:
+        tools.append("grub-install" if kind.value == "grub" else "bootctl")
+    tools += [argv[0] for argv in (*profile.boot_assembly, *profile.periodic_check)]
+    return tuple(dict.fromkeys(tools))
+
+
+def check_disks(request: Request, snapshot: Snapshot) -> None:
+    """Refuse disk arguments that are wrong or unsafe. Runs before anything else."""
+    count = len(request.disks)
+    if count == 0:
+        raise BadInput("no disks given: pass --disk DISK at least twice (one per mirror member)")
+    if count < 2 and not request.degraded:
+        raise BadInput(f"only one disk given ({request.disks[0]}): a mirror needs 2 to {MAX_DISKS}; "
+                       "add another --disk, or pass --degraded to build a one-disk mirror to grow later")
+    if count > MAX_DISKS:
+        raise BadInput(f"{count} disks given: esp-mirror mirrors 2 to {MAX_DISKS} disks; pass fewer --disk")
+    seen: dict[str, str] = {}
+    for disk in snapshot.disks:
+        if disk.kind == "missing":
+            raise BadInput(f"disk {disk.given} does not exist: check the path (lsblk lists disks)")
+        if disk.kind == "other":
+            raise BadInput(f"disk {disk.given} is neither a block device nor an image file: "
+                           "pass a whole disk such as /dev/sda or a disk image file")
+        if disk.kind == "partition":
+            raise BadInput(f"{disk.given} is a partition, not a whole disk: pass the disk it is on "
+                           f"(esp-mirror creates the ESP partition itself)")
+        if disk.key in seen:
+            raise BadInput(f"disk {disk.given} is the same device as {seen[disk.key]}: "
+                           "list each disk once")
+        seen[disk.key] = disk.given
+        if disk.busy:
+            raise BadInput(f"disk {disk.given} is in use: {disk.busy[0]}; "
+                           "choose a disk that nothing uses")
+        holder_types = {"LVM2_member": "an LVM physical volume", "linux_raid_member": "an md RAID member",
+                        "swap": "swap space"}
+        used = [t for t in disk.signatures if t in holder_types]
+        used += [p.fstype for p in disk.partitions
+                 if p.fstype in holder_types and not _is_our_partition(p, request, disk)]
+        if used and not request.wipe:
+            raise BadInput(f"disk {disk.given} holds {holder_types[used[0]]}: make sure it is unused, "
+                           "then pass --wipe to erase it")
+    kinds = {d.kind for d in snapshot.disks}
+    if kinds == {"block", "image"}:
+        raise BadInput("mix of block devices and image files: give only disks, or only image files")
+    sizes = {d.sector_size for d in snapshot.disks}
+    if len(sizes) > 1:
+        listing = ", ".join(f"{d.given}={d.sector_size}" for d in snapshot.disks)
+        raise BadInput(f"disks have different logical sector sizes ({listing}): "
+                       "a RAID1 ESP needs members with one sector size; pick matching disks")
+
+
+def check_settings(request: Request) -> None:
+    if request.metadata != "1.0":
+        raise BadInput(f"metadata {request.metadata} is not supported: the ESP must use md metadata 1.0 "
+                       "(superblock at the end, so firmware sees a plain FAT32); drop --metadata")
+    if not request.array_name or "/" in request.array_name or " " in request.array_name:
+        raise BadInput(f"array name {request.array_name!r} is not valid: use a short word like esp")
+    if not request.mountpoint or not request.mountpoint.startswith("/"):
+        raise BadInput(f"mount point {request.mountpoint!r} must be an absolute path like /boot/efi")
+    if len(request.label) > 11 or not request.label.isascii():
+        raise BadInput(f"label {request.label!r} is too long for FAT: use at most 11 ASCII characters")
+    if request.bootloader is not None and request.bootloader.needs_image:
+        if not request.efi_image:
+            raise BadInput(f"bootloader {request.bootloader} needs the EFI image to install: "
+                           "pass --efi-image PATH")
+        if not os.path.isfile(request.efi_image):
+            raise BadInput(f"EFI image {request.efi_image} does not exist: pass the path of an EFI binary")
+    if not os.path.isdir(request.target):
+        raise BadInput(f"target {request.target} is not a directory: pass the root of the system "
+                       "being installed (default /)")
+    if request.esp_start % MIB or request.esp_size % MIB:
+        raise BadInput("--esp-size and the ESP start must be whole MiB: use e.g. 512M")
+
+
+def _is_our_partition(part: Partition, request: Request, disk: DiskFacts) -> bool:
+    return (part.number == 1 and part.type_guid == names.ESP_TYPE_GUID
+            and part.name == names.PARTITION_NAME)
+
+
+def build(request: Request, profile: Profile, snapshot: Snapshot) -> Layout:
+    """Decide every action from the snapshot; refuse unsafe or inconsistent states."""
+    check_settings(request)
+    check_disks(request, snapshot)
+    sector = snapshot.disks[0].sector_size
+    first = request.esp_start // sector
+    last = first + request.esp_size // sector - 1
+    _check_size(request, snapshot, sector)
+
+    image_mode = snapshot.disks[0].kind == "image"
+    notes: list[str] = []
+    members = []
+    for index, disk in enumerate(snapshot.disks, start=1):
+        loop_var = f"LOOP_{index}" if image_mode else None
+        device: Arg = Var(loop_var) if loop_var else disk.path
+        existing = disk.partition(1)
+        ours = existing is not None and _is_our_partition(existing, request, disk)
+        if ours and (existing.start, existing.start + existing.size - 1) != (first, last):
+            raise BadInput(f"disk {disk.given} already has an esp-mirror ESP of "
+                           f"{existing.size * sector // MIB} MiB at sector {existing.start}: re-run with "
+                           f"--esp-size {existing.size * sector // MIB}M, or --wipe to start over")
+        has_table = bool(disk.pttype) and not (disk.pttype == "gpt" and not disk.partitions)
+        foreign = not ours and (has_table or any(s for s in disk.signatures if s not in ("gpt", "PMBR")))
+        if foreign and not request.wipe:
+            raise BadInput(f"disk {disk.given} already has a partition table or data "
+                           f"({disk.pttype or ', '.join(disk.signatures)}): esp-mirror never wipes "
+                           "silently; pass --wipe to erase it")
+        guid = existing.guid if ours else names.partition_guid(disk.identity)
+        members.append(Member(disk=disk, device=device, node=names.partition_node(device, 1),
+                              guid=guid, exists=ours, wipe=foreign, loop_var=loop_var))
+
+    array_uuid, action, fs_uuid, make_fs = _array_state(request, snapshot, members)
+    volume = fs_uuid.replace("-", "") if fs_uuid else names.volume_id(array_uuid)
+    esp_dir = os.path.normpath(os.path.join(request.target, request.mountpoint.lstrip("/")))
+    mount = _check_mount(snapshot, esp_dir, request.device)
+    _check_fstab(request, snapshot)
+
+    nvram = not request.no_nvram
+    if nvram and image_mode:
+        nvram = False
+        notes.append("image files are not this machine's disks: no firmware boot entries are made "
+                     "(--no-nvram); the firmware boots them via \\EFI\\BOOT\\ fallback path")
+    elif nvram and not snapshot.efivars:
+        nvram = False
+        notes.append("WARNING: no EFI variables here (/sys/firmware/efi/efivars is empty): no boot "
+                     "entries are made; the firmware will boot via the \\EFI\\BOOT\\ fallback path. "
+                     "Run `esp-mirror apply` again on the booted system, or pass --no-nvram to silence this")
+    return Layout(
+        members=tuple(members),
+        raid_devices=max(len(members), 2),
+        array_uuid=array_uuid,
+        array_action=action,
+        fs_uuid=names.fstab_uuid(volume),
+        volume_id=volume,
+        make_fs=make_fs,
+        esp_dir=esp_dir,
+        mount=mount,
+        image_mode=image_mode,
+        nvram=nvram,
+        first_sector=first,
+        last_sector=last,
+        sector_size=sector,
+        notes=tuple(notes),
+    )
+
+
+def _check_size(request: Request, snapshot: Snapshot, sector: int) -> None:
+    if fat.sectors_per_cluster(request.esp_size, sector) is None:
+        minimum = fat.minimum_size(sector) // MIB
+        raise BadInput(f"ESP size {request.esp_size // MIB} MiB is too small for FAT32 with "
+                       f"{sector}-byte sectors: use --esp-size {minimum}M or more")
+    for disk in snapshot.disks:
+        if request.esp_start + request.esp_size + GPT_BACKUP > disk.size:
+            raise BadInput(f"ESP of {request.esp_size // MIB} MiB does not fit on {disk.given} "
+                           f"({disk.size // MIB} MiB): use a smaller --esp-size")
+
+
+def _array_state(request: Request, snapshot: Snapshot, members: list[Member]) -> tuple[str, str, str, bool]:
+    """(array UUID, "create"/"assemble"/"keep", FAT UUID or "", whether to mkfs)."""
+    supers = {m.disk.partition(1).md_uuid for m in members if m.exists and m.disk.partition(1).md_uuid}
+    array = snapshot.array
+    if array is not None:
+        if supers and names.mdadm_uuid(array.uuid) not in {names.mdadm_uuid(s) for s in supers}:
+            raise BadInput(f"{array.device} is running but is another array (UUID {array.uuid}): "
+                           "stop it, or pass --array-name to use another name")
+        if not supers:
+            raise BadInput(f"{array.device} already exists and is not on these disks: "
+                           "pass --array-name NAME to choose another name")
+        if array.level != "raid1":
+            raise BadInput(f"{array.device} is {array.level}, not raid1: the ESP must be a RAID1 mirror")
+        if array.fstype not in ("", "vfat"):
+            raise BadInput(f"{array.device} holds {array.fstype}, not FAT: refusing to format it; "
+                           "check what it is")
+        return names.mdadm_uuid(array.uuid), "keep", array.fs_uuid, array.fstype == ""
+    if len(supers) > 1:
+        raise BadInput("the ESP partitions carry superblocks of different arrays: "
+                       "pass --wipe to start over")
+    if supers:
+        part = next(m.disk.partition(1) for m in members if m.exists and m.disk.partition(1).md_uuid)
+        without = [m.disk.given for m in members if not (m.exists and m.disk.partition(1).md_uuid)]
+        if without:
+            raise BadInput(f"disks {', '.join(without)} are not members of the existing ESP array "
+                           f"{part.md_name}: use `esp-mirror add` for new disks, or --wipe to start over")
+        fs_uuid = part.inner_uuid if part.inner_fstype == "vfat" else ""
+        return names.mdadm_uuid(part.md_uuid), "assemble", fs_uuid, part.inner_fstype == ""
+    identities = [m.disk.identity for m in members]
+    return names.mdadm_uuid(names.array_uuid(identities, request.array_name)), "create", "", True
+
+
+def _check_mount(snapshot: Snapshot, esp_dir: str, device: str) -> bool:
+    mounted = snapshot.mounted_at(esp_dir)
+    if mounted is None:
+        return True
+    array = snapshot.array
+    if array is not None and mounted.device in (array.device, array.kernel_device):
+        return False
+    raise BadInput(f"{esp_dir} is already mounted from {mounted.device}: unmount it first "
+                   f"(umount {esp_dir}); esp-mirror mounts {device} there")
+
+
+def _check_fstab(request: Request, snapshot: Snapshot) -> None:
+    others = fstab.conflicting_lines(files.without_block(snapshot.fstab), request.mountpoint)
+    if others:
+        raise BadInput(f"{request.target.rstrip('/')}/etc/fstab already mounts {request.mountpoint}: "
+                       f"{others[0]!r}; remove or comment out that line, esp-mirror adds its own")

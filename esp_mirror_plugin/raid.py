@@ -1,0 +1,63 @@
+"""post_format: the RAID1 array (metadata 1.0), its FAT32, mdadm.conf, fstab and the mount."""
+
+from __future__ import annotations
+
+import os
+
+from . import fat, fstab
+from .layout import Layout
+from .profiles import Profile
+from .request import Request
+from .steps import Command, EditBlock, MakeDir, Step
+
+
+def array_line(request: Request, layout: Layout) -> str:
+    # mdadm <= 4.2 uses name=; 4.3+ ignores it when reading, so it is harmless there.
+    return (f"ARRAY {request.device} metadata=1.0 UUID={layout.array_uuid} "
+            f"name=any:{request.array_name}")
+
+
+def plan(request: Request, profile: Profile, layout: Layout, mdadm_conf_text: str) -> tuple[Step, ...]:
+    steps: list[Step] = []
+    nodes = tuple(m.node for m in layout.members)
+    if layout.array_action == "create":
+        missing = ("missing",) * (layout.raid_devices - len(nodes))
+        steps.append(Command(
+            ("mdadm", "--create", request.device, "--run", "--level=1",
+             f"--raid-devices={layout.raid_devices}", "--metadata=1.0", "--homehost=any",
+             f"--name={request.array_name}", f"--uuid={layout.array_uuid}", *nodes, *missing),
+            why="RAID1 over the ESP partitions; metadata 1.0 keeps each member a plain FAT32"))
+    elif layout.array_action == "assemble":
+        steps.append(Command(
+            ("mdadm", "--assemble", request.device, "--run", f"--uuid={layout.array_uuid}", *nodes),
+            why="the array exists on the disks but is not running"))
+    if layout.make_fs:
+        steps.append(fat.mkfs(request.device, request.esp_size, layout.sector_size, request.label,
+                              layout.volume_id))
+    if layout.mount:
+        steps.append(MakeDir(layout.esp_dir, why="the ESP mount point"))
+        steps.append(Command(("mount", "-t", "vfat", "-o", "umask=0077", request.device, layout.esp_dir),
+                             why="the installer and the bootloader write to the array, never a member"))
+    conf = os.path.join(request.target, profile.mdadm_conf.lstrip("/"))
+    line = array_line(request, layout)
+    if not _listed_elsewhere(mdadm_conf_text, layout.array_uuid):
+        steps.append(EditBlock(conf, line, why="the booted system assembles the ESP array by UUID"))
+    steps.append(EditBlock(os.path.join(request.target, "etc/fstab"),
+                           fstab.line(layout.fs_uuid, request.mountpoint),
+                           why="one fstab line for the ESP, by the array's FAT UUID"))
+    for argv in profile.boot_assembly:
+        steps.append(Command(argv, root=request.target, why="assemble md arrays at boot"))
+    for argv in profile.periodic_check:
+        steps.append(Command(argv, root=request.target, why="periodic md consistency check"))
+    if layout.array_action != "keep":
+        steps.append(Command(("mdadm", "--wait", request.device), ok_codes=(0, 1),
+                             why="let the initial resync finish so every member is a full copy"))
+    return tuple(steps)
+
+
+def _listed_elsewhere(text: str, uuid: str) -> bool:
+    """True when mdadm.conf already lists this array outside our block (e.g. written by mkconf)."""
+    from .files import without_block
+
+    return any(line.split()[:1] == ["ARRAY"] and f"UUID={uuid}" in line
+               for line in without_block(text).splitlines())

@@ -1,0 +1,163 @@
+"""The one chokepoint that runs system commands, and a recording stand-in for tests.
+
+Commands are argv tuples, never shell strings. The environment is built, not inherited: a fixed
+locale and a PATH that includes the sbin directories. In-target commands get their ``chroot``
+prefix here (:func:`full_argv`), so the plan prints exactly the argv that apply runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+BASE_ENV = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PATH": SEARCH_PATH}
+NOT_INSTALLED = 127
+
+
+def full_argv(argv: Sequence[str], root: str = "/") -> tuple[str, ...]:
+    """The argv that really runs: ``chroot ROOT …`` for a command meant for a target root."""
+    if os.path.normpath(root) == "/":
+        return tuple(argv)
+    return ("chroot", root, *argv)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a finished command gave back."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str = ""
+    stderr: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+class Runner(Protocol):
+    """Runs commands and answers where tools are. Injected everywhere; faked in tests."""
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        root: str = "/",
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Result:
+        """Run ``argv`` (chrooted into ``root`` unless it is ``/``) and return its result.
+
+        Never raises for a non-zero exit: the caller decides what is a failure. A missing program
+        gives exit code 127.
+        """
+        ...
+
+    def which(self, tool: str, root: str = "/") -> str | None:
+        """The path of ``tool`` on the built PATH inside ``root``, or None."""
+        ...
+
+
+def which_in_root(tool: str, root: str = "/") -> str | None:
+    """Find ``tool`` on :data:`SEARCH_PATH` as seen from inside ``root``."""
+    for directory in SEARCH_PATH.split(":"):
+        candidate = os.path.join(root, directory.lstrip("/"), tool)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return os.path.join(directory, tool)
+    return None
+
+
+class ShRunner:
+    """Runs commands for real through the ``sh`` library. The only place a process is started."""
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        root: str = "/",
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Result:
+        import sh  # imported here: plan and unit tests never need it
+
+        real = full_argv(argv, root)
+        program = shutil.which(real[0], path=SEARCH_PATH)
+        if program is None:
+            return Result(real, NOT_INSTALLED, "", f"{real[0]}: command not found")
+        try:
+            proc = sh.Command(program)(
+                *real[1:],
+                _ok_code=list(range(256)),
+                _env={**BASE_ENV, **(env or {})},
+                _tty_out=False,
+                _return_cmd=True,
+                _timeout=timeout,
+                _in=None,
+            )
+        except sh.TimeoutException:
+            return Result(real, 124, "", f"timed out after {timeout} s")
+        except sh.SignalException as exc:
+            return Result(real, 128 + abs(exc.exit_code), _text(exc.stdout), _text(exc.stderr))
+        return Result(real, proc.exit_code, _text(proc.stdout), _text(proc.stderr))
+
+    def which(self, tool: str, root: str = "/") -> str | None:
+        return which_in_root(tool, root)
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+
+
+class UnexpectedCommand(AssertionError):
+    """A test ran a command it did not script: tests never reach the real machine."""
+
+
+Responder = Callable[[tuple[str, ...]], "Result | None"]
+
+
+@dataclass
+class RecordingRunner:
+    """A runner for tests and dry tooling: records every argv and answers from a script.
+
+    ``responses`` maps an exact (chroot-prefixed) argv to its result; ``responders`` are tried in
+    order for argv not in the map. Anything else raises :class:`UnexpectedCommand`.
+    ``tools`` is the set of programs :meth:`which` pretends exist (None: all of them).
+    """
+
+    responses: dict[tuple[str, ...], Result] = field(default_factory=dict)
+    responders: list[Responder] = field(default_factory=list)
+    tools: set[str] | None = None
+    calls: list[tuple[str, ...]] = field(default_factory=list)
+
+    def script(self, argv: Sequence[str], stdout: str = "", returncode: int = 0, stderr: str = "") -> None:
+        argv = tuple(argv)
+        self.responses[argv] = Result(argv, returncode, stdout, stderr)
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        root: str = "/",
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Result:
+        real = full_argv(argv, root)
+        self.calls.append(real)
+        if real in self.responses:
+            return self.responses[real]
+        for responder in self.responders:
+            result = responder(real)
+            if result is not None:
+                return result
+        raise UnexpectedCommand(f"unscripted command: {real!r}")
+
+    def which(self, tool: str, root: str = "/") -> str | None:
+        if self.tools is None or tool in self.tools:
+            return f"/usr/sbin/{tool}"
+        return None

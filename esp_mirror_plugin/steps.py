@@ -1,0 +1,180 @@
+"""What a plan is made of: frozen step objects that ``plan`` prints and ``apply`` executes.
+
+A step never runs itself: :mod:`esp_mirror_plugin.execute` gives each kind its meaning. Printing
+and running read the same object, so a plan cannot differ from what apply does.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Union
+
+from .runner import full_argv
+
+
+@dataclass(frozen=True)
+class Var:
+    """A value known only while apply runs (a loop device name), printed as a shell variable.
+
+    ``suffix`` is appended to the value: ``Var("LOOP_A", "p1")`` is the first partition node.
+    """
+
+    name: str
+    suffix: str = ""
+
+    def render(self) -> str:
+        return f'"${{{self.name}}}{self.suffix}"'
+
+    def __truediv__(self, suffix: str) -> Var:
+        return Var(self.name, self.suffix + suffix)
+
+
+Arg = Union[str, Var]
+
+
+def render_arg(arg: Arg) -> str:
+    return arg.render() if isinstance(arg, Var) else shlex.quote(arg)
+
+
+def resolve_arg(arg: Arg, bindings: dict[str, str]) -> str:
+    if isinstance(arg, Var):
+        if arg.name not in bindings:
+            raise KeyError(f"${arg.name} is used before the step that sets it ran")
+        return bindings[arg.name] + arg.suffix
+    return arg
+
+
+@dataclass(frozen=True)
+class Command:
+    """Run a program. ``root`` is the target for in-target commands (chroot unless it is ``/``).
+
+    ``binds`` stores the command's stripped stdout under that name for later :class:`Var` use.
+    ``cleanup`` steps run even after a failure, and their own failure is only a warning.
+    """
+
+    argv: tuple[Arg, ...]
+    why: str
+    root: str = "/"
+    env: tuple[tuple[str, str], ...] = ()
+    ok_codes: tuple[int, ...] = (0,)
+    binds: str | None = None
+    cleanup: bool = False
+
+    def describe(self) -> str:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env)
+        line = " ".join(render_arg(a) for a in full_argv(self.argv, self.root))
+        line = f"{env} {line}" if env else line
+        return f"{line}" + (f"   # -> ${self.binds}" if self.binds else "")
+
+    def to_json(self) -> dict:
+        return {
+            "kind": "command",
+            "argv": [a if isinstance(a, str) else a.render() for a in full_argv(self.argv, self.root)],
+            "env": dict(self.env),
+            "why": self.why,
+            **({"binds": self.binds} if self.binds else {}),
+        }
+
+
+@dataclass(frozen=True)
+class WriteFile:
+    """Write a whole file that esp-mirror owns (a drop-in). Unchanged content means no write."""
+
+    path: str
+    content: str
+    why: str
+    mode: int = 0o644
+
+    def describe(self) -> str:
+        return f"write {self.path} (mode {self.mode:04o}):\n" + _indent(self.content)
+
+    def to_json(self) -> dict:
+        return {"kind": "write-file", "path": self.path, "mode": f"{self.mode:04o}",
+                "content": self.content, "why": self.why}
+
+
+@dataclass(frozen=True)
+class EditBlock:
+    """Own one marked block inside a file someone else owns; the rest of the file is untouched.
+
+    The block is replaced in place when present, appended otherwise; the file is created with
+    ``mode`` when missing.
+    """
+
+    path: str
+    block: str
+    why: str
+    mode: int = 0o644
+
+    def describe(self) -> str:
+        return f"edit {self.path}: managed block\n" + _indent(self.block)
+
+    def to_json(self) -> dict:
+        return {"kind": "edit-block", "path": self.path, "block": self.block, "why": self.why}
+
+
+@dataclass(frozen=True)
+class CopyFile:
+    """Copy a file (the bootloader payload). Identical content at ``dest`` means no write."""
+
+    source: str
+    dest: str
+    why: str
+
+    def describe(self) -> str:
+        return f"copy {self.source} -> {self.dest}"
+
+    def to_json(self) -> dict:
+        return {"kind": "copy-file", "source": self.source, "dest": self.dest, "why": self.why}
+
+
+@dataclass(frozen=True)
+class MakeDir:
+    path: str
+    why: str
+
+    def describe(self) -> str:
+        return f"mkdir -p {shlex.quote(self.path)}"
+
+    def to_json(self) -> dict:
+        return {"kind": "mkdir", "path": self.path, "why": self.why}
+
+
+@dataclass(frozen=True)
+class WaitForPartition:
+    """Wait until the kernel shows partition ``number`` of ``disk`` as ``node``.
+
+    If it has not appeared after a short wait, ask the kernel with ``partx --add`` (loop devices
+    and hosts without udev often need that), then wait again up to ``timeout`` seconds.
+    """
+
+    disk: Arg
+    number: int
+    node: Arg
+    why: str
+    timeout: float = 15.0
+
+    def describe(self) -> str:
+        return (f"wait for {render_arg(self.node)} (partx --add --nr {self.number} "
+                f"{render_arg(self.disk)} if the kernel has not seen it; at most {self.timeout:g} s)")
+
+    def to_json(self) -> dict:
+        return {"kind": "wait-for-partition", "disk": render_arg(self.disk), "number": self.number,
+                "node": render_arg(self.node), "timeout": self.timeout, "why": self.why}
+
+
+Step = Union[Command, WriteFile, EditBlock, CopyFile, MakeDir, WaitForPartition]
+
+
+@dataclass(frozen=True)
+class Group:
+    """The steps one hook (or the setup/cleanup around the hooks) planned, in order."""
+
+    name: str
+    steps: tuple[Step, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+
+def _indent(text: str) -> str:
+    return "".join(f"    | {line}\n" for line in text.rstrip("\n").split("\n"))
