@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from .errors import BadInput
 from .kinds import Generator
 from .profiles import Profile
 from .request import Request
@@ -70,6 +71,9 @@ def regenerate_steps(request: Request, profile: Profile, kernels: tuple[str, ...
     why = "rebuild the initramfs once, with the new mdadm.conf and settings"
     if not ird.per_kernel:
         return (Command(ird.regenerate, root=request.target, why=why),)
+    if not kernels:
+        raise BadInput(f"no kernel in {request.target}/lib/modules to build an initramfs for: install "
+                       "the kernel first, or pass --initramfs configure-only")
     return tuple(Command(tuple(a.replace("{kver}", k) for a in ird.regenerate), root=request.target,
                          why=f"{why} (kernel {k})") for k in kernels)
 

@@ -11,7 +11,7 @@ from . import disks as names
 from . import fat, files, fstab
 from .discovery import DiskFacts, Partition, Snapshot
 from .errors import BadInput
-from .kinds import InitramfsMode
+from .kinds import BootloaderKind
 from .profiles import Profile
 from .request import MIB, Request
 from .steps import Arg, Var
@@ -74,8 +74,10 @@ def required_target_tools(request: Request, profile: Profile) -> tuple[str, ...]
     if request.initramfs.regenerates:
         tools.append(profile.initramfs.regenerate[0])
     kind = request.bootloader
-    if kind is not None and kind.runs_in_target:
-        tools.append("grub-install" if kind.value == "grub" else "bootctl")
+    if kind is BootloaderKind.GRUB:
+        tools.append("grub-install")
+    elif kind is BootloaderKind.SYSTEMD_BOOT:
+        tools += ["bootctl", "rm", "systemctl"]
     tools += [argv[0] for argv in (*profile.boot_assembly, *profile.periodic_check)]
     return tuple(dict.fromkeys(tools))
 
