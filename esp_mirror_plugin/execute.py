@@ -59,7 +59,8 @@ class Applier:
             except StepFailed as failure:
                 if not getattr(step, "cleanup", False):
                     raise
-                print(f"  [{group.name}] warning: {failure.detail}", file=self.out)
+                last = failure.detail.strip().splitlines()[-1]
+                print(f"  [{group.name}]   not needed or failed (cleanup goes on): {last}", file=self.out)
                 continue
             except OSError as exc:
                 raise StepFailed(group.name, step.describe().splitlines()[0], f"{exc}") from exc
@@ -74,7 +75,10 @@ class Applier:
 
     @_apply.register
     def _(self, step: Command, group: str) -> bool:
-        argv = tuple(resolve_arg(a, self.bindings) for a in step.argv)
+        try:
+            argv = tuple(resolve_arg(a, self.bindings) for a in step.argv)
+        except KeyError as exc:  # a cleanup step whose setup step never ran
+            raise StepFailed(group, step.describe(), str(exc.args[0])) from None
         result = self.runner.run(argv, root=step.root, env=dict(step.env))
         if result.returncode not in step.ok_codes:
             line = step.describe().splitlines()[0]
