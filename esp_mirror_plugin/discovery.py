@@ -152,7 +152,10 @@ def discover(request: Request, profile: Profile, runner: Runner, host: HostView 
     mounts = _mounts(host)
     swaps = _swaps(host)
     root_dev = next((m.source for m in mounts if m.mountpoint == "/"), "")
-    disks = tuple(_disk(given, host, runner, mounts, swaps, root_dev) for given in request.disks)
+    # Our own array holding our partitions is not "in use" (a re-run); whether it really is ours
+    # is decided by the layout from the superblocks' UUIDs.
+    ours = os.path.basename(host.realpath(request.device)) if host.exists(request.device) else ""
+    disks = tuple(_disk(given, host, runner, mounts, swaps, root_dev, ours) for given in request.disks)
     array = _array(request.device, host, runner)
     efivars = bool(host.listdir(EFIVARS))
     boot = None
@@ -202,7 +205,7 @@ def _swaps(host: HostView) -> set[str]:
     return {os.path.basename(host.realpath(line.split()[0])) for line in lines if line.split()}
 
 
-def _disk(given: str, host: HostView, runner: Runner, mounts, swaps, root_dev: str) -> DiskFacts:
+def _disk(given: str, host: HostView, runner: Runner, mounts, swaps, root_dev: str, ours: str) -> DiskFacts:
     kind = host.kind(given)
     if kind == "missing":
         return DiskFacts(given, given, "missing", f"missing:{given}")
@@ -233,6 +236,8 @@ def _disk(given: str, host: HostView, runner: Runner, mounts, swaps, root_dev: s
     for node in (name, *children):
         base = sys if node == name else f"{sys}/{node}"
         for holder in host.listdir(f"{base}/holders"):
+            if node != name and holder == ours:
+                continue
             busy.append(f"{node} is in use by {holder} (an md array, LVM or dm device)")
         if node in swaps:
             busy.append(f"{node} is active swap")

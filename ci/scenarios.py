@@ -1,0 +1,148 @@
+"""Install-and-boot scenarios on real firmware, shared by tests/vm and the README demo (ci/demo).
+
+A scenario installs with the real ``esp-mirror apply`` inside a guest (the guest's own root is the
+target), collects the resulting state in named sections, then powers on machines that have only
+some of the disks and reads from the payload which entry and partition the firmware booted.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ci.vm import Assets, BootResult, GuestResult, boot_firmware, fresh_vars, partition_uuid, run_in_guest
+from ci.vm.initrd import GUEST_WORK_DIR
+from ci.vm.scripts import ESP_MIRROR_CLI, guest_device
+
+SECTION = "@@@ "
+# What the guest reports after each apply: the array, its members, the target's files, NVRAM.
+STATE_COMMANDS = {
+    "detail": "mdadm --detail --export /dev/md/esp",
+    "mdstat": "cat /proc/mdstat",
+    "fstab": "cat /etc/fstab",
+    "mdadm.conf": "cat /etc/mdadm/mdadm.conf",
+    "efibootmgr": "efibootmgr -v",
+    "members": "for p in {parts}; do blkid -p -o export $p; done",
+    "mounts": "grep ' /boot/efi ' /proc/self/mountinfo",
+}
+
+
+def entry_label(serial: str) -> str:
+    """The label esp-mirror gives the debian profile's entry for a disk with this serial."""
+    return f"Debian (esp-mirror {serial})"
+
+
+def disk_serial(index: int) -> str:
+    return f"espvm-{chr(ord('A') + index)}"
+
+
+@dataclass(frozen=True)
+class Install:
+    """One guest run: the apply output(s) and the state sections after each apply."""
+
+    guest: GuestResult
+    runs: tuple[dict[str, str], ...]  # per apply: "apply" output and every STATE_COMMANDS section
+
+    def section(self, name: str, run: int = 0) -> str:
+        return self.runs[run][name]
+
+
+def apply_argv(devices: Sequence[str], efi_image: Path, *extra: str) -> list[str]:
+    argv = [str(ESP_MIRROR_CLI), "apply", "--yes", "--profile", "debian"]
+    for device in devices:
+        argv += ["--disk", device]
+    return [*argv, "--bootloader", "efi", "--efi-image", str(efi_image), "--initramfs", "skip", *extra]
+
+
+def _state_script(run: int, parts: str) -> str:
+    return "".join(f"echo '{SECTION}{run} {name}'\n{command.format(parts=parts)} 2>&1 || true\n"
+                   for name, command in STATE_COMMANDS.items())
+
+
+def install(disks: Sequence[Path], vars_file: Path, efi_image: Path, *, applies: int = 1,
+            assets: Assets | None = None, timeout: float = 600) -> Install:
+    """Run ``esp-mirror apply`` ``applies`` times in one guest and collect the state after each."""
+    devices = [guest_device(i) for i in range(len(disks))]
+    parts = " ".join(f"{d}1" for d in devices)
+    body = ""
+    for run in range(applies):
+        body += f"echo '{SECTION}{run} apply'\n{shlex.join(apply_argv(devices, efi_image))} 2>&1\n"
+        body += _state_script(run, parts)
+    guest = run_in_guest("set -eu\n" + body, disks, vars_file, timeout=timeout, assets=assets)
+    return Install(guest, parse_sections(guest.stdout, applies))
+
+
+def parse_sections(stdout: str, runs: int) -> tuple[dict[str, str], ...]:
+    """Split guest output at "@@@ RUN NAME" lines into one dict of sections per apply run."""
+    out: list[dict[str, str]] = [{} for _ in range(runs)]
+    section: dict[str, str] | None = None
+    name = ""
+    for line in stdout.splitlines(keepends=True):
+        if line.startswith(SECTION):
+            run, name = line[len(SECTION):].strip().split(" ", 1)
+            section = out[int(run)]
+            section[name] = ""
+        elif section is not None:
+            section[name] += line
+    return tuple(out)
+
+
+def boot_alone(disk: Path, nvram_from: Path | None, workdir: Path, name: str,
+               assets: Assets | None = None) -> BootResult:
+    """Power on a machine with only ``disk``: with a copy of ``nvram_from``, or fresh NVRAM."""
+    vars_file = workdir / f"{name}-vars.fd"
+    if nvram_from is None:
+        fresh_vars(vars_file, assets)
+    else:
+        shutil.copyfile(nvram_from, vars_file)
+    return boot_firmware([disk], vars_file, assets=assets, log_dir=workdir)
+
+
+def detail(install_result: Install, run: int = 0) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in install_result.section("detail", run).splitlines() if "=" in line)
+
+
+def esp_lines(fstab: str) -> list[str]:
+    return [line for line in fstab.splitlines() if re.search(r"\s/boot/efi\s", line) and not line.startswith("#")]
+
+
+def image_build_script(efi_image: Path, names: Sequence[str], size_mib: int = 160) -> str:
+    """The CI-image case in a guest: image FILES (in the writable share) as disks, no NVRAM.
+
+    The share is 9p, where the initial resync of a 512 MiB member alone takes minutes under TCG,
+    so these images carry a 100 MiB ESP (FAT32 needs 33 MiB at 512-byte sectors).
+    """
+    images = [f"{GUEST_WORK_DIR}/{n}" for n in names]
+    argv = [str(ESP_MIRROR_CLI), "apply", "--yes", "--profile", "debian"]
+    for image in images:
+        argv += ["--disk", image]
+    argv += ["--target", "/tmp/image-root", "--bootloader", "efi", "--efi-image", str(efi_image),
+             "--initramfs", "skip", "--no-nvram", "--esp-size", "100M"]
+    return "\n".join([
+        "set -eu",
+        "mkdir -p /tmp/image-root/etc",
+        *(f"truncate -s {size_mib}M {i}" for i in images),
+        f"echo '{SECTION}0 apply'",
+        shlex.join(argv) + " 2>&1",
+        f"echo '{SECTION}0 losetup'", "losetup -a",
+        f"echo '{SECTION}0 mdstat'", "cat /proc/mdstat",
+        f"echo '{SECTION}0 fstab'", "cat /tmp/image-root/etc/fstab",
+        f"echo '{SECTION}0 efibootmgr'", "efibootmgr -v",
+        "",
+    ])
+
+
+def image_build(efi_image: Path, names: Sequence[str], vars_file: Path,
+                assets: Assets | None = None) -> tuple[GuestResult, dict[str, str], list[Path]]:
+    """Build disk image files inside a guest; return the run, its sections and the host paths."""
+    guest = run_in_guest(image_build_script(efi_image, names), [], vars_file, assets=assets)
+    share = guest.serial_log.parent / "share"
+    return guest, parse_sections(guest.stdout, 1)[0], [share / n for n in names]
+
+
+__all__ = ["Install", "apply_argv", "boot_alone", "detail", "disk_serial", "entry_label", "esp_lines",
+           "image_build", "install", "parse_sections", "partition_uuid"]
