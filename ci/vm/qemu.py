@@ -1,0 +1,121 @@
+"""Run qemu-system-x86_64 with OVMF, raw disks and a serial log, under a hard timeout."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ci.vm.assets import Assets
+from ci.vm.command import HOST_PATH
+
+_POLL_SECONDS = 0.5
+
+
+class VmError(RuntimeError):
+    """qemu failed, timed out, or the guest did not report; the message names the serial log."""
+
+
+@dataclass(frozen=True)
+class QemuRun:
+    """A finished qemu process."""
+
+    seconds: float
+    serial_log: Path
+
+
+def qemu_option(value: object) -> str:
+    """Escape a value for a qemu ``-opt key=value,...`` list (commas are doubled)."""
+    return str(value).replace(",", ",,")
+
+
+def disk_serial(index: int) -> str:
+    """Return the virtio serial number of the disk at ``index``: espvm-A, espvm-B, ..."""
+    return f"espvm-{chr(ord('A') + index)}"
+
+
+def run_qemu(
+    assets: Assets,
+    *,
+    disks: Sequence[Path],
+    vars_file: Path,
+    serial_log: Path,
+    timeout: float,
+    extra_args: Sequence[str] = (),
+    memory_mib: int = 2048,
+    give_up_on: Mapping[str, str] | None = None,
+) -> QemuRun:
+    """Boot OVMF with ``disks`` (virtio, serial espvm-A, -B, ... in order) and wait for qemu to exit.
+
+    The firmware's NVRAM is ``vars_file`` (written in place, so boot entries persist across runs).
+    No ``bootindex`` is given, so the firmware's own BootOrder decides what boots. The guest's
+    serial port goes to ``serial_log``, which is kept, and qemu's stderr next to it. qemu runs in its
+    own process group, which is killed on timeout and on any exception, KeyboardInterrupt included.
+
+    :param give_up_on: serial output that means the run has failed (text → what it means); qemu is
+        stopped as soon as it appears instead of at the timeout.
+    :raises VmError: on timeout, on a ``give_up_on`` text, or when qemu exits non-zero.
+    """
+    if "," in str(serial_log):
+        raise VmError(f"qemu cannot log to a path with a comma: {serial_log}; choose another directory")
+    argv = [
+        "qemu-system-x86_64",
+        "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot",
+        "-serial", f"file:{serial_log}",
+        "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2", "-m", str(memory_mib),
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_option(assets.ovmf_code)}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={qemu_option(vars_file)}",
+    ]  # fmt: skip
+    for index, disk in enumerate(disks):
+        drive_id = f"d{index}"
+        argv += [
+            "-drive", f"if=none,id={drive_id},format=raw,file={qemu_option(disk)}",
+            "-device", f"virtio-blk-pci,drive={drive_id},serial={disk_serial(index)}",
+        ]  # fmt: skip
+    argv += extra_args
+    stderr_log = serial_log.with_name(serial_log.stem + ".qemu-stderr")
+    started = time.monotonic()
+    deadline = started + timeout
+    with stderr_log.open("wb") as stderr:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={"PATH": HOST_PATH, "LANG": "C.UTF-8"},
+            start_new_session=True,
+        )
+    try:
+        while proc.poll() is None:
+            _check_serial(serial_log, give_up_on or {})
+            if time.monotonic() > deadline:
+                raise VmError(f"qemu did not finish within {timeout:.0f} s; serial log: {serial_log}")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=_POLL_SECONDS)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    seconds = time.monotonic() - started
+    if proc.returncode != 0:
+        raise VmError(
+            f"qemu exited {proc.returncode}: {stderr_log.read_text(errors='replace').strip()}; "
+            f"serial log: {serial_log}\ncommand: {shlex.join(argv)}"
+        )
+    return QemuRun(seconds=seconds, serial_log=serial_log)
+
+
+def _check_serial(serial_log: Path, give_up_on: Mapping[str, str]) -> None:
+    """Raise VmError if the serial log shows one of the ``give_up_on`` texts."""
+    if not give_up_on:
+        return
+    text = serial_log.read_text(errors="replace") if serial_log.exists() else ""
+    for marker, meaning in give_up_on.items():
+        if marker in text:
+            raise VmError(f"{meaning} ({marker!r} on the serial port); serial log: {serial_log}")
