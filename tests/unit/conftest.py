@@ -1,0 +1,486 @@
+"""Shared fixtures for the unit tests: a fake machine, a recording runner and a CLI driver.
+
+Nothing here starts a process or touches the real machine. :class:`Machine` keeps the state of a
+pretend host (disks, partitions, mounts, swap, a running array, NVRAM) and shows it to esp-mirror
+in the two ways esp-mirror looks at a machine:
+
+- sysfs, /proc and /dev as files under ``tmp_path/host``, read through :class:`FakeHost` (a
+  :class:`~esp_mirror_plugin.discovery.HostView` that declares which paths are block devices);
+- answers to the read-only commands (``blkid -p``, ``sfdisk --json``, ``mdadm --detail --export``,
+  ``efibootmgr -v``) from a :class:`~esp_mirror_plugin.runner.RecordingRunner` responder, in the
+  formats captured from the real tools (see ``data/captured``).
+
+Every other command raises ``UnexpectedCommand`` unless a test calls :meth:`Machine.accept_changes`.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import subprocess
+import uuid as _uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from esp_mirror_plugin import cli, disks as names
+from esp_mirror_plugin.discovery import HostView
+from esp_mirror_plugin.request import Request
+from esp_mirror_plugin.runner import RecordingRunner, Result, ShRunner, UnexpectedCommand, full_argv
+from esp_mirror_plugin.steps import Command, Group
+
+DATA = Path(__file__).parent / "data"
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+KVER = "6.1.0-13-amd64"
+ESP_TYPE = names.ESP_TYPE_GUID
+LINUX_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+PROFILES = ("alpine", "arch", "debian", "fedora", "gentoo", "opensuse", "rhel", "ubuntu", "void")
+BOOTLOADERS = ("efi", "zfsbootmenu", "systemd-boot", "grub")
+USER_FSTAB = (
+    "# /etc/fstab: static file system information.\n"
+    "UUID=0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d /    ext4 errors=remount-ro 0 1\n"
+    "UUID=5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9 none swap sw                 0 0\n"
+)
+# What the target's mdadm.conf looks like right after `apt-get install mdadm` (mkconf, no arrays).
+USER_MDADM_CONF = (
+    "# mdadm.conf\n#\n# !NB! Run update-initramfs -u after updating this file.\n"
+    "HOMEHOST <system>\nMAILADDR root\n"
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real_processes: this test may start real subprocesses (the wheel test)")
+
+
+@pytest.fixture(autouse=True)
+def _no_real_processes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to start a real process fails the test loudly (as in curtin's unit tests)."""
+    if request.node.get_closest_marker("real_processes"):
+        return
+
+    def refuse(*args, **kwargs):
+        raise UnexpectedCommand(f"a unit test tried to start a real process: {args!r}")
+
+    monkeypatch.setattr(ShRunner, "run", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    for name in ("fork", "posix_spawn", "posix_spawnp", "system"):
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, refuse)
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No third-party plugins, and one machine architecture whatever host runs the tests.
+
+    ``Request.arch`` defaults to the test host's ``platform.machine()`` and the CLI has no option
+    for it, so the CLI's Request is pinned to x86_64 (the golden plans say grubx64/BOOTX64).
+    """
+    monkeypatch.setenv("ESP_MIRROR_NO_PLUGINS", "1")
+    monkeypatch.setattr(cli, "Request", functools.partial(Request, arch="x86_64"))
+
+
+class FakeHost(HostView):
+    """sysfs, /proc and /dev under ``sysroot``; the /dev paths in ``block`` are block devices."""
+
+    def __init__(self, sysroot: Path, block: set[str]) -> None:
+        super().__init__(str(sysroot))
+        self.block = block
+
+    def kind(self, path: str) -> str:
+        if self.exists(path) and self.realpath(path) in self.block:
+            return "block"
+        return super().kind(path)
+
+
+@dataclass
+class FakePartition:
+    number: int
+    start: int  # sectors
+    size: int  # sectors
+    type_guid: str
+    uuid: str
+    name: str = ""
+    probe: dict[str, str] = field(default_factory=dict)  # blkid -p at the partition's offset
+    inner: dict[str, str] = field(default_factory=dict)  # blkid -p -u filesystem (md members)
+
+
+@dataclass
+class FakeDisk:
+    name: str
+    path: str  # as esp-mirror sees it (/dev/sda, or /images/a.img for an image file)
+    sector: int
+    size: int  # bytes
+    majmin: str
+    pttype: str = ""  # "gpt", "dos" or "" (no table)
+    whole: dict[str, str] = field(default_factory=dict)  # blkid -p on the whole disk
+    partitions: list[FakePartition] = field(default_factory=list)
+
+    def node(self, number: int) -> str:
+        return str(names.partition_node(self.path, number))
+
+
+class Machine:
+    """A pretend host, its target root and a RecordingRunner that answers for it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sysroot = root / "host"
+        self.target = root / "target"
+        self.block: set[str] = set()
+        self.host = FakeHost(self.sysroot, self.block)
+        self.disks: dict[str, FakeDisk] = {}
+        self.mountinfo: list[str] = []
+        self.swaps: list[str] = []
+        self.arrays: dict[str, tuple[str, dict[str, str]]] = {}  # device -> (detail, blkid)
+        self.efibootmgr: str | None = None
+        self.failures: dict[tuple[str, ...], tuple[int, str]] = {}
+        self.runner = RecordingRunner(responders=[self._fail, self._answer])
+        self._next_minor: dict[int, int] = {}
+        self._loops = 0
+        for d in ("dev", "proc/self", "sys/class/block", "sys/firmware/efi/efivars"):
+            (self.sysroot / d).mkdir(parents=True, exist_ok=True)
+        self.mount("253:0", "/", "ext4", "/dev/mapper/vg0-root")
+        self._write_proc()
+        (self.target / "etc").mkdir(parents=True)
+        (self.target / "etc/fstab").write_text(USER_FSTAB)
+        (self.target / "lib/modules" / KVER).mkdir(parents=True)
+
+    # -- building the machine ------------------------------------------------------------------
+
+    def _majmin(self, major: int, step: int = 1) -> str:
+        minor = self._next_minor.get(major, 0)
+        self._next_minor[major] = minor + step
+        return f"{major}:{minor}"
+
+    def _sys(self, name: str) -> Path:
+        return self.sysroot / "sys/class/block" / name
+
+    def add_disk(self, name: str, *, size: int = 20 * GIB, sector: int = 512, serial: str | None = None,
+                 pttype: str = "", whole: dict[str, str] | None = None) -> FakeDisk:
+        """A whole disk /dev/NAME with the sysfs attributes discovery reads."""
+        major = 259 if name.startswith("nvme") else 179 if name.startswith("mmcblk") else 8
+        disk = FakeDisk(name, f"/dev/{name}", sector, size, self._majmin(major, 16 if major == 8 else 1),
+                        pttype, dict(whole or {}))
+        sysdir = self._sys(name)
+        (sysdir / "queue").mkdir(parents=True)
+        (sysdir / "holders").mkdir()
+        (sysdir / "dev").write_text(disk.majmin + "\n")
+        (sysdir / "size").write_text(f"{size // 512}\n")
+        (sysdir / "queue/logical_block_size").write_text(f"{sector}\n")
+        if serial:
+            (sysdir / "device").mkdir()
+            (sysdir / "device/serial").write_text(f"{serial}\n")
+        (self.sysroot / "dev" / name).touch()
+        self.block.add(disk.path)
+        self.disks[disk.path] = disk
+        return disk
+
+    def add_image(self, name: str, *, size: int = 2 * GIB, pttype: str = "",
+                  whole: dict[str, str] | None = None) -> FakeDisk:
+        """A disk image file (a sparse regular file) at /images/NAME."""
+        path = self.sysroot / "images" / name
+        path.parent.mkdir(exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.truncate(size)
+        disk = FakeDisk(name, f"/images/{name}", 512, size, "", pttype, dict(whole or {}))
+        self.disks[disk.path] = disk
+        return disk
+
+    def add_partition(self, disk: FakeDisk, number: int, start: int, size: int, *, type_guid: str = LINUX_TYPE,
+                      uuid: str | None = None, name: str = "", probe: dict[str, str] | None = None,
+                      inner: dict[str, str] | None = None, holders: tuple[str, ...] = ()) -> str:
+        """Partition NUMBER of DISK (in its table, sysfs and /dev); returns its /dev node."""
+        disk.pttype = disk.pttype or "gpt"
+        uuid = uuid or str(_uuid.uuid5(_uuid.NAMESPACE_URL, f"test-partition:{disk.name}:{number}"))
+        disk.partitions.append(FakePartition(number, start, size, type_guid, uuid.upper(), name,
+                                             dict(probe or {}), dict(inner or {})))
+        if disk.majmin:
+            node = disk.node(number)
+            pname = os.path.basename(node)
+            major, minor = disk.majmin.split(":")
+            pdir = self._sys(disk.name) / pname
+            (pdir / "holders").mkdir(parents=True)
+            (pdir / "partition").write_text(f"{number}\n")
+            (pdir / "dev").write_text(f"{major}:{int(minor) + number}\n")
+            for holder in holders:
+                (pdir / "holders" / holder).touch()
+            self._sys(pname).symlink_to(f"{disk.name}/{pname}")
+            (self.sysroot / "dev" / pname).touch()
+            self.block.add(node)
+            return node
+        return f"{disk.path}{number}"
+
+    def partition_devnum(self, disk: FakeDisk, number: int) -> str:
+        major, minor = disk.majmin.split(":")
+        return f"{major}:{int(minor) + number}"
+
+    def link(self, link: str, points_to: str) -> None:
+        """A relative symlink inside the host tree (e.g. /dev/disk/by-id/X -> ../../sda)."""
+        where = self.sysroot / link.lstrip("/")
+        where.parent.mkdir(parents=True, exist_ok=True)
+        where.symlink_to(os.path.relpath(self.sysroot / points_to.lstrip("/"), where.parent))
+
+    def mount(self, majmin: str, mountpoint: str, fstype: str, source: str) -> None:
+        n = 20 + len(self.mountinfo)
+        mp = mountpoint.replace(" ", "\\040")
+        self.mountinfo.append(f"{n} 1 {majmin} / {mp} rw,relatime shared:{n} - {fstype} {source} rw")
+        self._write_proc()
+
+    def set_root(self, majmin: str, source: str, fstype: str = "ext4") -> None:
+        """Mount the running root filesystem from MAJMIN (replacing the default, an LVM volume)."""
+        self.mountinfo[0] = f"20 1 {majmin} / / rw,relatime shared:1 - {fstype} {source} rw"
+        self._write_proc()
+
+    def add_swap(self, device: str) -> None:
+        self.swaps.append(device)
+        self._write_proc()
+
+    def _write_proc(self) -> None:
+        (self.sysroot / "proc/self/mountinfo").write_text("".join(f"{line}\n" for line in self.mountinfo))
+        swaps = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
+        swaps += "".join(f"{d}                               partition\t8388604\t\t0\t\t-2\n" for d in self.swaps)
+        (self.sysroot / "proc/swaps").write_text(swaps)
+
+    def set_efivars(self, present: bool = True, efibootmgr: str | None = None) -> None:
+        var = self.sysroot / "sys/firmware/efi/efivars/BootOrder-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+        if present:
+            var.write_bytes(b"\x07\x00\x00\x00\x04\x00")
+        elif var.exists():
+            var.unlink()
+        self.efibootmgr = efibootmgr
+
+    def add_array(self, device: str, kernel_name: str, *, uuid: str, members: tuple[str, ...],
+                  fs: dict[str, str] | None = None, level: str = "raid1") -> None:
+        """A running md array: /dev/md/NAME -> ../mdN, with mdadm --detail --export and blkid answers."""
+        kernel = f"/dev/{kernel_name}"
+        (self.sysroot / kernel.lstrip("/")).touch()
+        self.link(device, kernel)
+        detail = [f"MD_LEVEL={level}", f"MD_DEVICES={len(members)}", "MD_METADATA=1.0", f"MD_UUID={uuid}",
+                  f"MD_DEVNAME={os.path.basename(device)}", f"MD_NAME=any:{os.path.basename(device)}"]
+        for role, member in enumerate(members):
+            key = member.replace("/", "_")
+            detail += [f"MD_DEVICE{key}_ROLE={role}", f"MD_DEVICE{key}_DEV={member}"]
+        self.arrays[device] = ("\n".join(detail) + "\n", dict(fs or {}))
+
+    def fail(self, prefix: tuple[str, ...], returncode: int = 1, stderr: str = "") -> None:
+        """Make every command starting with ``prefix`` (chroot prefix included) fail."""
+        self.failures[prefix] = (returncode, stderr)
+
+    def accept_changes(self) -> None:
+        """Let every changing command succeed, as on a machine where all goes well.
+
+        ``losetup --find --show`` prints a loop device under tmp_path, and ``sgdisk --new`` creates
+        the partition node next to it, so the Applier's wait for the node sees it appear.
+        """
+        self.runner.responders.append(self._succeed)
+
+    # -- answering commands --------------------------------------------------------------------
+
+    def _fail(self, argv: tuple[str, ...]) -> Result | None:
+        for prefix, (returncode, stderr) in self.failures.items():
+            if argv[:len(prefix)] == prefix:
+                return Result(argv, returncode, "", stderr)
+        return None
+
+    def _succeed(self, argv: tuple[str, ...]) -> Result | None:
+        if argv[:3] == ("losetup", "--find", "--show"):
+            self._loops += 1
+            loop = self.root / "dev" / f"loop{self._loops}"
+            loop.parent.mkdir(exist_ok=True)
+            loop.touch()
+            return Result(argv, 0, f"{loop}\n")
+        if argv[0] == "sgdisk" and argv[1].startswith("--new="):
+            node = names.partition_node(argv[-1], 1)
+            if node.startswith(str(self.root)):
+                Path(node).touch()
+        return Result(argv, 0)
+
+    def _answer(self, argv: tuple[str, ...]) -> Result | None:
+        match argv:
+            case ("blkid", "-p", "-o", "export", path) if path in self.disks:
+                disk = self.disks[path]
+                return _export(argv, {"DEVNAME": path, **disk.whole})
+            case ("blkid", "-p", "-o", "export", path) if path in self.arrays:
+                return _export(argv, {"DEVNAME": path, **self.arrays[path][1]})
+            case ("blkid", "-p", *opts, "-o", "export", "-O", offset, "-S", size, path) if path in self.disks:
+                part = self._at(self.disks[path], int(offset), int(size))
+                values = part.inner if opts == ["-u", "filesystem"] else part.probe if not opts else None
+                if values is None:
+                    return None
+                return _export(argv, {"DEVNAME": path, **values})
+            case ("sfdisk", "--json", path) if path in self.disks:
+                return self._sfdisk(argv, self.disks[path])
+            case ("mdadm", "--detail", "--export", device) if device in self.arrays:
+                return Result(argv, 0, self.arrays[device][0])
+            case ("efibootmgr", "-v") if self.efibootmgr is not None:
+                return Result(argv, 0, self.efibootmgr)
+        return None
+
+    @staticmethod
+    def _at(disk: FakeDisk, offset: int, size: int) -> FakePartition:
+        part = next(p for p in disk.partitions if p.start * disk.sector == offset)
+        assert part.size * disk.sector == size, "blkid probed a partition with the wrong size"
+        return part
+
+    @staticmethod
+    def _sfdisk(argv: tuple[str, ...], disk: FakeDisk) -> Result:
+        """sfdisk --json in the layout util-linux 2.38 prints (see data/captured/sfdisk-json-*)."""
+        if not disk.pttype:
+            return Result(argv, 1, "", f"sfdisk: {disk.path}: does not contain a recognized partition table\n")
+        parts = []
+        for p in disk.partitions:
+            entry = {"node": disk.node(p.number), "start": p.start, "size": p.size}
+            if disk.pttype == "gpt":
+                entry |= {"type": p.type_guid, "uuid": p.uuid, **({"name": p.name} if p.name else {})}
+            else:
+                entry["type"] = "83"
+            parts.append(entry)
+        table = {"label": disk.pttype, "id": "4036C74B-6FBB-4D6D-93EB-340347341541", "device": disk.path,
+                 "unit": "sectors", "firstlba": 34, "lastlba": disk.size // disk.sector - 34,
+                 "sectorsize": disk.sector, "partitions": parts}
+        return Result(argv, 0, json.dumps({"partitiontable": table}, indent=3) + "\n")
+
+    # -- looking at the outcome ----------------------------------------------------------------
+
+    def target_state(self) -> dict[str, tuple[int, bytes | str]]:
+        """Every file, directory and link under the target with its mode and content."""
+        state = {}
+        for path in sorted(self.target.rglob("*")):
+            st = path.lstat()
+            content = os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else b""
+            state[str(path.relative_to(self.target))] = (st.st_mode, content)
+        return state
+
+    def disk_args(self, *disks: str) -> list[str]:
+        return [arg for d in disks for arg in ("--disk", d)]
+
+    def args(self, *disks: str) -> list[str]:
+        """--disk for each disk (default: every disk added, in order) and --target."""
+        return [*self.disk_args(*(disks or tuple(self.disks))), "--target", str(self.target)]
+
+    def cli(self, *argv: str, stdin: io.StringIO | None = None) -> Outcome:
+        """Run ``esp-mirror ARGV`` against this machine; a RecordingRunner is given, so no root check."""
+        out, err = io.StringIO(), io.StringIO()
+        before = len(self.runner.calls)
+        code = cli.main(list(argv), out=out, err=err, runner=self.runner, host_view=self.host,
+                        stdin=stdin or io.StringIO())
+        return Outcome(code, out.getvalue(), err.getvalue(), self.runner.calls[before:])
+
+    def normalize(self, text: str) -> str:
+        """Output with this test's tmp dir written as @TMP@, for comparison with fixed files."""
+        return text.replace(str(self.root), "@TMP@")
+
+
+def _export(argv: tuple[str, ...], values: dict[str, str]) -> Result:
+    """blkid -o export: exit code 2 and no output when it found nothing but DEVNAME."""
+    if set(values) == {"DEVNAME"}:
+        return Result(argv, 2)
+    return Result(argv, 0, "".join(f"{k}={v}\n" for k, v in values.items()))
+
+
+class ToolsExcept:
+    """For ``RecordingRunner.tools``: every program is installed except ``missing``."""
+
+    def __init__(self, *missing: str) -> None:
+        self.missing = set(missing)
+
+    def __contains__(self, tool: str) -> bool:
+        return tool not in self.missing
+
+
+@dataclass
+class Outcome:
+    code: int
+    out: str
+    err: str
+    calls: list[tuple[str, ...]]
+
+    @property
+    def error(self) -> str:
+        """The error message without the program prefix; asserts it is exactly one line."""
+        assert self.err.endswith("\n") and self.err.count("\n") == 1, f"not one line: {self.err!r}"
+        assert self.err.startswith("esp-mirror: error: "), self.err
+        return self.err[len("esp-mirror: error: "):].rstrip("\n")
+
+
+# -- what counts as looking, not changing ----------------------------------------------------
+
+
+def is_read_only(argv: tuple[str, ...]) -> bool:
+    """The commands discovery may run: probes that change nothing."""
+    match argv:
+        case ("blkid", "-p", *_):
+            return "-o" in argv and "export" in argv
+        case ("sfdisk", "--json", _) | ("mdadm", "--detail", "--export", _) | ("efibootmgr", "-v"):
+            return True
+    return False
+
+
+def assert_only_read(calls: list[tuple[str, ...]]) -> None:
+    changing = [c for c in calls if not is_read_only(c)]
+    assert changing == [], f"commands that change the machine ran: {changing}"
+
+
+# -- reading plans ---------------------------------------------------------------------------
+
+
+def commands(groups: list[Group], group: str | None = None) -> list[tuple[str, ...]]:
+    """The argv (as planned, chroot prefix included, Vars rendered) of every Command step."""
+    out = []
+    for g in groups:
+        if group is None or g.name == group:
+            out += [tuple(a if isinstance(a, str) else a.render() for a in full_argv(s.argv, s.root))
+                    for s in g.steps if isinstance(s, Command)]
+    return out
+
+
+def json_commands(plan: dict, group: str | None = None) -> list[tuple[str, ...]]:
+    """Like :func:`commands`, from ``plan --json`` output."""
+    return [tuple(s["argv"]) for g in plan["groups"] if group is None or g["name"] == group
+            for s in g["steps"] if s["kind"] == "command"]
+
+
+def starting(cmds: list[tuple[str, ...]], *prefix: str) -> list[tuple[str, ...]]:
+    return [c for c in cmds if c[:len(prefix)] == prefix]
+
+
+# -- fixtures ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> Machine:
+    """An empty pretend host: no disks, no EFI variables, a target with one kernel."""
+    return Machine(tmp_path)
+
+
+def equip_two_disks(machine: Machine) -> Machine:
+    """Two blank 20 GiB SATA disks, EFI variables with an OVMF + Debian NVRAM, a fresh target."""
+    machine.add_disk("sda", serial="WD-WCC4N0AAAAAA")
+    machine.add_disk("sdb", serial="WD-WCC4N0BBBBBB")
+    machine.set_efivars(efibootmgr=(DATA / "efibootmgr/v17-ovmf-debian.txt").read_text())
+    (machine.target / "etc/mdadm").mkdir()
+    (machine.target / "etc/mdadm/mdadm.conf").write_text(USER_MDADM_CONF)
+    return machine
+
+
+def make_efi_image(root: Path) -> Path:
+    """A stand-in EFI binary (a unified kernel image) for --bootloader efi / zfsbootmenu."""
+    path = root / "payload" / "linux.efi"
+    path.parent.mkdir()
+    path.write_bytes(b"MZ\x90\x00fake unified kernel image\n")
+    return path
+
+
+@pytest.fixture
+def two_disks(machine: Machine) -> Machine:
+    """Two blank 20 GiB SATA disks, EFI variables with an OVMF + Debian NVRAM, a fresh target."""
+    return equip_two_disks(machine)
+
+
+@pytest.fixture
+def efi_image(tmp_path: Path) -> Path:
+    return make_efi_image(tmp_path)

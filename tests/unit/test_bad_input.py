@@ -1,0 +1,399 @@
+"""Bad input: exit code 2, one line naming the problem and the fix, and nothing changed.
+
+Every refusal is checked for ``plan`` and for ``apply --yes`` (the one that would do damage):
+the runner may have seen only read-only probes, and no file in the target may differ.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from conftest import GIB, Machine, ToolsExcept, assert_only_read, json_commands, starting
+
+ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+
+
+def two(m: Machine, sector_b: int = 512, size: int = 20 * GIB) -> None:
+    m.add_disk("sda", serial="A", size=size)
+    m.add_disk("sdb", serial="B", size=size, sector=sector_b)
+
+
+# Each case builds the machine and returns (arguments after the command, the exact message).
+
+
+def one_disk_without_degraded(m):
+    two(m)
+    return m.args("/dev/sda"), ("only one disk given (/dev/sda): a mirror needs 2 to 8; add another --disk, "
+                                "or pass --degraded to build a one-disk mirror to grow later")
+
+
+def nine_disks(m):
+    for letter in "abcdefghi":
+        m.add_disk(f"sd{letter}")
+    return m.args(), "9 disks given: esp-mirror mirrors 2 to 8 disks; pass fewer --disk"
+
+
+def same_disk_twice(m):
+    two(m)
+    return m.args("/dev/sda", "/dev/sda"), "disk /dev/sda is the same device as /dev/sda: list each disk once"
+
+
+def same_disk_by_id_and_by_name(m):
+    two(m)
+    m.link("/dev/disk/by-id/ata-WDC_WD10EZEX_WD-A", "/dev/sda")
+    return (m.args("/dev/sda", "/dev/disk/by-id/ata-WDC_WD10EZEX_WD-A"),
+            "disk /dev/disk/by-id/ata-WDC_WD10EZEX_WD-A is the same device as /dev/sda: list each disk once")
+
+
+def same_image_through_a_symlink(m):
+    m.add_image("a.img")
+    m.link("/images/alias.img", "/images/a.img")
+    return (m.args("/images/a.img", "/images/alias.img"),
+            "disk /images/alias.img is the same device as /images/a.img: list each disk once")
+
+
+def nonexistent_disk(m):
+    two(m)
+    return m.args("/dev/sda", "/dev/sdz"), "disk /dev/sdz does not exist: check the path (lsblk lists disks)"
+
+
+def partition_instead_of_disk(m):
+    two(m)
+    m.add_partition(m.disks["/dev/sda"], 1, 2048, 409600)
+    return m.args("/dev/sda1", "/dev/sdb"), ("/dev/sda1 is a partition, not a whole disk: pass the disk it is on "
+                                             "(esp-mirror creates the ESP partition itself)")
+
+
+def disk_with_mounted_partition(m):
+    two(m)
+    m.add_partition(m.disks["/dev/sdb"], 1, 2048, 409600)
+    m.mount(m.partition_devnum(m.disks["/dev/sdb"], 1), "/srv/data", "xfs", "/dev/sdb1")
+    return m.args(), "disk /dev/sdb is in use: sdb1 is mounted at /srv/data; choose a disk that nothing uses"
+
+
+def active_md_member(m):
+    two(m)
+    m.add_partition(m.disks["/dev/sdb"], 1, 2048, 409600, type_guid="A19D880F-05FC-4D3B-A006-743F0F84911E",
+                    holders=("md0",))
+    return m.args(), ("disk /dev/sdb is in use: sdb1 is in use by md0 (an md array, LVM or dm device); "
+                      "choose a disk that nothing uses")
+
+
+def lvm_physical_volume(m):
+    m.add_disk("sda")
+    m.add_disk("sdb", whole={"UUID": "dU3ZgS-hYcE-Y1bX-2Ghb-3kpN-YjL3-6aKbZq", "VERSION": "LVM2 001",
+                             "TYPE": "LVM2_member", "USAGE": "raid"})
+    return m.args(), ("disk /dev/sdb holds an LVM physical volume: make sure it is unused, "
+                      "then pass --wipe to erase it")
+
+
+def active_swap(m):
+    two(m)
+    m.add_partition(m.disks["/dev/sdb"], 2, 2048, 16777216, type_guid="0657FD6D-A4AB-43C4-84E5-0933C84B4F4F",
+                    probe={"TYPE": "swap", "UUID": "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9"})
+    m.add_swap("/dev/sdb2")
+    return m.args(), "disk /dev/sdb is in use: sdb2 is active swap; choose a disk that nothing uses"
+
+
+def disk_holding_the_running_root(m):
+    two(m)
+    m.add_partition(m.disks["/dev/sda"], 2, 2048, 16777216)
+    m.set_root(m.partition_devnum(m.disks["/dev/sda"], 2), "/dev/sda2")
+    return m.args(), "disk /dev/sda is in use: sda2 is mounted at /; choose a disk that nothing uses"
+
+
+def disk_under_the_running_root_on_lvm(m):
+    two(m)
+    m.add_partition(m.disks["/dev/sda"], 2, 2048, 16777216, type_guid="E6D6D379-F507-44C2-A23C-238F2A3DF928",
+                    holders=("dm-0",))
+    return m.args(), ("disk /dev/sda is in use: sda2 is in use by dm-0 (an md array, LVM or dm device); "
+                      "choose a disk that nothing uses")
+
+
+def different_sector_sizes(m):
+    two(m, sector_b=4096)
+    return m.args(), ("disks have different logical sector sizes (/dev/sda=512, /dev/sdb=4096): a RAID1 ESP "
+                      "needs members with one sector size; pick matching disks")
+
+
+def esp_too_small_for_fat32_at_512(m):
+    two(m)
+    return [*m.args(), "--esp-size", "33M"], ("ESP size 33 MiB is too small for FAT32 with 512-byte sectors: "
+                                             "use --esp-size 34M or more")
+
+
+def esp_too_small_for_fat32_at_4096(m):
+    m.add_disk("sda", sector=4096)
+    m.add_disk("sdb", sector=4096)
+    return [*m.args(), "--esp-size", "257M"], ("ESP size 257 MiB is too small for FAT32 with 4096-byte sectors: "
+                                              "use --esp-size 258M or more")
+
+
+def esp_larger_than_the_disk(m):
+    two(m, size=1 * GIB)
+    return [*m.args(), "--esp-size", "1G"], ("ESP of 1024 MiB does not fit on /dev/sda (1024 MiB): "
+                                            "use a smaller --esp-size")
+
+
+def metadata(version):
+    def case(m):
+        two(m)
+        return [*m.args(), "--metadata", version], (
+            f"metadata {version} is not supported: the ESP must use md metadata 1.0 (superblock at the end, "
+            "so firmware sees a plain FAT32); drop --metadata")
+    case.__name__ = f"metadata_{version.replace('.', '_')}"
+    return case
+
+
+def missing_tool(profile, tool, hint, where=""):
+    def case(m):
+        two(m)
+        m.runner.tools = ToolsExcept(tool)
+        message = f"{tool} is not installed{where.format(m=m)}: install it with `{hint}`"
+        return [*m.args(), "--profile", profile], message
+    case.__name__ = f"missing_{tool}_on_{profile}"
+    return case
+
+
+def unknown_profile(m):
+    two(m)
+    return [*m.args(), "--profile", "slackware"], (
+        "unknown profile 'slackware': use one of alpine, arch, debian, fedora, gentoo, opensuse, rhel, ubuntu, void "
+        "or a path to a YAML file (see `esp-mirror profiles`)")
+
+
+def missing_efi_image(kind):
+    def case(m):
+        two(m)
+        return [*m.args(), "--bootloader", kind], (f"bootloader {kind} needs the EFI image to install: "
+                                                   "pass --efi-image PATH")
+    case.__name__ = f"{kind.replace('-', '_')}_without_efi_image"
+    return case
+
+
+def efi_image_that_does_not_exist(m):
+    two(m)
+    return [*m.args(), "--bootloader", "efi", "--efi-image", "/nonexistent/linux.efi"], (
+        "EFI image /nonexistent/linux.efi does not exist: pass the path of an EFI binary")
+
+
+def existing_partition_table_without_wipe(m):
+    m.add_disk("sda")
+    sdb = m.add_disk("sdb", pttype="dos", whole={"PTUUID": "c3564199", "PTTYPE": "dos"})
+    m.add_partition(sdb, 1, 2048, 2097152)
+    return m.args(), ("disk /dev/sdb already has a partition table or data (dos): esp-mirror never wipes "
+                      "silently; pass --wipe to erase it")
+
+
+def fstab_already_mounting_the_esp(m):
+    two(m)
+    with open(m.target / "etc/fstab", "a") as fstab:
+        fstab.write("UUID=ABCD-1234  /boot/efi  vfat  umask=0077  0  1\n")
+    return m.args(), (f"{m.target}/etc/fstab already mounts /boot/efi: 'UUID=ABCD-1234  /boot/efi  vfat  "
+                      "umask=0077  0  1'; remove or comment out that line, esp-mirror adds its own")
+
+
+def esp_mountpoint_mounted_from_elsewhere(m):
+    two(m)
+    m.mount("8:33", f"{m.target}/boot/efi", "vfat", "/dev/sdc1")
+    esp = f"{m.target}/boot/efi"
+    return m.args(), (f"{esp} is already mounted from /dev/sdc1: unmount it first (umount {esp}); "
+                      "esp-mirror mounts /dev/md/esp there")
+
+
+def disks_mixed_with_image_files(m):
+    m.add_disk("sda")
+    m.add_image("b.img")
+    return m.args(), "mix of block devices and image files: give only disks, or only image files"
+
+
+def label_too_long_for_fat(m):
+    two(m)
+    return [*m.args(), "--label", "EFI-SYSTEM-MIRROR"], (
+        "label 'EFI-SYSTEM-MIRROR' is too long for FAT: use at most 11 ASCII characters")
+
+
+def esp_size_that_is_not_a_size(m):
+    two(m)
+    return [*m.args(), "--esp-size", "lots"], "command line: esp-size 'lots' is not a size: use e.g. 512M or 1G"
+
+
+def target_that_is_not_a_directory(m):
+    two(m)
+    return [*m.disk_args("/dev/sda", "/dev/sdb"), "--target", str(m.root / "nowhere")], (
+        f"target {m.root}/nowhere is not a directory: pass the root of the system being installed (default /)")
+
+
+def array_name_taken_by_another_array(m):
+    two(m)
+    m.add_array("/dev/md/esp", "md126", uuid="11111111:22222222:33333333:44444444",
+                members=("/dev/sdc1", "/dev/sdd1"))
+    return m.args(), ("/dev/md/esp already exists and is not on these disks: "
+                      "pass --array-name NAME to choose another name")
+
+
+BOTH = ("plan", "apply")
+CASES = [
+    (one_disk_without_degraded, BOTH), (nine_disks, BOTH), (same_disk_twice, BOTH),
+    (same_disk_by_id_and_by_name, BOTH), (same_image_through_a_symlink, BOTH), (nonexistent_disk, BOTH),
+    (partition_instead_of_disk, BOTH), (disk_with_mounted_partition, BOTH), (active_md_member, BOTH),
+    (lvm_physical_volume, BOTH), (active_swap, BOTH), (disk_holding_the_running_root, BOTH),
+    (disk_under_the_running_root_on_lvm, BOTH), (different_sector_sizes, BOTH),
+    (esp_too_small_for_fat32_at_512, BOTH), (esp_too_small_for_fat32_at_4096, BOTH),
+    (esp_larger_than_the_disk, BOTH), (metadata("0.90"), BOTH), (metadata("1.2"), BOTH),
+    (missing_tool("debian", "sgdisk", "apt-get install --yes gdisk"), ("apply",)),
+    (missing_tool("arch", "sgdisk", "pacman -S --needed --noconfirm gptfdisk"), ("apply",)),
+    (missing_tool("debian", "mkfs.vfat", "apt-get install --yes dosfstools"), ("apply",)),
+    (missing_tool("fedora", "efibootmgr", "dnf install --assumeyes efibootmgr"), ("apply",)),
+    (missing_tool("debian", "grub-install", "apt-get install --yes grub-efi-amd64-bin", " in the target {m.target}"),
+     ("apply",)),
+    (missing_tool("arch", "mkinitcpio", "pacman -S --needed --noconfirm mkinitcpio", " in the target {m.target}"),
+     ("apply",)),
+    (unknown_profile, BOTH), (missing_efi_image("efi"), BOTH), (missing_efi_image("zfsbootmenu"), BOTH),
+    (efi_image_that_does_not_exist, BOTH), (existing_partition_table_without_wipe, BOTH),
+    (fstab_already_mounting_the_esp, BOTH), (esp_mountpoint_mounted_from_elsewhere, BOTH),
+    (disks_mixed_with_image_files, BOTH), (label_too_long_for_fat, BOTH), (esp_size_that_is_not_a_size, BOTH),
+    (target_that_is_not_a_directory, BOTH), (array_name_taken_by_another_array, BOTH),
+]
+PARAMS = [pytest.param(case, command, id=f"{command}-{case.__name__}") for case, commands in CASES
+          for command in commands]
+
+
+@pytest.mark.parametrize(("case", "command"), PARAMS)
+def test_refuses_with_exit_2_a_one_line_fix_and_no_change(machine, case, command):
+    machine.set_efivars(efibootmgr="BootCurrent: 0000\nBootOrder: 0000\nBoot0000* UiApp\tFvVol(x)/FvFile(y)\n")
+    tail, message = case(machine)
+    before = machine.target_state()
+    argv = ["plan", *tail] if command == "plan" else ["apply", "--yes", *tail]
+
+    outcome = machine.cli(*argv)
+
+    assert (outcome.code, outcome.error) == (2, message)
+    assert outcome.out == ""
+    assert_only_read(outcome.calls)
+    assert machine.target_state() == before
+
+
+def test_refuses_apply_without_yes_when_there_is_no_terminal_to_ask(two_disks):
+    before = two_disks.target_state()
+    outcome = two_disks.cli("apply", *two_disks.args(), stdin=io.StringIO("yes\n"))
+    assert (outcome.code, outcome.error) == (2, "apply changes disks: pass --yes to confirm "
+                                                "(there is no terminal to ask on)")
+    assert_only_read(outcome.calls)
+    assert two_disks.target_state() == before
+
+
+def test_apply_asks_on_a_terminal_and_does_nothing_unless_told_yes(two_disks):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    before = two_disks.target_state()
+    outcome = two_disks.cli("apply", *two_disks.args(), stdin=Terminal("no\n"))
+    assert outcome.code == 2
+    assert "Type 'yes' to carry out this plan: " in outcome.out and outcome.out.endswith("Nothing done.\n")
+    assert "mdadm --create /dev/md/esp" in outcome.out  # the plan was shown before the question
+    assert_only_read(outcome.calls)
+    assert two_disks.target_state() == before
+
+
+def test_unknown_bootloader_is_an_argparse_usage_error(two_disks, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        two_disks.cli("plan", *two_disks.args(), "--bootloader", "lilo")
+    assert exit_.value.code == 2
+    assert "argument --bootloader: invalid choice: 'lilo'" in capsys.readouterr().err
+    assert two_disks.runner.calls == []
+
+
+def test_plan_notes_a_missing_tool_instead_of_refusing(two_disks):
+    two_disks.runner.tools = ToolsExcept("sgdisk")
+    outcome = two_disks.cli("plan", *two_disks.args())
+    assert outcome.code == 0
+    assert "# note: WARNING: sgdisk is not installed: install it with `apt-get install --yes gdisk`" in outcome.out
+
+
+# -- the accepted neighbours of the refusals --------------------------------------------------
+
+
+def test_degraded_with_one_disk_plans_a_two_slot_mirror_with_a_missing_member(two_disks):
+    outcome = two_disks.cli("plan", "--json", *two_disks.args("/dev/sda"), "--degraded")
+    assert outcome.code == 0, outcome.err
+    plan = json.loads(outcome.out)
+    [create] = starting(json_commands(plan), "mdadm", "--create")
+    assert "--raid-devices=2" in create and create[-2:] == ("/dev/sda1", "missing")
+
+
+@pytest.mark.parametrize(("sector", "size"), [(512, "34M"), (4096, "258M")])
+def test_smallest_esp_that_holds_a_fat32_is_accepted(machine, sector, size):
+    machine.add_disk("sda", sector=sector)
+    machine.add_disk("sdb", sector=sector)
+    outcome = machine.cli("plan", *machine.args(), "--esp-size", size, "--no-nvram")
+    assert outcome.code == 0, outcome.err
+    assert f"mkfs.vfat -F 32 -S {sector} -s 1 " in outcome.out
+
+
+def test_wipe_erases_old_signatures_and_tables_before_partitioning(machine):
+    machine.add_disk("sda")
+    sdb = machine.add_disk("sdb", pttype="dos", whole={"PTUUID": "c3564199", "PTTYPE": "dos"})
+    machine.add_partition(sdb, 1, 2048, 2097152)
+    outcome = machine.cli("plan", "--json", *machine.args(), "--wipe", "--no-nvram")
+    assert outcome.code == 0, outcome.err
+    cmds = json_commands(json.loads(outcome.out), "pre_partition")
+    guid = json.loads(outcome.out)["members"][1]["partition_guid"]
+    assert [c for c in cmds if c[-1].startswith("/dev/sdb")] == [
+        ("wipefs", "--all", "/dev/sdb"),
+        ("sgdisk", "--zap-all", "/dev/sdb"),
+        ("sgdisk", "--new=1:2048:1050623", "--typecode=1:EF00", f"--partition-guid=1:{guid}",
+         "--change-name=1:esp-mirror", "/dev/sdb"),
+        ("wipefs", "--all", "/dev/sdb1"),
+    ]
+    assert ("sgdisk", "--zap-all", "/dev/sda") not in cmds  # a blank disk is not wiped
+
+
+def test_an_empty_gpt_is_not_foreign_and_needs_no_wipe(machine):
+    machine.add_disk("sda", pttype="gpt", whole={"PTUUID": "4036c74b-6fbb-4d6d-93eb-340347341541", "PTTYPE": "gpt"})
+    machine.add_disk("sdb")
+    outcome = machine.cli("plan", *machine.args(), "--no-nvram")
+    assert outcome.code == 0, outcome.err
+    assert "--zap-all" not in outcome.out
+
+
+def test_a_commented_out_esp_line_in_fstab_is_not_a_conflict(two_disks):
+    with open(two_disks.target / "etc/fstab", "a") as fstab:
+        fstab.write("#UUID=ABCD-1234  /boot/efi  vfat  umask=0077  0  1\n")
+    assert two_disks.cli("plan", *two_disks.args()).code == 0
+
+
+def test_an_lvm_pv_with_wipe_is_accepted_and_wiped(machine):
+    machine.add_disk("sda")
+    machine.add_disk("sdb", whole={"TYPE": "LVM2_member", "VERSION": "LVM2 001"})
+    outcome = machine.cli("plan", *machine.args(), "--wipe", "--no-nvram")
+    assert outcome.code == 0, outcome.err
+    assert "wipefs --all /dev/sdb\n" in outcome.out and "sgdisk --zap-all /dev/sdb\n" in outcome.out
+
+
+# -- refusals that are missing (bugs) ---------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: files._split raises ValueError for a BEGIN marker without END; "
+                                       "prepare() lets it escape cli.main as a traceback instead of BadInput")
+def test_a_managed_block_without_its_end_marker_is_bad_input_naming_the_file(two_disks):
+    with open(two_disks.target / "etc/fstab", "a") as fstab:
+        fstab.write("# BEGIN esp-mirror (managed block: esp-mirror rewrites what is between these lines)\n"
+                    "UUID=C982-96CB\t/boot/efi\tvfat\tumask=0077\t0\t2\n")
+    outcome = two_disks.cli("plan", *two_disks.args())
+    assert outcome.code == 2
+    assert f"{two_disks.target}/etc/fstab" in outcome.error and "# END esp-mirror" in outcome.error
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: discovery.discover ignores a failing `efibootmgr -v` (boot=None): the "
+                                       "plan then creates Boot0000/Boot0001 over existing entries and sets a "
+                                       "BootOrder of only ours")
+def test_unreadable_nvram_is_refused_rather_than_dropping_other_entries_from_bootorder(two_disks):
+    two_disks.fail(("efibootmgr", "-v"), 2, "EFI variables are not supported on this system.\n")
+    outcome = two_disks.cli("plan", *two_disks.args())
+    assert outcome.code == 2
+    assert "efibootmgr" in outcome.error and "--no-nvram" in outcome.error

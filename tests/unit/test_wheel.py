@@ -1,0 +1,94 @@
+"""The entry point and the profiles work from an installed wheel, not only from the source tree.
+
+THIS TEST STARTS REAL PROCESSES (pip and python), which no other unit test may do. It builds the
+wheel from a copy of the source tree (so it never writes build/ into the repository), installs it
+with ``pip install --target``, and imports it in a fresh ``python -S`` whose path holds only the
+installed wheel and its two runtime dependencies: neither the source tree nor the editable install
+in the venv can stand in for the wheel.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pluggy
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+NOT_PACKAGED = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "tests", "ci", ".ci",
+                                      ".pytest_cache", "__pycache__")
+PROBE = """
+import json, pluggy
+from esp_mirror_plugin import hookspecs, profiles
+pm = pluggy.PluginManager("esp_mirror")
+pm.add_hookspecs(hookspecs)
+loaded = pm.load_setuptools_entrypoints("esp_mirror")
+pm.check_pending()
+plugin = pm.get_plugin("esp_mirror")
+debian = profiles.load_profile("debian")
+print(json.dumps({
+    "loaded": loaded,
+    "plugin_file": plugin.__file__,
+    "hooks": sorted(h.name for h in pm.get_hookcallers(plugin)),
+    "profiles": profiles.builtin_names(),
+    "debian": [debian.loader_id, debian.mdadm_conf, debian.source],
+}))
+"""
+
+
+def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, **kwargs)
+    assert done.returncode == 0, f"{' '.join(argv)}\nstdout: {done.stdout}\nstderr: {done.stderr}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """(directory the wheel is installed in, environment for a python that sees only it)."""
+    if importlib.util.find_spec("setuptools") is None:
+        pytest.fail("setuptools is not installed in the venv: the wheel cannot be built "
+                    "(ci/bootstrap must install it)", pytrace=False)
+    work = tmp_path_factory.mktemp("wheel")
+    source, dist, target, deps = work / "src", work / "dist", work / "installed", work / "deps"
+    shutil.copytree(REPO, source, symlinks=True, ignore=NOT_PACKAGED)
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--quiet",
+         "-w", str(dist), str(source)])
+    [wheel] = dist.glob("esp_mirror_plugin-*.whl")
+    run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", "--target", str(target),
+         str(wheel)])
+    deps.mkdir()
+    for module in (pluggy, yaml):  # the runtime dependencies, and nothing else from the venv
+        package = Path(module.__file__).parent
+        (deps / package.name).symlink_to(package)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": f"{target}:{deps}"}
+    return target, env
+
+
+@pytest.mark.real_processes
+def test_entry_point_from_the_wheel_registers_the_plugin_and_profiles_ship_inside(installed, tmp_path):
+    target, env = installed
+    done = run([sys.executable, "-S", "-c", PROBE], cwd=tmp_path, env=env)
+    probe = json.loads(done.stdout)
+    assert probe["loaded"] == 1
+    assert Path(probe["plugin_file"]).resolve().is_relative_to(target.resolve())
+    assert probe["hooks"] == ["bootloader", "initramfs_config", "post_format", "pre_partition"]
+    assert probe["profiles"] == ["alpine", "arch", "debian", "fedora", "gentoo", "opensuse", "rhel", "ubuntu", "void"]
+    loader_id, mdadm_conf, source = probe["debian"]
+    assert (loader_id, mdadm_conf) == ("debian", "/etc/mdadm/mdadm.conf")
+    assert Path(source).resolve().is_relative_to(target.resolve())
+
+
+@pytest.mark.real_processes
+def test_the_cli_runs_from_the_wheel(installed, tmp_path):
+    _, env = installed
+    done = run([sys.executable, "-S", "-m", "esp_mirror_plugin", "profiles", "ubuntu"], cwd=tmp_path, env=env)
+    assert "extends: debian" in done.stdout
+    assert done.stdout.splitlines()[0].startswith("# ubuntu: ") and "/installed/" in done.stdout.splitlines()[0]
