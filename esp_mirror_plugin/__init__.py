@@ -7,18 +7,12 @@ The hook markers live here, as in pluggy's eggsample. The marker project name, t
 name and the entry-point group are the same string, :data:`PROJECT`.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
 import pluggy
 
 PROJECT = "esp_mirror"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
-
-try:
-    __version__ = version("esp-mirror-plugin")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+__version__ = "0.1.0"  # keep equal to pyproject.toml's version
 
 __all__ = ["PROJECT", "hookimpl", "hookspec", "__version__"]

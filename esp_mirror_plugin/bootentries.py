@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from .steps import Command
 
 TAG = "esp-mirror"
-_LINE = re.compile(r"^Boot([0-9A-Fa-f]{4})(\*?)\s(.*)$")
+_LINE = re.compile(r"^Boot([0-9A-Fa-f]{4})(\*?)\s+(.*)$")
 _HD = re.compile(r"HD\((\d+),GPT,([0-9A-Fa-f-]{36})", re.IGNORECASE)
-_FILE = re.compile(r"File\(([^)]*)\)|\)/(\\[^\s]*)", re.IGNORECASE)
+_FILE = re.compile(r"(?<![A-Za-z])File\(([^)]*)\)|\)/(\\[^\s]*)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import bootentries
+from .errors import BadInput
 from .profiles import Profile
 from .request import Request
 from .runner import Runner
@@ -161,8 +162,10 @@ def discover(request: Request, profile: Profile, runner: Runner, host: HostView 
     boot = None
     if efivars and not request.no_nvram and not any(d.kind == "image" for d in disks):
         result = runner.run(("efibootmgr", "-v"))
-        if result.ok:
-            boot = bootentries.parse(result.stdout)
+        if not result.ok:
+            raise BadInput(f"efibootmgr -v failed ({result.stderr.strip() or f'exit {result.returncode}'}): "
+                           "boot entries cannot be planned; fix access to EFI variables, or pass --no-nvram")
+        boot = bootentries.parse(result.stdout)
     target = Path(request.target)
     return Snapshot(
         disks=disks,

@@ -17,6 +17,9 @@ from .request import Request
 from .steps import Command, EditBlock, Step, WriteFile
 
 DRACUT_DROPIN = "etc/dracut.conf.d/90-esp-mirror.conf"
+# dracut settings that are lists: a drop-in must add to them (+=), not replace earlier files' values.
+DRACUT_LISTS = {"add_dracutmodules", "omit_dracutmodules", "add_drivers", "force_drivers", "omit_drivers",
+                "install_items", "filesystems"}
 MKINITCPIO_CONF = "etc/mkinitcpio.conf"
 MKINITCPIO_DROPIN = "etc/mkinitcpio.conf.d/90-esp-mirror.conf"
 MKINITFS_CONF = "etc/mkinitfs/mkinitfs.conf"
@@ -54,7 +57,8 @@ def config_steps(request: Request, profile: Profile) -> tuple[Step, ...]:
         case Generator.INITRAMFS_TOOLS:
             return ()  # its mdadm hook copies mdadm.conf into the image by itself
         case Generator.DRACUT:
-            body = "".join(f'{key}="{value}"\n' for key, value in ird.settings)
+            body = "".join(f'{key}{"+=" if key in DRACUT_LISTS else "="}"{value}"\n'
+                           for key, value in ird.settings)
             return (WriteFile(at(DRACUT_DROPIN), "# Written by esp-mirror.\n" + body, why=why),)
         case Generator.MKINITCPIO:
             if ird.dropin_dir:

@@ -159,6 +159,11 @@ def build(request: Request, profile: Profile, snapshot: Snapshot) -> Layout:
     """Decide every action from the snapshot; refuse unsafe or inconsistent states."""
     check_settings(request)
     check_disks(request, snapshot)
+    for path, text in (("etc/fstab", snapshot.fstab), (profile.mdadm_conf, snapshot.mdadm_conf)):
+        try:
+            files.without_block(text)
+        except ValueError as exc:
+            raise BadInput(f"{os.path.join(request.target, path.lstrip('/'))}: {exc}") from None
     sector = snapshot.disks[0].sector_size
     first = request.esp_start // sector
     last = first + request.esp_size // sector - 1

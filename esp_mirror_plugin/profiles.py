@@ -166,7 +166,7 @@ def _check(data: dict, schema: dict, source: str, prefix: str, require: bool) ->
     if require:
         for key, (kind, required) in schema.items():
             if required and key not in data:
-                raise BadInput(f"profile {source}: missing key {prefix}{key!r} "
+                raise BadInput(f"profile {source}: missing key {prefix + key!r} "
                                f"({_type_name(kind)}): add it or `extends:` a profile that has it")
             if isinstance(kind, dict) and key in data:
                 _check(data[key], kind, source, f"{prefix}{key}.", require)

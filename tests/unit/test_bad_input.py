@@ -378,8 +378,6 @@ def test_an_lvm_pv_with_wipe_is_accepted_and_wiped(machine):
 # -- refusals that are missing (bugs) ---------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: files._split raises ValueError for a BEGIN marker without END; "
-                                       "prepare() lets it escape cli.main as a traceback instead of BadInput")
 def test_a_managed_block_without_its_end_marker_is_bad_input_naming_the_file(two_disks):
     with open(two_disks.target / "etc/fstab", "a") as fstab:
         fstab.write("# BEGIN esp-mirror (managed block: esp-mirror rewrites what is between these lines)\n"
@@ -389,9 +387,6 @@ def test_a_managed_block_without_its_end_marker_is_bad_input_naming_the_file(two
     assert f"{two_disks.target}/etc/fstab" in outcome.error and "# END esp-mirror" in outcome.error
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: discovery.discover ignores a failing `efibootmgr -v` (boot=None): the "
-                                       "plan then creates Boot0000/Boot0001 over existing entries and sets a "
-                                       "BootOrder of only ours")
 def test_unreadable_nvram_is_refused_rather_than_dropping_other_entries_from_bootorder(two_disks):
     two_disks.fail(("efibootmgr", "-v"), 2, "EFI variables are not supported on this system.\n")
     outcome = two_disks.cli("plan", *two_disks.args())

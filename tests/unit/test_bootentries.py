@@ -106,31 +106,19 @@ def test_parse_gives_label_and_loader_of_every_active_disk_entry(capture):
                 assert got.loader == w["loader"]
 
 
-FULL_PARSE_BUGS = {
-    "v17-ovmf-debian.txt": "FvFile", "v18-ovmf-fedora.txt": "FvFile",
-    "v17-esp-mirror-rerun.txt": "FvFile, inactive label", "v18-esp-mirror-rerun.txt": "FvFile, inactive label",
-}
-
-
-@pytest.mark.parametrize("capture", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=f"BUG: {FULL_PARSE_BUGS[p.name]} (see below)"))
-    if p.name in FULL_PARSE_BUGS else p for p in WITH_EXPECTED], ids=lambda p: p.name)
+@pytest.mark.parametrize("capture", WITH_EXPECTED, ids=lambda p: p.name)
 def test_parse_matches_the_expected_file_in_every_field(capture):
     state, want = parsed(capture), expected(capture)
     got = [{k: getattr(e, k) for k in w} for e, w in zip(state.entries, want["entries"])]
     assert got == want["entries"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: bootentries._FILE matches the 'File(' inside 'FvFile(', so firmware "
-                                       "apps get a GUID as loader; anchor it, e.g. r'(?<![A-Za-z])File\\('")
 def test_firmware_volume_apps_have_no_loader():
     [uiapp] = bootentries.parse("Boot0000* UiApp\tFvVol(7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1)/"
                                 "FvFile(462caa21-7614-4503-836e-8ab6f4662331)\n").entries
     assert uiapp.loader == ""
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: bootentries._LINE eats one of the two spaces after an inactive "
-                                       "'BootXXXX' ('Boot0006  label'), so the label keeps a leading space; use \\s+")
 def test_inactive_entry_label_has_no_leading_space():
     [inactive] = bootentries.parse("Boot0006  Debian (esp-mirror WD-B)\tHD(1,GPT,0a04ad40-f5b1-5bba-88d2-"
                                    "a1a719daf141,0x800,0x100000)/File(\\EFI\\debian\\grubx64.efi)\n").entries
@@ -212,8 +200,6 @@ def test_another_systems_tagged_entry_on_a_foreign_partition_is_not_ours():
     assert bootentries.is_ours(entry("0009", A, "Site (esp-mirror WD-WCC4N0AAAAAA)"), "Debian", {A.partuuid})
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the leading space in an inactive entry's label (see the parse bug) "
-                                       "makes a stale inactive entry of ours look foreign, so it is never pruned")
 def test_a_stale_inactive_entry_of_ours_is_pruned():
     state = bootentries.parse(
         "BootOrder: 0001,0002\n"

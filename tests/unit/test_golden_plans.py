@@ -20,8 +20,6 @@ from conftest import BOOTLOADERS, DATA, PROFILES, Machine, equip_two_disks, json
 
 GOLDEN = DATA / "golden"
 DRACUT = {"fedora", "rhel", "opensuse", "void", "gentoo"}
-DRACUT_BUG = ('BUG: initramfs.py writes add_dracutmodules=" mdraid " (plain =), which throws away '
-              "every module earlier dracut.conf.d files added; dracut.conf(5) says +=")
 
 # The spec, per profile: mount point, \EFI\<id>\, entry label, mdadm.conf, the one regeneration.
 FACTS = {
@@ -52,8 +50,7 @@ def plan_of(machine: Machine, *argv: str) -> dict:
 
 # -- the full text ---------------------------------------------------------------------------
 
-GOLDEN_CASES = [pytest.param(p, "grub", marks=pytest.mark.xfail(strict=True, reason=DRACUT_BUG) if p in DRACUT else ())
-                for p in PROFILES]
+GOLDEN_CASES = [pytest.param(p, "grub") for p in PROFILES]
 GOLDEN_CASES += [pytest.param("debian", k) for k in ("efi", "zfsbootmenu", "systemd-boot")]
 
 
@@ -220,7 +217,6 @@ def test_dracut_dropin_carries_mdadm_conf_and_never_bakes_the_esp_into_the_cmdli
     assert 'mdadmconf="yes"' in lines and 'hostonly_cmdline="no"' in lines
 
 
-@pytest.mark.xfail(strict=True, reason=DRACUT_BUG)
 @pytest.mark.parametrize("name", sorted(DRACUT))
 def test_dracut_dropin_adds_mdraid_to_the_modules_instead_of_replacing_them(two_disks, name):
     [dropin] = initramfs_files(plan_of(two_disks, "--profile", name))

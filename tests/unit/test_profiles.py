@@ -136,8 +136,6 @@ def test_profile_missing_a_nested_required_key_names_it(user_profile):
         profiles.load_profile(path)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (cosmetic): profiles._check quotes only the last part of a nested "
-                                       "missing key (initramfs.'regenerate'); unknown keys quote the whole path")
 def test_missing_nested_key_is_quoted_like_an_unknown_nested_key(user_profile):
     data = yaml.safe_load(profiles.raw_profile_text("debian"))
     del data["initramfs"]["regenerate"]
