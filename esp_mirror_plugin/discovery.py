@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -95,7 +96,7 @@ class DiskFacts:
     pttype: str = ""  # "gpt", "dos", "" when none
     signatures: tuple[str, ...] = ()  # whole-disk blkid types (LVM2_member, linux_raid_member ...)
     partitions: tuple[Partition, ...] = ()
-    busy: tuple[str, ...] = ()  # why the disk is in use: mounts, holders, swap, running root
+    busy: tuple[tuple[str, str], ...] = ()  # (node, why it is in use): mounts, holders, swap, root
 
     def partition(self, number: int) -> Partition | None:
         return next((p for p in self.partitions if p.number == number), None)
@@ -156,7 +157,7 @@ def discover(request: Request, profile: Profile, runner: Runner, host: HostView 
     # Our own array holding our partitions is not "in use" (a re-run); whether it really is ours
     # is decided by the layout from the superblocks' UUIDs.
     ours = os.path.basename(host.realpath(request.device)) if host.exists(request.device) else ""
-    disks = tuple(_disk(given, host, runner, mounts, swaps, root_dev, ours) for given in request.disks)
+    disks = _distinct(tuple(_disk(given, host, runner, mounts, swaps, root_dev, ours) for given in request.disks))
     array = _array(request.device, host, runner)
     efivars = bool(host.listdir(EFIVARS))
     boot = None
@@ -180,6 +181,13 @@ def discover(request: Request, profile: Profile, runner: Runner, host: HostView 
         target_kernels=tuple(sorted(p.name for p in (target / "lib/modules").glob("*") if p.is_dir())),
         target_has_shim=(target / "usr/lib/shim/shimx64.efi.signed").is_file(),
     )
+
+
+def _distinct(disks: tuple[DiskFacts, ...]) -> tuple[DiskFacts, ...]:
+    """Disks that report one serial (USB bridges, namespaces of one controller) get their kernel
+    name added to the identity, so partition GUIDs and entry labels stay unique."""
+    counts = Counter(d.identity for d in disks if d.identity)
+    return tuple(replace(d, identity=f"{d.identity}@{d.name}") if counts[d.identity] > 1 else d for d in disks)
 
 
 def _read(path: Path) -> str:
@@ -231,19 +239,19 @@ def _disk(given: str, host: HostView, runner: Runner, mounts, swaps, root_dev: s
     children = [c for c in host.listdir(sys) if host.exists(f"{sys}/{c}/partition")]
     devnums = {dev: name} | {(host.read(f"{sys}/{c}/dev") or "").strip(): c for c in children}
     busy = []
+    if root_dev in devnums:
+        busy.append((devnums[root_dev], f"{devnums[root_dev]} holds the running root filesystem"))
     for m in mounts:
         if m.source in devnums:
-            busy.append(f"{devnums[m.source]} is mounted at {m.mountpoint}")
-    if root_dev in devnums:
-        busy.append(f"{devnums[root_dev]} holds the running root filesystem")
+            busy.append((devnums[m.source], f"{devnums[m.source]} is mounted at {m.mountpoint}"))
     for node in (name, *children):
         base = sys if node == name else f"{sys}/{node}"
         for holder in host.listdir(f"{base}/holders"):
             if node != name and holder == ours:
                 continue
-            busy.append(f"{node} is in use by {holder} (an md array, LVM or dm device)")
+            busy.append((node, f"{node} is in use by {holder} (an md array, LVM or dm device)"))
         if node in swaps:
-            busy.append(f"{node} is active swap")
+            busy.append((node, f"{node} is active swap"))
     facts = DiskFacts(given, path, "block", f"dev:{dev}", name=name,
                       identity=f"serial:{serial}" if serial else f"dev:{path}", size=size,
                       sector_size=sector, busy=tuple(dict.fromkeys(busy)))

@@ -106,14 +106,17 @@ def check_disks(request: Request, snapshot: Snapshot) -> None:
             raise BadInput(f"disk {disk.given} is the same device as {seen[disk.key]}: "
                            "list each disk once")
         seen[disk.key] = disk.given
-        if disk.busy:
-            raise BadInput(f"disk {disk.given} is in use: {disk.busy[0]}; "
-                           "choose a disk that nothing uses")
+        ours = _has_our_esp(disk)
+        # On a disk that already carries our ESP nothing is partitioned or wiped: only the disk
+        # itself and the ESP partition matter (the installed system's root may share the disk).
+        esp_node = disk.name + ("p1" if disk.name[-1:].isdigit() else "1")
+        busy = [why for node, why in disk.busy if not ours or node in (disk.name, esp_node)]
+        if busy:
+            raise BadInput(f"disk {disk.given} is in use: {busy[0]}; choose a disk that nothing uses")
         holder_types = {"LVM2_member": "an LVM physical volume", "linux_raid_member": "an md RAID member",
                         "swap": "swap space"}
         used = [t for t in disk.signatures if t in holder_types]
-        used += [p.fstype for p in disk.partitions
-                 if p.fstype in holder_types and not _is_our_partition(p, request, disk)]
+        used += [p.fstype for p in disk.partitions if p.fstype in holder_types and not ours]
         if used and not request.wipe:
             raise BadInput(f"disk {disk.given} holds {holder_types[used[0]]}: make sure it is unused, "
                            "then pass --wipe to erase it")
@@ -150,9 +153,13 @@ def check_settings(request: Request) -> None:
         raise BadInput("--esp-size and the ESP start must be whole MiB: use e.g. 512M")
 
 
-def _is_our_partition(part: Partition, request: Request, disk: DiskFacts) -> bool:
-    return (part.number == 1 and part.type_guid == names.ESP_TYPE_GUID
+def _is_our_partition(part: Partition | None) -> bool:
+    return (part is not None and part.number == 1 and part.type_guid == names.ESP_TYPE_GUID
             and part.name == names.PARTITION_NAME)
+
+
+def _has_our_esp(disk: DiskFacts) -> bool:
+    return _is_our_partition(disk.partition(1))
 
 
 def build(request: Request, profile: Profile, snapshot: Snapshot) -> Layout:
@@ -176,7 +183,7 @@ def build(request: Request, profile: Profile, snapshot: Snapshot) -> Layout:
         loop_var = f"LOOP_{index}" if image_mode else None
         device: Arg = Var(loop_var) if loop_var else disk.path
         existing = disk.partition(1)
-        ours = existing is not None and _is_our_partition(existing, request, disk)
+        ours = _is_our_partition(existing)
         if ours and (existing.start, existing.start + existing.size - 1) != (first, last):
             raise BadInput(f"disk {disk.given} already has an esp-mirror ESP of "
                            f"{existing.size * sector // MIB} MiB at sector {existing.start}: re-run with "

@@ -102,7 +102,7 @@ def disk_holding_the_running_root(m):
     two(m)
     m.add_partition(m.disks["/dev/sda"], 2, 2048, 16777216)
     m.set_root(m.partition_devnum(m.disks["/dev/sda"], 2), "/dev/sda2")
-    return m.args(), "disk /dev/sda is in use: sda2 is mounted at /; choose a disk that nothing uses"
+    return m.args(), "disk /dev/sda is in use: sda2 holds the running root filesystem; choose a disk that nothing uses"
 
 
 def disk_under_the_running_root_on_lvm(m):

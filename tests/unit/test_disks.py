@@ -151,9 +151,6 @@ def test_an_existing_esp_of_another_size_is_refused_with_the_size_to_use(machine
                                                 "2048: re-run with --esp-size 300M, or --wipe to start over")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: disks.partition_guid derives the GUID from the serial alone; two disks "
-                                       "reporting one serial (USB bridges, namespaces of one NVMe controller) get the "
-                                       "same partition GUID and the same entry label")
 def test_two_disks_reporting_the_same_serial_still_get_unique_partition_guids(machine):
     machine.add_disk("sda", serial="0000000000000001")
     machine.add_disk("sdb", serial="0000000000000001")

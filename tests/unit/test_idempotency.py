@@ -251,10 +251,6 @@ def root_on_a_plain_partition(machine: Machine) -> None:
     machine.set_root(machine.partition_devnum(sda, 2), "/dev/sda2")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: layout.check_disks refuses every busy disk and every disk with an md/LVM "
-                                       "partition, even when our ESP already exists there and nothing will be "
-                                       "partitioned: a re-run on the installed system (which the no-EFI-variables "
-                                       "warning recommends) exits 2, for an md root even advising --wipe")
 @pytest.mark.parametrize("root", [root_on_md_raid, root_on_a_plain_partition], ids=lambda f: f.__name__)
 def test_rerun_on_the_installed_system_whose_root_shares_the_disks(two_disks, root):
     first = plan_of(two_disks)
