@@ -39,7 +39,7 @@ def fallback_name(arch: str) -> str:
     return f"BOOT{arch_names(arch)[0].upper()}.EFI"
 
 
-def loader_path(request: Request, has_shim: bool) -> str:
+def loader_path(request: Request, profile: Profile, has_shim: bool) -> str:
     """The file the boot entries start, as an EFI path with backslashes."""
     suffix, _ = arch_names(request.arch)
     kind = request.bootloader
@@ -49,24 +49,34 @@ def loader_path(request: Request, has_shim: bool) -> str:
         return "\\EFI\\ZBM\\VMLINUZ.EFI"
     if kind is BootloaderKind.SYSTEMD_BOOT:
         return f"\\EFI\\systemd\\systemd-boot{suffix}.efi"
-    return f"\\EFI\\{request.loader_id}\\{'shim' if has_shim else 'grub'}{suffix}.efi"
+    name = profile.grub_loader
+    if name == "auto":
+        name = f"{'shim' if has_shim else 'grub'}{suffix}.efi"
+    return f"\\EFI\\{request.loader_id}\\{name}"
+
+
+def _fill(arg: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        arg = arg.replace(key, value)
+    return arg
 
 
 def _on_esp(layout: Layout, efi_path: str) -> str:
     return os.path.join(layout.esp_dir, *efi_path.strip("\\").split("\\"))
 
 
-def payload_steps(request: Request, layout: Layout) -> tuple[Step, ...]:
+def payload_steps(request: Request, profile: Profile, layout: Layout) -> tuple[Step, ...]:
     kind = request.bootloader
     fallback = f"\\EFI\\BOOT\\{fallback_name(request.arch)}"
     _, grub_target = arch_names(request.arch)
     steps: list[Step] = []
     if kind.needs_image:
-        copies = ([loader_path(request, False)] if kind is BootloaderKind.EFI
+        copies = ([loader_path(request, profile, False)] if kind is BootloaderKind.EFI
                   else ["\\EFI\\ZBM\\VMLINUZ.EFI", "\\EFI\\ZBM\\VMLINUZ-BACKUP.EFI"])
         for efi_path in (*copies, fallback):
             dest = _on_esp(layout, efi_path)
-            steps.append(MakeDir(os.path.dirname(dest), why="directory on the ESP"))
+            if MakeDir(os.path.dirname(dest), why="directory on the ESP") not in steps:
+                steps.append(MakeDir(os.path.dirname(dest), why="directory on the ESP"))
             steps.append(CopyFile(request.efi_image, dest, why=f"{kind} image at {efi_path}"))
     elif kind is BootloaderKind.SYSTEMD_BOOT:
         steps.append(Command(
@@ -79,23 +89,22 @@ def payload_steps(request: Request, layout: Layout) -> tuple[Step, ...]:
         steps.append(Command(("systemctl", "mask", "systemd-boot-random-seed.service"),
                              root=request.target, why="it would recreate the seed file"))
     else:
-        common = ("grub-install", f"--target={grub_target}", f"--efi-directory={request.mountpoint}",
-                  "--no-nvram")
-        steps.append(Command((*common, f"--bootloader-id={request.loader_id}"), root=request.target,
-                             why=f"GRUB at \\EFI\\{request.loader_id}\\; NVRAM entries are made per disk below"))
-        steps.append(Command((*common, "--removable"), root=request.target,
-                             why=f"GRUB at the removable fallback path {fallback}"))
+        values = {"{grub_target}": grub_target, "{esp}": request.mountpoint, "{loader_id}": request.loader_id}
+        for argv in profile.grub_install:
+            steps.append(Command(tuple(_fill(a, values) for a in argv), root=request.target,
+                                 why=f"GRUB on the array (\\EFI\\{request.loader_id}\\ and {fallback}); "
+                                     "the NVRAM entries are made per disk below"))
     return tuple(steps)
 
 
 def plan(request: Request, profile: Profile, layout: Layout, snapshot) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     """(steps, notes) for the bootloader hook."""
-    steps = payload_steps(request, layout)
+    steps = payload_steps(request, profile, layout)
     if not layout.nvram:
         return steps, ("no NVRAM boot entries (--no-nvram or no EFI variables): the firmware boots "
                        f"each disk through \\EFI\\BOOT\\{fallback_name(request.arch)}",)
     members = [bootentries.Member(disk=m.disk.path, tag=m.tag, part=1, partuuid=m.guid)
                for m in layout.members]
     state = snapshot.boot or bootentries.BootState(None, (), ())
-    loader = loader_path(request, snapshot.target_has_shim)
+    loader = loader_path(request, profile, snapshot.target_has_shim)
     return steps + bootentries.plan(state, members, request.entry_label, loader), ()

@@ -75,7 +75,7 @@ def required_target_tools(request: Request, profile: Profile) -> tuple[str, ...]
         tools.append(profile.initramfs.regenerate[0])
     kind = request.bootloader
     if kind is BootloaderKind.GRUB:
-        tools.append("grub-install")
+        tools += [argv[0] for argv in profile.grub_install]
     elif kind is BootloaderKind.SYSTEMD_BOOT:
         tools += ["bootctl", "rm", "systemctl"]
     tools += [argv[0] for argv in (*profile.boot_assembly, *profile.periodic_check)]

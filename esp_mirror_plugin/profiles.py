@@ -34,6 +34,10 @@ _SCHEMA: dict[str, Any] = {
         "settings": (dict, False),
         "dropin_dir": (bool, False),
     }, True),
+    "grub": ({
+        "install": (_ARGV_LIST, True),
+        "loader": (str, True),
+    }, True),
     "boot_assembly": (_ARGV_LIST, True),
     "periodic_check": (_ARGV_LIST, True),
     "packages": ({
@@ -68,6 +72,8 @@ class Profile:
     entry_label: str
     bootloader: BootloaderKind
     initramfs: InitramfsSettings
+    grub_install: tuple[tuple[str, ...], ...]  # argv with {grub_target} {esp} {loader_id} placeholders
+    grub_loader: str  # the file entries start under \EFI\<loader_id>\; "auto": shim when installed
     boot_assembly: tuple[tuple[str, ...], ...]
     periodic_check: tuple[tuple[str, ...], ...]
     install_command: tuple[str, ...]
@@ -215,6 +221,8 @@ def _build(name: str, source: str, data: dict) -> Profile:
             settings=tuple(ird.get("settings", {}).items()),
             dropin_dir=ird.get("dropin_dir", False),
         ),
+        grub_install=tuple(tuple(a) for a in data["grub"]["install"]),
+        grub_loader=data["grub"]["loader"],
         boot_assembly=tuple(tuple(a) for a in data["boot_assembly"]),
         periodic_check=tuple(tuple(a) for a in data["periodic_check"]),
         install_command=tuple(data["packages"]["install"]),

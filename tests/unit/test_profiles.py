@@ -22,7 +22,8 @@ def test_every_builtin_profile_loads_and_names_a_package_for_every_tool_it_needs
     prof = profiles.load_profile(name)
     assert prof.name == name and prof.bootloader is BootloaderKind.GRUB
     tools = {"sgdisk", "sfdisk", "partx", "wipefs", "blkid", "losetup", "mount", "umount", "mdadm", "mkfs.vfat",
-             "efibootmgr", "grub-install", "bootctl", "chroot", prof.initramfs.regenerate[0]}
+             "efibootmgr", "bootctl", "chroot", prof.initramfs.regenerate[0],
+             *(argv[0] for argv in prof.grub_install)}
     assert tools <= dict(prof.package_names).keys()
 
 
@@ -88,7 +89,7 @@ def test_a_user_profile_drives_the_plan(two_disks, user_profile):
 INVALID = [
     pytest.param({"extends": "debian", "colour": "blue"},
                  "unknown key 'colour': allowed here are boot_assembly, bootloader, description, entry_label, "
-                 "esp_mountpoint, extends, initramfs, loader_id, mdadm_conf, packages, periodic_check",
+                 "esp_mountpoint, extends, grub, initramfs, loader_id, mdadm_conf, packages, periodic_check",
                  id="unknown-key"),
     pytest.param({"extends": "debian", "initramfs": {"generatr": "dracut"}},
                  "unknown key 'initramfs.generatr': allowed here are dropin_dir, generator, regenerate, settings",
