@@ -102,12 +102,12 @@ def plan(state: BootState, members: list[Member], entry_label: str, loader: str)
     for entry in delete:
         commands.append(Command(("efibootmgr", "--quiet", "--bootnum", entry.number, "--delete-bootnum"),
                                 why=f"remove stale entry {entry.number} {entry.label!r}"))
-    for member in members:
+    for member in members:  # numbers in disk order
+        numbers[member.partuuid] = kept.get(member.partuuid) or next(free)
+    for member in reversed(members):  # each create goes first in BootOrder: last disk first
         if member.partuuid in kept:
-            numbers[member.partuuid] = kept[member.partuuid]
             continue
-        number = next(free)
-        numbers[member.partuuid] = number
+        number = numbers[member.partuuid]
         commands.append(Command(
             ("efibootmgr", "--quiet", "--create", "--bootnum", number, "--disk", member.disk,
              "--part", str(member.part), "--label", label_for(entry_label, member), "--loader", loader),
@@ -116,7 +116,19 @@ def plan(state: BootState, members: list[Member], entry_label: str, loader: str)
     first = [numbers[m.partuuid] for m in members]
     rest = [n for n in state.order if n not in first and n not in deleted]
     desired = tuple(first + rest)
-    if commands or state.order != desired:
+    if _order_after(state.order, commands) != desired:
         commands.append(Command(("efibootmgr", "--quiet", "--bootorder", ",".join(desired)),
                                 why="ours first, in disk order; the other entries keep their order"))
     return tuple(commands)
+
+
+def _order_after(order: tuple[str, ...], commands: list[Command]) -> tuple[str, ...]:
+    """BootOrder after the commands: efibootmgr drops a deleted entry from it and puts a created one
+    first. Entries are created last disk first, so on a clean NVRAM no --bootorder is needed."""
+    result = list(order)
+    for command in commands:
+        number = command.argv[command.argv.index("--bootnum") + 1]
+        result = [n for n in result if n != number]
+        if "--create" in command.argv:
+            result.insert(0, number)
+    return tuple(result)

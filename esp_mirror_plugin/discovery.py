@@ -262,6 +262,8 @@ def _with_table(disk: DiskFacts, runner: Runner) -> DiskFacts:
     """Add the partition table (sfdisk --json) and on-disk signatures (blkid -p)."""
     whole = _blkid(runner, ("blkid", "-p", "-o", "export", disk.path))
     signatures = tuple(v for k in ("TYPE", "PTTYPE") if (v := whole.get(k)))
+    if "PTTYPE" not in whole:  # no partition table: nothing for sfdisk to list
+        return replace(disk, signatures=signatures)
     table = runner.run(("sfdisk", "--json", disk.path))
     if not table.ok or not table.stdout.strip():
         return replace(disk, signatures=signatures, pttype=whole.get("PTTYPE", ""))

@@ -9,9 +9,8 @@ from .steps import Command, Step, WaitForPartition
 
 def plan(layout: Layout) -> tuple[Step, ...]:
     steps: list[Step] = []
-    for m in layout.members:
-        if m.exists:
-            continue
+    new = [m for m in layout.members if not m.exists]
+    for m in new:
         if m.wipe:
             steps.append(Command(("wipefs", "--all", m.device),
                                  why=f"erase old signatures on {m.disk.given} (--wipe)"))
@@ -22,6 +21,7 @@ def plan(layout: Layout) -> tuple[Step, ...]:
              f"--partition-guid=1:{m.guid}", f"--change-name=1:{names.PARTITION_NAME}", m.device),
             why=f"ESP partition on {m.disk.given}"))
         steps.append(WaitForPartition(m.device, 1, m.node, why="the kernel must see the new partition"))
-        steps.append(Command(("wipefs", "--all", m.node),
-                             why="no stale RAID or filesystem signature inside the new partition"))
+    if new:
+        steps.append(Command(("wipefs", "--all", *(m.node for m in new)),
+                             why="no stale RAID or filesystem signature inside the new partitions"))
     return tuple(steps)
