@@ -14,7 +14,7 @@ See shared/docs/vm-testing.md for the measured design. Typical use::
 from ci.vm.assets import AssetError, Assets, default_cache_dir, preflight
 from ci.vm.command import CommandError
 from ci.vm.efivars import LoadOption
-from ci.vm.guest import BootResult, GuestResult, boot_firmware, run_in_guest
+from ci.vm.guest import BootResult, GuestResult, boot_firmware, run_after_firmware_boot, run_in_guest
 from ci.vm.images import ESP_OFFSET, blank_disk, fresh_vars, list_member, partition_uuid, read_member
 from ci.vm.payload import PAYLOAD_CMDLINE, build_payload
 from ci.vm.qemu import VmError
@@ -38,5 +38,6 @@ __all__ = [
     "partition_uuid",
     "preflight",
     "read_member",
+    "run_after_firmware_boot",
     "run_in_guest",
 ]

@@ -21,7 +21,7 @@ from pathlib import Path
 from ci.vm.assets import Assets
 from ci.vm.efivars import LoadOption, boot_number, boot_order, load_option, serial_variables, ucs2
 from ci.vm.initrd import DONE_MARKER, GUEST_WORK_DIR, HOSTROOT_TAG, WORK_TAG, installer_initrd
-from ci.vm.qemu import VmError, qemu_option, run_qemu
+from ci.vm.qemu import QemuRun, VmError, qemu_option, run_qemu
 
 INSTALLER_CMDLINE = "console=ttyS0 panic=-1 loglevel=4"
 _BOOT_ENTRY = re.compile(r"Boot[0-9A-F]{4}")
@@ -93,9 +93,7 @@ def run_in_guest(
     """
     assets = assets or Assets.ensure()
     run_dir = _run_dir(log_dir or vars_file.parent, "guest")
-    share = run_dir / "share"  # the only host directory the guest can write to
-    share.mkdir()
-    (share / "guest.sh").write_text(script)
+    share = _share(run_dir, script)
     initrd = run_dir / "initrd.cpio.gz"
     initrd.write_bytes(installer_initrd(assets))
     run = run_qemu(
@@ -104,14 +102,50 @@ def run_in_guest(
         vars_file=vars_file,
         serial_log=run_dir / "serial.log",
         timeout=timeout,
-        extra_args=[
-            "-kernel", str(assets.vmlinuz),
-            "-initrd", str(initrd),
-            "-append", INSTALLER_CMDLINE,
-            "-virtfs", f"local,path=/,mount_tag={HOSTROOT_TAG},security_model=none,readonly=on,multidevs=remap",
-            "-virtfs", f"local,path={qemu_option(share)},mount_tag={WORK_TAG},security_model=none,multidevs=remap",
-        ],
-    )  # fmt: skip
+        extra_args=["-kernel", str(assets.vmlinuz), "-initrd", str(initrd), "-append", INSTALLER_CMDLINE,
+                    *_share_args(share)],
+    )
+    return _guest_result(share, run)
+
+
+def run_after_firmware_boot(
+    script: str,
+    disks: Sequence[Path],
+    vars_file: Path,
+    timeout: float = 600,
+    *,
+    assets: Assets | None = None,
+    log_dir: Path | None = None,
+) -> tuple[BootResult, GuestResult]:
+    """Power on with only ``disks`` and ``vars_file``, let the firmware boot the payload, then run
+    ``script`` on that system as :func:`run_in_guest` does, so the script sees the EFI variables
+    of a real firmware boot (BootCurrent, LoaderDevicePartUUID).
+
+    :raises VmError: when nothing booted, or the script did not run to the end within ``timeout``.
+    """
+    assets = assets or Assets.ensure()
+    run_dir = _run_dir(log_dir or vars_file.parent, "booted")
+    share = _share(run_dir, script)
+    run = run_qemu(assets, disks=disks, vars_file=vars_file, serial_log=run_dir / "serial.log",
+                   timeout=timeout, extra_args=_share_args(share), give_up_on=_NOTHING_BOOTED)
+    return _boot_result(run.serial_log, run.seconds), _guest_result(share, run)
+
+
+def _share(run_dir: Path, script: str) -> Path:
+    share = run_dir / "share"  # the only host directory the guest can write to
+    share.mkdir()
+    (share / "guest.sh").write_text(script)
+    return share
+
+
+def _share_args(share: Path) -> list[str]:
+    return [
+        "-virtfs", f"local,path=/,mount_tag={HOSTROOT_TAG},security_model=none,readonly=on,multidevs=remap",
+        "-virtfs", f"local,path={qemu_option(share)},mount_tag={WORK_TAG},security_model=none,multidevs=remap",
+    ]  # fmt: skip
+
+
+def _guest_result(share: Path, run: QemuRun) -> GuestResult:
     rc_file = share / "rc"
     if not rc_file.exists():
         raise VmError(f"the guest powered off before {GUEST_WORK_DIR}/guest.sh ended; serial log: {run.serial_log}")
@@ -143,6 +177,11 @@ def boot_firmware(
     run = run_qemu(
         assets, disks=disks, vars_file=vars_file, serial_log=serial_log, timeout=timeout, give_up_on=_NOTHING_BOOTED
     )
+    return _boot_result(serial_log, run.seconds)
+
+
+def _boot_result(serial_log: Path, seconds: float) -> BootResult:
+    """Decode the EFI variables the payload printed on the serial port."""
     variables = serial_variables(serial_log.read_text(errors="replace"))
     if variables is None:
         raise VmError(f"the machine powered off without the payload's {DONE_MARKER} marker; serial log: {serial_log}")
@@ -161,6 +200,6 @@ def boot_firmware(
         },
         loader_device_partuuid=partuuid.lower() if partuuid else None,
         loader_image_identifier=text("LoaderImageIdentifier"),
-        seconds=run.seconds,
+        seconds=seconds,
         serial_log=serial_log,
     )

@@ -8,7 +8,9 @@ Two initrds exist:
 * the installer initrd boots a guest that chroots into the host's own root (shared read-only over
   9p, with a tmpfs overlay on top) and runs ``guest.sh`` from a read-write 9p share, see guest.py;
 * the payload initrd is what the EFI payload (payload.py) runs after a firmware boot: it prints
-  the EFI variables that tell how it was booted to the serial port, then powers off.
+  the EFI variables that tell how it was booted to the serial port; then, when qemu shares the
+  host root (``run_after_firmware_boot``), it goes on like the installer initrd and runs
+  ``guest.sh`` on the system the firmware just booted; otherwise it powers off.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ INSTALLER_MODULES = (
     "efivarfs", "virtio_pci", "virtio_blk", "md_mod", "raid1", "fat", "vfat", "nls_cp437",
     "nls_iso8859_1", "nls_utf8", "loop", "9p", "9pnet_virtio", "overlay", "ext4",
 )  # fmt: skip
-PAYLOAD_MODULES = ("efivarfs",)
 
 _GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -57,13 +58,13 @@ mount -t efivarfs efivarfs /sys/firmware/efi/efivars || die "no efivarfs: not bo
 
 # Runs $GUEST_WORK_DIR/guest.sh chrooted into host root (read-only 9p + tmpfs overlay).
 _INSTALLER_BODY = """\
-# Disk names like udev's from the virtio serials qemu was given (espvm-A is vda, espvm-B vdb, ...).
+# Disk names like udev's from the virtio serials qemu was given (disks are vda, vdb, ... in
+# qemu's order; the serial follows the image, e.g. espvm-C for disk-c.img).
 mkdir -p /dev/disk/by-id
 for serial in /sys/block/vd*/serial; do
     [ -e "$serial" ] || continue
-    dev=${{serial%/serial}}; dev=${{dev##*/}}; id=$(cat $serial)
-    ln -s ../../$dev /dev/disk/by-id/virtio-$id
-    [ "vd$(echo ${{id#espvm-}} | tr A-Z a-z)" = "$dev" ] || die "disk $id is /dev/$dev: not in qemu's order"
+    dev=${{serial%/serial}}; dev=${{dev##*/}}
+    ln -s ../../$dev /dev/disk/by-id/virtio-$(cat $serial)
 done
 opts=trans=virtio,version=9p2000.L,msize=262144
 # cache=loose is safe for the read-only host root: each boot mounts it afresh.
@@ -113,7 +114,8 @@ for var in Boot[0-9A-F][0-9A-F][0-9A-F][0-9A-F]-{efi} BootCurrent-{efi} BootOrde
     [ -e "$var" ] && echo "{var_marker} $var $(hexdump -ve '1/1 "%.2x"' "$var")" > /dev/ttyS0
 done
 echo "{done_marker}" > /dev/ttyS0
-poweroff -f
+grep -qsx {hostroot} /sys/bus/virtio/devices/*/mount_tag || poweroff -f
+
 """
 
 
@@ -176,14 +178,19 @@ def _build(assets: Assets, modules: Sequence[str], body: str) -> bytes:
 
 def payload_initrd(assets: Assets) -> bytes:
     """Return the payload initrd: print the boot-related EFI variables to ttyS0, then power off."""
-    body = _PAYLOAD_BODY.format(efi=EFI_GLOBAL_GUID, loader=LOADER_GUID, var_marker=VAR_MARKER, done_marker=DONE_MARKER)
-    return _build(assets, PAYLOAD_MODULES, body)
+    body = _PAYLOAD_BODY.format(efi=EFI_GLOBAL_GUID, loader=LOADER_GUID, var_marker=VAR_MARKER,
+                                done_marker=DONE_MARKER, hostroot=HOSTROOT_TAG)
+    return _build(assets, INSTALLER_MODULES, body + _installer_body(assets))
 
 
 @cache
 def installer_initrd(assets: Assets) -> bytes:
     """Return the installer initrd: mount the host root and the work share, run guest.sh, power off."""
-    body = _INSTALLER_BODY.format(
+    return _build(assets, INSTALLER_MODULES, _installer_body(assets))
+
+
+def _installer_body(assets: Assets) -> str:
+    return _INSTALLER_BODY.format(
         hostroot=HOSTROOT_TAG,
         work_tag=WORK_TAG,
         work=GUEST_WORK_DIR,
@@ -191,4 +198,3 @@ def installer_initrd(assets: Assets) -> bytes:
         modules=assets.modules_dir,
         path=_GUEST_PATH,
     )
-    return _build(assets, INSTALLER_MODULES, body)

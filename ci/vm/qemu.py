@@ -35,9 +35,13 @@ def qemu_option(value: object) -> str:
     return str(value).replace(",", ",,")
 
 
-def disk_serial(index: int) -> str:
-    """Return the virtio serial number of the disk at ``index``: espvm-A, espvm-B, ..."""
-    return f"espvm-{chr(ord('A') + index)}"
+def disk_serial(image: Path) -> str:
+    """Return the virtio serial number of a disk image: disk-a.img is espvm-A, disk-c.img espvm-C.
+
+    The serial follows the image, not its position, so a disk keeps its identity (and esp-mirror
+    its partition GUID and entry label) wherever it is attached, as a real disk does.
+    """
+    return f"espvm-{image.stem.rsplit('-', 1)[-1].upper()}"
 
 
 def run_qemu(
@@ -76,7 +80,7 @@ def run_qemu(
         drive_id = f"d{index}"
         argv += [
             "-drive", f"if=none,id={drive_id},format=raw,file={qemu_option(disk)}",
-            "-device", f"virtio-blk-pci,drive={drive_id},serial={disk_serial(index)}",
+            "-device", f"virtio-blk-pci,drive={drive_id},serial={disk_serial(Path(disk))}",
         ]  # fmt: skip
     argv += extra_args
     stderr_log = serial_log.with_name(serial_log.stem + ".qemu-stderr")
