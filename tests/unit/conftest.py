@@ -116,11 +116,28 @@ class FakeDisk:
     size: int  # bytes
     majmin: str
     pttype: str = ""  # "gpt", "dos" or "" (no table)
-    whole: dict[str, str] = field(default_factory=dict)  # blkid -p on the whole disk
+    whole: dict[str, str] = field(default_factory=dict)  # blkid -p on the whole disk, besides the table's
     partitions: list[FakePartition] = field(default_factory=list)
 
     def node(self, number: int) -> str:
         return str(names.partition_node(self.path, number))
+
+    @property
+    def ptuuid(self) -> str:
+        """The table's identifier: a GUID for GPT, eight hex digits for DOS (as blkid prints them)."""
+        if "PTUUID" in self.whole:
+            return self.whole["PTUUID"]
+        seed = _uuid.uuid5(_uuid.NAMESPACE_URL, f"test-disk:{self.name}")
+        return str(seed) if self.pttype == "gpt" else seed.hex[:8]
+
+    def probe(self) -> dict[str, str]:
+        """What ``blkid -p`` finds on the whole disk, as util-linux reports it (see
+        data/captured/blkid-p-*-disk.txt): PTUUID and PTTYPE when there is a partition table, then
+        any other signature given in ``whole``; nothing at all on a blank disk."""
+        assert self.whole.get("PTTYPE", self.pttype) == self.pttype, (
+            f"fake {self.path}: whole says PTTYPE={self.whole['PTTYPE']} but the table is {self.pttype!r}")
+        table = {"PTUUID": self.ptuuid, "PTTYPE": self.pttype} if self.pttype else {}
+        return {**table, **self.whole}
 
 
 class Machine:
@@ -302,8 +319,7 @@ class Machine:
     def _answer(self, argv: tuple[str, ...]) -> Result | None:
         match argv:
             case ("blkid", "-p", "-o", "export", path) if path in self.disks:
-                disk = self.disks[path]
-                return _export(argv, {"DEVNAME": path, **disk.whole})
+                return _export(argv, {"DEVNAME": path, **self.disks[path].probe()})
             case ("blkid", "-p", "-o", "export", path) if path in self.arrays:
                 return _export(argv, {"DEVNAME": path, **self.arrays[path][1]})
             case ("blkid", "-p", *opts, "-o", "export", "-O", offset, "-S", size, path) if path in self.disks:
@@ -339,7 +355,8 @@ class Machine:
             else:
                 entry["type"] = "83"
             parts.append(entry)
-        table = {"label": disk.pttype, "id": "4036C74B-6FBB-4D6D-93EB-340347341541", "device": disk.path,
+        table_id = disk.ptuuid.upper() if disk.pttype == "gpt" else f"0x{disk.ptuuid}"
+        table = {"label": disk.pttype, "id": table_id, "device": disk.path,
                  "unit": "sectors", "firstlba": 34, "lastlba": disk.size // disk.sector - 34,
                  "sectorsize": disk.sector, "partitions": parts}
         return Result(argv, 0, json.dumps({"partitiontable": table}, indent=3) + "\n")
@@ -446,6 +463,28 @@ def json_commands(plan: dict, group: str | None = None) -> list[tuple[str, ...]]
 
 def starting(cmds: list[tuple[str, ...]], *prefix: str) -> list[tuple[str, ...]]:
     return [c for c in cmds if c[:len(prefix)] == prefix]
+
+
+def bootorder_after(order: tuple[str, ...], cmds: list[tuple[str, ...]]) -> tuple[str, ...]:
+    """BootOrder after running the efibootmgr commands in ``cmds`` (others are ignored), the way
+    efibootmgr 17/18 change it (src/efibootmgr.c): ``--delete-bootnum`` removes every occurrence of
+    the number (remove_from_order), ``--create`` puts the new number in front without looking at
+    what is there (add_to_order), ``--bootorder`` replaces the whole order.
+
+    Written from efibootmgr's source, not from esp-mirror's, so plans are checked against the tool.
+    """
+    result = list(order)
+    for argv in cmds:
+        if argv[:1] != ("efibootmgr",):
+            continue
+        if "--bootorder" in argv:
+            result = argv[argv.index("--bootorder") + 1].split(",")
+        elif "--delete-bootnum" in argv:
+            number = argv[argv.index("--bootnum") + 1]
+            result = [n for n in result if n != number]
+        elif "--create" in argv:
+            result.insert(0, argv[argv.index("--bootnum") + 1])
+    return tuple(result)
 
 
 # -- fixtures ---------------------------------------------------------------------------------

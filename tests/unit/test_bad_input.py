@@ -341,16 +341,21 @@ def test_wipe_erases_old_signatures_and_tables_before_partitioning(machine):
     machine.add_partition(sdb, 1, 2048, 2097152)
     outcome = machine.cli("plan", "--json", *machine.args(), "--wipe", "--no-nvram")
     assert outcome.code == 0, outcome.err
-    cmds = json_commands(json.loads(outcome.out), "pre_partition")
-    guid = json.loads(outcome.out)["members"][1]["partition_guid"]
-    assert [c for c in cmds if c[-1].startswith("/dev/sdb")] == [
+    plan = json.loads(outcome.out)
+    guid_a, guid_b = (m["partition_guid"] for m in plan["members"])
+    [group] = [g for g in plan["groups"] if g["name"] == "pre_partition"]
+    steps = [tuple(s["argv"]) if s["kind"] == "command" else (s["kind"], s["node"]) for s in group["steps"]]
+    assert steps == [
+        ("sgdisk", "--new=1:2048:1050623", "--typecode=1:EF00", f"--partition-guid=1:{guid_a}",
+         "--change-name=1:esp-mirror", "/dev/sda"),  # a blank disk is not wiped
+        ("wait-for-partition", "/dev/sda1"),
         ("wipefs", "--all", "/dev/sdb"),
         ("sgdisk", "--zap-all", "/dev/sdb"),
-        ("sgdisk", "--new=1:2048:1050623", "--typecode=1:EF00", f"--partition-guid=1:{guid}",
+        ("sgdisk", "--new=1:2048:1050623", "--typecode=1:EF00", f"--partition-guid=1:{guid_b}",
          "--change-name=1:esp-mirror", "/dev/sdb"),
-        ("wipefs", "--all", "/dev/sdb1"),
+        ("wait-for-partition", "/dev/sdb1"),
+        ("wipefs", "--all", "/dev/sda1", "/dev/sdb1"),  # inside the new partitions, once both are there
     ]
-    assert ("sgdisk", "--zap-all", "/dev/sda") not in cmds  # a blank disk is not wiped
 
 
 def test_an_empty_gpt_is_not_foreign_and_needs_no_wipe(machine):
@@ -392,3 +397,20 @@ def test_unreadable_nvram_is_refused_rather_than_dropping_other_entries_from_boo
     outcome = two_disks.cli("plan", *two_disks.args())
     assert outcome.code == 2
     assert "efibootmgr" in outcome.error and "--no-nvram" in outcome.error
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: discovery._with_table asks sfdisk only when blkid -p reports PTTYPE, "
+                                       "but blkid exits 8 with no output at all when it finds two whole-disk "
+                                       "signatures (checked with util-linux 2.38.1 on an image with a DOS table, "
+                                       "an old ext4 and an old ISO9660): the table is never read, the disk looks "
+                                       "blank, and it is partitioned without --wipe")
+def test_a_disk_whose_blkid_probe_is_ambivalent_is_not_taken_for_a_blank_disk(machine):
+    machine.add_disk("sda")
+    sdb = machine.add_disk("sdb", pttype="dos")
+    machine.add_partition(sdb, 1, 2048, 65536)
+    machine.runner.script(("blkid", "-p", "-o", "export", "/dev/sdb"), returncode=8, stderr=(
+        "blkid: /dev/sdb: ambivalent result (probably more filesystems on the device, use wipefs(8) to see more "
+        "details)\n"))
+    outcome = machine.cli("plan", *machine.args(), "--no-nvram")
+    assert outcome.code == 2 and "/dev/sdb" in outcome.error
+    assert_only_read(outcome.calls)

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import DATA, ESP_TYPE, MIB, Machine, json_commands, starting
+from conftest import DATA, ESP_TYPE, MIB, Machine, assert_only_read, json_commands, starting
 from esp_mirror_plugin import disks as names
 from esp_mirror_plugin import fat
 from esp_mirror_plugin.discovery import Partition, discover
@@ -112,12 +112,44 @@ def test_discovery_reads_a_dos_table_and_its_signature(machine):
         (1, 2048, 2097152, "83", ""), (2, 2099200, 6289408, "83", "")]
 
 
-def test_discovery_of_a_blank_disk_uses_sfdisks_no_table_answer(machine):
+def test_discovery_of_a_blank_disk_does_not_ask_sfdisk_for_a_table_blkid_did_not_find(machine):
+    """blkid -p finds nothing on a blank disk (exit code 2, no output); sfdisk could only say
+    "does not contain a recognized partition table" (captured), so it is not run."""
     machine.add_disk("sdc")
+    machine.runner.script(("blkid", "-p", "-o", "export", "/dev/sdc"), returncode=2)
     machine.runner.script(("sfdisk", "--json", "/dev/sdc"), returncode=1,
                           stderr=(CAPTURED / "sfdisk-json-blank.stderr").read_text())
     [disk] = discovered(machine, "/dev/sdc").disks
     assert (disk.pttype, disk.signatures, disk.partitions) == ("", (), ())
+    assert machine.runner.calls == [("blkid", "-p", "-o", "export", "/dev/sdc")]
+
+
+def test_discovery_of_a_whole_disk_signature_without_a_table_does_not_ask_sfdisk(machine):
+    machine.add_disk("sdb", whole={"UUID": "dU3ZgS-hYcE-Y1bX-2Ghb-3kpN-YjL3-6aKbZq", "VERSION": "LVM2 001",
+                                   "TYPE": "LVM2_member", "USAGE": "raid"})
+    [disk] = discovered(machine, "/dev/sdb").disks
+    assert (disk.pttype, disk.signatures, disk.partitions) == ("", ("LVM2_member",), ())
+    assert machine.runner.calls == [("blkid", "-p", "-o", "export", "/dev/sdb")]
+
+
+def test_the_fake_machine_answers_blkid_like_util_linux(machine):
+    """conftest.Machine: a disk with a GPT reports PTUUID and PTTYPE (as in blkid-p-gpt-disk.txt), a
+    blank disk nothing at all (exit code 2), a DOS table its 8-digit id."""
+    gpt = machine.add_disk("sda", pttype="gpt")
+    machine.add_disk("sdb")
+    dos = machine.add_disk("sdc", pttype="dos")
+    answer = {d: machine.runner.run(("blkid", "-p", "-o", "export", d)) for d in ("/dev/sda", "/dev/sdb", "/dev/sdc")}
+    captured = (CAPTURED / "blkid-p-gpt-disk.txt").read_text()
+    assert answer["/dev/sda"].returncode == 0
+    assert [line.split("=")[0] for line in answer["/dev/sda"].stdout.splitlines()] == [
+        line.split("=")[0] for line in captured.splitlines()]
+    assert answer["/dev/sda"].stdout == f"DEVNAME=/dev/sda\nPTUUID={gpt.ptuuid}\nPTTYPE=gpt\n"
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", gpt.ptuuid)
+    assert (answer["/dev/sdb"].returncode, answer["/dev/sdb"].stdout) == (2, "")
+    assert answer["/dev/sdc"].stdout == f"DEVNAME=/dev/sdc\nPTUUID={dos.ptuuid}\nPTTYPE=dos\n"
+    assert re.fullmatch(r"[0-9a-f]{8}", dos.ptuuid)
+    sfdisk = json.loads(machine.runner.run(("sfdisk", "--json", "/dev/sda")).stdout)["partitiontable"]
+    assert (sfdisk["label"], sfdisk["id"]) == ("gpt", gpt.ptuuid.upper())
 
 
 def test_discovery_reads_the_inner_fat_of_an_md_member_from_blkid(machine):
@@ -136,10 +168,20 @@ def test_discovery_reads_the_inner_fat_of_an_md_member_from_blkid(machine):
 
 
 def test_discovery_only_runs_read_only_probes(two_disks):
+    """Every probe discovery makes, on a blank disk (sda) and on a disk with a GPT holding an md member
+    (sdb): blkid on the disk, sfdisk only where blkid saw a table, blkid per partition (and inside
+    the md member), then efibootmgr."""
+    sdb = two_disks.disks["/dev/sdb"]
+    two_disks.add_partition(sdb, 1, 2048, 1048576, type_guid=ESP_TYPE, name="esp-mirror",
+                            probe={"UUID": "3a8d2f6e-1c4b-5d7e-9f0a-1b2c3d4e5f60", "LABEL": "any:esp",
+                                   "VERSION": "1.0", "TYPE": "linux_raid_member", "USAGE": "raid"})
     discovered(two_disks, "/dev/sda", "/dev/sdb")
-    assert two_disks.runner.calls == [("blkid", "-p", "-o", "export", "/dev/sda"), ("sfdisk", "--json", "/dev/sda"),
+    member = ("-o", "export", "-O", str(2048 * 512), "-S", str(1048576 * 512), "/dev/sdb")
+    assert two_disks.runner.calls == [("blkid", "-p", "-o", "export", "/dev/sda"),
                                       ("blkid", "-p", "-o", "export", "/dev/sdb"), ("sfdisk", "--json", "/dev/sdb"),
+                                      ("blkid", "-p", *member), ("blkid", "-p", "-u", "filesystem", *member),
                                       ("efibootmgr", "-v")]
+    assert_only_read(two_disks.runner.calls)
 
 
 def test_an_existing_esp_of_another_size_is_refused_with_the_size_to_use(machine):

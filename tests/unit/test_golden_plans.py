@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BOOTLOADERS, DATA, PROFILES, Machine, equip_two_disks, json_commands, make_efi_image, starting
+from conftest import (BOOTLOADERS, DATA, PROFILES, Machine, bootorder_after, equip_two_disks, json_commands,
+                      make_efi_image, starting)
 
 GOLDEN = DATA / "golden"
 DRACUT = {"fedora", "rhel", "opensuse", "void", "gentoo"}
@@ -113,6 +114,13 @@ def test_each_disk_gets_a_512mib_ef00_partition_at_1mib_with_its_own_guid(plan):
          "--change-name=1:esp-mirror", disk) for guid, disk in zip(guids, ("/dev/sda", "/dev/sdb"))]
 
 
+def test_one_wipefs_clears_the_new_partitions_after_all_of_them_appeared(plan):
+    [group] = [g for g in plan["groups"] if g["name"] == "pre_partition"]
+    kinds = [s["argv"][0] if s["kind"] == "command" else s["kind"] for s in group["steps"]]
+    assert kinds == ["sgdisk", "wait-for-partition", "sgdisk", "wait-for-partition", "wipefs"]
+    assert group["steps"][-1]["argv"] == ["wipefs", "--all", "/dev/sda1", "/dev/sdb1"]
+
+
 def test_array_is_raid1_with_metadata_1_0_homehost_any_and_name_esp(plan):
     uuid = plan["array"]["uuid"]
     assert re.fullmatch(r"[0-9a-f]{8}(:[0-9a-f]{8}){3}", uuid)
@@ -178,18 +186,22 @@ LOADERS = {"grub": "\\EFI\\{id}\\grubx64.efi", "systemd-boot": "\\EFI\\systemd\\
            "efi": "\\EFI\\{id}\\linux.efi", "zfsbootmenu": "\\EFI\\ZBM\\VMLINUZ.EFI"}
 
 
-def test_one_boot_entry_per_disk_then_an_explicit_bootorder_ours_first(plan, profile, kind):
+def test_one_boot_entry_per_disk_created_last_disk_first_so_ours_boot_first(plan, profile, kind):
+    """Numbers in disk order (0005 for sda, 0006 for sdb); each create puts its entry first in
+    BootOrder, so creating sdb's first leaves ours first in disk order without a --bootorder."""
     _, loader_id, label, _, _ = FACTS[profile]
     loader = LOADERS[kind].format(id=loader_id)
     if kind == "grub" and profile in ("fedora", "rhel"):
         loader = loader.replace("grubx64.efi", "shimx64.efi")
-    assert starting(json_commands(plan, "bootloader"), "efibootmgr") == [
-        ("efibootmgr", "--quiet", "--create", "--bootnum", "0005", "--disk", "/dev/sda", "--part", "1",
-         "--label", f"{label} (esp-mirror {SERIALS[0]})", "--loader", loader),
+    efibootmgr = starting(json_commands(plan, "bootloader"), "efibootmgr")
+    assert efibootmgr == [
         ("efibootmgr", "--quiet", "--create", "--bootnum", "0006", "--disk", "/dev/sdb", "--part", "1",
          "--label", f"{label} (esp-mirror {SERIALS[1]})", "--loader", loader),
-        ("efibootmgr", "--quiet", "--bootorder", "0005,0006,0004,0001,0000,0002,0003"),
+        ("efibootmgr", "--quiet", "--create", "--bootnum", "0005", "--disk", "/dev/sda", "--part", "1",
+         "--label", f"{label} (esp-mirror {SERIALS[0]})", "--loader", loader),
     ]
+    assert bootorder_after(("0004", "0001", "0000", "0002", "0003"), efibootmgr) == (
+        "0005", "0006", "0004", "0001", "0000", "0002", "0003")
 
 
 def test_hooks_run_in_target_behind_bind_mounts_that_cleanup_undoes(plan):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ESP_TYPE, Machine, json_commands, starting
-from esp_mirror_plugin import files
+from conftest import ESP_TYPE, Machine, bootorder_after, json_commands, starting
+from esp_mirror_plugin import bootentries, files
 
 BEGIN = "# BEGIN esp-mirror (managed block: esp-mirror rewrites what is between these lines)"
 END = "# END esp-mirror"
@@ -101,7 +101,8 @@ def build_members(machine: Machine, plan: dict, *, inner_fs: bool, holders: tupl
 
 def finish(machine: Machine, plan: dict, *, holders: tuple[str, ...] = ()) -> None:
     """Turn the machine into what applying ``plan`` leaves behind: array running and mounted, files
-    written, one boot entry per disk first in BootOrder."""
+    written, NVRAM as the plan's efibootmgr commands leave it (one boot entry per disk; BootOrder as
+    efibootmgr itself changes it, see ``conftest.bootorder_after``)."""
     build_members(machine, plan, inner_fs=True, holders=holders)
     machine.add_array("/dev/md/esp", "md127", uuid=plan["array"]["uuid"], members=("/dev/sda1", "/dev/sdb1"),
                       fs={"LABEL_FATBOOT": "ESP", "LABEL": "ESP", "UUID": plan["filesystem"]["uuid"],
@@ -111,10 +112,14 @@ def finish(machine: Machine, plan: dict, *, holders: tuple[str, ...] = ()) -> No
         for step in group["steps"]:
             if step["kind"] == "edit-block":
                 files.edit_block(Path(step["path"]), step["block"])
-    lines = [line for line in machine.efibootmgr.splitlines() if not line.startswith("BootOrder:")]
-    [bootorder] = starting(json_commands(plan), "efibootmgr", "--quiet", "--bootorder")
-    lines.insert(2, f"BootOrder: {bootorder[3]}")
-    for argv in starting(json_commands(plan), "efibootmgr", "--quiet", "--create"):
+    efibootmgr = starting(json_commands(plan), "efibootmgr")
+    deleted = {argv[3] for argv in starting(efibootmgr, "efibootmgr", "--quiet", "--bootnum")}
+    order = bootorder_after(bootentries.parse(machine.efibootmgr).order, efibootmgr)
+    lines = [line for line in machine.efibootmgr.splitlines()
+             if not line.startswith("BootOrder:")
+             and not ((entry := re.match(r"Boot([0-9A-F]{4})[* ]", line)) and entry[1] in deleted)]
+    lines.insert(2, f"BootOrder: {','.join(order)}")
+    for argv in starting(efibootmgr, "efibootmgr", "--quiet", "--create"):
         number, disk, label, loader = argv[4], argv[6], argv[10], argv[12]
         guid = next(m["partition_guid"] for m in plan["members"] if m["disk"] == disk)
         lines.append(f"Boot{number}* {label}\tHD(1,GPT,{guid},0x800,0x100000)/File({loader})")
@@ -164,6 +169,26 @@ def test_rerun_after_a_failure_after_mdadm_create_continues_with_mkfs(two_disks)
     again = plan_of(two_disks)
     assert starting(json_commands(again), "mdadm", "--create") == []
     assert len(starting(json_commands(again), "mkfs.vfat")) == 1
+
+
+def test_only_the_partitions_made_in_this_run_are_wiped(two_disks):
+    """sda already carries our ESP partition (a first run stopped before making sdb1): only sdb1 is
+    made, waited for and wiped."""
+    first = plan_of(two_disks)
+    guid_a, guid_b = (m["partition_guid"] for m in first["members"])
+    two_disks.add_partition(two_disks.disks["/dev/sda"], 1, 2048, 1048576, type_guid=ESP_TYPE, uuid=guid_a,
+                            name="esp-mirror")
+    again = plan_of(two_disks)
+    assert [m["exists"] for m in again["members"]] == [True, False]
+    [group] = [g for g in again["groups"] if g["name"] == "pre_partition"]
+    steps = [tuple(s["argv"]) if s["kind"] == "command" else (s["kind"], s["node"]) for s in group["steps"]]
+    assert steps == [
+        ("sgdisk", "--new=1:2048:1050623", "--typecode=1:EF00", f"--partition-guid=1:{guid_b}",
+         "--change-name=1:esp-mirror", "/dev/sdb"),
+        ("wait-for-partition", "/dev/sdb1"),
+        ("wipefs", "--all", "/dev/sdb1"),
+    ]
+    assert starting(json_commands(again), "mdadm", "--create")[0][-2:] == ("/dev/sda1", "/dev/sdb1")
 
 
 def test_members_without_a_running_array_are_assembled_not_recreated(two_disks):

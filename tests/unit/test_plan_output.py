@@ -96,3 +96,20 @@ def test_plan_only_reads_and_writes_nothing(two_disks, efi_image, profile, kind)
     assert outcome.code == 0, outcome.err
     assert_only_read(outcome.calls)
     assert two_disks.target_state() == before
+
+
+def test_plan_on_disks_with_partition_tables_only_reads_and_writes_nothing(machine):
+    """Blank disks need no sfdisk; here every probe runs: an empty GPT (sda) and a DOS table with a
+    partition (sdb, --wipe), so the read-only check above also sees sfdisk and the partition probes."""
+    machine.add_disk("sda", pttype="gpt")
+    sdb = machine.add_disk("sdb", pttype="dos")
+    machine.add_partition(sdb, 1, 2048, 2097152)
+    machine.set_efivars(efibootmgr="BootCurrent: 0000\nBootOrder: 0000\nBoot0000* UiApp\tFvVol(x)/FvFile(y)\n")
+    before = machine.target_state()
+    outcome = machine.cli("plan", *machine.args(), "--wipe")
+    assert outcome.code == 0, outcome.err
+    assert_only_read(outcome.calls)
+    assert {("sfdisk", "--json", "/dev/sda"), ("sfdisk", "--json", "/dev/sdb"),
+            ("blkid", "-p", "-o", "export", "-O", str(2048 * 512), "-S", str(2097152 * 512), "/dev/sdb"),
+            ("efibootmgr", "-v")} <= set(outcome.calls)
+    assert machine.target_state() == before
