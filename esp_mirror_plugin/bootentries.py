@@ -96,7 +96,7 @@ def plan(state: BootState, members: list[Member], entry_label: str, loader: str)
             kept[wanted.partuuid] = entry.number
         else:
             delete.append(entry)
-    used = {e.number for e in state.entries}
+    used = {e.number for e in state.entries} | set(state.order)  # a dangling BootOrder number too
     free = (f"{n:04X}" for n in range(0x10000) if f"{n:04X}" not in used)
     numbers, commands = {}, []
     for entry in delete:

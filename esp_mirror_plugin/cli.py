@@ -13,12 +13,15 @@ import time
 from dataclasses import asdict
 from typing import TextIO
 
-from . import __version__, host, profiles
+from . import __version__, cli_upkeep, host, profiles
 from .context import prepare
 from .errors import BadInput, StepFailed
 from .kinds import BootloaderKind, InitramfsMode
 from .request import Request, coerce, load_config
 from .steps import Group
+
+
+UPKEEP = ("status", "check", "repair", "replace", "add", "entries")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="the plan as JSON")
     p = sub.add_parser("profiles", help="list the built-in profiles, or show one")
     p.add_argument("name", nargs="?")
+    cli_upkeep.add_parsers(sub)
     return parser
 
 
@@ -107,6 +111,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
     try:
         if args.command == "profiles":
             return _profiles(args.name, out)
+        if args.command in UPKEEP:
+            if os.geteuid() != 0 and runner is None:
+                raise BadInput(f"{args.command} reads md and EFI state and must run as root: run it with sudo")
+            return cli_upkeep.run(args, out, stdin, runner, host_view)
         if args.command == "apply" and os.geteuid() != 0 and runner is None:
             raise BadInput("apply changes disks and must run as root: run it with sudo")
         ctx = prepare(request_from_args(args), runner=runner, host=host_view,

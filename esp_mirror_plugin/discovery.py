@@ -38,6 +38,12 @@ class HostView:
         except OSError:
             return None
 
+    def read_bytes(self, path: str) -> bytes | None:
+        try:
+            return Path(self._p(path)).read_bytes()
+        except OSError:
+            return None
+
     def listdir(self, path: str) -> list[str]:
         try:
             return sorted(os.listdir(self._p(path)))
@@ -151,13 +157,11 @@ def discover(request: Request, profile: Profile, runner: Runner, host: HostView 
              host_tools: tuple[str, ...] = (), target_tools: tuple[str, ...] = ()) -> Snapshot:
     """Read everything planning needs. Runs only read-only commands."""
     host = host or HostView()
-    mounts = _mounts(host)
-    swaps = _swaps(host)
-    root_dev = next((m.source for m in mounts if m.mountpoint == "/"), "")
+    mounts = read_mounts(host)
     # Our own array holding our partitions is not "in use" (a re-run); whether it really is ours
     # is decided by the layout from the superblocks' UUIDs.
     ours = os.path.basename(host.realpath(request.device)) if host.exists(request.device) else ""
-    disks = _distinct(tuple(_disk(given, host, runner, mounts, swaps, root_dev, ours) for given in request.disks))
+    disks = describe_disks(request.disks, runner, host, mounts, ours)
     array = _array(request.device, host, runner)
     efivars = bool(host.listdir(EFIVARS))
     boot = None
@@ -183,6 +187,14 @@ def discover(request: Request, profile: Profile, runner: Runner, host: HostView 
     )
 
 
+def describe_disks(paths: tuple[str, ...], runner: Runner, host: HostView, mounts: tuple[Mount, ...],
+                   ours: str = "") -> tuple[DiskFacts, ...]:
+    """DiskFacts for each path; ``ours`` is the kernel name of our array (its holds don't count)."""
+    swaps = _swaps(host)
+    root_dev = next((m.source for m in mounts if m.mountpoint == "/"), "")
+    return _distinct(tuple(_disk(p, host, runner, mounts, swaps, root_dev, ours) for p in paths))
+
+
 def _distinct(disks: tuple[DiskFacts, ...]) -> tuple[DiskFacts, ...]:
     """Disks that report one serial (USB bridges, namespaces of one controller) get their kernel
     name added to the identity, so partition GUIDs and entry labels stay unique."""
@@ -197,7 +209,7 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _mounts(host: HostView) -> tuple[Mount, ...]:
+def read_mounts(host: HostView) -> tuple[Mount, ...]:
     out = []
     for line in (host.read("/proc/self/mountinfo") or "").splitlines():
         left, _, right = line.partition(" - ")
@@ -260,9 +272,12 @@ def _disk(given: str, host: HostView, runner: Runner, mounts, swaps, root_dev: s
 
 def _with_table(disk: DiskFacts, runner: Runner) -> DiskFacts:
     """Add the partition table (sfdisk --json) and on-disk signatures (blkid -p)."""
-    whole = _blkid(runner, ("blkid", "-p", "-o", "export", disk.path))
+    probe = runner.run(("blkid", "-p", "-o", "export", disk.path))
+    whole = _export(probe.stdout) if probe.ok else {}
     signatures = tuple(v for k in ("TYPE", "PTTYPE") if (v := whole.get(k)))
-    if "PTTYPE" not in whole:  # no partition table: nothing for sfdisk to list
+    if probe.returncode == 8:  # ambivalent: several old signatures; blkid then prints none
+        signatures += ("several conflicting signatures",)
+    if probe.returncode == 2 or (probe.ok and "PTTYPE" not in whole):  # no table for sfdisk to list
         return replace(disk, signatures=signatures)
     table = runner.run(("sfdisk", "--json", disk.path))
     if not table.ok or not table.stdout.strip():
@@ -272,10 +287,10 @@ def _with_table(disk: DiskFacts, runner: Runner) -> DiskFacts:
     partitions = []
     for number, part in enumerate(data.get("partitions", ()), start=1):
         number = _partition_number(part.get("node", ""), number)
-        probe = _blkid(runner, ("blkid", "-p", "-o", "export", "-O", str(part["start"] * sector),
+        probe = blkid_export(runner, ("blkid", "-p", "-o", "export", "-O", str(part["start"] * sector),
                                 "-S", str(part["size"] * sector), disk.path))
         is_md = probe.get("TYPE") == "linux_raid_member"
-        inner = _blkid(runner, ("blkid", "-p", "-u", "filesystem", "-o", "export", "-O",
+        inner = blkid_export(runner, ("blkid", "-p", "-u", "filesystem", "-o", "export", "-O",
                                 str(part["start"] * sector), "-S", str(part["size"] * sector),
                                 disk.path)) if is_md else {}
         partitions.append(Partition(
@@ -296,12 +311,14 @@ def _partition_number(node: str, fallback: int) -> int:
     return int(digits) if digits else fallback
 
 
-def _blkid(runner: Runner, argv: tuple[str, ...]) -> dict[str, str]:
+def blkid_export(runner: Runner, argv: tuple[str, ...]) -> dict[str, str]:
     """blkid -o export output as a dict; exit code 2 means "nothing found"."""
     result = runner.run(argv)
-    if not result.ok:
-        return {}
-    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    return _export(result.stdout) if result.ok else {}
+
+
+def _export(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 def _array(device: str, host: HostView, runner: Runner) -> ArrayFacts | None:
@@ -312,7 +329,7 @@ def _array(device: str, host: HostView, runner: Runner) -> ArrayFacts | None:
         return None
     info = dict(line.split("=", 1) for line in detail.stdout.splitlines() if "=" in line)
     members = tuple(v for k, v in sorted(info.items()) if k.startswith("MD_DEVICE_") and k.endswith("_DEV"))
-    fs = _blkid(runner, ("blkid", "-p", "-o", "export", device))
+    fs = blkid_export(runner, ("blkid", "-p", "-o", "export", device))
     return ArrayFacts(device=device, uuid=info.get("MD_UUID", ""), level=info.get("MD_LEVEL", ""),
                       metadata=info.get("MD_METADATA", ""), members=members,
                       kernel_device=host.realpath(device),

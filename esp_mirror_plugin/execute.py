@@ -19,7 +19,9 @@ from typing import Protocol, TextIO
 from . import files
 from .errors import StepFailed
 from .runner import NOT_INSTALLED, Runner
-from .steps import Command, CopyFile, EditBlock, Group, MakeDir, WaitForPartition, WriteFile, resolve_arg
+from .discovery import HostView
+from .steps import (Command, CopyFile, EditBlock, Group, MakeDir, WaitForPartition, WaitForSync, WriteFile,
+                    resolve_arg)
 
 
 class Executor(Protocol):
@@ -44,6 +46,8 @@ class Applier:
     out: TextIO = sys.stdout
     exists: Callable[[str], bool] = os.path.exists
     sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    host: HostView = field(default_factory=HostView)
     bindings: dict[str, str] = field(default_factory=dict)
     done: int = 0
     changed: int = 0
@@ -125,10 +129,37 @@ class Applier:
                          f"check `lsblk {disk}` and dmesg")
 
     def _wait(self, node: str, seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
+        deadline = self.clock() + seconds
         while True:
             if self.exists(node):
                 return True
-            if time.monotonic() >= deadline:
+            if self.clock() >= deadline:
                 return False
             self.sleep(0.1)
+
+    @_apply.register
+    def _(self, step: WaitForSync, group: str) -> bool:
+        md = f"/sys/block/{os.path.basename(self.host.realpath(step.device))}/md"
+        read = lambda key: (self.host.read(f"{md}/{key}") or "").strip()  # noqa: E731
+        last_report, started = 0.0, self.clock()
+        while True:
+            action, completed = read("sync_action"), read("sync_completed")
+            missing = step.clean and read("degraded") not in ("", "0")
+            if action in ("idle", "") and not missing:
+                return True
+            if action in ("idle", "") and self.clock() - started > 30:
+                raise StepFailed(group, step.describe(), f"{step.device} is still missing a member and no "
+                                 "recovery runs: see /proc/mdstat and `mdadm --detail`")
+            if self.clock() - last_report >= 2:
+                print(f"  [{group}]   {action} {_percent(completed)}", file=self.out, flush=True)
+                last_report = self.clock()
+            self.sleep(0.5)
+
+
+def _percent(completed: str) -> str:
+    """"123 / 456" sectors as a percentage, for progress lines."""
+    done, _, total = completed.partition("/")
+    try:
+        return f"{100 * int(done) / int(total):.0f}% ({completed.strip()} sectors)"
+    except ValueError:
+        return completed

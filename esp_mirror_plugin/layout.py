@@ -34,9 +34,13 @@ class Member:
 
     @property
     def tag(self) -> str:
-        """Names the disk in boot entry labels: its serial number, else its kernel name."""
-        ident = self.disk.identity
-        return ident.split(":", 1)[1] if ident.startswith("serial:") else self.disk.name
+        return disk_tag(self.disk)
+
+
+def disk_tag(disk: DiskFacts) -> str:
+    """Names the disk in boot entry labels: its serial number, else its kernel name."""
+    ident = disk.identity
+    return ident.split(":", 1)[1] if ident.startswith("serial:") else disk.name
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ def required_target_tools(request: Request, profile: Profile) -> tuple[str, ...]
     return tuple(dict.fromkeys(tools))
 
 
-def check_disks(request: Request, snapshot: Snapshot) -> None:
+def check_disks(request: Request, disks: tuple[DiskFacts, ...]) -> None:
     """Refuse disk arguments that are wrong or unsafe. Runs before anything else."""
     count = len(request.disks)
     if count == 0:
@@ -93,7 +97,7 @@ def check_disks(request: Request, snapshot: Snapshot) -> None:
     if count > MAX_DISKS:
         raise BadInput(f"{count} disks given: esp-mirror mirrors 2 to {MAX_DISKS} disks; pass fewer --disk")
     seen: dict[str, str] = {}
-    for disk in snapshot.disks:
+    for disk in disks:
         if disk.kind == "missing":
             raise BadInput(f"disk {disk.given} does not exist: check the path (lsblk lists disks)")
         if disk.kind == "other":
@@ -120,12 +124,12 @@ def check_disks(request: Request, snapshot: Snapshot) -> None:
         if used and not request.wipe:
             raise BadInput(f"disk {disk.given} holds {holder_types[used[0]]}: make sure it is unused, "
                            "then pass --wipe to erase it")
-    kinds = {d.kind for d in snapshot.disks}
+    kinds = {d.kind for d in disks}
     if kinds == {"block", "image"}:
         raise BadInput("mix of block devices and image files: give only disks, or only image files")
-    sizes = {d.sector_size for d in snapshot.disks}
+    sizes = {d.sector_size for d in disks}
     if len(sizes) > 1:
-        listing = ", ".join(f"{d.given}={d.sector_size}" for d in snapshot.disks)
+        listing = ", ".join(f"{d.given}={d.sector_size}" for d in disks)
         raise BadInput(f"disks have different logical sector sizes ({listing}): "
                        "a RAID1 ESP needs members with one sector size; pick matching disks")
 
@@ -165,7 +169,7 @@ def _has_our_esp(disk: DiskFacts) -> bool:
 def build(request: Request, profile: Profile, snapshot: Snapshot) -> Layout:
     """Decide every action from the snapshot; refuse unsafe or inconsistent states."""
     check_settings(request)
-    check_disks(request, snapshot)
+    check_disks(request, snapshot.disks)
     for path, text in (("etc/fstab", snapshot.fstab), (profile.mdadm_conf, snapshot.mdadm_conf)):
         try:
             files.without_block(text)
@@ -257,6 +261,12 @@ def _array_state(request: Request, snapshot: Snapshot, members: list[Member]) ->
                            "pass --array-name NAME to choose another name")
         if array.level != "raid1":
             raise BadInput(f"{array.device} is {array.level}, not raid1: the ESP must be a RAID1 mirror")
+        strangers = [m.disk.given for m in members
+                     if not (m.exists and names.mdadm_uuid(m.disk.partition(1).md_uuid or "0" * 32)
+                             == names.mdadm_uuid(array.uuid))]
+        if strangers:
+            raise BadInput(f"disk {strangers[0]} is not a member of the running array {array.device}: "
+                           f"add it with `esp-mirror add --disk {strangers[0]}`")
         if array.fstype not in ("", "vfat"):
             raise BadInput(f"{array.device} holds {array.fstype}, not FAT: refusing to format it; "
                            "check what it is")

@@ -164,7 +164,25 @@ class WaitForPartition:
                 "node": render_arg(self.node), "timeout": self.timeout, "why": self.why}
 
 
-Step = Union[Command, WriteFile, EditBlock, CopyFile, MakeDir, WaitForPartition]
+@dataclass(frozen=True)
+class WaitForSync:
+    """Wait, showing progress, until the array's resync/recovery/check has finished.
+
+    ``clean`` also waits until no member is missing (a recovery that has not started yet counts).
+    """
+
+    device: str
+    why: str
+    clean: bool = False
+
+    def describe(self) -> str:
+        return f"wait for {self.device} to finish {'recovery' if self.clean else 'its check'} (progress shown)"
+
+    def to_json(self) -> dict:
+        return {"kind": "wait-for-sync", "device": self.device, "clean": self.clean, "why": self.why}
+
+
+Step = Union[Command, WriteFile, EditBlock, CopyFile, MakeDir, WaitForPartition, WaitForSync]
 
 
 @dataclass(frozen=True)

@@ -399,11 +399,6 @@ def test_unreadable_nvram_is_refused_rather_than_dropping_other_entries_from_boo
     assert "efibootmgr" in outcome.error and "--no-nvram" in outcome.error
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: discovery._with_table asks sfdisk only when blkid -p reports PTTYPE, "
-                                       "but blkid exits 8 with no output at all when it finds two whole-disk "
-                                       "signatures (checked with util-linux 2.38.1 on an image with a DOS table, "
-                                       "an old ext4 and an old ISO9660): the table is never read, the disk looks "
-                                       "blank, and it is partitioned without --wipe")
 def test_a_disk_whose_blkid_probe_is_ambivalent_is_not_taken_for_a_blank_disk(machine):
     machine.add_disk("sda")
     sdb = machine.add_disk("sdb", pttype="dos")

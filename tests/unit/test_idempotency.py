@@ -171,9 +171,9 @@ def test_rerun_after_a_failure_after_mdadm_create_continues_with_mkfs(two_disks)
     assert len(starting(json_commands(again), "mkfs.vfat")) == 1
 
 
-def test_only_the_partitions_made_in_this_run_are_wiped(two_disks):
-    """sda already carries our ESP partition (a first run stopped before making sdb1): only sdb1 is
-    made, waited for and wiped."""
+def test_a_rerun_makes_the_missing_partition_and_wipes_every_esp_partition_before_the_create(two_disks):
+    """sda already carries our ESP partition (a first run stopped before making sdb1, maybe before
+    its wipefs): only sdb1 is made and waited for, and both are wiped before mdadm --create."""
     first = plan_of(two_disks)
     guid_a, guid_b = (m["partition_guid"] for m in first["members"])
     two_disks.add_partition(two_disks.disks["/dev/sda"], 1, 2048, 1048576, type_guid=ESP_TYPE, uuid=guid_a,
@@ -186,7 +186,7 @@ def test_only_the_partitions_made_in_this_run_are_wiped(two_disks):
         ("sgdisk", "--new=1:2048:1050623", "--typecode=1:EF00", f"--partition-guid=1:{guid_b}",
          "--change-name=1:esp-mirror", "/dev/sdb"),
         ("wait-for-partition", "/dev/sdb1"),
-        ("wipefs", "--all", "/dev/sdb1"),
+        ("wipefs", "--all", "/dev/sda1", "/dev/sdb1"),
     ]
     assert starting(json_commands(again), "mdadm", "--create")[0][-2:] == ("/dev/sda1", "/dev/sdb1")
 
@@ -229,9 +229,6 @@ def test_the_same_machine_always_gets_the_same_identifiers(two_disks):
 # -- re-runs with another set of disks ------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: layout._array_state returns 'keep' for a running array without checking "
-                                       "that every given disk is a member: a new disk gets a partition that is never "
-                                       "added to the array (no FAT on it) and a boot entry pointing at it")
 def test_a_new_disk_next_to_the_running_array_is_added_or_refused(two_disks):
     finish(two_disks, plan_of(two_disks))
     two_disks.add_disk("sdc", serial="WD-WCC4N0CCCCCC")
@@ -245,8 +242,6 @@ def test_a_new_disk_next_to_the_running_array_is_added_or_refused(two_disks):
         assert outcome.code == 2 and "/dev/sdc" in outcome.error
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: layout._array_state tells the user to run `esp-mirror add`, a "
-                                       "subcommand the CLI does not have (only plan, apply, profiles)")
 def test_the_command_suggested_for_a_new_disk_exists(two_disks, capsys):
     build_members(two_disks, plan_of(two_disks), inner_fs=True)
     two_disks.add_disk("sdc", serial="WD-WCC4N0CCCCCC")

@@ -1,0 +1,90 @@
+"""Compare the FILES of the mirror's members, read-only.
+
+With metadata 1.0 each member is a plain FAT32 at offset 0, so mtools reads it straight from the
+member partition (never mounting it, never writing to it) — the same view the firmware has.
+Anything written to one member behind md's back (firmware, an EFI tool) shows up here by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StepFailed
+from .runner import Runner
+
+MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    size: int
+    mtime: float
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Difference:
+    path: str
+    versions: dict[str, FileInfo | None]  # member node -> its version (None: missing there)
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "members": {
+            node: None if v is None else {"size": v.size, "mtime": v.mtime, "sha256": v.sha256}
+            for node, v in self.versions.items()}}
+
+
+def copy_member(runner: Runner, node: str, dest: Path) -> dict[str, FileInfo]:
+    """Copy every file of the FAT on ``node`` into ``dest`` (mtools, read-only); describe them."""
+    dest.mkdir(parents=True, exist_ok=True)
+    listing = runner.run(("mdir", "-/", "-b", "-i", node, "::/"), env=MTOOLS_ENV)
+    if listing.ok and listing.stdout.strip():
+        result = runner.run(("mcopy", "-s", "-p", "-m", "-n", "-i", node, "::/*", f"{dest}/"), env=MTOOLS_ENV)
+        if not result.ok:
+            raise StepFailed("compare", f"read the files of {node}", f"command: {' '.join(result.argv)}\n"
+                             f"exit code: {result.returncode}\nstderr: {result.stderr.strip()}")
+    elif not listing.ok and "not found" not in listing.stderr:  # an empty FAT lists as "not found"
+        raise StepFailed("compare", f"read the files of {node}", f"command: {' '.join(listing.argv)}\n"
+                         f"exit code: {listing.returncode}\nstderr: {listing.stderr.strip()}")
+    files = {}
+    for base, _, names in os.walk(dest):
+        for name in names:
+            path = Path(base, name)
+            data = path.read_bytes()
+            files[str(path.relative_to(dest))] = FileInfo(len(data), path.stat().st_mtime,
+                                                          hashlib.sha256(data).hexdigest())
+    return files
+
+
+def differences(trees: dict[str, dict[str, FileInfo]]) -> list[Difference]:
+    """Files whose content differs between members, or that some members lack."""
+    paths = sorted({p for tree in trees.values() for p in tree})
+    out = []
+    for path in paths:
+        versions = {node: tree.get(path) for node, tree in trees.items()}
+        hashes = {v.sha256 if v else None for v in versions.values()}
+        if len(hashes) > 1:
+            out.append(Difference(path, versions))
+    return out
+
+
+def backup(copies: dict[str, Path], diffs: list[Difference], keep: set[str], directory: Path,
+           stamp: str) -> list[Path]:
+    """Tar, per member not in ``keep``, its versions of the differing files. Returns the tar paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for node, root in copies.items():
+        if node in keep:
+            continue
+        mine = [d.path for d in diffs if d.versions.get(node) is not None]
+        if not mine:
+            continue
+        target = directory / f"repair-{stamp}-{os.path.basename(node)}.tar"
+        with tarfile.open(target, "w") as tar:
+            for path in mine:
+                tar.add(root / path, arcname=path)
+        written.append(target)
+    return written

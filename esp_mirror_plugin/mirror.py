@@ -1,0 +1,200 @@
+"""The running mirror, read from the system: array, members, mount, firmware boot entries and
+which disk this boot came from. Read-only; the upkeep commands plan from this snapshot."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from . import bootentries
+from .discovery import EFIVARS, HostView, Mount, blkid_export, read_mounts
+from .record import Record
+from .runner import Runner
+
+EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
+LOADER_VENDOR = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+
+
+@dataclass(frozen=True)
+class MemberState:
+    node: str  # /dev/vda1
+    disk: str  # /dev/vda
+    slot: int | None  # role in the array; None for a spare
+    state: str  # md's dev-*/state: in_sync, faulty, spare, ...
+    partuuid: str  # GPT partition GUID (lower case)
+
+    @property
+    def active(self) -> bool:
+        return "in_sync" in self.state.split(",") and "faulty" not in self.state
+
+    @property
+    def usable(self) -> bool:
+        """In the array and not failed: active, or being rebuilt."""
+        return "faulty" not in self.state
+
+
+@dataclass(frozen=True)
+class ArrayState:
+    device: str  # /dev/md/esp
+    kernel_name: str  # md127
+    uuid: str
+    level: str
+    metadata: str
+    raid_disks: int
+    degraded: int  # missing or failed members
+    array_state: str
+    sync_action: str  # idle, check, resync, recover, repair
+    sync_completed: str  # "none" or "done / total" sectors
+    mismatch_cnt: int
+    members: tuple[MemberState, ...]
+
+    def member(self, disk_or_node: str) -> MemberState | None:
+        path = os.path.realpath(disk_or_node)
+        return next((m for m in self.members if path in (m.node, m.disk)), None)
+
+
+@dataclass(frozen=True)
+class EntryState:
+    member: MemberState
+    entry: bootentries.BootEntry | None  # our entry on this member's partition
+    file_exists: bool  # the loader it names exists on the mounted ESP
+
+
+@dataclass(frozen=True)
+class MirrorState:
+    record: Record | None
+    array: ArrayState | None
+    mount: Mount | None  # what is mounted at the record's mount point
+    mounted_members: tuple[str, ...]  # members mounted directly (never should be)
+    efivars: bool
+    boot: bootentries.BootState | None
+    entries: tuple[EntryState, ...]
+    boot_current: str | None
+    loader_partuuid: str | None  # LoaderDevicePartUUID: the partition this boot came from
+
+    @property
+    def booted_member(self) -> MemberState | None:
+        """The member the firmware booted from: systemd's LoaderDevicePartUUID, else BootCurrent."""
+        if self.array is None:
+            return None
+        uuid = self.loader_partuuid
+        if uuid is None and self.boot is not None and self.boot_current:
+            entry = self.boot.entry(self.boot_current)
+            uuid = entry.partuuid if entry else None
+        return next((m for m in self.array.members if uuid and m.partuuid == uuid), None)
+
+    def problems(self) -> list[str]:
+        """What is not healthy, one line each; empty when all is well."""
+        if self.array is None:
+            return []
+        out = []
+        a = self.array
+        if a.degraded:
+            out.append(f"{a.device} is degraded: {a.degraded} of {a.raid_disks} members missing or failed")
+        for m in a.members:
+            if not m.active:
+                out.append(f"member {m.node} is {m.state}")
+        if a.sync_action != "idle":
+            out.append(f"{a.device} is busy: {a.sync_action} {a.sync_completed}")
+        if a.mismatch_cnt:
+            out.append(f"the last check found {a.mismatch_cnt} mismatched sectors: run `esp-mirror check`")
+        for node in self.mounted_members:
+            out.append(f"member {node} is mounted directly: unmount it, mount {a.device}")
+        if self.record and (self.mount is None):
+            out.append(f"nothing is mounted at {self.record.mountpoint}")
+        if self.efivars:
+            for e in self.entries:
+                if e.entry is None:
+                    out.append(f"no boot entry for {e.member.disk} ({e.member.partuuid}): run `esp-mirror entries`")
+                elif not e.file_exists:
+                    out.append(f"boot entry {e.entry.number} names {e.entry.loader}, which is not on the ESP")
+        return out
+
+    def exit_code(self) -> int:
+        """0 healthy, 1 degraded or entries missing, 2 not set up."""
+        if self.record is None and self.array is None:
+            return 2
+        return 1 if self.array is None or self.problems() else 0
+
+
+def read_mirror(runner: Runner, record: Record | None, host: HostView | None = None,
+                array_device: str = "/dev/md/esp") -> MirrorState:
+    host = host or HostView()
+    device = record.array if record else array_device
+    array = read_array(runner, host, device)
+    mounts = read_mounts(host)
+    mount = next((m for m in reversed(mounts) if record and m.mountpoint == os.path.normpath(record.mountpoint)),
+                 None)
+    members = {m.node for m in array.members} if array else set()
+    mounted_members = tuple(m.device for m in mounts if m.device in members)
+    efivars = bool(host.listdir(EFIVARS))
+    boot = None
+    if efivars:
+        result = runner.run(("efibootmgr", "-v"))
+        boot = bootentries.parse(result.stdout) if result.ok else None
+    entries = ()
+    if array and record and boot is not None:
+        entries = tuple(_entry_state(m, boot, record, mount) for m in array.members if m.usable)
+    return MirrorState(
+        record=record, array=array, mount=mount, mounted_members=mounted_members, efivars=efivars,
+        boot=boot, entries=entries,
+        boot_current=_boot_current(host), loader_partuuid=_loader_partuuid(host),
+    )
+
+
+def read_array(runner: Runner, host: HostView, device: str) -> ArrayState | None:
+    if not host.exists(device):
+        return None
+    detail = runner.run(("mdadm", "--detail", "--export", device))
+    if not detail.ok:
+        return None
+    info = dict(line.split("=", 1) for line in detail.stdout.splitlines() if "=" in line)
+    name = os.path.basename(host.realpath(device))
+    md = f"/sys/block/{name}/md"
+
+    def attr(key: str, default: str = "") -> str:
+        return (host.read(f"{md}/{key}") or default).strip()
+
+    members = []
+    for entry in host.listdir(md):
+        if not entry.startswith("dev-"):
+            continue
+        node = f"/dev/{entry[4:]}"
+        slot = (host.read(f"{md}/{entry}/slot") or "none").strip()
+        disk = os.path.basename(os.path.dirname(host.realpath(f"/sys/class/block/{entry[4:]}")))
+        part = blkid_export(runner, ("blkid", "-p", "-o", "export", node))
+        members.append(MemberState(node=node, disk=f"/dev/{disk}", slot=int(slot) if slot.isdigit() else None,
+                                   state=(host.read(f"{md}/{entry}/state") or "").strip(),
+                                   partuuid=part.get("PART_ENTRY_UUID", "").lower()))
+    members.sort(key=lambda m: (m.slot is None, m.slot if m.slot is not None else 0, m.node))
+    return ArrayState(
+        device=device, kernel_name=name, uuid=info.get("MD_UUID", ""), level=info.get("MD_LEVEL", ""),
+        metadata=info.get("MD_METADATA", ""), raid_disks=int(attr("raid_disks", "0") or 0),
+        degraded=int(attr("degraded", "0") or 0), array_state=attr("array_state"),
+        sync_action=attr("sync_action", "idle"), sync_completed=attr("sync_completed", "none"),
+        mismatch_cnt=int(attr("mismatch_cnt", "0") or 0), members=tuple(members))
+
+
+def _entry_state(member: MemberState, boot: bootentries.BootState, record: Record,
+                 mount: Mount | None) -> EntryState:
+    entry = next((e for e in boot.entries
+                  if e.partuuid == member.partuuid and f" ({bootentries.TAG} " in e.label), None)
+    exists = False
+    if entry is not None and mount is not None:
+        exists = os.path.isfile(os.path.join(mount.mountpoint, *entry.loader.strip("\\").split("\\")))
+    return EntryState(member, entry, exists)
+
+
+def _efivar(host: HostView, name: str) -> bytes | None:
+    data = host.read_bytes(f"{EFIVARS}/{name}")
+    return data[4:] if data and len(data) > 4 else None  # the first 4 bytes are attributes
+
+
+def _boot_current(host: HostView) -> str | None:
+    data = _efivar(host, f"BootCurrent-{EFI_GLOBAL}")
+    return f"{int.from_bytes(data[:2], 'little'):04X}" if data else None
+
+
+def _loader_partuuid(host: HostView) -> str | None:
+    data = _efivar(host, f"LoaderDevicePartUUID-{LOADER_VENDOR}")
+    return data.decode("utf-16-le").rstrip("\0").lower() if data else None

@@ -1,0 +1,51 @@
+"""What apply set up, recorded in the target for the upkeep commands (status, check, repair,
+replace, add, entries): /etc/esp-mirror/esp-mirror.yaml. Written by the bootloader hook."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+
+import yaml
+
+from .errors import BadInput
+
+PATH = "etc/esp-mirror/esp-mirror.yaml"
+
+
+@dataclass(frozen=True)
+class Record:
+    profile: str
+    array: str  # /dev/md/<name>
+    mountpoint: str
+    loader: str  # \EFI\...\x.efi: what every boot entry starts
+    entry_label: str
+    esp_start: int  # bytes
+    esp_size: int  # bytes
+
+    def render(self) -> str:
+        return ("# Written by esp-mirror apply: what it set up. The upkeep commands (status, check,\n"
+                "# repair, replace, add, entries) read it; re-running apply rewrites it.\n"
+                + yaml.safe_dump(asdict(self), sort_keys=False))
+
+
+def path_in(root: str) -> str:
+    return os.path.join(root, PATH)
+
+
+def load(root: str = "/") -> Record | None:
+    """The record of the system at ``root``; None when esp-mirror never set it up."""
+    path = path_in(root)
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle) or {}
+    except FileNotFoundError:
+        return None
+    except (OSError, yaml.YAMLError) as exc:
+        raise BadInput(f"{path} cannot be read ({' '.join(str(exc).split())}): "
+                       "run `esp-mirror apply` again to rewrite it") from None
+    names = {f.name for f in fields(Record)}
+    if not isinstance(data, dict) or set(data) != names:
+        raise BadInput(f"{path} is not an esp-mirror record (keys {', '.join(sorted(names))}): "
+                       "run `esp-mirror apply` again to rewrite it")
+    return Record(**data)
