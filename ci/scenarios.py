@@ -28,6 +28,7 @@ STATE_COMMANDS = {
     "efibootmgr": "efibootmgr -v",
     "members": "for p in {parts}; do blkid -p -o export $p; done",
     "mounts": "grep ' /boot/efi ' /proc/self/mountinfo",
+    "record": "cat /etc/esp-mirror/esp-mirror.yaml",
 }
 
 
@@ -146,3 +147,40 @@ def image_build(efi_image: Path, names: Sequence[str], vars_file: Path,
 
 __all__ = ["Install", "apply_argv", "boot_alone", "detail", "disk_serial", "entry_label", "esp_lines",
            "image_build", "install", "parse_sections", "partition_uuid"]
+
+
+def booted_prelude(record_text: str, parts: Sequence[str], mountpoint: str = "/boot/efi") -> str:
+    """Shell lines that make a fresh guest look like the installed system after boot: the record
+    apply wrote, the array assembled from ``parts`` (udev does it on a real boot), the ESP mounted
+    (fstab does). The guest's root is a fresh overlay each boot, so /etc starts as the host's."""
+    return "\n".join([
+        "mkdir -p /etc/esp-mirror",
+        f"cat > /etc/esp-mirror/esp-mirror.yaml <<'ESPVM_RECORD'\n{record_text.rstrip()}\nESPVM_RECORD",
+        f"mdadm --assemble --run /dev/md/esp {' '.join(parts)} >&2",
+        f"mkdir -p {mountpoint}",
+        f"mount -t vfat -o umask=0077 /dev/md/esp {mountpoint}",
+        "",
+    ])
+
+
+def sections_script(commands: dict[str, str]) -> str:
+    """Run each shell command under a "@@@ 0 NAME" header; its exit code and duration follow as
+    "rc=N" and "seconds=S" lines (see :func:`outcome`)."""
+    return "".join(
+        f"echo '{SECTION}0 {name}'\ns=$(date +%s.%N)\n{command} 2>&1; rc=$?\n"
+        f"echo \"rc=$rc\"; echo \"seconds=$(awk \"BEGIN {{print $(date +%s.%N) - $s}}\")\"\n"
+        for name, command in commands.items())
+
+
+@dataclass(frozen=True)
+class Outcome:
+    rc: int
+    seconds: float
+    output: str
+
+
+def outcome(section: str) -> Outcome:
+    """Split a section of :func:`sections_script` into exit code, duration and output."""
+    lines = section.rstrip("\n").split("\n")
+    rc, seconds = int(lines[-2].removeprefix("rc=")), float(lines[-1].removeprefix("seconds="))
+    return Outcome(rc, seconds, "\n".join(lines[:-2]))

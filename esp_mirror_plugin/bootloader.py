@@ -20,7 +20,9 @@ from .kinds import BootloaderKind
 from .layout import Layout
 from .profiles import Profile
 from .request import Request
-from .steps import Command, CopyFile, MakeDir, Step
+from . import record as records
+from .record import Record
+from .steps import Command, CopyFile, MakeDir, Step, WriteFile
 
 _ARCH = {
     "x86_64": ("x64", "x86_64-efi"),
@@ -97,14 +99,21 @@ def payload_steps(request: Request, profile: Profile, layout: Layout) -> tuple[S
     return tuple(steps)
 
 
+def record_step(request: Request, profile: Profile, loader: str) -> WriteFile:
+    rec = Record(profile=profile.name, array=request.device, mountpoint=request.mountpoint, loader=loader,
+                 entry_label=request.entry_label, esp_start=request.esp_start, esp_size=request.esp_size)
+    return WriteFile(records.path_in(request.target), rec.render(),
+                     why="what was set up, for status, check, repair, replace, add and entries")
+
+
 def plan(request: Request, profile: Profile, layout: Layout, snapshot) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     """(steps, notes) for the bootloader hook."""
-    steps = payload_steps(request, profile, layout)
+    loader = loader_path(request, profile, snapshot.target_has_shim)
+    steps = payload_steps(request, profile, layout) + (record_step(request, profile, loader),)
     if not layout.nvram:
         return steps, ("no NVRAM boot entries (--no-nvram or no EFI variables): the firmware boots "
                        f"each disk through \\EFI\\BOOT\\{fallback_name(request.arch)}",)
     members = [bootentries.Member(disk=m.disk.path, tag=m.tag, part=1, partuuid=m.guid)
                for m in layout.members]
     state = snapshot.boot or bootentries.BootState(None, (), ())
-    loader = loader_path(request, profile, snapshot.target_has_shim)
     return steps + bootentries.plan(state, members, request.entry_label, loader), ()

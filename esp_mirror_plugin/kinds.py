@@ -43,3 +43,13 @@ class InitramfsMode(StrEnum):
     @property
     def regenerates(self) -> bool:
         return self is InitramfsMode.REGENERATE
+
+
+class OwnCheck(StrEnum):
+    """How esp-mirror's own periodic `esp-mirror check` is scheduled where the distribution ships
+    no md check of its own (mdcheck, raid-check, checkarray)."""
+
+    NONE = "none"  # the distribution's own check runs (see the profile's periodic_check)
+    SYSTEMD_TIMER = "systemd-timer"  # esp-mirror-check.timer, weekly; output in the journal
+    CRON_WEEKLY = "cron-weekly"  # /etc/cron.weekly/esp-mirror-check; output to syslog
+    PERIODIC_WEEKLY = "periodic-weekly"  # Alpine's /etc/periodic/weekly/esp-mirror-check

@@ -11,7 +11,7 @@ from . import disks as names
 from . import fat, files, fstab
 from .discovery import DiskFacts, Partition, Snapshot
 from .errors import BadInput
-from .kinds import BootloaderKind
+from .kinds import BootloaderKind, OwnCheck
 from .profiles import Profile
 from .request import MIB, Request
 from .steps import Arg, Var
@@ -83,6 +83,8 @@ def required_target_tools(request: Request, profile: Profile) -> tuple[str, ...]
     elif kind is BootloaderKind.SYSTEMD_BOOT:
         tools += ["bootctl", "rm", "systemctl"]
     tools += [argv[0] for argv in (*profile.boot_assembly, *profile.periodic_check)]
+    if profile.own_check is OwnCheck.SYSTEMD_TIMER:
+        tools.append("systemctl")
     return tuple(dict.fromkeys(tools))
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import bootloader as boot
-from . import hookimpl, initramfs, partition, raid
+from . import hookimpl, initramfs, partition, periodic, raid
 from .context import Context
 
 
@@ -14,7 +14,8 @@ def pre_partition(ctx: Context) -> None:
 
 @hookimpl
 def post_format(ctx: Context) -> None:
-    ctx.execute("post_format", raid.plan(ctx.request, ctx.profile, ctx.layout, ctx.snapshot.mdadm_conf))
+    ctx.execute("post_format", raid.plan(ctx.request, ctx.profile, ctx.layout, ctx.snapshot.mdadm_conf)
+                + periodic.plan(ctx.request, ctx.profile))
 
 
 @hookimpl

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from .errors import BadInput
-from .kinds import BootloaderKind, Generator
+from .kinds import BootloaderKind, Generator, OwnCheck
 
 # The schema: key -> (type, required). A dict value is a nested schema for a mapping.
 _ARGV = "argv"  # a list of strings
@@ -40,6 +40,7 @@ _SCHEMA: dict[str, Any] = {
     }, True),
     "boot_assembly": (_ARGV_LIST, True),
     "periodic_check": (_ARGV_LIST, True),
+    "own_check": (str, True),
     "packages": ({
         "install": (_ARGV, True),
         "names": (dict, True),
@@ -75,7 +76,8 @@ class Profile:
     grub_install: tuple[tuple[str, ...], ...]  # argv with {grub_target} {esp} {loader_id} placeholders
     grub_loader: str  # the file entries start under \EFI\<loader_id>\; "auto": shim when installed
     boot_assembly: tuple[tuple[str, ...], ...]
-    periodic_check: tuple[tuple[str, ...], ...]
+    periodic_check: tuple[tuple[str, ...], ...]  # enable the distribution's own md check
+    own_check: OwnCheck  # where the distribution has none: esp-mirror's own weekly check
     install_command: tuple[str, ...]
     package_names: tuple[tuple[str, str], ...]
 
@@ -225,6 +227,7 @@ def _build(name: str, source: str, data: dict) -> Profile:
         grub_loader=data["grub"]["loader"],
         boot_assembly=tuple(tuple(a) for a in data["boot_assembly"]),
         periodic_check=tuple(tuple(a) for a in data["periodic_check"]),
+        own_check=_enum(source, "own_check", OwnCheck, data["own_check"]),
         install_command=tuple(data["packages"]["install"]),
         package_names=tuple(sorted(data["packages"]["names"].items())),
     )

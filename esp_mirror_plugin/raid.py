@@ -47,8 +47,6 @@ def plan(request: Request, profile: Profile, layout: Layout, mdadm_conf_text: st
                            why="one fstab line for the ESP, by the array's FAT UUID"))
     for argv in profile.boot_assembly:
         steps.append(Command(argv, root=request.target, why="assemble md arrays at boot"))
-    for argv in profile.periodic_check:
-        steps.append(Command(argv, root=request.target, why="periodic md consistency check"))
     if layout.array_action != "keep":
         steps.append(Command(("mdadm", "--wait", request.device), ok_codes=(0, 1),
                              why="let the initial resync finish so every member is a full copy"))

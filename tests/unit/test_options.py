@@ -158,10 +158,11 @@ def plan_groups(machine, **fields):
 def test_aarch64_uses_the_arm64_grub_target_and_bootaa64(two_disks):
     groups = plan_groups(two_disks, arch="aarch64")
     boot = next(g for g in groups if g.name == "bootloader")
-    grub = [s.argv for s in boot.steps if s.argv[0] == "grub-install"]
+    grub = [s.argv for s in boot.steps if getattr(s, "argv", ("",))[0] == "grub-install"]
     assert grub[0][:2] == ("grub-install", "--target=arm64-efi")
     assert grub[1][-1] == "--removable" and "\\EFI\\BOOT\\BOOTAA64.EFI" in boot.steps[1].why
-    assert boot.steps[2].argv[-1] == "\\EFI\\debian\\grubaa64.efi"
+    creates = [s.argv for s in boot.steps if getattr(s, "argv", ("",))[:3] == ("efibootmgr", "--quiet", "--create")]
+    assert creates and all(c[-1] == "\\EFI\\debian\\grubaa64.efi" for c in creates)
 
 
 def test_an_unknown_architecture_is_bad_input(two_disks):

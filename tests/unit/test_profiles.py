@@ -89,7 +89,7 @@ def test_a_user_profile_drives_the_plan(two_disks, user_profile):
 INVALID = [
     pytest.param({"extends": "debian", "colour": "blue"},
                  "unknown key 'colour': allowed here are boot_assembly, bootloader, description, entry_label, "
-                 "esp_mountpoint, extends, grub, initramfs, loader_id, mdadm_conf, packages, periodic_check",
+                 "esp_mountpoint, extends, grub, initramfs, loader_id, mdadm_conf, own_check, packages, periodic_check",
                  id="unknown-key"),
     pytest.param({"extends": "debian", "initramfs": {"generatr": "dracut"}},
                  "unknown key 'initramfs.generatr': allowed here are dropin_dir, generator, regenerate, settings",

@@ -1,0 +1,60 @@
+"""A periodic consistency check of the mirror in the installed system.
+
+Where the distribution ships an md check (Debian's checkarray cron job, mdcheck timers, Fedora's
+raid-check.timer) it is enabled; elsewhere esp-mirror installs its own weekly `esp-mirror check`,
+which also compares the members' files and exits non-zero on drift (a failed unit, a syslog line).
+"""
+
+from __future__ import annotations
+
+import os
+
+from .kinds import OwnCheck
+from .profiles import Profile
+from .request import Request
+from .steps import Command, Step, WriteFile
+
+SERVICE = """\
+[Unit]
+Description=Check the mirrored EFI System Partition (md consistency and member files)
+Documentation=man:mdadm(8)
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/env esp-mirror check
+"""
+
+TIMER = """\
+[Unit]
+Description=Weekly check of the mirrored EFI System Partition
+
+[Timer]
+OnCalendar=weekly
+RandomizedDelaySec=1h
+Persistent=true
+
+[Install]
+WantedBy=timers.target
+"""
+
+CRON = """\
+#!/bin/sh
+# esp-mirror: weekly check of the mirrored EFI System Partition; drift is logged to syslog.
+esp-mirror check 2>&1 | logger -t esp-mirror
+"""
+
+_CRON_DIRS = {OwnCheck.CRON_WEEKLY: "etc/cron.weekly", OwnCheck.PERIODIC_WEEKLY: "etc/periodic/weekly"}
+
+
+def plan(request: Request, profile: Profile) -> tuple[Step, ...]:
+    steps: list[Step] = [Command(argv, root=request.target, why="the distribution's periodic md check")
+                         for argv in profile.periodic_check]
+    at = lambda rel: os.path.join(request.target, rel)  # noqa: E731
+    why = "esp-mirror's own weekly check (the distribution ships none)"
+    if profile.own_check is OwnCheck.SYSTEMD_TIMER:
+        steps += [WriteFile(at("etc/systemd/system/esp-mirror-check.service"), SERVICE, why=why),
+                  WriteFile(at("etc/systemd/system/esp-mirror-check.timer"), TIMER, why=why),
+                  Command(("systemctl", "enable", "esp-mirror-check.timer"), root=request.target, why=why)]
+    elif profile.own_check in _CRON_DIRS:
+        steps.append(WriteFile(at(f"{_CRON_DIRS[profile.own_check]}/esp-mirror-check"), CRON, mode=0o755, why=why))
+    return tuple(steps)

@@ -1,0 +1,224 @@
+"""After install, on real firmware: status, check, repair, replace, add and entries.
+
+Each test starts from a copy of one installed pair of disks. A guest boot's root is a fresh
+overlay, so each script first makes the guest look like the booted installed system
+(ci.scenarios.booted_prelude: the record apply wrote, the array assembled, the ESP mounted).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ci.scenarios import (booted_prelude, disk_serial, entry_label, install, outcome, parse_sections,
+                          partition_uuid, sections_script)
+from ci.vm import (ESP_OFFSET, Assets, blank_disk, boot_firmware, fresh_vars, list_member, read_member,
+                   run_after_firmware_boot, run_in_guest)
+from ci.vm.scripts import ESP_MIRROR_CLI
+from esp_mirror_plugin import bootentries
+
+pytestmark = pytest.mark.vm
+CLI = str(ESP_MIRROR_CLI)
+FW_FILE = "EFI/FW.TXT"
+FW_TEXT = b"written by the firmware behind md's back\n"
+BOTH = ["/dev/vda1", "/dev/vdb1"]
+
+
+@dataclass(frozen=True)
+class Installed:
+    disks: list[Path]
+    nvram: Path
+    record: str
+    work: Path
+
+
+@pytest.fixture(scope="module")
+def installed(vm_assets: Assets, payload_efi: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    work = tmp_path_factory.mktemp("upkeep-install")
+    disks = [blank_disk(work / f"disk-{n}.img", 1024) for n in "ab"]
+    nvram = fresh_vars(work / "install-vars.fd", vm_assets)
+    result = install(disks, nvram, payload_efi, assets=vm_assets)
+    assert result.guest.rc == 0, result.guest.stdout
+    return Installed(disks, nvram, result.section("record"), work)
+
+
+@pytest.fixture
+def system(installed: Installed, tmp_path: Path) -> Installed:
+    """A private copy of the installed disks and NVRAM for one test."""
+    disks = []
+    for disk in installed.disks:
+        subprocess.run(["cp", "--sparse=always", str(disk), str(tmp_path / disk.name)], check=True)
+        disks.append(tmp_path / disk.name)
+    nvram = Path(shutil.copyfile(installed.nvram, tmp_path / "vars.fd"))
+    return Installed(disks, nvram, installed.record, tmp_path)
+
+
+def run(system: Installed, disks: list[Path], parts: list[str], commands: dict[str, str],
+        assets: Assets) -> dict:
+    script = "set -u\n" + booted_prelude(system.record, parts) + sections_script(commands)
+    guest = run_in_guest(script, disks, system.nvram, assets=assets, log_dir=system.work)
+    assert guest.rc == 0, f"{guest.stdout}\n{guest.stderr}\nserial: {guest.serial_log}"
+    return {name: outcome(text) for name, text in parse_sections(guest.stdout, 1)[0].items()}
+
+
+def as_json(result) -> dict:
+    return json.loads(result.output)
+
+
+def member_files(image: Path) -> dict[str, bytes]:
+    return {p: read_member(image, ESP_OFFSET, p) for p in list_member(image, ESP_OFFSET)
+            if p.upper().endswith((".EFI", ".TXT"))}
+
+
+FIRMWARE_WRITE = {
+    "stop": "umount /boot/efi && mdadm --stop /dev/md/esp",
+    "firmware-write": f"printf %s '{FW_TEXT.decode().rstrip()}\n' > /tmp/fw.txt && "
+                      f"MTOOLS_SKIP_CHECK=1 mcopy -i /dev/vdb1 /tmp/fw.txt ::/{FW_FILE}",
+    "assemble": "mdadm --assemble --run /dev/md/esp /dev/vda1 /dev/vdb1 && "
+                "mount -t vfat -o umask=0077 /dev/md/esp /boot/efi",
+}
+
+
+@pytest.mark.parametrize("source", ["a", "b"])
+def test_a_write_to_one_member_is_found_by_check_and_repaired_from_the_chosen_source(
+        system: Installed, vm_assets: Assets, source: str) -> None:
+    a_before = member_files(system.disks[0])
+    out = run(system, system.disks, BOTH, {
+        "status": f"{CLI} status --json", **FIRMWARE_WRITE,
+        "check-drift": f"{CLI} check --json",
+        "repair": f"{CLI} repair --source /dev/vd{source} --yes --json",
+        "check-after": f"{CLI} check --json",
+        "fsck": "umount /boot/efi && fsck.fat -n /dev/vda1 && fsck.fat -n /dev/vdb1",
+    }, vm_assets)
+    assert out["status"].rc == 0, out["status"].output
+    assert all(out[s].rc == 0 for s in FIRMWARE_WRITE), out
+    drift = out["check-drift"]
+    assert drift.rc == 1
+    report = as_json(drift)
+    assert report["mismatch_cnt"] > 0
+    [difference] = report["differences"]
+    assert difference["path"] == FW_FILE
+    assert difference["members"]["/dev/vda1"] is None
+    assert difference["members"]["/dev/vdb1"]["size"] == len(FW_TEXT)
+    repair = out["repair"]
+    assert repair.rc == 0, repair.output
+    assert as_json(repair)["source"] == f"/dev/vd{source}1"
+    assert as_json(repair)["backups"], "the overwritten member's version must be kept"
+    after = out["check-after"]
+    assert (after.rc, as_json(after)["mismatch_cnt"], as_json(after)["differences"]) == (0, 0, [])
+    assert out["fsck"].rc == 0, out["fsck"].output
+    a_after, b_after = member_files(system.disks[0]), member_files(system.disks[1])
+    assert a_after == b_after
+    if source == "a":
+        assert a_after == a_before and FW_FILE not in b_after
+    else:
+        assert a_after == {**a_before, FW_FILE: FW_TEXT}
+
+
+def test_status_and_entries_in_healthy_missing_entry_and_degraded_states(system: Installed,
+                                                                         vm_assets: Assets) -> None:
+    number_of_b = (f"efibootmgr | sed -n 's/^Boot\\([0-9A-F]*\\)\\* {entry_label(disk_serial(1))}$/\\1/p'")
+    script = sections_script({"not-set-up": f"{CLI} status --json"})
+    script += booted_prelude(system.record, BOTH)
+    script += sections_script({
+        "healthy": f"{CLI} status --json",
+        "delete-ours": f"efibootmgr -q -b $({number_of_b}) -B",
+        "add-theirs": "efibootmgr -q -c -d /dev/vda -p 1 -L 'Someone else' -l '\\EFI\\other\\other.efi'",
+        "missing-entry": f"{CLI} status --json",
+        "before": "efibootmgr -v",
+        "entries": f"{CLI} entries --yes --json",
+        "after": "efibootmgr -v",
+        "entries-again": f"{CLI} entries --dry-run --json",
+        "degrade": "mdadm /dev/md/esp --fail /dev/vdb1 --remove /dev/vdb1",
+        "degraded": f"{CLI} status --json",
+        "degraded-text": f"{CLI} status",
+    })
+    guest = run_in_guest("set -u\n" + script, system.disks, system.nvram, assets=vm_assets, log_dir=system.work)
+    out = {name: outcome(text) for name, text in parse_sections(guest.stdout, 1)[0].items()}
+
+    assert (out["not-set-up"].rc, as_json(out["not-set-up"])["setup"]) == (2, False)
+    healthy = as_json(out["healthy"])
+    assert (out["healthy"].rc, healthy["problems"]) == (0, [])
+    assert [m["state"] for m in healthy["array"]["members"]] == ["in_sync", "in_sync"]
+    assert healthy["mount"]["device"].startswith("/dev/md")
+    assert all(e["entry"] and e["file_exists"] for e in healthy["entries"])
+
+    missing = as_json(out["missing-entry"])
+    assert out["missing-entry"].rc == 1
+    assert [e["disk"] for e in missing["entries"] if e["entry"] is None] == ["/dev/vdb"]
+
+    before, after = (bootentries.parse(out[n].output) for n in ("before", "after"))
+    [theirs] = [e for e in before.entries if e.label == "Someone else"]
+    assert out["entries"].rc == 0, out["entries"].output
+    assert theirs in after.entries  # untouched: same number, label and path
+    ours = [e for e in after.entries if "(esp-mirror " in e.label]
+    assert sorted(e.label for e in ours) == [entry_label(disk_serial(0)), entry_label(disk_serial(1))]
+    assert after.order[:2] == tuple(e.number for e in sorted(ours, key=lambda e: e.label))
+    assert theirs.number in after.order[2:]
+    assert as_json(out["entries-again"])["plan"][0]["steps"] == []
+
+    degraded = as_json(out["degraded"])
+    assert (out["degraded"].rc, degraded["array"]["degraded"]) == (1, 1)
+    assert "degraded" in out["degraded-text"].output
+
+
+def test_replace_a_missing_disk_then_boot_from_the_new_disk_alone(system: Installed, vm_assets: Assets) -> None:
+    disk_c = blank_disk(system.work / "disk-c.img", 1024)
+    out = run(system, [system.disks[0], disk_c], ["/dev/vda1"], {
+        "status": f"{CLI} status --json",
+        "replace": f"{CLI} replace --old missing --new /dev/vdb --yes --json",
+        "status-after": f"{CLI} status --json",
+        "efibootmgr": "efibootmgr -v",
+    }, vm_assets)
+    assert out["status"].rc == 1 and as_json(out["status"])["array"]["degraded"] == 1
+    assert out["replace"].rc == 0, out["replace"].output
+    replaced = as_json(out["replace"])
+    assert replaced["partition_guid"] == partition_uuid(disk_c) != partition_uuid(system.disks[1])
+    after = as_json(out["status-after"])
+    assert (out["status-after"].rc, after["array"]["degraded"]) == (0, 0), after["problems"]
+    entries = bootentries.parse(out["efibootmgr"].output).entries
+    labels = [e.label for e in entries if "(esp-mirror " in e.label]
+    assert labels.count(entry_label(disk_serial(2))) == 1 and entry_label(disk_serial(1)) not in labels
+    boot = boot_firmware([disk_c], system.nvram, assets=vm_assets, log_dir=system.work)
+    assert boot.boot_entry_description == entry_label(disk_serial(2)), boot.serial_log
+    assert boot.loader_device_partuuid == partition_uuid(disk_c)
+    print(f"replace end to end (partition, add, recovery of a 512 MiB member, entries): "
+          f"{out['replace'].seconds:.1f} s")
+
+
+def test_add_a_third_disk_then_boot_from_it_alone(system: Installed, vm_assets: Assets) -> None:
+    disk_c = blank_disk(system.work / "disk-c.img", 1024)
+    out = run(system, [*system.disks, disk_c], BOTH, {
+        "add": f"{CLI} add --disk /dev/vdc --yes --json",
+        "status": f"{CLI} status --json",
+    }, vm_assets)
+    assert out["add"].rc == 0, out["add"].output
+    status = as_json(out["status"])
+    assert (out["status"].rc, status["array"]["raid_disks"]) == (0, 3), status["problems"]
+    assert [m["state"] for m in status["array"]["members"]] == ["in_sync"] * 3
+    boot = boot_firmware([disk_c], system.nvram, assets=vm_assets, log_dir=system.work)
+    assert boot.boot_entry_description == entry_label(disk_serial(2)), boot.serial_log
+    assert boot.loader_device_partuuid == partition_uuid(disk_c)
+
+
+def test_repair_auto_picks_the_disk_the_firmware_booted_from(system: Installed, vm_assets: Assets) -> None:
+    number_of_b = (f"efibootmgr | sed -n 's/^Boot\\([0-9A-F]*\\)\\* {entry_label(disk_serial(1))}$/\\1/p'")
+    prep = run_in_guest(f"set -eu\nefibootmgr -q -n $({number_of_b})\n", system.disks, system.nvram,
+                        assets=vm_assets, log_dir=system.work)
+    assert prep.rc == 0, prep.stderr
+    script = "set -u\n" + booted_prelude(system.record, BOTH) + sections_script({
+        "status": f"{CLI} status --json",
+        "repair": f"{CLI} repair --source auto --dry-run --json",
+    })
+    boot, guest = run_after_firmware_boot(script, system.disks, system.nvram, assets=vm_assets,
+                                          log_dir=system.work)
+    assert boot.boot_entry_description == entry_label(disk_serial(1)), boot.serial_log
+    out = {name: outcome(text) for name, text in parse_sections(guest.stdout, 1)[0].items()}
+    assert as_json(out["status"])["booted_disk"] == "/dev/vdb"
+    assert out["repair"].rc == 0, out["repair"].output
+    assert as_json(out["repair"])["source"] == "/dev/vdb1"
