@@ -244,6 +244,7 @@ def _repair(args, state: MirrorState, runner, host, out: TextIO, stdin) -> int:
             if args.source == "auto" and not args.json:
                 _print_differences(diffs, out)
             raise
+        compare.fresh_view(runner, source.node)
         fsck = runner.run(("fsck.fat", "-n", source.node))
         damage = upkeep.fsck_problems(fsck.stdout + fsck.stderr) if fsck.returncode != 0 else []
         if fsck.returncode not in (0, 1) or damage:

@@ -37,9 +37,18 @@ class Difference:
             for node, v in self.versions.items()}}
 
 
+def fresh_view(runner: Runner, node: str) -> None:
+    """Drop the member's block-device cache. md writes go around it, so a member read before
+    (an earlier check, fsck) may otherwise be served from stale cached blocks."""
+    result = runner.run(("blockdev", "--flushbufs", node))
+    if not result.ok:
+        raise StepFailed("compare", f"blockdev --flushbufs {node}", result.stderr.strip())
+
+
 def copy_member(runner: Runner, node: str, dest: Path) -> dict[str, FileInfo]:
     """Copy every file of the FAT on ``node`` into ``dest`` (mtools, read-only); describe them."""
     dest.mkdir(parents=True, exist_ok=True)
+    fresh_view(runner, node)
     listing = runner.run(("mdir", "-/", "-b", "-i", node, "::/"), env=MTOOLS_ENV)
     if listing.ok and listing.stdout.strip():
         result = runner.run(("mcopy", "-s", "-p", "-m", "-n", "-i", node, "::/*", f"{dest}/"), env=MTOOLS_ENV)

@@ -8,8 +8,10 @@ overlay, so each script first makes the guest look like the booted installed sys
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +21,14 @@ from ci.scenarios import (booted_prelude, disk_serial, entry_label, install, out
                           partition_uuid, sections_script)
 from ci.vm import (ESP_OFFSET, Assets, blank_disk, boot_firmware, fresh_vars, list_member, read_member,
                    run_after_firmware_boot, run_in_guest)
+from ci.vm.initrd import GUEST_WORK_DIR
 from ci.vm.scripts import ESP_MIRROR_CLI
 from esp_mirror_plugin import bootentries
 
 pytestmark = pytest.mark.vm
 CLI = str(ESP_MIRROR_CLI)
 FW_FILE = "EFI/FW.TXT"
-FW_TEXT = b"written by the firmware behind md's back\n"
+FW_TEXT = b"written by the firmware, behind the back of md\n"
 BOTH = ["/dev/vda1", "/dev/vdb1"]
 
 
@@ -58,12 +61,20 @@ def system(installed: Installed, tmp_path: Path) -> Installed:
     return Installed(disks, nvram, installed.record, tmp_path)
 
 
+class Outcomes(dict):
+    """Section name -> Outcome, plus the host path of the guest's writable share."""
+
+    share: Path
+
+
 def run(system: Installed, disks: list[Path], parts: list[str], commands: dict[str, str],
-        assets: Assets) -> dict:
+        assets: Assets) -> Outcomes:
     script = "set -u\n" + booted_prelude(system.record, parts) + sections_script(commands)
     guest = run_in_guest(script, disks, system.nvram, assets=assets, log_dir=system.work)
     assert guest.rc == 0, f"{guest.stdout}\n{guest.stderr}\nserial: {guest.serial_log}"
-    return {name: outcome(text) for name, text in parse_sections(guest.stdout, 1)[0].items()}
+    out = Outcomes((name, outcome(text)) for name, text in parse_sections(guest.stdout, 1)[0].items())
+    out.share = guest.serial_log.parent / "share"
+    return out
 
 
 def as_json(result) -> dict:
@@ -77,7 +88,7 @@ def member_files(image: Path) -> dict[str, bytes]:
 
 FIRMWARE_WRITE = {
     "stop": "umount /boot/efi && mdadm --stop /dev/md/esp",
-    "firmware-write": f"printf %s '{FW_TEXT.decode().rstrip()}\n' > /tmp/fw.txt && "
+    "firmware-write": f"printf '%s\\n' {shlex.quote(FW_TEXT.decode().rstrip())} > /tmp/fw.txt && "
                       f"MTOOLS_SKIP_CHECK=1 mcopy -i /dev/vdb1 /tmp/fw.txt ::/{FW_FILE}",
     "assemble": "mdadm --assemble --run /dev/md/esp /dev/vda1 /dev/vdb1 && "
                 "mount -t vfat -o umask=0077 /dev/md/esp /boot/efi",
@@ -91,9 +102,10 @@ def test_a_write_to_one_member_is_found_by_check_and_repaired_from_the_chosen_so
     out = run(system, system.disks, BOTH, {
         "status": f"{CLI} status --json", **FIRMWARE_WRITE,
         "check-drift": f"{CLI} check --json",
-        "repair": f"{CLI} repair --source /dev/vd{source} --yes --json",
+        "repair": f"{CLI} repair --source /dev/vd{source} --backup-dir {GUEST_WORK_DIR}/backups --yes --json",
         "check-after": f"{CLI} check --json",
-        "fsck": "umount /boot/efi && fsck.fat -n /dev/vda1 && fsck.fat -n /dev/vdb1",
+        "fsck": "umount /boot/efi && blockdev --flushbufs /dev/vda1 /dev/vdb1 && "
+                "fsck.fat -n /dev/vda1 && fsck.fat -n /dev/vdb1",
     }, vm_assets)
     assert out["status"].rc == 0, out["status"].output
     assert all(out[s].rc == 0 for s in FIRMWARE_WRITE), out
@@ -108,7 +120,13 @@ def test_a_write_to_one_member_is_found_by_check_and_repaired_from_the_chosen_so
     repair = out["repair"]
     assert repair.rc == 0, repair.output
     assert as_json(repair)["source"] == f"/dev/vd{source}1"
-    assert as_json(repair)["backups"], "the overwritten member's version must be kept"
+    backups = [Path(b) for b in as_json(repair)["backups"]]
+    if source == "a":  # B's version of the file is overwritten: it is kept in a tar, and said where
+        [tar] = backups
+        with tarfile.open(out.share / "backups" / tar.name) as archive:
+            assert archive.extractfile(FW_FILE).read() == FW_TEXT
+    else:  # A has no version of the file: nothing of A's is lost
+        assert backups == []
     after = out["check-after"]
     assert (after.rc, as_json(after)["mismatch_cnt"], as_json(after)["differences"]) == (0, 0, [])
     assert out["fsck"].rc == 0, out["fsck"].output

@@ -1,0 +1,371 @@
+"""The installed-system scenario: a Debian 12 installed onto two VM disks boots from either alone.
+
+How the install goes, the way a real installer would do it (all of it inside a qemu guest, since
+only the guest kernel has md):
+
+1. On the host: the cached initramfs-tools root (ci/roots.py) gets what an installed machine
+   has (fstab with the root, /etc/default/grub with a serial console, a machine id) plus a test
+   unit that reports the boot on ttyS0 and powers off; it becomes an ext4 image (``mke2fs -d``),
+   handed to the guest as a third disk.
+2. In the guest: esp-mirror's ``pre_partition`` hook through its Python API (partition 1, the
+   ESP, on both disks); then the installer's own work: partition 2 on both disks, an md RAID1
+   root (metadata 1.2) over them, the root image copied onto it, mounted at /target, the root
+   array listed in mdadm.conf; then ``esp-mirror apply --target /target --bootloader grub
+   --initramfs regenerate`` (ESP array, mdadm.conf, fstab, one update-initramfs, grub-install
+   with the fallback path, one NVRAM entry per disk); last ``update-grub`` in the target.
+3. Firmware boots of the installed disks (:func:`boot_installed`): OVMF, GRUB from the ESP,
+   the kernel and initramfs from the RAID1 root, systemd up to multi-user, where the test unit
+   prints the state (mdstat, what /boot/efi is mounted from, boot timings) and powers off.
+
+After a boot with one disk missing, both arrays run degraded; :data:`READD_ACTION` asks the test
+unit to bring each array back to two members with ``mdadm --re-add`` (``--add`` when md has no
+bitmap to re-add from) and wait for the recovery.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ci.roots import Root, writable_view
+from ci.vm import Assets, GuestResult, VmError, blank_disk, run_in_guest
+from ci.vm.qemu import run_qemu
+from ci.vm.scripts import ESP_MIRROR_CLI, REPO_ROOT
+
+DISK_MIB = 2048  # 1 MiB + 512 MiB ESP + the root partition (~1.5 GiB) + the backup GPT
+ROOT_FS_MIB = 1280  # the root ext4; the partition leaves room for md's 1.2 data offset
+ROOT_FS_UUID = "5e1ec7ed-0e5b-4d1e-9a11-e5b0075e5b00"
+MACHINE_ID = "e5b0e5b0e5b0e5b0e5b0e5b0e5b0e5b0"
+STATE = "ESPVM-STATE"
+END = "ESPVM-STATE-END"
+READD_ACTION = "espvm-action=readd"  # an SMBIOS OEM string (type 11) the test unit reads
+SECTION = "@@@ "
+
+# What boots this system: GRUB with no menu delay, the kernel's console on the serial port.
+DEFAULT_GRUB = """\
+# esp-mirror installed-system test: no menu delay, console on the first serial port.
+GRUB_DEFAULT=0
+GRUB_TIMEOUT=0
+GRUB_DISTRIBUTOR=Debian
+GRUB_CMDLINE_LINUX_DEFAULT="quiet"
+GRUB_CMDLINE_LINUX="console=ttyS0,115200"
+GRUB_TERMINAL=console
+GRUB_DISABLE_OS_PROBER=true
+"""
+
+# Runs once multi-user.target is reached (Type=simple: the boot does not wait for it), waits for
+# the boot to finish, reports on the serial port and powers off.
+STATE_UNIT = """\
+[Unit]
+Description=esp-mirror test: report the boot state on ttyS0, then power off
+After=multi-user.target
+
+[Service]
+Type=simple
+ExecStart=/usr/local/sbin/espvm-state
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+STATE_SCRIPT = r"""#!/bin/sh
+# esp-mirror test unit: print what this boot looks like to the serial port, then power off.
+exec >/dev/ttyS0 2>&1
+systemctl is-system-running --wait >/dev/null 2>&1
+section() {
+    name=$1; shift
+    echo "ESPVM-STATE @@@ $name"
+    "$@" 2>&1 | sed 's/^/ESPVM-STATE | /'
+}
+times() {
+    systemctl show -p KernelTimestampMonotonic -p InitRDTimestampMonotonic \
+        -p UserspaceTimestampMonotonic -p FinishTimestampMonotonic
+    echo "MultiUser=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)"
+    echo "BootEfiMount=$(systemctl show -P ActiveEnterTimestampMonotonic boot-efi.mount)"
+}
+report() {
+    section running systemctl is-system-running
+    section multi-user systemctl is-active multi-user.target
+    section failed systemctl --failed --no-legend --plain
+    section mdstat cat /proc/mdstat
+    section esp-mount findmnt -n -o SOURCE,FSTYPE,OPTIONS /boot/efi
+    section root-mount findmnt -n -o SOURCE,FSTYPE /
+    section esp-detail mdadm --detail --export /dev/md/esp
+    section root-detail mdadm --detail --export /dev/md/root
+    section analyze systemd-analyze
+    section times times
+    section md-kernel sh -c "dmesg | grep -E 'md/raid1|md: |kicking'"
+    section md-journal sh -c "journalctl -b -o short-monotonic --no-pager | grep -iE 'mdadm|last-resort|boot-efi|efi.mount' | head -40"
+    section bootcurrent sh -c "efibootmgr | head -3"
+    section cmdline cat /proc/cmdline
+}
+readd() {
+    # Bring each array back to two members: re-add the member that fell out (md can resync
+    # only what changed when it has a write-intent bitmap), else add it (a full recovery).
+    for array in esp:1 root:2; do
+        dev=/dev/md/${array%:*} number=${array#*:}
+        for disk in /dev/vda /dev/vdb; do
+            part=$disk$number
+            mdadm --detail "$dev" | grep -q " $part\$" && continue
+            echo "mdadm $dev --re-add $part"
+            mdadm "$dev" --re-add "$part" || { echo "mdadm $dev --add $part"; mdadm "$dev" --add "$part"; }
+        done
+    done
+    start=$(cut -d' ' -f1 /proc/uptime)
+    mdadm --wait /dev/md/esp /dev/md/root
+    echo "recovery seconds: $(awk -v s="$start" '{print $1 - s}' /proc/uptime)"
+}
+report
+if tr '\0' '\n' < /sys/firmware/dmi/entries/11-0/raw 2>/dev/null | grep -qx 'espvm-action=readd'; then
+    section readd readd
+    section mdstat-after cat /proc/mdstat
+    section esp-detail-after mdadm --detail --export /dev/md/esp
+fi
+echo "ESPVM-STATE-END"
+systemctl poweroff --no-block
+"""
+
+# Serial output that means the installed system will not reach multi-user.
+_BOOT_FAILED = {
+    "ALERT!  ": "the initramfs did not find the root file system",
+    "You are in emergency mode": "systemd fell back to emergency mode",
+    "Kernel panic": "the kernel panicked",
+    "grub rescue>": "GRUB did not find its modules or the root file system",
+    "Shell> ": "the firmware found nothing to boot and started its UEFI shell",
+}
+
+
+@dataclass(frozen=True)
+class TargetImage:
+    path: Path
+    seconds: float  # to customise the root and make the ext4 image (mke2fs -d)
+
+
+def build_target_image(root: Root, workdir: Path) -> TargetImage:
+    """The installed system's root file system as an ext4 image, from the cached root."""
+    started = time.monotonic()
+    image = workdir / "target-root.img"
+    with writable_view(root, workdir / "target-view") as view:
+        (view / "etc/default").mkdir(exist_ok=True)
+        (view / "etc/default/grub").write_text(DEFAULT_GRUB)
+        (view / "etc/fstab").write_text(f"UUID={ROOT_FS_UUID}\t/\text4\terrors=remount-ro\t0\t1\n")
+        (view / "etc/hostname").write_text("espvm-installed\n")
+        (view / "etc/machine-id").write_text(MACHINE_ID + "\n")  # not a first boot: no firstboot prompts
+        script = view / "usr/local/sbin/espvm-state"
+        script.write_text(STATE_SCRIPT)
+        script.chmod(0o755)
+        (view / "etc/systemd/system/espvm-state.service").write_text(STATE_UNIT)
+        wants = view / "etc/systemd/system/multi-user.target.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        (wants / "espvm-state.service").symlink_to("/etc/systemd/system/espvm-state.service")
+        # the test unit writes to ttyS0; a login prompt there would only get in its way
+        (view / "etc/systemd/system/serial-getty@ttyS0.service").symlink_to("/dev/null")
+        image.unlink(missing_ok=True)
+        subprocess.run(["mke2fs", "-q", "-t", "ext4", "-d", str(view), "-U", ROOT_FS_UUID, "-L", "root",
+                        str(image), f"{ROOT_FS_MIB}M"], check=True, capture_output=True)
+    return TargetImage(image, time.monotonic() - started)
+
+
+def guest_python_argv(*args: str) -> list[str]:
+    """Run this module in the guest with the test's interpreter (the project's venv, over 9p)."""
+    return ["env", f"PYTHONPATH={REPO_ROOT}", sys.executable, "-m", "ci.installed", *args]
+
+
+def install_script(target_disk: str = "/dev/vdc") -> str:
+    """The guest script of the install: esp-mirror's hooks around the installer's own steps."""
+    apply = [str(ESP_MIRROR_CLI), "apply", "--yes", "--profile", "debian", "--disk", "/dev/vda",
+             "--disk", "/dev/vdb", "--target", "/target", "--bootloader", "grub", "--initramfs", "regenerate"]
+    lines = [
+        "set -eu",
+        "phase() { echo \"@@@ phase $1 $(cut -d' ' -f1 /proc/uptime)\"; }",
+        "phase pre_partition",
+        "mkdir -p /target",
+        shlex.join(guest_python_argv("pre-partition", "/dev/vda", "/dev/vdb")),
+        "phase root_array",
+        "for disk in /dev/vda /dev/vdb; do sgdisk --new=2:0:0 --typecode=2:FD00 --change-name=2:root $disk >/dev/null; done",
+        "for part in /dev/vda2 /dev/vdb2; do n=50; until [ -b $part ]; do n=$((n-1)); [ $n -gt 0 ] || "
+        "{ echo \"$part did not appear\" >&2; exit 1; }; sleep 0.1; done; done",
+        # --assume-clean: every block the test uses is written below, to both members
+        "mdadm --create /dev/md/root --run --level=1 --raid-devices=2 --metadata=1.2 --homehost=any "
+        "--name=root --assume-clean /dev/vda2 /dev/vdb2",
+        f'[ "$(blockdev --getsize64 /dev/md/root)" -ge "$(blockdev --getsize64 {target_disk})" ] || '
+        '{ echo "the root array is smaller than the root image" >&2; exit 1; }',
+        "phase copy_root",
+        f"dd if={target_disk} of=/dev/md/root bs=4M conv=sparse status=none",
+        "mount /dev/md/root /target",
+        "mdadm --detail --brief /dev/md/root >> /target/etc/mdadm/mdadm.conf",
+        "phase apply",
+        "echo '@@@ apply'",
+        shlex.join(apply) + " 2>&1",
+        "phase update_grub",
+        "for fs in dev proc sys; do mount --bind /$fs /target/$fs; done",
+        "chroot /target update-grub 2>&1",
+        "phase report",
+        "echo '@@@ mdadm.conf'; cat /target/etc/mdadm/mdadm.conf",
+        "echo '@@@ fstab'; cat /target/etc/fstab",
+        "echo '@@@ efibootmgr'; efibootmgr -v",
+        "echo '@@@ esp-files'; find /target/boot/efi -type f | sort",
+        "echo '@@@ initramfs'; chroot /target lsinitramfs /boot/initrd.img-$(ls /target/lib/modules) | "
+        "grep -E 'mdadm|raid1' || true",
+        "echo '@@@ image-mdadm.conf'; rm -rf /tmp/unpacked; chroot /target unmkinitramfs "
+        "/boot/initrd.img-$(ls /target/lib/modules) /tmp/unpacked; cat /target/tmp/unpacked/etc/mdadm/mdadm.conf "
+        "/target/tmp/unpacked/main/etc/mdadm/mdadm.conf 2>/dev/null || true",
+        "echo '@@@ grub.cfg'; grep -E 'insmod|search|linux\\s' /target/boot/grub/grub.cfg | head -20",
+        "echo '@@@ detail-esp'; mdadm --detail --export /dev/md/esp",
+        "echo '@@@ detail-root'; mdadm --detail --export /dev/md/root",
+        "echo '@@@ mdstat'; cat /proc/mdstat",
+        "phase unmount",
+        "for fs in sys proc dev; do umount /target/$fs; done",
+        "umount /target/boot/efi; umount /target",
+        "mdadm --stop /dev/md/esp; mdadm --stop /dev/md/root; sync",
+        "phase end",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Installed:
+    guest: GuestResult
+    sections: dict[str, str]
+    phases: dict[str, float]  # guest uptime at the start of each phase
+
+    def phase_seconds(self, name: str) -> float:
+        names = list(self.phases)
+        return self.phases[names[names.index(name) + 1]] - self.phases[name]
+
+
+def parse_sections(text: str, prefix: str = "") -> tuple[dict[str, str], dict[str, float]]:
+    """Split output at "@@@ NAME" lines (after ``prefix``); "@@@ phase NAME UPTIME" are phases."""
+    sections: dict[str, str] = {}
+    phases: dict[str, float] = {}
+    name = None
+    for line in text.splitlines():
+        if prefix:
+            if not line.startswith(prefix):
+                continue
+            line = line[len(prefix):].lstrip()
+            if line.startswith("| "):
+                line = line[2:]
+            elif line == "|":
+                line = ""
+        if line.startswith(SECTION):
+            words = line[len(SECTION):].split()
+            if words and words[0] == "phase" and len(words) == 3:
+                phases[words[1]] = float(words[2])
+                name = None
+                continue
+            name = " ".join(words)
+            sections[name] = ""
+        elif name is not None:
+            sections[name] += line + "\n"
+    return sections, phases
+
+
+def install(workdir: Path, image: TargetImage, vars_file: Path, *, assets: Assets | None = None,
+            timeout: float = 1500) -> tuple[list[Path], Installed]:
+    """Install onto two blank disks (disk-a.img, disk-b.img) in a guest; the install's NVRAM is ``vars_file``."""
+    disks = [blank_disk(workdir / f"disk-{name}.img", DISK_MIB) for name in "ab"]
+    guest = run_in_guest(install_script(), [*disks, image.path], vars_file, timeout=timeout, assets=assets,
+                         log_dir=workdir)
+    sections, phases = parse_sections(guest.stdout)
+    return disks, Installed(guest, sections, phases)
+
+
+@dataclass(frozen=True)
+class InstalledBoot:
+    """What the installed system reported on the serial port after a firmware boot."""
+
+    sections: dict[str, str]
+    seconds: float  # power on to power off, measured on the host
+    serial_log: Path
+
+    def section(self, name: str) -> str:
+        return self.sections.get(name, "")
+
+    def detail(self, array: str, after: bool = False) -> dict[str, str]:
+        text = self.section(f"{array}-detail" + ("-after" if after else ""))
+        return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+    def times(self) -> dict[str, float]:
+        """Seconds since the kernel started, from systemd's monotonic timestamps."""
+        raw = dict(line.split("=", 1) for line in self.section("times").splitlines() if "=" in line)
+        return {k.replace("TimestampMonotonic", ""): int(v) / 1e6 for k, v in raw.items() if v.strip().isdigit()}
+
+    def mdstat_line(self, name: str, after: bool = False) -> str:
+        """The /proc/mdstat status line ("... [2/2] [UU]") of the array whose members are partition N."""
+        text = self.section("mdstat-after" if after else "mdstat")
+        number = {"esp": "1", "root": "2"}[name]
+        blocks = re.split(r"\n(?=md\d+ :)", text)
+        for block in blocks:
+            if re.match(rf"md\d+ : active raid1 (vd[ab]{number}\[\d\](\(\w\))? ?)+", block):
+                return " ".join(block.split())
+        return ""
+
+
+def boot_installed(disks: Sequence[Path], vars_file: Path, log_dir: Path, *, name: str,
+                   assets: Assets | None = None, action: str | None = None, snapshot: bool = False,
+                   timeout: float = 600) -> InstalledBoot:
+    """Power on with only ``disks`` and the NVRAM ``vars_file`` and wait for the test unit's report.
+
+    :param action: an SMBIOS OEM string for the test unit (:data:`READD_ACTION`).
+    :param snapshot: write nothing to the disk images or the NVRAM file (qemu -snapshot).
+    :raises VmError: when the system did not report within ``timeout``, or showed a boot failure.
+    """
+    assets = assets or Assets.ensure()
+    run_dir = log_dir / f"boot-{name}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    serial_log = run_dir / "serial.log"
+    extra = (["-smbios", f"type=11,value={action}"] if action else []) + (["-snapshot"] if snapshot else [])
+    run = run_qemu(assets, disks=disks, vars_file=vars_file, serial_log=serial_log, timeout=timeout,
+                   extra_args=extra, give_up_on=_BOOT_FAILED)
+    text = serial_log.read_text(errors="replace")
+    if END not in text:
+        raise VmError(f"the installed system powered off without its {END} report; serial log: {serial_log}")
+    sections, _ = parse_sections(text, prefix=STATE)
+    return InstalledBoot(sections, run.seconds, serial_log)
+
+
+def copy_sparse(source: Path, dest: Path) -> Path:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "--sparse=always", str(source), str(dest)], check=True)
+    return dest
+
+
+def _pre_partition(disks: Sequence[str]) -> int:
+    """esp-mirror's pre_partition hook only, through its Python API, as an installer calls it."""
+    from esp_mirror_plugin import host
+    from esp_mirror_plugin.context import prepare
+    from esp_mirror_plugin.execute import Applier
+    from esp_mirror_plugin.kinds import BootloaderKind, InitramfsMode
+    from esp_mirror_plugin.request import Request
+
+    request = Request(disks=tuple(disks), profile="debian", target="/target", bootloader=BootloaderKind.GRUB,
+                      initramfs=InitramfsMode.SKIP)
+    # The installer's root is not there yet: tools in the target are checked by the later apply.
+    ctx = prepare(request, strict_tools=False)
+    ctx.executor = Applier(ctx.runner)
+    host.call_hook(host.get_plugin_manager(), "pre_partition", ctx)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["pre-partition"] and len(args) >= 3:
+        return _pre_partition(args[1:])
+    print("usage: python -m ci.installed pre-partition DISK DISK...", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["READD_ACTION", "InstalledBoot", "Installed", "TargetImage", "boot_installed", "build_target_image",
+           "copy_sparse", "install"]
