@@ -18,7 +18,7 @@ from typing import TextIO
 
 from . import bootentries, compare, record as records, upkeep
 from .discovery import HostView, describe_disks, read_mounts
-from .errors import BadInput, StepFailed
+from .errors import BadInput
 from .execute import Applier
 from .layout import disk_tag
 from .mirror import MirrorState, read_mirror
@@ -130,7 +130,7 @@ def _status(args, state: MirrorState, runner, host, out: TextIO, stdin) -> int:
             rows.append((m.node, m.disk, m.state, m.partuuid, entry, file))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for row in rows:
-            print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
+            print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
     if state.mount:
         print(f"ESP: {state.mount.mountpoint} mounted from {state.mount.device}", file=out)
     booted = state.booted_member
@@ -234,7 +234,7 @@ def _carry_out(args, groups: list[Group], runner, host, out: TextIO, stdin, extr
 
 
 def _repair(args, state: MirrorState, runner, host, out: TextIO, stdin) -> int:
-    array = upkeep.require_array(state)
+    upkeep.require_array(state)
     workdir = Path(tempfile.mkdtemp(prefix="repair-", dir=_workdir()))
     try:
         copies, diffs = compare_members(runner, state, workdir)
@@ -294,14 +294,13 @@ def _grow(args, state: MirrorState, runner, host, out, stdin, *, new: str, old: 
     sector = next((facts[m.disk].sector_size for m in array.members if m.disk in facts), 512)
     upkeep.new_disk_checks(disk, array, state.record, sector, args.wipe)
     steps, member = upkeep.member_steps(state, disk, sector, args.wipe, old=old_member, grow=old is None)
-    groups = [Group(args.command, steps)]
+    groups = [Group(args.command, steps, (f"mdadm.conf names {array.device} by UUID: it stays as it is",))]
     entry = bootentries.Member(disk=disk.path, tag=disk_tag(disk), part=1, partuuid=member.guid)
     if state.efivars and state.boot is not None:
         members = upkeep.entry_members(array, facts, without=old_member.node if old_member else None, extra=(entry,))
         groups.append(Group("entries", upkeep.entry_steps(state, members)))
     else:
         groups.append(Group("entries", (), ("no EFI variables: run `esp-mirror entries` on the booted system",)))
-    groups[0] = Group(args.command, steps, (f"mdadm.conf names {array.device} by UUID: it stays as it is",))
     return _carry_out(args, groups, runner, host, out, stdin,
                       {"new": disk.path, "partition_guid": member.guid,
                        "old": old_member.node if old_member else old})

@@ -115,7 +115,7 @@ def test_ci_image_build_with_image_files_boots_with_fresh_nvram(vm_assets: Asset
     assert len(esp_lines(sections["fstab"])) == 1
     nvram_before = bootentries.parse(sections["efibootmgr"])
     assert not [e for e in nvram_before.entries if "(esp-mirror " in e.label]  # --no-nvram: none made
-    for name, image in zip("ab", images):
+    for name, image in zip("ab", images, strict=True):
         boot = boot_alone(image, None, tmp_path, f"image-{name}", vm_assets)
         assert boot.loader_device_partuuid == partition_uuid(image), boot.serial_log
         assert boot.loader_image_identifier == FALLBACK
