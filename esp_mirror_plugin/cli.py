@@ -82,12 +82,7 @@ def render(groups: list[Group], ctx, out: TextIO) -> None:
     print(f"# bootloader {r.bootloader}, initramfs {r.initramfs}, boot entries: "
           f"{'yes' if ctx.layout.nvram else 'no'}", file=out)
     for group in groups:
-        print(f"\n# == {group.name} ==", file=out)
-        for note in group.notes:
-            print(f"# note: {note}", file=out)
-        for step in group.steps:
-            print(f"# {step.why}", file=out)
-            print(step.describe(), file=out)
+        print(f"\n{group.render()}", end="", file=out)
 
 
 def plan_json(groups: list[Group], ctx) -> dict:
@@ -99,8 +94,7 @@ def plan_json(groups: list[Group], ctx) -> dict:
         "members": [{"disk": m.disk.given, "partition_guid": m.guid, "exists": m.exists}
                     for m in ctx.layout.members],
         "nvram": ctx.layout.nvram,
-        "groups": [{"name": g.name, "notes": list(g.notes), "steps": [s.to_json() for s in g.steps]}
-                   for g in groups],
+        "groups": [g.to_json() for g in groups],
     }
 
 

@@ -200,17 +200,13 @@ def _workdir() -> str:
 
 def _carry_out(args, groups: list[Group], runner, host, out: TextIO, stdin, extra: dict) -> int:
     """Show the plan; with --dry-run stop; else confirm and apply. JSON gets the plan too."""
-    plan = [{"name": g.name, "notes": list(g.notes), "steps": [s.to_json() for s in g.steps]} for g in groups]
+    plan = [g.to_json() for g in groups]
     if args.json:
         out_text = open(os.devnull, "w")
     else:
         out_text = out
         for group in groups:
-            print(f"# == {group.name} ==", file=out)
-            for note in group.notes:
-                print(f"# note: {note}", file=out)
-            for step in group.steps:
-                print(f"# {step.why}\n{step.describe()}", file=out)
+            print(group.render(), end="", file=out)
     if args.dry_run:
         if args.json:
             json.dump({"plan": plan, "applied": False, **extra}, out, indent=2)

@@ -321,13 +321,18 @@ def _export(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def _array(device: str, host: HostView, runner: Runner) -> ArrayFacts | None:
+def md_detail(runner: Runner, host: HostView, device: str) -> dict[str, str] | None:
+    """``mdadm --detail --export`` of a running array as a dict; None when it is not running."""
     if not host.exists(device):
         return None
     detail = runner.run(("mdadm", "--detail", "--export", device))
-    if not detail.ok:
+    return _export(detail.stdout) if detail.ok else None
+
+
+def _array(device: str, host: HostView, runner: Runner) -> ArrayFacts | None:
+    info = md_detail(runner, host, device)
+    if info is None:
         return None
-    info = dict(line.split("=", 1) for line in detail.stdout.splitlines() if "=" in line)
     members = tuple(v for k, v in sorted(info.items()) if k.startswith("MD_DEVICE_") and k.endswith("_DEV"))
     fs = blkid_export(runner, ("blkid", "-p", "-o", "export", device))
     return ArrayFacts(device=device, uuid=info.get("MD_UUID", ""), level=info.get("MD_LEVEL", ""),

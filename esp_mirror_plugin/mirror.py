@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from . import bootentries
-from .discovery import EFIVARS, HostView, Mount, blkid_export, read_mounts
+from .discovery import EFIVARS, HostView, Mount, blkid_export, md_detail, read_mounts
 from .record import Record
 from .runner import Runner
 
@@ -143,12 +143,9 @@ def read_mirror(runner: Runner, record: Record | None, host: HostView | None = N
 
 
 def read_array(runner: Runner, host: HostView, device: str) -> ArrayState | None:
-    if not host.exists(device):
+    info = md_detail(runner, host, device)
+    if info is None:
         return None
-    detail = runner.run(("mdadm", "--detail", "--export", device))
-    if not detail.ok:
-        return None
-    info = dict(line.split("=", 1) for line in detail.stdout.splitlines() if "=" in line)
     name = os.path.basename(host.realpath(device))
     md = f"/sys/block/{name}/md"
 

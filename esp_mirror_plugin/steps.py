@@ -193,6 +193,16 @@ class Group:
     steps: tuple[Step, ...] = ()
     notes: tuple[str, ...] = field(default=())
 
+    def render(self) -> str:
+        """The group as plan text: a header, its notes, each step's reason and command/file."""
+        lines = [f"# == {self.name} =="] + [f"# note: {note}" for note in self.notes]
+        for step in self.steps:
+            lines += [f"# {step.why}", step.describe()]
+        return "\n".join(lines) + "\n"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "notes": list(self.notes), "steps": [s.to_json() for s in self.steps]}
+
 
 def _indent(text: str) -> str:
     return "".join(f"    | {line}\n" for line in text.rstrip("\n").split("\n"))
