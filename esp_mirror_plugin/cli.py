@@ -22,6 +22,15 @@ from .steps import Group
 
 
 UPKEEP = ("status", "check", "repair", "replace", "add", "entries")
+AFTER_FAILURE = {
+    "apply": "Fix the cause and run the same `esp-mirror apply` again: it continues from here.",
+    "check": "The mirror was not changed; run `esp-mirror check` again once the cause is fixed.",
+    "entries": "Fix the cause and run `esp-mirror entries` again.",
+    **dict.fromkeys(("repair", "replace", "add"),
+                    "Run `esp-mirror status` to see which members are in the array now; add missing ones "
+                    "back with `esp-mirror replace --old missing --new DISK`, and `mount` the ESP if it is "
+                    "not mounted."),
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,8 +137,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
         return exc.exit_code
     except StepFailed as exc:
         print(f"esp-mirror: error: [{exc.group}] step failed: {exc.step}\n{exc.detail}\n"
-              "Nothing after this step was done. Fix the cause and run the same `esp-mirror apply` "
-              "again: it continues from here.", file=err)
+              f"Nothing after this step was done. {AFTER_FAILURE.get(args.command, AFTER_FAILURE['apply'])}",
+              file=err)
         return exc.exit_code
 
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -63,10 +64,10 @@ def _changing(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO, stdin: TextIO, runner: Runner | None,
-        host: HostView | None, root: str = "/") -> int:
+        host: HostView | None) -> int:
     runner = runner or ShRunner()
     host = host or HostView()
-    state = read_mirror(runner, records.load(root), host)
+    state = read_mirror(runner, records.load(host.sysroot), host)
     handler = {"status": _status, "check": _check, "repair": _repair, "replace": _replace,
                "add": _add, "entries": _entries}[args.command]
     return handler(args, state, runner, host, out, stdin)
@@ -126,7 +127,8 @@ def _status(args, state: MirrorState, runner, host, out: TextIO, stdin) -> int:
         for m in a.members:
             e = entries.get(m.node)
             entry = "-" if not state.efivars else (f"Boot{e.entry.number}" if e and e.entry else "MISSING")
-            file = "-" if not (e and e.entry) else ("ok" if e.file_exists else "MISSING")
+            file = ("-" if not (e and e.entry) or e.file_exists is None
+                    else "ok" if e.file_exists else "MISSING")
             rows.append((m.node, m.disk, m.state, m.partuuid, entry, file))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for row in rows:
@@ -137,7 +139,7 @@ def _status(args, state: MirrorState, runner, host, out: TextIO, stdin) -> int:
     if state.boot_current or state.loader_partuuid:
         print(f"this boot: Boot{state.boot_current or '?'}"
               + (f" from {booted.disk}" if booted else " (not from a member of ours)"), file=out)
-    problems = state.problems() if a else [f"{state.record.array} is not running"]
+    problems = state.problems()
     print("healthy" if not problems else "problems:\n" + "\n".join(f"  - {p}" for p in problems), file=out)
     return state.exit_code()
 
@@ -155,7 +157,7 @@ def compare_members(runner: Runner, state: MirrorState, workdir: Path):
 
 def _check(args, state: MirrorState, runner, host, out: TextIO, stdin) -> int:
     array = upkeep.require_array(state)
-    applier = Applier(runner, out if not args.json else open(os.devnull, "w"), host=host)
+    applier = Applier(runner, out if not args.json else open(os.devnull, "w"), host=host, exists=host.exists)
     started = time.monotonic()
     applier.execute(Group("check", upkeep.check_steps(array)))
     mismatches = read_mirror(runner, state.record, host).array.mismatch_cnt
@@ -198,8 +200,10 @@ def _workdir() -> str:
 # -- changing commands -------------------------------------------------------------------------
 
 
-def _carry_out(args, groups: list[Group], runner, host, out: TextIO, stdin, extra: dict) -> int:
-    """Show the plan; with --dry-run stop; else confirm and apply. JSON gets the plan too."""
+def _carry_out(args, groups: list[Group], runner, host, out: TextIO, stdin, extra: dict,
+               before: Callable[[], None] = lambda: None) -> int:
+    """Show the plan; with --dry-run stop; else confirm, run ``before`` (e.g. keep backups), and
+    apply. JSON gets the plan too."""
     plan = [g.to_json() for g in groups]
     if args.json:
         out_text = open(os.devnull, "w")
@@ -209,7 +213,7 @@ def _carry_out(args, groups: list[Group], runner, host, out: TextIO, stdin, extr
             print(group.render(), end="", file=out)
     if args.dry_run:
         if args.json:
-            json.dump({"plan": plan, "applied": False, **extra}, out, indent=2)
+            json.dump({"plan": plan, "applied": False, **extra}, out, indent=2, default=str)
             print(file=out)
         return 0
     if not args.yes:
@@ -220,11 +224,12 @@ def _carry_out(args, groups: list[Group], runner, host, out: TextIO, stdin, extr
         if stdin.readline().strip() != "yes":
             print("Nothing done.", file=out)
             return 2
-    applier = Applier(runner, out_text, host=host)
+    before()
+    applier = Applier(runner, out_text, host=host, exists=host.exists)
     for group in groups:
         applier.execute(group)
     if args.json:
-        json.dump({"plan": plan, "applied": True, **extra}, out, indent=2)
+        json.dump({"plan": plan, "applied": True, **extra}, out, indent=2, default=str)
         print(file=out)
     return 0
 
@@ -247,22 +252,26 @@ def _repair(args, state: MirrorState, runner, host, out: TextIO, stdin) -> int:
             raise BadInput(f"the FAT on the source {source.node} is damaged ({(damage or [fsck.stderr.strip()])[0]}): "
                            "choose another --source, or repair it with fsck.fat first")
         notes = [f"source: {source.node} on {source.disk}; fsck.fat -n found no damage"]
-        backups = []
-        if diffs and not args.dry_run:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            backups = compare.backup(copies, diffs, {source.node}, Path(args.backup_dir), stamp)
-            notes += [f"the other members' versions of the differing files are kept in {b}" for b in backups]
-        elif diffs:
-            notes.append(f"apply would first keep the other members' versions of {len(diffs)} differing "
-                         f"files under {args.backup_dir}")
+        if diffs:
+            notes.append(f"before any change, the other members' versions of {len(diffs)} differing files "
+                         f"are kept in a tar under {args.backup_dir}")
         steps = upkeep.repair_steps(state, source)
+        backups: list[Path] = []
+
+        def keep_backups() -> None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            backups.extend(compare.backup(copies, diffs, {source.node}, Path(args.backup_dir), stamp))
+            for tar in backups:
+                print(f"kept the overwritten versions in {tar}", file=out if not args.json else open(os.devnull, "w"))
+
+        if not args.json:
+            _print_differences(diffs, out)
+        extra = {"source": source.node, "differences": [d.to_json() for d in diffs], "backups": backups}
+        code = _carry_out(args, [Group("repair", steps, tuple(notes))], runner, host, out, stdin, extra,
+                          before=keep_backups)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    if not args.json:
-        _print_differences(diffs, out)
-    return _carry_out(args, [Group("repair", steps, tuple(notes))], runner, host, out, stdin,
-                      {"source": source.node, "differences": [d.to_json() for d in diffs],
-                       "backups": [str(b) for b in backups]})
+    return code
 
 
 def _member_facts(state: MirrorState, runner, host, more: tuple[str, ...] = ()):

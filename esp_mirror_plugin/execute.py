@@ -144,14 +144,17 @@ class Applier:
         last_report, started = 0.0, self.clock()
         while True:
             action, completed = read("sync_action"), read("sync_completed")
-            missing = step.clean and read("degraded") not in ("", "0")
-            if action in ("idle", "") and not missing:
+            idle = action in ("idle", "")
+            pending = [d[4:] for d in self.host.listdir(md) if step.clean and d.startswith("dev-")
+                       and not {"in_sync", "faulty"} & set(read(f"{d}/state").split(","))]
+            if idle and not pending:
                 return True
-            if action in ("idle", "") and self.clock() - started > 30:
-                raise StepFailed(group, step.describe(), f"{step.device} is still missing a member and no "
+            if idle and self.clock() - started > 30:
+                raise StepFailed(group, step.describe(), f"{', '.join(pending)} still not in sync and no "
                                  "recovery runs: see /proc/mdstat and `mdadm --detail`")
             if self.clock() - last_report >= 2:
-                print(f"  [{group}]   {action} {_percent(completed)}", file=self.out, flush=True)
+                state = "waiting for md to start the recovery" if idle else f"{action} {_percent(completed)}"
+                print(f"  [{group}]   {state}", file=self.out, flush=True)
                 last_report = self.clock()
             self.sleep(0.5)
 

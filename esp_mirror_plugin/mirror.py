@@ -57,7 +57,7 @@ class ArrayState:
 class EntryState:
     member: MemberState
     entry: bootentries.BootEntry | None  # our entry on this member's partition
-    file_exists: bool  # the loader it names exists on the mounted ESP
+    file_exists: bool | None  # the loader it names exists on the mounted ESP; None: ESP not mounted
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class MirrorState:
     mounted_members: tuple[str, ...]  # members mounted directly (never should be)
     efivars: bool
     boot: bootentries.BootState | None
+    nvram_error: str | None  # why efibootmgr -v failed, when it did
     entries: tuple[EntryState, ...]
     boot_current: str | None
     loader_partuuid: str | None  # LoaderDevicePartUUID: the partition this boot came from
@@ -84,16 +85,20 @@ class MirrorState:
         return next((m for m in self.array.members if uuid and m.partuuid == uuid), None)
 
     def problems(self) -> list[str]:
-        """What is not healthy, one line each; empty when all is well."""
+        """What is not healthy, one line each saying what to run; empty when all is well."""
         if self.array is None:
-            return []
+            return [f"{self.record.array} is not running: assemble it (`mdadm --assemble --scan --run`)"
+                    ] if self.record else []
         out = []
         a = self.array
+        replace = "`esp-mirror replace --old missing --new DISK`"
         if a.degraded:
-            out.append(f"{a.device} is degraded: {a.degraded} of {a.raid_disks} members missing or failed")
+            out.append(f"{a.device} is degraded: {a.degraded} of {a.raid_disks} members missing or failed; "
+                       f"put in a new disk and run {replace}")
         for m in a.members:
-            if not m.active:
-                out.append(f"member {m.node} is {m.state}")
+            if not m.active and a.sync_action == "idle":
+                out.append(f"member {m.node} is {m.state}: replace it with "
+                           f"`esp-mirror replace --old {m.disk} --new DISK`")
         if a.sync_action != "idle":
             out.append(f"{a.device} is busy: {a.sync_action} {a.sync_completed}")
         if a.mismatch_cnt:
@@ -101,13 +106,17 @@ class MirrorState:
         for node in self.mounted_members:
             out.append(f"member {node} is mounted directly: unmount it, mount {a.device}")
         if self.record and (self.mount is None):
-            out.append(f"nothing is mounted at {self.record.mountpoint}")
+            out.append(f"nothing is mounted at {self.record.mountpoint}: run `mount {self.record.mountpoint}`")
+        if self.nvram_error:
+            out.append(f"the boot entries cannot be read (efibootmgr -v: {self.nvram_error}): "
+                       "check `efibootmgr -v` by hand")
         if self.efivars:
             for e in self.entries:
                 if e.entry is None:
                     out.append(f"no boot entry for {e.member.disk} ({e.member.partuuid}): run `esp-mirror entries`")
-                elif not e.file_exists:
-                    out.append(f"boot entry {e.entry.number} names {e.entry.loader}, which is not on the ESP")
+                elif e.file_exists is False:
+                    out.append(f"boot entry {e.entry.number} names {e.entry.loader}, which is not on the ESP: "
+                               "re-run `esp-mirror apply` to install the bootloader again")
         return out
 
     def exit_code(self) -> int:
@@ -128,16 +137,19 @@ def read_mirror(runner: Runner, record: Record | None, host: HostView | None = N
     members = {m.node for m in array.members} if array else set()
     mounted_members = tuple(m.device for m in mounts if m.device in members)
     efivars = bool(host.listdir(EFIVARS))
-    boot = None
+    boot, nvram_error = None, None
     if efivars:
         result = runner.run(("efibootmgr", "-v"))
-        boot = bootentries.parse(result.stdout) if result.ok else None
+        if result.ok:
+            boot = bootentries.parse(result.stdout)
+        else:
+            nvram_error = result.stderr.strip() or f"exit code {result.returncode}"
     entries = ()
     if array and record and boot is not None:
-        entries = tuple(_entry_state(m, boot, record, mount) for m in array.members if m.usable)
+        entries = tuple(_entry_state(m, boot, mount, host) for m in array.members if m.usable)
     return MirrorState(
         record=record, array=array, mount=mount, mounted_members=mounted_members, efivars=efivars,
-        boot=boot, entries=entries,
+        boot=boot, nvram_error=nvram_error, entries=entries,
         boot_current=_boot_current(host), loader_partuuid=_loader_partuuid(host),
     )
 
@@ -172,13 +184,13 @@ def read_array(runner: Runner, host: HostView, device: str) -> ArrayState | None
         mismatch_cnt=int(attr("mismatch_cnt", "0") or 0), members=tuple(members))
 
 
-def _entry_state(member: MemberState, boot: bootentries.BootState, record: Record,
-                 mount: Mount | None) -> EntryState:
+def _entry_state(member: MemberState, boot: bootentries.BootState, mount: Mount | None,
+                 host: HostView) -> EntryState:
     entry = next((e for e in boot.entries
                   if e.partuuid == member.partuuid and f" ({bootentries.TAG} " in e.label), None)
-    exists = False
+    exists = None
     if entry is not None and mount is not None:
-        exists = os.path.isfile(os.path.join(mount.mountpoint, *entry.loader.strip("\\").split("\\")))
+        exists = host.exists(os.path.join(mount.mountpoint, *entry.loader.strip("\\").split("\\")))
     return EntryState(member, entry, exists)
 
 

@@ -168,7 +168,8 @@ class WaitForPartition:
 class WaitForSync:
     """Wait, showing progress, until the array's resync/recovery/check has finished.
 
-    ``clean`` also waits until no member is missing (a recovery that has not started yet counts).
+    ``clean`` also waits until every member in the array is in sync (a member just added is a
+    spare until md starts its recovery). A slot nobody fills (a degraded mirror) does not count.
     """
 
     device: str

@@ -26,6 +26,8 @@ _BENIGN_FSCK = (
     re.compile(r"^\s+Not automatically fixing this"), re.compile(r"^Dirty bit is set"),
     re.compile(r"^\s*Automatically removing dirty bit"), re.compile(r"^Leaving filesystem unchanged"),
     re.compile(r"^\S+: \d+ files, \d+/\d+ clusters$"), re.compile(r"^\s*$"),
+    # the free-cluster count in the FSInfo sector is a hint that firmware and Linux rarely update
+    re.compile(r"^Free cluster summary wrong \(\d+ vs\. really \d+\)$"), re.compile(r"^\s+Auto-correcting\.$"),
 )
 
 
@@ -57,12 +59,12 @@ def source_member(state: MirrorState, source: str) -> MemberState:
     """The member named by DISK/partition, or "auto": the one the firmware booted from."""
     array = require_array(state)
     if source == "auto":
-        booted = state.booted_member
-        if booted is None:
+        member = state.booted_member
+        if member is None:
             raise BadInput("cannot tell which disk this boot came from (no LoaderDevicePartUUID, and "
                            "BootCurrent is not an entry of ours): choose with --source DISK")
-        return booted
-    member = array.member(source)
+    else:
+        member = array.member(source)
     if member is None:
         raise BadInput(f"{source} is not a member of {array.device}: members are "
                        f"{', '.join(m.disk for m in array.members)}")
@@ -106,7 +108,8 @@ def new_disk_checks(disk: DiskFacts, array: ArrayState, record: Record, sector: 
     if record.esp_start + record.esp_size + 34 * 4096 > disk.size:
         raise BadInput(f"{disk.given} ({disk.size >> 20} MiB) is too small for the "
                        f"{record.esp_size >> 20} MiB ESP")
-    if (disk.pttype or disk.signatures) and not wipe:
+    empty_gpt = disk.pttype == "gpt" and not disk.partitions
+    if ((disk.pttype and not empty_gpt) or set(disk.signatures) - {"gpt", "PMBR"}) and not wipe:
         raise BadInput(f"disk {disk.given} already has a partition table or data "
                        f"({disk.pttype or ', '.join(disk.signatures)}): esp-mirror never wipes silently; "
                        "pass --wipe to erase it")

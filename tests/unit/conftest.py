@@ -19,6 +19,7 @@ import functools
 import io
 import json
 import os
+import shutil
 import subprocess
 import uuid as _uuid
 from dataclasses import dataclass, field
@@ -26,8 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from esp_mirror_plugin import cli, disks as names
+from esp_mirror_plugin import cli, cli_upkeep, disks as names, record as records
 from esp_mirror_plugin.discovery import HostView
+from esp_mirror_plugin.record import Record
 from esp_mirror_plugin.request import Request
 from esp_mirror_plugin.runner import RecordingRunner, Result, ShRunner, UnexpectedCommand, full_argv
 from esp_mirror_plugin.steps import Command, Group
@@ -523,3 +525,347 @@ def two_disks(machine: Machine) -> Machine:
 @pytest.fixture
 def efi_image(tmp_path: Path) -> Path:
     return make_efi_image(tmp_path)
+
+
+# -- an installed mirror after boot, for the upkeep commands ------------------------------------
+
+ARRAY_UUID = "a2824bdc:e2f95aef:83df651f:bf2ea709"  # `mdadm --detail --export /dev/md/esp` in the VM
+GRUB_LOADER = "\\EFI\\debian\\grubx64.efi"
+EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
+LOADER_VENDOR = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+UIAPP = "FvVol(7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1)/FvFile(462caa21-7614-4503-836e-8ab6f4662331)"
+SHELL = "FvVol(7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1)/FvFile(7c04a583-9e3e-4f1c-ad65-e05268d0b4d1)"
+ESP_FILES = {"EFI/BOOT/BOOTX64.EFI": b"MZ grub (removable path)\n", "EFI/debian/grubx64.efi": b"MZ grub\n",
+             "EFI/debian/grub.cfg": b"search.fs_uuid 0a1b2c3d root\n"}
+FAT_MTIME = 1_700_000_000  # mcopy -m keeps the FAT's times: one fixed time keeps --json output stable
+FSCK_CLEAN = "fsck.fat 4.2 (2021-01-31)\n{node}: 6 files, 5174/130796 clusters\n"
+# `fsck.fat -n` on a member of a mounted ESP (dosfstools 4.2, captured in the VM): exit code 1.
+FSCK_DIRTY = """\
+fsck.fat 4.2 (2021-01-31)
+There are differences between boot sector and its backup.
+This is mostly harmless. Differences: (offset:original/backup)
+  65:01/00
+  Not automatically fixing this.
+Dirty bit is set. Fs was not properly unmounted and some data may be corrupt.
+ Automatically removing dirty bit.
+
+Leaving filesystem unchanged.
+{node}: 6 files, 5174/130796 clusters
+"""
+
+
+def serial_of(name: str) -> str:
+    """The VM harness's disk serials: vda -> espvm-A (ci.scenarios.disk_serial)."""
+    return f"espvm-{name[-1].upper()}"
+
+
+def guid_of(name: str) -> str:
+    """The partition GUID apply gives disk NAME's ESP (from the disk's serial)."""
+    return names.partition_guid(f"serial:{serial_of(name)}")
+
+
+def hd_path(guid: str, loader: str = GRUB_LOADER) -> str:
+    return f"HD(1,GPT,{guid},0x800,0x100000)/File({loader})"
+
+
+class Mirror(Machine):
+    """The installed system after boot, as the VM tests see it (tests/vm/test_upkeep.py).
+
+    Disks /dev/vda, /dev/vdb, ... (1 GiB, serials espvm-A, espvm-B, ...) each hold partition 1
+    (512 MiB at 1 MiB, our GUID), a member of /dev/md/esp -> md127 (metadata 1.0, slot = disk
+    order). The array is mounted at the record's mount point ``self.esp`` (/boot/efi, whose files are
+    in the real directory ``self.esp_dir`` under
+    tmp_path: status looks for the loader file there). NVRAM holds UiApp, one entry of ours per
+    disk and the EFI shell; the record apply wrote is in the host's /etc/esp-mirror.
+
+    Besides Machine's answers it answers ``blkid -p`` of a member partition, md's sysfs under
+    /sys/block/md127/md, and the member reads of check/repair (blockdev --flushbufs, mdir,
+    mcopy, fsck.fat -n) from ``self.members`` (node -> files) and ``self.fsck``.
+    :meth:`accept_changes` also plays md, mount and efibootmgr, so a repair leaves a consistent state.
+    """
+
+    def __init__(self, root: Path, disks: tuple[str, ...] = ("vda", "vdb")) -> None:
+        super().__init__(root)
+        self.esp = "/boot/efi"
+        self.esp_dir = self.sysroot / "boot/efi"
+        self.md = self.sysroot / "sys/block/md127/md"
+        self.record = Record(profile="debian", array="/dev/md/esp", mountpoint=self.esp, loader=GRUB_LOADER,
+                             entry_label="Debian", esp_start=MIB, esp_size=512 * MIB)
+        self.members: dict[str, dict[str, bytes]] = {}
+        self.fsck: dict[str, tuple[int, str]] = {}
+        self.boot_entries: list[tuple[str, str, str, bool]] = []  # (number, label, device path, active)
+        self.boot_order: list[str] = []
+        self.runner.responders.append(self._upkeep)
+        nodes = [self._member_disk(name, slot) for slot, name in enumerate(disks)]
+        self.add_array("/dev/md/esp", "md127", uuid=ARRAY_UUID, members=tuple(nodes),
+                       fs={"UUID": "C982-96CB", "VERSION": "FAT32", "LABEL": "ESP", "TYPE": "vfat"})
+        detail = ["MD_LEVEL=raid1", f"MD_DEVICES={len(nodes)}", "MD_METADATA=1.0", f"MD_UUID={ARRAY_UUID}",
+                  "MD_DEVNAME=esp", "MD_NAME=any:esp"]
+        for role, node in reversed(list(enumerate(nodes))):  # as mdadm 4.2 printed them
+            key = node.replace("/", "_")
+            detail += [f"MD_DEVICE{key}_ROLE={role}", f"MD_DEVICE{key}_DEV={node}"]
+        self.arrays["/dev/md/esp"] = ("\n".join(detail) + "\n", self.arrays["/dev/md/esp"][1])
+        self.set_md(array_state="clean", degraded=0, sync_action="idle", sync_completed="none", mismatch_cnt=0,
+                    raid_disks=len(nodes))
+        self.mount("9:127", self.esp, "vfat", "/dev/md127")
+        for path, data in ESP_FILES.items():
+            (self.esp_dir / path).parent.mkdir(parents=True, exist_ok=True)
+            (self.esp_dir / path).write_bytes(data)
+        self.boot_entries = [("0000", "UiApp", UIAPP, True)]
+        self.boot_entries += [(f"{n:04X}", f"Debian (esp-mirror {serial_of(name)})", hd_path(guid_of(name)), True)
+                              for n, name in enumerate(disks, start=1)]
+        self.boot_entries.append((f"{len(disks) + 1:04X}", "EFI Internal Shell", SHELL, True))
+        self.boot_order = [e[0] for e in self.boot_entries[1:-1]] + ["0000", f"{len(disks) + 1:04X}"]
+        self._nvram_changed()
+        (self.sysroot / "etc/esp-mirror").mkdir(parents=True)
+        (self.sysroot / "etc/esp-mirror/esp-mirror.yaml").write_text(self.record.render())
+
+    # -- building the state ----------------------------------------------------------------------
+
+    def _member_disk(self, name: str, slot: int) -> str:
+        disk = self.add_disk(name, size=GIB, serial=serial_of(name))
+        node = self.add_partition(
+            disk, 1, 2048, 512 * MIB // 512, type_guid=ESP_TYPE, uuid=guid_of(name), name=names.PARTITION_NAME,
+            probe={"UUID": str(_uuid.UUID(ARRAY_UUID.replace(":", ""))), "LABEL": "any:esp", "VERSION": "1.0",
+                   "TYPE": "linux_raid_member", "USAGE": "raid"},
+            inner={"LABEL": "ESP", "UUID": "C982-96CB", "VERSION": "FAT32", "TYPE": "vfat", "USAGE": "filesystem"},
+            holders=("md127",))
+        self.set_member(node, "in_sync", slot)
+        self.members[node] = dict(ESP_FILES)
+        return node
+
+    def set_md(self, **attrs: object) -> None:
+        """md's sysfs attributes of the array (array_state, degraded, sync_action, ...)."""
+        self.md.mkdir(parents=True, exist_ok=True)
+        for key, value in attrs.items():
+            (self.md / key).write_text(f"{value}\n")
+
+    def md_attr(self, key: str) -> str:
+        return (self.md / key).read_text().strip()
+
+    def set_member(self, node: str, state: str, slot: int | None) -> None:
+        """/sys/block/md127/md/dev-NAME/{state,slot} of a member (slot None: a spare)."""
+        where = self.md / f"dev-{os.path.basename(node)}"
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "state").write_text(f"{state}\n")
+        (where / "slot").write_text(f"{'none' if slot is None else slot}\n")
+
+    def _slot(self, node: str) -> int | None:
+        slot = (self.md / f"dev-{os.path.basename(node)}/slot").read_text().strip()
+        return int(slot) if slot.isdigit() else None
+
+    def member_nodes(self) -> list[str]:
+        return sorted(f"/dev/{d.name[4:]}" for d in self.md.glob("dev-*"))
+
+    def take_out(self, node: str) -> None:
+        """What `mdadm /dev/md/esp --fail NODE --remove NODE` leaves: one member fewer, degraded."""
+        for path in sorted((self.md / f"dev-{os.path.basename(node)}").iterdir()):
+            path.unlink()
+        (self.md / f"dev-{os.path.basename(node)}").rmdir()
+        self.set_md(degraded=int(self.md_attr("degraded")) + 1, array_state="clean")
+
+    def lose_disk(self, name: str) -> None:
+        """Disk NAME died and was pulled: gone from the machine and from the array."""
+        disk = self.disks.pop(f"/dev/{name}")
+        node = disk.node(1)
+        self.take_out(node)
+        self.members.pop(node)
+        self.block.difference_update({disk.path, node})
+        shutil.rmtree(self._sys(name))
+        (self._sys(os.path.basename(node))).unlink()
+        for dev in (disk.path, node):
+            (self.sysroot / dev.lstrip("/")).unlink()
+
+    def add_new_disk(self, name: str, serial: str | None = None, **kwargs) -> FakeDisk:
+        """A new disk for replace/add: blank and 1 GiB unless told otherwise, a VM-style serial."""
+        kwargs.setdefault("size", GIB)
+        return self.add_disk(name, serial=serial or serial_of(name), **kwargs)
+
+    def stop_array(self) -> None:
+        """The array is not assembled (and so not mounted): as on a system booted without it."""
+        (self.sysroot / "dev/md/esp").unlink()
+        del self.arrays["/dev/md/esp"]
+        shutil.rmtree(self.md.parent)
+        self.mountinfo = [line for line in self.mountinfo if " 9:127 " not in line]
+        self._write_proc()
+
+    def boot(self, number: str | None = None, loader_partuuid: str | None = None) -> None:
+        """The EFI variables of this boot: BootCurrent (u16) and systemd's LoaderDevicePartUUID."""
+        efivars = self.sysroot / "sys/firmware/efi/efivars"
+        if number is not None:
+            (efivars / f"BootCurrent-{EFI_GLOBAL}").write_bytes(
+                b"\x06\x00\x00\x00" + int(number, 16).to_bytes(2, "little"))
+        if loader_partuuid is not None:
+            (efivars / f"LoaderDevicePartUUID-{LOADER_VENDOR}").write_bytes(
+                b"\x06\x00\x00\x00" + f"{loader_partuuid.upper()}\0".encode("utf-16-le"))
+
+    def delete_entry(self, number: str) -> None:
+        self.boot_entries = [e for e in self.boot_entries if e[0] != number]
+        self.boot_order = [n for n in self.boot_order if n != number]
+        self._nvram_changed()
+
+    def create_entry(self, label: str, path: str, number: str | None = None) -> str:
+        """An entry made the way `efibootmgr --create` makes it: the lowest free number, first in BootOrder."""
+        used = {e[0] for e in self.boot_entries}
+        number = number or next(f"{n:04X}" for n in range(0x10000) if f"{n:04X}" not in used)
+        self.boot_entries = sorted([*self.boot_entries, (number, label, path, True)])
+        self.boot_order.insert(0, number)
+        self._nvram_changed()
+        return number
+
+    def _nvram_changed(self) -> None:
+        lines = ["BootCurrent: 0001", "Timeout: 0 seconds", f"BootOrder: {','.join(self.boot_order)}"]
+        lines += [f"Boot{n}{'*' if active else ' '} {label}\t{path}" for n, label, path, active in self.boot_entries]
+        self.set_efivars(efibootmgr="\n".join(lines) + "\n")
+
+    def nvram(self) -> tuple[tuple[str, ...], list[tuple[str, str, str, bool]]]:
+        return tuple(self.boot_order), list(self.boot_entries)
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def _partition(self, node: str) -> tuple[FakeDisk, FakePartition] | None:
+        return next(((d, p) for d in self.disks.values() for p in d.partitions if d.node(p.number) == node), None)
+
+    def _upkeep(self, argv: tuple[str, ...]) -> Result | None:
+        match argv:
+            case ("blkid", "-p", "-o", "export", node) if self._partition(node):
+                disk, part = self._partition(node)
+                major, minor = disk.majmin.split(":")
+                return _export(argv, {"DEVNAME": node, **part.probe, "PART_ENTRY_SCHEME": "gpt",
+                                      "PART_ENTRY_NAME": part.name, "PART_ENTRY_UUID": part.uuid.lower(),
+                                      "PART_ENTRY_TYPE": part.type_guid.lower(), "PART_ENTRY_NUMBER": str(part.number),
+                                      "PART_ENTRY_OFFSET": str(part.start), "PART_ENTRY_SIZE": str(part.size),
+                                      "PART_ENTRY_DISK": disk.majmin})
+            case ("blockdev", "--flushbufs", node) if node in self.members:
+                return Result(argv, 0)
+            case ("mdir", "-/", "-b", "-i", node, "::/") if node in self.members:
+                files = self.members[node]
+                if not files:  # mtools 4.0 on an empty FAT
+                    return Result(argv, 1, "", 'mdir: File "::/" not found\n')
+                entries = {f"::/{'/'.join(Path(p).parts[:i])}/" for p in files for i in range(1, len(Path(p).parts))}
+                return Result(argv, 0, "".join(f"{e}\n" for e in sorted(entries | {f"::/{p}" for p in files})))
+            case ("mcopy", "-s", "-p", "-m", "-n", "-i", node, "::/*", dest) if node in self.members:
+                for path, data in self.members[node].items():
+                    where = Path(dest, path)
+                    where.parent.mkdir(parents=True, exist_ok=True)
+                    where.write_bytes(data)
+                    os.utime(where, (FAT_MTIME, FAT_MTIME))
+                return Result(argv, 0)
+            case ("fsck.fat", "-n", node) if node in self.members:
+                code, text = self.fsck.get(node, (0, FSCK_CLEAN))
+                return Result(argv, code, text.format(node=node))
+        return None
+
+    def accept_changes(self) -> None:
+        """Let changing commands succeed, and play what md, mount and efibootmgr do with them."""
+        self.runner.responders.append(self._change)
+        super().accept_changes()
+
+    def _change(self, argv: tuple[str, ...]) -> Result | None:
+        match argv:
+            case ("umount", mountpoint):
+                self.mountinfo = [line for line in self.mountinfo if f" {mountpoint} " not in line]
+                self._write_proc()
+            case ("mount", "-t", "vfat", "-o", "umask=0077", "/dev/md/esp", mountpoint):
+                self.mount("9:127", mountpoint, "vfat", "/dev/md127")
+            case ("mdadm", "/dev/md/esp", "--fail", node, "--remove", again) if node == again:
+                self.take_out(node)
+            case ("mdadm", "/dev/md/esp", "--add", node):
+                in_use = {self._slot(n) for n in self.member_nodes()}
+                raid_disks = int(self.md_attr("raid_disks"))
+                slot = next((s for s in range(raid_disks) if s not in in_use), None)
+                source = next(n for n in self.member_nodes() if n in self.members)
+                self.members[node] = dict(self.members[source])  # the recovery copies a whole member
+                self.set_member(node, "in_sync" if slot is not None else "spare", slot)
+                self.set_md(degraded=max(0, int(self.md_attr("degraded")) - (slot is not None)))
+                holders = self._sys(os.path.basename(node)) / "holders"
+                if holders.is_dir():
+                    (holders / "md127").touch()
+            case ("mdadm", "--grow", "/dev/md/esp", raid_devices) if raid_devices.startswith("--raid-devices="):
+                self.set_md(raid_disks=int(raid_devices.split("=")[1]))
+                for spare in [n for n in self.member_nodes() if self._slot(n) is None]:
+                    in_use = {self._slot(n) for n in self.member_nodes()}
+                    self.set_member(spare, "in_sync", next(s for s in range(64) if s not in in_use))
+            case ("sgdisk", new, "--typecode=1:EF00", guid, name, disk) if new.startswith("--new=1:"):
+                first, last = (int(n) for n in new.split(":")[1:])
+                self.add_partition(self.disks[disk], 1, first, last - first + 1, type_guid=ESP_TYPE,
+                                   uuid=guid.split(":", 1)[1], name=name.split(":", 1)[1])
+            case ("efibootmgr", "--quiet", "--bootnum", number, "--delete-bootnum"):
+                self.delete_entry(number)
+            case ("efibootmgr", "--quiet", "--create", "--bootnum", number, "--disk", disk, "--part", part,
+                  "--label", label, "--loader", loader):
+                guid = next(p.uuid.lower() for p in self.disks[disk].partitions if p.number == int(part))
+                self.create_entry(label, hd_path(guid, loader), number)
+            case ("efibootmgr", "--quiet", "--bootorder", order):
+                self.boot_order = order.split(",")
+                self._nvram_changed()
+            case _:
+                return None
+        return Result(argv, 0)
+
+
+def isolate_upkeep(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two things the upkeep commands take from the real machine whatever is injected: the
+    record (read from "/", not through the host view) and their work directory (/run/esp-mirror)."""
+    monkeypatch.setattr(cli_upkeep, "WORK_DIR", str(machine.root / "run/esp-mirror"))
+
+
+@pytest.fixture
+def mirror_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Make a :class:`Mirror` of the given disks: ``mirror_of("vda", "vdb", "vdc")``."""
+    def make(*disks: str) -> Mirror:
+        machine = Mirror(tmp_path, disks)
+        isolate_upkeep(machine, monkeypatch)
+        return machine
+    return make
+
+
+@pytest.fixture
+def mirror(mirror_of) -> Mirror:
+    """/dev/vda and /dev/vdb mirrored by an earlier apply, booted, healthy (see :class:`Mirror`)."""
+    return mirror_of("vda", "vdb")
+
+
+def fast_applier(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """Make the Applier that the upkeep CLI builds look for new partitions through the host view and
+    wait on a fake clock. cli_upkeep._carry_out builds ``Applier(runner, out, host=host)``, whose
+    ``exists`` is the real os.path.exists and whose clock and sleep are real, whatever is injected."""
+    clock = FakeClock()
+    monkeypatch.setattr(cli_upkeep, "Applier", functools.partial(
+        cli_upkeep.Applier, clock=clock, sleep=clock.sleep))
+    return clock
+
+
+UPKEEP_READS = ("blockdev", "--flushbufs"), ("mdir",), ("mcopy",), ("fsck.fat", "-n")
+
+
+def upkeep_changes(calls: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """The calls that change the machine: not discovery's probes, not check/repair's member reads."""
+    return [c for c in calls if not is_read_only(c) and not any(c[:len(p)] == p for p in UPKEEP_READS)]
+
+
+def assert_upkeep_only_read(calls: list[tuple[str, ...]]) -> None:
+    changing = upkeep_changes(calls)
+    assert changing == [], f"commands that change the machine ran: {changing}"
+
+
+class FakeClock:
+    """``clock`` and ``sleep`` for an Applier: sleeping only moves the clock (and calls ``on_sleep``)."""
+
+    def __init__(self, start: float = 1000.0, on_sleep=None) -> None:
+        self.start = self.now = start
+        self.naps: list[float] = []
+        self.on_sleep = on_sleep
+
+    def __call__(self) -> float:
+        return self.now
+
+    @property
+    def elapsed(self) -> float:
+        return self.now - self.start
+
+    def sleep(self, seconds: float) -> None:
+        self.naps.append(seconds)
+        self.now += seconds
+        if self.on_sleep:
+            self.on_sleep(self.elapsed)

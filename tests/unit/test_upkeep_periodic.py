@@ -1,0 +1,192 @@
+"""What apply leaves for the upkeep commands: a periodic check per distribution, and the record
+(/etc/esp-mirror/esp-mirror.yaml) that status, check, repair, replace, add and entries read."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+
+import pytest
+
+from conftest import MIB, PROFILES, Machine, isolate_upkeep, json_commands
+from esp_mirror_plugin import periodic, profiles, record as records
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.execute import Applier
+from esp_mirror_plugin.record import Record
+from esp_mirror_plugin.request import Request
+from esp_mirror_plugin.runner import RecordingRunner, Result
+from esp_mirror_plugin.steps import Command, Group, WriteFile
+
+SERVICE = """\
+[Unit]
+Description=Check the mirrored EFI System Partition (md consistency and member files)
+Documentation=man:mdadm(8)
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/env esp-mirror check
+"""
+TIMER = """\
+[Unit]
+Description=Weekly check of the mirrored EFI System Partition
+
+[Timer]
+OnCalendar=weekly
+RandomizedDelaySec=1h
+Persistent=true
+
+[Install]
+WantedBy=timers.target
+"""
+CRON = """\
+#!/bin/sh
+# esp-mirror: weekly check of the mirrored EFI System Partition; drift is logged to syslog.
+esp-mirror check 2>&1 | logger -t esp-mirror
+"""
+OWN_TIMER = [("write", "etc/systemd/system/esp-mirror-check.service", 0o644, SERVICE),
+             ("write", "etc/systemd/system/esp-mirror-check.timer", 0o644, TIMER),
+             ("run", "systemctl", "enable", "esp-mirror-check.timer")]
+CRON_WEEKLY = [("write", "etc/cron.weekly/esp-mirror-check", 0o755, CRON)]
+MDCHECK = [("run", "systemctl", "enable", "mdcheck_start.timer", "mdcheck_continue.timer")]
+RAID_CHECK = [("run", "systemctl", "enable", "raid-check.timer")]
+PERIODIC = {
+    "opensuse": OWN_TIMER,
+    "void": CRON_WEEKLY,
+    "gentoo": CRON_WEEKLY,
+    "alpine": [("write", "etc/periodic/weekly/esp-mirror-check", 0o755, CRON)],
+    "debian": [],  # bookworm's /etc/cron.d/mdadm runs checkarray already
+    "ubuntu": MDCHECK,
+    "arch": MDCHECK,
+    "fedora": RAID_CHECK,
+    "rhel": RAID_CHECK,
+}
+
+
+def described(steps, target: str) -> list[tuple]:
+    out = []
+    for s in steps:
+        if isinstance(s, WriteFile):
+            out.append(("write", os.path.relpath(s.path, target), s.mode, s.content))
+        else:
+            assert isinstance(s, Command) and s.root == target, s  # runs inside the target
+            out.append(("run", *s.argv))
+    return out
+
+
+def test_every_profile_has_its_periodic_check_specified_here():
+    assert sorted(PERIODIC) == sorted(PROFILES) == profiles.builtin_names()
+
+
+@pytest.mark.parametrize("name", PERIODIC)
+def test_periodic_check_per_profile(name, tmp_path):
+    steps = periodic.plan(Request(disks=(), target=str(tmp_path)), profiles.load_profile(name))
+    assert described(steps, str(tmp_path)) == PERIODIC[name]
+
+
+@pytest.mark.parametrize("name, path", [("void", "etc/cron.weekly/esp-mirror-check"),
+                                        ("alpine", "etc/periodic/weekly/esp-mirror-check")])
+def test_the_cron_job_is_written_executable(name, path, tmp_path):
+    steps = periodic.plan(Request(disks=(), target=str(tmp_path)), profiles.load_profile(name))
+
+    Applier(RecordingRunner(), io.StringIO()).execute(Group("post_format", steps))
+
+    written = tmp_path / path
+    assert (written.read_text(), stat.S_IMODE(written.stat().st_mode)) == (CRON, 0o755)
+
+
+def test_the_systemd_timer_is_written_and_enabled_in_the_target(tmp_path):
+    runner = RecordingRunner(responders=[lambda argv: Result(argv, 0)])
+    steps = periodic.plan(Request(disks=(), target=str(tmp_path)), profiles.load_profile("opensuse"))
+
+    Applier(runner, io.StringIO()).execute(Group("post_format", steps))
+
+    unit = tmp_path / "etc/systemd/system"
+    assert ((unit / "esp-mirror-check.service").read_text(), (unit / "esp-mirror-check.timer").read_text()) == (
+        SERVICE, TIMER)
+    assert runner.calls == [("chroot", str(tmp_path), "systemctl", "enable", "esp-mirror-check.timer")]
+
+
+def test_the_periodic_check_is_planned_in_post_format_after_the_array(two_disks):
+    plan = json.loads(two_disks.cli("plan", "--json", *two_disks.args(), "--profile", "fedora").out)
+    post_format = json_commands(plan, "post_format")
+    assert post_format[-1] == ("chroot", str(two_disks.target), "systemctl", "enable", "raid-check.timer")
+    assert any(c[:2] == ("mdadm", "--create") for c in post_format[:-1])
+
+
+# -- the record ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def images(machine: Machine) -> Machine:
+    machine.add_image("a.img")
+    machine.add_image("b.img")
+    (machine.target / "etc/mdadm").mkdir()
+    machine.accept_changes()
+    return machine
+
+
+def test_the_record_apply_writes_loads_back_as_what_was_set_up(images):
+    outcome = images.cli("apply", "--yes", *images.args())
+
+    assert outcome.code == 0, outcome.err
+    assert records.load(str(images.target)) == Record(
+        profile="debian", array="/dev/md/esp", mountpoint="/boot/efi", loader="\\EFI\\debian\\grubx64.efi",
+        entry_label="Debian", esp_start=MIB, esp_size=512 * MIB)
+    text = (images.target / records.PATH).read_text()
+    assert text.startswith("# Written by esp-mirror apply: what it set up.")
+    assert stat.S_IMODE((images.target / records.PATH).stat().st_mode) == 0o644
+
+
+def test_the_record_is_written_by_the_bootloader_hook(two_disks):
+    plan = json.loads(two_disks.cli("plan", "--json", *two_disks.args()).out)
+    [group] = [g for g in plan["groups"] if any(s.get("path") == f"{two_disks.target}/{records.PATH}"
+                                                for s in g["steps"])]
+    assert group["name"] == "bootloader"
+
+
+@pytest.mark.parametrize("record", [
+    Record("rhel", "/dev/md/esp", "/boot/efi", "\\EFI\\redhat\\shimx64.efi", "Red Hat Enterprise Linux", MIB,
+           600 * MIB),
+    Record("arch", "/dev/md/boot-esp", "/efi", "\\EFI\\systemd\\systemd-bootx64.efi", "Arch: #1 'esp'", 2 * MIB,
+           1024 * MIB),
+], ids=["rhel-shim", "odd-label"])
+def test_a_record_round_trips_through_its_yaml(record, tmp_path):
+    path = tmp_path / records.PATH
+    path.parent.mkdir(parents=True)
+    path.write_text(record.render())
+    assert records.load(str(tmp_path)) == record
+
+
+def test_no_record_means_not_set_up(tmp_path):
+    assert records.load(str(tmp_path)) is None
+
+
+@pytest.mark.parametrize("content, message", [
+    ("profile: [debian\n", "cannot be read (while parsing a flow sequence"),
+    ("profile: debian\narray: /dev/md/esp\n", "is not an esp-mirror record (keys array, entry_label, esp_size, "
+                                              "esp_start, loader, mountpoint, profile): run `esp-mirror apply` "
+                                              "again to rewrite it"),
+    ("- a list\n", "is not an esp-mirror record"),
+], ids=["broken-yaml", "missing-keys", "not-a-mapping"])
+def test_a_broken_record_is_bad_input_that_says_to_rerun_apply(content, message, tmp_path):
+    path = tmp_path / records.PATH
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    with pytest.raises(BadInput) as error:
+        records.load(str(tmp_path))
+    assert str(error.value).startswith(f"{path} ")
+    assert message in str(error.value) and str(error.value).endswith("run `esp-mirror apply` again to rewrite it")
+
+
+def test_status_with_a_broken_record_exits_2_naming_the_file(machine, monkeypatch):
+    isolate_upkeep(machine, monkeypatch)
+    path = machine.sysroot / records.PATH
+    path.parent.mkdir(parents=True)
+    path.write_text("profile: debian\n")
+
+    outcome = machine.cli("status")
+
+    assert outcome.code == 2
+    assert outcome.error.startswith(f"{path} is not an esp-mirror record (keys ")
