@@ -114,7 +114,8 @@ def plan(state: BootState, members: list[Member], entry_label: str, loader: str)
             why=f"boot entry for {member.tag} (partition {member.partuuid})"))
     deleted = {e.number for e in delete}
     first = [numbers[m.partuuid] for m in members]
-    rest = [n for n in state.order if n not in first and n not in deleted]
+    present = {e.number for e in state.entries}  # a BootOrder number without its Boot#### is dropped
+    rest = [n for n in state.order if n not in first and n not in deleted and n in present]
     desired = tuple(first + rest)
     if _order_after(state.order, commands) != desired:
         commands.append(Command(("efibootmgr", "--quiet", "--bootorder", ",".join(desired)),

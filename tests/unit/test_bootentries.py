@@ -273,15 +273,13 @@ def test_every_plan_leaves_ours_first_in_disk_order_and_sets_bootorder_only_when
             raise AssertionError(f"NVRAM with {name}: {error}") from error
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: bootentries._order_after takes a created number out of BootOrder "
-                                       "before putting it first, but efibootmgr's add_to_order only prepends: a "
-                                       "free number still listed in BootOrder (its Boot#### removed by firmware "
-                                       "or another tool) ends up there twice, no --bootorder fixes it, and the "
-                                       "next run plans one")
-def test_a_number_left_in_bootorder_without_its_entry_is_not_doubled():
+def test_a_number_left_in_bootorder_without_its_entry_is_not_reused_and_is_dropped():
+    """Boot0001 was removed by firmware or another tool but 0001 is still in BootOrder: reusing it
+    would list it twice (efibootmgr only prepends a created number); it is skipped and cleaned up."""
     state = BootState(None, ("0000", "0001"), (entry("0000", None, "UiApp", ""),))  # no Boot0001
     plan = argvs(bootentries.plan(state, [A, B], "Debian", GRUB))
-    assert bootorder_after(state.order, plan) == ("0001", "0002", "0000")
+    assert [a[a.index("--bootnum") + 1] for a in plan if "--create" in a] == ["0003", "0002"]
+    assert bootorder_after(state.order, plan) == ("0002", "0003", "0000")
 
 
 def test_nothing_to_do_when_every_disk_has_its_entry_first_in_order():
