@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
     except BadInput as exc:
         print(f"esp-mirror: error: {exc}", file=err)
         return exc.exit_code
+    except BrokenPipeError:  # `esp-mirror plan ... | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except StepFailed as exc:
         print(f"esp-mirror: error: [{exc.group}] step failed: {exc.step}\n{exc.detail}\n"
               f"Nothing after this step was done. {AFTER_FAILURE.get(args.command, AFTER_FAILURE['apply'])}",

@@ -6,6 +6,7 @@ its options. Values left as None take the profile's default (see :func:`resolve`
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 from dataclasses import dataclass, fields, replace
@@ -103,7 +104,10 @@ def coerce(values: dict[str, Any], where: str) -> dict[str, Any]:
     if "disks" in out:
         if not isinstance(out["disks"], list | tuple):
             raise BadInput(f"{where}: disks must be a list of paths")
-        out["disks"] = tuple(str(d) for d in out["disks"])
+        out["disks"] = tuple(os.path.abspath(str(d)) for d in out["disks"])
+    for key in ("efi_image", "target"):  # relative to where the command runs
+        if out.get(key) is not None:
+            out[key] = os.path.abspath(str(out[key]))
     if out.get("bootloader") is not None:
         out["bootloader"] = _choice(BootloaderKind, out["bootloader"], "bootloader", where)
     if out.get("initramfs") is not None:
