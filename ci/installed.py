@@ -47,13 +47,14 @@ END = "ESPVM-STATE-END"
 READD_ACTION = "espvm-action=readd"  # an SMBIOS OEM string (type 11) the test unit reads
 SECTION = "@@@ "
 
-# What boots this system: GRUB with no menu delay, the kernel's console on the serial port.
+# What boots this system: GRUB with no menu delay, the kernel's console on the serial port, and
+# no "quiet", so the serial log shows where a boot waits.
 DEFAULT_GRUB = """\
 # esp-mirror installed-system test: no menu delay, console on the first serial port.
 GRUB_DEFAULT=0
 GRUB_TIMEOUT=0
 GRUB_DISTRIBUTOR=Debian
-GRUB_CMDLINE_LINUX_DEFAULT="quiet"
+GRUB_CMDLINE_LINUX_DEFAULT=""
 GRUB_CMDLINE_LINUX="console=ttyS0,115200"
 GRUB_TERMINAL=console
 GRUB_DISABLE_OS_PROBER=true
@@ -83,7 +84,7 @@ section() {
     echo "ESPVM-STATE @@@ $name"
     "$@" 2>&1 | sed 's/^/ESPVM-STATE | /'
 }
-times() {
+boot_times() {
     systemctl show -p KernelTimestampMonotonic -p InitRDTimestampMonotonic \
         -p UserspaceTimestampMonotonic -p FinishTimestampMonotonic
     echo "MultiUser=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)"
@@ -99,10 +100,10 @@ report() {
     section esp-detail mdadm --detail --export /dev/md/esp
     section root-detail mdadm --detail --export /dev/md/root
     section analyze systemd-analyze
-    section times times
+    section times boot_times
     section md-kernel sh -c "dmesg | grep -E 'md/raid1|md: |kicking'"
     section md-journal sh -c "journalctl -b -o short-monotonic --no-pager | grep -iE 'mdadm|last-resort|boot-efi|efi.mount' | head -40"
-    section bootcurrent sh -c "efibootmgr | head -3"
+    section efibootmgr efibootmgr
     section cmdline cat /proc/cmdline
 }
 readd() {
@@ -122,7 +123,7 @@ readd() {
     echo "recovery seconds: $(awk -v s="$start" '{print $1 - s}' /proc/uptime)"
 }
 report
-if tr '\0' '\n' < /sys/firmware/dmi/entries/11-0/raw 2>/dev/null | grep -qx 'espvm-action=readd'; then
+if cat /sys/firmware/dmi/entries/11-*/raw 2>/dev/null | tr '\0' '\n' | grep -q 'espvm-action=readd'; then
     section readd readd
     section mdstat-after cat /proc/mdstat
     section esp-detail-after mdadm --detail --export /dev/md/esp
@@ -134,6 +135,7 @@ systemctl poweroff --no-block
 # Serial output that means the installed system will not reach multi-user.
 _BOOT_FAILED = {
     "ALERT!  ": "the initramfs did not find the root file system",
+    "\n(initramfs) ": "the initramfs could not mount the root file system and started its shell",
     "You are in emergency mode": "systemd fell back to emergency mode",
     "Kernel panic": "the kernel panicked",
     "grub rescue>": "GRUB did not find its modules or the root file system",
@@ -147,10 +149,17 @@ class TargetImage:
     seconds: float  # to customise the root and make the ext4 image (mke2fs -d)
 
 
+def root_image(view: Path, image: Path, size_mib: int = ROOT_FS_MIB, uuid: str = ROOT_FS_UUID) -> Path:
+    """An ext4 image of the directory ``view`` (``mke2fs -d``: no mount, no loop device)."""
+    image.unlink(missing_ok=True)
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-d", str(view), "-U", uuid, "-L", "root", str(image),
+                    f"{size_mib}M"], check=True, capture_output=True)
+    return image
+
+
 def build_target_image(root: Root, workdir: Path) -> TargetImage:
     """The installed system's root file system as an ext4 image, from the cached root."""
     started = time.monotonic()
-    image = workdir / "target-root.img"
     with writable_view(root, workdir / "target-view") as view:
         (view / "etc/default").mkdir(exist_ok=True)
         (view / "etc/default/grub").write_text(DEFAULT_GRUB)
@@ -166,9 +175,7 @@ def build_target_image(root: Root, workdir: Path) -> TargetImage:
         (wants / "espvm-state.service").symlink_to("/etc/systemd/system/espvm-state.service")
         # the test unit writes to ttyS0; a login prompt there would only get in its way
         (view / "etc/systemd/system/serial-getty@ttyS0.service").symlink_to("/dev/null")
-        image.unlink(missing_ok=True)
-        subprocess.run(["mke2fs", "-q", "-t", "ext4", "-d", str(view), "-U", ROOT_FS_UUID, "-L", "root",
-                        str(image), f"{ROOT_FS_MIB}M"], check=True, capture_output=True)
+        image = root_image(view, workdir / "target-root.img")
     return TargetImage(image, time.monotonic() - started)
 
 
@@ -189,13 +196,13 @@ def install_script(target_disk: str = "/dev/vdc") -> str:
         shlex.join(guest_python_argv("pre-partition", "/dev/vda", "/dev/vdb")),
         "phase root_array",
         "for disk in /dev/vda /dev/vdb; do sgdisk --new=2:0:0 --typecode=2:FD00 --change-name=2:root $disk >/dev/null; done",
-        "for part in /dev/vda2 /dev/vdb2; do n=50; until [ -b $part ]; do n=$((n-1)); [ $n -gt 0 ] || "
-        "{ echo \"$part did not appear\" >&2; exit 1; }; sleep 0.1; done; done",
+        ("for part in /dev/vda2 /dev/vdb2; do n=50; until [ -b $part ]; do n=$((n-1)); [ $n -gt 0 ] || "
+        "{ echo \"$part did not appear\" >&2; exit 1; }; sleep 0.1; done; done"),
         # --assume-clean: every block the test uses is written below, to both members
-        "mdadm --create /dev/md/root --run --level=1 --raid-devices=2 --metadata=1.2 --homehost=any "
-        "--name=root --assume-clean /dev/vda2 /dev/vdb2",
-        f'[ "$(blockdev --getsize64 /dev/md/root)" -ge "$(blockdev --getsize64 {target_disk})" ] || '
-        '{ echo "the root array is smaller than the root image" >&2; exit 1; }',
+        ("mdadm --create /dev/md/root --run --level=1 --raid-devices=2 --metadata=1.2 --homehost=any "
+        "--name=root --assume-clean /dev/vda2 /dev/vdb2"),
+        (f'[ "$(blockdev --getsize64 /dev/md/root)" -ge "$(blockdev --getsize64 {target_disk})" ] || '
+        '{ echo "the root array is smaller than the root image" >&2; exit 1; }'),
         "phase copy_root",
         f"dd if={target_disk} of=/dev/md/root bs=4M conv=sparse status=none",
         "mount /dev/md/root /target",
@@ -205,18 +212,21 @@ def install_script(target_disk: str = "/dev/vdc") -> str:
         shlex.join(apply) + " 2>&1",
         "phase update_grub",
         "for fs in dev proc sys; do mount --bind /$fs /target/$fs; done",
+        # The guest has no udev: make the link udev would, or grub-mkconfig falls back to
+        # root=/dev/mdNNN, a number the installed system's initramfs may give to the ESP array.
+        f"mkdir -p /dev/disk/by-uuid; ln -sf \"$(readlink -f /dev/md/root)\" /dev/disk/by-uuid/{ROOT_FS_UUID}",
         "chroot /target update-grub 2>&1",
         "phase report",
         "echo '@@@ mdadm.conf'; cat /target/etc/mdadm/mdadm.conf",
         "echo '@@@ fstab'; cat /target/etc/fstab",
         "echo '@@@ efibootmgr'; efibootmgr -v",
         "echo '@@@ esp-files'; find /target/boot/efi -type f | sort",
-        "echo '@@@ initramfs'; chroot /target lsinitramfs /boot/initrd.img-$(ls /target/lib/modules) | "
-        "grep -E 'mdadm|raid1' || true",
-        "echo '@@@ image-mdadm.conf'; rm -rf /tmp/unpacked; chroot /target unmkinitramfs "
+        ("echo '@@@ initramfs'; chroot /target lsinitramfs /boot/initrd.img-$(ls /target/lib/modules) | "
+        "grep -E 'mdadm|raid1' || true"),
+        ("echo '@@@ image-mdadm.conf'; rm -rf /tmp/unpacked; chroot /target unmkinitramfs "
         "/boot/initrd.img-$(ls /target/lib/modules) /tmp/unpacked; cat /target/tmp/unpacked/etc/mdadm/mdadm.conf "
-        "/target/tmp/unpacked/main/etc/mdadm/mdadm.conf 2>/dev/null || true",
-        "echo '@@@ grub.cfg'; grep -E 'insmod|search|linux\\s' /target/boot/grub/grub.cfg | head -20",
+        "/target/tmp/unpacked/main/etc/mdadm/mdadm.conf 2>/dev/null || true"),
+        "echo '@@@ grub.cfg'; grep -E '^\\s*(linux|search|insmod (mdraid|diskfilter|part_gpt|ext2))' /target/boot/grub/grub.cfg",
         "echo '@@@ detail-esp'; mdadm --detail --export /dev/md/esp",
         "echo '@@@ detail-root'; mdadm --detail --export /dev/md/root",
         "echo '@@@ mdstat'; cat /proc/mdstat",
@@ -276,6 +286,49 @@ def install(workdir: Path, image: TargetImage, vars_file: Path, *, assets: Asset
                          log_dir=workdir)
     sections, phases = parse_sections(guest.stdout)
     return disks, Installed(guest, sections, phases)
+
+
+def systemd_boot_script(payload: Path, *, seed_after: bool = False, target_disk: str = "/dev/vdc") -> str:
+    """A guest script: esp-mirror with ``--bootloader systemd-boot`` onto a target root (an ext4
+    disk), a unified kernel image as sd-boot's one entry (\\EFI\\Linux\\, found by sd-boot itself).
+
+    ``seed_after`` creates ``\\loader\\random-seed`` afterwards the way Debian 12's
+    systemd-boot-system-token.service does on real hardware (``bootctl random-seed``, which finds
+    the md ESP only with relaxed checks), to show what the loader does with it on the next boot.
+    """
+    apply = [str(ESP_MIRROR_CLI), "apply", "--yes", "--profile", "debian", "--disk", "/dev/vda",
+             "--disk", "/dev/vdb", "--target", "/target", "--bootloader", "systemd-boot", "--initramfs", "skip"]
+    lines = [
+        "set -eu",
+        f"mkdir -p /target; mount {target_disk} /target",
+        "echo '@@@ apply'",
+        shlex.join(apply) + " 2>&1",
+        "echo '@@@ loader'; find /target/boot/efi -type f | sort",
+        "echo '@@@ masked'; readlink /target/etc/systemd/system/systemd-boot-random-seed.service || true",
+        "echo '@@@ units'; ls /target/lib/systemd/system | grep -E '^systemd-boot-(random-seed|system-token)' || true",
+        "for fs in dev proc sys; do mount --bind /$fs /target/$fs; done",
+        # what Debian 12's systemd-boot-system-token.service runs (bootctl random-seed --graceful):
+        # does it find the md ESP, and does it write a seed file?
+        ("echo '@@@ random-seed-strict'; rc=0; chroot /target bootctl random-seed --graceful 2>&1 || rc=$?; "
+        "echo \"exit $rc\""),
+        "echo '@@@ after-strict'; ls /target/boot/efi/loader",
+    ]
+    if seed_after:
+        lines += [
+            ("echo '@@@ random-seed-relaxed'; rc=0; SYSTEMD_RELAX_ESP_CHECKS=1 chroot /target bootctl "
+            "random-seed --graceful 2>&1 || rc=$?; echo \"exit $rc\""),
+            "echo '@@@ after-relaxed'; ls /target/boot/efi/loader",
+            # sd-boot 252 uses (and rewrites) the seed only with a system token, which bootctl
+            # stores in NVRAM on real hardware but not in a VM; "always" stands in for that.
+            "echo 'random-seed-mode always' >> /target/boot/efi/loader/loader.conf",
+        ]
+    lines += [
+        f"mkdir -p /target/boot/efi/EFI/Linux; cp {shlex.quote(str(payload))} /target/boot/efi/EFI/Linux/espvm.efi",
+        "for fs in sys proc dev; do umount /target/$fs; done",
+        "umount /target/boot/efi; umount /target; mdadm --wait /dev/md/esp || true; mdadm --stop /dev/md/esp; sync",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -367,5 +420,14 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["READD_ACTION", "InstalledBoot", "Installed", "TargetImage", "boot_installed", "build_target_image",
-           "copy_sparse", "install"]
+__all__ = [
+    "READD_ACTION",
+    "Installed",
+    "InstalledBoot",
+    "TargetImage",
+    "boot_installed",
+    "build_target_image",
+    "copy_sparse",
+    "install",
+    "systemd_boot_script",
+]

@@ -96,6 +96,12 @@ class HostInstall:
         host.call_hook(host.get_plugin_manager(), "post_format", self.ctx)
         return executor
 
+    def bootloader(self) -> Applier:
+        applier = Applier(self.runner, self.log)
+        self.ctx.executor = applier
+        host.call_hook(host.get_plugin_manager(), "bootloader", self.ctx)
+        return applier
+
     def initramfs_config(self) -> Applier:
         applier = Applier(self.runner, self.log)
         self.ctx.executor = applier
@@ -105,19 +111,23 @@ class HostInstall:
 
 def prepare_on_images(profile: str, target: Path, workdir: Path, *,
                       initramfs: InitramfsMode = InitramfsMode.REGENERATE,
-                      regenerate: tuple[str, ...] | None = None, strict_tools: bool = True) -> HostInstall:
+                      regenerate: tuple[str, ...] | None = None, strict_tools: bool = True,
+                      bootloader: BootloaderKind = BootloaderKind.EFI, efi_image: Path | None = None) -> HostInstall:
     """Prepare esp-mirror as an installer would, with two blank image files as the disks.
 
-    The bootloader is a plain EFI image (a placeholder file): these runs stop before the
-    bootloader hook, and the target roots need no bootloader for it. ``strict_tools=False`` is
+    The bootloader defaults to a plain EFI image (a placeholder file, for runs that stop before
+    the bootloader hook, so that a target root needs no bootloader). ``strict_tools=False`` is
     for targets that are only config files (a generator that cannot be installed here).
     """
     disks = [blank_disk(workdir / f"disk-{name}.img", 1024) for name in "ab"]
-    image = workdir / "placeholder.efi"
-    image.write_bytes(b"MZ")
+    image = efi_image
+    if image is None:
+        image = workdir / "placeholder.efi"
+        image.write_bytes(b"MZ")
     template = regenerate or load_profile(profile).initramfs.regenerate
     runner = CountingRunner(tuple(template))
     request = Request(disks=tuple(str(d) for d in disks), profile=profile, target=str(target),
-                      bootloader=BootloaderKind.EFI, efi_image=str(image), initramfs=initramfs)
+                      bootloader=bootloader, efi_image=str(image) if bootloader.needs_image else None,
+                      initramfs=initramfs)
     ctx = prepare(request, runner=runner, strict_tools=strict_tools)
     return HostInstall(ctx, runner, io.StringIO())

@@ -1,0 +1,231 @@
+"""An installed Debian 12 (not a payload) on two disks comes up from either disk alone.
+
+The install (ci/installed.py) runs in a guest as an installer would: esp-mirror's pre_partition
+hook, the installer's RAID1 root on partition 2 of both disks, then ``esp-mirror apply
+--bootloader grub --initramfs regenerate`` on the mounted target and update-grub. Then OVMF
+boots the disks with the install's NVRAM: GRUB from the mirrored ESP, the kernel and initramfs
+from the RAID1 root, systemd up to multi-user.target, where a test unit prints the state to the
+serial port and powers off.
+
+Boot order matters and is fixed by the fixtures: both disks; disk A alone (on a throw-away
+snapshot, so disk A stays as installed); disk B alone (for real: B's arrays move ahead of A's);
+then both again, where the test unit brings A's stale members back with ``mdadm --re-add``
+(``--add`` when md has no bitmap), as README documents.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ci import roots
+from ci.installed import (
+    READD_ACTION,
+    ROOT_FS_UUID,
+    Installed,
+    InstalledBoot,
+    boot_installed,
+    build_target_image,
+    install,
+)
+from ci.measure import measurements
+from ci.vm import (
+    ESP_OFFSET,
+    Assets,
+    fresh_vars,
+    list_member,
+    partition_uuid,
+    read_member,
+)
+
+pytestmark = [pytest.mark.vm, pytest.mark.installed]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    work: Path
+    disks: list[Path]  # disk-a.img, disk-b.img
+    nvram: Path  # the NVRAM the install left: one entry per disk
+    result: Installed
+
+
+@pytest.fixture(scope="module")
+def installed(vm_assets: Assets, tmp_path_factory: pytest.TempPathFactory,
+              request: pytest.FixtureRequest) -> Scenario:
+    measured = measurements(request.config)
+    root = roots.ensure_root(roots.INITRAMFS_TOOLS)
+    measured.record("root build", "initramfs-tools (mmdebstrap)", root.build_seconds,
+                    "built now" if root.built_now else "cached, built earlier")
+    work = tmp_path_factory.mktemp("installed")
+    image = build_target_image(root, work)
+    measured.record("installed system", "target root image (mke2fs -d)", image.seconds)
+    nvram = fresh_vars(work / "install-vars.fd", vm_assets)
+    disks, result = install(work, image, nvram, assets=vm_assets)
+    assert result.guest.rc == 0, (f"install failed:\n{result.guest.stdout[-4000:]}\n{result.guest.stderr[-4000:]}"
+                                  f"\nserial log: {result.guest.serial_log}")
+    measured.record("installed system", "install in the guest (qemu start to power off)", result.guest.seconds)
+    measured.record("installed system", "esp-mirror apply in the guest", result.phase_seconds("apply"),
+                    "pre_partition ran before, through the Python API")
+    measured.record("regeneration", "debian: update-initramfs -u -k all", _step_seconds(result, "update-initramfs"),
+                    "in the TCG guest, root on virtio md RAID1, MODULES=dep")
+    return Scenario(work, disks, nvram, result)
+
+
+def _step_seconds(result: Installed, command: str) -> float:
+    lines = result.sections["apply"].splitlines()
+    index = next(i for i, line in enumerate(lines) if command in line and "] chroot " in line)
+    return float(re.search(r"\(([\d.]+) s\)", lines[index + 1]).group(1))
+
+
+def _boot(scenario: Scenario, name: str, disks: list[Path], **kwargs) -> InstalledBoot:
+    vars_file = shutil.copyfile(scenario.nvram, scenario.work / f"{name}-vars.fd")
+    return boot_installed(disks, vars_file, scenario.work, name=name, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def both_disks(installed: Scenario, vm_assets: Assets, request: pytest.FixtureRequest) -> InstalledBoot:
+    boot = _boot(installed, "both", installed.disks, assets=vm_assets)
+    _record(request, "both disks", boot)
+    return boot
+
+
+@pytest.fixture(scope="module")
+def disk_a_alone(installed: Scenario, both_disks: InstalledBoot, vm_assets: Assets,
+                 request: pytest.FixtureRequest) -> InstalledBoot:
+    boot = _boot(installed, "a-alone", installed.disks[:1], assets=vm_assets, snapshot=True)
+    _record(request, "disk A alone", boot, both_disks)
+    return boot
+
+
+@pytest.fixture(scope="module")
+def disk_b_alone(installed: Scenario, both_disks: InstalledBoot, disk_a_alone: InstalledBoot, vm_assets: Assets,
+                 request: pytest.FixtureRequest) -> InstalledBoot:
+    boot = _boot(installed, "b-alone", installed.disks[1:], assets=vm_assets)  # for real: B moves ahead
+    _record(request, "disk B alone", boot, both_disks)
+    return boot
+
+
+@pytest.fixture(scope="module")
+def reattached(installed: Scenario, disk_b_alone: InstalledBoot, vm_assets: Assets,
+               request: pytest.FixtureRequest) -> InstalledBoot:
+    boot = _boot(installed, "reattached", installed.disks, assets=vm_assets, action=READD_ACTION)
+    _record(request, "both again, re-add", boot)
+    return boot
+
+
+def _record(request: pytest.FixtureRequest, what: str, boot: InstalledBoot,
+            baseline: InstalledBoot | None = None) -> None:
+    measured = measurements(request.config)
+    times = boot.times()
+    measured.record("boot", f"{what}: power on to power off (host)", boot.seconds, str(boot.serial_log))
+    if "MultiUser" in times:
+        measured.record("boot", f"{what}: kernel start to multi-user.target", times["MultiUser"])
+    if baseline is not None and "MultiUser" in times and "MultiUser" in baseline.times():
+        measured.record("degraded boot", f"{what}: multi-user.target later than with both disks",
+                        times["MultiUser"] - baseline.times()["MultiUser"])
+        started, usual = _arrays_started(boot), _arrays_started(baseline)
+        if started and usual:
+            measured.record("degraded boot", f"{what}: initramfs waited for the missing member", started - usual,
+                            f"arrays started (degraded) at {started:.1f} s after kernel start, with both disks at {usual:.1f} s")
+
+
+def _arrays_started(boot: InstalledBoot) -> float | None:
+    """Kernel time at which md started the last of the arrays (from dmesg)."""
+    found = re.findall(r"\[\s*([\d.]+)\] md/raid1:md\d+: active with \d out of 2 mirrors", boot.section("md-kernel"))
+    return max(map(float, found)) if found else None
+
+
+def _booted_entry(boot: InstalledBoot) -> str:
+    """The label of the entry the firmware started (BootCurrent), from efibootmgr in the system."""
+    text = boot.section("efibootmgr")
+    current = re.search(r"^BootCurrent: (\w{4})$", text, re.MULTILINE).group(1)
+    return re.search(rf"^Boot{current}\*? (.+?)(\t.*)?$", text, re.MULTILINE).group(1)
+
+
+def _assert_multi_user_with_esp_from_md(boot: InstalledBoot) -> None:
+    assert boot.section("multi-user").strip() == "active", boot.serial_log
+    source, fstype, _options = boot.section("esp-mount").split()
+    assert re.fullmatch(r"/dev/md\d+", source) and fstype == "vfat", f"/boot/efi from {source}: {boot.serial_log}"
+    assert boot.section("root-mount").split()[0].startswith("/dev/md"), boot.section("root-mount")
+    detail = boot.detail("esp")
+    assert (detail["MD_LEVEL"], detail["MD_METADATA"], detail["MD_NAME"]) == ("raid1", "1.0", "any:esp")
+
+
+# --- the install -----------------------------------------------------------------------------
+
+
+def test_install_regenerates_once_and_the_image_carries_both_arrays(installed: Scenario) -> None:
+    sections = installed.result.sections
+    apply = sections["apply"]
+    assert len(re.findall(r"^\s+\[initramfs_config\] chroot /target update-initramfs", apply, re.MULTILINE)) == 1, apply
+    uuid_esp, uuid_root = (_uuid(sections[f"detail-{a}"]) for a in ("esp", "root"))
+    for name in ("mdadm.conf", "image-mdadm.conf"):  # the target's file, and the copy in the initramfs
+        arrays = [line for line in sections[name].splitlines() if line.startswith("ARRAY ")]
+        assert len(arrays) == 2 and any(uuid_esp in a for a in arrays) and any(uuid_root in a for a in arrays), name
+    assert "usr/sbin/mdadm" in sections["initramfs"] and "raid1.ko" in sections["initramfs"]
+
+
+def _uuid(detail: str) -> str:
+    return dict(line.split("=", 1) for line in detail.splitlines() if "=" in line)["MD_UUID"]
+
+
+def test_grub_is_on_both_members_with_the_fallback_path_and_left_nvram_to_esp_mirror(installed: Scenario) -> None:
+    files = installed.result.sections["esp-files"].split()
+    assert {"/target/boot/efi/EFI/debian/grubx64.efi", "/target/boot/efi/EFI/BOOT/BOOTX64.EFI"} <= set(files)
+    efi = installed.result.sections["efibootmgr"]
+    entries = re.findall(r"^Boot[0-9A-F]{4}\* (.*?)\t", efi, re.MULTILINE)
+    # grub-install ran with --no-nvram: its own "debian" entry does not exist; ours are per disk
+    assert [e for e in entries if e != "UiApp"] == ["Debian (esp-mirror espvm-A)", "Debian (esp-mirror espvm-B)"], efi
+    for disk in installed.disks:
+        assert partition_uuid(disk) in efi.lower()
+    # each member alone is a FAT with the same files: what the firmware reads from either disk
+    listings = [list_member(disk, ESP_OFFSET) for disk in installed.disks]
+    assert listings[0] == listings[1]
+    for path in ("EFI/debian/grubx64.efi", "EFI/BOOT/BOOTX64.EFI"):
+        assert read_member(installed.disks[0], ESP_OFFSET, path) == read_member(installed.disks[1], ESP_OFFSET, path)
+    grub_cfg = installed.result.sections["grub.cfg"]
+    assert "insmod mdraid1x" in grub_cfg  # GRUB reads the kernel from the RAID1 root
+    assert f"root=UUID={ROOT_FS_UUID}" in grub_cfg  # never an md number, which the ESP array may get
+
+
+# --- the boots -------------------------------------------------------------------------------
+
+
+def test_both_disks_boot_to_multi_user_with_both_members_active(both_disks: InstalledBoot) -> None:
+    _assert_multi_user_with_esp_from_md(both_disks)
+    for array in ("esp", "root"):
+        assert "[2/2] [UU]" in both_disks.mdstat_line(array), both_disks.section("mdstat")
+    assert both_disks.section("failed").strip() == "", both_disks.section("failed")
+
+
+@pytest.mark.parametrize("which", ["A", "B"])
+def test_each_disk_alone_boots_to_multi_user_with_the_esp_degraded(which: str, request: pytest.FixtureRequest,
+                                                                    installed: Scenario) -> None:
+    boot: InstalledBoot = request.getfixturevalue(f"disk_{which.lower()}_alone")
+    _assert_multi_user_with_esp_from_md(boot)
+    # the only disk attached is the first virtio disk; its member keeps its role (A 0, B 1)
+    for array, slot in (("esp", "[U_]" if which == "A" else "[_U]"), ("root", None)):
+        line = boot.mdstat_line(array)
+        assert "[2/1]" in line and (slot is None or slot in line), boot.section("mdstat")
+    # the firmware started this disk's own entry
+    assert _booted_entry(boot) == f"Debian (esp-mirror espvm-{which})", boot.section("efibootmgr")
+    # boot did not hang on the missing member: multi-user came within the ESP's fstab timeout
+    # (45 s) plus what the initramfs waits for the degraded root (Debian: 2/3 of 30 s)
+    baseline = request.getfixturevalue("both_disks").times()["MultiUser"]
+    assert boot.times()["MultiUser"] - baseline < 45 + 20 + 15, (boot.times(), baseline)
+
+
+def test_a_reattached_disk_is_brought_back_to_two_members(reattached: InstalledBoot) -> None:
+    _assert_multi_user_with_esp_from_md(reattached)
+    # disk B was used alone last: md keeps B's newer members and leaves A's stale ones out
+    for array in ("esp", "root"):
+        assert "[2/1]" in reattached.mdstat_line(array), reattached.section("mdstat")
+    commands = reattached.section("readd")
+    assert re.search(r"mdadm /dev/md/esp --(re-)?add /dev/vda1", commands), commands
+    for array in ("esp", "root"):
+        assert "[2/2] [UU]" in reattached.mdstat_line(array, after=True), reattached.section("mdstat-after")
+    assert reattached.detail("esp", after=True).get("MD_DEVICES") == "2"
