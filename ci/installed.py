@@ -355,7 +355,7 @@ class InstalledBoot:
         """The /proc/mdstat status line ("... [2/2] [UU]") of the array whose members are partition N."""
         text = self.section("mdstat-after" if after else "mdstat")
         number = {"esp": "1", "root": "2"}[name]
-        blocks = re.split(r"\n(?=md\d+ :)", text)
+        blocks = re.split(r"\n(?=md\d+ :|unused devices)", text)
         for block in blocks:
             if re.match(rf"md\d+ : active raid1 (vd[ab]{number}\[\d\](\(\w\))? ?)+", block):
                 return " ".join(block.split())

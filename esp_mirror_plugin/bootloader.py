@@ -6,8 +6,9 @@ so a machine that has never seen the disks (fresh NVRAM, a CI image) still boots
 systemd-boot: bootctl refuses an ESP that is not a plain partition, so it runs with
 SYSTEMD_RELAX_ESP_CHECKS=1 and --no-variables (esp-mirror makes the entries). sd-boot refreshes
 ``\\loader\\random-seed`` from UEFI on every boot when that file exists; such a write lands on ONE
-member behind md's back. So the seed file is removed and systemd-boot-random-seed.service, which
-would recreate it, is masked: no file, no firmware-side writes.
+member behind md's back. So the seed file is removed and the units that would recreate it are
+masked (systemd-boot-random-seed.service; systemd-boot-system-token.service before systemd 253):
+no file, no firmware-side writes.
 """
 
 from __future__ import annotations
@@ -88,8 +89,10 @@ def payload_steps(request: Request, profile: Profile, layout: Layout) -> tuple[S
         steps.append(Command(("rm", "-f", os.path.join(request.mountpoint, "loader/random-seed")),
                              root=request.target,
                              why="no seed file: sd-boot then never writes to one member from UEFI"))
-        steps.append(Command(("systemctl", "mask", "systemd-boot-random-seed.service"),
-                             root=request.target, why="it would recreate the seed file"))
+        steps.append(Command(("systemctl", "mask", "systemd-boot-random-seed.service",
+                              "systemd-boot-system-token.service"), root=request.target,
+                             why="they would recreate the seed file (the unit's name before systemd 253: "
+                                 "systemd-boot-system-token.service)"))
     else:
         values = {"{grub_target}": grub_target, "{esp}": request.mountpoint, "{loader_id}": request.loader_id}
         for argv in profile.grub_install:

@@ -173,7 +173,8 @@ def test_bootloader_payload_lands_on_the_array_and_the_fallback_path(plan, profi
                                    "--no-variables"]
         assert bootctl["env"] == {"SYSTEMD_RELAX_ESP_CHECKS": "1"}
         assert ("chroot", target, "rm", "-f", f"{mountpoint}/loader/random-seed") in json_commands(plan)
-        assert ("chroot", target, "systemctl", "mask", "systemd-boot-random-seed.service") in json_commands(plan)
+        assert ("chroot", target, "systemctl", "mask", "systemd-boot-random-seed.service",
+                "systemd-boot-system-token.service") in json_commands(plan)
     else:
         files = ([f"EFI/{loader_id}/linux.efi"] if kind == "efi"
                  else ["EFI/ZBM/VMLINUZ.EFI", "EFI/ZBM/VMLINUZ-BACKUP.EFI"]) + ["EFI/BOOT/BOOTX64.EFI"]
