@@ -164,6 +164,13 @@ def _is_our_partition(part: Partition | None) -> bool:
             and part.name == names.PARTITION_NAME)
 
 
+def holds_data(disk: DiskFacts) -> bool:
+    """A partition table with partitions, or any other signature: only --wipe may erase it.
+    An empty GPT is not data (partition 1 is simply added to it)."""
+    empty_gpt = disk.pttype == "gpt" and not disk.partitions
+    return bool(disk.pttype and not empty_gpt) or bool(set(disk.signatures) - {"gpt", "PMBR"})
+
+
 def _has_our_esp(disk: DiskFacts) -> bool:
     return _is_our_partition(disk.partition(1))
 
@@ -194,8 +201,7 @@ def build(request: Request, profile: Profile, snapshot: Snapshot) -> Layout:
             raise BadInput(f"disk {disk.given} already has an esp-mirror ESP of "
                            f"{existing.size * sector // MIB} MiB at sector {existing.start}: re-run with "
                            f"--esp-size {existing.size * sector // MIB}M, or --wipe to start over")
-        has_table = bool(disk.pttype) and not (disk.pttype == "gpt" and not disk.partitions)
-        foreign = not ours and (has_table or any(s for s in disk.signatures if s not in ("gpt", "PMBR")))
+        foreign = not ours and holds_data(disk)
         if foreign and not request.wipe:
             raise BadInput(f"disk {disk.given} already has a partition table or data "
                            f"({disk.pttype or ', '.join(disk.signatures)}): esp-mirror never wipes "

@@ -12,7 +12,7 @@ import re
 from . import bootentries, disks as names, partition
 from .discovery import DiskFacts
 from .errors import BadInput
-from .layout import Member, check_disks, disk_tag
+from .layout import Member, check_disks, disk_tag, holds_data
 from .mirror import ArrayState, MemberState, MirrorState
 from .record import Record
 from .request import Request
@@ -108,8 +108,7 @@ def new_disk_checks(disk: DiskFacts, array: ArrayState, record: Record, sector: 
     if record.esp_start + record.esp_size + 34 * 4096 > disk.size:
         raise BadInput(f"{disk.given} ({disk.size >> 20} MiB) is too small for the "
                        f"{record.esp_size >> 20} MiB ESP")
-    empty_gpt = disk.pttype == "gpt" and not disk.partitions
-    if ((disk.pttype and not empty_gpt) or set(disk.signatures) - {"gpt", "PMBR"}) and not wipe:
+    if holds_data(disk) and not wipe:
         raise BadInput(f"disk {disk.given} already has a partition table or data "
                        f"({disk.pttype or ', '.join(disk.signatures)}): esp-mirror never wipes silently; "
                        "pass --wipe to erase it")
