@@ -401,8 +401,8 @@ def _pre_partition(disks: Sequence[str]) -> int:
 
     request = Request(disks=tuple(disks), profile="debian", target="/target", bootloader=BootloaderKind.GRUB,
                       initramfs=InitramfsMode.SKIP)
-    # The installer's root is not there yet: tools in the target are checked by the later apply.
-    ctx = prepare(request, strict_tools=False)
+    # The installer's root is not there yet: nothing in it is looked at before a hook needs it.
+    ctx = prepare(request)
     ctx.executor = Applier(ctx.runner)
     host.call_hook(host.get_plugin_manager(), "pre_partition", ctx)
     return 0

@@ -24,10 +24,19 @@ from esp_mirror_plugin import host
 from esp_mirror_plugin.context import Context, prepare
 from esp_mirror_plugin.execute import Applier
 from esp_mirror_plugin.kinds import BootloaderKind, InitramfsMode
+from esp_mirror_plugin.preflight import Preflight
 from esp_mirror_plugin.profiles import load_profile
 from esp_mirror_plugin.request import Request
 from esp_mirror_plugin.runner import Result, Runner, ShRunner, full_argv
-from esp_mirror_plugin.steps import EditBlock, Group, MakeDir, WriteFile
+from esp_mirror_plugin.steps import Command, EditBlock, Group, MakeDir, WriteFile
+
+
+class FilesOnlyPreflight(Preflight):
+    """For targets that are only another distribution's config files on a Debian root: the file
+    steps are checked as always, the commands (that distribution's programs and units) are not."""
+
+    def _command(self, step: Command) -> None:
+        pass
 
 
 def regeneration_matches(argv: Sequence[str], template: Sequence[str]) -> bool:
@@ -45,9 +54,9 @@ class CountingRunner:
     commands: list[tuple[str, ...]] = field(default_factory=list)
 
     def run(self, argv: Sequence[str], *, root: str = "/", env: Mapping[str, str] | None = None,
-            timeout: float | None = None) -> Result:
+            timeout: float | None = None, ok: Sequence[int] = (0,)) -> Result:
         started = time.monotonic()
-        result = self.inner.run(argv, root=root, env=env, timeout=timeout)
+        result = self.inner.run(argv, root=root, env=env, timeout=timeout, ok=ok)
         self.commands.append(full_argv(argv, root))
         if regeneration_matches(tuple(argv), self.regenerate):
             self.regenerations.append((full_argv(argv, root), time.monotonic() - started, result))
@@ -111,13 +120,14 @@ class HostInstall:
 
 def prepare_on_images(profile: str, target: Path, workdir: Path, *,
                       initramfs: InitramfsMode = InitramfsMode.REGENERATE,
-                      regenerate: tuple[str, ...] | None = None, strict_tools: bool = True,
+                      regenerate: tuple[str, ...] | None = None, config_only: bool = False,
                       bootloader: BootloaderKind = BootloaderKind.EFI, efi_image: Path | None = None) -> HostInstall:
     """Prepare esp-mirror as an installer would, with two blank image files as the disks.
 
     The bootloader defaults to a plain EFI image (a placeholder file, for runs that stop before
-    the bootloader hook, so that a target root needs no bootloader). ``strict_tools=False`` is
-    for targets that are only config files (a generator that cannot be installed here).
+    the bootloader hook, so that a target root needs no bootloader). ``config_only`` is for
+    targets that are only config files (a generator that cannot be installed here): the
+    commands of other distributions are then not checked in this Debian root.
     """
     disks = [blank_disk(workdir / f"disk-{name}.img", 1024) for name in "ab"]
     image = efi_image
@@ -129,5 +139,7 @@ def prepare_on_images(profile: str, target: Path, workdir: Path, *,
     request = Request(disks=tuple(str(d) for d in disks), profile=profile, target=str(target),
                       bootloader=bootloader, efi_image=str(image) if bootloader.needs_image else None,
                       initramfs=initramfs)
-    ctx = prepare(request, runner=runner, strict_tools=strict_tools)
+    ctx = prepare(request, runner=runner)
+    if config_only:
+        ctx.preflight = FilesOnlyPreflight(runner, ctx.profile.install_hint)
     return HostInstall(ctx, runner, io.StringIO())

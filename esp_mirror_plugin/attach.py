@@ -1,36 +1,34 @@
-"""What has to be attached around the hooks, and detached after them (also after a failure):
-loop devices for disk image files, and /proc, /sys, /dev inside a target root for chroot."""
+"""What has to be attached before the hooks and released after them (also after a failure):
+loop devices for disk image files, and, when the disks are image files, the array and its mount.
+Bind mounts for chroot are made by :meth:`esp_mirror_plugin.context.Context.execute` where the
+first in-target command needs them, and undone here."""
 
 from __future__ import annotations
 
-import os
+from typing import TYPE_CHECKING
 
-from .context import Context
-from .steps import Command, Group, Step, Var
+from .steps import Command, Step, Var
+
+if TYPE_CHECKING:
+    from .context import Context
 
 
-def around(ctx: Context, hook_groups: list[Group]) -> tuple[Group, Group]:
-    """(setup, cleanup) groups for the planned hook groups."""
-    setup: list[Step] = []
-    cleanup: list[Step] = []
-    request, layout = ctx.request, ctx.layout
-    for member in layout.members:
-        if member.loop_var:
-            setup.append(Command(("losetup", "--find", "--show", "--partscan", member.disk.path),
-                                 binds=member.loop_var, why=f"loop device for the image {member.disk.given}"))
-    in_target = any(isinstance(s, Command) and os.path.normpath(s.root) != "/"
-                    for g in hook_groups for s in g.steps)
-    if in_target:
-        for fs in ("proc", "sys", "dev"):
-            where = os.path.join(request.target, fs)
-            if ctx.snapshot.mounted_at(where) is None:
-                setup.append(Command(("mount", "--bind", f"/{fs}", where), why="chroot needs it"))
-                cleanup.insert(0, Command(("umount", where), why="undo the bind mount", cleanup=True))
+def setup_steps(ctx: Context) -> tuple[Step, ...]:
+    """Loop devices for image files (``$LOOP_n``, used by every later step)."""
+    return tuple(Command(("losetup", "--find", "--show", "--partscan", m.disk.path), binds=m.loop_var,
+                         why=f"loop device for the image {m.disk.given}")
+                 for m in ctx.layout.members if m.loop_var)
+
+
+def cleanup_steps(ctx: Context) -> tuple[Step, ...]:
+    """Undo the bind mounts, then release image files: unmount their ESP, stop the array, detach."""
+    steps: list[Step] = list(ctx.cleanup_steps())
+    layout = ctx.layout
     if layout.image_mode:
         if layout.mount:
-            cleanup.append(Command(("umount", layout.esp_dir), why="release the image's ESP", cleanup=True))
-        cleanup.append(Command(("mdadm", "--stop", request.device), why="release the members", cleanup=True))
+            steps.append(Command(("umount", layout.esp_dir), why="release the image's ESP", cleanup=True))
+        steps.append(Command(("mdadm", "--stop", ctx.request.device), why="release the members", cleanup=True))
         for member in layout.members:
-            cleanup.append(Command(("losetup", "--detach", Var(member.loop_var)),
-                                   why=f"detach {member.disk.given}", cleanup=True))
-    return Group("setup", tuple(setup)), Group("cleanup", tuple(cleanup))
+            steps.append(Command(("losetup", "--detach", Var(member.loop_var)),
+                                 why=f"detach {member.disk.given}", cleanup=True))
+    return tuple(steps)

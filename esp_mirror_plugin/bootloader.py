@@ -17,6 +17,7 @@ import os
 
 from . import bootentries
 from .errors import BadInput
+from .discovery import Snapshot
 from .kinds import BootloaderKind
 from .layout import Layout
 from .profiles import Profile
@@ -24,6 +25,7 @@ from .request import Request
 from . import record as records
 from .record import Record
 from .steps import Command, CopyFile, MakeDir, Step, WriteFile
+from .target import Target
 
 _ARCH = {
     "x86_64": ("x64", "x86_64-efi"),
@@ -78,9 +80,10 @@ def payload_steps(request: Request, profile: Profile, layout: Layout) -> tuple[S
                   else ["\\EFI\\ZBM\\VMLINUZ.EFI", "\\EFI\\ZBM\\VMLINUZ-BACKUP.EFI"])
         for efi_path in (*copies, fallback):
             dest = _on_esp(layout, efi_path)
-            if MakeDir(os.path.dirname(dest), why="directory on the ESP") not in steps:
-                steps.append(MakeDir(os.path.dirname(dest), why="directory on the ESP"))
-            steps.append(CopyFile(request.efi_image, dest, why=f"{kind} image at {efi_path}"))
+            directory = MakeDir(os.path.dirname(dest), why="directory on the ESP", root=request.target)
+            if directory not in steps:
+                steps.append(directory)
+            steps.append(CopyFile(request.efi_image, dest, why=f"{kind} image at {efi_path}", root=request.target))
     elif kind is BootloaderKind.SYSTEMD_BOOT:
         steps.append(Command(
             ("bootctl", "install", f"--esp-path={request.mountpoint}", "--no-variables"),
@@ -105,13 +108,14 @@ def payload_steps(request: Request, profile: Profile, layout: Layout) -> tuple[S
 def record_step(request: Request, profile: Profile, loader: str) -> WriteFile:
     rec = Record(profile=profile.name, array=request.device, mountpoint=request.mountpoint, loader=loader,
                  entry_label=request.entry_label, esp_start=request.esp_start, esp_size=request.esp_size)
-    return WriteFile(records.path_in(request.target), rec.render(),
+    return WriteFile(records.path_in(request.target), rec.render(), root=request.target,
                      why="what was set up, for status, check, repair, replace, add and entries")
 
 
-def plan(request: Request, profile: Profile, layout: Layout, snapshot) -> tuple[tuple[Step, ...], tuple[str, ...]]:
-    """(steps, notes) for the bootloader hook."""
-    loader = loader_path(request, profile, snapshot.target_has_shim)
+def plan(request: Request, profile: Profile, layout: Layout, snapshot: Snapshot, target: Target
+         ) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+    """(steps, notes) for the bootloader hook; shim is looked for in the target now."""
+    loader = loader_path(request, profile, target.has_shim())
     steps = payload_steps(request, profile, layout) + (record_step(request, profile, loader),)
     if not layout.nvram:
         return steps, ("no NVRAM boot entries (--no-nvram or no EFI variables): the firmware boots "

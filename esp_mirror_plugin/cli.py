@@ -8,13 +8,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
+import traceback
 from dataclasses import asdict
 from typing import TextIO
 
-from . import __version__, cli_upkeep, host, profiles
+from . import __version__, cli_upkeep, host, lock, profiles
 from .context import prepare
+from .digest import plan_digest
 from .errors import BadInput, StepFailed
 from .kinds import BootloaderKind, InitramfsMode
 from .request import Request, coerce, load_config
@@ -33,9 +36,14 @@ AFTER_FAILURE = {
 }
 
 
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esp-mirror", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"esp-mirror {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("plan", "print every command and file write, change nothing"),
                        ("apply", "carry out the plan")):
@@ -43,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
         _install_options(p)
         if name == "apply":
             p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+            p.add_argument("--expect-plan", metavar="DIGEST",
+                           help="refuse unless the plan is still the one with this digest (from plan --json)")
         else:
             p.add_argument("--json", action="store_true", help="the plan as JSON")
     p = sub.add_parser("profiles", help="list the built-in profiles, or show one")
@@ -90,6 +100,7 @@ def render(groups: list[Group], ctx, out: TextIO) -> None:
           f"FAT32 UUID={ctx.layout.fs_uuid} at {r.mountpoint} in target {r.target}", file=out)
     print(f"# bootloader {r.bootloader}, initramfs {r.initramfs}, boot entries: "
           f"{'yes' if ctx.layout.nvram else 'no'}", file=out)
+    print(f"# digest {plan_digest(ctx, groups)} (apply --expect-plan takes it)", file=out)
     for group in groups:
         print(f"\n{group.render()}", end="", file=out)
 
@@ -103,6 +114,8 @@ def plan_json(groups: list[Group], ctx) -> dict:
         "members": [{"disk": m.disk.given, "partition_guid": m.guid, "exists": m.exists}
                     for m in ctx.layout.members],
         "nvram": ctx.layout.nvram,
+        "unverified": list(ctx.snapshot.unread),
+        "digest": plan_digest(ctx, groups),
         "groups": [g.to_json() for g in groups],
     }
 
@@ -112,26 +125,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
     out, err, stdin = out or sys.stdout, err or sys.stderr, stdin or sys.stdin
     args = _parser().parse_args(argv)
     try:
-        if args.command == "profiles":
-            return _profiles(args.name, out)
-        if args.command in UPKEEP:
-            if os.geteuid() != 0 and runner is None:
-                raise BadInput(f"{args.command} reads md and EFI state and must run as root: run it with sudo")
-            return cli_upkeep.run(args, out, stdin, runner, host_view)
-        if args.command == "apply" and os.geteuid() != 0 and runner is None:
-            raise BadInput("apply changes disks and must run as root: run it with sudo")
-        ctx = prepare(request_from_args(args), runner=runner, host=host_view,
-                      strict_tools=args.command == "apply")
-        pm = host.get_plugin_manager()
-        groups = host.plan(ctx, pm)
-        if args.command == "plan":
-            if args.json:
-                json.dump(plan_json(groups, ctx), out, indent=2)
-                print(file=out)
-            else:
-                render(groups, ctx, out)
-            return 0
-        return _apply(groups, ctx, args.yes, out, stdin)
+        return _run(args, out, stdin, runner, host_view)
     except BadInput as exc:
         print(f"esp-mirror: error: {exc}", file=err)
         return exc.exit_code
@@ -143,6 +137,48 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
               f"Nothing after this step was done. {AFTER_FAILURE.get(args.command, AFTER_FAILURE['apply'])}",
               file=err)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"esp-mirror: interrupted. {AFTER_FAILURE.get(args.command, AFTER_FAILURE['apply'])}", file=err)
+        return 130
+    except Exception as exc:  # a bug: one line, the traceback only when asked for
+        if args.debug:
+            traceback.print_exc(file=err)
+        print(f"esp-mirror: internal error: {type(exc).__name__}: {exc} (this is a bug; run again with "
+              "--debug for the traceback and report it)", file=err)
+        return 1
+
+
+def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, runner, host_view) -> int:
+    if args.command == "profiles":
+        return _profiles(args.name, out)
+    root = is_root()
+    if args.command in UPKEEP:
+        if not root:
+            raise BadInput(f"{args.command} reads md and EFI state and must run as root: run it with sudo")
+        return cli_upkeep.run(args, out, stdin, runner, host_view)
+    if args.command == "plan":
+        return _plan(args, out, runner, host_view, lenient=not root)
+    if not root:
+        raise BadInput("apply changes disks and must run as root: run it with sudo")
+    with lock.held(shlex.join(["esp-mirror", *sys.argv[1:]])):
+        ctx = prepare(request_from_args(args), runner=runner, host=host_view)
+        groups = host.plan(ctx, host.get_plugin_manager())
+        if args.expect_plan and args.expect_plan != plan_digest(ctx, groups):
+            raise BadInput(f"the plan is no longer the one with digest {args.expect_plan} (now "
+                           f"{plan_digest(ctx, groups)}): the disks, the boot entries or a file it edits "
+                           "changed since; review a new `esp-mirror plan` and apply that")
+        return _apply(groups, ctx, args.yes, out, stdin)
+
+
+def _plan(args: argparse.Namespace, out: TextIO, runner, host_view, lenient: bool) -> int:
+    ctx = prepare(request_from_args(args), runner=runner, host=host_view, lenient=lenient)
+    groups = host.plan(ctx, host.get_plugin_manager())
+    if args.json:
+        json.dump(plan_json(groups, ctx), out, indent=2)
+        print(file=out)
+    else:
+        render(groups, ctx, out)
+    return 0
 
 
 def _apply(groups, ctx, yes: bool, out: TextIO, stdin: TextIO) -> int:
@@ -160,8 +196,7 @@ def _apply(groups, ctx, yes: bool, out: TextIO, stdin: TextIO) -> int:
     applier = host.apply(groups, ctx, out)
     print(f"esp-mirror apply: done in {time.monotonic() - started:.1f} s: {applier.done} steps, "
           f"{applier.changed} changed; {ctx.request.device} mirrored on "
-          f"{', '.join(d for d in ctx.request.disks)}, mounted at {ctx.layout.esp_dir}"
-          + ("" if ctx.layout.image_mode else ""), file=out)
+          f"{', '.join(d for d in ctx.request.disks)}, mounted at {ctx.layout.esp_dir}", file=out)
     return 0
 
 

@@ -10,20 +10,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from . import bootentries, compare, record as records, upkeep
+from . import bootentries, compare, lock, record as records, upkeep
 from .discovery import HostView, describe_disks, read_mounts
 from .errors import BadInput
 from .execute import Applier
 from .layout import disk_tag
 from .mirror import MirrorState, read_mirror
-from .runner import Runner, ShRunner
+from .preflight import Preflight
+from .profiles import load_profile
+from .runner import CommandFailed, Runner, ShRunner
 from .steps import Group
 
 BACKUP_DIR = "/var/lib/esp-mirror"
@@ -65,12 +69,17 @@ def _changing(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, out: TextIO, stdin: TextIO, runner: Runner | None,
         host: HostView | None) -> int:
+    """Run one upkeep command. All but ``status`` hold the lock (:mod:`.lock`) throughout, so the
+    weekly check never runs into a repair; ``status`` only reports who holds it."""
     runner = runner or ShRunner()
     host = host or HostView()
-    state = read_mirror(runner, records.load(host.sysroot), host)
     handler = {"status": _status, "check": _check, "repair": _repair, "replace": _replace,
                "add": _add, "entries": _entries}[args.command]
-    return handler(args, state, runner, host, out, stdin)
+    if args.command == "status":
+        return handler(args, read_mirror(runner, records.load(host.sysroot), host), runner, host, out, stdin)
+    with lock.held(shlex.join(["esp-mirror", *sys.argv[1:]])):
+        state = read_mirror(runner, records.load(host.sysroot), host)
+        return handler(args, state, runner, host, out, stdin)
 
 
 # -- status ------------------------------------------------------------------------------------
@@ -103,6 +112,7 @@ def status_json(state: MirrorState) -> dict:
         "boot_current": state.boot_current,
         "loader_device_partuuid": state.loader_partuuid,
         "booted_disk": booted.disk if booted else None,
+        "busy": lock.holder(),
     }
 
 
@@ -139,6 +149,9 @@ def _status(args, state: MirrorState, runner, host, out: TextIO, stdin) -> int:
     if state.boot_current or state.loader_partuuid:
         print(f"this boot: Boot{state.boot_current or '?'}"
               + (f" from {booted.disk}" if booted else " (not from a member of ours)"), file=out)
+    busy = lock.holder()
+    if busy:
+        print(f"busy: {busy} (the state above may be changing)", file=out)
     problems = state.problems()
     print("healthy" if not problems else "problems:\n" + "\n".join(f"  - {p}" for p in problems), file=out)
     return state.exit_code()
@@ -200,10 +213,22 @@ def _workdir() -> str:
 # -- changing commands -------------------------------------------------------------------------
 
 
-def _carry_out(args, groups: list[Group], runner, host, out: TextIO, stdin, extra: dict,
+def _install_hint(state: MirrorState) -> Callable[[str], str]:
+    if state.record is not None:
+        try:
+            return load_profile(state.record.profile).install_hint
+        except BadInput:
+            pass
+    return lambda tool: f"your package manager (the package that has {tool})"
+
+
+def _carry_out(args, state: MirrorState, groups: list[Group], runner, host, out: TextIO, stdin, extra: dict,
                before: Callable[[], None] = lambda: None) -> int:
-    """Show the plan; with --dry-run stop; else confirm, run ``before`` (e.g. keep backups), and
-    apply. JSON gets the plan too."""
+    """Check the plan (:mod:`.preflight`); show it; with --dry-run stop; else confirm, run
+    ``before`` (e.g. keep backups), and apply. JSON gets the plan too."""
+    preflight = Preflight(runner, _install_hint(state))
+    for group in groups:
+        preflight.check(group)
     plan = [g.to_json() for g in groups]
     if args.json:
         out_text = open(os.devnull, "w")
@@ -246,10 +271,15 @@ def _repair(args, state: MirrorState, runner, host, out: TextIO, stdin) -> int:
                 _print_differences(diffs, out)
             raise
         compare.fresh_view(runner, source.node)
-        fsck = runner.run(("fsck.fat", "-n", source.node))
+        try:
+            fsck = runner.run(("fsck.fat", "-n", source.node), ok=(0, 1))
+        except CommandFailed as exc:
+            why = (upkeep.fsck_problems(exc.result.stdout + exc.result.stderr) or [exc.stderr_line])[0]
+            raise BadInput(f"fsck.fat cannot check the source {source.node} ({why}): "
+                           "choose another --source, or repair it with fsck.fat first") from None
         damage = upkeep.fsck_problems(fsck.stdout + fsck.stderr) if fsck.returncode != 0 else []
-        if fsck.returncode not in (0, 1) or damage:
-            raise BadInput(f"the FAT on the source {source.node} is damaged ({(damage or [fsck.stderr.strip()])[0]}): "
+        if damage:
+            raise BadInput(f"the FAT on the source {source.node} is damaged ({damage[0]}): "
                            "choose another --source, or repair it with fsck.fat first")
         notes = [f"source: {source.node} on {source.disk}; fsck.fat -n found no damage"]
         if diffs:
@@ -267,7 +297,7 @@ def _repair(args, state: MirrorState, runner, host, out: TextIO, stdin) -> int:
         if not args.json:
             _print_differences(diffs, out)
         extra = {"source": source.node, "differences": [d.to_json() for d in diffs], "backups": backups}
-        code = _carry_out(args, [Group("repair", steps, tuple(notes))], runner, host, out, stdin, extra,
+        code = _carry_out(args, state, [Group("repair", steps, tuple(notes))], runner, host, out, stdin, extra,
                           before=keep_backups)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -306,7 +336,7 @@ def _grow(args, state: MirrorState, runner, host, out, stdin, *, new: str, old: 
         groups.append(Group("entries", upkeep.entry_steps(state, members)))
     else:
         groups.append(Group("entries", (), ("no EFI variables: run `esp-mirror entries` on the booted system",)))
-    return _carry_out(args, groups, runner, host, out, stdin,
+    return _carry_out(args, state, groups, runner, host, out, stdin,
                       {"new": disk.path, "partition_guid": member.guid,
                        "old": old_member.node if old_member else old})
 
@@ -324,4 +354,4 @@ def _entries(args, state: MirrorState, runner, host, out, stdin) -> int:
     facts = _member_facts(state, runner, host)
     steps = upkeep.entry_steps(state, upkeep.entry_members(array, facts))
     notes = () if steps else ("NVRAM already holds one entry of ours per member, first in BootOrder",)
-    return _carry_out(args, [Group("entries", steps, notes)], runner, host, out, stdin, {})
+    return _carry_out(args, state, [Group("entries", steps, notes)], runner, host, out, stdin, {})

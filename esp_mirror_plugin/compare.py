@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import StepFailed
-from .runner import Runner
+from .runner import CommandFailed, Runner
 
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
 
@@ -40,24 +40,24 @@ class Difference:
 def fresh_view(runner: Runner, node: str) -> None:
     """Drop the member's block-device cache. md writes go around it, so a member read before
     (an earlier check, fsck) may otherwise be served from stale cached blocks."""
-    result = runner.run(("blockdev", "--flushbufs", node))
-    if not result.ok:
-        raise StepFailed("compare", f"blockdev --flushbufs {node}", result.stderr.strip())
+    try:
+        runner.run(("blockdev", "--flushbufs", node))
+    except CommandFailed as exc:
+        raise StepFailed("compare", f"blockdev --flushbufs {node}", exc.result.describe()) from None
 
 
 def copy_member(runner: Runner, node: str, dest: Path) -> dict[str, FileInfo]:
     """Copy every file of the FAT on ``node`` into ``dest`` (mtools, read-only); describe them."""
     dest.mkdir(parents=True, exist_ok=True)
     fresh_view(runner, node)
-    listing = runner.run(("mdir", "-/", "-b", "-i", node, "::/"), env=MTOOLS_ENV)
-    if listing.ok and listing.stdout.strip():
-        result = runner.run(("mcopy", "-s", "-p", "-m", "-n", "-i", node, "::/*", f"{dest}/"), env=MTOOLS_ENV)
-        if not result.ok:
-            raise StepFailed("compare", f"read the files of {node}", f"command: {' '.join(result.argv)}\n"
-                             f"exit code: {result.returncode}\nstderr: {result.stderr.strip()}")
-    elif not listing.ok and "not found" not in listing.stderr:  # an empty FAT lists as "not found"
-        raise StepFailed("compare", f"read the files of {node}", f"command: {' '.join(listing.argv)}\n"
-                         f"exit code: {listing.returncode}\nstderr: {listing.stderr.strip()}")
+    try:
+        listing = runner.run(("mdir", "-/", "-b", "-i", node, "::/"), env=MTOOLS_ENV, ok=(0, 1))
+        if listing.returncode == 1 and "not found" not in listing.stderr:  # an empty FAT lists as "not found"
+            raise CommandFailed(listing)
+        if listing.ok and listing.stdout.strip():
+            runner.run(("mcopy", "-s", "-p", "-m", "-n", "-i", node, "::/*", f"{dest}/"), env=MTOOLS_ENV)
+    except CommandFailed as exc:
+        raise StepFailed("compare", f"read the files of {node}", exc.result.describe()) from None
     files = {}
     for base, _, names in os.walk(dest):
         for name in names:

@@ -1,65 +1,125 @@
 """The one argument every hook receives: request, profile, machine snapshot, layout, runner,
-executor and a free-form state dict for plugins to share between hooks."""
+executor, the target as it is when a hook plans, and a free-form state dict for plugins."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .discovery import HostView, Snapshot, discover
+from .discovery import HostView, Snapshot, discover, read_mounts
 from .errors import BadInput
 from .execute import Executor, PlanRecorder
-from .layout import Layout, build, check_settings, required_host_tools, required_target_tools
+from .layout import Layout, build, check_settings
+from .preflight import Preflight
 from .profiles import Profile, load_profile
 from .request import Request
-from .runner import Runner, ShRunner
-from .steps import Group, Step
+from .runner import NOT_INSTALLED, CommandFailed, Runner, ShRunner
+from .steps import Command, Group, MakeDir, Step
+from .target import Target
+
+CHROOT_FILESYSTEMS = ("proc", "sys", "dev")
 
 
 @dataclass
 class Context:
     request: Request  # with the profile's defaults filled in
     profile: Profile
-    snapshot: Snapshot
+    snapshot: Snapshot  # the disks, the array, mounts and NVRAM as prepare() saw them
     layout: Layout
     runner: Runner
     executor: Executor
+    host: HostView = field(default_factory=HostView)
     notes: tuple[str, ...] = ()  # warnings found while preparing (shown with the plan)
     state: dict[str, Any] = field(default_factory=dict)
+    preflight: Preflight | None = None
+    _bound: set[str] = field(default_factory=set, repr=False)  # target roots with /proc, /sys, /dev
+    _undo: list[Step] = field(default_factory=list, repr=False)  # cleanup for what execute() set up
+
+    def __post_init__(self) -> None:
+        if self.preflight is None:
+            self.preflight = Preflight(self.runner, self.profile.install_hint)
+
+    @property
+    def target(self) -> Target:
+        """The target root, read afresh by each hook (an installer fills it between the hooks)."""
+        return Target(self.request.target)
 
     def execute(self, group: str, steps: Iterable[Step], notes: Iterable[str] = ()) -> None:
-        """Hand one hook's steps to the executor: recorded for a plan, run for apply."""
-        self.executor.execute(Group(group, tuple(steps), tuple(notes)))
+        """Hand one hook's steps to the executor: recorded for a plan, run for apply.
+
+        In-target commands first get /proc, /sys and /dev bound into the target (once; undone by
+        the cleanup of :func:`esp_mirror_plugin.host.attached`). Every step is checked
+        (:mod:`.preflight`) before the first one runs.
+        """
+        planned = Group(group, self._with_chroot_binds(tuple(steps)), tuple(notes))
+        self.preflight.check(planned)
+        self.executor.execute(planned)
+
+    def forget_chroot_binds(self) -> None:
+        """Start over: the next in-target command binds /proc, /sys and /dev again if needed."""
+        self._bound.clear()
+        self._undo.clear()
+
+    def cleanup_steps(self) -> tuple[Step, ...]:
+        """Undo what :meth:`execute` set up (bind mounts), last first."""
+        return tuple(self._undo)
+
+    def _with_chroot_binds(self, steps: tuple[Step, ...]) -> tuple[Step, ...]:
+        """``steps`` with /proc, /sys and /dev bound into a target right before the first command
+        that runs there (once per target; undone by the cleanup)."""
+        out: list[Step] = []
+        for step in steps:
+            root = os.path.normpath(step.root) if isinstance(step, Command) else "/"
+            if root != "/" and root not in self._bound:
+                self._bound.add(root)
+                out += self._binds(root)
+            out.append(step)
+        return tuple(out)
+
+    def _binds(self, root: str) -> list[Step]:
+        mounted = {m.mountpoint for m in read_mounts(self.host)}
+        out: list[Step] = []
+        for fs in CHROOT_FILESYSTEMS:
+            where = os.path.join(root, fs)
+            if where in mounted:
+                continue
+            if not os.path.isdir(where):
+                out.append(MakeDir(where, why="a mount point for chroot", root=root))
+            out.append(Command(("mount", "--bind", f"/{fs}", where), why="chroot needs it"))
+            self._undo.insert(0, Command(("umount", where), why="undo the bind mount", cleanup=True))
+        return out
 
 
 def prepare(request: Request, *, runner: Runner | None = None, executor: Executor | None = None,
-            host: HostView | None = None, strict_tools: bool = True) -> Context:
-    """Load the profile, look at the machine (read-only) and decide the layout.
+            host: HostView | None = None, lenient: bool = False) -> Context:
+    """Load the profile, look at the machine's disks (read-only) and decide the layout.
 
-    Raises :class:`BadInput` for anything unsafe or wrong, before anything is changed. With
-    ``strict_tools`` a missing program is an error; otherwise (``plan``) it is a note.
+    What is inside the target is read later, by each hook when it plans: an installer may call
+    this before it has installed anything there.
+
+    :param lenient: list facts that cannot be read as unverified instead of refusing (``plan``
+        by a user who is not root); apply always reads strictly.
+    :raises BadInput: anything unsafe or wrong, before anything is changed.
     """
     runner = runner or ShRunner()
+    host = host or HostView()
     profile = load_profile(request.profile)
     request = request.resolve(profile)
     check_settings(request)
-    image_mode_guess = any(_is_file(d, host) for d in request.disks)
-    host_tools = required_host_tools(request, image_mode_guess, nvram=not request.no_nvram)
-    snapshot = discover(request, profile, runner, host, host_tools=host_tools,
-                        target_tools=required_target_tools(request, profile))
+    try:
+        snapshot = discover(request, runner, host, lenient=lenient)
+    except CommandFailed as exc:
+        tool = exc.result.program
+        if exc.result.returncode == NOT_INSTALLED:
+            raise BadInput(f"{tool} is not installed: install it with `{profile.install_hint(tool)}`") from None
+        raise BadInput(f"cannot look at the disks: `{' '.join(exc.result.argv)}` failed ({exc.stderr_line}): "
+                       "run esp-mirror as root") from None
     layout = build(request, profile, snapshot)
     notes = list(layout.notes)
-    missing = [t for t in snapshot.missing_host_tools if t != "efibootmgr" or layout.nvram]
-    missing_target = list(snapshot.missing_target_tools)
-    for tool in missing + missing_target:
-        where = "" if tool in missing else f" in the target {request.target}"
-        message = (f"{tool} is not installed{where}: install it with `{profile.install_hint(tool)}`")
-        if strict_tools:
-            raise BadInput(message)
-        notes.append(f"WARNING: {message}")
-    return Context(request, profile, snapshot, layout, runner, executor or PlanRecorder(), tuple(notes))
-
-
-def _is_file(path: str, host: HostView | None) -> bool:
-    return (host or HostView()).kind(path) == "file"
+    if snapshot.unread:
+        notes.insert(0, f"UNVERIFIED: could not read {'; '.join(snapshot.unread)}. This plan takes them as "
+                        "empty; apply, which runs as root, reads them again and refuses what is not safe")
+    return Context(request, profile, snapshot, layout, runner, executor or PlanRecorder(), host=host,
+                   notes=tuple(notes))

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 import stat
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import bootentries
 from .errors import BadInput
-from .profiles import Profile
 from .request import Request
-from .runner import Runner
+from .runner import NOT_INSTALLED, CommandFailed, Result, Runner
 
 EFIVARS = "/sys/firmware/efi/efivars"
 
@@ -33,10 +32,21 @@ class HostView:
         return os.path.join(self.sysroot, path.lstrip("/"))
 
     def read(self, path: str) -> str | None:
+        """The file's text, or None when it does not exist or cannot be read (optional facts)."""
         try:
             return Path(self._p(path)).read_text()
         except OSError:
             return None
+
+    def attr(self, path: str) -> str:
+        """A fact that must be there (an md sysfs attribute): its stripped text.
+
+        :raises Unreadable: when it is missing or cannot be read; never a guessed default.
+        """
+        try:
+            return Path(self._p(path)).read_text().strip()
+        except OSError as exc:
+            raise Unreadable(path, exc.strerror or str(exc)) from None
 
     def read_bytes(self, path: str) -> bytes | None:
         try:
@@ -66,12 +76,53 @@ class HostView:
             return "missing"
         return "block" if stat.S_ISBLK(mode) else "file" if stat.S_ISREG(mode) else "other"
 
+    def cannot_read(self, path: str) -> str | None:
+        """Why ``path`` cannot be opened for reading, or None when it can."""
+        try:
+            os.close(os.open(self._p(path), os.O_RDONLY | os.O_CLOEXEC))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return None
+
     def file_key(self, path: str) -> str:
         st = os.stat(self._p(path))
         return f"inode:{st.st_dev}:{st.st_ino}"
 
     def file_size(self, path: str) -> int:
         return os.stat(self._p(path)).st_size
+
+
+class Unreadable(Exception):
+    """A fact that must be read could not be: ``what`` and the system's reason."""
+
+    def __init__(self, what: str, why: str) -> None:
+        self.what, self.why = what, why
+        super().__init__(f"cannot read {what} ({why})")
+
+
+def _denied(why: str) -> bool:
+    return "denied" in why.lower() or "not permitted" in why.lower()
+
+
+@dataclass
+class Reads:
+    """What to do with a fact that could not be read.
+
+    Strict (apply, and plan as root): bad input naming it and the fix. Lenient (plan run by a
+    user who cannot read the disks): it is listed as unverified, the plan goes on assuming it
+    absent, and apply, which must run as root, reads it again.
+    """
+
+    lenient: bool = False
+    unread: list[str] = field(default_factory=list)
+
+    def cannot(self, what: str, why: str, fix: str = "") -> None:
+        if self.lenient:
+            self.unread.append(f"{what} ({why})")
+            return
+        fix = fix or ("run esp-mirror as root" if _denied(why)
+                      else "check that it can be read (permissions, dmesg), or leave it out")
+        raise BadInput(f"cannot read {what} ({why}): {fix}")
 
 
 @dataclass(frozen=True)
@@ -103,6 +154,8 @@ class DiskFacts:
     signatures: tuple[str, ...] = ()  # whole-disk blkid types (LVM2_member, linux_raid_member ...)
     partitions: tuple[Partition, ...] = ()
     busy: tuple[tuple[str, str], ...] = ()  # (node, why it is in use): mounts, holders, swap, root
+    storage: tuple[str, ...] = ()  # what the storage behind it is: "wwid:...", "serial:...", "file:..."
+    readable: bool = True  # False: its content could not be read (a plan by a user, not root)
 
     def partition(self, number: int) -> Partition | None:
         return next((p for p in self.partitions if p.number == number), None)
@@ -132,81 +185,66 @@ class Mount:
 
 @dataclass(frozen=True)
 class Snapshot:
+    """The machine as discovery saw it: disks, the array, mounts and the firmware's boot entries.
+
+    What is inside the target root (its files, kernels, packages) is not here: a hook reads it
+    when it plans (:class:`esp_mirror_plugin.target.Target`), since an installer fills the
+    target between the hooks.
+    """
+
     disks: tuple[DiskFacts, ...]
     array: ArrayFacts | None
     mounts: tuple[Mount, ...]
     efivars: bool
     boot: bootentries.BootState | None  # None when NVRAM is not read
-    missing_host_tools: tuple[str, ...]
-    missing_target_tools: tuple[str, ...]
-    fstab: str  # the target's /etc/fstab ("" when missing)
-    mdadm_conf: str
-    target_kernels: tuple[str, ...]
-    target_has_shim: bool
-    notes: tuple[str, ...] = field(default=())
-
-    def disk(self, given: str) -> DiskFacts:
-        return next(d for d in self.disks if d.given == given)
+    unread: tuple[str, ...] = ()  # facts that could not be read (a lenient plan only)
 
     def mounted_at(self, path: str) -> Mount | None:
         norm = os.path.normpath(path)
         return next((m for m in reversed(self.mounts) if m.mountpoint == norm), None)
 
 
-def discover(request: Request, profile: Profile, runner: Runner, host: HostView | None = None,
-             host_tools: tuple[str, ...] = (), target_tools: tuple[str, ...] = ()) -> Snapshot:
-    """Read everything planning needs. Runs only read-only commands."""
+def discover(request: Request, runner: Runner, host: HostView | None = None, *, lenient: bool = False) -> Snapshot:
+    """Read everything planning needs about the machine. Runs only read-only commands.
+
+    :param lenient: list facts that cannot be read instead of refusing (``plan`` by a non-root user).
+    :raises BadInput: a fact that cannot be read, in strict mode.
+    """
     host = host or HostView()
+    reads = Reads(lenient)
     mounts = read_mounts(host)
     # Our own array holding our partitions is not "in use" (a re-run); whether it really is ours
     # is decided by the layout from the superblocks' UUIDs.
     ours = os.path.basename(host.realpath(request.device)) if host.exists(request.device) else ""
-    disks = describe_disks(request.disks, runner, host, mounts, ours)
-    array = _array(request.device, host, runner)
+    disks = describe_disks(request.disks, runner, host, mounts, ours, reads)
+    array = _array(request.device, host, runner, reads)
     efivars = bool(host.listdir(EFIVARS))
     boot = None
     if efivars and not request.no_nvram and not any(d.kind == "image" for d in disks):
-        result = runner.run(("efibootmgr", "-v"))
-        if not result.ok:
-            raise BadInput(f"efibootmgr -v failed ({result.stderr.strip() or f'exit {result.returncode}'}): "
-                           "boot entries cannot be planned; fix access to EFI variables, or pass --no-nvram")
-        boot = bootentries.parse(result.stdout)
-    target = Path(request.target)
-    return Snapshot(
-        disks=disks,
-        array=array,
-        mounts=mounts,
-        efivars=efivars,
-        boot=boot,
-        missing_host_tools=tuple(t for t in host_tools if runner.which(t) is None),
-        missing_target_tools=tuple(t for t in target_tools if runner.which(t, request.target) is None),
-        fstab=_read(target / "etc/fstab"),
-        mdadm_conf=_read(target / profile.mdadm_conf.lstrip("/")),
-        target_kernels=tuple(sorted(p.name for p in (target / "lib/modules").glob("*") if p.is_dir())),
-        target_has_shim=(target / "usr/lib/shim/shimx64.efi.signed").is_file(),
-    )
+        try:
+            boot = bootentries.parse(runner.run(("efibootmgr", "-v")).stdout)
+        except CommandFailed as exc:
+            reads.cannot("the firmware's boot entries (efibootmgr -v)", exc.stderr_line,
+                         "boot entries cannot be planned; fix access to EFI variables, or pass --no-nvram")
+    return Snapshot(disks=disks, array=array, mounts=mounts, efivars=efivars, boot=boot,
+                    unread=tuple(reads.unread))
 
 
 def describe_disks(paths: tuple[str, ...], runner: Runner, host: HostView, mounts: tuple[Mount, ...],
-                   ours: str = "") -> tuple[DiskFacts, ...]:
+                   ours: str = "", reads: Reads | None = None) -> tuple[DiskFacts, ...]:
     """DiskFacts for each path; ``ours`` is the kernel name of our array (its holds don't count)."""
+    reads = reads or Reads()
     swaps = _swaps(host)
     root_dev = next((m.source for m in mounts if m.mountpoint == "/"), "")
-    return _distinct(tuple(_disk(p, host, runner, mounts, swaps, root_dev, ours) for p in paths))
+    return _distinct(tuple(_disk(p, host, runner, mounts, swaps, root_dev, ours, reads) for p in paths))
 
 
 def _distinct(disks: tuple[DiskFacts, ...]) -> tuple[DiskFacts, ...]:
-    """Disks that report one serial (USB bridges, namespaces of one controller) get their kernel
-    name added to the identity, so partition GUIDs and entry labels stay unique."""
+    """Disks that report one serial but are different storage (NVMe namespaces of one controller,
+    told apart by their WWIDs) get their kernel name added to the identity, so partition GUIDs
+    and entry labels stay unique."""
     counts = Counter(d.identity for d in disks if d.identity)
     return tuple(replace(d, identity=f"{d.identity}@{d.name}") if counts[d.identity] > 1 else d for d in disks)
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
 
 
 def read_mounts(host: HostView) -> tuple[Mount, ...]:
@@ -228,7 +266,12 @@ def _swaps(host: HostView) -> set[str]:
     return {os.path.basename(host.realpath(line.split()[0])) for line in lines if line.split()}
 
 
-def _disk(given: str, host: HostView, runner: Runner, mounts, swaps, root_dev: str, ours: str) -> DiskFacts:
+def _first(host: HostView, sys: str, names: tuple[str, ...]) -> str:
+    return next((v.strip() for p in names if (v := host.read(f"{sys}/{p}")) and v.strip()), "")
+
+
+def _disk(given: str, host: HostView, runner: Runner, mounts, swaps, root_dev: str, ours: str,
+          reads: Reads) -> DiskFacts:
     kind = host.kind(given)
     if kind == "missing":
         return DiskFacts(given, given, "missing", f"missing:{given}")
@@ -237,15 +280,21 @@ def _disk(given: str, host: HostView, runner: Runner, mounts, swaps, root_dev: s
     path = host.realpath(given)
     if kind == "file":
         size = host.file_size(path)
-        return _with_table(DiskFacts(given, path, "image", host.file_key(path), name=os.path.basename(path),
-                                     identity=f"image:{path}", size=size), runner)
+        key = host.file_key(path)
+        return _with_table(DiskFacts(given, path, "image", key, name=os.path.basename(path),
+                                     identity=f"image:{path}", size=size, storage=(f"file:{key}",)),
+                           runner, host, reads)
     name = os.path.basename(path)
     sys = f"/sys/class/block/{name}"
     dev = (host.read(f"{sys}/dev") or "").strip()
     if host.exists(f"{sys}/partition"):
         return DiskFacts(given, path, "partition", f"dev:{dev}", name=name)
-    serial = next((v.strip() for p in ("device/serial", "serial", "device/wwid", "wwid")
-                   if (v := host.read(f"{sys}/{p}")) and v.strip()), "")
+    serial = _first(host, sys, ("device/serial", "serial", "device/wwid", "wwid"))
+    wwid = _first(host, sys, ("wwid", "device/wwid"))
+    storage = [f"wwid:{wwid}" if wwid else f"serial:{serial}"] if wwid or serial else []
+    backing = (host.read(f"{sys}/loop/backing_file") or "").strip()
+    if backing and host.exists(backing):
+        storage.append(f"file:{host.file_key(backing)}")
     size = int((host.read(f"{sys}/size") or "0").strip() or 0) * 512
     sector = int((host.read(f"{sys}/queue/logical_block_size") or "512").strip() or 512)
     children = [c for c in host.listdir(sys) if host.exists(f"{sys}/{c}/partition")]
@@ -266,40 +315,72 @@ def _disk(given: str, host: HostView, runner: Runner, mounts, swaps, root_dev: s
             busy.append((node, f"{node} is active swap"))
     facts = DiskFacts(given, path, "block", f"dev:{dev}", name=name,
                       identity=f"serial:{serial}" if serial else f"dev:{path}", size=size,
-                      sector_size=sector, busy=tuple(dict.fromkeys(busy)))
-    return _with_table(facts, runner)
+                      sector_size=sector, busy=tuple(dict.fromkeys(busy)), storage=tuple(storage))
+    return _with_table(facts, runner, host, reads)
 
 
-def _with_table(disk: DiskFacts, runner: Runner) -> DiskFacts:
-    """Add the partition table (sfdisk --json) and on-disk signatures (blkid -p)."""
-    probe = runner.run(("blkid", "-p", "-o", "export", disk.path))
+def _with_table(disk: DiskFacts, runner: Runner, host: HostView, reads: Reads) -> DiskFacts:
+    """Add the partition table (sfdisk --json) and on-disk signatures (blkid -p).
+
+    A disk that cannot be read is never taken for a blank one: in strict mode that is bad input,
+    in a lenient plan the disk is marked unreadable and listed as unverified.
+    """
+    why = host.cannot_read(disk.path)
+    probe = None
+    if why is None:
+        probe = _probe(runner, ("blkid", "-p", "-o", "export", disk.path), disk.given, reads, ok=(0, 2, 8))
+    if probe is None:
+        reads.cannot(f"disk {disk.given}", why or "blkid failed")
+        return replace(disk, readable=False)
     whole = _export(probe.stdout) if probe.ok else {}
     signatures = tuple(v for k in ("TYPE", "PTTYPE") if (v := whole.get(k)))
     if probe.returncode == 8:  # ambivalent: several old signatures; blkid then prints none
         signatures += ("several conflicting signatures",)
     if probe.returncode == 2 or (probe.ok and "PTTYPE" not in whole):  # no table for sfdisk to list
         return replace(disk, signatures=signatures)
-    table = runner.run(("sfdisk", "--json", disk.path))
-    if not table.ok or not table.stdout.strip():
-        return replace(disk, signatures=signatures, pttype=whole.get("PTTYPE", ""))
-    data = json.loads(table.stdout)["partitiontable"]
+    try:
+        table = runner.run(("sfdisk", "--json", disk.path))
+    except CommandFailed as exc:  # a table sfdisk cannot list is still data: --wipe decides
+        return replace(disk, signatures=signatures + (f"a partition table sfdisk cannot read "
+                                                      f"({exc.stderr_line})",), pttype=whole["PTTYPE"])
+    data = json.loads(table.stdout)["partitiontable"] if table.stdout.strip() else {}
     sector = int(data.get("sectorsize", disk.sector_size))
     partitions = []
     for number, part in enumerate(data.get("partitions", ()), start=1):
         number = _partition_number(part.get("node", ""), number)
-        probe = blkid_export(runner, ("blkid", "-p", "-o", "export", "-O", str(part["start"] * sector),
-                                "-S", str(part["size"] * sector), disk.path))
-        is_md = probe.get("TYPE") == "linux_raid_member"
-        inner = blkid_export(runner, ("blkid", "-p", "-u", "filesystem", "-o", "export", "-O",
-                                str(part["start"] * sector), "-S", str(part["size"] * sector),
-                                disk.path)) if is_md else {}
+        where = ("-O", str(part["start"] * sector), "-S", str(part["size"] * sector), disk.path)
+        probe = _probe(runner, ("blkid", "-p", "-o", "export", *where), disk.given, reads)
+        found = _export(probe.stdout) if probe is not None and probe.ok else {}
+        is_md = found.get("TYPE") == "linux_raid_member"
+        inner = {}
+        if is_md:
+            probe = _probe(runner, ("blkid", "-p", "-u", "filesystem", "-o", "export", *where), disk.given, reads)
+            inner = _export(probe.stdout) if probe is not None and probe.ok else {}
         partitions.append(Partition(
             number=number, start=part["start"], size=part["size"],
             type_guid=str(part.get("type", "")).upper(), guid=str(part.get("uuid", "")).lower(),
-            name=part.get("name", ""), fstype=probe.get("TYPE", ""),
-            md_uuid=probe.get("UUID", "") if is_md else "", md_name=probe.get("LABEL", "") if is_md else "",
+            name=part.get("name", ""), fstype=found.get("TYPE", ""),
+            md_uuid=found.get("UUID", "") if is_md else "", md_name=found.get("LABEL", "") if is_md else "",
             inner_fstype=inner.get("TYPE", ""), inner_uuid=inner.get("UUID", "")))
-    return replace(disk, pttype=data.get("label", ""), signatures=signatures, partitions=tuple(partitions))
+    return replace(disk, pttype=data.get("label", whole.get("PTTYPE", "")), signatures=signatures,
+                   partitions=tuple(partitions))
+
+
+def _probe(runner: Runner, argv: tuple[str, ...], given: str, reads: Reads,
+           ok: tuple[int, ...] = (0, 2)) -> Result | None:
+    """blkid -p: exit 2 with nothing on stderr means "nothing found"; exit 2 WITH an error
+    (permission denied, I/O error) means it could not look, which is not the same thing."""
+    try:
+        result = runner.run(argv, ok=ok)
+    except CommandFailed as exc:
+        if exc.result.returncode == NOT_INSTALLED:
+            raise
+        reads.cannot(f"disk {given}", exc.stderr_line)
+        return None
+    if result.returncode == 2 and result.stderr.strip():
+        reads.cannot(f"disk {given}", result.stderr.strip().splitlines()[-1])
+        return None
+    return result
 
 
 def _partition_number(node: str, fallback: int) -> int:
@@ -312,29 +393,49 @@ def _partition_number(node: str, fallback: int) -> int:
 
 
 def blkid_export(runner: Runner, argv: tuple[str, ...]) -> dict[str, str]:
-    """blkid -o export output as a dict; exit code 2 means "nothing found"."""
-    result = runner.run(argv)
-    return _export(result.stdout) if result.ok else {}
+    """blkid -o export output as a dict; exit code 2 with a silent stderr means "nothing found".
+
+    :raises CommandFailed: when blkid could not look (exit 2 with an error, or any other code).
+    """
+    result = runner.run(argv, ok=(0, 2))
+    if result.returncode == 2:
+        if result.stderr.strip():
+            raise CommandFailed(result)
+        return {}
+    return _export(result.stdout)
 
 
 def _export(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def md_detail(runner: Runner, host: HostView, device: str) -> dict[str, str] | None:
-    """``mdadm --detail --export`` of a running array as a dict; None when it is not running."""
-    if not host.exists(device):
+def md_detail(runner: Runner, host: HostView, device: str, reads: Reads | None = None) -> dict[str, str] | None:
+    """``mdadm --detail --export`` of a running array as a dict; None when it is not running.
+
+    An array that exists but cannot be read is not "no array": strict reads refuse.
+    """
+    if not host.exists(device) or not host.exists(host.realpath(device)):
         return None
-    detail = runner.run(("mdadm", "--detail", "--export", device))
-    return _export(detail.stdout) if detail.ok else None
+    try:
+        return _export(runner.run(("mdadm", "--detail", "--export", device)).stdout)
+    except CommandFailed as exc:
+        state = host.read(f"/sys/block/{os.path.basename(host.realpath(device))}/md/array_state")
+        if state is not None and state.strip() in ("clear", "inactive"):
+            return None  # assembled from nothing or stopped: not running
+        (reads or Reads()).cannot(f"the array {device}", exc.stderr_line)
+        return None
 
 
-def _array(device: str, host: HostView, runner: Runner) -> ArrayFacts | None:
-    info = md_detail(runner, host, device)
+def _array(device: str, host: HostView, runner: Runner, reads: Reads) -> ArrayFacts | None:
+    info = md_detail(runner, host, device, reads)
     if info is None:
         return None
     members = tuple(v for k, v in sorted(info.items()) if k.startswith("MD_DEVICE_") and k.endswith("_DEV"))
-    fs = blkid_export(runner, ("blkid", "-p", "-o", "export", device))
+    try:
+        fs = blkid_export(runner, ("blkid", "-p", "-o", "export", device))
+    except CommandFailed as exc:
+        reads.cannot(f"the array {device}", exc.stderr_line)
+        fs = {}
     return ArrayFacts(device=device, uuid=info.get("MD_UUID", ""), level=info.get("MD_LEVEL", ""),
                       metadata=info.get("MD_METADATA", ""), members=members,
                       kernel_device=host.realpath(device),

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Protocol, TextIO
 
 from . import files
-from .errors import StepFailed
-from .runner import NOT_INSTALLED, Runner
 from .discovery import HostView
-from .steps import (Command, CopyFile, EditBlock, Group, MakeDir, WaitForPartition, WaitForSync, WriteFile,
-                    resolve_arg)
+from .errors import StepFailed
+from .runner import CommandFailed, Runner
+from .steps import (Command, CopyFile, EditBlock, Group, MakeDir, Settle, WaitForPartition, WaitForSync,
+                    WriteFile, resolve_arg)
+
+UDEV_CONTROL = "/run/udev/control"  # exists while udevd runs
 
 
 class Executor(Protocol):
@@ -83,37 +85,44 @@ class Applier:
             argv = tuple(resolve_arg(a, self.bindings) for a in step.argv)
         except KeyError as exc:  # a cleanup step whose setup step never ran
             raise StepFailed(group, step.describe(), str(exc.args[0])) from None
-        result = self.runner.run(argv, root=step.root, env=dict(step.env))
-        if result.returncode not in step.ok_codes:
-            line = step.describe().splitlines()[0]
-            detail = f"command: {' '.join(result.argv)}\nexit code: {result.returncode}"
-            if result.returncode == NOT_INSTALLED:
-                detail += f" ({argv[0]} is not installed)"
-            if result.stderr.strip():
-                detail += f"\nstderr: {result.stderr.strip()}"
-            raise StepFailed(group, line, detail)
+        try:
+            result = self.runner.run(argv, root=step.root, env=dict(step.env), ok=step.ok_codes)
+        except CommandFailed as exc:
+            raise StepFailed(group, step.describe().splitlines()[0], exc.result.describe()) from None
         if step.binds:
             self.bindings[step.binds] = result.stdout.strip()
         return True
 
     @_apply.register
     def _(self, step: WriteFile, group: str) -> bool:
-        return files.write_atomic(Path(step.path), step.content, step.mode)
+        return files.write_atomic(files.resolve_in_root(step.root, step.path), step.content, step.mode)
 
     @_apply.register
     def _(self, step: EditBlock, group: str) -> bool:
-        return files.edit_block(Path(step.path), step.block, step.mode)
+        return files.edit_block(files.resolve_in_root(step.root, step.path), step.block, step.mode)
 
     @_apply.register
     def _(self, step: CopyFile, group: str) -> bool:
-        return files.write_atomic(Path(step.dest), Path(step.source).read_bytes(), preserve=False)
+        return files.write_atomic(files.resolve_in_root(step.root, step.dest), Path(step.source).read_bytes(),
+                                  step.mode, preserve=False)
 
     @_apply.register
     def _(self, step: MakeDir, group: str) -> bool:
-        if os.path.isdir(step.path):
+        path = files.resolve_in_root(step.root, step.path)
+        if path.is_dir():
             return False
-        os.makedirs(step.path)
+        path.mkdir(parents=True)
         return True
+
+    @_apply.register
+    def _(self, step: Settle, group: str) -> bool:
+        if self.runner.which("udevadm") is None or not self.host.exists(UDEV_CONTROL):
+            return False
+        try:
+            self.runner.run(("udevadm", "settle", f"--timeout={step.timeout}"))
+        except CommandFailed as exc:  # a queue that does not drain: say so, the next step may still work
+            print(f"  [{group}]   udev did not settle: {exc.stderr_line}", file=self.out)
+        return False
 
     @_apply.register
     def _(self, step: WaitForPartition, group: str) -> bool:
@@ -121,7 +130,10 @@ class Applier:
         disk = resolve_arg(step.disk, self.bindings)
         if self._wait(node, min(3.0, step.timeout)):
             return False
-        self.runner.run(("partx", "--add", "--nr", str(step.number), disk))
+        try:  # exit 1: the kernel has it already (busy); the node check below decides
+            self.runner.run(("partx", "--add", "--nr", str(step.number), disk), ok=(0, 1))
+        except CommandFailed as exc:
+            raise StepFailed(group, step.describe(), exc.result.describe()) from None
         if self._wait(node, step.timeout):
             return True
         raise StepFailed(group, step.describe(),

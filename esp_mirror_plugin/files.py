@@ -2,29 +2,69 @@
 
 esp-mirror owns either a whole drop-in file or one marked block inside someone else's file.
 Both edits are idempotent: when the result equals the current content nothing is written.
+
+Every path is resolved inside the target root as a chroot would (:func:`resolve_in_root`): a
+symlink is followed within the root, so writing through it keeps the link and never reaches
+the host. A write goes to a temporary file in the same directory, is synced, renamed over the
+old file, and the directory is synced too, so a crash leaves the old file or the new one.
 """
 
 from __future__ import annotations
 
+import errno
+import glob
 import os
-import shutil
 import tempfile
+from collections import deque
 from pathlib import Path
 
 BEGIN = "# BEGIN esp-mirror (managed block: esp-mirror rewrites what is between these lines)"
 END = "# END esp-mirror"
+MAX_LINKS = 40  # as the kernel's ELOOP limit
+
+
+def resolve_in_root(root: str, path: str) -> Path:
+    """The host path of ``path`` as seen from inside ``root``, with chroot semantics.
+
+    Symlinks are followed inside the root: an absolute link target starts again at the root,
+    and ``..`` never climbs above it. The last components need not exist.
+
+    :raises OSError: ELOOP after too many links.
+    """
+    top = os.path.realpath(root)
+    if os.path.isabs(path) and os.path.normpath(path).startswith(top.rstrip("/") + "/"):
+        path = os.path.relpath(path, top)  # a host path already under the root
+    parts = deque(p for p in path.split("/") if p not in ("", "."))
+    current, links = top, 0
+    while parts:
+        part = parts.popleft()
+        if part == "..":
+            current = top if current == top else os.path.dirname(current)
+            continue
+        candidate = os.path.join(current, part)
+        if os.path.islink(candidate):
+            links += 1
+            if links > MAX_LINKS:
+                raise OSError(errno.ELOOP, "too many levels of symbolic links", candidate)
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                current = top
+            parts.extendleft(reversed([p for p in target.split("/") if p not in ("", ".")]))
+            continue
+        current = candidate
+    return Path(current)
 
 
 def without_block(text: str) -> str:
     """``text`` with our marked block (and its markers) removed."""
-    before, _, after = _split(text)
+    before, _, after = split_block(text)
     return before + after
 
 
 def with_block(text: str, block: str) -> str:
     """``text`` with our block replaced in place, or appended when it is not there yet."""
     body = f"{BEGIN}\n{block.rstrip(chr(10))}\n{END}\n"
-    before, found, after = _split(text)
+    before, found, after = split_block(text)
     if found is not None:
         return before + body + after
     if text and not text.endswith("\n"):
@@ -32,47 +72,81 @@ def with_block(text: str, block: str) -> str:
     return text + body
 
 
-def _split(text: str) -> tuple[str, str | None, str]:
+def split_block(text: str) -> tuple[str, str | None, str]:
+    """(before, our block or None, after).
+
+    :raises ValueError: a BEGIN marker without its END, or our block twice.
+    """
     lines = text.splitlines(keepends=True)
     starts = [i for i, line in enumerate(lines) if line.rstrip("\n") == BEGIN]
     if not starts:
         return text, None, ""
+    if len(starts) > 1:
+        raise ValueError(f"has {len(starts)} blocks marked {BEGIN!r}: keep one, delete the others")
     start = starts[0]
     end = next((i for i in range(start + 1, len(lines)) if lines[i].rstrip("\n") == END), None)
     if end is None:
-        raise ValueError(f"found {BEGIN!r} without {END!r}: repair the file by hand")
+        raise ValueError(f"has {BEGIN!r} without {END!r}: repair the file by hand")
     return "".join(lines[:start]), "".join(lines[start + 1:end]), "".join(lines[end + 1:])
 
 
 def write_atomic(path: Path, content: str | bytes, mode: int = 0o644, preserve: bool = True) -> bool:
-    """Write ``content`` to ``path`` via a temp file and rename. Returns False if unchanged.
+    """Write ``content`` to ``path`` via a synced temp file and rename. Returns False if unchanged.
 
     With ``preserve`` an existing file keeps its mode and owner, and its previous content is kept
-    as ``path~``. Files on the ESP (FAT has no owners or modes) are written with preserve=False.
+    as ``path~`` (written the same atomic way); a new file gets ``mode``. Without ``preserve``
+    (files on the ESP, where FAT has no owners) the file gets ``mode`` and no backup.
     """
     data = content.encode() if isinstance(content, str) else content
     if path.is_file() and path.read_bytes() == data:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = path.stat() if path.exists() else None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    if existing is not None and preserve:
+        _replace(path.with_name(path.name + "~"), path.read_bytes(), existing.st_mode & 0o7777, existing)
+        _replace(path, data, existing.st_mode & 0o7777, existing)
+    else:
+        _replace(path, data, mode, None)
+    return True
+
+
+def _replace(path: Path, data: bytes, mode: int, owner: os.stat_result | None) -> None:
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".esp-mirror", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            if owner is not None:
+                os.fchown(handle.fileno(), owner.st_uid, owner.st_gid)
             os.fsync(handle.fileno())
-        if existing is not None and preserve:
-            os.chmod(tmp, existing.st_mode & 0o7777)
-            os.chown(tmp, existing.st_uid, existing.st_gid)
-            shutil.copy2(path, path.with_name(path.name + "~"))
-        elif preserve:
-            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return True
+    sync_dir(path.parent)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temp files an interrupted write of ``path`` left behind (never anything else)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.esp-mirror"):
+        stale.unlink(missing_ok=True)
+
+
+def sync_dir(directory: Path) -> None:
+    """fsync a directory, so a rename in it survives a power cut."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems (vfat on old kernels) refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
 
 
 def edit_block(path: Path, block: str, mode: int = 0o644) -> bool:

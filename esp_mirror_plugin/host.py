@@ -1,22 +1,24 @@
 """The reference host: a PluginManager factory and the pipeline that calls the hooks in order.
 
-The CLI uses exactly this; an installer can too, or call the hooks itself (see hookspecs.py).
+The CLI uses exactly this; an installer can too, or call the hooks itself inside
+:func:`attached` (see hookspecs.py and the README's installer example).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import types
+from collections.abc import Iterator
 from typing import TextIO
 
 import pluggy
 
-from . import PROJECT, hookspecs, plugin
+from . import PROJECT, attach, hookspecs, plugin
 from .context import Context
 from .errors import BadInput, StepFailed
 from .execute import Applier, PlanRecorder
 from .steps import Group
-from . import attach
 
 HOOK_ORDER = ("pre_partition", "post_format", "initramfs_config", "bootloader")
 BLOCK_PLUGINS_ENV = "ESP_MIRROR_NO_PLUGINS"  # set to 1 to load no third-party plugins
@@ -62,15 +64,41 @@ def _remarked(module: types.ModuleType, attr: str, marker) -> types.SimpleNamesp
     return namespace
 
 
+@contextlib.contextmanager
+def attached(ctx: Context) -> Iterator[Context]:
+    """Around the hooks: attach what they need, release it afterwards, also after an error.
+
+    On entry, loop devices for image-file disks are attached (their names bind ``$LOOP_n``);
+    bind mounts for chroot are made by the first hook that runs a command in the target. On
+    exit (normal or not) those mounts are undone and, for image files, the ESP is unmounted,
+    the array stopped and the loop devices detached. Steps go through ``ctx.executor``, so a
+    :class:`PlanRecorder` records them as the "setup" and "cleanup" groups.
+    """
+    ctx.forget_chroot_binds()  # a new run: nothing is bound by it yet
+    setup = attach.setup_steps(ctx)
+    if setup:
+        ctx.execute("setup", setup)
+    try:
+        yield ctx
+    finally:
+        cleanup = attach.cleanup_steps(ctx)
+        if cleanup:
+            ctx.executor.execute(Group("cleanup", cleanup))
+
+
 def plan(ctx: Context, pm: pluggy.PluginManager) -> list[Group]:
-    """Call every hook in order with a recording executor; return all groups, setup to cleanup."""
+    """Call every hook in order with a recording executor; return all groups, setup to cleanup.
+
+    Every group is checked as it is recorded (:mod:`.preflight`), so whatever apply would trip
+    on is refused here, before anything is changed.
+    """
     recorder = PlanRecorder()
     ctx.executor = recorder
-    for name in HOOK_ORDER:
-        call_hook(pm, name, ctx)
-    setup, cleanup = attach.around(ctx, recorder.groups)
+    with attached(ctx):
+        for name in HOOK_ORDER:
+            call_hook(pm, name, ctx)
     notes = Group("notes", (), ctx.notes) if ctx.notes else None
-    return [g for g in (notes, setup, *recorder.groups, cleanup) if g and (g.steps or g.notes)]
+    return [g for g in (notes, *recorder.groups) if g and (g.steps or g.notes)]
 
 
 def call_hook(pm: pluggy.PluginManager, name: str, ctx: Context) -> None:

@@ -8,13 +8,12 @@ once with the new mdadm.conf, and dracut is told not to write a hostonly command
 
 from __future__ import annotations
 
-import os
-
 from .errors import BadInput
 from .kinds import Generator
 from .profiles import Profile
 from .request import Request
 from .steps import Command, EditBlock, Step, WriteFile
+from .target import Target
 
 DRACUT_DROPIN = "etc/dracut.conf.d/90-esp-mirror.conf"
 # dracut settings that are lists: a drop-in must add to them (+=), not replace earlier files' values.
@@ -49,9 +48,8 @@ unset _esp_mirror_hooks _esp_mirror_hook
 MKINITFS_FEATURES = 'case " $features " in *" raid "*) ;; *) features="$features raid" ;; esac'
 
 
-def config_steps(request: Request, profile: Profile) -> tuple[Step, ...]:
+def config_steps(profile: Profile, target: Target) -> tuple[Step, ...]:
     ird = profile.initramfs
-    at = lambda rel: os.path.join(request.target, rel)  # noqa: E731
     why = f"{ird.generator} settings for the mirrored ESP"
     match ird.generator:
         case Generator.INITRAMFS_TOOLS:
@@ -59,13 +57,14 @@ def config_steps(request: Request, profile: Profile) -> tuple[Step, ...]:
         case Generator.DRACUT:
             body = "".join(f'{key}{"+=" if key in DRACUT_LISTS else "="}"{value}"\n'
                            for key, value in ird.settings)
-            return (WriteFile(at(DRACUT_DROPIN), "# Written by esp-mirror.\n" + body, why=why),)
+            return (WriteFile(target.path(DRACUT_DROPIN), "# Written by esp-mirror.\n" + body, why=why,
+                              root=target.root),)
         case Generator.MKINITCPIO:
             if ird.dropin_dir:
-                return (WriteFile(at(MKINITCPIO_DROPIN), MKINITCPIO_HOOKS, why=why),)
-            return (EditBlock(at(MKINITCPIO_CONF), MKINITCPIO_HOOKS, why=why),)
+                return (WriteFile(target.path(MKINITCPIO_DROPIN), MKINITCPIO_HOOKS, why=why, root=target.root),)
+            return (EditBlock(target.path(MKINITCPIO_CONF), MKINITCPIO_HOOKS, why=why, root=target.root),)
         case Generator.MKINITFS:
-            return (EditBlock(at(MKINITFS_CONF), MKINITFS_FEATURES, why=why),)
+            return (EditBlock(target.path(MKINITFS_CONF), MKINITFS_FEATURES, why=why, root=target.root),)
     raise AssertionError(ird.generator)
 
 
@@ -82,10 +81,11 @@ def regenerate_steps(request: Request, profile: Profile, kernels: tuple[str, ...
                          why=f"{why} (kernel {k})") for k in kernels)
 
 
-def plan(request: Request, profile: Profile, kernels: tuple[str, ...]) -> tuple[Step, ...]:
+def plan(request: Request, profile: Profile, target: Target) -> tuple[Step, ...]:
+    """The generator's settings and the one regeneration, for the kernels installed now."""
     steps: tuple[Step, ...] = ()
     if request.initramfs.configures:
-        steps += config_steps(request, profile)
+        steps += config_steps(profile, target)
     if request.initramfs.regenerates:
-        steps += regenerate_steps(request, profile, kernels)
+        steps += regenerate_steps(request, profile, target.kernels())
     return steps

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 
 from . import disks as names
-from . import fat, files, fstab
+from . import fat
 from .discovery import DiskFacts, Partition, Snapshot
 from .errors import BadInput
 from .kinds import BootloaderKind, OwnCheck
@@ -62,32 +62,6 @@ class Layout:
     notes: tuple[str, ...] = ()
 
 
-def required_host_tools(request: Request, image_mode: bool, nvram: bool) -> tuple[str, ...]:
-    tools = ["sfdisk", "blkid", "sgdisk", "partx", "wipefs", "mdadm", "mkfs.vfat", "mount", "umount"]
-    if image_mode:
-        tools.append("losetup")
-    if nvram:
-        tools.append("efibootmgr")
-    if os.path.normpath(request.target) != "/":
-        tools.append("chroot")
-    return tuple(tools)
-
-
-def required_target_tools(request: Request, profile: Profile) -> tuple[str, ...]:
-    tools = []
-    if request.initramfs.regenerates:
-        tools.append(profile.initramfs.regenerate[0])
-    kind = request.bootloader
-    if kind is BootloaderKind.GRUB:
-        tools += [argv[0] for argv in profile.grub_install]
-    elif kind is BootloaderKind.SYSTEMD_BOOT:
-        tools += ["bootctl", "rm", "systemctl"]
-    tools += [argv[0] for argv in (*profile.boot_assembly, *profile.periodic_check)]
-    if profile.own_check is OwnCheck.SYSTEMD_TIMER:
-        tools.append("systemctl")
-    return tuple(dict.fromkeys(tools))
-
-
 def check_disks(request: Request, disks: tuple[DiskFacts, ...]) -> None:
     """Refuse disk arguments that are wrong or unsafe. Runs before anything else."""
     count = len(request.disks)
@@ -112,6 +86,11 @@ def check_disks(request: Request, disks: tuple[DiskFacts, ...]) -> None:
             raise BadInput(f"disk {disk.given} is the same device as {seen[disk.key]}: "
                            "list each disk once")
         seen[disk.key] = disk.given
+        for key in disk.storage:
+            if key in seen:
+                raise BadInput(f"disk {disk.given} is the same storage as {seen[key]} ({_same(key)}): "
+                               f"{_same_fix(key)}")
+            seen[key] = disk.given
         ours = _has_our_esp(disk)
         # On a disk that already carries our ESP nothing is partitioned or wiped: only the disk
         # itself and the ESP partition matter (the installed system's root may share the disk).
@@ -136,16 +115,70 @@ def check_disks(request: Request, disks: tuple[DiskFacts, ...]) -> None:
                        "a RAID1 ESP needs members with one sector size; pick matching disks")
 
 
+def _same(key: str) -> str:
+    kind, _, value = key.partition(":")
+    return {"wwid": f"same WWN {value}", "serial": f"same serial number {value}",
+            "file": "both are the same image file"}.get(kind, key)
+
+
+def _same_fix(key: str) -> str:
+    if key.startswith("file:"):
+        return "list each image once (detach the extra loop device with losetup --detach)"
+    return ("multipath or dual-path SAS shows one disk under two names; pass each physical disk once "
+            "(lsblk -o NAME,WWN,SERIAL shows which names share a disk)")
+
+
+# Characters mkfs.fat refuses in a volume label, and what FAT short names cannot hold.
+_FAT_LABEL_BAD = set('"*+,./:;<=>?[\\]|')
+# A directory name under \EFI\ that FAT (long names) and firmware path parsing both accept.
+_PATH_SEGMENT_BAD = set('"*/:<>?\\|')
+
+
+def fat_label_problem(label: str) -> str | None:
+    """Why ``label`` is not a FAT volume label that mkfs.fat takes as given, or None."""
+    if not label:
+        return "it is empty"
+    if not label.isascii() or len(label) > 11:
+        return "FAT labels are at most 11 ASCII characters"
+    bad = sorted({c for c in label if c in _FAT_LABEL_BAD or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        return f"FAT labels cannot contain {' '.join(bad)}"
+    if label != label.upper():
+        return "FAT labels are upper case (firmware and Windows show them so)"
+    if label.startswith(" "):
+        return "a FAT label cannot start with a space"
+    return None
+
+
+def path_segment_problem(name: str) -> str | None:
+    """Why ``name`` is not one directory name under \\EFI\\, or None."""
+    if not name or name in (".", ".."):
+        return "it must be a directory name"
+    bad = sorted({c for c in name if c in _PATH_SEGMENT_BAD or ord(c) < 32})
+    if bad:
+        return f"it cannot contain {' '.join(bad)} (one directory under \\EFI\\, no path)"
+    if name != name.strip() or name.endswith("."):
+        return "it cannot start or end with a space, or end with a dot"
+    if len(name) > 64:
+        return "keep it under 64 characters"
+    return None
+
+
 def check_settings(request: Request) -> None:
     if request.metadata != "1.0":
         raise BadInput(f"metadata {request.metadata} is not supported: the ESP must use md metadata 1.0 "
                        "(superblock at the end, so firmware sees a plain FAT32); drop --metadata")
     if not request.array_name or "/" in request.array_name or " " in request.array_name:
         raise BadInput(f"array name {request.array_name!r} is not valid: use a short word like esp")
-    if not request.mountpoint or not request.mountpoint.startswith("/"):
+    if (not request.mountpoint or not request.mountpoint.startswith("/")
+            or ".." in request.mountpoint.split("/") or os.path.normpath(request.mountpoint) == "/"):
         raise BadInput(f"mount point {request.mountpoint!r} must be an absolute path like /boot/efi")
-    if len(request.label) > 11 or not request.label.isascii():
-        raise BadInput(f"label {request.label!r} is too long for FAT: use at most 11 ASCII characters")
+    problem = fat_label_problem(request.label)
+    if problem:
+        raise BadInput(f"label {request.label!r} is not a valid FAT label ({problem}): use e.g. ESP")
+    problem = path_segment_problem(request.loader_id or "")
+    if problem:
+        raise BadInput(f"loader id {request.loader_id!r} is not valid ({problem}): use e.g. debian")
     if request.bootloader is not None and request.bootloader.needs_image:
         if not request.efi_image:
             raise BadInput(f"bootloader {request.bootloader} needs the EFI image to install: "
@@ -179,11 +212,6 @@ def build(request: Request, profile: Profile, snapshot: Snapshot) -> Layout:
     """Decide every action from the snapshot; refuse unsafe or inconsistent states."""
     check_settings(request)
     check_disks(request, snapshot.disks)
-    for path, text in (("etc/fstab", snapshot.fstab), (profile.mdadm_conf, snapshot.mdadm_conf)):
-        try:
-            files.without_block(text)
-        except ValueError as exc:
-            raise BadInput(f"{os.path.join(request.target, path.lstrip('/'))}: {exc}") from None
     sector = snapshot.disks[0].sector_size
     first = request.esp_start // sector
     last = first + request.esp_size // sector - 1
@@ -214,7 +242,6 @@ def build(request: Request, profile: Profile, snapshot: Snapshot) -> Layout:
     volume = fs_uuid.replace("-", "") if fs_uuid else names.volume_id(array_uuid)
     esp_dir = os.path.normpath(os.path.join(request.target, request.mountpoint.lstrip("/")))
     mount = _check_mount(snapshot, esp_dir, request.device)
-    _check_fstab(request, snapshot)
 
     nvram = not request.no_nvram
     if nvram and image_mode:
@@ -303,10 +330,3 @@ def _check_mount(snapshot: Snapshot, esp_dir: str, device: str) -> bool:
         return False
     raise BadInput(f"{esp_dir} is already mounted from {mounted.device}: unmount it first "
                    f"(umount {esp_dir}); esp-mirror mounts {device} there")
-
-
-def _check_fstab(request: Request, snapshot: Snapshot) -> None:
-    others = fstab.conflicting_lines(files.without_block(snapshot.fstab), request.mountpoint)
-    if others:
-        raise BadInput(f"{request.target.rstrip('/')}/etc/fstab already mounts {request.mountpoint}: "
-                       f"{others[0]!r}; remove or comment out that line, esp-mirror adds its own")

@@ -7,9 +7,10 @@ import os
 from dataclasses import dataclass
 
 from . import bootentries
-from .discovery import EFIVARS, HostView, Mount, blkid_export, md_detail, read_mounts
+from .discovery import EFIVARS, HostView, Mount, Unreadable, blkid_export, md_detail, read_mounts
+from .errors import BadInput
 from .record import Record
-from .runner import Runner
+from .runner import CommandFailed, Runner
 
 EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 LOADER_VENDOR = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
@@ -139,11 +140,10 @@ def read_mirror(runner: Runner, record: Record | None, host: HostView | None = N
     efivars = bool(host.listdir(EFIVARS))
     boot, nvram_error = None, None
     if efivars:
-        result = runner.run(("efibootmgr", "-v"))
-        if result.ok:
-            boot = bootentries.parse(result.stdout)
-        else:
-            nvram_error = result.stderr.strip() or f"exit code {result.returncode}"
+        try:
+            boot = bootentries.parse(runner.run(("efibootmgr", "-v")).stdout)
+        except CommandFailed as exc:
+            nvram_error = exc.stderr_line
     entries = ()
     if array and record and boot is not None:
         entries = tuple(_entry_state(m, boot, mount, host) for m in array.members if m.usable)
@@ -155,33 +155,44 @@ def read_mirror(runner: Runner, record: Record | None, host: HostView | None = N
 
 
 def read_array(runner: Runner, host: HostView, device: str) -> ArrayState | None:
+    """The running array's state from md's sysfs files and blkid, or None when it is not running.
+
+    :raises BadInput: a file or probe that cannot be read: an unknown state is never reported
+        as a healthy one.
+    """
     info = md_detail(runner, host, device)
     if info is None:
         return None
+    try:
+        return _array_state(runner, host, device, info)
+    except Unreadable as exc:
+        raise BadInput(f"{exc} while reading {device}: run esp-mirror as root") from None
+    except CommandFailed as exc:
+        raise BadInput(f"cannot probe a member of {device} ({exc.stderr_line}): run esp-mirror as root") from None
+
+
+def _array_state(runner: Runner, host: HostView, device: str, info: dict[str, str]) -> ArrayState:
     name = os.path.basename(host.realpath(device))
     md = f"/sys/block/{name}/md"
-
-    def attr(key: str, default: str = "") -> str:
-        return (host.read(f"{md}/{key}") or default).strip()
-
     members = []
     for entry in host.listdir(md):
         if not entry.startswith("dev-"):
             continue
         node = f"/dev/{entry[4:]}"
-        slot = (host.read(f"{md}/{entry}/slot") or "none").strip()
+        slot = host.attr(f"{md}/{entry}/slot")
         disk = os.path.basename(os.path.dirname(host.realpath(f"/sys/class/block/{entry[4:]}")))
         part = blkid_export(runner, ("blkid", "-p", "-o", "export", node))
         members.append(MemberState(node=node, disk=f"/dev/{disk}", slot=int(slot) if slot.isdigit() else None,
-                                   state=(host.read(f"{md}/{entry}/state") or "").strip(),
+                                   state=host.attr(f"{md}/{entry}/state"),
                                    partuuid=part.get("PART_ENTRY_UUID", "").lower()))
     members.sort(key=lambda m: (m.slot is None, m.slot if m.slot is not None else 0, m.node))
+    number = lambda key: int(host.attr(f"{md}/{key}"))  # noqa: E731
     return ArrayState(
         device=device, kernel_name=name, uuid=info.get("MD_UUID", ""), level=info.get("MD_LEVEL", ""),
-        metadata=info.get("MD_METADATA", ""), raid_disks=int(attr("raid_disks", "0") or 0),
-        degraded=int(attr("degraded", "0") or 0), array_state=attr("array_state"),
-        sync_action=attr("sync_action", "idle"), sync_completed=attr("sync_completed", "none"),
-        mismatch_cnt=int(attr("mismatch_cnt", "0") or 0), members=tuple(members))
+        metadata=info.get("MD_METADATA", ""), raid_disks=number("raid_disks"), degraded=number("degraded"),
+        array_state=host.attr(f"{md}/array_state"), sync_action=host.attr(f"{md}/sync_action"),
+        sync_completed=host.attr(f"{md}/sync_completed"), mismatch_cnt=number("mismatch_cnt"),
+        members=tuple(members))
 
 
 def _entry_state(member: MemberState, boot: bootentries.BootState, mount: Mount | None,

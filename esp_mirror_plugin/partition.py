@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from . import disks as names
 from .layout import Layout, Member
-from .steps import Command, Step, WaitForPartition
+from .steps import Command, Settle, Step, WaitForPartition
 
 
 def plan(layout: Layout) -> tuple[Step, ...]:
@@ -33,6 +33,8 @@ def steps(members: Sequence[Member], first_sector: int, last_sector: int, wipe_a
              f"--partition-guid=1:{m.guid}", f"--change-name=1:{names.PARTITION_NAME}", m.device),
             why=f"ESP partition on {m.disk.given}"))
         out.append(WaitForPartition(m.device, 1, m.node, why="the kernel must see the new partition"))
+    if new:
+        out.append(Settle(why="udev has seen the new partitions before they are used"))
     wipe = members if wipe_all else new
     if wipe:
         out.append(Command(("wipefs", "--all", *(m.node for m in wipe)),

@@ -7,12 +7,11 @@ which also compares the members' files and exits non-zero on drift (a failed uni
 
 from __future__ import annotations
 
-import os
-
 from .kinds import OwnCheck
 from .profiles import Profile
 from .request import Request
 from .steps import Command, Step, WriteFile
+from .target import Target
 
 SERVICE = """\
 [Unit]
@@ -46,15 +45,15 @@ esp-mirror check 2>&1 | logger -t esp-mirror
 _CRON_DIRS = {OwnCheck.CRON_WEEKLY: "etc/cron.weekly", OwnCheck.PERIODIC_WEEKLY: "etc/periodic/weekly"}
 
 
-def plan(request: Request, profile: Profile) -> tuple[Step, ...]:
+def plan(request: Request, profile: Profile, target: Target) -> tuple[Step, ...]:
     steps: list[Step] = [Command(argv, root=request.target, why="the distribution's periodic md check")
                          for argv in profile.periodic_check]
-    at = lambda rel: os.path.join(request.target, rel)  # noqa: E731
     why = "esp-mirror's own weekly check (the distribution ships none)"
     if profile.own_check is OwnCheck.SYSTEMD_TIMER:
-        steps += [WriteFile(at("etc/systemd/system/esp-mirror-check.service"), SERVICE, why=why),
-                  WriteFile(at("etc/systemd/system/esp-mirror-check.timer"), TIMER, why=why),
-                  Command(("systemctl", "enable", "esp-mirror-check.timer"), root=request.target, why=why)]
+        steps += [WriteFile(target.path(f"etc/systemd/system/{name}"), text, why=why, root=target.root)
+                  for name, text in (("esp-mirror-check.service", SERVICE), ("esp-mirror-check.timer", TIMER))]
+        steps.append(Command(("systemctl", "enable", "esp-mirror-check.timer"), root=request.target, why=why))
     elif profile.own_check in _CRON_DIRS:
-        steps.append(WriteFile(at(f"{_CRON_DIRS[profile.own_check]}/esp-mirror-check"), CRON, mode=0o755, why=why))
+        steps.append(WriteFile(target.path(f"{_CRON_DIRS[profile.own_check]}/esp-mirror-check"), CRON,
+                               mode=0o755, why=why, root=target.root))
     return tuple(steps)

@@ -1,4 +1,8 @@
-"""esp-mirror's own implementation of the four hooks. Thin: each delegates to a planner module."""
+"""esp-mirror's own implementation of the four hooks. Thin: each delegates to a planner module.
+
+Each hook plans from the target as it is when the hook is called (``ctx.target``): an
+installer installs the kernel, mdadm and shim between the hooks.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +18,16 @@ def pre_partition(ctx: Context) -> None:
 
 @hookimpl
 def post_format(ctx: Context) -> None:
-    ctx.execute("post_format", raid.plan(ctx.request, ctx.profile, ctx.layout, ctx.snapshot.mdadm_conf)
-                + periodic.plan(ctx.request, ctx.profile))
+    ctx.execute("post_format", raid.plan(ctx.request, ctx.profile, ctx.layout, ctx.target)
+                + periodic.plan(ctx.request, ctx.profile, ctx.target))
 
 
 @hookimpl
 def initramfs_config(ctx: Context) -> None:
-    ctx.execute("initramfs_config", initramfs.plan(ctx.request, ctx.profile, ctx.snapshot.target_kernels))
+    ctx.execute("initramfs_config", initramfs.plan(ctx.request, ctx.profile, ctx.target))
 
 
 @hookimpl
 def bootloader(ctx: Context) -> None:
-    steps, notes = boot.plan(ctx.request, ctx.profile, ctx.layout, ctx.snapshot)
+    steps, notes = boot.plan(ctx.request, ctx.profile, ctx.layout, ctx.snapshot, ctx.target)
     ctx.execute("bootloader", steps, notes)

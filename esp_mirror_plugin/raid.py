@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 from . import fat, fstab
+from .errors import BadInput
+from .files import without_block
 from .layout import Layout
 from .profiles import Profile
 from .request import Request
-from .steps import Command, EditBlock, MakeDir, Step
+from .steps import Command, EditBlock, MakeDir, Settle, Step
+from .target import Target
 
 
 def array_line(request: Request, layout: Layout) -> str:
@@ -17,7 +18,8 @@ def array_line(request: Request, layout: Layout) -> str:
             f"name=any:{request.array_name}")
 
 
-def plan(request: Request, profile: Profile, layout: Layout, mdadm_conf_text: str) -> tuple[Step, ...]:
+def plan(request: Request, profile: Profile, layout: Layout, target: Target) -> tuple[Step, ...]:
+    _check_fstab(request, target)
     steps: list[Step] = []
     nodes = tuple(m.node for m in layout.members)
     if layout.array_action == "create":
@@ -31,20 +33,21 @@ def plan(request: Request, profile: Profile, layout: Layout, mdadm_conf_text: st
         steps.append(Command(
             ("mdadm", "--assemble", request.device, "--run", f"--uuid={layout.array_uuid}", *nodes),
             why="the array exists on the disks but is not running"))
+    if layout.array_action != "keep":
+        steps.append(Settle(why="udev names the new array (/dev/disk/by-id/md-uuid-...) before it is used"))
     if layout.make_fs:
         steps.append(fat.mkfs(request.device, request.esp_size, layout.sector_size, request.label,
                               layout.volume_id))
     if layout.mount:
-        steps.append(MakeDir(layout.esp_dir, why="the ESP mount point"))
+        steps.append(MakeDir(layout.esp_dir, why="the ESP mount point", root=request.target))
         steps.append(Command(("mount", "-t", "vfat", "-o", "umask=0077", request.device, layout.esp_dir),
                              why="the installer and the bootloader write to the array, never a member"))
-    conf = os.path.join(request.target, profile.mdadm_conf.lstrip("/"))
     line = array_line(request, layout)
-    if not _listed_elsewhere(mdadm_conf_text, layout.array_uuid):
-        steps.append(EditBlock(conf, line, why="the booted system assembles the ESP array by UUID"))
-    steps.append(EditBlock(os.path.join(request.target, "etc/fstab"),
-                           fstab.line(layout.fs_uuid, request.mountpoint),
-                           why="one fstab line for the ESP, by the array's FAT UUID"))
+    if not _listed_elsewhere(target.text(profile.mdadm_conf), layout.array_uuid, target.path(profile.mdadm_conf)):
+        steps.append(EditBlock(target.path(profile.mdadm_conf), line, root=target.root,
+                               why="the booted system assembles the ESP array by UUID"))
+    steps.append(EditBlock(target.path("etc/fstab"), fstab.line(layout.fs_uuid, request.mountpoint),
+                           root=target.root, why="one fstab line for the ESP, by the array's FAT UUID"))
     for argv in profile.boot_assembly:
         steps.append(Command(argv, root=request.target, why="assemble md arrays at boot"))
     if layout.array_action != "keep":
@@ -53,9 +56,22 @@ def plan(request: Request, profile: Profile, layout: Layout, mdadm_conf_text: st
     return tuple(steps)
 
 
-def _listed_elsewhere(text: str, uuid: str) -> bool:
+def _listed_elsewhere(text: str, uuid: str, shown: str) -> bool:
     """True when mdadm.conf already lists this array outside our block (e.g. written by mkconf)."""
-    from .files import without_block
-
     return any(line.split()[:1] == ["ARRAY"] and f"UUID={uuid}" in line
-               for line in without_block(text).splitlines())
+               for line in _outside_block(text, shown).splitlines())
+
+
+def _outside_block(text: str, name: str) -> str:
+    try:
+        return without_block(text)
+    except ValueError as exc:
+        raise BadInput(f"{name} {exc}") from None
+
+
+def _check_fstab(request: Request, target: Target) -> None:
+    others = fstab.conflicting_lines(_outside_block(target.text("etc/fstab"), target.path("etc/fstab")),
+                                     request.mountpoint)
+    if others:
+        raise BadInput(f"{target.path('etc/fstab')} already mounts {request.mountpoint}: "
+                       f"{others[0]!r}; remove or comment out that line, esp-mirror adds its own")

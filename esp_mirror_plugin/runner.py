@@ -3,11 +3,16 @@
 Commands are argv tuples, never shell strings. The environment is built, not inherited: a fixed
 locale and a PATH that includes the sbin directories. In-target commands get their ``chroot``
 prefix here (:func:`full_argv`), so the plan prints exactly the argv that apply runs.
+
+A command that exits with a code its caller did not name as acceptable raises
+:class:`CommandFailed`: a probe that fails is never read as "nothing there" (mkosi's ``run()``
+does the same). Callers that expect other codes say so with ``ok=``.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +43,41 @@ class Result:
     def ok(self) -> bool:
         return self.returncode == 0
 
+    @property
+    def program(self) -> str:
+        """The program that ran (the one inside ``chroot ROOT ...``)."""
+        return self.argv[2] if self.argv[:1] == ("chroot",) and len(self.argv) > 2 else self.argv[0]
+
+    def describe(self) -> str:
+        """A copy-pasteable command line, its exit code and stderr: what a failure report shows."""
+        text = f"command: {shlex.join(self.argv)}\nexit code: {self.returncode}"
+        if self.returncode == NOT_INSTALLED:
+            text += f" ({self.program} is not installed)"
+        if self.stderr.strip():
+            text += f"\nstderr: {self.stderr.strip()}"
+        return text
+
+
+class CommandFailed(Exception):
+    """A command exited with a code its caller did not accept. ``result`` says how."""
+
+    def __init__(self, result: Result) -> None:
+        self.result = result
+        super().__init__(result.describe())
+
+    @property
+    def stderr_line(self) -> str:
+        """The last line of stderr (or the exit code), for one-line messages."""
+        lines = self.result.stderr.strip().splitlines()
+        return lines[-1] if lines else f"exit code {self.result.returncode}"
+
+
+def checked(result: Result, ok: Sequence[int]) -> Result:
+    """``result``, or :class:`CommandFailed` when its exit code is not in ``ok``."""
+    if result.returncode not in ok:
+        raise CommandFailed(result)
+    return result
+
 
 class Runner(Protocol):
     """Runs commands and answers where tools are. Injected everywhere; faked in tests."""
@@ -49,11 +89,12 @@ class Runner(Protocol):
         root: str = "/",
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        ok: Sequence[int] = (0,),
     ) -> Result:
         """Run ``argv`` (chrooted into ``root`` unless it is ``/``) and return its result.
 
-        Never raises for a non-zero exit: the caller decides what is a failure. A missing program
-        gives exit code 127.
+        :param ok: the exit codes the caller accepts; any other raises :class:`CommandFailed`.
+            A missing program exits 127, a timeout 124.
         """
         ...
 
@@ -63,10 +104,12 @@ class Runner(Protocol):
 
 
 def which_in_root(tool: str, root: str = "/") -> str | None:
-    """Find ``tool`` on :data:`SEARCH_PATH` as seen from inside ``root``."""
+    """Find ``tool`` on :data:`SEARCH_PATH` as seen from inside ``root`` (links resolved there)."""
+    from .files import resolve_in_root
+
     for directory in SEARCH_PATH.split(":"):
-        candidate = os.path.join(root, directory.lstrip("/"), tool)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+        candidate = resolve_in_root(root, os.path.join(directory, tool))
+        if candidate.is_file() and os.access(candidate, os.X_OK):
             return os.path.join(directory, tool)
     return None
 
@@ -81,10 +124,13 @@ class ShRunner:
         root: str = "/",
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        ok: Sequence[int] = (0,),
     ) -> Result:
+        return checked(self._run(full_argv(argv, root), env, timeout), ok)
+
+    def _run(self, real: tuple[str, ...], env: Mapping[str, str] | None, timeout: float | None) -> Result:
         import sh  # imported here: plan and unit tests never need it
 
-        real = full_argv(argv, root)
         program = shutil.which(real[0], path=SEARCH_PATH)
         if program is None:
             return Result(real, NOT_INSTALLED, "", f"{real[0]}: command not found")
@@ -146,9 +192,13 @@ class RecordingRunner:
         root: str = "/",
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        ok: Sequence[int] = (0,),
     ) -> Result:
         real = full_argv(argv, root)
         self.calls.append(real)
+        return checked(self._answer(real), ok)
+
+    def _answer(self, real: tuple[str, ...]) -> Result:
         if real in self.responses:
             return self.responses[real]
         for responder in self.responders:

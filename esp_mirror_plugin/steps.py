@@ -79,12 +79,18 @@ class Command:
 
 @dataclass(frozen=True)
 class WriteFile:
-    """Write a whole file that esp-mirror owns (a drop-in). Unchanged content means no write."""
+    """Write a whole file that esp-mirror owns (a drop-in). Unchanged content means no write.
+
+    ``path`` is where it lands on this machine; it is resolved inside ``root`` (the target) as a
+    chroot would, so a symlink in the target never leads onto the host. This holds for every
+    file step.
+    """
 
     path: str
     content: str
     why: str
     mode: int = 0o644
+    root: str = "/"
 
     def describe(self) -> str:
         return f"write {self.path} (mode {self.mode:04o}):\n" + _indent(self.content)
@@ -106,6 +112,7 @@ class EditBlock:
     block: str
     why: str
     mode: int = 0o644
+    root: str = "/"
 
     def describe(self) -> str:
         return f"edit {self.path}: managed block\n" + _indent(self.block)
@@ -121,6 +128,8 @@ class CopyFile:
     source: str
     dest: str
     why: str
+    root: str = "/"
+    mode: int = 0o644
 
     def describe(self) -> str:
         return f"copy {self.source} -> {self.dest}"
@@ -133,6 +142,7 @@ class CopyFile:
 class MakeDir:
     path: str
     why: str
+    root: str = "/"
 
     def describe(self) -> str:
         return f"mkdir -p {shlex.quote(self.path)}"
@@ -183,7 +193,23 @@ class WaitForSync:
         return {"kind": "wait-for-sync", "device": self.device, "clean": self.clean, "why": self.why}
 
 
-Step = Union[Command, WriteFile, EditBlock, CopyFile, MakeDir, WaitForPartition, WaitForSync]
+@dataclass(frozen=True)
+class Settle:
+    """Wait until udev has handled the events of the steps before (new partitions, a new array),
+    so its links and rules have run before anything uses the devices. Nothing to wait for where
+    udev does not run (an installer's chroot without udev, a CI guest)."""
+
+    why: str
+    timeout: int = 30
+
+    def describe(self) -> str:
+        return f"udevadm settle --timeout={self.timeout} (where udev runs)"
+
+    def to_json(self) -> dict:
+        return {"kind": "settle", "timeout": self.timeout, "why": self.why}
+
+
+Step = Union[Command, WriteFile, EditBlock, CopyFile, MakeDir, WaitForPartition, WaitForSync, Settle]
 
 
 @dataclass(frozen=True)

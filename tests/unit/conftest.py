@@ -19,6 +19,7 @@ import functools
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import uuid as _uuid
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from esp_mirror_plugin import cli, cli_upkeep, disks as names, record as records
+from esp_mirror_plugin import cli, cli_upkeep, disks as names, lock, record as records
 from esp_mirror_plugin.discovery import HostView
 from esp_mirror_plugin.record import Record
 from esp_mirror_plugin.request import Request
@@ -54,6 +55,10 @@ USER_MDADM_CONF = (
 )
 
 
+TARGET_UNITS = ("raid-check.timer", "mdcheck_start.timer", "mdcheck_continue.timer")
+TARGET_OPENRC = ("mdraid", "mdadm-raid")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "real_processes: this test may start real subprocesses (the wheel test)")
 
@@ -75,7 +80,7 @@ def _no_real_processes(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
 
 
 @pytest.fixture(autouse=True)
-def _hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
+def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """No third-party plugins, and one machine architecture whatever host runs the tests.
 
     ``Request.arch`` defaults to the test host's ``platform.machine()`` and the CLI has no option
@@ -83,6 +88,9 @@ def _hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
     """
     monkeypatch.setenv("ESP_MIRROR_NO_PLUGINS", "1")
     monkeypatch.setattr(cli, "Request", functools.partial(Request, arch="x86_64"))
+    # the CLI runs as root here, whoever runs the tests, and its lock is the test's own file
+    monkeypatch.setattr(cli, "is_root", lambda: True)
+    monkeypatch.setattr(lock, "PATH", str(tmp_path_factory.mktemp("lock") / "esp-mirror.lock"))
 
 
 class FakeHost(HostView):
@@ -167,6 +175,16 @@ class Machine:
         (self.target / "etc").mkdir(parents=True)
         (self.target / "etc/fstab").write_text(USER_FSTAB)
         (self.target / "lib/modules" / KVER).mkdir(parents=True)
+        for fs in ("proc", "sys", "dev"):  # an installed root has its mount points for chroot
+            (self.target / fs).mkdir()
+        # what the profiles enable: the distributions' md check timers and OpenRC services
+        units = self.target / "usr/lib/systemd/system"
+        units.mkdir(parents=True)
+        for unit in TARGET_UNITS:
+            (units / unit).write_text("[Unit]\n")
+        (self.target / "etc/init.d").mkdir()
+        for service in TARGET_OPENRC:
+            (self.target / "etc/init.d" / service).write_text("#!/sbin/openrc-run\n")
 
     # -- building the machine ------------------------------------------------------------------
 
@@ -179,7 +197,8 @@ class Machine:
         return self.sysroot / "sys/class/block" / name
 
     def add_disk(self, name: str, *, size: int = 20 * GIB, sector: int = 512, serial: str | None = None,
-                 pttype: str = "", whole: dict[str, str] | None = None) -> FakeDisk:
+                 pttype: str = "", whole: dict[str, str] | None = None, wwid: str | None = None,
+                 backing_file: str | None = None) -> FakeDisk:
         """A whole disk /dev/NAME with the sysfs attributes discovery reads."""
         major = 259 if name.startswith("nvme") else 179 if name.startswith("mmcblk") else 8
         disk = FakeDisk(name, f"/dev/{name}", sector, size, self._majmin(major, 16 if major == 8 else 1),
@@ -193,6 +212,11 @@ class Machine:
         if serial:
             (sysdir / "device").mkdir()
             (sysdir / "device/serial").write_text(f"{serial}\n")
+        if wwid:
+            (sysdir / "wwid").write_text(f"{wwid}\n")
+        if backing_file:  # a loop device: the image file behind it
+            (sysdir / "loop").mkdir()
+            (sysdir / "loop/backing_file").write_text(f"{backing_file}\n")
         (self.sysroot / "dev" / name).touch()
         self.block.add(disk.path)
         self.disks[disk.path] = disk
@@ -390,8 +414,9 @@ class Machine:
         return Outcome(code, out.getvalue(), err.getvalue(), self.runner.calls[before:])
 
     def normalize(self, text: str) -> str:
-        """Output with this test's tmp dir written as @TMP@, for comparison with fixed files."""
-        return text.replace(str(self.root), "@TMP@")
+        """Output with this test's tmp dir written as @TMP@ and the plan digest (which covers
+        that path) as @DIGEST@, for comparison with fixed files."""
+        return re.sub(r"\bdigest [0-9a-f]{64}\b", "digest @DIGEST@", text.replace(str(self.root), "@TMP@"))
 
 
 def _export(argv: tuple[str, ...], values: dict[str, str]) -> Result:

@@ -23,9 +23,9 @@ class EnvRecordingRunner(RecordingRunner):
         super().__init__(**kwargs)
         self.contexts: list[tuple[str, dict]] = []
 
-    def run(self, argv, *, root="/", env=None, timeout=None) -> Result:
+    def run(self, argv, *, root="/", env=None, timeout=None, ok=(0,)) -> Result:
         self.contexts.append((root, dict(env or {})))
-        return super().run(argv, root=root, env=env, timeout=timeout)
+        return super().run(argv, root=root, env=env, timeout=timeout, ok=ok)
 
 
 def ok(argv):

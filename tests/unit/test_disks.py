@@ -82,7 +82,7 @@ def test_smallest_fat32_esp_per_sector_size(sector, minimum_mib):
 
 def discovered(machine: Machine, *disks: str):
     request = Request(disks=disks, target=str(machine.target), arch="x86_64").resolve(load_profile("debian"))
-    return discover(request, load_profile("debian"), machine.runner, machine.host)
+    return discover(request, machine.runner, machine.host)
 
 
 @pytest.mark.parametrize(("capture", "sector", "start", "size"), [
@@ -138,7 +138,8 @@ def test_the_fake_machine_answers_blkid_like_util_linux(machine):
     gpt = machine.add_disk("sda", pttype="gpt")
     machine.add_disk("sdb")
     dos = machine.add_disk("sdc", pttype="dos")
-    answer = {d: machine.runner.run(("blkid", "-p", "-o", "export", d)) for d in ("/dev/sda", "/dev/sdb", "/dev/sdc")}
+    answer = {d: machine.runner.run(("blkid", "-p", "-o", "export", d), ok=(0, 2))
+              for d in ("/dev/sda", "/dev/sdb", "/dev/sdc")}
     captured = (CAPTURED / "blkid-p-gpt-disk.txt").read_text()
     assert answer["/dev/sda"].returncode == 0
     assert [line.split("=")[0] for line in answer["/dev/sda"].stdout.splitlines()] == [
@@ -193,9 +194,10 @@ def test_an_existing_esp_of_another_size_is_refused_with_the_size_to_use(machine
                                                 "2048: re-run with --esp-size 300M, or --wipe to start over")
 
 
-def test_two_disks_reporting_the_same_serial_still_get_unique_partition_guids(machine):
-    machine.add_disk("sda", serial="0000000000000001")
-    machine.add_disk("sdb", serial="0000000000000001")
+def test_two_namespaces_of_one_controller_share_a_serial_but_still_get_unique_partition_guids(machine):
+    """NVMe namespaces report their controller's serial; their WWIDs tell them apart."""
+    machine.add_disk("nvme0n1", serial="S4EWNX0R123456", wwid="eui.0025385b71b0a001")
+    machine.add_disk("nvme0n2", serial="S4EWNX0R123456", wwid="eui.0025385b71b0a002")
     outcome = machine.cli("plan", "--json", *machine.args(), "--no-nvram")
     assert outcome.code == 0, outcome.err
     guids = [m["partition_guid"] for m in json.loads(outcome.out)["members"]]

@@ -54,8 +54,8 @@ def test_a_plugin_sees_the_four_hooks_once_each_in_order(ctx):
     groups = host.plan(ctx, pm)
     assert recorder.seen == ["pre_partition", "post_format", "initramfs_config", "bootloader"]
     assert ctx.state["recorder"] == recorder.seen
-    assert [g.name for g in groups] == ["setup", "pre_partition", "post_format", "initramfs_config",
-                                        "bootloader", "cleanup"]
+    assert [g.name for g in groups] == ["pre_partition", "post_format", "initramfs_config", "bootloader",
+                                        "cleanup"]
 
 
 def test_every_hookspec_has_esp_mirrors_implementation_and_check_pending_passes():

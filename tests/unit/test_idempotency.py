@@ -181,11 +181,12 @@ def test_a_rerun_makes_the_missing_partition_and_wipes_every_esp_partition_befor
     again = plan_of(two_disks)
     assert [m["exists"] for m in again["members"]] == [True, False]
     [group] = [g for g in again["groups"] if g["name"] == "pre_partition"]
-    steps = [tuple(s["argv"]) if s["kind"] == "command" else (s["kind"], s["node"]) for s in group["steps"]]
+    steps = [tuple(s["argv"]) if s["kind"] == "command" else (s["kind"], s.get("node", "")) for s in group["steps"]]
     assert steps == [
         ("sgdisk", "--new=1:2048:1050623", "--typecode=1:EF00", f"--partition-guid=1:{guid_b}",
          "--change-name=1:esp-mirror", "/dev/sdb"),
         ("wait-for-partition", "/dev/sdb1"),
+        ("settle", ""),
         ("wipefs", "--all", "/dev/sda1", "/dev/sdb1"),
     ]
     assert starting(json_commands(again), "mdadm", "--create")[0][-2:] == ("/dev/sda1", "/dev/sdb1")

@@ -54,12 +54,14 @@ def test_the_generator_must_be_in_the_target_only_when_it_runs(two_disks, mode, 
     two_disks.runner.tools = ToolsExcept("dracut")
     request = Request(disks=("/dev/sda", "/dev/sdb"), profile="fedora", target=str(two_disks.target),
                       initramfs=mode, arch="x86_64")
+    ctx = prepare(request, runner=two_disks.runner, host=two_disks.host)  # the target is not looked at yet
+    pm = host.get_plugin_manager(load_entrypoints=False)
     if refused:
         with pytest.raises(BadInput, match=f"^dracut is not installed in the target {two_disks.target}: install it "
                                            "with `dnf install --assumeyes dracut`$"):
-            prepare(request, runner=two_disks.runner, host=two_disks.host)
+            host.plan(ctx, pm)
     else:
-        prepare(request, runner=two_disks.runner, host=two_disks.host)
+        host.plan(ctx, pm)
 
 
 def test_per_kernel_generator_without_a_kernel_is_bad_input(two_disks):
@@ -140,7 +142,7 @@ def test_version_is_printed(machine, capsys):
 
 def test_apply_without_a_runner_refuses_to_run_as_a_normal_user(monkeypatch, two_disks):
     """The real runner is used here (no runner given); starting any process would fail the test."""
-    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    monkeypatch.setattr(cli, "is_root", lambda: False)
     err = io.StringIO()
     assert cli.main(["apply", "--yes", *two_disks.args()], out=io.StringIO(), err=err) == 2
     assert err.getvalue() == "esp-mirror: error: apply changes disks and must run as root: run it with sudo\n"
@@ -151,7 +153,7 @@ def test_apply_without_a_runner_refuses_to_run_as_a_normal_user(monkeypatch, two
 
 def plan_groups(machine, **fields):
     request = Request(disks=("/dev/sda", "/dev/sdb"), target=str(machine.target), **fields)
-    ctx = prepare(request, runner=machine.runner, host=machine.host, strict_tools=False)
+    ctx = prepare(request, runner=machine.runner, host=machine.host)
     return host.plan(ctx, host.get_plugin_manager(load_entrypoints=False))
 
 

@@ -14,6 +14,7 @@ FIRST_LINE = {
     "edit-block": lambda s: f"edit {s['path']}: managed block",
     "copy-file": lambda s: f"copy {s['source']} -> {s['dest']}",
     "mkdir": lambda s: f"mkdir -p {shlex.quote(s['path'])}",
+    "settle": lambda s: f"udevadm settle --timeout={s['timeout']} (where udev runs)",
 }
 
 

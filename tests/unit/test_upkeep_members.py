@@ -57,8 +57,8 @@ def test_add_partitions_the_new_disk_like_the_others_and_grows_the_array(mirror)
     assert (add["name"], add["notes"]) == ("add", ["mdadm.conf names /dev/md/esp by UUID: it stays as it is"])
     assert add["steps"][1] == wait_for_partition("/dev/vdc")
     assert add["steps"][-1] == wait_for_recovery("/dev/vdc1")
-    assert [s["kind"] for s in add["steps"]] == ["command", "wait-for-partition", "command", "command", "command",
-                                                 "wait-for-sync"]
+    assert [s["kind"] for s in add["steps"]] == ["command", "wait-for-partition", "settle", "command", "command",
+                                                 "command", "wait-for-sync"]
     assert commands(add) == [partition("/dev/vdc", C),
                              ("wipefs", "--all", "/dev/vdc1"),
                              ("mdadm", "/dev/md/esp", "--add", "/dev/vdc1"),

@@ -17,6 +17,7 @@ from esp_mirror_plugin.execute import Applier
 from esp_mirror_plugin.record import Record
 from esp_mirror_plugin.request import Request
 from esp_mirror_plugin.runner import RecordingRunner, Result
+from esp_mirror_plugin.target import Target
 from esp_mirror_plugin.steps import Command, Group, WriteFile
 
 SERVICE = """\
@@ -81,14 +82,14 @@ def test_every_profile_has_its_periodic_check_specified_here():
 
 @pytest.mark.parametrize("name", PERIODIC)
 def test_periodic_check_per_profile(name, tmp_path):
-    steps = periodic.plan(Request(disks=(), target=str(tmp_path)), profiles.load_profile(name))
+    steps = periodic.plan(Request(disks=(), target=str(tmp_path)), profiles.load_profile(name), Target(str(tmp_path)))
     assert described(steps, str(tmp_path)) == PERIODIC[name]
 
 
 @pytest.mark.parametrize("name, path", [("void", "etc/cron.weekly/esp-mirror-check"),
                                         ("alpine", "etc/periodic/weekly/esp-mirror-check")])
 def test_the_cron_job_is_written_executable(name, path, tmp_path):
-    steps = periodic.plan(Request(disks=(), target=str(tmp_path)), profiles.load_profile(name))
+    steps = periodic.plan(Request(disks=(), target=str(tmp_path)), profiles.load_profile(name), Target(str(tmp_path)))
 
     Applier(RecordingRunner(), io.StringIO()).execute(Group("post_format", steps))
 
@@ -98,7 +99,7 @@ def test_the_cron_job_is_written_executable(name, path, tmp_path):
 
 def test_the_systemd_timer_is_written_and_enabled_in_the_target(tmp_path):
     runner = RecordingRunner(responders=[lambda argv: Result(argv, 0)])
-    steps = periodic.plan(Request(disks=(), target=str(tmp_path)), profiles.load_profile("opensuse"))
+    steps = periodic.plan(Request(disks=(), target=str(tmp_path)), profiles.load_profile("opensuse"), Target(str(tmp_path)))
 
     Applier(runner, io.StringIO()).execute(Group("post_format", steps))
 

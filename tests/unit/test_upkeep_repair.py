@@ -134,9 +134,9 @@ class EnvRunner(RecordingRunner):
         super().__init__(**kwargs)
         self.envs: list[dict[str, str]] = []
 
-    def run(self, argv, *, root="/", env=None, timeout=None) -> Result:
+    def run(self, argv, *, root="/", env=None, timeout=None, ok=(0,)) -> Result:
         self.envs.append(dict(env or {}))
-        return super().run(argv, root=root, env=env, timeout=timeout)
+        return super().run(argv, root=root, env=env, timeout=timeout, ok=ok)
 
 
 def test_copy_member_flushes_the_cache_lists_then_copies_everything_read_only(tmp_path):
@@ -195,7 +195,8 @@ def test_a_cache_that_cannot_be_flushed_stops_the_comparison(tmp_path):
     with pytest.raises(StepFailed) as failure:
         compare.copy_member(runner, "/dev/vdb1", tmp_path / "vdb1")
     assert (failure.value.step, failure.value.detail) == (
-        "blockdev --flushbufs /dev/vdb1", "blockdev: cannot open /dev/vdb1: No such device or address")
+        "blockdev --flushbufs /dev/vdb1", "command: blockdev --flushbufs /dev/vdb1\nexit code: 1\n"
+                                          "stderr: blockdev: cannot open /dev/vdb1: No such device or address")
     assert runner.calls == [("blockdev", "--flushbufs", "/dev/vdb1")]
 
 
@@ -343,7 +344,7 @@ def test_a_source_fsck_cannot_read_is_refused(mirror):
     mirror.fsck["/dev/vda1"] = (4, "fsck.fat 4.2 (2021-01-31)\nopen: No such device or address\n")
     outcome = mirror.cli("repair", "--source", "/dev/vda", "--dry-run")
     assert (outcome.code, outcome.error) == (
-        2, "the FAT on the source /dev/vda1 is damaged (open: No such device or address): choose another "
+        2, "fsck.fat cannot check the source /dev/vda1 (open: No such device or address): choose another "
            "--source, or repair it with fsck.fat first")
 
 

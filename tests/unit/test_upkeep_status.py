@@ -259,7 +259,7 @@ def test_status_json_of_a_healthy_mirror(mirror):
         "mount": {"mountpoint": str(mirror.esp), "device": "/dev/md127"},
         "mounted_members": [],
         "entries": [entry_json("/dev/vda", A, "0001", "espvm-A"), entry_json("/dev/vdb", B, "0002", "espvm-B")],
-        "efivars": True, "boot_current": "0002", "loader_device_partuuid": None, "booted_disk": "/dev/vdb",
+        "efivars": True, "boot_current": "0002", "loader_device_partuuid": None, "booted_disk": "/dev/vdb", "busy": None,
     }
 
 
@@ -288,7 +288,7 @@ def test_status_says_not_set_up_and_exits_2_without_record_or_array(machine, mon
     assert as_json.code == 2
     assert json.loads(as_json.out) == {
         "setup": False, "exit_code": 2, "problems": [], "array": None, "mount": None, "mounted_members": [],
-        "entries": [], "efivars": False, "boot_current": None, "loader_device_partuuid": None, "booted_disk": None}
+        "entries": [], "efivars": False, "boot_current": None, "loader_device_partuuid": None, "booted_disk": None, "busy": None}
 
 
 def test_status_of_a_recorded_mirror_whose_array_is_not_running(mirror):

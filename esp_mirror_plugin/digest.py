@@ -1,0 +1,53 @@
+"""A digest that binds a reviewed plan to the machine it was made on.
+
+``plan --json`` carries it; ``apply --expect-plan DIGEST`` recomputes it from what apply sees
+and refuses when it differs: a disk, the array, the boot entries or a file that the plan edits
+changed since the plan was reviewed, or the plan itself would be different.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from . import files
+from .steps import CopyFile, EditBlock, Group, WriteFile
+
+if TYPE_CHECKING:
+    from .context import Context
+
+
+def _facts(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def _file_state(root: str, path: str) -> str | None:
+    try:
+        return hashlib.sha256(files.resolve_in_root(root, path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def plan_digest(ctx: Context, groups: list[Group]) -> str:
+    """sha256 over the facts the plan was made from and the plan itself."""
+    snapshot = ctx.snapshot
+    edited = {}
+    for group in groups:
+        for step in group.steps:
+            if isinstance(step, EditBlock | WriteFile | CopyFile):
+                path = step.dest if isinstance(step, CopyFile) else step.path
+                edited[path] = _file_state(step.root, path)
+    document = {
+        "request": _facts(ctx.request),
+        "profile": _facts(ctx.profile),
+        "disks": [_facts(d) for d in snapshot.disks],
+        "array": _facts(snapshot.array),
+        "efivars": snapshot.efivars,
+        "boot": _facts(snapshot.boot),
+        "unread": list(snapshot.unread),
+        "files": edited,
+        "plan": [g.to_json() for g in groups],
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
