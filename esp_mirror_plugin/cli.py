@@ -123,7 +123,9 @@ def plan_json(groups: list[Group], ctx) -> dict:
 def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | None = None,
          runner=None, host_view=None, stdin: TextIO | None = None) -> int:
     out, err, stdin = out or sys.stdout, err or sys.stderr, stdin or sys.stdin
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    args.command_line = shlex.join(["esp-mirror", *argv])  # who holds the lock, for a second run
     try:
         return _run(args, out, stdin, runner, host_view)
     except BadInput as exc:
@@ -160,7 +162,7 @@ def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, runner, host_view
         return _plan(args, out, runner, host_view, lenient=not root)
     if not root:
         raise BadInput("apply changes disks and must run as root: run it with sudo")
-    with lock.held(shlex.join(["esp-mirror", *sys.argv[1:]])):
+    with lock.held(args.command_line):
         ctx = prepare(request_from_args(args), runner=runner, host=host_view)
         groups = host.plan(ctx, host.get_plugin_manager())
         if args.expect_plan and args.expect_plan != plan_digest(ctx, groups):

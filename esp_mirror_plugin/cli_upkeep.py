@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -77,7 +75,7 @@ def run(args: argparse.Namespace, out: TextIO, stdin: TextIO, runner: Runner | N
                "add": _add, "entries": _entries}[args.command]
     if args.command == "status":
         return handler(args, read_mirror(runner, records.load(host.sysroot), host), runner, host, out, stdin)
-    with lock.held(shlex.join(["esp-mirror", *sys.argv[1:]])):
+    with lock.held(args.command_line):
         state = read_mirror(runner, records.load(host.sysroot), host)
         return handler(args, state, runner, host, out, stdin)
 

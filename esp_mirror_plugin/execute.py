@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol, TextIO
 
 from . import files
-from .discovery import HostView
+from .discovery import HostView, Unreadable
 from .errors import StepFailed
 from .runner import CommandFailed, Runner
 from .steps import (Command, CopyFile, EditBlock, Group, MakeDir, Settle, WaitForPartition, WaitForSync,
@@ -152,13 +152,16 @@ class Applier:
     @_apply.register
     def _(self, step: WaitForSync, group: str) -> bool:
         md = f"/sys/block/{os.path.basename(self.host.realpath(step.device))}/md"
-        read = lambda key: (self.host.read(f"{md}/{key}") or "").strip()  # noqa: E731
         last_report, started = 0.0, self.clock()
         while True:
-            action, completed = read("sync_action"), read("sync_completed")
-            idle = action in ("idle", "")
-            pending = [d[4:] for d in self.host.listdir(md) if step.clean and d.startswith("dev-")
-                       and not {"in_sync", "faulty"} & set(read(f"{d}/state").split(","))]
+            try:  # what md is doing must be known: an unreadable state is not "idle"
+                action, completed = self.host.attr(f"{md}/sync_action"), self.host.attr(f"{md}/sync_completed")
+            except Unreadable as exc:
+                raise StepFailed(group, step.describe(), f"{exc}: is {step.device} still running?") from None
+            idle = action == "idle"
+            states = {d[4:]: self.host.read(f"{md}/{d}/state") for d in self.host.listdir(md) if d.startswith("dev-")}
+            pending = [name for name, state in states.items() if step.clean and state is not None
+                       and not {"in_sync", "faulty"} & set(state.strip().split(","))]
             if idle and not pending:
                 return True
             if idle and self.clock() - started > 30:

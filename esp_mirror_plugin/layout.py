@@ -128,23 +128,27 @@ def _same_fix(key: str) -> str:
             "(lsblk -o NAME,WWN,SERIAL shows which names share a disk)")
 
 
-# Characters mkfs.fat refuses in a volume label, and what FAT short names cannot hold.
-_FAT_LABEL_BAD = set('"*+,./:;<=>?[\\]|')
-# A directory name under \EFI\ that FAT (long names) and firmware path parsing both accept.
-_PATH_SEGMENT_BAD = set('"*/:<>?\\|')
+# Characters mkfs.fat refuses in a volume label (what FAT short names cannot hold).
+_FAT_LABEL_BAD = frozenset('"*+,./:;<=>?[\\]|')
+# What FAT long names, and the firmware's parsing of \EFI\<id>\ paths, do not take in a name.
+_PATH_SEGMENT_BAD = frozenset('"*/:<>?\\|')
+
+
+def _shown(chars: set[str]) -> str:
+    return " ".join(repr(c) if ord(c) < 32 else c for c in sorted(chars))
 
 
 def fat_label_problem(label: str) -> str | None:
-    """Why ``label`` is not a FAT volume label that mkfs.fat takes as given, or None."""
+    """Why ``label`` is not a FAT volume label that mkfs.fat takes as it is, or None."""
+    bad = {c for c in label if c in _FAT_LABEL_BAD or ord(c) < 32 or ord(c) == 127}
     if not label:
         return "it is empty"
-    if not label.isascii() or len(label) > 11:
+    if not label.isascii() or len(label.encode()) > 11:
         return "FAT labels are at most 11 ASCII characters"
-    bad = sorted({c for c in label if c in _FAT_LABEL_BAD or ord(c) < 32 or ord(c) == 127})
     if bad:
-        return f"FAT labels cannot contain {' '.join(bad)}"
+        return f"FAT labels cannot contain {_shown(bad)}"
     if label != label.upper():
-        return "FAT labels are upper case (firmware and Windows show them so)"
+        return "FAT labels are upper case"
     if label.startswith(" "):
         return "a FAT label cannot start with a space"
     return None
@@ -152,15 +156,15 @@ def fat_label_problem(label: str) -> str | None:
 
 def path_segment_problem(name: str) -> str | None:
     """Why ``name`` is not one directory name under \\EFI\\, or None."""
+    bad = {c for c in name if c in _PATH_SEGMENT_BAD or ord(c) < 32}
     if not name or name in (".", ".."):
-        return "it must be a directory name"
-    bad = sorted({c for c in name if c in _PATH_SEGMENT_BAD or ord(c) < 32})
+        return "it is empty" if not name else f"{name} is not a name"
     if bad:
-        return f"it cannot contain {' '.join(bad)} (one directory under \\EFI\\, no path)"
+        return f"it contains {_shown(bad)}"
     if name != name.strip() or name.endswith("."):
-        return "it cannot start or end with a space, or end with a dot"
+        return "it starts or ends with a space, or ends with a dot"
     if len(name) > 64:
-        return "keep it under 64 characters"
+        return "it is longer than 64 characters"
     return None
 
 
@@ -175,10 +179,11 @@ def check_settings(request: Request) -> None:
         raise BadInput(f"mount point {request.mountpoint!r} must be an absolute path like /boot/efi")
     problem = fat_label_problem(request.label)
     if problem:
-        raise BadInput(f"label {request.label!r} is not a valid FAT label ({problem}): use e.g. ESP")
+        raise BadInput(f"label {request.label!r} is not a valid FAT label: {problem}; use e.g. ESP")
     problem = path_segment_problem(request.loader_id or "")
     if problem:
-        raise BadInput(f"loader id {request.loader_id!r} is not valid ({problem}): use e.g. debian")
+        raise BadInput(f"loader id {request.loader_id!r} is not one directory name under \\EFI\\: {problem}; "
+                       "use e.g. debian")
     if request.bootloader is not None and request.bootloader.needs_image:
         if not request.efi_image:
             raise BadInput(f"bootloader {request.bootloader} needs the EFI image to install: "

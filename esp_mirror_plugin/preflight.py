@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import files
 from .errors import BadInput
@@ -61,14 +62,11 @@ class Preflight:
             self._parents_are_dirs(path, step.path)
 
     @staticmethod
-    def _resolved(root: str, path: str):
-        try:
-            return files.resolve_in_root(root, path)
-        except OSError as exc:
-            raise BadInput(f"{path}: {exc.strerror}: fix the symbolic links on that path") from None
+    def _resolved(root: str, path: str) -> Path:
+        return Target(root).resolve(path)
 
     @staticmethod
-    def _parents_are_dirs(path, shown: str) -> None:
+    def _parents_are_dirs(path: Path, shown: str) -> None:
         for parent in path.parents:
             if parent.exists():
                 if not parent.is_dir():

@@ -31,8 +31,14 @@ class Target:
         return os.path.normpath(os.path.join(self.root, rel.lstrip("/")))
 
     def resolve(self, rel: str) -> Path:
-        """The host path of ``rel`` as seen from inside the target."""
-        return files.resolve_in_root(self.root, rel)
+        """The host path of ``rel`` as seen from inside the target.
+
+        :raises BadInput: the symbolic links on the way loop.
+        """
+        try:
+            return files.resolve_in_root(self.root, rel)
+        except OSError as exc:
+            raise BadInput(f"{self.path(rel)}: {exc.strerror}: fix the symbolic links on that path") from None
 
     def exists(self, rel: str) -> bool:
         return self.resolve(rel).exists()

@@ -99,6 +99,10 @@ class FakeHost(HostView):
     def __init__(self, sysroot: Path, block: set[str]) -> None:
         super().__init__(str(sysroot))
         self.block = block
+        self.unreadable: set[str] = set()  # paths that cannot be opened (as for a user who is not root)
+
+    def cannot_read(self, path: str) -> str | None:
+        return "Permission denied" if path in self.unreadable else super().cannot_read(path)
 
     def kind(self, path: str) -> str:
         if self.exists(path) and self.realpath(path) in self.block:
@@ -539,6 +543,17 @@ def make_efi_image(root: Path) -> Path:
     path.parent.mkdir()
     path.write_bytes(b"MZ\x90\x00fake unified kernel image\n")
     return path
+
+
+@pytest.fixture
+def images(machine: Machine) -> Machine:
+    """Two image files on which apply succeeds (loop devices and partition nodes appear)."""
+    machine.add_image("a.img")
+    machine.add_image("b.img")
+    (machine.target / "etc/mdadm").mkdir()
+    machine.set_efivars(efibootmgr="unused: image files get no NVRAM entries\n")
+    machine.accept_changes()
+    return machine
 
 
 @pytest.fixture

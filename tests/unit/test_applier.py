@@ -170,16 +170,6 @@ def test_file_steps_report_changes_once_and_print_timed_progress(tmp_path):
 # -- esp-mirror apply on image files -------------------------------------------------------------
 
 
-@pytest.fixture
-def images(machine: Machine) -> Machine:
-    machine.add_image("a.img")
-    machine.add_image("b.img")
-    (machine.target / "etc/mdadm").mkdir()
-    machine.set_efivars(efibootmgr="unused: image files get no NVRAM entries\n")
-    machine.accept_changes()
-    return machine
-
-
 def resolved(argv: tuple[str, ...], bindings: dict[str, str]) -> tuple[str, ...]:
     return tuple(re.sub(r'^"\$\{(\w+)\}(.*)"$', lambda m: bindings[m[1]] + m[2], a) for a in argv)
 

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from conftest import GIB, Machine, ToolsExcept, assert_only_read, json_commands, starting
+from conftest import GIB, USER_FSTAB, Machine, ToolsExcept, assert_only_read, json_commands, starting
 
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 
@@ -213,7 +213,7 @@ def disks_mixed_with_image_files(m):
 def label_too_long_for_fat(m):
     two(m)
     return [*m.args(), "--label", "EFI-SYSTEM-MIRROR"], (
-        "label 'EFI-SYSTEM-MIRROR' is not a valid FAT label (FAT labels are at most 11 ASCII characters): "
+        "label 'EFI-SYSTEM-MIRROR' is not a valid FAT label: FAT labels are at most 11 ASCII characters; "
         "use e.g. ESP")
 
 
@@ -237,6 +237,145 @@ def array_name_taken_by_another_array(m):
 
 
 BOTH = ("plan", "apply")
+
+
+# -- names that would break later ----------------------------------------------------------------
+
+
+def label_with_a_character_fat_refuses(m):
+    two(m)
+    return [*m.args(), "--label", "ESP*1"], (
+        "label 'ESP*1' is not a valid FAT label: FAT labels cannot contain *; use e.g. ESP")
+
+
+def lower_case_label(m):
+    two(m)
+    return [*m.args(), "--label", "esp"], "label 'esp' is not a valid FAT label: FAT labels are upper case; use e.g. ESP"
+
+
+def loader_id_that_is_a_path(m):
+    two(m)
+    return [*m.args(), "--loader-id", "bad/id"], (
+        "loader id 'bad/id' is not one directory name under \\EFI\\: it contains /; use e.g. debian")
+
+
+# -- the same storage under two names ------------------------------------------------------------
+
+
+def two_loop_devices_on_one_image_file(m):
+    m.add_image("a.img")
+    m.add_disk("loop0", backing_file="/images/a.img")
+    m.add_disk("loop1", backing_file="/images/a.img")
+    return m.args("/dev/loop0", "/dev/loop1"), (
+        "disk /dev/loop1 is the same storage as /dev/loop0 (both are the same image file): list each image once "
+        "(detach the extra loop device with losetup --detach)")
+
+
+def an_image_file_and_its_own_loop_device(m):
+    m.add_image("a.img")
+    m.add_disk("loop0", backing_file="/images/a.img")
+    return m.args("/images/a.img", "/dev/loop0"), (
+        "disk /dev/loop0 is the same storage as /images/a.img (both are the same image file): list each image "
+        "once (detach the extra loop device with losetup --detach)")
+
+
+MULTIPATH_FIX = ("multipath or dual-path SAS shows one disk under two names; pass each physical disk once "
+                 "(lsblk -o NAME,WWN,SERIAL shows which names share a disk)")
+
+
+def two_paths_to_one_sas_disk(m):
+    m.add_disk("sda", serial="ZA1B2C3D", wwid="naa.5000c500a1b2c3d4")
+    m.add_disk("sdb", serial="ZA1B2C3D", wwid="naa.5000c500a1b2c3d4")
+    return m.args(), f"disk /dev/sdb is the same storage as /dev/sda (same WWN naa.5000c500a1b2c3d4): {MULTIPATH_FIX}"
+
+
+def two_disks_reporting_one_serial(m):
+    m.add_disk("vda", serial="espvm-A")
+    m.add_disk("vdb", serial="espvm-A")
+    return m.args(), f"disk /dev/vdb is the same storage as /dev/vda (same serial number espvm-A): {MULTIPATH_FIX}"
+
+
+# -- what apply would trip on after the disks were changed ----------------------------------------
+
+
+def fedora_target_without_raid_check_timer(m):
+    two(m)
+    (m.target / "usr/lib/systemd/system/raid-check.timer").unlink()
+    return [*m.args(), "--profile", "fedora"], (
+        f"the unit raid-check.timer is not installed in the target {m.target}, so `systemctl enable "
+        "raid-check.timer` would fail after the disks were changed: install the package that ships it, or use a "
+        "profile without it")
+
+
+def gentoo_target_without_the_mdraid_service(m):
+    two(m)
+    (m.target / "etc/init.d/mdraid").unlink()
+    return [*m.args(), "--profile", "gentoo"], (
+        f"the OpenRC service mdraid is not installed in the target {m.target} (no /etc/init.d/mdraid), so "
+        "`rc-update add mdraid` would fail: install the package that ships it first")
+
+
+BROKEN_BLOCK = "# BEGIN esp-mirror (managed block: esp-mirror rewrites what is between these lines)\nfoo\n"
+
+
+def broken_block_in_mkinitfs_conf(m):
+    two(m)
+    (m.target / "etc/mkinitfs").mkdir()
+    (m.target / "etc/mkinitfs/mkinitfs.conf").write_text('features="ata base"\n' + BROKEN_BLOCK)
+    return [*m.args(), "--profile", "alpine"], (
+        f"{m.target}/etc/mkinitfs/mkinitfs.conf has '# BEGIN esp-mirror (managed block: esp-mirror rewrites what "
+        "is between these lines)' without '# END esp-mirror': repair the file by hand")
+
+
+def broken_block_in_mkinitcpio_conf(m):
+    two(m)
+    profile = m.root / "arch-old.yaml"
+    profile.write_text("extends: arch\ninitramfs:\n  dropin_dir: false\n")
+    (m.target / "etc/mkinitcpio.conf").write_text("HOOKS=(base udev block filesystems)\n" + BROKEN_BLOCK * 2
+                                                  + "# END esp-mirror\n")
+    return [*m.args(), "--profile", str(profile)], (
+        f"{m.target}/etc/mkinitcpio.conf has 2 blocks marked '# BEGIN esp-mirror (managed block: esp-mirror "
+        "rewrites what is between these lines)': keep one, delete the others")
+
+
+def fstab_that_is_not_utf8(m):
+    two(m)
+    (m.target / "etc/fstab").write_bytes(b"# Ger\xe4te\n" + USER_FSTAB.encode())
+    return m.args(), (f"{m.target}/etc/fstab is not UTF-8 text (byte 5): esp-mirror edits text files only; "
+                      "convert it (iconv -t UTF-8) and run again")
+
+
+def mdadm_conf_that_is_a_directory(m):
+    two(m)
+    (m.target / "etc/mdadm/mdadm.conf").mkdir(parents=True)
+    return m.args(), (f"{m.target}/etc/mdadm/mdadm.conf is a directory, not a file: move it away; esp-mirror "
+                      "writes a file there")
+
+
+# -- facts that cannot be read are not "nothing there" --------------------------------------------
+
+
+def disk_that_cannot_be_opened(m):
+    two(m)
+    m.host.unreadable.add("/dev/sdb")
+    return m.args(), "cannot read disk /dev/sdb (Permission denied): run esp-mirror as root"
+
+
+def disk_whose_blkid_probe_is_denied(m):
+    two(m)
+    m.fail(("blkid", "-p", "-o", "export", "/dev/sdb"), 2, "blkid: error: /dev/sdb: Permission denied\n")
+    return m.args(), "cannot read disk /dev/sdb (blkid: error: /dev/sdb: Permission denied): run esp-mirror as root"
+
+
+def array_that_mdadm_cannot_read(m):
+    two(m)
+    m.add_array("/dev/md/esp", "md127", uuid="11111111:22222222:33333333:44444444", members=("/dev/sdc1",))
+    m.fail(("mdadm", "--detail", "--export", "/dev/md/esp"), 1,
+           "mdadm: cannot open /dev/md/esp: Permission denied\n")
+    return m.args(), ("cannot read the array /dev/md/esp (mdadm: cannot open /dev/md/esp: Permission denied): "
+                      "run esp-mirror as root")
+
+
 CASES = [
     (one_disk_without_degraded, BOTH), (nine_disks, BOTH), (same_disk_twice, BOTH),
     (same_disk_by_id_and_by_name, BOTH), (same_image_through_a_symlink, BOTH), (nonexistent_disk, BOTH),
@@ -245,19 +384,26 @@ CASES = [
     (disk_under_the_running_root_on_lvm, BOTH), (different_sector_sizes, BOTH),
     (esp_too_small_for_fat32_at_512, BOTH), (esp_too_small_for_fat32_at_4096, BOTH),
     (esp_larger_than_the_disk, BOTH), (metadata("0.90"), BOTH), (metadata("1.2"), BOTH),
-    (missing_tool("debian", "sgdisk", "apt-get install --yes gdisk"), ("apply",)),
-    (missing_tool("arch", "sgdisk", "pacman -S --needed --noconfirm gptfdisk"), ("apply",)),
-    (missing_tool("debian", "mkfs.vfat", "apt-get install --yes dosfstools"), ("apply",)),
-    (missing_tool("fedora", "efibootmgr", "dnf install --assumeyes efibootmgr"), ("apply",)),
+    (missing_tool("debian", "sgdisk", "apt-get install --yes gdisk"), BOTH),
+    (missing_tool("arch", "sgdisk", "pacman -S --needed --noconfirm gptfdisk"), BOTH),
+    (missing_tool("debian", "mkfs.vfat", "apt-get install --yes dosfstools"), BOTH),
+    (missing_tool("fedora", "efibootmgr", "dnf install --assumeyes efibootmgr"), BOTH),
     (missing_tool("debian", "grub-install", "apt-get install --yes grub-efi-amd64-bin", " in the target {m.target}"),
-     ("apply",)),
+     BOTH),
     (missing_tool("arch", "mkinitcpio", "pacman -S --needed --noconfirm mkinitcpio", " in the target {m.target}"),
-     ("apply",)),
+     BOTH),
     (unknown_profile, BOTH), (missing_efi_image("efi"), BOTH), (missing_efi_image("zfsbootmenu"), BOTH),
     (efi_image_that_does_not_exist, BOTH), (existing_partition_table_without_wipe, BOTH),
     (fstab_already_mounting_the_esp, BOTH), (esp_mountpoint_mounted_from_elsewhere, BOTH),
     (disks_mixed_with_image_files, BOTH), (label_too_long_for_fat, BOTH), (esp_size_that_is_not_a_size, BOTH),
     (target_that_is_not_a_directory, BOTH), (array_name_taken_by_another_array, BOTH),
+    (label_with_a_character_fat_refuses, BOTH), (lower_case_label, BOTH), (loader_id_that_is_a_path, BOTH),
+    (two_loop_devices_on_one_image_file, BOTH), (an_image_file_and_its_own_loop_device, BOTH),
+    (two_paths_to_one_sas_disk, BOTH), (two_disks_reporting_one_serial, BOTH),
+    (fedora_target_without_raid_check_timer, BOTH), (gentoo_target_without_the_mdraid_service, BOTH),
+    (broken_block_in_mkinitfs_conf, BOTH), (broken_block_in_mkinitcpio_conf, BOTH), (fstab_that_is_not_utf8, BOTH),
+    (mdadm_conf_that_is_a_directory, BOTH), (disk_that_cannot_be_opened, BOTH),
+    (disk_whose_blkid_probe_is_denied, BOTH), (array_that_mdadm_cannot_read, BOTH),
 ]
 PARAMS = [pytest.param(case, command, id=f"{command}-{case.__name__}") for case, commands in CASES
           for command in commands]
