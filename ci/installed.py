@@ -1,18 +1,22 @@
-"""The installed-system scenario: a Debian 12 installed onto two VM disks boots from either alone.
+"""The installed-system scenario: a Debian 12 installed onto two VM disks by the README's
+installer example boots from either disk alone.
 
-How the install goes, the way a real installer would do it (all of it inside a qemu guest, since
-only the guest kernel has md):
+How the install goes, the way a real installer does it (all of it inside a qemu guest, since only
+the guest kernel has md):
 
 1. On the host: the cached initramfs-tools root (ci/roots.py) gets what an installed machine
-   has (fstab with the root, /etc/default/grub with a serial console, a machine id) plus a test
-   unit that reports the boot on ttyS0 and powers off; it becomes an ext4 image (``mke2fs -d``),
-   handed to the guest as a third disk.
-2. In the guest: esp-mirror's ``pre_partition`` hook through its Python API (partition 1, the
-   ESP, on both disks); then the installer's own work: partition 2 on both disks, an md RAID1
-   root (metadata 1.2) over them, the root image copied onto it, mounted at /target, the root
-   array listed in mdadm.conf; then ``esp-mirror apply --target /target --bootloader grub
-   --initramfs regenerate`` (ESP array, mdadm.conf, fstab, one update-initramfs, grub-install
-   with the fallback path, one NVRAM entry per disk); last ``update-grub`` in the target.
+   has (/etc/default/grub with a serial console, the root's fstab line, a machine id) plus a test
+   unit that reports the boot on ttyS0 and powers off; it is split into two tar archives (the
+   base system; the kernel and mdadm, see ci/readme_installer.py), handed to the guest as two
+   raw disks.
+2. In the guest, first two refusals on extra disks: two disks that report one serial, and two
+   loop devices on one image file (``esp-mirror apply``: exit 2, every byte unchanged). Then the
+   README's ``install(disks, target, installer)`` runs as written with :class:`RaidRootInstaller`:
+   ``pre_partition``; the installer's partition 2 on both disks, an md RAID1 root (metadata 1.2),
+   ext4, mounted at /target; ``post_format``; the base system unpacked; the kernel and mdadm
+   unpacked and the root array listed in mdadm.conf; ``initramfs_config`` (one
+   update-initramfs); ``bootloader`` (grub-install with the fallback path, one NVRAM entry per
+   disk). Then what the installer does last: ``update-grub`` in the target.
 3. Firmware boots of the installed disks (:func:`boot_installed`): OVMF, GRUB from the ESP,
    the kernel and initramfs from the RAID1 root, systemd up to multi-user, where the test unit
    prints the state (mdstat, what /boot/efi is mounted from, boot timings) and powers off.
@@ -24,6 +28,7 @@ bitmap to re-add from) and wait for the recovery.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -33,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ci.readme_installer import SystemArchives, run_readme_install, split_system
 from ci.roots import Root, writable_view
 from ci.vm import Assets, GuestResult, VmError, blank_disk, run_in_guest
 from ci.vm.qemu import run_qemu
@@ -157,26 +163,38 @@ def root_image(view: Path, image: Path, size_mib: int = ROOT_FS_MIB, uuid: str =
     return image
 
 
+def _customize(view: Path) -> None:
+    """What makes the cached root an installed machine of this test."""
+    (view / "etc/default").mkdir(exist_ok=True)
+    (view / "etc/default/grub").write_text(DEFAULT_GRUB)
+    (view / "etc/fstab").write_text(f"UUID={ROOT_FS_UUID}\t/\text4\terrors=remount-ro\t0\t1\n")
+    (view / "etc/hostname").write_text("espvm-installed\n")
+    (view / "etc/machine-id").write_text(MACHINE_ID + "\n")  # not a first boot: no firstboot prompts
+    script = view / "usr/local/sbin/espvm-state"
+    script.write_text(STATE_SCRIPT)
+    script.chmod(0o755)
+    (view / "etc/systemd/system/espvm-state.service").write_text(STATE_UNIT)
+    wants = view / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / "espvm-state.service").symlink_to("/etc/systemd/system/espvm-state.service")
+    # the test unit writes to ttyS0; a login prompt there would only get in its way
+    (view / "etc/systemd/system/serial-getty@ttyS0.service").symlink_to("/dev/null")
+
+
 def build_target_image(root: Root, workdir: Path) -> TargetImage:
     """The installed system's root file system as an ext4 image, from the cached root."""
     started = time.monotonic()
     with writable_view(root, workdir / "target-view") as view:
-        (view / "etc/default").mkdir(exist_ok=True)
-        (view / "etc/default/grub").write_text(DEFAULT_GRUB)
-        (view / "etc/fstab").write_text(f"UUID={ROOT_FS_UUID}\t/\text4\terrors=remount-ro\t0\t1\n")
-        (view / "etc/hostname").write_text("espvm-installed\n")
-        (view / "etc/machine-id").write_text(MACHINE_ID + "\n")  # not a first boot: no firstboot prompts
-        script = view / "usr/local/sbin/espvm-state"
-        script.write_text(STATE_SCRIPT)
-        script.chmod(0o755)
-        (view / "etc/systemd/system/espvm-state.service").write_text(STATE_UNIT)
-        wants = view / "etc/systemd/system/multi-user.target.wants"
-        wants.mkdir(parents=True, exist_ok=True)
-        (wants / "espvm-state.service").symlink_to("/etc/systemd/system/espvm-state.service")
-        # the test unit writes to ttyS0; a login prompt there would only get in its way
-        (view / "etc/systemd/system/serial-getty@ttyS0.service").symlink_to("/dev/null")
+        _customize(view)
         image = root_image(view, workdir / "target-root.img")
     return TargetImage(image, time.monotonic() - started)
+
+
+def build_target_archives(root: Root, workdir: Path) -> SystemArchives:
+    """The installed system as the two archives the README installer unpacks."""
+    with writable_view(root, workdir / "archive-view") as view:
+        _customize(view)
+        return split_system(view, root.kver, workdir)
 
 
 def guest_python_argv(*args: str) -> list[str]:
@@ -184,60 +202,116 @@ def guest_python_argv(*args: str) -> list[str]:
     return ["env", f"PYTHONPATH={REPO_ROOT}", sys.executable, "-m", "ci.installed", *args]
 
 
-def install_script(target_disk: str = "/dev/vdc") -> str:
-    """The guest script of the install: esp-mirror's hooks around the installer's own steps."""
-    apply = [str(ESP_MIRROR_CLI), "apply", "--yes", "--profile", "debian", "--disk", "/dev/vda",
-             "--disk", "/dev/vdb", "--target", "/target", "--bootloader", "grub", "--initramfs", "regenerate"]
-    lines = [
+# The guest's disks for the install: the two to install on, the two archives, two "twins" that
+# report one serial (virtio serial from the image name: *-twin.img -> espvm-TWIN).
+INSTALL_DISKS = ("/dev/vda", "/dev/vdb")
+BASE_DISK, PACKAGES_DISK = "/dev/vdc", "/dev/vdd"
+TWIN_DISKS = ("/dev/vde", "/dev/vdf")
+
+
+class RaidRootInstaller:
+    """The installer's own steps in the README example: a RAID1 root on partition 2 of both
+    disks, Debian unpacked in two parts the way a package manager installs it (files already
+    there, like the fstab and mdadm.conf esp-mirror wrote, are kept)."""
+
+    def __init__(self, disks: Sequence[str], target: str) -> None:
+        self.disks, self.target = list(disks), target
+
+    @staticmethod
+    def run(*argv: str) -> None:
+        print(f"installer: {shlex.join(argv)}", flush=True)
+        subprocess.run(argv, check=True)
+
+    @staticmethod
+    def phase(name: str) -> None:
+        uptime = Path("/proc/uptime").read_text().split()[0]
+        print(f"{SECTION}phase {name} {uptime}", flush=True)
+
+    def make_root_filesystem(self) -> None:
+        self.phase("root_filesystem")
+        parts = [f"{disk}2" for disk in self.disks]
+        for disk in self.disks:
+            self.run("sgdisk", "--new=2:0:0", "--typecode=2:FD00", "--change-name=2:root", disk)
+        for part in parts:
+            for _ in range(100):
+                if os.path.exists(part):
+                    break
+                time.sleep(0.1)
+        # --assume-clean: every block the system uses is written through the array, to both members
+        self.run("mdadm", "--create", "/dev/md/root", "--run", "--level=1", "--raid-devices=2", "--metadata=1.2",
+                 "--homehost=any", "--name=root", "--assume-clean", *parts)
+        self.run("mkfs.ext4", "-q", "-F", "-U", ROOT_FS_UUID, "-L", "root", "/dev/md/root")
+        self.run("mount", "/dev/md/root", self.target)
+        self.phase("post_format")
+
+    def install_base_system(self) -> None:
+        self.phase("base_system")
+        self.run("tar", "-x", "--skip-old-files", "-f", BASE_DISK, "-C", self.target)
+
+    def install_kernel_and_mdadm(self) -> None:
+        self.phase("kernel_and_mdadm")
+        self.run("tar", "-x", "--skip-old-files", "-f", PACKAGES_DISK, "-C", self.target)
+        detail = subprocess.run(["mdadm", "--detail", "--brief", "/dev/md/root"], check=True, capture_output=True,
+                                text=True).stdout
+        with open(f"{self.target}/etc/mdadm/mdadm.conf", "a") as conf:  # the installer's own array
+            conf.write(detail)
+        self.phase("initramfs_config")
+
+
+# What the installer does after esp-mirror's hooks, and what the test reads back, in the guest.
+FINISH_AND_REPORT = r"""
+phase() {{ echo "@@@ phase $1 $(cut -d' ' -f1 /proc/uptime)"; }}
+phase update_grub
+for fs in dev proc sys; do mount --bind /$fs /target/$fs; done
+# The guest has no udev: make the link udev would, or grub-mkconfig falls back to
+# root=/dev/mdNNN, a number the installed system's initramfs may give to the ESP array.
+mkdir -p /dev/disk/by-uuid; ln -sf "$(readlink -f /dev/md/root)" /dev/disk/by-uuid/{root_uuid}
+chroot /target update-grub 2>&1
+phase report
+echo '@@@ mdadm.conf'; cat /target/etc/mdadm/mdadm.conf
+echo '@@@ fstab'; cat /target/etc/fstab
+echo '@@@ efibootmgr'; efibootmgr -v
+echo '@@@ esp-files'; find /target/boot/efi -type f | sort
+echo '@@@ initramfs'; chroot /target lsinitramfs /boot/initrd.img-$(ls /target/lib/modules) | grep -E 'mdadm|raid1' || true
+echo '@@@ image-mdadm.conf'; rm -rf /tmp/unpacked; chroot /target unmkinitramfs /boot/initrd.img-$(ls /target/lib/modules) /tmp/unpacked; cat /target/tmp/unpacked/etc/mdadm/mdadm.conf /target/tmp/unpacked/main/etc/mdadm/mdadm.conf 2>/dev/null || true
+echo '@@@ grub.cfg'; grep -E '^\s*(linux|search|insmod (mdraid|diskfilter|part_gpt|ext2))' /target/boot/grub/grub.cfg
+echo '@@@ detail-esp'; mdadm --detail --export /dev/md/esp
+echo '@@@ detail-root'; mdadm --detail --export /dev/md/root
+echo '@@@ mdstat'; cat /proc/mdstat
+phase unmount
+for fs in sys proc dev; do umount /target/$fs; done
+umount /target/boot/efi; umount /target
+mdadm --stop /dev/md/esp; mdadm --stop /dev/md/root; sync
+phase end
+"""
+
+
+def _refused_apply(name: str, disks: Sequence[str]) -> str:
+    """apply on ``disks`` (shell words: device paths or "$variables"): its exit code, and
+    whether every byte of the disks is as it was."""
+    argv = shlex.join([str(ESP_MIRROR_CLI), "apply", "--yes", "--target", "/tmp/nothing", "--bootloader", "efi",
+                       "--efi-image", "/tmp/nothing/x.efi", "--initramfs", "skip", "--no-nvram"])
+    argv += "".join(f" --disk {disk}" for disk in disks)
+    hashes = f"sha256sum {' '.join(disks)}"
+    return (f"echo '{SECTION}{name}'; before=$({hashes}); rc=0; {argv} 2>&1 || rc=$?; echo \"exit=$rc\"; "
+            f"after=$({hashes}); [ \"$before\" = \"$after\" ] && echo unchanged || echo CHANGED")
+
+
+def install_script() -> str:
+    """The guest script: the two refusals, then the README installer, then finish and report."""
+    return "\n".join([
         "set -eu",
-        "phase() { echo \"@@@ phase $1 $(cut -d' ' -f1 /proc/uptime)\"; }",
-        "phase pre_partition",
-        "mkdir -p /target",
-        shlex.join(guest_python_argv("pre-partition", "/dev/vda", "/dev/vdb")),
-        "phase root_array",
-        "for disk in /dev/vda /dev/vdb; do sgdisk --new=2:0:0 --typecode=2:FD00 --change-name=2:root $disk >/dev/null; done",
-        ("for part in /dev/vda2 /dev/vdb2; do n=50; until [ -b $part ]; do n=$((n-1)); [ $n -gt 0 ] || "
-        "{ echo \"$part did not appear\" >&2; exit 1; }; sleep 0.1; done; done"),
-        # --assume-clean: every block the test uses is written below, to both members
-        ("mdadm --create /dev/md/root --run --level=1 --raid-devices=2 --metadata=1.2 --homehost=any "
-        "--name=root --assume-clean /dev/vda2 /dev/vdb2"),
-        (f'[ "$(blockdev --getsize64 /dev/md/root)" -ge "$(blockdev --getsize64 {target_disk})" ] || '
-        '{ echo "the root array is smaller than the root image" >&2; exit 1; }'),
-        "phase copy_root",
-        f"dd if={target_disk} of=/dev/md/root bs=4M conv=sparse status=none",
-        "mount /dev/md/root /target",
-        "mdadm --detail --brief /dev/md/root >> /target/etc/mdadm/mdadm.conf",
-        "phase apply",
-        "echo '@@@ apply'",
-        shlex.join(apply) + " 2>&1",
-        "phase update_grub",
-        "for fs in dev proc sys; do mount --bind /$fs /target/$fs; done",
-        # The guest has no udev: make the link udev would, or grub-mkconfig falls back to
-        # root=/dev/mdNNN, a number the installed system's initramfs may give to the ESP array.
-        f"mkdir -p /dev/disk/by-uuid; ln -sf \"$(readlink -f /dev/md/root)\" /dev/disk/by-uuid/{ROOT_FS_UUID}",
-        "chroot /target update-grub 2>&1",
-        "phase report",
-        "echo '@@@ mdadm.conf'; cat /target/etc/mdadm/mdadm.conf",
-        "echo '@@@ fstab'; cat /target/etc/fstab",
-        "echo '@@@ efibootmgr'; efibootmgr -v",
-        "echo '@@@ esp-files'; find /target/boot/efi -type f | sort",
-        ("echo '@@@ initramfs'; chroot /target lsinitramfs /boot/initrd.img-$(ls /target/lib/modules) | "
-        "grep -E 'mdadm|raid1' || true"),
-        ("echo '@@@ image-mdadm.conf'; rm -rf /tmp/unpacked; chroot /target unmkinitramfs "
-        "/boot/initrd.img-$(ls /target/lib/modules) /tmp/unpacked; cat /target/tmp/unpacked/etc/mdadm/mdadm.conf "
-        "/target/tmp/unpacked/main/etc/mdadm/mdadm.conf 2>/dev/null || true"),
-        "echo '@@@ grub.cfg'; grep -E '^\\s*(linux|search|insmod (mdraid|diskfilter|part_gpt|ext2))' /target/boot/grub/grub.cfg",
-        "echo '@@@ detail-esp'; mdadm --detail --export /dev/md/esp",
-        "echo '@@@ detail-root'; mdadm --detail --export /dev/md/root",
-        "echo '@@@ mdstat'; cat /proc/mdstat",
-        "phase unmount",
-        "for fs in sys proc dev; do umount /target/$fs; done",
-        "umount /target/boot/efi; umount /target",
-        "mdadm --stop /dev/md/esp; mdadm --stop /dev/md/root; sync",
-        "phase end",
-        "",
-    ]
-    return "\n".join(lines)
+        "mkdir -p /target /tmp/nothing && printf MZ > /tmp/nothing/x.efi",
+        f"echo '{SECTION}twin-serials'; for d in vde vdf; do cat /sys/block/$d/serial; echo; done",
+        _refused_apply("twins", TWIN_DISKS),
+        "truncate -s 64M /tmp/one.img; a=$(losetup --find --show /tmp/one.img); b=$(losetup --find --show /tmp/one.img)",
+        f"echo '{SECTION}loop-devices'; echo \"$a $b\"",
+        _refused_apply("loops", ('"$a"', '"$b"')),
+        "losetup --detach \"$a\"; losetup --detach \"$b\"",
+        f"echo '{SECTION}install'",
+        shlex.join(guest_python_argv("install", *INSTALL_DISKS)) + " 2>&1",
+        FINISH_AND_REPORT.format(root_uuid=ROOT_FS_UUID),
+    ])
 
 
 @dataclass(frozen=True)
@@ -269,7 +343,6 @@ def parse_sections(text: str, prefix: str = "") -> tuple[dict[str, str], dict[st
             words = line[len(SECTION):].split()
             if words and words[0] == "phase" and len(words) == 3:
                 phases[words[1]] = float(words[2])
-                name = None
                 continue
             name = " ".join(words)
             sections[name] = ""
@@ -278,12 +351,13 @@ def parse_sections(text: str, prefix: str = "") -> tuple[dict[str, str], dict[st
     return sections, phases
 
 
-def install(workdir: Path, image: TargetImage, vars_file: Path, *, assets: Assets | None = None,
+def install(workdir: Path, archives: SystemArchives, vars_file: Path, *, assets: Assets | None = None,
             timeout: float = 1500) -> tuple[list[Path], Installed]:
     """Install onto two blank disks (disk-a.img, disk-b.img) in a guest; the install's NVRAM is ``vars_file``."""
     disks = [blank_disk(workdir / f"disk-{name}.img", DISK_MIB) for name in "ab"]
-    guest = run_in_guest(install_script(), [*disks, image.path], vars_file, timeout=timeout, assets=assets,
-                         log_dir=workdir)
+    twins = [blank_disk(workdir / f"{name}-twin.img", 64) for name in "ef"]
+    guest = run_in_guest(install_script(), [*disks, archives.base, archives.kernel_and_mdadm, *twins], vars_file,
+                         timeout=timeout, assets=assets, log_dir=workdir)
     sections, phases = parse_sections(guest.stdout)
     return disks, Installed(guest, sections, phases)
 
@@ -357,7 +431,7 @@ class InstalledBoot:
         number = {"esp": "1", "root": "2"}[name]
         blocks = re.split(r"\n(?=md\d+ :|unused devices)", text)
         for block in blocks:
-            if re.match(rf"md\d+ : active raid1 (vd[ab]{number}\[\d\](\(\w\))? ?)+", block):
+            if re.match(rf"md\d+ : active (\(auto-read-only\) )?raid1 (vd[ab]{number}\[\d\](\(\w\))? ?)+", block):
                 return " ".join(block.split())
         return ""
 
@@ -391,28 +465,14 @@ def copy_sparse(source: Path, dest: Path) -> Path:
     return dest
 
 
-def _pre_partition(disks: Sequence[str]) -> int:
-    """esp-mirror's pre_partition hook only, through its Python API, as an installer calls it."""
-    from esp_mirror_plugin import host
-    from esp_mirror_plugin.context import prepare
-    from esp_mirror_plugin.execute import Applier
-    from esp_mirror_plugin.kinds import BootloaderKind, InitramfsMode
-    from esp_mirror_plugin.request import Request
-
-    request = Request(disks=tuple(disks), profile="debian", target="/target", bootloader=BootloaderKind.GRUB,
-                      initramfs=InitramfsMode.SKIP)
-    # The installer's root is not there yet: nothing in it is looked at before a hook needs it.
-    ctx = prepare(request)
-    ctx.executor = Applier(ctx.runner)
-    host.call_hook(host.get_plugin_manager(), "pre_partition", ctx)
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    """In the guest: ``install DISK...`` runs the README's installer example onto /target."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["pre-partition"] and len(args) >= 3:
-        return _pre_partition(args[1:])
-    print("usage: python -m ci.installed pre-partition DISK DISK...", file=sys.stderr)
+    if args[:1] == ["install"] and len(args) >= 3:
+        RaidRootInstaller.phase("pre_partition")
+        run_readme_install(tuple(args[1:]), "/target", RaidRootInstaller(args[1:], "/target"))
+        return 0
+    print("usage: python -m ci.installed install DISK DISK...", file=sys.stderr)
     return 2
 
 
@@ -426,6 +486,7 @@ __all__ = [
     "InstalledBoot",
     "TargetImage",
     "boot_installed",
+    "build_target_archives",
     "build_target_image",
     "copy_sparse",
     "install",

@@ -32,8 +32,8 @@ from esp_mirror_plugin.steps import Command, EditBlock, Group, MakeDir, WriteFil
 
 
 class FilesOnlyPreflight(Preflight):
-    """For targets that are only another distribution's config files on a Debian root: the file
-    steps are checked as always, the commands (that distribution's programs and units) are not."""
+    """For another distribution's profile on a Debian root: the file steps are checked as always,
+    the commands (that distribution's programs and units) are not."""
 
     def _command(self, step: Command) -> None:
         pass
@@ -120,14 +120,14 @@ class HostInstall:
 
 def prepare_on_images(profile: str, target: Path, workdir: Path, *,
                       initramfs: InitramfsMode = InitramfsMode.REGENERATE,
-                      regenerate: tuple[str, ...] | None = None, config_only: bool = False,
+                      regenerate: tuple[str, ...] | None = None, foreign: bool = False,
                       bootloader: BootloaderKind = BootloaderKind.EFI, efi_image: Path | None = None) -> HostInstall:
     """Prepare esp-mirror as an installer would, with two blank image files as the disks.
 
     The bootloader defaults to a plain EFI image (a placeholder file, for runs that stop before
-    the bootloader hook, so that a target root needs no bootloader). ``config_only`` is for
-    targets that are only config files (a generator that cannot be installed here): the
-    commands of other distributions are then not checked in this Debian root.
+    the bootloader hook, so that a target root needs no bootloader). ``foreign`` is for another
+    distribution's profile on a Debian root (or on a target of config files only): its files are
+    checked as always, its programs and units (raid-check.timer, rc-update) are not looked for.
     """
     disks = [blank_disk(workdir / f"disk-{name}.img", 1024) for name in "ab"]
     image = efi_image
@@ -140,6 +140,6 @@ def prepare_on_images(profile: str, target: Path, workdir: Path, *,
                       bootloader=bootloader, efi_image=str(image) if bootloader.needs_image else None,
                       initramfs=initramfs)
     ctx = prepare(request, runner=runner)
-    if config_only:
+    if foreign:
         ctx.preflight = FilesOnlyPreflight(runner, ctx.profile.install_hint)
     return HostInstall(ctx, runner, io.StringIO())

@@ -180,9 +180,9 @@ _THIS_RUN = f"{os.getpid()}-{time.time()}"
 
 def _build(spec: RootSpec, sources: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f"{spec.name}-*"):  # older recipes of this kind: no longer used
-        if stale.is_dir() and stale != path and re.fullmatch(rf"{re.escape(spec.name)}-[0-9a-f]{{12}}", stale.name):
-            shutil.rmtree(stale)
+    for stale in path.parent.glob(f"{spec.name}-*"):  # older recipes of this kind, and what was made of them
+        if stale != path and re.fullmatch(rf"{re.escape(spec.name)}-[0-9a-f]{{12}}(\.[\w.-]+)?", stale.name):
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     with tempfile.TemporaryDirectory(prefix=f".build-{spec.name}-", dir=path.parent) as tmp:
         staging = Path(tmp) / "root"
         sources_file = Path(tmp) / "debian.sources"

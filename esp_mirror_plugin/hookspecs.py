@@ -9,18 +9,30 @@ An installer calls the four hooks in this order, each once, with keyword argumen
 
 ``ctx`` is a :class:`esp_mirror_plugin.context.Context` made by
 :func:`esp_mirror_plugin.context.prepare`, which already validated the request against the
-machine: by the time a hook runs, the disks are known to be safe to use.
+disks: by the time a hook runs, the disks are known to be safe to use. The target is read by
+each hook when it is called (``ctx.target``), so an installer may call ``prepare`` before it has
+installed anything there. Call the hooks inside ``with host.attached(ctx):``, which attaches
+loop devices for image files first and releases them (and any chroot bind mounts) at the end,
+also after an error.
 
 Rules for every implementation:
 
 - Do the work through ``ctx.execute(group, steps)`` only, with step objects from
   :mod:`esp_mirror_plugin.steps`; never start a process or write a file directly. That is what
-  makes ``esp-mirror plan`` show exactly what ``apply`` does.
-- Plan from ``ctx.snapshot`` and ``ctx.layout`` (read-only facts), so a re-run converges.
+  makes ``esp-mirror plan`` show exactly what ``apply`` does, and what checks every step before
+  the first one runs (:mod:`esp_mirror_plugin.preflight`).
+- Plan from ``ctx.snapshot``, ``ctx.layout`` and ``ctx.target`` (read-only facts), so a re-run
+  converges.
 - Fail loudly: raise :class:`esp_mirror_plugin.errors.BadInput` (nothing changed yet) or let
   :class:`esp_mirror_plugin.errors.StepFailed` propagate. Never swallow an error; the pipeline
   stops at the first one and names the hook.
 - Return None. Share state with later hooks through ``ctx.state``.
+
+Order among plugins: pluggy calls the implementations of one hook last registered first, and
+esp-mirror's own is registered first, so a third-party plugin runs before it unless it says
+otherwise. Say it: ``@hookimpl(tryfirst=True)`` runs before esp-mirror's steps (check firmware,
+add a partition of your own before the ESP is made), ``@hookimpl(trylast=True)`` after them
+(record the new boot entries in an inventory), and ``@hookimpl(wrapper=True)`` around them.
 """
 
 from __future__ import annotations

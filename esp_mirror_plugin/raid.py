@@ -18,6 +18,22 @@ def array_line(request: Request, layout: Layout) -> str:
             f"name=any:{request.array_name}")
 
 
+# mdadm --monitor (mdmonitor.service) refuses to run, and the unit fails at every boot, without a
+# MAILADDR or PROGRAM line. A distribution's mdadm package writes its default only when it finds no
+# mdadm.conf; when esp-mirror wrote the file first (an installer calls post_format before it
+# installs mdadm), the block carries that default too, until the file has one of its own.
+MONITOR_DEFAULT = "MAILADDR root"
+
+
+def mdadm_conf_block(request: Request, layout: Layout, current: str) -> str:
+    """Our block of mdadm.conf: the ARRAY line, and the monitor's default address if the rest of
+    the file names none."""
+    own = [line.split()[:1] for line in _outside_block(current, "mdadm.conf").splitlines()]
+    if ["MAILADDR"] in own or ["PROGRAM"] in own:
+        return array_line(request, layout)
+    return f"{array_line(request, layout)}\n{MONITOR_DEFAULT}"
+
+
 def plan(request: Request, profile: Profile, layout: Layout, target: Target) -> tuple[Step, ...]:
     _check_fstab(request, target)
     steps: list[Step] = []
@@ -42,10 +58,10 @@ def plan(request: Request, profile: Profile, layout: Layout, target: Target) -> 
         steps.append(MakeDir(layout.esp_dir, why="the ESP mount point", root=request.target))
         steps.append(Command(("mount", "-t", "vfat", "-o", "umask=0077", request.device, layout.esp_dir),
                              why="the installer and the bootloader write to the array, never a member"))
-    line = array_line(request, layout)
-    if not _listed_elsewhere(target.text(profile.mdadm_conf), layout.array_uuid, target.path(profile.mdadm_conf)):
-        steps.append(EditBlock(target.path(profile.mdadm_conf), line, root=target.root,
-                               why="the booted system assembles the ESP array by UUID"))
+    conf = target.text(profile.mdadm_conf)
+    if not _listed_elsewhere(conf, layout.array_uuid, target.path(profile.mdadm_conf)):
+        steps.append(EditBlock(target.path(profile.mdadm_conf), mdadm_conf_block(request, layout, conf),
+                               root=target.root, why="the booted system assembles the ESP array by UUID"))
     steps.append(EditBlock(target.path("etc/fstab"), fstab.line(layout.fs_uuid, request.mountpoint),
                            root=target.root, why="one fstab line for the ESP, by the array's FAT UUID"))
     for argv in profile.boot_assembly:

@@ -46,6 +46,14 @@ class Request:
     degraded: bool = False
     arch: str = platform.machine()
 
+    def __post_init__(self) -> None:
+        """Installers may write ``bootloader="grub"``; the choices become their enums here."""
+        for name, enum in (("bootloader", BootloaderKind), ("initramfs", InitramfsMode)):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, enum):
+                object.__setattr__(self, name, _choice(enum, value, name, "request"))
+        object.__setattr__(self, "disks", tuple(self.disks))
+
     def resolve(self, profile: Profile) -> Request:
         """This request with every profile default filled in."""
         return replace(

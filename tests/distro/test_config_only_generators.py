@@ -46,7 +46,7 @@ READ_MKINITFS = 'set -e; . "$1/etc/mkinitfs/mkinitfs.conf"; printf "%s\\n" "$fea
 def _apply_initramfs_config(profile: str, target: Path, workdir: Path) -> None:
     """esp-mirror's initramfs_config hook, applied as an installer would (settings only)."""
     install = prepare_on_images(profile, target, workdir, initramfs=InitramfsMode.CONFIGURE_ONLY,
-                                config_only=True)
+                                foreign=True)
     install.initramfs_config()
 
 

@@ -145,10 +145,14 @@ def test_array_is_mounted_at_target_plus_the_profiles_mount_point(plan, profile)
 
 
 def test_mdadm_conf_and_fstab_get_exactly_one_managed_line_each(plan, profile):
+    """mdadm.conf gets the ARRAY line; where the target has no mdadm.conf yet (every profile but
+    Debian's here, whose mdadm package wrote one with MAILADDR), also the monitor's address:
+    without one mdmonitor.service fails at every boot."""
     mountpoint, _, _, mdadm_conf, _ = FACTS[profile]
     edits = {s["path"]: s["block"] for g in plan["groups"] for s in g["steps"] if s["kind"] == "edit-block"}
-    assert edits[f"{target_of(plan)}{mdadm_conf}"] == (
-        f"ARRAY /dev/md/esp metadata=1.0 UUID={plan['array']['uuid']} name=any:esp")
+    array = f"ARRAY /dev/md/esp metadata=1.0 UUID={plan['array']['uuid']} name=any:esp"
+    expected = array if mdadm_conf == "/etc/mdadm/mdadm.conf" else f"{array}\nMAILADDR root"
+    assert edits[f"{target_of(plan)}{mdadm_conf}"] == expected
     assert edits[f"{target_of(plan)}/etc/fstab"] == (
         f"UUID={plan['filesystem']['uuid']}\t{mountpoint}\tvfat\t{FSTAB_OPTIONS}\t0\t2")
 

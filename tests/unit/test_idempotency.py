@@ -280,3 +280,20 @@ def test_rerun_on_the_installed_system_whose_root_shares_the_disks(two_disks, ro
     outcome = two_disks.cli("plan", "--json", *two_disks.args())
     assert outcome.code == 0, outcome.err
     assert changing(json.loads(outcome.out)) == []
+
+
+@pytest.mark.parametrize(("outside", "monitor"), [("", True), ("MAILADDR ops@example.com\n", False),
+                                                   ("PROGRAM /usr/local/bin/page-me\n", False)])
+def test_mdadm_conf_gets_the_monitors_default_address_only_while_it_names_none(outside, monitor):
+    """Written before the mdadm package (an installer), mdadm.conf would leave mdmonitor.service
+    failing at every boot; the default goes into our block until the file has its own."""
+    from esp_mirror_plugin import files
+    from esp_mirror_plugin.raid import mdadm_conf_block
+    from esp_mirror_plugin.request import Request
+
+    layout = type("L", (), {"array_uuid": "11111111:22222222:33333333:44444444"})()
+    request = Request(disks=())
+    first = mdadm_conf_block(request, layout, outside)
+    assert first.endswith("\nMAILADDR root") is monitor
+    again = mdadm_conf_block(request, layout, files.with_block(outside, first))  # a re-run sees our block
+    assert again == first

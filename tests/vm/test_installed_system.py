@@ -1,11 +1,12 @@
 """An installed Debian 12 (not a payload) on two disks comes up from either disk alone.
 
-The install (ci/installed.py) runs in a guest as an installer would: esp-mirror's pre_partition
-hook, the installer's RAID1 root on partition 2 of both disks, then ``esp-mirror apply
---bootloader grub --initramfs regenerate`` on the mounted target and update-grub. Then OVMF
-boots the disks with the install's NVRAM: GRUB from the mirrored ESP, the kernel and initramfs
-from the RAID1 root, systemd up to multi-user.target, where a test unit prints the state to the
-serial port and powers off.
+The install (ci/installed.py) is the README's installer example, run as written in a guest: the
+four hooks through the Python API, with the installer's own steps between them (a RAID1 root on
+partition 2 of both disks, Debian from mmdebstrap unpacked in two parts), then update-grub.
+Before it, in the same guest, two disks that report one serial and two loop devices on one
+image file are refused. Then OVMF boots the disks with the install's NVRAM: GRUB from the
+mirrored ESP, the kernel and initramfs from the RAID1 root, systemd up to multi-user.target,
+where a test unit prints the state to the serial port and powers off.
 
 Boot order matters and is fixed by the fixtures: both disks; disk A alone (on a throw-away
 snapshot, so disk A stays as installed); disk B alone (for real: B's arrays move ahead of A's);
@@ -29,7 +30,7 @@ from ci.installed import (
     Installed,
     InstalledBoot,
     boot_installed,
-    build_target_image,
+    build_target_archives,
     install,
 )
 from ci.measure import measurements
@@ -61,22 +62,25 @@ def installed(vm_assets: Assets, tmp_path_factory: pytest.TempPathFactory,
     measured.record("root build", "initramfs-tools (mmdebstrap)", root.build_seconds,
                     "built now" if root.built_now else "cached, built earlier")
     work = tmp_path_factory.mktemp("installed")
-    image = build_target_image(root, work)
-    measured.record("installed system", "target root image (mke2fs -d)", image.seconds)
+    archives = build_target_archives(root, work)
+    measured.record("installed system", "the root split into two archives (host)", archives.seconds)
     nvram = fresh_vars(work / "install-vars.fd", vm_assets)
-    disks, result = install(work, image, nvram, assets=vm_assets)
+    disks, result = install(work, archives, nvram, assets=vm_assets)
     assert result.guest.rc == 0, (f"install failed:\n{result.guest.stdout[-4000:]}\n{result.guest.stderr[-4000:]}"
                                   f"\nserial log: {result.guest.serial_log}")
     measured.record("installed system", "install in the guest (qemu start to power off)", result.guest.seconds)
-    measured.record("installed system", "esp-mirror apply in the guest", result.phase_seconds("apply"),
-                    "pre_partition ran before, through the Python API")
+    readme = result.phases["update_grub"] - result.phases["pre_partition"]
+    measured.record("installed system", "README install() in the guest", readme,
+                    "4 hooks; root array, ext4 and Debian unpacked between them")
+    for phase in ("root_filesystem", "base_system", "kernel_and_mdadm"):
+        measured.record("installed system", f"installer step: {phase.replace('_', ' ')}", result.phase_seconds(phase))
     measured.record("regeneration", "debian: update-initramfs -u -k all", _step_seconds(result, "update-initramfs"),
                     "in the TCG guest, root on virtio md RAID1, MODULES=dep")
     return Scenario(work, disks, nvram, result)
 
 
 def _step_seconds(result: Installed, command: str) -> float:
-    lines = result.sections["apply"].splitlines()
+    lines = result.sections["install"].splitlines()
     index = next(i for i, line in enumerate(lines) if command in line and "] chroot " in line)
     return float(re.search(r"\(([\d.]+) s\)", lines[index + 1]).group(1))
 
@@ -162,9 +166,45 @@ def _assert_multi_user_with_esp_from_md(boot: InstalledBoot) -> None:
 # --- the install -----------------------------------------------------------------------------
 
 
+def test_two_disks_reporting_one_serial_are_refused_and_left_as_they_were(installed: Scenario) -> None:
+    sections = installed.result.sections
+    assert sections["twin-serials"].split() == ["espvm-TWIN", "espvm-TWIN"]
+    twins = sections["twins"]
+    assert ("esp-mirror: error: disk /dev/vdf is the same storage as /dev/vde (same serial number espvm-TWIN)"
+            in twins), twins
+    assert twins.rstrip().endswith("exit=2\nunchanged"), twins
+
+
+def test_two_loop_devices_on_one_image_file_are_refused_and_left_as_they_were(installed: Scenario) -> None:
+    sections = installed.result.sections
+    first, second = sections["loop-devices"].split()
+    loops = sections["loops"]
+    assert f"esp-mirror: error: disk {second} is the same storage as {first} (both are the same image file)" in loops
+    assert loops.rstrip().endswith("exit=2\nunchanged"), loops
+
+
+def test_the_readme_installer_calls_the_hooks_around_its_own_steps(installed: Scenario) -> None:
+    """The README's install(): each hook ran where the example puts it, and read the target then."""
+    lines = installed.result.sections["install"].splitlines()
+    events: list[str] = []
+    for line in lines:
+        hook = re.match(r"\s+\[(pre_partition|post_format|initramfs_config|bootloader|cleanup)\] ", line)
+        if hook and (not events or events[-1] != hook.group(1)):
+            events.append(hook.group(1))  # a hook's steps, once
+        elif line.startswith("installer: "):
+            events.append(line.split()[1])  # each of the installer's own commands
+    assert events == ["pre_partition", "sgdisk", "sgdisk", "mdadm", "mkfs.ext4", "mount", "post_format", "tar",
+                      "tar", "initramfs_config", "bootloader", "cleanup"], events
+    # the bind mounts for chroot came right before the first command in the target, and went again
+    install = installed.result.sections["install"]
+    assert re.search(r"\[initramfs_config\] mount --bind /proc /target/proc\n.*\n.*\n.*\n.*\n.*\n"
+                     r"\s+\[initramfs_config\] chroot /target update-initramfs", install), install
+    assert "[cleanup] umount /target/proc" in install
+
+
 def test_install_regenerates_once_and_the_image_carries_both_arrays(installed: Scenario) -> None:
     sections = installed.result.sections
-    apply = sections["apply"]
+    apply = sections["install"]
     assert len(re.findall(r"^\s+\[initramfs_config\] chroot /target update-initramfs", apply, re.MULTILINE)) == 1, apply
     uuid_esp, uuid_root = (_uuid(sections[f"detail-{a}"]) for a in ("esp", "root"))
     for name in ("mdadm.conf", "image-mdadm.conf"):  # the target's file, and the copy in the initramfs
@@ -225,9 +265,9 @@ def test_each_disk_alone_boots_to_multi_user_with_the_esp_degraded(which: str, r
 
 def test_a_reattached_disk_is_brought_back_to_two_members(reattached: InstalledBoot) -> None:
     _assert_multi_user_with_esp_from_md(reattached)
-    # disk B was used alone last: md keeps B's newer members and leaves A's stale ones out
-    for array in ("esp", "root"):
-        assert "[2/1]" in reattached.mdstat_line(array), reattached.section("mdstat")
+    # disk B was used alone last: md keeps B's newer ESP member and leaves A's stale one out. (The
+    # root array takes A back by itself when nothing was written to it while B ran alone.)
+    assert "[2/1]" in reattached.mdstat_line("esp"), reattached.section("mdstat")
     commands = reattached.section("readd")
     assert re.search(r"mdadm /dev/md/esp --(re-)?add /dev/vda1", commands), commands
     for array in ("esp", "root"):
