@@ -21,14 +21,14 @@ from pathlib import Path
 
 from ci.vm.images import blank_disk
 from esp_mirror_plugin import host
-from esp_mirror_plugin.context import Context, prepare
-from esp_mirror_plugin.execute import Applier
-from esp_mirror_plugin.kinds import BootloaderKind, InitramfsMode
-from esp_mirror_plugin.preflight import Preflight
-from esp_mirror_plugin.profiles import load_profile
-from esp_mirror_plugin.request import Request
-from esp_mirror_plugin.runner import Result, Runner, ShRunner, full_argv
-from esp_mirror_plugin.steps import Command, EditBlock, Group, MakeDir, WriteFile
+from esp_mirror_plugin.pipeline.context import Context, prepare
+from esp_mirror_plugin.pipeline.execute import Applier
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind, InitramfsMode
+from esp_mirror_plugin.pipeline.preflight import Preflight
+from esp_mirror_plugin.pipeline.profiles import load_profile
+from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.system.runner import Result, Runner, ShRunner, full_argv
+from esp_mirror_plugin.pipeline.steps import Command, EditBlock, Group, MakeDir, WriteFile
 
 
 class FilesOnlyPreflight(Preflight):

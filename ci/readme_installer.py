@@ -56,7 +56,7 @@ class SystemArchives:
 def _package_files(root: Path, kver: str) -> set[str]:
     """The files (not directories) of the kernel and mdadm packages, as paths in ``root`` with
     links on the way (/lib -> usr/lib) resolved, plus the kernel's initramfs."""
-    from esp_mirror_plugin.files import resolve_in_root
+    from esp_mirror_plugin.system.files import resolve_in_root
 
     out = {f"boot/initrd.img-{kver}"}
     for package in PACKAGES:

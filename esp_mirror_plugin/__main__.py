@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from esp_mirror_plugin.cli import main
 
 sys.exit(main())

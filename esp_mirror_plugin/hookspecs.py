@@ -7,8 +7,8 @@ An installer calls the four hooks in this order, each once, with keyword argumen
     pm.hook.initramfs_config(ctx=ctx)   # once the target's packages (kernel, mdadm) are installed
     pm.hook.bootloader(ctx=ctx)         # last: the ESP is mounted at target + mount point
 
-``ctx`` is a :class:`esp_mirror_plugin.context.Context` made by
-:func:`esp_mirror_plugin.context.prepare`, which already validated the request against the
+``ctx`` is a :class:`esp_mirror_plugin.pipeline.context.Context` made by
+:func:`esp_mirror_plugin.pipeline.context.prepare`, which already validated the request against the
 disks: by the time a hook runs, the disks are known to be safe to use. The target is read by
 each hook when it is called (``ctx.target``), so an installer may call ``prepare`` before it has
 installed anything there. Call the hooks inside ``with host.attached(ctx):``, which attaches
@@ -18,9 +18,9 @@ also after an error.
 Rules for every implementation:
 
 - Do the work through ``ctx.execute(group, steps)`` only, with step objects from
-  :mod:`esp_mirror_plugin.steps`; never start a process or write a file directly. That is what
+  :mod:`esp_mirror_plugin.pipeline.steps`; never start a process or write a file directly. That is what
   makes ``esp-mirror plan`` show exactly what ``apply`` does, and what checks every step before
-  the first one runs (:mod:`esp_mirror_plugin.preflight`).
+  the first one runs (:mod:`esp_mirror_plugin.pipeline.preflight`).
 - Plan from ``ctx.snapshot``, ``ctx.layout`` and ``ctx.target`` (read-only facts), so a re-run
   converges.
 - Fail loudly: raise :class:`esp_mirror_plugin.errors.BadInput` (nothing changed yet) or let
@@ -39,10 +39,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import hookspec
+from esp_mirror_plugin import hookspec
 
 if TYPE_CHECKING:
-    from .context import Context
+    from esp_mirror_plugin.pipeline.context import Context
 
 
 # -------------------------------------------------------------------------------------------

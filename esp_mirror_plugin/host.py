@@ -14,11 +14,13 @@ from typing import TextIO
 
 import pluggy
 
-from . import PROJECT, attach, hookspecs, plugin
-from .context import Context
-from .errors import BadInput, StepFailed
-from .execute import Applier, PlanRecorder
-from .steps import Group
+from esp_mirror_plugin import PROJECT, hookspecs, plugin
+
+from esp_mirror_plugin.pipeline import attach
+from esp_mirror_plugin.pipeline.context import Context
+from esp_mirror_plugin.errors import BadInput, StepFailed
+from esp_mirror_plugin.pipeline.execute import Applier, PlanRecorder
+from esp_mirror_plugin.pipeline.steps import Group
 
 HOOK_ORDER = ("pre_partition", "post_format", "initramfs_config", "bootloader")
 BLOCK_PLUGINS_ENV = "ESP_MIRROR_NO_PLUGINS"  # set to 1 to load no third-party plugins

@@ -6,9 +6,13 @@ installer installs the kernel, mdadm and shim between the hooks.
 
 from __future__ import annotations
 
-from . import bootloader as boot
-from . import hookimpl, initramfs, partition, periodic, raid
-from .context import Context
+from esp_mirror_plugin.hooks import bootloader as boot
+from esp_mirror_plugin import hookimpl
+from esp_mirror_plugin.hooks import initramfs
+from esp_mirror_plugin.hooks import partition
+from esp_mirror_plugin.hooks import periodic
+from esp_mirror_plugin.hooks import raid
+from esp_mirror_plugin.pipeline.context import Context
 
 
 @hookimpl

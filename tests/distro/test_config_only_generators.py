@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ci.installer import prepare_on_images
-from esp_mirror_plugin.kinds import InitramfsMode
+from esp_mirror_plugin.pipeline.kinds import InitramfsMode
 
 pytestmark = pytest.mark.distro
 

@@ -5,9 +5,9 @@ pretend host (disks, partitions, mounts, swap, a running array, NVRAM) and shows
 in the two ways esp-mirror looks at a machine:
 
 - sysfs, /proc and /dev as files under ``tmp_path/host``, read through :class:`FakeHost` (a
-  :class:`~esp_mirror_plugin.discovery.HostView` that declares which paths are block devices);
+  :class:`~esp_mirror_plugin.system.discovery.HostView` that declares which paths are block devices);
 - answers to the read-only commands (``blkid -p``, ``sfdisk --json``, ``mdadm --detail --export``,
-  ``efibootmgr -v``) from a :class:`~esp_mirror_plugin.runner.RecordingRunner` responder, in the
+  ``efibootmgr -v``) from a :class:`~esp_mirror_plugin.system.runner.RecordingRunner` responder, in the
   formats captured from the real tools (see ``data/captured``).
 
 Every other command raises ``UnexpectedCommand`` unless a test calls :meth:`Machine.accept_changes`.
@@ -28,12 +28,20 @@ from pathlib import Path
 
 import pytest
 
-from esp_mirror_plugin import cli, cli_upkeep, disks as names, lock, record as records
-from esp_mirror_plugin.discovery import HostView
-from esp_mirror_plugin.record import Record
-from esp_mirror_plugin.request import Request
-from esp_mirror_plugin.runner import RecordingRunner, Result, ShRunner, UnexpectedCommand, full_argv
-from esp_mirror_plugin.steps import Command, Group
+from esp_mirror_plugin import cli
+
+from esp_mirror_plugin.cli import upkeep as cli_upkeep
+
+from esp_mirror_plugin.pipeline import naming as names
+
+from esp_mirror_plugin.system import lock
+
+from esp_mirror_plugin.upkeep import record as records
+from esp_mirror_plugin.system.discovery import HostView
+from esp_mirror_plugin.upkeep.record import Record
+from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.system.runner import RecordingRunner, Result, ShRunner, UnexpectedCommand, full_argv
+from esp_mirror_plugin.pipeline.steps import Command, Group
 
 DATA = Path(__file__).parent / "data"
 MIB = 1024 * 1024

@@ -11,9 +11,9 @@ import pytest
 
 from conftest import Machine, json_commands
 from esp_mirror_plugin.errors import StepFailed
-from esp_mirror_plugin.execute import Applier
-from esp_mirror_plugin.runner import RecordingRunner, Result
-from esp_mirror_plugin.steps import Command, CopyFile, EditBlock, Group, MakeDir, Var, WaitForPartition, WriteFile
+from esp_mirror_plugin.pipeline.execute import Applier
+from esp_mirror_plugin.system.runner import RecordingRunner, Result
+from esp_mirror_plugin.pipeline.steps import Command, CopyFile, EditBlock, Group, MakeDir, Var, WaitForPartition, WriteFile
 
 
 class EnvRecordingRunner(RecordingRunner):

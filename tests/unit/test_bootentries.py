@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import DATA, bootorder_after
-from esp_mirror_plugin import bootentries
-from esp_mirror_plugin.bootentries import BootEntry, BootState, Member
+from esp_mirror_plugin.hooks import bootentries
+from esp_mirror_plugin.hooks.bootentries import BootEntry, BootState, Member
 
 CAPTURES = sorted((DATA / "efibootmgr").glob("*.txt"))
 WITH_EXPECTED = [p for p in CAPTURES if p.with_suffix(".expected.json").exists()]

@@ -9,12 +9,12 @@ import re
 import pytest
 
 from conftest import DATA, ESP_TYPE, MIB, Machine, assert_only_read, json_commands, starting
-from esp_mirror_plugin import disks as names
-from esp_mirror_plugin import fat
-from esp_mirror_plugin.discovery import Partition, discover
-from esp_mirror_plugin.profiles import load_profile
-from esp_mirror_plugin.request import Request
-from esp_mirror_plugin.steps import Var
+from esp_mirror_plugin.pipeline import naming as names
+from esp_mirror_plugin.hooks import fat
+from esp_mirror_plugin.system.discovery import Partition, discover
+from esp_mirror_plugin.pipeline.profiles import load_profile
+from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.pipeline.steps import Var
 
 CAPTURED = DATA / "captured"
 

@@ -312,9 +312,10 @@ def test_custom_label_array_name_and_size_show_up_in_the_commands(two_disks):
 
 
 def test_commands_for_target_root_slash_are_not_chrooted():
-    from esp_mirror_plugin import initramfs, profiles
-    from esp_mirror_plugin.request import Request
-    from esp_mirror_plugin.runner import full_argv
+    from esp_mirror_plugin.hooks import initramfs
+    from esp_mirror_plugin.pipeline import profiles
+    from esp_mirror_plugin.pipeline.request import Request
+    from esp_mirror_plugin.system.runner import full_argv
 
     assert full_argv(("grub-install", "--removable"), "/") == ("grub-install", "--removable")
     assert full_argv(("grub-install",), "/mnt/target/") == ("chroot", "/mnt/target/", "grub-install")

@@ -7,10 +7,10 @@ import pytest
 
 from conftest import commands
 from esp_mirror_plugin import PROJECT, hookimpl, host
-from esp_mirror_plugin.context import prepare
+from esp_mirror_plugin.pipeline.context import prepare
 from esp_mirror_plugin.errors import BadInput, StepFailed
-from esp_mirror_plugin.execute import PlanRecorder
-from esp_mirror_plugin.request import Request
+from esp_mirror_plugin.pipeline.execute import PlanRecorder
+from esp_mirror_plugin.pipeline.request import Request
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import ESP_TYPE, Machine, bootorder_after, json_commands, starting
-from esp_mirror_plugin import bootentries, files
+from esp_mirror_plugin.hooks import bootentries
+from esp_mirror_plugin.system import files
 
 BEGIN = "# BEGIN esp-mirror (managed block: esp-mirror rewrites what is between these lines)"
 END = "# END esp-mirror"
@@ -287,9 +288,9 @@ def test_rerun_on_the_installed_system_whose_root_shares_the_disks(two_disks, ro
 def test_mdadm_conf_gets_the_monitors_default_address_only_while_it_names_none(outside, monitor):
     """Written before the mdadm package (an installer), mdadm.conf would leave mdmonitor.service
     failing at every boot; the default goes into our block until the file has its own."""
-    from esp_mirror_plugin import files
-    from esp_mirror_plugin.raid import mdadm_conf_block
-    from esp_mirror_plugin.request import Request
+    from esp_mirror_plugin.system import files
+    from esp_mirror_plugin.hooks.raid import mdadm_conf_block
+    from esp_mirror_plugin.pipeline.request import Request
 
     layout = type("L", (), {"array_uuid": "11111111:22222222:33333333:44444444"})()
     request = Request(disks=())

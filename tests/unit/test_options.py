@@ -8,11 +8,12 @@ import json
 import pytest
 
 from conftest import ToolsExcept, assert_only_read, json_commands, starting
-from esp_mirror_plugin import cli, host
-from esp_mirror_plugin.context import prepare
+from esp_mirror_plugin import host
+from esp_mirror_plugin import cli
+from esp_mirror_plugin.pipeline.context import prepare
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.kinds import InitramfsMode
-from esp_mirror_plugin.request import Request
+from esp_mirror_plugin.pipeline.kinds import InitramfsMode
+from esp_mirror_plugin.pipeline.request import Request
 
 
 def plan_of(machine, *argv: str) -> dict:

@@ -13,14 +13,17 @@ from pathlib import Path
 import pytest
 
 from conftest import KVER, Machine, Mirror, assert_only_read, commands
-from esp_mirror_plugin import cli, files, hookimpl, host, lock
-from esp_mirror_plugin.context import prepare
+from esp_mirror_plugin import hookimpl, host
+from esp_mirror_plugin import cli
+from esp_mirror_plugin.system import files
+from esp_mirror_plugin.system import lock
+from esp_mirror_plugin.pipeline.context import prepare
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.execute import Applier, PlanRecorder
-from esp_mirror_plugin.kinds import BootloaderKind, InitramfsMode
-from esp_mirror_plugin.request import Request
-from esp_mirror_plugin.runner import CommandFailed, RecordingRunner, Result
-from esp_mirror_plugin.steps import CopyFile, EditBlock, Group, WriteFile
+from esp_mirror_plugin.pipeline.execute import Applier, PlanRecorder
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind, InitramfsMode
+from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.system.runner import CommandFailed, RecordingRunner, Result
+from esp_mirror_plugin.pipeline.steps import CopyFile, EditBlock, Group, WriteFile
 
 # -- a plan by a user who cannot read the disks -------------------------------------------------
 
@@ -348,7 +351,7 @@ def test_apply_holds_the_lock_while_it_runs(images):
 def test_waiting_for_a_resync_whose_state_cannot_be_read_fails_instead_of_reading_idle(tmp_path):
     from conftest import FakeHost
     from esp_mirror_plugin.errors import StepFailed
-    from esp_mirror_plugin.steps import WaitForSync
+    from esp_mirror_plugin.pipeline.steps import WaitForSync
 
     sysroot = tmp_path / "host"
     (sysroot / "dev/md").mkdir(parents=True)

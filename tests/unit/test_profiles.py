@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from conftest import PROFILES, assert_only_read
-from esp_mirror_plugin import profiles
+from esp_mirror_plugin.pipeline import profiles
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.kinds import BootloaderKind, Generator
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind, Generator
 
 
 def test_builtin_profiles_are_exactly_the_nine_distributions():

@@ -10,10 +10,11 @@ import pytest
 
 from conftest import (GIB, GRUB_LOADER, LINUX_TYPE, MIB, assert_upkeep_only_read, bootorder_after, fast_applier,
                       guid_of, isolate_upkeep)
-from esp_mirror_plugin import disks as names, upkeep
-from esp_mirror_plugin.discovery import describe_disks, read_mounts
-from esp_mirror_plugin.mirror import read_mirror
-from esp_mirror_plugin.steps import Command
+from esp_mirror_plugin.pipeline import naming as names
+from esp_mirror_plugin.upkeep import plans as upkeep
+from esp_mirror_plugin.system.discovery import describe_disks, read_mounts
+from esp_mirror_plugin.upkeep.mirror import read_mirror
+from esp_mirror_plugin.pipeline.steps import Command
 
 C = guid_of("vdc")
 

@@ -11,14 +11,16 @@ import stat
 import pytest
 
 from conftest import MIB, PROFILES, Machine, isolate_upkeep, json_commands
-from esp_mirror_plugin import periodic, profiles, record as records
+from esp_mirror_plugin.hooks import periodic
+from esp_mirror_plugin.pipeline import profiles
+from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.execute import Applier
-from esp_mirror_plugin.record import Record
-from esp_mirror_plugin.request import Request
-from esp_mirror_plugin.runner import RecordingRunner, Result
-from esp_mirror_plugin.target import Target
-from esp_mirror_plugin.steps import Command, Group, WriteFile
+from esp_mirror_plugin.pipeline.execute import Applier
+from esp_mirror_plugin.upkeep.record import Record
+from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.system.runner import RecordingRunner, Result
+from esp_mirror_plugin.system.target import Target
+from esp_mirror_plugin.pipeline.steps import Command, Group, WriteFile
 
 SERVICE = """\
 [Unit]

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from conftest import FAT_MTIME, FSCK_DIRTY, assert_upkeep_only_read, fast_applier, guid_of, upkeep_changes
-from esp_mirror_plugin import compare, upkeep
-from esp_mirror_plugin.compare import Difference, FileInfo
+from esp_mirror_plugin.upkeep import compare
+from esp_mirror_plugin.upkeep import plans as upkeep
+from esp_mirror_plugin.upkeep.compare import Difference, FileInfo
 from esp_mirror_plugin.errors import StepFailed
-from esp_mirror_plugin.runner import RecordingRunner, Result
+from esp_mirror_plugin.system.runner import RecordingRunner, Result
 
 FW_FILE = "EFI/FW.TXT"
 FW_TEXT = b"written by the firmware, behind the back of md\n"

@@ -11,10 +11,10 @@ import json
 import pytest
 
 from conftest import ARRAY_UUID, GRUB_LOADER, Mirror, assert_only_read, guid_of, isolate_upkeep
-from esp_mirror_plugin import upkeep
-from esp_mirror_plugin.discovery import Mount
+from esp_mirror_plugin.upkeep import plans as upkeep
+from esp_mirror_plugin.system.discovery import Mount
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.mirror import ArrayState, MemberState, read_mirror
+from esp_mirror_plugin.upkeep.mirror import ArrayState, MemberState, read_mirror
 
 A, B = guid_of("vda"), guid_of("vdb")
 

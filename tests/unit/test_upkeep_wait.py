@@ -10,9 +10,9 @@ import pytest
 
 from conftest import FakeClock, Mirror
 from esp_mirror_plugin.errors import StepFailed
-from esp_mirror_plugin.execute import Applier
-from esp_mirror_plugin.runner import RecordingRunner
-from esp_mirror_plugin.steps import Group, WaitForSync
+from esp_mirror_plugin.pipeline.execute import Applier
+from esp_mirror_plugin.system.runner import RecordingRunner
+from esp_mirror_plugin.pipeline.steps import Group, WaitForSync
 
 RECOVERY = WaitForSync("/dev/md/esp", clean=True, why="recovery copies the ESP onto /dev/vdc1")
 CHECK = WaitForSync("/dev/md/esp", why="the check reads the whole ESP")

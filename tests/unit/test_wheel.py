@@ -27,7 +27,8 @@ NOT_PACKAGED = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-i
                                       ".pytest_cache", "__pycache__")
 PROBE = """
 import json, pluggy
-from esp_mirror_plugin import hookspecs, profiles
+from esp_mirror_plugin import hookspecs
+from esp_mirror_plugin.pipeline import profiles
 pm = pluggy.PluginManager("esp_mirror")
 pm.add_hookspecs(hookspecs)
 loaded = pm.load_setuptools_entrypoints("esp_mirror")

@@ -11,7 +11,7 @@ import pytest
 from ci.scenarios import (apply_argv, boot_alone, detail, disk_serial, entry_label, esp_lines, image_build,
                           install, outcome, parse_sections, partition_uuid, sections_script)
 from ci.vm import ESP_OFFSET, Assets, blank_disk, fresh_vars, list_member, read_member, run_in_guest
-from esp_mirror_plugin import bootentries
+from esp_mirror_plugin.hooks import bootentries
 
 pytestmark = pytest.mark.vm
 FALLBACK = r"\EFI\BOOT\BOOTX64.EFI"

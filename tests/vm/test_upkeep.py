@@ -23,7 +23,7 @@ from ci.vm import (ESP_OFFSET, Assets, blank_disk, boot_firmware, fresh_vars, li
                    run_after_firmware_boot, run_in_guest)
 from ci.vm.initrd import GUEST_WORK_DIR
 from ci.vm.scripts import ESP_MIRROR_CLI
-from esp_mirror_plugin import bootentries
+from esp_mirror_plugin.hooks import bootentries
 
 pytestmark = pytest.mark.vm
 CLI = str(ESP_MIRROR_CLI)

@@ -1,6 +1,6 @@
 """What a plan is made of: frozen step objects that ``plan`` prints and ``apply`` executes.
 
-A step never runs itself: :mod:`esp_mirror_plugin.execute` gives each kind its meaning. Printing
+A step never runs itself: :mod:`esp_mirror_plugin.pipeline.execute` gives each kind its meaning. Printing
 and running read the same object, so a plan cannot differ from what apply does.
 """
 
@@ -10,7 +10,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Union
 
-from .runner import full_argv
+from esp_mirror_plugin.system.runner import full_argv
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import StepFailed
-from .runner import CommandFailed, Runner
+from esp_mirror_plugin.errors import StepFailed
+from esp_mirror_plugin.system.runner import CommandFailed, Runner
 
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
 

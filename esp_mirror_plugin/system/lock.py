@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Iterator
 
-from .errors import BadInput
+from esp_mirror_plugin.errors import BadInput
 
 PATH = "/run/lock/esp-mirror.lock"
 WAIT_SECONDS = 30.0

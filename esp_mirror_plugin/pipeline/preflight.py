@@ -13,11 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import files
-from .errors import BadInput
-from .runner import Runner
-from .steps import Command, CopyFile, EditBlock, Group, MakeDir, Step, WaitForPartition, WriteFile
-from .target import Target, read_text
+from esp_mirror_plugin.system import files
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.system.runner import Runner
+from esp_mirror_plugin.pipeline.steps import Command, CopyFile, EditBlock, Group, MakeDir, Step, WaitForPartition, WriteFile
+from esp_mirror_plugin.system.target import Target, read_text
 
 
 @dataclass

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import re
 
-from . import bootentries, disks as names, partition
-from .discovery import DiskFacts
-from .errors import BadInput
-from .layout import Member, check_disks, disk_tag, holds_data
-from .mirror import ArrayState, MemberState, MirrorState
-from .record import Record
-from .request import Request
-from .steps import Command, Step, WaitForSync
+from esp_mirror_plugin.hooks import bootentries
+
+from esp_mirror_plugin.pipeline import naming as names
+
+from esp_mirror_plugin.hooks import partition
+from esp_mirror_plugin.system.discovery import DiskFacts
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline.layout import Member, check_disks, disk_tag, holds_data
+from esp_mirror_plugin.upkeep.mirror import ArrayState, MemberState, MirrorState
+from esp_mirror_plugin.upkeep.record import Record
+from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.pipeline.steps import Command, Step, WaitForSync
 
 # fsck.fat -n on a FAT that Linux has mounted (or that was not unmounted) reports the dirty bit
 # and the backup boot sector differing in that one byte (offset 65): not damage.

@@ -8,12 +8,12 @@ once with the new mdadm.conf, and dracut is told not to write a hostonly command
 
 from __future__ import annotations
 
-from .errors import BadInput
-from .kinds import Generator
-from .profiles import Profile
-from .request import Request
-from .steps import Command, EditBlock, Step, WriteFile
-from .target import Target
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline.kinds import Generator
+from esp_mirror_plugin.pipeline.profiles import Profile
+from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.pipeline.steps import Command, EditBlock, Step, WriteFile
+from esp_mirror_plugin.system.target import Target
 
 DRACUT_DROPIN = "etc/dracut.conf.d/90-esp-mirror.conf"
 # dracut settings that are lists: a drop-in must add to them (+=), not replace earlier files' values.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .steps import Command
+from esp_mirror_plugin.pipeline.steps import Command
 
 TAG = "esp-mirror"
 _LINE = re.compile(r"^Boot([0-9A-Fa-f]{4})(\*?)\s+(.*)$")

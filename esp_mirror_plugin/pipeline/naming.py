@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from .steps import Arg, Var
+from esp_mirror_plugin.pipeline.steps import Arg, Var
 
 _NAMESPACE = uuid.UUID("6f0c1b2e-6a35-4b55-9d1e-5e8f2a9c0e51")
 ESP_TYPE_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"  # sgdisk type code EF00

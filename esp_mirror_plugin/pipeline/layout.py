@@ -7,14 +7,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from . import disks as names
-from . import fat
-from .discovery import DiskFacts, Partition, Snapshot
-from .errors import BadInput
-from .kinds import BootloaderKind, OwnCheck
-from .profiles import Profile
-from .request import MIB, Request
-from .steps import Arg, Var
+from esp_mirror_plugin.pipeline import naming as names
+from esp_mirror_plugin.hooks import fat
+from esp_mirror_plugin.system.discovery import DiskFacts, Partition, Snapshot
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind, OwnCheck
+from esp_mirror_plugin.pipeline.profiles import Profile
+from esp_mirror_plugin.pipeline.request import MIB, Request
+from esp_mirror_plugin.pipeline.steps import Arg, Var
 
 MAX_DISKS = 8
 GPT_BACKUP = 34 * 4096  # backup GPT at the end of the disk (generous for 4Kn)

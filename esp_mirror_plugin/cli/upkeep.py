@@ -17,16 +17,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from . import bootentries, compare, lock, record as records, upkeep
-from .discovery import HostView, describe_disks, read_mounts
-from .errors import BadInput
-from .execute import Applier
-from .layout import disk_tag
-from .mirror import MirrorState, read_mirror
-from .preflight import Preflight
-from .profiles import load_profile
-from .runner import CommandFailed, Runner, ShRunner
-from .steps import Group
+from esp_mirror_plugin.hooks import bootentries
+
+from esp_mirror_plugin.upkeep import compare
+
+from esp_mirror_plugin.system import lock
+
+from esp_mirror_plugin.upkeep import record as records
+
+from esp_mirror_plugin.upkeep import plans as upkeep
+from esp_mirror_plugin.system.discovery import HostView, describe_disks, read_mounts
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline.execute import Applier
+from esp_mirror_plugin.pipeline.layout import disk_tag
+from esp_mirror_plugin.upkeep.mirror import MirrorState, read_mirror
+from esp_mirror_plugin.pipeline.preflight import Preflight
+from esp_mirror_plugin.pipeline.profiles import load_profile
+from esp_mirror_plugin.system.runner import CommandFailed, Runner, ShRunner
+from esp_mirror_plugin.pipeline.steps import Group
 
 BACKUP_DIR = "/var/lib/esp-mirror"
 WORK_DIR = "/run/esp-mirror"

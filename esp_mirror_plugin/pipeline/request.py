@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from .errors import BadInput
-from .kinds import BootloaderKind, InitramfsMode
-from .profiles import Profile
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind, InitramfsMode
+from esp_mirror_plugin.pipeline.profiles import Profile
 
 MIB = 1024 * 1024
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|[KMGT]|)\s*$", re.IGNORECASE)

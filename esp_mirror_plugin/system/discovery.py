@@ -14,10 +14,10 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import bootentries
-from .errors import BadInput
-from .request import Request
-from .runner import NOT_INSTALLED, CommandFailed, Result, Runner
+from esp_mirror_plugin.hooks import bootentries
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.system.runner import NOT_INSTALLED, CommandFailed, Result, Runner
 
 EFIVARS = "/sys/firmware/efi/efivars"
 
@@ -188,7 +188,7 @@ class Snapshot:
     """The machine as discovery saw it: disks, the array, mounts and the firmware's boot entries.
 
     What is inside the target root (its files, kernels, packages) is not here: a hook reads it
-    when it plans (:class:`esp_mirror_plugin.target.Target`), since an installer fills the
+    when it plans (:class:`esp_mirror_plugin.system.target.Target`), since an installer fills the
     target between the hooks.
     """
 

@@ -6,7 +6,7 @@ heuristics, so the plan shows the exact command and the size check uses the same
 
 from __future__ import annotations
 
-from .steps import Command
+from esp_mirror_plugin.pipeline.steps import Command
 
 MIB = 1024 * 1024
 FAT32_MIN_CLUSTERS = 65525 + 16  # a little margin over the FAT32 definition

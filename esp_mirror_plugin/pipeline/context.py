@@ -8,16 +8,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .discovery import HostView, Snapshot, discover, read_mounts
-from .errors import BadInput
-from .execute import Executor, PlanRecorder
-from .layout import Layout, build, check_settings
-from .preflight import Preflight
-from .profiles import Profile, load_profile
-from .request import Request
-from .runner import NOT_INSTALLED, CommandFailed, Runner, ShRunner
-from .steps import Command, Group, MakeDir, Step
-from .target import Target
+from esp_mirror_plugin.system.discovery import HostView, Snapshot, discover, read_mounts
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline.execute import Executor, PlanRecorder
+from esp_mirror_plugin.pipeline.layout import Layout, build, check_settings
+from esp_mirror_plugin.pipeline.preflight import Preflight
+from esp_mirror_plugin.pipeline.profiles import Profile, load_profile
+from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.system.runner import NOT_INSTALLED, CommandFailed, Runner, ShRunner
+from esp_mirror_plugin.pipeline.steps import Command, Group, MakeDir, Step
+from esp_mirror_plugin.system.target import Target
 
 CHROOT_FILESYSTEMS = ("proc", "sys", "dev")
 

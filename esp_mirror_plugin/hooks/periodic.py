@@ -7,11 +7,11 @@ which also compares the members' files and exits non-zero on drift (a failed uni
 
 from __future__ import annotations
 
-from .kinds import OwnCheck
-from .profiles import Profile
-from .request import Request
-from .steps import Command, Step, WriteFile
-from .target import Target
+from esp_mirror_plugin.pipeline.kinds import OwnCheck
+from esp_mirror_plugin.pipeline.profiles import Profile
+from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.pipeline.steps import Command, Step, WriteFile
+from esp_mirror_plugin.system.target import Target
 
 SERVICE = """\
 [Unit]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from . import fat, fstab
-from .errors import BadInput
-from .files import without_block
-from .layout import Layout
-from .profiles import Profile
-from .request import Request
-from .steps import Command, EditBlock, MakeDir, Settle, Step
-from .target import Target
+from esp_mirror_plugin.hooks import fat
+
+from esp_mirror_plugin.hooks import fstab
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.system.files import without_block
+from esp_mirror_plugin.pipeline.layout import Layout
+from esp_mirror_plugin.pipeline.profiles import Profile
+from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.pipeline.steps import Command, EditBlock, MakeDir, Settle, Step
+from esp_mirror_plugin.system.target import Target
 
 
 def array_line(request: Request, layout: Layout) -> str:

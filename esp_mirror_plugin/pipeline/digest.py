@@ -12,11 +12,11 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from . import files
-from .steps import CopyFile, EditBlock, Group, WriteFile
+from esp_mirror_plugin.system import files
+from esp_mirror_plugin.pipeline.steps import CopyFile, EditBlock, Group, WriteFile
 
 if TYPE_CHECKING:
-    from .context import Context
+    from esp_mirror_plugin.pipeline.context import Context
 
 
 def _facts(value: Any) -> Any:

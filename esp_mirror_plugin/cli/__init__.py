@@ -15,13 +15,19 @@ import traceback
 from dataclasses import asdict
 from typing import TextIO
 
-from . import __version__, cli_upkeep, host, lock, profiles
-from .context import prepare
-from .digest import plan_digest
-from .errors import BadInput, StepFailed
-from .kinds import BootloaderKind, InitramfsMode
-from .request import Request, coerce, load_config
-from .steps import Group
+from esp_mirror_plugin import __version__, host
+
+from esp_mirror_plugin.cli import upkeep as cli_upkeep
+
+from esp_mirror_plugin.system import lock
+
+from esp_mirror_plugin.pipeline import profiles
+from esp_mirror_plugin.pipeline.context import prepare
+from esp_mirror_plugin.pipeline.digest import plan_digest
+from esp_mirror_plugin.errors import BadInput, StepFailed
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind, InitramfsMode
+from esp_mirror_plugin.pipeline.request import Request, coerce, load_config
+from esp_mirror_plugin.pipeline.steps import Group
 
 
 UPKEEP = ("status", "check", "repair", "replace", "add", "entries")

@@ -3,7 +3,7 @@
 An installer fills the target between the hooks (the base system after ``post_format``, the
 kernel and mdadm before ``initramfs_config``, shim before ``bootloader``), so nothing here is
 read ahead or cached: each hook looks at the target when it plans. Paths are resolved the way a
-chroot would see them (:func:`esp_mirror_plugin.files.resolve_in_root`), so an absolute symlink
+chroot would see them (:func:`esp_mirror_plugin.system.files.resolve_in_root`), so an absolute symlink
 in the target never leads onto the host.
 """
 
@@ -13,9 +13,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import files
-from .errors import BadInput
-from .runner import which_in_root
+from esp_mirror_plugin.system import files
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.system.runner import which_in_root
 
 UNIT_DIRS = ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
 

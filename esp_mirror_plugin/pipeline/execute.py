@@ -16,11 +16,11 @@ from functools import singledispatchmethod
 from pathlib import Path
 from typing import Protocol, TextIO
 
-from . import files
-from .discovery import HostView, Unreadable
-from .errors import StepFailed
-from .runner import CommandFailed, Runner
-from .steps import (Command, CopyFile, EditBlock, Group, MakeDir, Settle, WaitForPartition, WaitForSync,
+from esp_mirror_plugin.system import files
+from esp_mirror_plugin.system.discovery import HostView, Unreadable
+from esp_mirror_plugin.errors import StepFailed
+from esp_mirror_plugin.system.runner import CommandFailed, Runner
+from esp_mirror_plugin.pipeline.steps import (Command, CopyFile, EditBlock, Group, MakeDir, Settle, WaitForPartition, WaitForSync,
                     WriteFile, resolve_arg)
 
 UDEV_CONTROL = "/run/udev/control"  # exists while udevd runs

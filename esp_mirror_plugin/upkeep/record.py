@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, fields
 
 import yaml
 
-from .errors import BadInput
+from esp_mirror_plugin.errors import BadInput
 
 PATH = "etc/esp-mirror/esp-mirror.yaml"
 

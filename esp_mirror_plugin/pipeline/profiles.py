@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from .errors import BadInput
-from .kinds import BootloaderKind, Generator, OwnCheck
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind, Generator, OwnCheck
 
 # The schema: key -> (type, required). A dict value is a nested schema for a mapping.
 _ARGV = "argv"  # a list of strings

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import os
 
-from . import bootentries
-from .errors import BadInput
-from .discovery import Snapshot
-from .kinds import BootloaderKind
-from .layout import Layout
-from .profiles import Profile
-from .request import Request
-from . import record as records
-from .record import Record
-from .steps import Command, CopyFile, MakeDir, Step, WriteFile
-from .target import Target
+from esp_mirror_plugin.hooks import bootentries
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.system.discovery import Snapshot
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind
+from esp_mirror_plugin.pipeline.layout import Layout
+from esp_mirror_plugin.pipeline.profiles import Profile
+from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.upkeep import record as records
+from esp_mirror_plugin.upkeep.record import Record
+from esp_mirror_plugin.pipeline.steps import Command, CopyFile, MakeDir, Step, WriteFile
+from esp_mirror_plugin.system.target import Target
 
 _ARCH = {
     "x86_64": ("x64", "x86_64-efi"),

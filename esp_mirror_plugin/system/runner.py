@@ -105,7 +105,7 @@ class Runner(Protocol):
 
 def which_in_root(tool: str, root: str = "/") -> str | None:
     """Find ``tool`` on :data:`SEARCH_PATH` as seen from inside ``root`` (links resolved there)."""
-    from .files import resolve_in_root
+    from esp_mirror_plugin.system.files import resolve_in_root
 
     for directory in SEARCH_PATH.split(":"):
         candidate = resolve_in_root(root, os.path.join(directory, tool))

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .steps import Command, Step, Var
+from esp_mirror_plugin.pipeline.steps import Command, Step, Var
 
 if TYPE_CHECKING:
-    from .context import Context
+    from esp_mirror_plugin.pipeline.context import Context
 
 
 def setup_steps(ctx: Context) -> tuple[Step, ...]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from . import disks as names
-from .layout import Layout, Member
-from .steps import Command, Settle, Step, WaitForPartition
+from esp_mirror_plugin.pipeline import naming as names
+from esp_mirror_plugin.pipeline.layout import Layout, Member
+from esp_mirror_plugin.pipeline.steps import Command, Settle, Step, WaitForPartition
 
 
 def plan(layout: Layout) -> tuple[Step, ...]:

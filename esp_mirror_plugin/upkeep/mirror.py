@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from . import bootentries
-from .discovery import EFIVARS, HostView, Mount, Unreadable, blkid_export, md_detail, read_mounts
-from .errors import BadInput
-from .record import Record
-from .runner import CommandFailed, Runner
+from esp_mirror_plugin.hooks import bootentries
+from esp_mirror_plugin.system.discovery import EFIVARS, HostView, Mount, Unreadable, blkid_export, md_detail, read_mounts
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.upkeep.record import Record
+from esp_mirror_plugin.system.runner import CommandFailed, Runner
 
 EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 LOADER_VENDOR = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
