@@ -46,7 +46,7 @@ COMMON_PACKAGES = (
 
 # initramfs-tools with MODULES=dep: the image holds the modules this machine's root needs, not
 # "most" of them (a regeneration in a TCG guest takes ~87 s instead of ~795 s, see
-# shared/docs/vm-testing.md). Written after the packages are in: dep needs a root device to look
+# measured in this project's VMs). Written after the packages are in: dep needs a root device to look
 # at, and mmdebstrap's chroot has none ("mkinitramfs: failed to determine device for /"), so the
 # first image is built with Debian's default MODULES=most.
 _MODULES_DEP = (

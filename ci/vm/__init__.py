@@ -1,6 +1,7 @@
 """VM test harness: boot OVMF in qemu (TCG) with raw disk images to test esp-mirror for real.
 
-See shared/docs/vm-testing.md for the measured design. Typical use::
+OVMF under TCG (it fails under KVM here), the host root shared read-only over 9p as the guest's
+root, a payload UKI that prints the EFI variables it was booted with. Typical use::
 
     from ci.vm import Assets, blank_disk, boot_firmware, fresh_vars, run_in_guest
 

@@ -1,57 +1,90 @@
 """What the user asked for: one frozen :class:`Request`, from CLI options or a config file.
 
-Installers build a Request directly; the CLI builds it from ``--config FILE.yaml`` overlaid with
-its options. Values left as None take the profile's default (see :func:`resolve`).
+The Request's fields ARE the settings table: each field's :class:`Setting` metadata says how the
+command line spells it (the option, its help) and how a config file's value is read; its default
+is the default everywhere. The CLI's options (:func:`esp_mirror_plugin.cli.install_options`),
+the config file's keys (:data:`CONFIG_KEYS`) and the defaults all come from here, so adding a
+setting is one field. Installers build a Request directly. Values left as None take the
+profile's default (:meth:`Request.resolve`).
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import platform
 import re
-from dataclasses import dataclass, fields, replace
+import typing
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind, InitramfsMode
-from esp_mirror_plugin.pipeline.profiles import Profile
+
+if TYPE_CHECKING:
+    from esp_mirror_plugin.pipeline.profiles import Profile
 
 MIB = 1024 * 1024
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|[KMGT]|)\s*$", re.IGNORECASE)
+
+
+class Kind(enum.Enum):
+    """How a setting's value is written on the command line and in a config file."""
+
+    TEXT = "text"
+    PATH = "path"  # relative to where the command runs
+    PATHS = "paths"  # a list of paths; on the command line the option is repeated
+    SIZE = "size"  # "512M", "1G", or a number of MiB
+    CHOICE = "choice"  # one value of the field's StrEnum
+    FLAG = "flag"  # true/false; on the command line the option alone means true
+
+
+@dataclass(frozen=True)
+class Setting:
+    help: str
+    kind: Kind = Kind.TEXT
+    option: str | None = ""  # "" derives --field-name; None: a config file key only
+    metavar: str | None = None
+    shown_default: str = ""  # how --help names the default, when the field's default does not say it
+
+
+def setting(value: Any, help: str, kind: Kind = Kind.TEXT, **extra: Any) -> Any:
+    """A Request field that is a user setting: its default ``value``, how it is given and described."""
+    return field(default=value, metadata={"setting": Setting(help, kind, **extra)})
 
 
 @dataclass(frozen=True)
 class Request:
     """Everything that decides the plan, besides the profile and the machine's state."""
 
-    disks: tuple[str, ...]
-    profile: str = "debian"
-    target: str = "/"
-    esp_size: int = 512 * MIB  # bytes
-    esp_start: int = 1 * MIB  # bytes from the start of each disk
-    mountpoint: str | None = None  # None: the profile's
-    label: str = "ESP"  # the FAT volume label
-    array_name: str = "esp"  # /dev/md/<name>, stored as any:<name>
-    metadata: str = "1.0"
-    bootloader: BootloaderKind | None = None  # None: the profile's
-    efi_image: str | None = None
-    loader_id: str | None = None  # None: the profile's; \EFI\<loader_id>\
-    entry_label: str | None = None  # None: the profile's; entries are "<label> (esp-mirror <disk>)"
-    no_nvram: bool = False
-    initramfs: InitramfsMode = InitramfsMode.REGENERATE
-    wipe: bool = False
-    degraded: bool = False
-    arch: str = platform.machine()
+    disks: tuple[str, ...] = setting((), "a whole disk or a disk image file; repeat for each mirror member",
+                                     Kind.PATHS, option="--disk", metavar="DISK")
+    profile: str = setting("debian", "built-in profile name or path to a YAML profile")
+    target: str = setting("/", "root of the system being installed", Kind.PATH)
+    esp_size: int = setting(512 * MIB, "size of each ESP partition", Kind.SIZE, shown_default="512M")
+    esp_start: int = setting(1 * MIB, "where the ESP starts on each disk", Kind.SIZE, option=None)
+    mountpoint: str | None = setting(None, "ESP mount point in the target", shown_default="the profile's")
+    label: str = setting("ESP", "FAT volume label")
+    array_name: str = setting("esp", "md array name: /dev/md/NAME, stored as any:NAME")
+    metadata: str = setting("1.0", "md metadata version; only 1.0 is accepted")
+    bootloader: BootloaderKind | None = setting(None, "what goes on the ESP", Kind.CHOICE, shown_default="the profile's")
+    efi_image: str | None = setting(None, "EFI binary for --bootloader efi or zfsbootmenu", Kind.PATH,
+                                    metavar="PATH")
+    loader_id: str | None = setting(None, "directory under \\EFI\\", shown_default="the profile's")
+    entry_label: str | None = setting(None, "boot entry label prefix", shown_default="the profile's")
+    no_nvram: bool = setting(False, "make no firmware boot entries", Kind.FLAG)
+    initramfs: InitramfsMode = setting(InitramfsMode.REGENERATE, "what to do with the initramfs", Kind.CHOICE)
+    wipe: bool = setting(False, "erase existing partition tables on the disks", Kind.FLAG)
+    degraded: bool = setting(False, "allow a one-disk mirror", Kind.FLAG)
+    arch: str = field(default_factory=platform.machine)  # the machine's, not a setting
 
     def __post_init__(self) -> None:
         """Installers may write ``bootloader="grub"``; the choices become their enums here."""
-        for name, enum in (("bootloader", BootloaderKind), ("initramfs", InitramfsMode)):
+        for name, choices in (("bootloader", BootloaderKind), ("initramfs", InitramfsMode)):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, enum):
-                object.__setattr__(self, name, _choice(enum, value, name, "request"))
+            if value is not None and not isinstance(value, choices):
+                object.__setattr__(self, name, _choice(choices, value, name, "request"))
         object.__setattr__(self, "disks", tuple(self.disks))
 
     def resolve(self, profile: Profile) -> Request:
@@ -69,13 +102,26 @@ class Request:
         return f"/dev/md/{self.array_name}"
 
 
-# Keys a config file may hold: Request fields; sizes accept "512M", "1G" etc.
-CONFIG_KEYS = {f.name for f in fields(Request)} - {"arch"}
+def settings() -> dict[str, Setting]:
+    """The user settings, by field name, in the order of the Request's fields."""
+    return {f.name: f.metadata["setting"] for f in fields(Request) if "setting" in f.metadata}
+
+
+def default_of(name: str) -> Any:
+    return next(f.default for f in fields(Request) if f.name == name)
+
+
+def choices(name: str) -> tuple[str, ...]:
+    """The values a CHOICE setting takes (its field's StrEnum)."""
+    return tuple(str(c.value) for c in _enum_of(typing.get_type_hints(Request)[name]))
+
+
+CONFIG_KEYS = frozenset(settings())
 
 
 def parse_size(value: str | int, what: str) -> int:
     """Bytes from "512M", "512MiB", "1G" or a plain number of MiB."""
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return value * MIB
     match = _SIZE.match(str(value))
     if not match:
@@ -86,6 +132,8 @@ def parse_size(value: str | int, what: str) -> int:
 
 def load_config(path: str) -> dict[str, Any]:
     """The settings in a YAML config file, checked for unknown keys, as Request keyword values."""
+    import yaml
+
     file = Path(path)
     if not file.is_file():
         raise BadInput(f"config file {path} does not exist: give the path of a YAML file")
@@ -95,7 +143,7 @@ def load_config(path: str) -> dict[str, Any]:
         raise BadInput(f"config file {path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(data, dict):
         raise BadInput(f"config file {path}: must be a mapping of settings")
-    data = {k.replace("-", "_"): v for k, v in data.items()}
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(data) - CONFIG_KEYS)
     if unknown:
         raise BadInput(f"config file {path}: unknown setting {unknown[0]!r}: allowed are "
@@ -104,33 +152,39 @@ def load_config(path: str) -> dict[str, Any]:
 
 
 def coerce(values: dict[str, Any], where: str) -> dict[str, Any]:
-    """Turn loosely typed settings (YAML or CLI) into Request field values."""
+    """Turn loosely typed settings (YAML or CLI) into Request field values, by each one's kind."""
+    table = settings()
+    hints = typing.get_type_hints(Request)
     out = dict(values)
-    for key in ("esp_size", "esp_start"):
-        if key in out and out[key] is not None:
-            out[key] = parse_size(out[key], f"{where}: {key.replace('_', '-')}")
-    if "disks" in out:
-        if not isinstance(out["disks"], list | tuple):
-            raise BadInput(f"{where}: disks must be a list of paths")
-        out["disks"] = tuple(os.path.abspath(str(d)) for d in out["disks"])
-    for key in ("efi_image", "target"):  # relative to where the command runs
-        if out.get(key) is not None:
-            out[key] = os.path.abspath(str(out[key]))
-    if out.get("bootloader") is not None:
-        out["bootloader"] = _choice(BootloaderKind, out["bootloader"], "bootloader", where)
-    if out.get("initramfs") is not None:
-        out["initramfs"] = _choice(InitramfsMode, out["initramfs"], "initramfs", where)
-    if "metadata" in out:
-        out["metadata"] = str(out["metadata"])
-    for key in ("no_nvram", "wipe", "degraded"):
-        if key in out and not isinstance(out[key], bool):
-            raise BadInput(f"{where}: {key.replace('_', '-')} must be true or false")
+    for key, value in values.items():
+        if value is None:
+            continue
+        kind, shown = table[key].kind, key.replace("_", "-")
+        if kind is Kind.SIZE:
+            out[key] = parse_size(value, f"{where}: {shown}")
+        elif kind is Kind.PATHS:
+            if not isinstance(value, list | tuple):
+                raise BadInput(f"{where}: {shown} must be a list of paths")
+            out[key] = tuple(os.path.abspath(str(v)) for v in value)
+        elif kind is Kind.PATH:
+            out[key] = os.path.abspath(str(value))
+        elif kind is Kind.CHOICE:
+            out[key] = _choice(_enum_of(hints[key]), value, shown, where)
+        elif kind is Kind.FLAG:
+            if not isinstance(value, bool):
+                raise BadInput(f"{where}: {shown} must be true or false")
+        else:
+            out[key] = str(value)
     return out
 
 
-def _choice(enum: type, value: Any, what: str, where: str):
+def _enum_of(hint: Any) -> type[enum.Enum]:
+    return next(a for a in (*typing.get_args(hint), hint) if isinstance(a, type) and issubclass(a, enum.Enum))
+
+
+def _choice(choices: type[enum.Enum], value: Any, what: str, where: str) -> Any:
     try:
-        return enum(str(value))
+        return choices(str(value))
     except ValueError:
-        allowed = ", ".join(e.value for e in enum)
+        allowed = ", ".join(str(e.value) for e in choices)
         raise BadInput(f"{where}: unknown {what} {value!r}: use one of {allowed}") from None

@@ -2,9 +2,9 @@
 is shell, so esp-mirror's generated settings are checked by sourcing them the way each tool does.
 
 mkinitcpio v36+ sources /etc/mkinitcpio.conf with bash, then every /etc/mkinitcpio.conf.d/*.conf
-in order, so a drop-in overrides the main file (``-c FILE`` reads only FILE). The rules are in
-shared/docs/distro-facts.md ("arch"): mdadm_udev after block and before filesystems, exactly
-once, and the old ``mdadm`` alias is gone since v38. mkinitfs sources /etc/mkinitfs/mkinitfs.conf
+in order, so a drop-in overrides the main file (``-c FILE`` reads only FILE). The rules, from
+mkinitcpio v41's install/mdadm_udev and CHANGELOG: mdadm_udev after block and before
+filesystems, exactly once, and the old ``mdadm`` alias is gone since v38. mkinitfs sources /etc/mkinitfs/mkinitfs.conf
 with sh (busybox ash on Alpine): ``features`` must contain ``raid`` exactly once.
 """
 

@@ -30,7 +30,9 @@ import pytest
 
 from esp_mirror_plugin import cli
 
+from esp_mirror_plugin.cli import install as cli_install
 from esp_mirror_plugin.cli import upkeep as cli_upkeep
+from esp_mirror_plugin.upkeep import commands as upkeep_commands
 
 from esp_mirror_plugin.pipeline import naming as names
 
@@ -95,7 +97,7 @@ def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPath
     for it, so the CLI's Request is pinned to x86_64 (the golden plans say grubx64/BOOTX64).
     """
     monkeypatch.setenv("ESP_MIRROR_NO_PLUGINS", "1")
-    monkeypatch.setattr(cli, "Request", functools.partial(Request, arch="x86_64"))
+    monkeypatch.setattr(cli_install, "Request", functools.partial(Request, arch="x86_64"))
     # the CLI runs as root here, whoever runs the tests, and its lock is the test's own file
     monkeypatch.setattr(cli, "is_root", lambda: True)
     monkeypatch.setattr(lock, "PATH", str(tmp_path_factory.mktemp("lock") / "esp-mirror.lock"))
@@ -855,7 +857,7 @@ class Mirror(Machine):
 def isolate_upkeep(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
     """The two things the upkeep commands take from the real machine whatever is injected: the
     record (read from "/", not through the host view) and their work directory (/run/esp-mirror)."""
-    monkeypatch.setattr(cli_upkeep, "WORK_DIR", str(machine.root / "run/esp-mirror"))
+    monkeypatch.setattr(upkeep_commands, "WORK_DIR", str(machine.root / "run/esp-mirror"))
 
 
 @pytest.fixture
@@ -876,11 +878,11 @@ def mirror(mirror_of) -> Mirror:
 
 def fast_applier(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """Make the Applier that the upkeep CLI builds look for new partitions through the host view and
-    wait on a fake clock. cli_upkeep._carry_out builds ``Applier(runner, out, host=host)``, whose
+    wait on a fake clock. cli.upkeep._carry_out (and upkeep.commands.check) build ``Applier(runner, out, host=host)``, whose
     ``exists`` is the real os.path.exists and whose clock and sleep are real, whatever is injected."""
     clock = FakeClock()
-    monkeypatch.setattr(cli_upkeep, "Applier", functools.partial(
-        cli_upkeep.Applier, clock=clock, sleep=clock.sleep))
+    for module in (cli_upkeep, upkeep_commands):
+        monkeypatch.setattr(module, "Applier", functools.partial(module.Applier, clock=clock, sleep=clock.sleep))
     return clock
 
 

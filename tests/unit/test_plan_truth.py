@@ -15,6 +15,7 @@ import pytest
 from conftest import KVER, Machine, Mirror, assert_only_read, commands
 from esp_mirror_plugin import hookimpl, host
 from esp_mirror_plugin import cli
+from esp_mirror_plugin.cli import install as cli_install
 from esp_mirror_plugin.system import files
 from esp_mirror_plugin.system import lock
 from esp_mirror_plugin.pipeline.context import prepare
@@ -86,7 +87,7 @@ def test_an_unexpected_exception_is_one_line_and_debug_shows_the_traceback(two_d
     def broken(*args, **kwargs):
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(cli, "prepare", broken)
+    monkeypatch.setattr(cli_install, "prepare", broken)
     outcome = two_disks.cli("plan", *two_disks.args())
     assert outcome.code == 1
     assert outcome.err == ("esp-mirror: internal error: ZeroDivisionError: division by zero (this is a bug; run "

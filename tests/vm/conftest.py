@@ -1,4 +1,4 @@
-"""Fixtures for the VM tests (tests marked ``vm`` boot OVMF in qemu; see ci/vm and shared/docs/vm-testing.md).
+"""Fixtures for the VM tests (tests marked ``vm`` boot OVMF in qemu; see ci/vm).
 
 A machine that cannot run them FAILS these tests with the reason, so CI never skips them silently;
 set ESP_MIRROR_VM_SKIP_OK=1 to skip them instead (e.g. on a laptop without qemu).

@@ -1,0 +1,106 @@
+"""plan, apply and profiles: the install path of the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from typing import Any, TextIO
+
+from esp_mirror_plugin import host
+from esp_mirror_plugin.cli.interact import confirmed
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline import profiles
+from esp_mirror_plugin.pipeline.context import Context, prepare
+from esp_mirror_plugin.pipeline.digest import plan_digest
+from esp_mirror_plugin.pipeline.request import Request, coerce, load_config, settings
+from esp_mirror_plugin.pipeline.steps import Group
+from esp_mirror_plugin.system import lock
+from esp_mirror_plugin.system.discovery import HostView
+from esp_mirror_plugin.system.runner import Runner
+
+
+def run(args: argparse.Namespace, out: TextIO, stdin: TextIO, runner: Runner | None, host_view: HostView | None,
+        *, lenient: bool) -> int:
+    if args.command == "profiles":
+        return _profiles(args.name, out)
+    if args.command == "plan":
+        ctx = prepare(request_from_args(args), runner=runner, host=host_view, lenient=lenient)
+        groups = host.plan(ctx, host.get_plugin_manager())
+        if args.json:
+            json.dump(plan_json(groups, ctx), out, indent=2)
+            print(file=out)
+        else:
+            render(groups, ctx, out)
+        return 0
+    with lock.held(args.command_line):
+        ctx = prepare(request_from_args(args), runner=runner, host=host_view)
+        groups = host.plan(ctx, host.get_plugin_manager())
+        digest = plan_digest(ctx, groups)
+        if args.expect_plan and args.expect_plan != digest:
+            raise BadInput(f"the plan is no longer the one with digest {args.expect_plan} (now {digest}): the "
+                           "disks, the boot entries or a file it edits changed since; review a new "
+                           "`esp-mirror plan` and apply that")
+        if not args.yes and stdin.isatty():
+            render(groups, ctx, out)
+        if not confirmed("apply", args.yes, stdin, out):
+            return 2
+        return _apply(groups, ctx, out)
+
+
+def request_from_args(args: argparse.Namespace) -> Request:
+    """The Request from ``--config`` overlaid with the options given on the command line."""
+    values = load_config(args.config) if args.config else {}
+    given = {name: getattr(args, name) for name, s in settings().items() if s.option is not None}
+    values.update(coerce({k: v for k, v in given.items() if v is not None}, "command line"))
+    return Request(**values)
+
+
+def render(groups: list[Group], ctx: Context, out: TextIO) -> None:
+    r = ctx.request
+    print(f"# esp-mirror plan: profile {ctx.profile.name} ({ctx.profile.description})", file=out)
+    print(f"# {len(r.disks)} disks -> RAID1 {r.device} (metadata 1.0, UUID {ctx.layout.array_uuid}), "
+          f"FAT32 UUID={ctx.layout.fs_uuid} at {r.mountpoint} in target {r.target}", file=out)
+    print(f"# bootloader {r.bootloader}, initramfs {r.initramfs}, boot entries: "
+          f"{'yes' if ctx.layout.nvram else 'no'}", file=out)
+    print(f"# digest {plan_digest(ctx, groups)} (apply --expect-plan takes it)", file=out)
+    for group in groups:
+        print(f"\n{group.render()}", end="", file=out)
+
+
+def plan_json(groups: list[Group], ctx: Context) -> dict[str, Any]:
+    return {
+        "profile": ctx.profile.name,
+        "request": {k: (v if not isinstance(v, tuple) else list(v)) for k, v in asdict(ctx.request).items()},
+        "array": {"device": ctx.request.device, "uuid": ctx.layout.array_uuid, "action": ctx.layout.array_action},
+        "filesystem": {"uuid": ctx.layout.fs_uuid, "mkfs": ctx.layout.make_fs},
+        "members": [{"disk": m.disk.given, "partition_guid": m.guid, "exists": m.exists}
+                    for m in ctx.layout.members],
+        "nvram": ctx.layout.nvram,
+        "unverified": list(ctx.snapshot.unread),
+        "digest": plan_digest(ctx, groups),
+        "groups": [g.to_json() for g in groups],
+    }
+
+
+def _apply(groups: list[Group], ctx: Context, out: TextIO) -> int:
+    started = time.monotonic()
+    print(f"esp-mirror apply: profile {ctx.profile.name}, {len(ctx.request.disks)} disks, "
+          f"target {ctx.request.target}", file=out)
+    applier = host.apply(groups, ctx, out)
+    print(f"esp-mirror apply: done in {time.monotonic() - started:.1f} s: {applier.done} steps, "
+          f"{applier.changed} changed; {ctx.request.device} mirrored on {', '.join(ctx.request.disks)}, "
+          f"mounted at {ctx.layout.esp_dir}", file=out)
+    return 0
+
+
+def _profiles(name: str | None, out: TextIO) -> int:
+    if name:
+        prof = profiles.load_profile(name)
+        print(f"# {prof.name}: {prof.source}", file=out)
+        print(profiles.raw_profile_text(name), file=out)
+        return 0
+    for n in profiles.builtin_names():
+        print(f"{n:10} {profiles.load_profile(n).description}", file=out)
+    return 0

@@ -1,0 +1,179 @@
+"""What check, repair, replace, add and entries do, apart from how the command line shows it.
+
+The changing ones return a :class:`Planned`: the groups of steps (which the caller shows, checks
+and runs through an executor), what ``--json`` reports about them, and what must happen right
+before the first step (repair keeps the versions of files it will overwrite).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.hooks import bootentries
+from esp_mirror_plugin.pipeline.execute import Applier
+from esp_mirror_plugin.pipeline.layout import MAX_DISKS, disk_tag
+from esp_mirror_plugin.pipeline.profiles import load_profile
+from esp_mirror_plugin.pipeline.steps import Group
+from esp_mirror_plugin.system.discovery import DiskFacts, HostView, describe_disks, read_mounts
+from esp_mirror_plugin.system.runner import CommandFailed, Runner
+from esp_mirror_plugin.upkeep import compare, plans
+from esp_mirror_plugin.upkeep.mirror import MemberState, MirrorState, read_mirror
+
+WORK_DIR = "/run/esp-mirror"
+
+
+@dataclass
+class Planned:
+    """A changing upkeep command, planned: nothing has run yet."""
+
+    groups: list[Group]
+    report: dict[str, Any] = field(default_factory=dict)  # for --json, besides the plan
+    before: Callable[[], list[str]] = lambda: []  # right before the first step; says what it did
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    mismatch_cnt: int
+    differences: list[compare.Difference]
+    members: list[str]
+    seconds: float
+
+
+def install_hint(state: MirrorState) -> Callable[[str], str]:
+    """How to install a missing program, from the profile apply recorded."""
+    if state.record is not None:
+        try:
+            return load_profile(state.record.profile).install_hint
+        except BadInput:
+            pass
+    return lambda tool: f"your package manager (the package that has {tool})"
+
+
+@contextmanager
+def scratch(prefix: str) -> Iterator[Path]:
+    """A private directory for member copies, removed afterwards."""
+    os.makedirs(WORK_DIR, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=WORK_DIR))
+    try:
+        yield workdir
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def compare_members(runner: Runner, state: MirrorState, workdir: Path
+                    ) -> tuple[dict[str, Path], list[compare.Difference]]:
+    """Copy each usable member's files (read-only, with mtools) and list the differences."""
+    array = plans.require_array(state)
+    nodes = [m.node for m in array.members if m.usable]
+    copies = {node: workdir / os.path.basename(node) for node in nodes}
+    trees = {node: compare.copy_member(runner, node, copies[node]) for node in nodes}
+    return copies, compare.differences(trees)
+
+
+def check(runner: Runner, host: HostView, state: MirrorState, progress: TextIO) -> CheckResult:
+    """md's consistency check (progress shown), then the members' files compared. Changes nothing."""
+    array = plans.require_array(state)
+    started = time.monotonic()
+    Applier(runner, progress, host=host, exists=host.exists).execute(Group("check", plans.check_steps(array)))
+    after = read_mirror(runner, state.record, host).array
+    with scratch("check-") as workdir:
+        _, diffs = compare_members(runner, state, workdir)
+    return CheckResult(after.mismatch_cnt if after else 0, diffs, [m.node for m in array.members if m.usable],
+                       time.monotonic() - started)
+
+
+def check_source_fat(runner: Runner, source: MemberState) -> None:
+    """The member a repair copies from must hold a whole FAT (``fsck.fat -n``, read-only).
+
+    :raises BadInput: fsck.fat cannot check it, or finds damage beyond the dirty bit.
+    """
+    compare.fresh_view(runner, source.node)
+    try:
+        fsck = runner.run(("fsck.fat", "-n", source.node), ok=(0, 1))
+    except CommandFailed as exc:
+        why = (plans.fsck_problems(exc.result.stdout + exc.result.stderr) or [exc.stderr_line])[0]
+        raise BadInput(f"fsck.fat cannot check the source {source.node} ({why}): "
+                       "choose another --source, or repair it with fsck.fat first") from None
+    damage = plans.fsck_problems(fsck.stdout + fsck.stderr) if fsck.returncode != 0 else []
+    if damage:
+        raise BadInput(f"the FAT on the source {source.node} is damaged ({damage[0]}): "
+                       "choose another --source, or repair it with fsck.fat first")
+
+
+def plan_repair(runner: Runner, state: MirrorState, source: MemberState, copies: dict[str, Path],
+                diffs: list[compare.Difference], backup_dir: Path) -> Planned:
+    """Rebuild every other member from ``source``; keep their versions of differing files first."""
+    check_source_fat(runner, source)
+    notes = [f"source: {source.node} on {source.disk}; fsck.fat -n found no damage"]
+    if diffs:
+        notes.append(f"before any change, the other members' versions of {len(diffs)} differing files "
+                     f"are kept in a tar under {backup_dir}")
+    backups: list[Path] = []
+
+    def keep_backups() -> list[str]:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        backups.extend(compare.backup(copies, diffs, {source.node}, backup_dir, stamp))
+        return [f"kept the overwritten versions in {tar}" for tar in backups]
+
+    report = {"source": source.node, "differences": [d.to_json() for d in diffs], "backups": backups}
+    return Planned([Group("repair", plans.repair_steps(state, source), tuple(notes))], report, keep_backups)
+
+
+def member_facts(runner: Runner, host: HostView, state: MirrorState, more: tuple[str, ...] = ()
+                 ) -> dict[str, DiskFacts]:
+    """DiskFacts of the members' disks (and ``more``), by the path they were given as."""
+    array = plans.require_array(state)
+    paths = tuple(dict.fromkeys([m.disk for m in array.members] + list(more)))
+    facts = describe_disks(paths, runner, host, read_mounts(host), ours=array.kernel_name)
+    return {f.given: f for f in facts}
+
+
+def plan_new_member(runner: Runner, host: HostView, state: MirrorState, new: str, old: str | None,
+                    wipe: bool, command: str) -> Planned:
+    """replace (``old`` a member or "missing") or add (``old`` None): partition ``new`` like the
+    others, add it, wait for the recovery, then its boot entry (and drop the old disk's)."""
+    array = plans.require_array(state)
+    old_member = None
+    if old == "missing":
+        if not array.degraded:
+            raise BadInput(f"no member of {array.device} is missing: name the disk to replace with --old DISK")
+    elif old is not None:
+        old_member = array.member(old)
+        if old_member is None:
+            raise BadInput(f"{old} is not a member of {array.device}: members are "
+                           f"{', '.join(m.disk for m in array.members)}; use --old missing for a disk that is gone")
+    elif array.raid_disks >= MAX_DISKS:
+        raise BadInput(f"{array.device} already has {MAX_DISKS} members, the most esp-mirror mirrors")
+    facts = member_facts(runner, host, state, (new,))
+    disk = facts[new]
+    sector = next((facts[m.disk].sector_size for m in array.members if m.disk in facts), 512)
+    record = state.record
+    assert record is not None  # require_array checked it
+    plans.new_disk_checks(disk, array, record, sector, wipe)
+    steps, member = plans.member_steps(state, disk, sector, wipe, old=old_member, grow=old is None)
+    groups = [Group(command, steps, (f"mdadm.conf names {array.device} by UUID: it stays as it is",))]
+    entry = bootentries.Member(disk=disk.path, tag=disk_tag(disk), part=1, partuuid=member.guid)
+    if state.efivars and state.boot is not None:
+        members = plans.entry_members(array, facts, without=old_member.node if old_member else None, extra=(entry,))
+        groups.append(Group("entries", plans.entry_steps(state, members)))
+    else:
+        groups.append(Group("entries", (), ("no EFI variables: run `esp-mirror entries` on the booted system",)))
+    return Planned(groups, {"new": disk.path, "partition_guid": member.guid,
+                            "old": old_member.node if old_member else old})
+
+
+def plan_entries(runner: Runner, host: HostView, state: MirrorState) -> Planned:
+    """One boot entry of ours per member, ours first in BootOrder, stale ones of ours removed."""
+    array = plans.require_array(state)
+    steps = plans.entry_steps(state, plans.entry_members(array, member_facts(runner, host, state)))
+    notes = () if steps else ("NVRAM already holds one entry of ours per member, first in BootOrder",)
+    return Planned([Group("entries", steps, notes)])
