@@ -54,7 +54,7 @@ def loader_path(request: Request, profile: Profile, has_shim: bool) -> str:
         return "\\EFI\\ZBM\\VMLINUZ.EFI"
     if kind is BootloaderKind.SYSTEMD_BOOT:
         return f"\\EFI\\systemd\\systemd-boot{suffix}.efi"
-    name = profile.grub_loader
+    name = profile.grub.loader
     if name == "auto":
         name = f"{'shim' if has_shim else 'grub'}{suffix}.efi"
     return f"\\EFI\\{request.loader_id}\\{name}"
@@ -98,7 +98,7 @@ def payload_steps(request: Request, profile: Profile, layout: Layout) -> tuple[S
                                  "systemd-boot-system-token.service)"))
     else:
         values = {"{grub_target}": grub_target, "{esp}": request.mountpoint, "{loader_id}": request.loader_id}
-        for argv in profile.grub_install:
+        for argv in profile.grub.install:
             steps.append(Command(tuple(_fill(a, values) for a in argv), root=request.target,
                                  why=f"GRUB on the array (\\EFI\\{request.loader_id}\\ and {fallback}); "
                                      "the NVRAM entries are made per disk below"))

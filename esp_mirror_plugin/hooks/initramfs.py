@@ -56,7 +56,7 @@ def config_steps(profile: Profile, target: Target) -> tuple[Step, ...]:
             return ()  # its mdadm hook copies mdadm.conf into the image by itself
         case Generator.DRACUT:
             body = "".join(f'{key}{"+=" if key in DRACUT_LISTS else "="}"{value}"\n'
-                           for key, value in ird.settings)
+                           for key, value in ird.settings.items())
             return (WriteFile(target.path(DRACUT_DROPIN), "# Written by esp-mirror.\n" + body, why=why,
                               root=target.root),)
         case Generator.MKINITCPIO:

@@ -7,52 +7,31 @@ Built-in profiles ship inside the package (``esp_mirror_plugin/profiles/*.yaml``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import enum
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind, Generator, OwnCheck
 
-# The schema: key -> (type, required). A dict value is a nested schema for a mapping.
-_ARGV = "argv"  # a list of strings
-_ARGV_LIST = "argv-list"  # a list of argv
-_SCHEMA: dict[str, Any] = {
-    "description": (str, True),
-    "extends": (str, False),
-    "esp_mountpoint": (str, True),
-    "mdadm_conf": (str, True),
-    "loader_id": (str, True),
-    "entry_label": (str, True),
-    "bootloader": (str, True),
-    "initramfs": ({
-        "generator": (str, True),
-        "regenerate": (_ARGV, True),
-        "settings": (dict, False),
-        "dropin_dir": (bool, False),
-    }, True),
-    "grub": ({
-        "install": (_ARGV_LIST, True),
-        "loader": (str, True),
-    }, True),
-    "boot_assembly": (_ARGV_LIST, True),
-    "periodic_check": (_ARGV_LIST, True),
-    "own_check": (str, True),
-    "packages": ({
-        "install": (_ARGV, True),
-        "names": (dict, True),
-    }, True),
-}
+# The YAML mirrors these dataclasses: a key per field, a mapping per nested dataclass. Their type
+# hints ARE the schema (:func:`_check`): str, bool, a StrEnum (one of its values), Argv (a
+# non-empty list of strings), tuple[Argv, ...] (a list of them), Mapping[str, str].
+Argv = tuple[str, ...]
+NOT_IN_YAML = {"yaml": False}
 
 
 @dataclass(frozen=True)
-class InitramfsSettings:
+class Initramfs:
     generator: Generator
-    regenerate: tuple[str, ...]  # argv; "{kver}" in it means one run per installed kernel
-    settings: tuple[tuple[str, str], ...] = ()  # generator settings (dracut: key="value")
+    regenerate: Argv  # "{kver}" in it means one run per installed kernel
+    settings: Mapping[str, str] = field(default_factory=dict)  # generator settings (dracut: key="value")
     dropin_dir: bool = False  # mkinitcpio: /etc/mkinitcpio.conf.d/ is read (v36+)
 
     @property
@@ -61,31 +40,41 @@ class InitramfsSettings:
 
 
 @dataclass(frozen=True)
+class Grub:
+    install: tuple[Argv, ...]  # argv with {grub_target} {esp} {loader_id} placeholders
+    loader: str  # the file entries start under \EFI\<loader_id>\; "auto": shim when installed
+
+
+@dataclass(frozen=True)
+class Packages:
+    install: Argv  # the package manager's install command
+    names: Mapping[str, str]  # program -> the package that has it
+
+
+@dataclass(frozen=True)
 class Profile:
     """What differs between distributions. Everything else is the same everywhere."""
 
-    name: str
-    source: str
     description: str
     esp_mountpoint: str
     mdadm_conf: str
     loader_id: str
     entry_label: str
     bootloader: BootloaderKind
-    initramfs: InitramfsSettings
-    grub_install: tuple[tuple[str, ...], ...]  # argv with {grub_target} {esp} {loader_id} placeholders
-    grub_loader: str  # the file entries start under \EFI\<loader_id>\; "auto": shim when installed
-    boot_assembly: tuple[tuple[str, ...], ...]
-    periodic_check: tuple[tuple[str, ...], ...]  # enable the distribution's own md check
+    initramfs: Initramfs
+    grub: Grub
+    boot_assembly: tuple[Argv, ...]
+    periodic_check: tuple[Argv, ...]  # enable the distribution's own md check
     own_check: OwnCheck  # where the distribution has none: esp-mirror's own weekly check
-    install_command: tuple[str, ...]
-    package_names: tuple[tuple[str, str], ...]
+    packages: Packages
+    name: str = field(default="", metadata=NOT_IN_YAML)
+    source: str = field(default="", metadata=NOT_IN_YAML)
 
     def package_for(self, tool: str) -> str:
-        return dict(self.package_names).get(tool, tool)
+        return self.packages.names.get(tool, tool)
 
     def install_hint(self, tool: str) -> str:
-        return " ".join((*self.install_command, self.package_for(tool)))
+        return " ".join((*self.packages.install, self.package_for(tool)))
 
 
 def builtin_names() -> list[str]:
@@ -95,15 +84,17 @@ def builtin_names() -> list[str]:
 def load_profile(name_or_path: str) -> Profile:
     """Load a built-in profile by name or a user profile by path; raise BadInput when invalid."""
     data, source = _load_merged(name_or_path, seen=())
+    _check(data, Profile, source, prefix="", require=True)
     name = Path(source).stem if _is_path(name_or_path) else name_or_path
-    return _build(name, source, data)
+    profile: Profile = _build(Profile, data, source, name=name, source=source)
+    return profile
 
 
 def raw_profile_text(name_or_path: str) -> str:
     return _locate(name_or_path).read_text()
 
 
-def _builtin_dir():
+def _builtin_dir() -> Traversable:
     return resources.files("esp_mirror_plugin") / "profiles"
 
 
@@ -111,7 +102,7 @@ def _is_path(name_or_path: str) -> bool:
     return "/" in name_or_path or name_or_path.endswith((".yaml", ".yml"))
 
 
-def _locate(name_or_path: str):
+def _locate(name_or_path: str) -> Traversable:
     if _is_path(name_or_path):
         path = Path(name_or_path)
         if not path.is_file():
@@ -125,27 +116,36 @@ def _locate(name_or_path: str):
     return candidate
 
 
-def _load_merged(name_or_path: str, seen: tuple[str, ...]) -> tuple[dict, str]:
+def _yaml_load(text: str) -> Any:
+    import yaml
+
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
+
+
+def _load_merged(name_or_path: str, seen: tuple[str, ...]) -> tuple[dict[str, Any], str]:
+    import yaml
+
     location = _locate(name_or_path)
     source = str(location)
     if source in seen:
         raise BadInput(f"profile {source}: `extends` loops back to itself: remove the cycle")
     try:
-        data = yaml.safe_load(location.read_text()) or {}
+        data = _yaml_load(location.read_text()) or {}
     except yaml.YAMLError as exc:
         raise BadInput(f"profile {source}: not valid YAML ({_one_line(exc)}): fix the syntax") from None
     if not isinstance(data, dict):
         raise BadInput(f"profile {source}: must be a mapping of keys, got {type(data).__name__}")
-    _check(data, _SCHEMA, source, prefix="", require=False)
-    parent = data.get("extends")
+    parent = data.pop("extends", None)
+    if parent is not None and not isinstance(parent, str):
+        raise BadInput(f"profile {source}: 'extends' must be a string, got {type(parent).__name__} {parent!r}")
+    _check(data, Profile, source, prefix="", require=False, extra=("extends",))
     if parent is None:
         return data, source
     base, _ = _load_merged(parent, seen + (source,))
-    merged = _merge(base, {k: v for k, v in data.items() if k != "extends"})
-    return merged, source
+    return _merge(base, data), source
 
 
-def _merge(base: dict, over: dict) -> dict:
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
@@ -155,82 +155,94 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _check(data: dict, schema: dict, source: str, prefix: str, require: bool) -> None:
+def _yaml_fields(cls: type) -> dict[str, Any]:
+    """The fields of a profile dataclass that a YAML file sets, with their resolved types."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.metadata.get("yaml", True)}
+
+
+def _required(cls: type, name: str) -> bool:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _check(data: dict[str, Any], cls: type, source: str, prefix: str, require: bool,
+           extra: tuple[str, ...] = ()) -> None:
     """Unknown keys and wrong types always fail; missing keys only for the merged result."""
+    schema = _yaml_fields(cls)
     for key, value in data.items():
         where = f"{prefix}{key}"
         if key not in schema:
-            allowed = ", ".join(sorted(schema))
+            allowed = ", ".join(sorted((*schema, *extra)))
             raise BadInput(f"profile {source}: unknown key {where!r}: allowed here are {allowed}")
-        kind, _ = schema[key]
-        if isinstance(kind, dict):
+        kind = schema[key]
+        if dataclasses.is_dataclass(kind):
             if not isinstance(value, dict):
                 raise BadInput(f"profile {source}: {where!r} must be a mapping with keys "
-                               f"{', '.join(sorted(kind))}")
+                               f"{', '.join(sorted(_yaml_fields(kind)))}")
             _check(value, kind, source, f"{where}.", require)
         elif not _type_ok(kind, value):
             raise BadInput(f"profile {source}: {where!r} must be {_type_name(kind)}, "
                            f"got {type(value).__name__} {value!r}")
     if require:
-        for key, (kind, required) in schema.items():
-            if required and key not in data:
+        for key, kind in schema.items():
+            if key not in data and _required(cls, key):
                 raise BadInput(f"profile {source}: missing key {prefix + key!r} "
                                f"({_type_name(kind)}): add it or `extends:` a profile that has it")
-            if isinstance(kind, dict) and key in data:
-                _check(data[key], kind, source, f"{prefix}{key}.", require)
 
 
 def _type_ok(kind: Any, value: Any) -> bool:
-    if kind == _ARGV:
+    if kind == Argv:
         return isinstance(value, list) and bool(value) and all(isinstance(a, str) for a in value)
-    if kind == _ARGV_LIST:
-        return isinstance(value, list) and all(_type_ok(_ARGV, v) for v in value)
-    if kind is dict:
-        return isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    if kind == tuple[Argv, ...]:
+        return isinstance(value, list) and all(_type_ok(Argv, v) for v in value)
+    if typing.get_origin(kind) is Mapping:
+        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return isinstance(value, str)  # which value is checked when the profile is built
     return isinstance(value, kind)
 
 
 def _type_name(kind: Any) -> str:
-    return {_ARGV: "a non-empty list of strings (an argv)", _ARGV_LIST: "a list of argv lists",
-            dict: "a mapping of strings to strings", str: "a string", bool: "true or false"}.get(
-        kind, "a mapping") if not isinstance(kind, dict) else "a mapping"
+    if kind == Argv:
+        return "a non-empty list of strings (an argv)"
+    if kind == tuple[Argv, ...]:
+        return "a list of argv lists"
+    if typing.get_origin(kind) is Mapping:
+        return "a mapping of strings to strings"
+    if dataclasses.is_dataclass(kind):
+        return "a mapping"
+    return {str: "a string", bool: "true or false"}.get(kind, "a string")
 
 
-def _enum(source: str, key: str, enum: type, value: str):
+def _build(cls: type, data: dict[str, Any], origin: str, prefix: str = "", **given: Any) -> Any:
+    """The dataclass ``cls`` from checked ``data``: lists become tuples, strings become enums."""
+    values: dict[str, Any] = dict(given)
+    for key, kind in _yaml_fields(cls).items():
+        if key not in data:
+            continue
+        value = data[key]
+        if dataclasses.is_dataclass(kind):
+            values[key] = _build(kind, value, origin, f"{prefix}{key}.")
+        elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+            values[key] = _enum(origin, f"{prefix}{key}", kind, value)
+        elif kind == Argv:
+            values[key] = tuple(value)
+        elif kind == tuple[Argv, ...]:
+            values[key] = tuple(tuple(argv) for argv in value)
+        elif typing.get_origin(kind) is Mapping:
+            values[key] = dict(value)
+        else:
+            values[key] = value
+    return cls(**values)
+
+
+def _enum(source: str, key: str, choices: type[enum.Enum], value: str) -> Any:
     try:
-        return enum(value)
+        return choices(value)
     except ValueError:
-        allowed = ", ".join(e.value for e in enum)
+        allowed = ", ".join(str(e.value) for e in choices)
         raise BadInput(f"profile {source}: {key!r} is {value!r}: allowed are {allowed}") from None
-
-
-def _build(name: str, source: str, data: dict) -> Profile:
-    _check(data, _SCHEMA, source, prefix="", require=True)
-    ird = data["initramfs"]
-    return Profile(
-        name=name,
-        source=source,
-        description=data["description"],
-        esp_mountpoint=data["esp_mountpoint"],
-        mdadm_conf=data["mdadm_conf"],
-        loader_id=data["loader_id"],
-        entry_label=data["entry_label"],
-        bootloader=_enum(source, "bootloader", BootloaderKind, data["bootloader"]),
-        initramfs=InitramfsSettings(
-            generator=_enum(source, "initramfs.generator", Generator, ird["generator"]),
-            regenerate=tuple(ird["regenerate"]),
-            settings=tuple(ird.get("settings", {}).items()),
-            dropin_dir=ird.get("dropin_dir", False),
-        ),
-        grub_install=tuple(tuple(a) for a in data["grub"]["install"]),
-        grub_loader=data["grub"]["loader"],
-        boot_assembly=tuple(tuple(a) for a in data["boot_assembly"]),
-        periodic_check=tuple(tuple(a) for a in data["periodic_check"]),
-        own_check=_enum(source, "own_check", OwnCheck, data["own_check"]),
-        install_command=tuple(data["packages"]["install"]),
-        package_names=tuple(sorted(data["packages"]["names"].items())),
-    )
 
 
 def _one_line(exc: Exception) -> str:

@@ -23,8 +23,8 @@ def test_every_builtin_profile_loads_and_names_a_package_for_every_tool_it_needs
     assert prof.name == name and prof.bootloader is BootloaderKind.GRUB
     tools = {"sgdisk", "sfdisk", "partx", "wipefs", "blkid", "losetup", "mount", "umount", "mdadm", "mkfs.vfat",
              "efibootmgr", "bootctl", "chroot", prof.initramfs.regenerate[0],
-             *(argv[0] for argv in prof.grub_install)}
-    assert tools <= dict(prof.package_names).keys()
+             *(argv[0] for argv in prof.grub.install)}
+    assert tools <= prof.packages.names.keys()
 
 
 @pytest.mark.parametrize(("name", "generator"), [
