@@ -36,12 +36,20 @@ def main() -> int:
     result = install(disks, nvram, payload, assets=assets)
     md = detail(result) if result.guest.rc == 0 else {}
     ok = md.get("MD_LEVEL") == "raid1" and md.get("MD_METADATA") == "1.0"
-    rows.append(("install: esp-mirror apply, 2 disks", f"RAID1 {md.get('MD_NAME', '?')}, metadata "
-                 f"{md.get('MD_METADATA', '?')}", time.monotonic() - started, ok))
+    rows.append(
+        (
+            "install: esp-mirror apply, 2 disks",
+            f"RAID1 {md.get('MD_NAME', '?')}, metadata {md.get('MD_METADATA', '?')}",
+            time.monotonic() - started,
+            ok,
+        )
+    )
     print(result.section("apply") if result.runs and "apply" in result.runs[0] else result.guest.stderr)
-    cases = [("boot disk A alone (install NVRAM)", 0, nvram),
-             ("boot disk B alone (install NVRAM)", 1, nvram),
-             ("boot disk B alone (fresh NVRAM)", 1, None)]
+    cases = [
+        ("boot disk A alone (install NVRAM)", 0, nvram),
+        ("boot disk B alone (install NVRAM)", 1, nvram),
+        ("boot disk B alone (fresh NVRAM)", 1, None),
+    ]
     for title, index, vars_from in cases:
         started = time.monotonic()
         try:
@@ -51,7 +59,8 @@ def main() -> int:
             continue
         want_entry = entry_label(disk_serial(index)) if vars_from else None
         passed = boot.loader_device_partuuid == partition_uuid(disks[index]) and (
-            want_entry is None or boot.boot_entry_description == want_entry)
+            want_entry is None or boot.boot_entry_description == want_entry
+        )
         used = boot.boot_entry_description if vars_from else boot.loader_image_identifier
         rows.append((title, str(used), time.monotonic() - started, passed))
 

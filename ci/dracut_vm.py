@@ -29,31 +29,56 @@ def dracut_root_image(root: Root, workdir: Path) -> Path:
 
 
 def guest_script(payload: Path, kver: str, target_disk: str = "/dev/vdc") -> str:
-    apply = [str(ESP_MIRROR_CLI), "apply", "--yes", "--profile", "opensuse", "--disk", "/dev/vda", "--disk",
-             "/dev/vdb", "--target", "/target", "--bootloader", "efi", "--efi-image", str(payload),
-             "--initramfs", "regenerate", "--no-nvram"]
-    cmdline = ("mkdir -p /tmp/u && cd /tmp/u && lsinitrd --unpack {img} >/dev/null 2>&1; "
-               "for f in etc/cmdline.d/*.conf; do [ -e \"$f\" ] && echo \"$f: $(cat $f)\"; done; true")
-    return "\n".join([
-        "set -eu",
-        f"mkdir -p /target; mount {target_disk} /target",
-        "echo '@@@ apply'",
-        shlex.join(apply) + " 2>&1",
-        "echo '@@@ esp-uuid'; mdadm --detail --export /dev/md/esp | sed -n 's/^MD_UUID=//p'",
-        "echo '@@@ mounted'; grep ' /target/boot/efi ' /proc/self/mountinfo || true",
-        # what dracut's hostonly detection (get_fs_env: blkid -u filesystem) sees on the devices
-        ("echo '@@@ blkid-filesystem'; for dev in /dev/md/esp /dev/vda1; do echo \"$dev: $(blkid -u filesystem -o export $dev "
-        "| grep '^TYPE=' || true)\"; done"),
-        "for fs in dev proc sys; do mount --bind /$fs /target/$fs; done",
-        f"echo '@@@ image-cmdline'; chroot /target sh -c {shlex.quote(cmdline.format(img=f'/boot/initrd.img-{kver}'))}",
-        "echo '@@@ image-modules'; chroot /target lsinitrd /boot/initrd.img-" + kver + " | sed -n '/dracut modules:/,/====/p'",
-        "echo '@@@ image-mdadm.conf'; chroot /target lsinitrd -f etc/mdadm.conf /boot/initrd.img-" + kver,
-        # the control: the same regeneration without esp-mirror's drop-in
-        "mv /target/etc/dracut.conf.d/90-esp-mirror.conf /target/root/",
-        f"chroot /target dracut -q --force /tmp/control.img {kver}",
-        "rm -rf /target/tmp/u",
-        f"echo '@@@ control-cmdline'; chroot /target sh -c {shlex.quote(cmdline.format(img='/tmp/control.img'))}",
-        "for fs in sys proc dev; do umount /target/$fs; done",
-        "umount /target/boot/efi; umount /target; mdadm --stop /dev/md/esp; sync",
-        "",
-    ])
+    apply = [
+        str(ESP_MIRROR_CLI),
+        "apply",
+        "--yes",
+        "--profile",
+        "opensuse",
+        "--disk",
+        "/dev/vda",
+        "--disk",
+        "/dev/vdb",
+        "--target",
+        "/target",
+        "--bootloader",
+        "efi",
+        "--efi-image",
+        str(payload),
+        "--initramfs",
+        "regenerate",
+        "--no-nvram",
+    ]
+    cmdline = (
+        "mkdir -p /tmp/u && cd /tmp/u && lsinitrd --unpack {img} >/dev/null 2>&1; "
+        'for f in etc/cmdline.d/*.conf; do [ -e "$f" ] && echo "$f: $(cat $f)"; done; true'
+    )
+    return "\n".join(
+        [
+            "set -eu",
+            f"mkdir -p /target; mount {target_disk} /target",
+            "echo '@@@ apply'",
+            shlex.join(apply) + " 2>&1",
+            "echo '@@@ esp-uuid'; mdadm --detail --export /dev/md/esp | sed -n 's/^MD_UUID=//p'",
+            "echo '@@@ mounted'; grep ' /target/boot/efi ' /proc/self/mountinfo || true",
+            # what dracut's hostonly detection (get_fs_env: blkid -u filesystem) sees on the devices
+            (
+                "echo '@@@ blkid-filesystem'; for dev in /dev/md/esp /dev/vda1; do echo \"$dev: $(blkid -u filesystem -o export $dev "
+                "| grep '^TYPE=' || true)\"; done"
+            ),
+            "for fs in dev proc sys; do mount --bind /$fs /target/$fs; done",
+            f"echo '@@@ image-cmdline'; chroot /target sh -c {shlex.quote(cmdline.format(img=f'/boot/initrd.img-{kver}'))}",
+            "echo '@@@ image-modules'; chroot /target lsinitrd /boot/initrd.img-"
+            + kver
+            + " | sed -n '/dracut modules:/,/====/p'",
+            "echo '@@@ image-mdadm.conf'; chroot /target lsinitrd -f etc/mdadm.conf /boot/initrd.img-" + kver,
+            # the control: the same regeneration without esp-mirror's drop-in
+            "mv /target/etc/dracut.conf.d/90-esp-mirror.conf /target/root/",
+            f"chroot /target dracut -q --force /tmp/control.img {kver}",
+            "rm -rf /target/tmp/u",
+            f"echo '@@@ control-cmdline'; chroot /target sh -c {shlex.quote(cmdline.format(img='/tmp/control.img'))}",
+            "for fs in sys proc dev; do umount /target/$fs; done",
+            "umount /target/boot/efi; umount /target; mdadm --stop /dev/md/esp; sync",
+            "",
+        ]
+    )

@@ -158,8 +158,11 @@ class TargetImage:
 def root_image(view: Path, image: Path, size_mib: int = ROOT_FS_MIB, uuid: str = ROOT_FS_UUID) -> Path:
     """An ext4 image of the directory ``view`` (``mke2fs -d``: no mount, no loop device)."""
     image.unlink(missing_ok=True)
-    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-d", str(view), "-U", uuid, "-L", "root", str(image),
-                    f"{size_mib}M"], check=True, capture_output=True)
+    subprocess.run(
+        ["mke2fs", "-q", "-t", "ext4", "-d", str(view), "-U", uuid, "-L", "root", str(image), f"{size_mib}M"],
+        check=True,
+        capture_output=True,
+    )
     return image
 
 
@@ -238,8 +241,19 @@ class RaidRootInstaller:
                     break
                 time.sleep(0.1)
         # --assume-clean: every block the system uses is written through the array, to both members
-        self.run("mdadm", "--create", "/dev/md/root", "--run", "--level=1", "--raid-devices=2", "--metadata=1.2",
-                 "--homehost=any", "--name=root", "--assume-clean", *parts)
+        self.run(
+            "mdadm",
+            "--create",
+            "/dev/md/root",
+            "--run",
+            "--level=1",
+            "--raid-devices=2",
+            "--metadata=1.2",
+            "--homehost=any",
+            "--name=root",
+            "--assume-clean",
+            *parts,
+        )
         self.run("mkfs.ext4", "-q", "-F", "-U", ROOT_FS_UUID, "-L", "root", "/dev/md/root")
         self.run("mount", "/dev/md/root", self.target)
         self.phase("post_format")
@@ -251,8 +265,9 @@ class RaidRootInstaller:
     def install_kernel_and_mdadm(self) -> None:
         self.phase("kernel_and_mdadm")
         self.run("tar", "-x", "--skip-old-files", "-f", PACKAGES_DISK, "-C", self.target)
-        detail = subprocess.run(["mdadm", "--detail", "--brief", "/dev/md/root"], check=True, capture_output=True,
-                                text=True).stdout
+        detail = subprocess.run(
+            ["mdadm", "--detail", "--brief", "/dev/md/root"], check=True, capture_output=True, text=True
+        ).stdout
         with open(f"{self.target}/etc/mdadm/mdadm.conf", "a") as conf:  # the installer's own array
             conf.write(detail)
         self.phase("initramfs_config")
@@ -289,29 +304,47 @@ phase end
 def _refused_apply(name: str, disks: Sequence[str]) -> str:
     """apply on ``disks`` (shell words: device paths or "$variables"): its exit code, and
     whether every byte of the disks is as it was."""
-    argv = shlex.join([str(ESP_MIRROR_CLI), "apply", "--yes", "--target", "/tmp/nothing", "--bootloader", "efi",
-                       "--efi-image", "/tmp/nothing/x.efi", "--initramfs", "skip", "--no-nvram"])
+    argv = shlex.join(
+        [
+            str(ESP_MIRROR_CLI),
+            "apply",
+            "--yes",
+            "--target",
+            "/tmp/nothing",
+            "--bootloader",
+            "efi",
+            "--efi-image",
+            "/tmp/nothing/x.efi",
+            "--initramfs",
+            "skip",
+            "--no-nvram",
+        ]
+    )
     argv += "".join(f" --disk {disk}" for disk in disks)
     hashes = f"sha256sum {' '.join(disks)}"
-    return (f"echo '{SECTION}{name}'; before=$({hashes}); rc=0; {argv} 2>&1 || rc=$?; echo \"exit=$rc\"; "
-            f"after=$({hashes}); [ \"$before\" = \"$after\" ] && echo unchanged || echo CHANGED")
+    return (
+        f"echo '{SECTION}{name}'; before=$({hashes}); rc=0; {argv} 2>&1 || rc=$?; echo \"exit=$rc\"; "
+        f'after=$({hashes}); [ "$before" = "$after" ] && echo unchanged || echo CHANGED'
+    )
 
 
 def install_script() -> str:
     """The guest script: the two refusals, then the README installer, then finish and report."""
-    return "\n".join([
-        "set -eu",
-        "mkdir -p /target /tmp/nothing && printf MZ > /tmp/nothing/x.efi",
-        f"echo '{SECTION}twin-serials'; for d in vde vdf; do cat /sys/block/$d/serial; echo; done",
-        _refused_apply("twins", TWIN_DISKS),
-        "truncate -s 64M /tmp/one.img; a=$(losetup --find --show /tmp/one.img); b=$(losetup --find --show /tmp/one.img)",
-        f"echo '{SECTION}loop-devices'; echo \"$a $b\"",
-        _refused_apply("loops", ('"$a"', '"$b"')),
-        "losetup --detach \"$a\"; losetup --detach \"$b\"",
-        f"echo '{SECTION}install'",
-        shlex.join(guest_python_argv("install", *INSTALL_DISKS)) + " 2>&1",
-        FINISH_AND_REPORT.format(root_uuid=ROOT_FS_UUID),
-    ])
+    return "\n".join(
+        [
+            "set -eu",
+            "mkdir -p /target /tmp/nothing && printf MZ > /tmp/nothing/x.efi",
+            f"echo '{SECTION}twin-serials'; for d in vde vdf; do cat /sys/block/$d/serial; echo; done",
+            _refused_apply("twins", TWIN_DISKS),
+            "truncate -s 64M /tmp/one.img; a=$(losetup --find --show /tmp/one.img); b=$(losetup --find --show /tmp/one.img)",
+            f"echo '{SECTION}loop-devices'; echo \"$a $b\"",
+            _refused_apply("loops", ('"$a"', '"$b"')),
+            'losetup --detach "$a"; losetup --detach "$b"',
+            f"echo '{SECTION}install'",
+            shlex.join(guest_python_argv("install", *INSTALL_DISKS)) + " 2>&1",
+            FINISH_AND_REPORT.format(root_uuid=ROOT_FS_UUID),
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -334,13 +367,13 @@ def parse_sections(text: str, prefix: str = "") -> tuple[dict[str, str], dict[st
         if prefix:
             if not line.startswith(prefix):
                 continue
-            line = line[len(prefix):].lstrip()
+            line = line[len(prefix) :].lstrip()
             if line.startswith("| "):
                 line = line[2:]
             elif line == "|":
                 line = ""
         if line.startswith(SECTION):
-            words = line[len(SECTION):].split()
+            words = line[len(SECTION) :].split()
             if words and words[0] == "phase" and len(words) == 3:
                 phases[words[1]] = float(words[2])
                 continue
@@ -351,13 +384,20 @@ def parse_sections(text: str, prefix: str = "") -> tuple[dict[str, str], dict[st
     return sections, phases
 
 
-def install(workdir: Path, archives: SystemArchives, vars_file: Path, *, assets: Assets | None = None,
-            timeout: float = 1500) -> tuple[list[Path], Installed]:
+def install(
+    workdir: Path, archives: SystemArchives, vars_file: Path, *, assets: Assets | None = None, timeout: float = 1500
+) -> tuple[list[Path], Installed]:
     """Install onto two blank disks (disk-a.img, disk-b.img) in a guest; the install's NVRAM is ``vars_file``."""
     disks = [blank_disk(workdir / f"disk-{name}.img", DISK_MIB) for name in "ab"]
     twins = [blank_disk(workdir / f"{name}-twin.img", 64) for name in "ef"]
-    guest = run_in_guest(install_script(), [*disks, archives.base, archives.kernel_and_mdadm, *twins], vars_file,
-                         timeout=timeout, assets=assets, log_dir=workdir)
+    guest = run_in_guest(
+        install_script(),
+        [*disks, archives.base, archives.kernel_and_mdadm, *twins],
+        vars_file,
+        timeout=timeout,
+        assets=assets,
+        log_dir=workdir,
+    )
     sections, phases = parse_sections(guest.stdout)
     return disks, Installed(guest, sections, phases)
 
@@ -370,8 +410,23 @@ def systemd_boot_script(payload: Path, *, seed_after: bool = False, target_disk:
     systemd-boot-system-token.service does on real hardware (``bootctl random-seed``, which finds
     the md ESP only with relaxed checks), to show what the loader does with it on the next boot.
     """
-    apply = [str(ESP_MIRROR_CLI), "apply", "--yes", "--profile", "debian", "--disk", "/dev/vda",
-             "--disk", "/dev/vdb", "--target", "/target", "--bootloader", "systemd-boot", "--initramfs", "skip"]
+    apply = [
+        str(ESP_MIRROR_CLI),
+        "apply",
+        "--yes",
+        "--profile",
+        "debian",
+        "--disk",
+        "/dev/vda",
+        "--disk",
+        "/dev/vdb",
+        "--target",
+        "/target",
+        "--bootloader",
+        "systemd-boot",
+        "--initramfs",
+        "skip",
+    ]
     lines = [
         "set -eu",
         f"mkdir -p /target; mount {target_disk} /target",
@@ -383,14 +438,18 @@ def systemd_boot_script(payload: Path, *, seed_after: bool = False, target_disk:
         "for fs in dev proc sys; do mount --bind /$fs /target/$fs; done",
         # what Debian 12's systemd-boot-system-token.service runs (bootctl random-seed --graceful):
         # does it find the md ESP, and does it write a seed file?
-        ("echo '@@@ random-seed-strict'; rc=0; chroot /target bootctl random-seed --graceful 2>&1 || rc=$?; "
-        "echo \"exit $rc\""),
+        (
+            "echo '@@@ random-seed-strict'; rc=0; chroot /target bootctl random-seed --graceful 2>&1 || rc=$?; "
+            'echo "exit $rc"'
+        ),
         "echo '@@@ after-strict'; ls /target/boot/efi/loader",
     ]
     if seed_after:
         lines += [
-            ("echo '@@@ random-seed-relaxed'; rc=0; SYSTEMD_RELAX_ESP_CHECKS=1 chroot /target bootctl "
-            "random-seed --graceful 2>&1 || rc=$?; echo \"exit $rc\""),
+            (
+                "echo '@@@ random-seed-relaxed'; rc=0; SYSTEMD_RELAX_ESP_CHECKS=1 chroot /target bootctl "
+                'random-seed --graceful 2>&1 || rc=$?; echo "exit $rc"'
+            ),
             "echo '@@@ after-relaxed'; ls /target/boot/efi/loader",
             # sd-boot 252 uses (and rewrites) the seed only with a system token, which bootctl
             # stores in NVRAM on real hardware but not in a VM; "always" stands in for that.
@@ -436,9 +495,17 @@ class InstalledBoot:
         return ""
 
 
-def boot_installed(disks: Sequence[Path], vars_file: Path, log_dir: Path, *, name: str,
-                   assets: Assets | None = None, action: str | None = None, snapshot: bool = False,
-                   timeout: float = 600) -> InstalledBoot:
+def boot_installed(
+    disks: Sequence[Path],
+    vars_file: Path,
+    log_dir: Path,
+    *,
+    name: str,
+    assets: Assets | None = None,
+    action: str | None = None,
+    snapshot: bool = False,
+    timeout: float = 600,
+) -> InstalledBoot:
     """Power on with only ``disks`` and the NVRAM ``vars_file`` and wait for the test unit's report.
 
     :param action: an SMBIOS OEM string for the test unit (:data:`READD_ACTION`).
@@ -450,8 +517,15 @@ def boot_installed(disks: Sequence[Path], vars_file: Path, log_dir: Path, *, nam
     run_dir.mkdir(parents=True, exist_ok=True)
     serial_log = run_dir / "serial.log"
     extra = (["-smbios", f"type=11,value={action}"] if action else []) + (["-snapshot"] if snapshot else [])
-    run = run_qemu(assets, disks=disks, vars_file=vars_file, serial_log=serial_log, timeout=timeout,
-                   extra_args=extra, give_up_on=_BOOT_FAILED)
+    run = run_qemu(
+        assets,
+        disks=disks,
+        vars_file=vars_file,
+        serial_log=serial_log,
+        timeout=timeout,
+        extra_args=extra,
+        give_up_on=_BOOT_FAILED,
+    )
     text = serial_log.read_text(errors="replace")
     if END not in text:
         raise VmError(f"the installed system powered off without its {END} report; serial log: {serial_log}")

@@ -27,8 +27,8 @@ from esp_mirror_plugin.pipeline.kinds import BootloaderKind, InitramfsMode
 from esp_mirror_plugin.pipeline.preflight import Preflight
 from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.pipeline.request import Request
-from esp_mirror_plugin.system.runner import Result, Runner, ShRunner, full_argv
 from esp_mirror_plugin.pipeline.steps import Command, EditBlock, Group, MakeDir, WriteFile
+from esp_mirror_plugin.system.runner import Result, Runner, ShRunner, full_argv
 
 
 class FilesOnlyPreflight(Preflight):
@@ -41,7 +41,7 @@ class FilesOnlyPreflight(Preflight):
 
 def regeneration_matches(argv: Sequence[str], template: Sequence[str]) -> bool:
     """True when ``argv`` is the profile's regenerate argv (``{kver}`` stands for any kernel)."""
-    return len(argv) == len(template) and all(a == t or "{kver}" in t for a, t in zip(argv, template))
+    return len(argv) == len(template) and all(a == t or "{kver}" in t for a, t in zip(argv, template, strict=False))
 
 
 @dataclass
@@ -53,8 +53,15 @@ class CountingRunner:
     regenerations: list[tuple[tuple[str, ...], float, Result]] = field(default_factory=list)
     commands: list[tuple[str, ...]] = field(default_factory=list)
 
-    def run(self, argv: Sequence[str], *, root: str = "/", env: Mapping[str, str] | None = None,
-            timeout: float | None = None, ok: Sequence[int] = (0,)) -> Result:
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        root: str = "/",
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        ok: Sequence[int] = (0,),
+    ) -> Result:
         started = time.monotonic()
         result = self.inner.run(argv, root=root, env=env, timeout=timeout, ok=ok)
         self.commands.append(full_argv(argv, root))
@@ -118,10 +125,17 @@ class HostInstall:
         return applier
 
 
-def prepare_on_images(profile: str, target: Path, workdir: Path, *,
-                      initramfs: InitramfsMode = InitramfsMode.REGENERATE,
-                      regenerate: tuple[str, ...] | None = None, foreign: bool = False,
-                      bootloader: BootloaderKind = BootloaderKind.EFI, efi_image: Path | None = None) -> HostInstall:
+def prepare_on_images(
+    profile: str,
+    target: Path,
+    workdir: Path,
+    *,
+    initramfs: InitramfsMode = InitramfsMode.REGENERATE,
+    regenerate: tuple[str, ...] | None = None,
+    foreign: bool = False,
+    bootloader: BootloaderKind = BootloaderKind.EFI,
+    efi_image: Path | None = None,
+) -> HostInstall:
     """Prepare esp-mirror as an installer would, with two blank image files as the disks.
 
     The bootloader defaults to a plain EFI image (a placeholder file, for runs that stop before
@@ -136,9 +150,14 @@ def prepare_on_images(profile: str, target: Path, workdir: Path, *,
         image.write_bytes(b"MZ")
     template = regenerate or load_profile(profile).initramfs.regenerate
     runner = CountingRunner(tuple(template))
-    request = Request(disks=tuple(str(d) for d in disks), profile=profile, target=str(target),
-                      bootloader=bootloader, efi_image=str(image) if bootloader.needs_image else None,
-                      initramfs=initramfs)
+    request = Request(
+        disks=tuple(str(d) for d in disks),
+        profile=profile,
+        target=str(target),
+        bootloader=bootloader,
+        efi_image=str(image) if bootloader.needs_image else None,
+        initramfs=initramfs,
+    )
     ctx = prepare(request, runner=runner)
     if foreign:
         ctx.preflight = FilesOnlyPreflight(runner, ctx.profile.install_hint)

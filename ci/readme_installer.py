@@ -32,7 +32,7 @@ PACKAGES = ("linux-image-{kver}", "mdadm")
 def readme_example(readme: Path = README) -> str:
     """The Python block that follows the installer-example marker in the README."""
     text = readme.read_text()
-    after = text[text.index(MARKER):]
+    after = text[text.index(MARKER) :]
     match = re.search(r"```python\n(.*?)```", after, re.DOTALL)
     if match is None:
         raise LookupError(f"no ```python block after {MARKER!r} in {readme}")
@@ -42,7 +42,7 @@ def readme_example(readme: Path = README) -> str:
 def run_readme_install(disks: tuple[str, ...], target: str, installer: Any) -> None:
     """Execute the README's block as it is, then call its ``install``."""
     namespace: dict[str, Any] = {}
-    exec(compile(readme_example(), f"{README} (installer example)", "exec"), namespace)  # noqa: S102
+    exec(compile(readme_example(), f"{README} (installer example)", "exec"), namespace)
     namespace["install"](disks, target, installer)
 
 

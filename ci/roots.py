@@ -73,8 +73,13 @@ class RootSpec:
 
     def key(self, sources: str) -> str:
         """A short hash of everything that decides the root's content."""
-        recipe = {"version": _BUILD_VERSION, "suite": SUITE, "packages": sorted(self.packages),
-                  "hooks": [_NO_DOCS, *self.customize_hooks], "sources": sources}
+        recipe = {
+            "version": _BUILD_VERSION,
+            "suite": SUITE,
+            "packages": sorted(self.packages),
+            "hooks": [_NO_DOCS, *self.customize_hooks],
+            "sources": sources,
+        }
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -117,8 +122,11 @@ def debian_sources(suite: str = SUITE, etc: Path = Path("/etc/apt")) -> str:
             for stanza in re.split(r"\n\s*\n", text):
                 fields = _deb822(stanza)
                 suites = fields.get("Suites", "").split()
-                if "deb" in fields.get("Types", "").split() and fields.get("Enabled", "yes") != "no" and any(
-                        s == suite or s.startswith(f"{suite}-") for s in suites):
+                if (
+                    "deb" in fields.get("Types", "").split()
+                    and fields.get("Enabled", "yes") != "no"
+                    and any(s == suite or s.startswith(f"{suite}-") for s in suites)
+                ):
                     stanzas.append(_stanza({**fields, "Types": "deb"}))
         elif path.name == "sources.list" or path.name.endswith(".list"):
             for line in text.splitlines():
@@ -128,7 +136,7 @@ def debian_sources(suite: str = SUITE, etc: Path = Path("/etc/apt")) -> str:
                 options, rest = ([], words[1:])
                 if rest and rest[0].startswith("["):
                     end = next(i for i, w in enumerate(rest) if w.endswith("]"))
-                    options, rest = rest[: end + 1], rest[end + 1:]
+                    options, rest = rest[: end + 1], rest[end + 1 :]
                 if len(rest) >= 3 and (rest[1] == suite or rest[1].startswith(f"{suite}-")):
                     fields = {"Types": "deb", "URIs": rest[0], "Suites": rest[1], "Components": " ".join(rest[2:])}
                     for option in " ".join(options).strip("[] ").split():
@@ -137,8 +145,10 @@ def debian_sources(suite: str = SUITE, etc: Path = Path("/etc/apt")) -> str:
                             fields["Signed-By"] = value
                     stanzas.append(_stanza(fields))
     if not stanzas:
-        raise CommandError(f"no enabled apt source for Debian {suite} in {etc}/sources.list*: the target "
-                           "roots are built from the machine's own apt mirror; add one")
+        raise CommandError(
+            f"no enabled apt source for Debian {suite} in {etc}/sources.list*: the target "
+            "roots are built from the machine's own apt mirror; add one"
+        )
     return "\n".join(stanzas)
 
 
@@ -187,28 +197,48 @@ def _build(spec: RootSpec, sources: str, path: Path) -> None:
         staging = Path(tmp) / "root"
         sources_file = Path(tmp) / "debian.sources"
         sources_file.write_text(sources)
-        argv = ["mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory",
-                f"--include={','.join(spec.packages)}",
-                # the machine's own apt settings for an archive snapshot whose Release files are old
-                "--aptopt=Acquire::Check-Valid-Until \"false\"", "--aptopt=Acquire::Check-Date \"false\"",
-                f"--essential-hook={_NO_DOCS}",
-                *(f"--customize-hook={hook}" for hook in spec.customize_hooks),
-                SUITE, str(staging), str(sources_file)]
+        argv = [
+            "mmdebstrap",
+            "--mode=root",
+            "--variant=minbase",
+            "--format=directory",
+            f"--include={','.join(spec.packages)}",
+            # the machine's own apt settings for an archive snapshot whose Release files are old
+            '--aptopt=Acquire::Check-Valid-Until "false"',
+            '--aptopt=Acquire::Check-Date "false"',
+            f"--essential-hook={_NO_DOCS}",
+            *(f"--customize-hook={hook}" for hook in spec.customize_hooks),
+            SUITE,
+            str(staging),
+            str(sources_file),
+        ]
         started = time.monotonic()
         log = path.parent / f"{spec.name}.build.log"
         with log.open("wb") as out:
-            proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  env={"PATH": HOST_PATH, "LANG": "C.UTF-8"}, check=False)
+            proc = subprocess.run(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={"PATH": HOST_PATH, "LANG": "C.UTF-8"},
+                check=False,
+            )
         if proc.returncode != 0:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-            raise CommandError(f"mmdebstrap for the {spec.name} root exited {proc.returncode} "
-                               f"(full log: {log}):\n{tail}")
+            raise CommandError(
+                f"mmdebstrap for the {spec.name} root exited {proc.returncode} (full log: {log}):\n{tail}"
+            )
         seconds = time.monotonic() - started
         kernels = sorted(p.name for p in (staging / "lib" / "modules").iterdir() if p.is_dir())
         if len(kernels) != 1:
             raise CommandError(f"the {spec.name} root has kernels {kernels}, expected exactly one")
-        stamp = {"name": spec.name, "kver": kernels[0], "seconds": round(seconds, 1), "built_at": _THIS_RUN,
-                 "packages": list(spec.packages)}
+        stamp = {
+            "name": spec.name,
+            "kver": kernels[0],
+            "seconds": round(seconds, 1),
+            "built_at": _THIS_RUN,
+            "packages": list(spec.packages),
+        }
         (staging / _STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
         staging.rename(path)
 
@@ -220,8 +250,9 @@ def writable_view(root: Root | Path, workdir: Path) -> Iterator[Path]:
     upper, work, merged = (workdir / n for n in ("upper", "work", "merged"))
     for d in (upper, work, merged):
         d.mkdir(parents=True, exist_ok=True)
-    run_command(["mount", "-t", "overlay", "overlay", "-o",
-                 f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)])
+    run_command(
+        ["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", str(merged)]
+    )
     try:
         yield merged
     finally:

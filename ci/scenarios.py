@@ -60,12 +60,21 @@ def apply_argv(devices: Sequence[str], efi_image: Path, *extra: str) -> list[str
 
 
 def _state_script(run: int, parts: str) -> str:
-    return "".join(f"echo '{SECTION}{run} {name}'\n{command.format(parts=parts)} 2>&1 || true\n"
-                   for name, command in STATE_COMMANDS.items())
+    return "".join(
+        f"echo '{SECTION}{run} {name}'\n{command.format(parts=parts)} 2>&1 || true\n"
+        for name, command in STATE_COMMANDS.items()
+    )
 
 
-def install(disks: Sequence[Path], vars_file: Path, efi_image: Path, *, applies: int = 1,
-            assets: Assets | None = None, timeout: float = 600) -> Install:
+def install(
+    disks: Sequence[Path],
+    vars_file: Path,
+    efi_image: Path,
+    *,
+    applies: int = 1,
+    assets: Assets | None = None,
+    timeout: float = 600,
+) -> Install:
     """Run ``esp-mirror apply`` ``applies`` times in one guest and collect the state after each."""
     devices = [guest_device(i) for i in range(len(disks))]
     parts = " ".join(f"{d}1" for d in devices)
@@ -85,7 +94,7 @@ def parse_sections(stdout: str, runs: int) -> tuple[dict[str, str], ...]:
     name = ""
     for line in stdout.splitlines(keepends=True):
         if line.startswith(SECTION):
-            run, name = line[len(SECTION):].strip().split(" ", 1)
+            run, name = line[len(SECTION) :].strip().split(" ", 1)
             section = out[int(run)]
             section[name] = ""
         elif section is not None:
@@ -93,8 +102,9 @@ def parse_sections(stdout: str, runs: int) -> tuple[dict[str, str], ...]:
     return tuple(out)
 
 
-def boot_alone(disk: Path, nvram_from: Path | None, workdir: Path, name: str,
-               assets: Assets | None = None) -> BootResult:
+def boot_alone(
+    disk: Path, nvram_from: Path | None, workdir: Path, name: str, assets: Assets | None = None
+) -> BootResult:
     """Power on a machine with only ``disk``: with a copy of ``nvram_from``, or fresh NVRAM."""
     vars_file = workdir / f"{name}-vars.fd"
     if nvram_from is None:
@@ -122,46 +132,77 @@ def image_build_script(efi_image: Path, names: Sequence[str], size_mib: int = 16
     argv = [str(ESP_MIRROR_CLI), "apply", "--yes", "--profile", "debian"]
     for image in images:
         argv += ["--disk", image]
-    argv += ["--target", "/tmp/image-root", "--bootloader", "efi", "--efi-image", str(efi_image),
-             "--initramfs", "skip", "--no-nvram", "--esp-size", "100M"]
-    return "\n".join([
-        "set -eu",
-        "mkdir -p /tmp/image-root/etc",
-        *(f"truncate -s {size_mib}M {i}" for i in images),
-        f"echo '{SECTION}0 apply'",
-        shlex.join(argv) + " 2>&1",
-        f"echo '{SECTION}0 losetup'", "losetup -a",
-        f"echo '{SECTION}0 mdstat'", "cat /proc/mdstat",
-        f"echo '{SECTION}0 fstab'", "cat /tmp/image-root/etc/fstab",
-        f"echo '{SECTION}0 efibootmgr'", "efibootmgr -v",
-        "",
-    ])
+    argv += [
+        "--target",
+        "/tmp/image-root",
+        "--bootloader",
+        "efi",
+        "--efi-image",
+        str(efi_image),
+        "--initramfs",
+        "skip",
+        "--no-nvram",
+        "--esp-size",
+        "100M",
+    ]
+    return "\n".join(
+        [
+            "set -eu",
+            "mkdir -p /tmp/image-root/etc",
+            *(f"truncate -s {size_mib}M {i}" for i in images),
+            f"echo '{SECTION}0 apply'",
+            shlex.join(argv) + " 2>&1",
+            f"echo '{SECTION}0 losetup'",
+            "losetup -a",
+            f"echo '{SECTION}0 mdstat'",
+            "cat /proc/mdstat",
+            f"echo '{SECTION}0 fstab'",
+            "cat /tmp/image-root/etc/fstab",
+            f"echo '{SECTION}0 efibootmgr'",
+            "efibootmgr -v",
+            "",
+        ]
+    )
 
 
-def image_build(efi_image: Path, names: Sequence[str], vars_file: Path,
-                assets: Assets | None = None) -> tuple[GuestResult, dict[str, str], list[Path]]:
+def image_build(
+    efi_image: Path, names: Sequence[str], vars_file: Path, assets: Assets | None = None
+) -> tuple[GuestResult, dict[str, str], list[Path]]:
     """Build disk image files inside a guest; return the run, its sections and the host paths."""
     guest = run_in_guest(image_build_script(efi_image, names), [], vars_file, assets=assets)
     share = guest.serial_log.parent / "share"
     return guest, parse_sections(guest.stdout, 1)[0], [share / n for n in names]
 
 
-__all__ = ["Install", "apply_argv", "boot_alone", "detail", "disk_serial", "entry_label", "esp_lines",
-           "image_build", "install", "parse_sections", "partition_uuid"]
+__all__ = [
+    "Install",
+    "apply_argv",
+    "boot_alone",
+    "detail",
+    "disk_serial",
+    "entry_label",
+    "esp_lines",
+    "image_build",
+    "install",
+    "parse_sections",
+    "partition_uuid",
+]
 
 
 def booted_prelude(record_text: str, parts: Sequence[str], mountpoint: str = "/boot/efi") -> str:
     """Shell lines that make a fresh guest look like the installed system after boot: the record
     apply wrote, the array assembled from ``parts`` (udev does it on a real boot), the ESP mounted
     (fstab does). The guest's root is a fresh overlay each boot, so /etc starts as the host's."""
-    return "\n".join([
-        "mkdir -p /etc/esp-mirror",
-        f"cat > /etc/esp-mirror/esp-mirror.yaml <<'ESPVM_RECORD'\n{record_text.rstrip()}\nESPVM_RECORD",
-        f"mdadm --assemble --run /dev/md/esp {' '.join(parts)} >&2",
-        f"mkdir -p {mountpoint}",
-        f"mount -t vfat -o umask=0077 /dev/md/esp {mountpoint}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "mkdir -p /etc/esp-mirror",
+            f"cat > /etc/esp-mirror/esp-mirror.yaml <<'ESPVM_RECORD'\n{record_text.rstrip()}\nESPVM_RECORD",
+            f"mdadm --assemble --run /dev/md/esp {' '.join(parts)} >&2",
+            f"mkdir -p {mountpoint}",
+            f"mount -t vfat -o umask=0077 /dev/md/esp {mountpoint}",
+            "",
+        ]
+    )
 
 
 def sections_script(commands: dict[str, str]) -> str:
@@ -169,8 +210,9 @@ def sections_script(commands: dict[str, str]) -> str:
     "rc=N" and "seconds=S" lines (see :func:`outcome`)."""
     return "".join(
         f"echo '{SECTION}0 {name}'\ns=$(date +%s.%N)\n{command} 2>&1; rc=$?\n"
-        f"echo \"rc=$rc\"; echo \"seconds=$(awk \"BEGIN {{print $(date +%s.%N) - $s}}\")\"\n"
-        for name, command in commands.items())
+        f'echo "rc=$rc"; echo "seconds=$(awk "BEGIN {{print $(date +%s.%N) - $s}}")"\n'
+        for name, command in commands.items()
+    )
 
 
 @dataclass(frozen=True)

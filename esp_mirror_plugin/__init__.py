@@ -5,14 +5,66 @@ each member as a plain FAT32), and every member disk gets its own firmware boot 
 
 The hook markers live here, as in pluggy's eggsample. The marker project name, the PluginManager
 name and the entry-point group are the same string, :data:`PROJECT`.
+
+What an installer uses is importable from here: :mod:`host` (the PluginManager and
+``attached``), :func:`prepare`, :class:`Request`, the executors :class:`Applier` and
+:class:`PlanRecorder`, and :mod:`hookspecs`. They are imported on first use, so that
+``esp-mirror --version`` loads none of them.
 """
 
-import pluggy
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 PROJECT = "esp_mirror"
-
-hookspec = pluggy.HookspecMarker(PROJECT)
-hookimpl = pluggy.HookimplMarker(PROJECT)
 __version__ = "0.1.0"  # keep equal to pyproject.toml's version
 
-__all__ = ["PROJECT", "hookimpl", "hookspec", "__version__"]
+if TYPE_CHECKING:
+    import pluggy
+
+    from esp_mirror_plugin import hookspecs, host
+    from esp_mirror_plugin.pipeline.context import prepare
+    from esp_mirror_plugin.pipeline.execute import Applier, PlanRecorder
+    from esp_mirror_plugin.pipeline.request import Request
+
+    hookspec: pluggy.HookspecMarker
+    hookimpl: pluggy.HookimplMarker
+
+_PUBLIC = {
+    "host": ("esp_mirror_plugin.host", None),
+    "hookspecs": ("esp_mirror_plugin.hookspecs", None),
+    "prepare": ("esp_mirror_plugin.pipeline.context", "prepare"),
+    "Request": ("esp_mirror_plugin.pipeline.request", "Request"),
+    "Applier": ("esp_mirror_plugin.pipeline.execute", "Applier"),
+    "PlanRecorder": ("esp_mirror_plugin.pipeline.execute", "PlanRecorder"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The markers and the public API, made or imported when first asked for (PEP 562)."""
+    if name in ("hookspec", "hookimpl"):
+        import pluggy
+
+        globals()["hookspec"] = pluggy.HookspecMarker(PROJECT)
+        globals()["hookimpl"] = pluggy.HookimplMarker(PROJECT)
+        return globals()[name]
+    if name in _PUBLIC:
+        module, attr = _PUBLIC[name]
+        value = importlib.import_module(module)
+        return getattr(value, attr) if attr else value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "PROJECT",
+    "Applier",
+    "PlanRecorder",
+    "Request",
+    "__version__",
+    "hookimpl",
+    "hookspec",
+    "hookspecs",
+    "host",
+    "prepare",
+]

@@ -15,10 +15,9 @@ from typing import TextIO
 import pluggy
 
 from esp_mirror_plugin import PROJECT, hookspecs, plugin
-
+from esp_mirror_plugin.errors import BadInput, StepFailed
 from esp_mirror_plugin.pipeline import attach
 from esp_mirror_plugin.pipeline.context import Context
-from esp_mirror_plugin.errors import BadInput, StepFailed
 from esp_mirror_plugin.pipeline.execute import Applier, PlanRecorder
 from esp_mirror_plugin.pipeline.steps import Group
 
@@ -58,8 +57,9 @@ def _remarked(module: types.ModuleType, attr: str, marker) -> types.SimpleNamesp
     namespace = types.SimpleNamespace()
     for name in HOOK_ORDER:
         function = getattr(module, name)
-        copy = types.FunctionType(function.__code__, function.__globals__, name,
-                                  function.__defaults__, function.__closure__)
+        copy = types.FunctionType(
+            function.__code__, function.__globals__, name, function.__defaults__, function.__closure__
+        )
         copy.__annotations__ = dict(function.__annotations__)
         copy.__doc__ = function.__doc__
         setattr(namespace, name, marker(copy, **getattr(function, attr)))

@@ -6,12 +6,9 @@ installer installs the kernel, mdadm and shim between the hooks.
 
 from __future__ import annotations
 
-from esp_mirror_plugin.hooks import bootloader as boot
 from esp_mirror_plugin import hookimpl
-from esp_mirror_plugin.hooks import initramfs
-from esp_mirror_plugin.hooks import partition
-from esp_mirror_plugin.hooks import periodic
-from esp_mirror_plugin.hooks import raid
+from esp_mirror_plugin.hooks import bootloader as boot
+from esp_mirror_plugin.hooks import initramfs, partition, periodic, raid
 from esp_mirror_plugin.pipeline.context import Context
 
 
@@ -22,8 +19,11 @@ def pre_partition(ctx: Context) -> None:
 
 @hookimpl
 def post_format(ctx: Context) -> None:
-    ctx.execute("post_format", raid.plan(ctx.request, ctx.profile, ctx.layout, ctx.target)
-                + periodic.plan(ctx.request, ctx.profile, ctx.target))
+    ctx.execute(
+        "post_format",
+        raid.plan(ctx.request, ctx.profile, ctx.layout, ctx.target)
+        + periodic.plan(ctx.request, ctx.profile, ctx.target),
+    )
 
 
 @hookimpl

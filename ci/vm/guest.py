@@ -102,8 +102,15 @@ def run_in_guest(
         vars_file=vars_file,
         serial_log=run_dir / "serial.log",
         timeout=timeout,
-        extra_args=["-kernel", str(assets.vmlinuz), "-initrd", str(initrd), "-append", INSTALLER_CMDLINE,
-                    *_share_args(share)],
+        extra_args=[
+            "-kernel",
+            str(assets.vmlinuz),
+            "-initrd",
+            str(initrd),
+            "-append",
+            INSTALLER_CMDLINE,
+            *_share_args(share),
+        ],
     )
     return _guest_result(share, run)
 
@@ -126,8 +133,15 @@ def run_after_firmware_boot(
     assets = assets or Assets.ensure()
     run_dir = _run_dir(log_dir or vars_file.parent, "booted")
     share = _share(run_dir, script)
-    run = run_qemu(assets, disks=disks, vars_file=vars_file, serial_log=run_dir / "serial.log",
-                   timeout=timeout, extra_args=_share_args(share), give_up_on=_NOTHING_BOOTED)
+    run = run_qemu(
+        assets,
+        disks=disks,
+        vars_file=vars_file,
+        serial_log=run_dir / "serial.log",
+        timeout=timeout,
+        extra_args=_share_args(share),
+        give_up_on=_NOTHING_BOOTED,
+    )
     return _boot_result(run.serial_log, run.seconds), _guest_result(share, run)
 
 

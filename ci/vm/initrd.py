@@ -178,8 +178,9 @@ def _build(assets: Assets, modules: Sequence[str], body: str) -> bytes:
 
 def payload_initrd(assets: Assets) -> bytes:
     """Return the payload initrd: print the boot-related EFI variables to ttyS0, then power off."""
-    body = _PAYLOAD_BODY.format(efi=EFI_GLOBAL_GUID, loader=LOADER_GUID, var_marker=VAR_MARKER,
-                                done_marker=DONE_MARKER, hostroot=HOSTROOT_TAG)
+    body = _PAYLOAD_BODY.format(
+        efi=EFI_GLOBAL_GUID, loader=LOADER_GUID, var_marker=VAR_MARKER, done_marker=DONE_MARKER, hostroot=HOSTROOT_TAG
+    )
     return _build(assets, INSTALLER_MODULES, body + _installer_body(assets))
 
 

@@ -23,14 +23,14 @@ def hand_recipe_argv(efi_image: Path, devices: Sequence[str]) -> list[str]:
     return ["sh", str(HAND_RECIPE), str(efi_image), *devices]
 
 
-def esp_mirror_apply_argv(efi_image: Path, devices: Sequence[str], cli: Path = ESP_MIRROR_CLI, *,
-                          target: str = "/", initramfs: str = "skip") -> list[str]:
+def esp_mirror_apply_argv(
+    efi_image: Path, devices: Sequence[str], cli: Path = ESP_MIRROR_CLI, *, target: str = "/", initramfs: str = "skip"
+) -> list[str]:
     """Return the esp-mirror command equivalent to the hand recipe (default target: the running guest)."""
     argv = [str(cli), "apply", "--yes", "--profile", "debian"]
     for device in devices:
         argv += ["--disk", device]
-    return [*argv, "--target", target, "--bootloader", "efi", "--efi-image", str(efi_image),
-            "--initramfs", initramfs]
+    return [*argv, "--target", target, "--bootloader", "efi", "--efi-image", str(efi_image), "--initramfs", initramfs]
 
 
 def script(*commands: Sequence[str], prelude: str = "") -> str:

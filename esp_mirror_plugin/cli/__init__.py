@@ -38,8 +38,9 @@ def is_root() -> bool:
 
 def install_options(parser: argparse.ArgumentParser) -> None:
     """The options of plan and apply, one per setting of :class:`~esp_mirror_plugin.pipeline.request.Request`."""
-    parser.add_argument("--config", metavar="FILE.yaml",
-                        help="settings file (the same settings as YAML keys, e.g. esp_size: 512M)")
+    parser.add_argument(
+        "--config", metavar="FILE.yaml", help="settings file (the same settings as YAML keys, e.g. esp_size: 512M)"
+    )
     for name, setting in settings().items():
         if setting.option is None:
             continue
@@ -74,8 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("apply", help="carry out the plan")
     install_options(p)
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.add_argument("--expect-plan", metavar="DIGEST",
-                   help="refuse unless the plan is still the one with this digest (from plan --json)")
+    p.add_argument(
+        "--expect-plan",
+        metavar="DIGEST",
+        help="refuse unless the plan is still the one with this digest (from plan --json)",
+    )
     p = sub.add_parser("profiles", help="list the built-in profiles, or show one")
     p.add_argument("name", nargs="?")
 
@@ -84,8 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="md consistency check, then compare the members' files (read-only)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("repair", help="make every member equal to the chosen one (full rebuild from it)")
-    p.add_argument("--source", required=True, metavar="DISK|auto",
-                   help="the member to keep; auto: the disk the firmware booted from")
+    p.add_argument(
+        "--source",
+        required=True,
+        metavar="DISK|auto",
+        help="the member to keep; auto: the disk the firmware booted from",
+    )
     p.add_argument("--backup-dir", default=BACKUP_DIR, help=f"where overwritten files are kept (default {BACKUP_DIR})")
     _changing(p)
     p = sub.add_parser("replace", help="replace a failed or missing member with a new disk")
@@ -102,8 +110,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO | None = None,
-         runner: Runner | None = None, host_view: HostView | None = None, stdin: TextIO | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    runner: Runner | None = None,
+    host_view: HostView | None = None,
+    stdin: TextIO | None = None,
+) -> int:
     out, err, stdin = out or sys.stdout, err or sys.stderr, stdin or sys.stdin
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
@@ -117,8 +131,11 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except StepFailed as exc:
-        print(f"esp-mirror: error: [{exc.group}] step failed: {exc.step}\n{exc.detail}\n"
-              f"Nothing after this step was done. {_after_failure(args.command)}", file=err)
+        print(
+            f"esp-mirror: error: [{exc.group}] step failed: {exc.step}\n{exc.detail}\n"
+            f"Nothing after this step was done. {_after_failure(args.command)}",
+            file=err,
+        )
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"esp-mirror: interrupted. {_after_failure(args.command)}", file=err)
@@ -126,8 +143,11 @@ def main(argv: list[str] | None = None, out: TextIO | None = None, err: TextIO |
     except Exception as exc:  # a bug: one line, the traceback only when asked for
         if args.debug:
             traceback.print_exc(file=err)
-        print(f"esp-mirror: internal error: {type(exc).__name__}: {exc} (this is a bug; run again with "
-              "--debug for the traceback and report it)", file=err)
+        print(
+            f"esp-mirror: internal error: {type(exc).__name__}: {exc} (this is a bug; run again with "
+            "--debug for the traceback and report it)",
+            file=err,
+        )
         return 1
 
 
@@ -135,8 +155,9 @@ def _after_failure(command: str) -> str:
     return AFTER_FAILURE.get(command, AGAIN.format(command=command))
 
 
-def _run(args: argparse.Namespace, out: TextIO, stdin: TextIO, runner: Runner | None,
-         host_view: HostView | None) -> int:
+def _run(
+    args: argparse.Namespace, out: TextIO, stdin: TextIO, runner: Runner | None, host_view: HostView | None
+) -> int:
     if args.command in UPKEEP:
         if not is_root():
             raise BadInput(f"{args.command} reads md and EFI state and must run as root: run it with sudo")

@@ -21,8 +21,15 @@ from esp_mirror_plugin.system.discovery import HostView
 from esp_mirror_plugin.system.runner import Runner
 
 
-def run(args: argparse.Namespace, out: TextIO, stdin: TextIO, runner: Runner | None, host_view: HostView | None,
-        *, lenient: bool) -> int:
+def run(
+    args: argparse.Namespace,
+    out: TextIO,
+    stdin: TextIO,
+    runner: Runner | None,
+    host_view: HostView | None,
+    *,
+    lenient: bool,
+) -> int:
     if args.command == "profiles":
         return _profiles(args.name, out)
     if args.command == "plan":
@@ -39,9 +46,11 @@ def run(args: argparse.Namespace, out: TextIO, stdin: TextIO, runner: Runner | N
         groups = host.plan(ctx, host.get_plugin_manager())
         digest = plan_digest(ctx, groups)
         if args.expect_plan and args.expect_plan != digest:
-            raise BadInput(f"the plan is no longer the one with digest {args.expect_plan} (now {digest}): the "
-                           "disks, the boot entries or a file it edits changed since; review a new "
-                           "`esp-mirror plan` and apply that")
+            raise BadInput(
+                f"the plan is no longer the one with digest {args.expect_plan} (now {digest}): the "
+                "disks, the boot entries or a file it edits changed since; review a new "
+                "`esp-mirror plan` and apply that"
+            )
         if not args.yes and stdin.isatty():
             render(groups, ctx, out)
         if not confirmed("apply", args.yes, stdin, out):
@@ -60,10 +69,15 @@ def request_from_args(args: argparse.Namespace) -> Request:
 def render(groups: list[Group], ctx: Context, out: TextIO) -> None:
     r = ctx.request
     print(f"# esp-mirror plan: profile {ctx.profile.name} ({ctx.profile.description})", file=out)
-    print(f"# {len(r.disks)} disks -> RAID1 {r.device} (metadata 1.0, UUID {ctx.layout.array_uuid}), "
-          f"FAT32 UUID={ctx.layout.fs_uuid} at {r.mountpoint} in target {r.target}", file=out)
-    print(f"# bootloader {r.bootloader}, initramfs {r.initramfs}, boot entries: "
-          f"{'yes' if ctx.layout.nvram else 'no'}", file=out)
+    print(
+        f"# {len(r.disks)} disks -> RAID1 {r.device} (metadata 1.0, UUID {ctx.layout.array_uuid}), "
+        f"FAT32 UUID={ctx.layout.fs_uuid} at {r.mountpoint} in target {r.target}",
+        file=out,
+    )
+    print(
+        f"# bootloader {r.bootloader}, initramfs {r.initramfs}, boot entries: {'yes' if ctx.layout.nvram else 'no'}",
+        file=out,
+    )
     print(f"# digest {plan_digest(ctx, groups)} (apply --expect-plan takes it)", file=out)
     for group in groups:
         print(f"\n{group.render()}", end="", file=out)
@@ -75,8 +89,7 @@ def plan_json(groups: list[Group], ctx: Context) -> dict[str, Any]:
         "request": {k: (v if not isinstance(v, tuple) else list(v)) for k, v in asdict(ctx.request).items()},
         "array": {"device": ctx.request.device, "uuid": ctx.layout.array_uuid, "action": ctx.layout.array_action},
         "filesystem": {"uuid": ctx.layout.fs_uuid, "mkfs": ctx.layout.make_fs},
-        "members": [{"disk": m.disk.given, "partition_guid": m.guid, "exists": m.exists}
-                    for m in ctx.layout.members],
+        "members": [{"disk": m.disk.given, "partition_guid": m.guid, "exists": m.exists} for m in ctx.layout.members],
         "nvram": ctx.layout.nvram,
         "unverified": list(ctx.snapshot.unread),
         "digest": plan_digest(ctx, groups),
@@ -86,12 +99,17 @@ def plan_json(groups: list[Group], ctx: Context) -> dict[str, Any]:
 
 def _apply(groups: list[Group], ctx: Context, out: TextIO) -> int:
     started = time.monotonic()
-    print(f"esp-mirror apply: profile {ctx.profile.name}, {len(ctx.request.disks)} disks, "
-          f"target {ctx.request.target}", file=out)
+    print(
+        f"esp-mirror apply: profile {ctx.profile.name}, {len(ctx.request.disks)} disks, target {ctx.request.target}",
+        file=out,
+    )
     applier = host.apply(groups, ctx, out)
-    print(f"esp-mirror apply: done in {time.monotonic() - started:.1f} s: {applier.done} steps, "
-          f"{applier.changed} changed; {ctx.request.device} mirrored on {', '.join(ctx.request.disks)}, "
-          f"mounted at {ctx.layout.esp_dir}", file=out)
+    print(
+        f"esp-mirror apply: done in {time.monotonic() - started:.1f} s: {applier.done} steps, "
+        f"{applier.changed} changed; {ctx.request.device} mirrored on {', '.join(ctx.request.disks)}, "
+        f"mounted at {ctx.layout.esp_dir}",
+        file=out,
+    )
     return 0
 
 

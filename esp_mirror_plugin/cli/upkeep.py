@@ -55,22 +55,38 @@ def status_json(state: MirrorState) -> dict[str, Any]:
         "setup": state.record is not None,
         "exit_code": state.exit_code(),
         "problems": state.problems(),
-        "array": None if a is None else {
-            "device": a.device, "kernel_name": a.kernel_name, "uuid": a.uuid, "level": a.level,
-            "metadata": a.metadata, "raid_disks": a.raid_disks, "degraded": a.degraded,
-            "array_state": a.array_state, "sync_action": a.sync_action, "sync_completed": a.sync_completed,
+        "array": None
+        if a is None
+        else {
+            "device": a.device,
+            "kernel_name": a.kernel_name,
+            "uuid": a.uuid,
+            "level": a.level,
+            "metadata": a.metadata,
+            "raid_disks": a.raid_disks,
+            "degraded": a.degraded,
+            "array_state": a.array_state,
+            "sync_action": a.sync_action,
+            "sync_completed": a.sync_completed,
             "mismatch_cnt": a.mismatch_cnt,
-            "members": [{"node": m.node, "disk": m.disk, "slot": m.slot, "state": m.state,
-                         "partuuid": m.partuuid} for m in a.members],
+            "members": [
+                {"node": m.node, "disk": m.disk, "slot": m.slot, "state": m.state, "partuuid": m.partuuid}
+                for m in a.members
+            ],
         },
-        "mount": None if state.mount is None else {"mountpoint": state.mount.mountpoint,
-                                                    "device": state.mount.device},
+        "mount": None if state.mount is None else {"mountpoint": state.mount.mountpoint, "device": state.mount.device},
         "mounted_members": list(state.mounted_members),
-        "entries": [{"disk": e.member.disk, "partuuid": e.member.partuuid,
-                     "entry": e.entry.number if e.entry else None,
-                     "label": e.entry.label if e.entry else None,
-                     "loader": e.entry.loader if e.entry else None, "file_exists": e.file_exists}
-                    for e in state.entries],
+        "entries": [
+            {
+                "disk": e.member.disk,
+                "partuuid": e.member.partuuid,
+                "entry": e.entry.number if e.entry else None,
+                "label": e.entry.label if e.entry else None,
+                "loader": e.entry.loader if e.entry else None,
+                "file_exists": e.file_exists,
+            }
+            for e in state.entries
+        ],
         "efivars": state.efivars,
         "boot_current": state.boot_current,
         "loader_device_partuuid": state.loader_partuuid,
@@ -91,17 +107,19 @@ def _status(args: argparse.Namespace, state: MirrorState, out: TextIO) -> int:
     if a is None:
         print(f"{state.record.array if state.record else '/dev/md/esp'}: not running", file=out)
     else:
-        print(f"{a.device} ({a.kernel_name}): {a.level}, metadata {a.metadata}, "
-              f"{a.raid_disks - a.degraded}/{a.raid_disks} members, {a.array_state}, "
-              f"{a.sync_action}{'' if a.sync_completed == 'none' else ' ' + a.sync_completed}, "
-              f"mismatch_cnt {a.mismatch_cnt}", file=out)
+        print(
+            f"{a.device} ({a.kernel_name}): {a.level}, metadata {a.metadata}, "
+            f"{a.raid_disks - a.degraded}/{a.raid_disks} members, {a.array_state}, "
+            f"{a.sync_action}{'' if a.sync_completed == 'none' else ' ' + a.sync_completed}, "
+            f"mismatch_cnt {a.mismatch_cnt}",
+            file=out,
+        )
         entries = {e.member.node: e for e in state.entries}
         rows = [("member", "disk", "state", "partition GUID", "boot entry", "loader file")]
         for m in a.members:
             e = entries.get(m.node)
             entry = "-" if not state.efivars else (f"Boot{e.entry.number}" if e and e.entry else "MISSING")
-            file = ("-" if not (e and e.entry) or e.file_exists is None
-                    else "ok" if e.file_exists else "MISSING")
+            file = "-" if not (e and e.entry) or e.file_exists is None else "ok" if e.file_exists else "MISSING"
             rows.append((m.node, m.disk, m.state, m.partuuid, entry, file))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for row in rows:
@@ -110,8 +128,11 @@ def _status(args: argparse.Namespace, state: MirrorState, out: TextIO) -> int:
         print(f"ESP: {state.mount.mountpoint} mounted from {state.mount.device}", file=out)
     booted = state.booted_member
     if state.boot_current or state.loader_partuuid:
-        print(f"this boot: Boot{state.boot_current or '?'}"
-              + (f" from {booted.disk}" if booted else " (not from a member of ours)"), file=out)
+        print(
+            f"this boot: Boot{state.boot_current or '?'}"
+            + (f" from {booted.disk}" if booted else " (not from a member of ours)"),
+            file=out,
+        )
     busy = lock.holder()
     if busy:
         print(f"busy: {busy} (the state above may be changing)", file=out)
@@ -127,8 +148,16 @@ def _check(args: argparse.Namespace, state: MirrorState, runner: Runner, host: H
     result = commands.check(runner, host, state, io.StringIO() if args.json else out)
     array = plans.require_array(state)
     if args.json:
-        json.dump({"mismatch_cnt": result.mismatch_cnt, "differences": [d.to_json() for d in result.differences],
-                   "members": result.members, "seconds": round(result.seconds, 1)}, out, indent=2)
+        json.dump(
+            {
+                "mismatch_cnt": result.mismatch_cnt,
+                "differences": [d.to_json() for d in result.differences],
+                "members": result.members,
+                "seconds": round(result.seconds, 1),
+            },
+            out,
+            indent=2,
+        )
         print(file=out)
     else:
         print(f"md check of {array.device}: mismatch_cnt {result.mismatch_cnt} ({result.seconds:.1f} s)", file=out)
@@ -144,17 +173,23 @@ def _print_differences(diffs: list[compare.Difference], out: TextIO) -> None:
     for d in diffs:
         print(f"  {d.path}", file=out)
         for node, v in d.versions.items():
-            desc = "missing" if v is None else (
-                f"{v.size} bytes, modified {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(v.mtime))} UTC, "
-                f"sha256 {v.sha256[:12]}")
+            desc = (
+                "missing"
+                if v is None
+                else (
+                    f"{v.size} bytes, modified {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(v.mtime))} UTC, "
+                    f"sha256 {v.sha256[:12]}"
+                )
+            )
             print(f"    {node}: {desc}", file=out)
 
 
 # -- changing commands -------------------------------------------------------------------------
 
 
-def _repair(args: argparse.Namespace, state: MirrorState, runner: Runner, host: HostView, out: TextIO,
-            stdin: TextIO) -> int:
+def _repair(
+    args: argparse.Namespace, state: MirrorState, runner: Runner, host: HostView, out: TextIO, stdin: TextIO
+) -> int:
     plans.require_array(state)
     with commands.scratch("repair-") as workdir:
         copies, diffs = commands.compare_members(runner, state, workdir)
@@ -165,8 +200,15 @@ def _repair(args: argparse.Namespace, state: MirrorState, runner: Runner, host: 
         return _carry_out(args, state, planned, runner, host, out, stdin)
 
 
-def _carry_out(args: argparse.Namespace, state: MirrorState, planned: commands.Planned, runner: Runner,
-               host: HostView, out: TextIO, stdin: TextIO) -> int:
+def _carry_out(
+    args: argparse.Namespace,
+    state: MirrorState,
+    planned: commands.Planned,
+    runner: Runner,
+    host: HostView,
+    out: TextIO,
+    stdin: TextIO,
+) -> int:
     """Check the plan (:mod:`~esp_mirror_plugin.pipeline.preflight`); show it; with --dry-run stop;
     else confirm, run what must come first (keeping backups), and apply. JSON gets the plan too."""
     preflight = Preflight(runner, commands.install_hint(state))
@@ -192,5 +234,3 @@ def _carry_out(args: argparse.Namespace, state: MirrorState, planned: commands.P
         json.dump({**report, "applied": True}, out, indent=2, default=str)
         print(file=out)
     return 0
-
-

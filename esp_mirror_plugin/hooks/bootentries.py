@@ -62,13 +62,19 @@ def parse(text: str) -> BootState:
             label, sep, path = rest.partition("\t")
             if not sep:  # no tab: the device path starts at the first known node
                 at = min((i for i in (rest.find(" HD("), rest.find(" PciRoot(")) if i >= 0), default=-1)
-                label, path = (rest[:at], rest[at + 1:]) if at >= 0 else (rest, "")
+                label, path = (rest[:at], rest[at + 1 :]) if at >= 0 else (rest, "")
             hd = _HD.search(path)
             file = _FILE.search(path)
-            entries.append(BootEntry(
-                number=match.group(1).upper(), active=bool(match.group(2)), label=label.rstrip(),
-                partuuid=hd.group(2).lower() if hd else "",
-                loader=(file.group(1) or file.group(2)) if file else "", path=path.strip()))
+            entries.append(
+                BootEntry(
+                    number=match.group(1).upper(),
+                    active=bool(match.group(2)),
+                    label=label.rstrip(),
+                    partuuid=hd.group(2).lower() if hd else "",
+                    loader=(file.group(1) or file.group(2)) if file else "",
+                    path=path.strip(),
+                )
+            )
     return BootState(current, order, tuple(entries))
 
 
@@ -89,10 +95,10 @@ def plan(state: BootState, members: list[Member], entry_label: str, loader: str)
     kept: dict[str, str] = {}  # partuuid -> boot number
     delete: list[BootEntry] = []
     for entry in ours:
-        wanted = next((m for m in members if m.partuuid == entry.partuuid
-                       and label_for(entry_label, m) == entry.label), None)
-        if (wanted and entry.active and entry.loader.lower() == loader.lower()
-                and wanted.partuuid not in kept):
+        wanted = next(
+            (m for m in members if m.partuuid == entry.partuuid and label_for(entry_label, m) == entry.label), None
+        )
+        if wanted and entry.active and entry.loader.lower() == loader.lower() and wanted.partuuid not in kept:
             kept[wanted.partuuid] = entry.number
         else:
             delete.append(entry)
@@ -100,26 +106,50 @@ def plan(state: BootState, members: list[Member], entry_label: str, loader: str)
     free = (f"{n:04X}" for n in range(0x10000) if f"{n:04X}" not in used)
     numbers, commands = {}, []
     for entry in delete:
-        commands.append(Command(("efibootmgr", "--quiet", "--bootnum", entry.number, "--delete-bootnum"),
-                                why=f"remove stale entry {entry.number} {entry.label!r}"))
+        commands.append(
+            Command(
+                ("efibootmgr", "--quiet", "--bootnum", entry.number, "--delete-bootnum"),
+                why=f"remove stale entry {entry.number} {entry.label!r}",
+            )
+        )
     for member in members:  # numbers in disk order
         numbers[member.partuuid] = kept.get(member.partuuid) or next(free)
     for member in reversed(members):  # each create goes first in BootOrder: last disk first
         if member.partuuid in kept:
             continue
         number = numbers[member.partuuid]
-        commands.append(Command(
-            ("efibootmgr", "--quiet", "--create", "--bootnum", number, "--disk", member.disk,
-             "--part", str(member.part), "--label", label_for(entry_label, member), "--loader", loader),
-            why=f"boot entry for {member.tag} (partition {member.partuuid})"))
+        commands.append(
+            Command(
+                (
+                    "efibootmgr",
+                    "--quiet",
+                    "--create",
+                    "--bootnum",
+                    number,
+                    "--disk",
+                    member.disk,
+                    "--part",
+                    str(member.part),
+                    "--label",
+                    label_for(entry_label, member),
+                    "--loader",
+                    loader,
+                ),
+                why=f"boot entry for {member.tag} (partition {member.partuuid})",
+            )
+        )
     deleted = {e.number for e in delete}
     first = [numbers[m.partuuid] for m in members]
     present = {e.number for e in state.entries}  # a BootOrder number without its Boot#### is dropped
     rest = [n for n in state.order if n not in first and n not in deleted and n in present]
     desired = tuple(first + rest)
     if _order_after(state.order, commands) != desired:
-        commands.append(Command(("efibootmgr", "--quiet", "--bootorder", ",".join(desired)),
-                                why="ours first, in disk order; the other entries keep their order"))
+        commands.append(
+            Command(
+                ("efibootmgr", "--quiet", "--bootorder", ",".join(desired)),
+                why="ours first, in disk order; the other entries keep their order",
+            )
+        )
     return tuple(commands)
 
 

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import os
 
-from esp_mirror_plugin.hooks import bootentries
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.system.discovery import Snapshot
+from esp_mirror_plugin.hooks import bootentries
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind
 from esp_mirror_plugin.pipeline.layout import Layout
 from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.pipeline.steps import Command, CopyFile, MakeDir, Step, WriteFile
+from esp_mirror_plugin.system.discovery import Snapshot
+from esp_mirror_plugin.system.target import Target
 from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.record import Record
-from esp_mirror_plugin.pipeline.steps import Command, CopyFile, MakeDir, Step, WriteFile
-from esp_mirror_plugin.system.target import Target
 
 _ARCH = {
     "x86_64": ("x64", "x86_64-efi"),
@@ -76,8 +76,11 @@ def payload_steps(request: Request, profile: Profile, layout: Layout) -> tuple[S
     _, grub_target = arch_names(request.arch)
     steps: list[Step] = []
     if kind.needs_image:
-        copies = ([loader_path(request, profile, False)] if kind is BootloaderKind.EFI
-                  else ["\\EFI\\ZBM\\VMLINUZ.EFI", "\\EFI\\ZBM\\VMLINUZ-BACKUP.EFI"])
+        copies = (
+            [loader_path(request, profile, False)]
+            if kind is BootloaderKind.EFI
+            else ["\\EFI\\ZBM\\VMLINUZ.EFI", "\\EFI\\ZBM\\VMLINUZ-BACKUP.EFI"]
+        )
         for efi_path in (*copies, fallback):
             dest = _on_esp(layout, efi_path)
             directory = MakeDir(os.path.dirname(dest), why="directory on the ESP", root=request.target)
@@ -85,42 +88,72 @@ def payload_steps(request: Request, profile: Profile, layout: Layout) -> tuple[S
                 steps.append(directory)
             steps.append(CopyFile(request.efi_image, dest, why=f"{kind} image at {efi_path}", root=request.target))
     elif kind is BootloaderKind.SYSTEMD_BOOT:
-        steps.append(Command(
-            ("bootctl", "install", f"--esp-path={request.mountpoint}", "--no-variables"),
-            root=request.target, env=(("SYSTEMD_RELAX_ESP_CHECKS", "1"),),
-            why="systemd-boot (and its own \\EFI\\BOOT copy) onto the array; entries are ours"))
-        steps.append(Command(("rm", "-f", os.path.join(request.mountpoint, "loader/random-seed")),
-                             root=request.target,
-                             why="no seed file: sd-boot then never writes to one member from UEFI"))
-        steps.append(Command(("systemctl", "mask", "systemd-boot-random-seed.service",
-                              "systemd-boot-system-token.service"), root=request.target,
-                             why="they would recreate the seed file (the unit's name before systemd 253: "
-                                 "systemd-boot-system-token.service)"))
+        steps.append(
+            Command(
+                ("bootctl", "install", f"--esp-path={request.mountpoint}", "--no-variables"),
+                root=request.target,
+                env=(("SYSTEMD_RELAX_ESP_CHECKS", "1"),),
+                why="systemd-boot (and its own \\EFI\\BOOT copy) onto the array; entries are ours",
+            )
+        )
+        steps.append(
+            Command(
+                ("rm", "-f", os.path.join(request.mountpoint, "loader/random-seed")),
+                root=request.target,
+                why="no seed file: sd-boot then never writes to one member from UEFI",
+            )
+        )
+        steps.append(
+            Command(
+                ("systemctl", "mask", "systemd-boot-random-seed.service", "systemd-boot-system-token.service"),
+                root=request.target,
+                why="they would recreate the seed file (the unit's name before systemd 253: "
+                "systemd-boot-system-token.service)",
+            )
+        )
     else:
         values = {"{grub_target}": grub_target, "{esp}": request.mountpoint, "{loader_id}": request.loader_id}
         for argv in profile.grub.install:
-            steps.append(Command(tuple(_fill(a, values) for a in argv), root=request.target,
-                                 why=f"GRUB on the array (\\EFI\\{request.loader_id}\\ and {fallback}); "
-                                     "the NVRAM entries are made per disk below"))
+            steps.append(
+                Command(
+                    tuple(_fill(a, values) for a in argv),
+                    root=request.target,
+                    why=f"GRUB on the array (\\EFI\\{request.loader_id}\\ and {fallback}); "
+                    "the NVRAM entries are made per disk below",
+                )
+            )
     return tuple(steps)
 
 
 def record_step(request: Request, profile: Profile, loader: str) -> WriteFile:
-    rec = Record(profile=profile.name, array=request.device, mountpoint=request.mountpoint, loader=loader,
-                 entry_label=request.entry_label, esp_start=request.esp_start, esp_size=request.esp_size)
-    return WriteFile(records.path_in(request.target), rec.render(), root=request.target,
-                     why="what was set up, for status, check, repair, replace, add and entries")
+    rec = Record(
+        profile=profile.name,
+        array=request.device,
+        mountpoint=request.mountpoint,
+        loader=loader,
+        entry_label=request.entry_label,
+        esp_start=request.esp_start,
+        esp_size=request.esp_size,
+    )
+    return WriteFile(
+        records.path_in(request.target),
+        rec.render(),
+        root=request.target,
+        why="what was set up, for status, check, repair, replace, add and entries",
+    )
 
 
-def plan(request: Request, profile: Profile, layout: Layout, snapshot: Snapshot, target: Target
-         ) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+def plan(
+    request: Request, profile: Profile, layout: Layout, snapshot: Snapshot, target: Target
+) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     """(steps, notes) for the bootloader hook; shim is looked for in the target now."""
     loader = loader_path(request, profile, target.has_shim())
-    steps = payload_steps(request, profile, layout) + (record_step(request, profile, loader),)
+    steps = (*payload_steps(request, profile, layout), record_step(request, profile, loader))
     if not layout.nvram:
-        return steps, ("no NVRAM boot entries (--no-nvram or no EFI variables): the firmware boots "
-                       f"each disk through \\EFI\\BOOT\\{fallback_name(request.arch)}",)
-    members = [bootentries.Member(disk=m.disk.path, tag=m.tag, part=1, partuuid=m.guid)
-               for m in layout.members]
+        return steps, (
+            "no NVRAM boot entries (--no-nvram or no EFI variables): the firmware boots "
+            f"each disk through \\EFI\\BOOT\\{fallback_name(request.arch)}",
+        )
+    members = [bootentries.Member(disk=m.disk.path, tag=m.tag, part=1, partuuid=m.guid) for m in layout.members]
     state = snapshot.boot or bootentries.BootState(None, (), ())
     return steps + bootentries.plan(state, members, request.entry_label, loader), ()

@@ -42,6 +42,19 @@ def minimum_size(sector: int) -> int:
 
 def mkfs(device: str, size: int, sector: int, label: str, volume_id: str) -> Command:
     return Command(
-        ("mkfs.vfat", "-F", "32", "-S", str(sector), "-s", str(sectors_per_cluster(size, sector)),
-         "-n", label, "-i", volume_id, device),
-        why=f"FAT32 on the array, volume id {volume_id}, {sector}-byte sectors")
+        (
+            "mkfs.vfat",
+            "-F",
+            "32",
+            "-S",
+            str(sector),
+            "-s",
+            str(sectors_per_cluster(size, sector)),
+            "-n",
+            label,
+            "-i",
+            volume_id,
+            device,
+        ),
+        why=f"FAT32 on the array, volume id {volume_id}, {sector}-byte sectors",
+    )

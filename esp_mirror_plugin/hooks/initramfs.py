@@ -17,8 +17,15 @@ from esp_mirror_plugin.system.target import Target
 
 DRACUT_DROPIN = "etc/dracut.conf.d/90-esp-mirror.conf"
 # dracut settings that are lists: a drop-in must add to them (+=), not replace earlier files' values.
-DRACUT_LISTS = {"add_dracutmodules", "omit_dracutmodules", "add_drivers", "force_drivers", "omit_drivers",
-                "install_items", "filesystems"}
+DRACUT_LISTS = {
+    "add_dracutmodules",
+    "omit_dracutmodules",
+    "add_drivers",
+    "force_drivers",
+    "omit_drivers",
+    "install_items",
+    "filesystems",
+}
 MKINITCPIO_CONF = "etc/mkinitcpio.conf"
 MKINITCPIO_DROPIN = "etc/mkinitcpio.conf.d/90-esp-mirror.conf"
 MKINITFS_CONF = "etc/mkinitfs/mkinitfs.conf"
@@ -55,10 +62,12 @@ def config_steps(profile: Profile, target: Target) -> tuple[Step, ...]:
         case Generator.INITRAMFS_TOOLS:
             return ()  # its mdadm hook copies mdadm.conf into the image by itself
         case Generator.DRACUT:
-            body = "".join(f'{key}{"+=" if key in DRACUT_LISTS else "="}"{value}"\n'
-                           for key, value in ird.settings.items())
-            return (WriteFile(target.path(DRACUT_DROPIN), "# Written by esp-mirror.\n" + body, why=why,
-                              root=target.root),)
+            body = "".join(
+                f'{key}{"+=" if key in DRACUT_LISTS else "="}"{value}"\n' for key, value in ird.settings.items()
+            )
+            return (
+                WriteFile(target.path(DRACUT_DROPIN), "# Written by esp-mirror.\n" + body, why=why, root=target.root),
+            )
         case Generator.MKINITCPIO:
             if ird.dropin_dir:
                 return (WriteFile(target.path(MKINITCPIO_DROPIN), MKINITCPIO_HOOKS, why=why, root=target.root),)
@@ -75,10 +84,14 @@ def regenerate_steps(request: Request, profile: Profile, kernels: tuple[str, ...
     if not ird.per_kernel:
         return (Command(ird.regenerate, root=request.target, why=why),)
     if not kernels:
-        raise BadInput(f"no kernel in {request.target}/lib/modules to build an initramfs for: install "
-                       "the kernel first, or pass --initramfs configure-only")
-    return tuple(Command(tuple(a.replace("{kver}", k) for a in ird.regenerate), root=request.target,
-                         why=f"{why} (kernel {k})") for k in kernels)
+        raise BadInput(
+            f"no kernel in {request.target}/lib/modules to build an initramfs for: install "
+            "the kernel first, or pass --initramfs configure-only"
+        )
+    return tuple(
+        Command(tuple(a.replace("{kver}", k) for a in ird.regenerate), root=request.target, why=f"{why} (kernel {k})")
+        for k in kernels
+    )
 
 
 def plan(request: Request, profile: Profile, target: Target) -> tuple[Step, ...]:

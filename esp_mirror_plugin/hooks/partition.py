@@ -12,31 +12,44 @@ from esp_mirror_plugin.pipeline.steps import Command, Settle, Step, WaitForParti
 def plan(layout: Layout) -> tuple[Step, ...]:
     # Before a new array is created every member is wiped, also ESP partitions made by an
     # earlier run that stopped before its wipefs.
-    return steps(layout.members, layout.first_sector, layout.last_sector,
-                 wipe_all=layout.array_action == "create")
+    return steps(layout.members, layout.first_sector, layout.last_sector, wipe_all=layout.array_action == "create")
 
 
-def steps(members: Sequence[Member], first_sector: int, last_sector: int, wipe_all: bool = False
-          ) -> tuple[Step, ...]:
+def steps(members: Sequence[Member], first_sector: int, last_sector: int, wipe_all: bool = False) -> tuple[Step, ...]:
     """Partition every member disk that has no ESP of ours yet, sectors first..last, then clear
     old signatures inside the new partitions (inside all of them with ``wipe_all``)."""
     out: list[Step] = []
     new = [m for m in members if not m.exists]
     for m in new:
         if m.wipe:
-            out.append(Command(("wipefs", "--all", m.device),
-                                 why=f"erase old signatures on {m.disk.given} (--wipe)"))
-            out.append(Command(("sgdisk", "--zap-all", m.device),
-                                 why=f"erase the old partition tables of {m.disk.given} (--wipe)"))
-        out.append(Command(
-            ("sgdisk", f"--new=1:{first_sector}:{last_sector}", "--typecode=1:EF00",
-             f"--partition-guid=1:{m.guid}", f"--change-name=1:{names.PARTITION_NAME}", m.device),
-            why=f"ESP partition on {m.disk.given}"))
+            out.append(Command(("wipefs", "--all", m.device), why=f"erase old signatures on {m.disk.given} (--wipe)"))
+            out.append(
+                Command(
+                    ("sgdisk", "--zap-all", m.device), why=f"erase the old partition tables of {m.disk.given} (--wipe)"
+                )
+            )
+        out.append(
+            Command(
+                (
+                    "sgdisk",
+                    f"--new=1:{first_sector}:{last_sector}",
+                    "--typecode=1:EF00",
+                    f"--partition-guid=1:{m.guid}",
+                    f"--change-name=1:{names.PARTITION_NAME}",
+                    m.device,
+                ),
+                why=f"ESP partition on {m.disk.given}",
+            )
+        )
         out.append(WaitForPartition(m.device, 1, m.node, why="the kernel must see the new partition"))
     if new:
         out.append(Settle(why="udev has seen the new partitions before they are used"))
     wipe = members if wipe_all else new
     if wipe:
-        out.append(Command(("wipefs", "--all", *(m.node for m in wipe)),
-                           why="no stale RAID or filesystem signature inside the ESP partitions"))
+        out.append(
+            Command(
+                ("wipefs", "--all", *(m.node for m in wipe)),
+                why="no stale RAID or filesystem signature inside the ESP partitions",
+            )
+        )
     return tuple(out)

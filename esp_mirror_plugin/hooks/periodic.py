@@ -46,14 +46,25 @@ _CRON_DIRS = {OwnCheck.CRON_WEEKLY: "etc/cron.weekly", OwnCheck.PERIODIC_WEEKLY:
 
 
 def plan(request: Request, profile: Profile, target: Target) -> tuple[Step, ...]:
-    steps: list[Step] = [Command(argv, root=request.target, why="the distribution's periodic md check")
-                         for argv in profile.periodic_check]
+    steps: list[Step] = [
+        Command(argv, root=request.target, why="the distribution's periodic md check")
+        for argv in profile.periodic_check
+    ]
     why = "esp-mirror's own weekly check (the distribution ships none)"
     if profile.own_check is OwnCheck.SYSTEMD_TIMER:
-        steps += [WriteFile(target.path(f"etc/systemd/system/{name}"), text, why=why, root=target.root)
-                  for name, text in (("esp-mirror-check.service", SERVICE), ("esp-mirror-check.timer", TIMER))]
+        steps += [
+            WriteFile(target.path(f"etc/systemd/system/{name}"), text, why=why, root=target.root)
+            for name, text in (("esp-mirror-check.service", SERVICE), ("esp-mirror-check.timer", TIMER))
+        ]
         steps.append(Command(("systemctl", "enable", "esp-mirror-check.timer"), root=request.target, why=why))
     elif profile.own_check in _CRON_DIRS:
-        steps.append(WriteFile(target.path(f"{_CRON_DIRS[profile.own_check]}/esp-mirror-check"), CRON,
-                               mode=0o755, why=why, root=target.root))
+        steps.append(
+            WriteFile(
+                target.path(f"{_CRON_DIRS[profile.own_check]}/esp-mirror-check"),
+                CRON,
+                mode=0o755,
+                why=why,
+                root=target.root,
+            )
+        )
     return tuple(steps)

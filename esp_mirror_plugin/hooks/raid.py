@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from esp_mirror_plugin.hooks import fat
-
-from esp_mirror_plugin.hooks import fstab
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.system.files import without_block
+from esp_mirror_plugin.hooks import fat, fstab
 from esp_mirror_plugin.pipeline.layout import Layout
 from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import Command, EditBlock, MakeDir, Settle, Step
+from esp_mirror_plugin.system.files import without_block
 from esp_mirror_plugin.system.target import Target
 
 
 def array_line(request: Request, layout: Layout) -> str:
     # mdadm <= 4.2 uses name=; 4.3+ ignores it when reading, so it is harmless there.
-    return (f"ARRAY {request.device} metadata=1.0 UUID={layout.array_uuid} "
-            f"name=any:{request.array_name}")
+    return f"ARRAY {request.device} metadata=1.0 UUID={layout.array_uuid} name=any:{request.array_name}"
 
 
 # mdadm --monitor (mdmonitor.service) refuses to run, and the unit fails at every boot, without a
@@ -42,42 +39,80 @@ def plan(request: Request, profile: Profile, layout: Layout, target: Target) -> 
     nodes = tuple(m.node for m in layout.members)
     if layout.array_action == "create":
         missing = ("missing",) * (layout.raid_devices - len(nodes))
-        steps.append(Command(
-            ("mdadm", "--create", request.device, "--run", "--level=1",
-             f"--raid-devices={layout.raid_devices}", "--metadata=1.0", "--homehost=any",
-             f"--name={request.array_name}", f"--uuid={layout.array_uuid}", *nodes, *missing),
-            why="RAID1 over the ESP partitions; metadata 1.0 keeps each member a plain FAT32"))
+        steps.append(
+            Command(
+                (
+                    "mdadm",
+                    "--create",
+                    request.device,
+                    "--run",
+                    "--level=1",
+                    f"--raid-devices={layout.raid_devices}",
+                    "--metadata=1.0",
+                    "--homehost=any",
+                    f"--name={request.array_name}",
+                    f"--uuid={layout.array_uuid}",
+                    *nodes,
+                    *missing,
+                ),
+                why="RAID1 over the ESP partitions; metadata 1.0 keeps each member a plain FAT32",
+            )
+        )
     elif layout.array_action == "assemble":
-        steps.append(Command(
-            ("mdadm", "--assemble", request.device, "--run", f"--uuid={layout.array_uuid}", *nodes),
-            why="the array exists on the disks but is not running"))
+        steps.append(
+            Command(
+                ("mdadm", "--assemble", request.device, "--run", f"--uuid={layout.array_uuid}", *nodes),
+                why="the array exists on the disks but is not running",
+            )
+        )
     if layout.array_action != "keep":
         steps.append(Settle(why="udev names the new array (/dev/disk/by-id/md-uuid-...) before it is used"))
     if layout.make_fs:
-        steps.append(fat.mkfs(request.device, request.esp_size, layout.sector_size, request.label,
-                              layout.volume_id))
+        steps.append(fat.mkfs(request.device, request.esp_size, layout.sector_size, request.label, layout.volume_id))
     if layout.mount:
         steps.append(MakeDir(layout.esp_dir, why="the ESP mount point", root=request.target))
-        steps.append(Command(("mount", "-t", "vfat", "-o", "umask=0077", request.device, layout.esp_dir),
-                             why="the installer and the bootloader write to the array, never a member"))
+        steps.append(
+            Command(
+                ("mount", "-t", "vfat", "-o", "umask=0077", request.device, layout.esp_dir),
+                why="the installer and the bootloader write to the array, never a member",
+            )
+        )
     conf = target.text(profile.mdadm_conf)
     if not _listed_elsewhere(conf, layout.array_uuid, target.path(profile.mdadm_conf)):
-        steps.append(EditBlock(target.path(profile.mdadm_conf), mdadm_conf_block(request, layout, conf),
-                               root=target.root, why="the booted system assembles the ESP array by UUID"))
-    steps.append(EditBlock(target.path("etc/fstab"), fstab.line(layout.fs_uuid, request.mountpoint),
-                           root=target.root, why="one fstab line for the ESP, by the array's FAT UUID"))
+        steps.append(
+            EditBlock(
+                target.path(profile.mdadm_conf),
+                mdadm_conf_block(request, layout, conf),
+                root=target.root,
+                why="the booted system assembles the ESP array by UUID",
+            )
+        )
+    steps.append(
+        EditBlock(
+            target.path("etc/fstab"),
+            fstab.line(layout.fs_uuid, request.mountpoint),
+            root=target.root,
+            why="one fstab line for the ESP, by the array's FAT UUID",
+        )
+    )
     for argv in profile.boot_assembly:
         steps.append(Command(argv, root=request.target, why="assemble md arrays at boot"))
     if layout.array_action != "keep":
-        steps.append(Command(("mdadm", "--wait", request.device), ok_codes=(0, 1),
-                             why="let the initial resync finish so every member is a full copy"))
+        steps.append(
+            Command(
+                ("mdadm", "--wait", request.device),
+                ok_codes=(0, 1),
+                why="let the initial resync finish so every member is a full copy",
+            )
+        )
     return tuple(steps)
 
 
 def _listed_elsewhere(text: str, uuid: str, shown: str) -> bool:
     """True when mdadm.conf already lists this array outside our block (e.g. written by mkconf)."""
-    return any(line.split()[:1] == ["ARRAY"] and f"UUID={uuid}" in line
-               for line in _outside_block(text, shown).splitlines())
+    return any(
+        line.split()[:1] == ["ARRAY"] and f"UUID={uuid}" in line for line in _outside_block(text, shown).splitlines()
+    )
 
 
 def _outside_block(text: str, name: str) -> str:
@@ -88,8 +123,11 @@ def _outside_block(text: str, name: str) -> str:
 
 
 def _check_fstab(request: Request, target: Target) -> None:
-    others = fstab.conflicting_lines(_outside_block(target.text("etc/fstab"), target.path("etc/fstab")),
-                                     request.mountpoint)
+    others = fstab.conflicting_lines(
+        _outside_block(target.text("etc/fstab"), target.path("etc/fstab")), request.mountpoint
+    )
     if others:
-        raise BadInput(f"{target.path('etc/fstab')} already mounts {request.mountpoint}: "
-                       f"{others[0]!r}; remove or comment out that line, esp-mirror adds its own")
+        raise BadInput(
+            f"{target.path('etc/fstab')} already mounts {request.mountpoint}: "
+            f"{others[0]!r}; remove or comment out that line, esp-mirror adds its own"
+        )

@@ -15,9 +15,15 @@ if TYPE_CHECKING:
 
 def setup_steps(ctx: Context) -> tuple[Step, ...]:
     """Loop devices for image files (``$LOOP_n``, used by every later step)."""
-    return tuple(Command(("losetup", "--find", "--show", "--partscan", m.disk.path), binds=m.loop_var,
-                         why=f"loop device for the image {m.disk.given}")
-                 for m in ctx.layout.members if m.loop_var)
+    return tuple(
+        Command(
+            ("losetup", "--find", "--show", "--partscan", m.disk.path),
+            binds=m.loop_var,
+            why=f"loop device for the image {m.disk.given}",
+        )
+        for m in ctx.layout.members
+        if m.loop_var
+    )
 
 
 def cleanup_steps(ctx: Context) -> tuple[Step, ...]:
@@ -29,6 +35,7 @@ def cleanup_steps(ctx: Context) -> tuple[Step, ...]:
             steps.append(Command(("umount", layout.esp_dir), why="release the image's ESP", cleanup=True))
         steps.append(Command(("mdadm", "--stop", ctx.request.device), why="release the members", cleanup=True))
         for member in layout.members:
-            steps.append(Command(("losetup", "--detach", Var(member.loop_var)),
-                                 why=f"detach {member.disk.given}", cleanup=True))
+            steps.append(
+                Command(("losetup", "--detach", Var(member.loop_var)), why=f"detach {member.disk.given}", cleanup=True)
+            )
     return tuple(steps)

@@ -8,15 +8,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from esp_mirror_plugin.system.discovery import HostView, Snapshot, discover, read_mounts
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline.execute import Executor, PlanRecorder
 from esp_mirror_plugin.pipeline.layout import Layout, build, check_settings
 from esp_mirror_plugin.pipeline.preflight import Preflight
 from esp_mirror_plugin.pipeline.profiles import Profile, load_profile
 from esp_mirror_plugin.pipeline.request import Request
-from esp_mirror_plugin.system.runner import NOT_INSTALLED, CommandFailed, Runner, ShRunner
 from esp_mirror_plugin.pipeline.steps import Command, Group, MakeDir, Step
+from esp_mirror_plugin.system.discovery import HostView, Snapshot, discover, read_mounts
+from esp_mirror_plugin.system.runner import NOT_INSTALLED, CommandFailed, Runner, ShRunner
 from esp_mirror_plugin.system.target import Target
 
 CHROOT_FILESYSTEMS = ("proc", "sys", "dev")
@@ -92,8 +92,14 @@ class Context:
         return out
 
 
-def prepare(request: Request, *, runner: Runner | None = None, executor: Executor | None = None,
-            host: HostView | None = None, lenient: bool = False) -> Context:
+def prepare(
+    request: Request,
+    *,
+    runner: Runner | None = None,
+    executor: Executor | None = None,
+    host: HostView | None = None,
+    lenient: bool = False,
+) -> Context:
     """Load the profile, look at the machine's disks (read-only) and decide the layout.
 
     What is inside the target is read later, by each hook when it plans: an installer may call
@@ -114,12 +120,18 @@ def prepare(request: Request, *, runner: Runner | None = None, executor: Executo
         tool = exc.result.program
         if exc.result.returncode == NOT_INSTALLED:
             raise BadInput(f"{tool} is not installed: install it with `{profile.install_hint(tool)}`") from None
-        raise BadInput(f"cannot look at the disks: `{' '.join(exc.result.argv)}` failed ({exc.stderr_line}): "
-                       "run esp-mirror as root") from None
+        raise BadInput(
+            f"cannot look at the disks: `{' '.join(exc.result.argv)}` failed ({exc.stderr_line}): "
+            "run esp-mirror as root"
+        ) from None
     layout = build(request, profile, snapshot)
     notes = list(layout.notes)
     if snapshot.unread:
-        notes.insert(0, f"UNVERIFIED: could not read {'; '.join(snapshot.unread)}. This plan takes them as "
-                        "empty; apply, which runs as root, reads them again and refuses what is not safe")
-    return Context(request, profile, snapshot, layout, runner, executor or PlanRecorder(), host=host,
-                   notes=tuple(notes))
+        notes.insert(
+            0,
+            f"UNVERIFIED: could not read {'; '.join(snapshot.unread)}. This plan takes them as "
+            "empty; apply, which runs as root, reads them again and refuses what is not safe",
+        )
+    return Context(
+        request, profile, snapshot, layout, runner, executor or PlanRecorder(), host=host, notes=tuple(notes)
+    )

@@ -12,8 +12,8 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from esp_mirror_plugin.system import files
 from esp_mirror_plugin.pipeline.steps import CopyFile, EditBlock, Group, WriteFile
+from esp_mirror_plugin.system import files
 
 if TYPE_CHECKING:
     from esp_mirror_plugin.pipeline.context import Context

@@ -16,12 +16,22 @@ from functools import singledispatchmethod
 from pathlib import Path
 from typing import Protocol, TextIO
 
+from esp_mirror_plugin.errors import StepFailed
+from esp_mirror_plugin.pipeline.steps import (
+    Command,
+    CopyFile,
+    EditBlock,
+    Group,
+    MakeDir,
+    Settle,
+    WaitForPartition,
+    WaitForSync,
+    WriteFile,
+    resolve_arg,
+)
 from esp_mirror_plugin.system import files
 from esp_mirror_plugin.system.discovery import HostView, Unreadable
-from esp_mirror_plugin.errors import StepFailed
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
-from esp_mirror_plugin.pipeline.steps import (Command, CopyFile, EditBlock, Group, MakeDir, Settle, WaitForPartition, WaitForSync,
-                    WriteFile, resolve_arg)
 
 UDEV_CONTROL = "/run/udev/control"  # exists while udevd runs
 
@@ -103,8 +113,9 @@ class Applier:
 
     @_apply.register
     def _(self, step: CopyFile, group: str) -> bool:
-        return files.write_atomic(files.resolve_in_root(step.root, step.dest), Path(step.source).read_bytes(),
-                                  step.mode, preserve=False)
+        return files.write_atomic(
+            files.resolve_in_root(step.root, step.dest), Path(step.source).read_bytes(), step.mode, preserve=False
+        )
 
     @_apply.register
     def _(self, step: MakeDir, group: str) -> bool:
@@ -136,9 +147,11 @@ class Applier:
             raise StepFailed(group, step.describe(), exc.result.describe()) from None
         if self._wait(node, step.timeout):
             return True
-        raise StepFailed(group, step.describe(),
-                         f"{node} did not appear within {step.timeout:g} s, even after partx --add; "
-                         f"check `lsblk {disk}` and dmesg")
+        raise StepFailed(
+            group,
+            step.describe(),
+            f"{node} did not appear within {step.timeout:g} s, even after partx --add; check `lsblk {disk}` and dmesg",
+        )
 
     def _wait(self, node: str, seconds: float) -> bool:
         deadline = self.clock() + seconds
@@ -160,13 +173,20 @@ class Applier:
                 raise StepFailed(group, step.describe(), f"{exc}: is {step.device} still running?") from None
             idle = action == "idle"
             states = {d[4:]: self.host.read(f"{md}/{d}/state") for d in self.host.listdir(md) if d.startswith("dev-")}
-            pending = [name for name, state in states.items() if step.clean and state is not None
-                       and not {"in_sync", "faulty"} & set(state.strip().split(","))]
+            pending = [
+                name
+                for name, state in states.items()
+                if step.clean and state is not None and not {"in_sync", "faulty"} & set(state.strip().split(","))
+            ]
             if idle and not pending:
                 return True
             if idle and self.clock() - started > 30:
-                raise StepFailed(group, step.describe(), f"{', '.join(pending)} still not in sync and no "
-                                 "recovery runs: see /proc/mdstat and `mdadm --detail`")
+                raise StepFailed(
+                    group,
+                    step.describe(),
+                    f"{', '.join(pending)} still not in sync and no "
+                    "recovery runs: see /proc/mdstat and `mdadm --detail`",
+                )
             if self.clock() - last_report >= 2:
                 state = "waiting for md to start the recovery" if idle else f"{action} {_percent(completed)}"
                 print(f"  [{group}]   {state}", file=self.out, flush=True)
@@ -175,7 +195,7 @@ class Applier:
 
 
 def _percent(completed: str) -> str:
-    """"123 / 456" sectors as a percentage, for progress lines."""
+    """ "123 / 456" sectors as a percentage, for progress lines."""
     done, _, total = completed.partition("/")
     try:
         return f"{100 * int(done) / int(total):.0f}% ({completed.strip()} sectors)"

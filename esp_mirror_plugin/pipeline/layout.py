@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from esp_mirror_plugin.pipeline import naming as names
-from esp_mirror_plugin.hooks import fat
-from esp_mirror_plugin.system.discovery import DiskFacts, Partition, Snapshot
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.pipeline.kinds import BootloaderKind, OwnCheck
+from esp_mirror_plugin.hooks import fat
+from esp_mirror_plugin.pipeline import naming as names
 from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.request import MIB, Request
 from esp_mirror_plugin.pipeline.steps import Arg, Var
+from esp_mirror_plugin.system.discovery import DiskFacts, Partition, Snapshot
 
 MAX_DISKS = 8
 GPT_BACKUP = 34 * 4096  # backup GPT at the end of the disk (generous for 4Kn)
@@ -68,8 +67,10 @@ def check_disks(request: Request, disks: tuple[DiskFacts, ...]) -> None:
     if count == 0:
         raise BadInput("no disks given: pass --disk DISK at least twice (one per mirror member)")
     if count < 2 and not request.degraded:
-        raise BadInput(f"only one disk given ({request.disks[0]}): a mirror needs 2 to {MAX_DISKS}; "
-                       "add another --disk, or pass --degraded to build a one-disk mirror to grow later")
+        raise BadInput(
+            f"only one disk given ({request.disks[0]}): a mirror needs 2 to {MAX_DISKS}; "
+            "add another --disk, or pass --degraded to build a one-disk mirror to grow later"
+        )
     if count > MAX_DISKS:
         raise BadInput(f"{count} disks given: esp-mirror mirrors 2 to {MAX_DISKS} disks; pass fewer --disk")
     seen: dict[str, str] = {}
@@ -77,19 +78,21 @@ def check_disks(request: Request, disks: tuple[DiskFacts, ...]) -> None:
         if disk.kind == "missing":
             raise BadInput(f"disk {disk.given} does not exist: check the path (lsblk lists disks)")
         if disk.kind == "other":
-            raise BadInput(f"disk {disk.given} is neither a block device nor an image file: "
-                           "pass a whole disk such as /dev/sda or a disk image file")
+            raise BadInput(
+                f"disk {disk.given} is neither a block device nor an image file: "
+                "pass a whole disk such as /dev/sda or a disk image file"
+            )
         if disk.kind == "partition":
-            raise BadInput(f"{disk.given} is a partition, not a whole disk: pass the disk it is on "
-                           f"(esp-mirror creates the ESP partition itself)")
+            raise BadInput(
+                f"{disk.given} is a partition, not a whole disk: pass the disk it is on "
+                f"(esp-mirror creates the ESP partition itself)"
+            )
         if disk.key in seen:
-            raise BadInput(f"disk {disk.given} is the same device as {seen[disk.key]}: "
-                           "list each disk once")
+            raise BadInput(f"disk {disk.given} is the same device as {seen[disk.key]}: list each disk once")
         seen[disk.key] = disk.given
         for key in disk.storage:
             if key in seen:
-                raise BadInput(f"disk {disk.given} is the same storage as {seen[key]} ({_same(key)}): "
-                               f"{_same_fix(key)}")
+                raise BadInput(f"disk {disk.given} is the same storage as {seen[key]} ({_same(key)}): {_same_fix(key)}")
             seen[key] = disk.given
         ours = _has_our_esp(disk)
         # On a disk that already carries our ESP nothing is partitioned or wiped: only the disk
@@ -98,34 +101,45 @@ def check_disks(request: Request, disks: tuple[DiskFacts, ...]) -> None:
         busy = [why for node, why in disk.busy if not ours or node in (disk.name, esp_node)]
         if busy:
             raise BadInput(f"disk {disk.given} is in use: {busy[0]}; choose a disk that nothing uses")
-        holder_types = {"LVM2_member": "an LVM physical volume", "linux_raid_member": "an md RAID member",
-                        "swap": "swap space"}
+        holder_types = {
+            "LVM2_member": "an LVM physical volume",
+            "linux_raid_member": "an md RAID member",
+            "swap": "swap space",
+        }
         used = [t for t in disk.signatures if t in holder_types]
         used += [p.fstype for p in disk.partitions if p.fstype in holder_types and not ours]
         if used and not request.wipe:
-            raise BadInput(f"disk {disk.given} holds {holder_types[used[0]]}: make sure it is unused, "
-                           "then pass --wipe to erase it")
+            raise BadInput(
+                f"disk {disk.given} holds {holder_types[used[0]]}: make sure it is unused, then pass --wipe to erase it"
+            )
     kinds = {d.kind for d in disks}
     if kinds == {"block", "image"}:
         raise BadInput("mix of block devices and image files: give only disks, or only image files")
     sizes = {d.sector_size for d in disks}
     if len(sizes) > 1:
         listing = ", ".join(f"{d.given}={d.sector_size}" for d in disks)
-        raise BadInput(f"disks have different logical sector sizes ({listing}): "
-                       "a RAID1 ESP needs members with one sector size; pick matching disks")
+        raise BadInput(
+            f"disks have different logical sector sizes ({listing}): "
+            "a RAID1 ESP needs members with one sector size; pick matching disks"
+        )
 
 
 def _same(key: str) -> str:
     kind, _, value = key.partition(":")
-    return {"wwid": f"same WWN {value}", "serial": f"same serial number {value}",
-            "file": "both are the same image file"}.get(kind, key)
+    return {
+        "wwid": f"same WWN {value}",
+        "serial": f"same serial number {value}",
+        "file": "both are the same image file",
+    }.get(kind, key)
 
 
 def _same_fix(key: str) -> str:
     if key.startswith("file:"):
         return "list each image once (detach the extra loop device with losetup --detach)"
-    return ("multipath or dual-path SAS shows one disk under two names; pass each physical disk once "
-            "(lsblk -o NAME,WWN,SERIAL shows which names share a disk)")
+    return (
+        "multipath or dual-path SAS shows one disk under two names; pass each physical disk once "
+        "(lsblk -o NAME,WWN,SERIAL shows which names share a disk)"
+    )
 
 
 # Characters mkfs.fat refuses in a volume label (what FAT short names cannot hold).
@@ -170,36 +184,47 @@ def path_segment_problem(name: str) -> str | None:
 
 def check_settings(request: Request) -> None:
     if request.metadata != "1.0":
-        raise BadInput(f"metadata {request.metadata} is not supported: the ESP must use md metadata 1.0 "
-                       "(superblock at the end, so firmware sees a plain FAT32); drop --metadata")
+        raise BadInput(
+            f"metadata {request.metadata} is not supported: the ESP must use md metadata 1.0 "
+            "(superblock at the end, so firmware sees a plain FAT32); drop --metadata"
+        )
     if not request.array_name or "/" in request.array_name or " " in request.array_name:
         raise BadInput(f"array name {request.array_name!r} is not valid: use a short word like esp")
-    if (not request.mountpoint or not request.mountpoint.startswith("/")
-            or ".." in request.mountpoint.split("/") or os.path.normpath(request.mountpoint) == "/"):
+    if (
+        not request.mountpoint
+        or not request.mountpoint.startswith("/")
+        or ".." in request.mountpoint.split("/")
+        or os.path.normpath(request.mountpoint) == "/"
+    ):
         raise BadInput(f"mount point {request.mountpoint!r} must be an absolute path like /boot/efi")
     problem = fat_label_problem(request.label)
     if problem:
         raise BadInput(f"label {request.label!r} is not a valid FAT label: {problem}; use e.g. ESP")
     problem = path_segment_problem(request.loader_id or "")
     if problem:
-        raise BadInput(f"loader id {request.loader_id!r} is not one directory name under \\EFI\\: {problem}; "
-                       "use e.g. debian")
+        raise BadInput(
+            f"loader id {request.loader_id!r} is not one directory name under \\EFI\\: {problem}; use e.g. debian"
+        )
     if request.bootloader is not None and request.bootloader.needs_image:
         if not request.efi_image:
-            raise BadInput(f"bootloader {request.bootloader} needs the EFI image to install: "
-                           "pass --efi-image PATH")
+            raise BadInput(f"bootloader {request.bootloader} needs the EFI image to install: pass --efi-image PATH")
         if not os.path.isfile(request.efi_image):
             raise BadInput(f"EFI image {request.efi_image} does not exist: pass the path of an EFI binary")
     if not os.path.isdir(request.target):
-        raise BadInput(f"target {request.target} is not a directory: pass the root of the system "
-                       "being installed (default /)")
+        raise BadInput(
+            f"target {request.target} is not a directory: pass the root of the system being installed (default /)"
+        )
     if request.esp_start % MIB or request.esp_size % MIB:
         raise BadInput("--esp-size and the ESP start must be whole MiB: use e.g. 512M")
 
 
 def _is_our_partition(part: Partition | None) -> bool:
-    return (part is not None and part.number == 1 and part.type_guid == names.ESP_TYPE_GUID
-            and part.name == names.PARTITION_NAME)
+    return (
+        part is not None
+        and part.number == 1
+        and part.type_guid == names.ESP_TYPE_GUID
+        and part.name == names.PARTITION_NAME
+    )
 
 
 def holds_data(disk: DiskFacts) -> bool:
@@ -231,17 +256,30 @@ def build(request: Request, profile: Profile, snapshot: Snapshot) -> Layout:
         existing = disk.partition(1)
         ours = _is_our_partition(existing)
         if ours and (existing.start, existing.start + existing.size - 1) != (first, last):
-            raise BadInput(f"disk {disk.given} already has an esp-mirror ESP of "
-                           f"{existing.size * sector // MIB} MiB at sector {existing.start}: re-run with "
-                           f"--esp-size {existing.size * sector // MIB}M, or --wipe to start over")
+            raise BadInput(
+                f"disk {disk.given} already has an esp-mirror ESP of "
+                f"{existing.size * sector // MIB} MiB at sector {existing.start}: re-run with "
+                f"--esp-size {existing.size * sector // MIB}M, or --wipe to start over"
+            )
         foreign = not ours and holds_data(disk)
         if foreign and not request.wipe:
-            raise BadInput(f"disk {disk.given} already has a partition table or data "
-                           f"({disk.pttype or ', '.join(disk.signatures)}): esp-mirror never wipes "
-                           "silently; pass --wipe to erase it")
+            raise BadInput(
+                f"disk {disk.given} already has a partition table or data "
+                f"({disk.pttype or ', '.join(disk.signatures)}): esp-mirror never wipes "
+                "silently; pass --wipe to erase it"
+            )
         guid = existing.guid if ours else names.partition_guid(disk.identity)
-        members.append(Member(disk=disk, device=device, node=names.partition_node(device, 1),
-                              guid=guid, exists=ours, wipe=foreign, loop_var=loop_var))
+        members.append(
+            Member(
+                disk=disk,
+                device=device,
+                node=names.partition_node(device, 1),
+                guid=guid,
+                exists=ours,
+                wipe=foreign,
+                loop_var=loop_var,
+            )
+        )
 
     array_uuid, action, fs_uuid, make_fs = _array_state(request, snapshot, members)
     volume = fs_uuid.replace("-", "") if fs_uuid else names.volume_id(array_uuid)
@@ -251,13 +289,17 @@ def build(request: Request, profile: Profile, snapshot: Snapshot) -> Layout:
     nvram = not request.no_nvram
     if nvram and image_mode:
         nvram = False
-        notes.append("image files are not this machine's disks: no firmware boot entries are made "
-                     "(--no-nvram); the firmware boots them via \\EFI\\BOOT\\ fallback path")
+        notes.append(
+            "image files are not this machine's disks: no firmware boot entries are made "
+            "(--no-nvram); the firmware boots them via \\EFI\\BOOT\\ fallback path"
+        )
     elif nvram and not snapshot.efivars:
         nvram = False
-        notes.append("WARNING: no EFI variables here (/sys/firmware/efi/efivars is empty): no boot "
-                     "entries are made; the firmware will boot via the \\EFI\\BOOT\\ fallback path. "
-                     "Run `esp-mirror apply` again on the booted system, or pass --no-nvram to silence this")
+        notes.append(
+            "WARNING: no EFI variables here (/sys/firmware/efi/efivars is empty): no boot "
+            "entries are made; the firmware will boot via the \\EFI\\BOOT\\ fallback path. "
+            "Run `esp-mirror apply` again on the booted system, or pass --no-nvram to silence this"
+        )
     return Layout(
         members=tuple(members),
         raid_devices=max(len(members), 2),
@@ -280,12 +322,16 @@ def build(request: Request, profile: Profile, snapshot: Snapshot) -> Layout:
 def _check_size(request: Request, snapshot: Snapshot, sector: int) -> None:
     if fat.sectors_per_cluster(request.esp_size, sector) is None:
         minimum = fat.minimum_size(sector) // MIB
-        raise BadInput(f"ESP size {request.esp_size // MIB} MiB is too small for FAT32 with "
-                       f"{sector}-byte sectors: use --esp-size {minimum}M or more")
+        raise BadInput(
+            f"ESP size {request.esp_size // MIB} MiB is too small for FAT32 with "
+            f"{sector}-byte sectors: use --esp-size {minimum}M or more"
+        )
     for disk in snapshot.disks:
         if request.esp_start + request.esp_size + GPT_BACKUP > disk.size:
-            raise BadInput(f"ESP of {request.esp_size // MIB} MiB does not fit on {disk.given} "
-                           f"({disk.size // MIB} MiB): use a smaller --esp-size")
+            raise BadInput(
+                f"ESP of {request.esp_size // MIB} MiB does not fit on {disk.given} "
+                f"({disk.size // MIB} MiB): use a smaller --esp-size"
+            )
 
 
 def _array_state(request: Request, snapshot: Snapshot, members: list[Member]) -> tuple[str, str, str, bool]:
@@ -294,32 +340,42 @@ def _array_state(request: Request, snapshot: Snapshot, members: list[Member]) ->
     array = snapshot.array
     if array is not None:
         if supers and names.mdadm_uuid(array.uuid) not in {names.mdadm_uuid(s) for s in supers}:
-            raise BadInput(f"{array.device} is running but is another array (UUID {array.uuid}): "
-                           "stop it, or pass --array-name to use another name")
+            raise BadInput(
+                f"{array.device} is running but is another array (UUID {array.uuid}): "
+                "stop it, or pass --array-name to use another name"
+            )
         if not supers:
-            raise BadInput(f"{array.device} already exists and is not on these disks: "
-                           "pass --array-name NAME to choose another name")
+            raise BadInput(
+                f"{array.device} already exists and is not on these disks: "
+                "pass --array-name NAME to choose another name"
+            )
         if array.level != "raid1":
             raise BadInput(f"{array.device} is {array.level}, not raid1: the ESP must be a RAID1 mirror")
-        strangers = [m.disk.given for m in members
-                     if not (m.exists and names.mdadm_uuid(m.disk.partition(1).md_uuid or "0" * 32)
-                             == names.mdadm_uuid(array.uuid))]
+        strangers = [
+            m.disk.given
+            for m in members
+            if not (
+                m.exists and names.mdadm_uuid(m.disk.partition(1).md_uuid or "0" * 32) == names.mdadm_uuid(array.uuid)
+            )
+        ]
         if strangers:
-            raise BadInput(f"disk {strangers[0]} is not a member of the running array {array.device}: "
-                           f"add it with `esp-mirror add --disk {strangers[0]}`")
+            raise BadInput(
+                f"disk {strangers[0]} is not a member of the running array {array.device}: "
+                f"add it with `esp-mirror add --disk {strangers[0]}`"
+            )
         if array.fstype not in ("", "vfat"):
-            raise BadInput(f"{array.device} holds {array.fstype}, not FAT: refusing to format it; "
-                           "check what it is")
+            raise BadInput(f"{array.device} holds {array.fstype}, not FAT: refusing to format it; check what it is")
         return names.mdadm_uuid(array.uuid), "keep", array.fs_uuid, array.fstype == ""
     if len(supers) > 1:
-        raise BadInput("the ESP partitions carry superblocks of different arrays: "
-                       "pass --wipe to start over")
+        raise BadInput("the ESP partitions carry superblocks of different arrays: pass --wipe to start over")
     if supers:
         part = next(m.disk.partition(1) for m in members if m.exists and m.disk.partition(1).md_uuid)
         without = [m.disk.given for m in members if not (m.exists and m.disk.partition(1).md_uuid)]
         if without:
-            raise BadInput(f"disks {', '.join(without)} are not members of the existing ESP array "
-                           f"{part.md_name}: use `esp-mirror add` for new disks, or --wipe to start over")
+            raise BadInput(
+                f"disks {', '.join(without)} are not members of the existing ESP array "
+                f"{part.md_name}: use `esp-mirror add` for new disks, or --wipe to start over"
+            )
         fs_uuid = part.inner_uuid if part.inner_fstype == "vfat" else ""
         return names.mdadm_uuid(part.md_uuid), "assemble", fs_uuid, part.inner_fstype == ""
     identities = [m.disk.identity for m in members]
@@ -333,5 +389,7 @@ def _check_mount(snapshot: Snapshot, esp_dir: str, device: str) -> bool:
     array = snapshot.array
     if array is not None and mounted.device in (array.device, array.kernel_device):
         return False
-    raise BadInput(f"{esp_dir} is already mounted from {mounted.device}: unmount it first "
-                   f"(umount {esp_dir}); esp-mirror mounts {device} there")
+    raise BadInput(
+        f"{esp_dir} is already mounted from {mounted.device}: unmount it first "
+        f"(umount {esp_dir}); esp-mirror mounts {device} there"
+    )

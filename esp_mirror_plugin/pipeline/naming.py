@@ -45,7 +45,7 @@ def array_uuid(identities: list[str], array_name: str) -> str:
 def mdadm_uuid(value: str) -> str:
     """mdadm's 8:8:8:8 form of a UUID (either form accepted)."""
     hexits = value.replace("-", "").replace(":", "").lower()
-    return ":".join(hexits[i:i + 8] for i in range(0, 32, 8))
+    return ":".join(hexits[i : i + 8] for i in range(0, 32, 8))
 
 
 def volume_id(array: str) -> str:

@@ -13,10 +13,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from esp_mirror_plugin.system import files
 from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline.steps import (
+    Command,
+    CopyFile,
+    EditBlock,
+    Group,
+    MakeDir,
+    Step,
+    WaitForPartition,
+    WriteFile,
+)
+from esp_mirror_plugin.system import files
 from esp_mirror_plugin.system.runner import Runner
-from esp_mirror_plugin.pipeline.steps import Command, CopyFile, EditBlock, Group, MakeDir, Step, WaitForPartition, WriteFile
 from esp_mirror_plugin.system.target import Target, read_text
 
 
@@ -88,12 +97,21 @@ class Preflight:
         if program == "systemctl" and args[:1] == ["enable"]:
             for unit in (a for a in args[1:] if not a.startswith("-")):
                 if not target.has_unit(unit) and not any(
-                        str(target.resolve(f"{d}/{unit}")) in self.written for d in ("etc/systemd/system",)):
-                    raise BadInput(f"the unit {unit} is not installed in the target {step.root}, so "
-                                   f"`systemctl enable {unit}` would fail after the disks were changed: install "
-                                   "the package that ships it, or use a profile without it")
-        elif program == "rc-update" and args[:1] == ["add"] and len(args) > 1:
-            if not target.exists(f"etc/init.d/{args[1]}"):
-                raise BadInput(f"the OpenRC service {args[1]} is not installed in the target {step.root} "
-                               f"(no /etc/init.d/{args[1]}), so `rc-update add {args[1]}` would fail: "
-                               "install the package that ships it first")
+                    str(target.resolve(f"{d}/{unit}")) in self.written for d in ("etc/systemd/system",)
+                ):
+                    raise BadInput(
+                        f"the unit {unit} is not installed in the target {step.root}, so "
+                        f"`systemctl enable {unit}` would fail after the disks were changed: install "
+                        "the package that ships it, or use a profile without it"
+                    )
+        elif (
+            program == "rc-update"
+            and args[:1] == ["add"]
+            and len(args) > 1
+            and not target.exists(f"etc/init.d/{args[1]}")
+        ):
+            raise BadInput(
+                f"the OpenRC service {args[1]} is not installed in the target {step.root} "
+                f"(no /etc/init.d/{args[1]}), so `rc-update add {args[1]}` would fail: "
+                "install the package that ships it first"
+            )

@@ -106,20 +106,24 @@ def _locate(name_or_path: str) -> Traversable:
     if _is_path(name_or_path):
         path = Path(name_or_path)
         if not path.is_file():
-            raise BadInput(f"profile file {name_or_path} does not exist: give an existing YAML file "
-                           f"or one of the built-in profiles: {', '.join(builtin_names())}")
+            raise BadInput(
+                f"profile file {name_or_path} does not exist: give an existing YAML file "
+                f"or one of the built-in profiles: {', '.join(builtin_names())}"
+            )
         return path
     candidate = _builtin_dir() / f"{name_or_path}.yaml"
     if not candidate.is_file():
-        raise BadInput(f"unknown profile {name_or_path!r}: use one of {', '.join(builtin_names())} "
-                       f"or a path to a YAML file (see `esp-mirror profiles`)")
+        raise BadInput(
+            f"unknown profile {name_or_path!r}: use one of {', '.join(builtin_names())} "
+            f"or a path to a YAML file (see `esp-mirror profiles`)"
+        )
     return candidate
 
 
 def _yaml_load(text: str) -> Any:
     import yaml
 
-    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _load_merged(name_or_path: str, seen: tuple[str, ...]) -> tuple[dict[str, Any], str]:
@@ -141,7 +145,7 @@ def _load_merged(name_or_path: str, seen: tuple[str, ...]) -> tuple[dict[str, An
     _check(data, Profile, source, prefix="", require=False, extra=("extends",))
     if parent is None:
         return data, source
-    base, _ = _load_merged(parent, seen + (source,))
+    base, _ = _load_merged(parent, (*seen, source))
     return _merge(base, data), source
 
 
@@ -166,8 +170,9 @@ def _required(cls: type, name: str) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
-def _check(data: dict[str, Any], cls: type, source: str, prefix: str, require: bool,
-           extra: tuple[str, ...] = ()) -> None:
+def _check(
+    data: dict[str, Any], cls: type, source: str, prefix: str, require: bool, extra: tuple[str, ...] = ()
+) -> None:
     """Unknown keys and wrong types always fail; missing keys only for the merged result."""
     schema = _yaml_fields(cls)
     for key, value in data.items():
@@ -178,17 +183,21 @@ def _check(data: dict[str, Any], cls: type, source: str, prefix: str, require: b
         kind = schema[key]
         if dataclasses.is_dataclass(kind):
             if not isinstance(value, dict):
-                raise BadInput(f"profile {source}: {where!r} must be a mapping with keys "
-                               f"{', '.join(sorted(_yaml_fields(kind)))}")
+                raise BadInput(
+                    f"profile {source}: {where!r} must be a mapping with keys {', '.join(sorted(_yaml_fields(kind)))}"
+                )
             _check(value, kind, source, f"{where}.", require)
         elif not _type_ok(kind, value):
-            raise BadInput(f"profile {source}: {where!r} must be {_type_name(kind)}, "
-                           f"got {type(value).__name__} {value!r}")
+            raise BadInput(
+                f"profile {source}: {where!r} must be {_type_name(kind)}, got {type(value).__name__} {value!r}"
+            )
     if require:
         for key, kind in schema.items():
             if key not in data and _required(cls, key):
-                raise BadInput(f"profile {source}: missing key {prefix + key!r} "
-                               f"({_type_name(kind)}): add it or `extends:` a profile that has it")
+                raise BadInput(
+                    f"profile {source}: missing key {prefix + key!r} "
+                    f"({_type_name(kind)}): add it or `extends:` a profile that has it"
+                )
 
 
 def _type_ok(kind: Any, value: Any) -> bool:

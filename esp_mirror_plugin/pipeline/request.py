@@ -58,8 +58,13 @@ def setting(value: Any, help: str, kind: Kind = Kind.TEXT, **extra: Any) -> Any:
 class Request:
     """Everything that decides the plan, besides the profile and the machine's state."""
 
-    disks: tuple[str, ...] = setting((), "a whole disk or a disk image file; repeat for each mirror member",
-                                     Kind.PATHS, option="--disk", metavar="DISK")
+    disks: tuple[str, ...] = setting(
+        (),
+        "a whole disk or a disk image file; repeat for each mirror member",
+        Kind.PATHS,
+        option="--disk",
+        metavar="DISK",
+    )
     profile: str = setting("debian", "built-in profile name or path to a YAML profile")
     target: str = setting("/", "root of the system being installed", Kind.PATH)
     esp_size: int = setting(512 * MIB, "size of each ESP partition", Kind.SIZE, shown_default="512M")
@@ -68,9 +73,10 @@ class Request:
     label: str = setting("ESP", "FAT volume label")
     array_name: str = setting("esp", "md array name: /dev/md/NAME, stored as any:NAME")
     metadata: str = setting("1.0", "md metadata version; only 1.0 is accepted")
-    bootloader: BootloaderKind | None = setting(None, "what goes on the ESP", Kind.CHOICE, shown_default="the profile's")
-    efi_image: str | None = setting(None, "EFI binary for --bootloader efi or zfsbootmenu", Kind.PATH,
-                                    metavar="PATH")
+    bootloader: BootloaderKind | None = setting(
+        None, "what goes on the ESP", Kind.CHOICE, shown_default="the profile's"
+    )
+    efi_image: str | None = setting(None, "EFI binary for --bootloader efi or zfsbootmenu", Kind.PATH, metavar="PATH")
     loader_id: str | None = setting(None, "directory under \\EFI\\", shown_default="the profile's")
     entry_label: str | None = setting(None, "boot entry label prefix", shown_default="the profile's")
     no_nvram: bool = setting(False, "make no firmware boot entries", Kind.FLAG)
@@ -146,8 +152,9 @@ def load_config(path: str) -> dict[str, Any]:
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(data) - CONFIG_KEYS)
     if unknown:
-        raise BadInput(f"config file {path}: unknown setting {unknown[0]!r}: allowed are "
-                       f"{', '.join(sorted(CONFIG_KEYS))}")
+        raise BadInput(
+            f"config file {path}: unknown setting {unknown[0]!r}: allowed are {', '.join(sorted(CONFIG_KEYS))}"
+        )
     return coerce(data, f"config file {path}")
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from typing import Union
 
 from esp_mirror_plugin.system.runner import full_argv
 
@@ -30,7 +29,7 @@ class Var:
         return Var(self.name, self.suffix + suffix)
 
 
-Arg = Union[str, Var]
+Arg = str | Var
 
 
 def render_arg(arg: Arg) -> str:
@@ -96,8 +95,13 @@ class WriteFile:
         return f"write {self.path} (mode {self.mode:04o}):\n" + _indent(self.content)
 
     def to_json(self) -> dict:
-        return {"kind": "write-file", "path": self.path, "mode": f"{self.mode:04o}",
-                "content": self.content, "why": self.why}
+        return {
+            "kind": "write-file",
+            "path": self.path,
+            "mode": f"{self.mode:04o}",
+            "content": self.content,
+            "why": self.why,
+        }
 
 
 @dataclass(frozen=True)
@@ -166,12 +170,20 @@ class WaitForPartition:
     timeout: float = 15.0
 
     def describe(self) -> str:
-        return (f"wait for {render_arg(self.node)} (partx --add --nr {self.number} "
-                f"{render_arg(self.disk)} if the kernel has not seen it; at most {self.timeout:g} s)")
+        return (
+            f"wait for {render_arg(self.node)} (partx --add --nr {self.number} "
+            f"{render_arg(self.disk)} if the kernel has not seen it; at most {self.timeout:g} s)"
+        )
 
     def to_json(self) -> dict:
-        return {"kind": "wait-for-partition", "disk": render_arg(self.disk), "number": self.number,
-                "node": render_arg(self.node), "timeout": self.timeout, "why": self.why}
+        return {
+            "kind": "wait-for-partition",
+            "disk": render_arg(self.disk),
+            "number": self.number,
+            "node": render_arg(self.node),
+            "timeout": self.timeout,
+            "why": self.why,
+        }
 
 
 @dataclass(frozen=True)
@@ -209,7 +221,7 @@ class Settle:
         return {"kind": "settle", "timeout": self.timeout, "why": self.why}
 
 
-Step = Union[Command, WriteFile, EditBlock, CopyFile, MakeDir, WaitForPartition, WaitForSync, Settle]
+Step = Command | WriteFile | EditBlock | CopyFile | MakeDir | WaitForPartition | WaitForSync | Settle
 
 
 @dataclass(frozen=True)

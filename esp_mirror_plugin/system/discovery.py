@@ -14,8 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from esp_mirror_plugin.hooks import bootentries
 from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.hooks import bootentries
 from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.system.runner import NOT_INSTALLED, CommandFailed, Result, Runner
 
@@ -69,7 +69,7 @@ class HostView:
         return "/" + os.path.relpath(real, root) if root != "/" else real
 
     def kind(self, path: str) -> str:
-        """"block", "file", "missing" or "other" for a disk argument."""
+        """ "block", "file", "missing" or "other" for a disk argument."""
         try:
             mode = os.stat(self._p(path)).st_mode
         except OSError:
@@ -120,8 +120,11 @@ class Reads:
         if self.lenient:
             self.unread.append(f"{what} ({why})")
             return
-        fix = fix or ("run esp-mirror as root" if _denied(why)
-                      else "check that it can be read (permissions, dmesg), or leave it out")
+        fix = fix or (
+            "run esp-mirror as root"
+            if _denied(why)
+            else "check that it can be read (permissions, dmesg), or leave it out"
+        )
         raise BadInput(f"cannot read {what} ({why}): {fix}")
 
 
@@ -224,14 +227,22 @@ def discover(request: Request, runner: Runner, host: HostView | None = None, *, 
         try:
             boot = bootentries.parse(runner.run(("efibootmgr", "-v")).stdout)
         except CommandFailed as exc:
-            reads.cannot("the firmware's boot entries (efibootmgr -v)", exc.stderr_line,
-                         "boot entries cannot be planned; fix access to EFI variables, or pass --no-nvram")
-    return Snapshot(disks=disks, array=array, mounts=mounts, efivars=efivars, boot=boot,
-                    unread=tuple(reads.unread))
+            reads.cannot(
+                "the firmware's boot entries (efibootmgr -v)",
+                exc.stderr_line,
+                "boot entries cannot be planned; fix access to EFI variables, or pass --no-nvram",
+            )
+    return Snapshot(disks=disks, array=array, mounts=mounts, efivars=efivars, boot=boot, unread=tuple(reads.unread))
 
 
-def describe_disks(paths: tuple[str, ...], runner: Runner, host: HostView, mounts: tuple[Mount, ...],
-                   ours: str = "", reads: Reads | None = None) -> tuple[DiskFacts, ...]:
+def describe_disks(
+    paths: tuple[str, ...],
+    runner: Runner,
+    host: HostView,
+    mounts: tuple[Mount, ...],
+    ours: str = "",
+    reads: Reads | None = None,
+) -> tuple[DiskFacts, ...]:
     """DiskFacts for each path; ``ours`` is the kernel name of our array (its holds don't count)."""
     reads = reads or Reads()
     swaps = _swaps(host)
@@ -270,8 +281,9 @@ def _first(host: HostView, sys: str, names: tuple[str, ...]) -> str:
     return next((v.strip() for p in names if (v := host.read(f"{sys}/{p}")) and v.strip()), "")
 
 
-def _disk(given: str, host: HostView, runner: Runner, mounts, swaps, root_dev: str, ours: str,
-          reads: Reads) -> DiskFacts:
+def _disk(
+    given: str, host: HostView, runner: Runner, mounts, swaps, root_dev: str, ours: str, reads: Reads
+) -> DiskFacts:
     kind = host.kind(given)
     if kind == "missing":
         return DiskFacts(given, given, "missing", f"missing:{given}")
@@ -281,9 +293,21 @@ def _disk(given: str, host: HostView, runner: Runner, mounts, swaps, root_dev: s
     if kind == "file":
         size = host.file_size(path)
         key = host.file_key(path)
-        return _with_table(DiskFacts(given, path, "image", key, name=os.path.basename(path),
-                                     identity=f"image:{path}", size=size, storage=(f"file:{key}",)),
-                           runner, host, reads)
+        return _with_table(
+            DiskFacts(
+                given,
+                path,
+                "image",
+                key,
+                name=os.path.basename(path),
+                identity=f"image:{path}",
+                size=size,
+                storage=(f"file:{key}",),
+            ),
+            runner,
+            host,
+            reads,
+        )
     name = os.path.basename(path)
     sys = f"/sys/class/block/{name}"
     dev = (host.read(f"{sys}/dev") or "").strip()
@@ -313,9 +337,18 @@ def _disk(given: str, host: HostView, runner: Runner, mounts, swaps, root_dev: s
             busy.append((node, f"{node} is in use by {holder} (an md array, LVM or dm device)"))
         if node in swaps:
             busy.append((node, f"{node} is active swap"))
-    facts = DiskFacts(given, path, "block", f"dev:{dev}", name=name,
-                      identity=f"serial:{serial}" if serial else f"dev:{path}", size=size,
-                      sector_size=sector, busy=tuple(dict.fromkeys(busy)), storage=tuple(storage))
+    facts = DiskFacts(
+        given,
+        path,
+        "block",
+        f"dev:{dev}",
+        name=name,
+        identity=f"serial:{serial}" if serial else f"dev:{path}",
+        size=size,
+        sector_size=sector,
+        busy=tuple(dict.fromkeys(busy)),
+        storage=tuple(storage),
+    )
     return _with_table(facts, runner, host, reads)
 
 
@@ -341,8 +374,11 @@ def _with_table(disk: DiskFacts, runner: Runner, host: HostView, reads: Reads) -
     try:
         table = runner.run(("sfdisk", "--json", disk.path))
     except CommandFailed as exc:  # a table sfdisk cannot list is still data: --wipe decides
-        return replace(disk, signatures=signatures + (f"a partition table sfdisk cannot read "
-                                                      f"({exc.stderr_line})",), pttype=whole["PTTYPE"])
+        return replace(
+            disk,
+            signatures=(*signatures, f"a partition table sfdisk cannot read ({exc.stderr_line})"),
+            pttype=whole["PTTYPE"],
+        )
     data = json.loads(table.stdout)["partitiontable"] if table.stdout.strip() else {}
     sector = int(data.get("sectorsize", disk.sector_size))
     partitions = []
@@ -356,18 +392,29 @@ def _with_table(disk: DiskFacts, runner: Runner, host: HostView, reads: Reads) -
         if is_md:
             probe = _probe(runner, ("blkid", "-p", "-u", "filesystem", "-o", "export", *where), disk.given, reads)
             inner = _export(probe.stdout) if probe is not None and probe.ok else {}
-        partitions.append(Partition(
-            number=number, start=part["start"], size=part["size"],
-            type_guid=str(part.get("type", "")).upper(), guid=str(part.get("uuid", "")).lower(),
-            name=part.get("name", ""), fstype=found.get("TYPE", ""),
-            md_uuid=found.get("UUID", "") if is_md else "", md_name=found.get("LABEL", "") if is_md else "",
-            inner_fstype=inner.get("TYPE", ""), inner_uuid=inner.get("UUID", "")))
-    return replace(disk, pttype=data.get("label", whole.get("PTTYPE", "")), signatures=signatures,
-                   partitions=tuple(partitions))
+        partitions.append(
+            Partition(
+                number=number,
+                start=part["start"],
+                size=part["size"],
+                type_guid=str(part.get("type", "")).upper(),
+                guid=str(part.get("uuid", "")).lower(),
+                name=part.get("name", ""),
+                fstype=found.get("TYPE", ""),
+                md_uuid=found.get("UUID", "") if is_md else "",
+                md_name=found.get("LABEL", "") if is_md else "",
+                inner_fstype=inner.get("TYPE", ""),
+                inner_uuid=inner.get("UUID", ""),
+            )
+        )
+    return replace(
+        disk, pttype=data.get("label", whole.get("PTTYPE", "")), signatures=signatures, partitions=tuple(partitions)
+    )
 
 
-def _probe(runner: Runner, argv: tuple[str, ...], given: str, reads: Reads,
-           ok: tuple[int, ...] = (0, 2)) -> Result | None:
+def _probe(
+    runner: Runner, argv: tuple[str, ...], given: str, reads: Reads, ok: tuple[int, ...] = (0, 2)
+) -> Result | None:
     """blkid -p: exit 2 with nothing on stderr means "nothing found"; exit 2 WITH an error
     (permission denied, I/O error) means it could not look, which is not the same thing."""
     try:
@@ -436,7 +483,13 @@ def _array(device: str, host: HostView, runner: Runner, reads: Reads) -> ArrayFa
     except CommandFailed as exc:
         reads.cannot(f"the array {device}", exc.stderr_line)
         fs = {}
-    return ArrayFacts(device=device, uuid=info.get("MD_UUID", ""), level=info.get("MD_LEVEL", ""),
-                      metadata=info.get("MD_METADATA", ""), members=members,
-                      kernel_device=host.realpath(device),
-                      fstype=fs.get("TYPE", ""), fs_uuid=fs.get("UUID", ""))
+    return ArrayFacts(
+        device=device,
+        uuid=info.get("MD_UUID", ""),
+        level=info.get("MD_LEVEL", ""),
+        metadata=info.get("MD_METADATA", ""),
+        members=members,
+        kernel_device=host.realpath(device),
+        fstype=fs.get("TYPE", ""),
+        fs_uuid=fs.get("UUID", ""),
+    )

@@ -87,7 +87,7 @@ def split_block(text: str) -> tuple[str, str | None, str]:
     end = next((i for i in range(start + 1, len(lines)) if lines[i].rstrip("\n") == END), None)
     if end is None:
         raise ValueError(f"has {BEGIN!r} without {END!r}: repair the file by hand")
-    return "".join(lines[:start]), "".join(lines[start + 1:end]), "".join(lines[end + 1:])
+    return "".join(lines[:start]), "".join(lines[start + 1 : end]), "".join(lines[end + 1 :])
 
 
 def write_atomic(path: Path, content: str | bytes, mode: int = 0o644, preserve: bool = True) -> bool:

@@ -39,8 +39,9 @@ def holder(path: str | None = None) -> str | None:
 
 
 @contextlib.contextmanager
-def held(what: str, path: str | None = None, wait: float | None = None,
-         sleep=time.sleep, clock=time.monotonic) -> Iterator[None]:
+def held(
+    what: str, path: str | None = None, wait: float | None = None, sleep=time.sleep, clock=time.monotonic
+) -> Iterator[None]:
     """Hold the lock for ``what`` (the command line); wait up to ``wait`` seconds for it.
 
     :raises BadInput: another esp-mirror still holds it after ``wait`` seconds.
@@ -58,8 +59,10 @@ def held(what: str, path: str | None = None, wait: float | None = None,
             except BlockingIOError:
                 if clock() >= deadline:
                     who = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another esp-mirror"
-                    raise BadInput(f"another esp-mirror is running ({who}) and still holds {path} after "
-                                   f"{wait:g} s: let it finish, then run this again") from None
+                    raise BadInput(
+                        f"another esp-mirror is running ({who}) and still holds {path} after "
+                        f"{wait:g} s: let it finish, then run this again"
+                    ) from None
                 sleep(0.2)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}: {what}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)

@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from esp_mirror_plugin.system import files
 from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.system import files
 from esp_mirror_plugin.system.runner import which_in_root
 
 UNIT_DIRS = ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
@@ -81,5 +81,7 @@ def read_text(path: Path, shown: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise BadInput(f"{shown} is not UTF-8 text (byte {exc.start}): esp-mirror edits text files only; "
-                       "convert it (iconv -t UTF-8) and run again") from None
+        raise BadInput(
+            f"{shown} is not UTF-8 text (byte {exc.start}): esp-mirror edits text files only; "
+            "convert it (iconv -t UTF-8) and run again"
+        ) from None

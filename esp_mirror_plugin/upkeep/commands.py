@@ -37,7 +37,7 @@ class Planned:
 
     groups: list[Group]
     report: dict[str, Any] = field(default_factory=dict)  # for --json, besides the plan
-    before: Callable[[], list[str]] = lambda: []  # right before the first step; says what it did
+    before: Callable[[], list[str]] = list  # right before the first step; says what it did
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,9 @@ def scratch(prefix: str) -> Iterator[Path]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def compare_members(runner: Runner, state: MirrorState, workdir: Path
-                    ) -> tuple[dict[str, Path], list[compare.Difference]]:
+def compare_members(
+    runner: Runner, state: MirrorState, workdir: Path
+) -> tuple[dict[str, Path], list[compare.Difference]]:
     """Copy each usable member's files (read-only, with mtools) and list the differences."""
     array = plans.require_array(state)
     nodes = [m.node for m in array.members if m.usable]
@@ -87,8 +88,12 @@ def check(runner: Runner, host: HostView, state: MirrorState, progress: TextIO) 
     after = read_mirror(runner, state.record, host).array
     with scratch("check-") as workdir:
         _, diffs = compare_members(runner, state, workdir)
-    return CheckResult(after.mismatch_cnt if after else 0, diffs, [m.node for m in array.members if m.usable],
-                       time.monotonic() - started)
+    return CheckResult(
+        after.mismatch_cnt if after else 0,
+        diffs,
+        [m.node for m in array.members if m.usable],
+        time.monotonic() - started,
+    )
 
 
 def check_source_fat(runner: Runner, source: MemberState) -> None:
@@ -101,22 +106,34 @@ def check_source_fat(runner: Runner, source: MemberState) -> None:
         fsck = runner.run(("fsck.fat", "-n", source.node), ok=(0, 1))
     except CommandFailed as exc:
         why = (plans.fsck_problems(exc.result.stdout + exc.result.stderr) or [exc.stderr_line])[0]
-        raise BadInput(f"fsck.fat cannot check the source {source.node} ({why}): "
-                       "choose another --source, or repair it with fsck.fat first") from None
+        raise BadInput(
+            f"fsck.fat cannot check the source {source.node} ({why}): "
+            "choose another --source, or repair it with fsck.fat first"
+        ) from None
     damage = plans.fsck_problems(fsck.stdout + fsck.stderr) if fsck.returncode != 0 else []
     if damage:
-        raise BadInput(f"the FAT on the source {source.node} is damaged ({damage[0]}): "
-                       "choose another --source, or repair it with fsck.fat first")
+        raise BadInput(
+            f"the FAT on the source {source.node} is damaged ({damage[0]}): "
+            "choose another --source, or repair it with fsck.fat first"
+        )
 
 
-def plan_repair(runner: Runner, state: MirrorState, source: MemberState, copies: dict[str, Path],
-                diffs: list[compare.Difference], backup_dir: Path) -> Planned:
+def plan_repair(
+    runner: Runner,
+    state: MirrorState,
+    source: MemberState,
+    copies: dict[str, Path],
+    diffs: list[compare.Difference],
+    backup_dir: Path,
+) -> Planned:
     """Rebuild every other member from ``source``; keep their versions of differing files first."""
     check_source_fat(runner, source)
     notes = [f"source: {source.node} on {source.disk}; fsck.fat -n found no damage"]
     if diffs:
-        notes.append(f"before any change, the other members' versions of {len(diffs)} differing files "
-                     f"are kept in a tar under {backup_dir}")
+        notes.append(
+            f"before any change, the other members' versions of {len(diffs)} differing files "
+            f"are kept in a tar under {backup_dir}"
+        )
     backups: list[Path] = []
 
     def keep_backups() -> list[str]:
@@ -128,8 +145,9 @@ def plan_repair(runner: Runner, state: MirrorState, source: MemberState, copies:
     return Planned([Group("repair", plans.repair_steps(state, source), tuple(notes))], report, keep_backups)
 
 
-def member_facts(runner: Runner, host: HostView, state: MirrorState, more: tuple[str, ...] = ()
-                 ) -> dict[str, DiskFacts]:
+def member_facts(
+    runner: Runner, host: HostView, state: MirrorState, more: tuple[str, ...] = ()
+) -> dict[str, DiskFacts]:
     """DiskFacts of the members' disks (and ``more``), by the path they were given as."""
     array = plans.require_array(state)
     paths = tuple(dict.fromkeys([m.disk for m in array.members] + list(more)))
@@ -137,8 +155,9 @@ def member_facts(runner: Runner, host: HostView, state: MirrorState, more: tuple
     return {f.given: f for f in facts}
 
 
-def plan_new_member(runner: Runner, host: HostView, state: MirrorState, new: str, old: str | None,
-                    wipe: bool, command: str) -> Planned:
+def plan_new_member(
+    runner: Runner, host: HostView, state: MirrorState, new: str, old: str | None, wipe: bool, command: str
+) -> Planned:
     """replace (``old`` a member or "missing") or add (``old`` None): partition ``new`` like the
     others, add it, wait for the recovery, then its boot entry (and drop the old disk's)."""
     array = plans.require_array(state)
@@ -149,8 +168,10 @@ def plan_new_member(runner: Runner, host: HostView, state: MirrorState, new: str
     elif old is not None:
         old_member = array.member(old)
         if old_member is None:
-            raise BadInput(f"{old} is not a member of {array.device}: members are "
-                           f"{', '.join(m.disk for m in array.members)}; use --old missing for a disk that is gone")
+            raise BadInput(
+                f"{old} is not a member of {array.device}: members are "
+                f"{', '.join(m.disk for m in array.members)}; use --old missing for a disk that is gone"
+            )
     elif array.raid_disks >= MAX_DISKS:
         raise BadInput(f"{array.device} already has {MAX_DISKS} members, the most esp-mirror mirrors")
     facts = member_facts(runner, host, state, (new,))
@@ -167,8 +188,9 @@ def plan_new_member(runner: Runner, host: HostView, state: MirrorState, new: str
         groups.append(Group("entries", plans.entry_steps(state, members)))
     else:
         groups.append(Group("entries", (), ("no EFI variables: run `esp-mirror entries` on the booted system",)))
-    return Planned(groups, {"new": disk.path, "partition_guid": member.guid,
-                            "old": old_member.node if old_member else old})
+    return Planned(
+        groups, {"new": disk.path, "partition_guid": member.guid, "old": old_member.node if old_member else old}
+    )
 
 
 def plan_entries(runner: Runner, host: HostView, state: MirrorState) -> Planned:

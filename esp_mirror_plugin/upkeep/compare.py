@@ -32,9 +32,13 @@ class Difference:
     versions: dict[str, FileInfo | None]  # member node -> its version (None: missing there)
 
     def to_json(self) -> dict:
-        return {"path": self.path, "members": {
-            node: None if v is None else {"size": v.size, "mtime": v.mtime, "sha256": v.sha256}
-            for node, v in self.versions.items()}}
+        return {
+            "path": self.path,
+            "members": {
+                node: None if v is None else {"size": v.size, "mtime": v.mtime, "sha256": v.sha256}
+                for node, v in self.versions.items()
+            },
+        }
 
 
 def fresh_view(runner: Runner, node: str) -> None:
@@ -63,8 +67,9 @@ def copy_member(runner: Runner, node: str, dest: Path) -> dict[str, FileInfo]:
         for name in names:
             path = Path(base, name)
             data = path.read_bytes()
-            files[str(path.relative_to(dest))] = FileInfo(len(data), path.stat().st_mtime,
-                                                          hashlib.sha256(data).hexdigest())
+            files[str(path.relative_to(dest))] = FileInfo(
+                len(data), path.stat().st_mtime, hashlib.sha256(data).hexdigest()
+            )
     return files
 
 
@@ -80,8 +85,7 @@ def differences(trees: dict[str, dict[str, FileInfo]]) -> list[Difference]:
     return out
 
 
-def backup(copies: dict[str, Path], diffs: list[Difference], keep: set[str], directory: Path,
-           stamp: str) -> list[Path]:
+def backup(copies: dict[str, Path], diffs: list[Difference], keep: set[str], directory: Path, stamp: str) -> list[Path]:
     """Tar, per member not in ``keep``, its versions of the differing files. Returns the tar paths."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []

@@ -6,11 +6,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from esp_mirror_plugin.hooks import bootentries
-from esp_mirror_plugin.system.discovery import EFIVARS, HostView, Mount, Unreadable, blkid_export, md_detail, read_mounts
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.upkeep.record import Record
+from esp_mirror_plugin.hooks import bootentries
+from esp_mirror_plugin.system.discovery import (
+    EFIVARS,
+    HostView,
+    Mount,
+    Unreadable,
+    blkid_export,
+    md_detail,
+    read_mounts,
+)
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
+from esp_mirror_plugin.upkeep.record import Record
 
 EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 LOADER_VENDOR = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
@@ -88,18 +96,24 @@ class MirrorState:
     def problems(self) -> list[str]:
         """What is not healthy, one line each saying what to run; empty when all is well."""
         if self.array is None:
-            return [f"{self.record.array} is not running: assemble it (`mdadm --assemble --scan --run`)"
-                    ] if self.record else []
+            return (
+                [f"{self.record.array} is not running: assemble it (`mdadm --assemble --scan --run`)"]
+                if self.record
+                else []
+            )
         out = []
         a = self.array
         replace = "`esp-mirror replace --old missing --new DISK`"
         if a.degraded:
-            out.append(f"{a.device} is degraded: {a.degraded} of {a.raid_disks} members missing or failed; "
-                       f"put in a new disk and run {replace}")
+            out.append(
+                f"{a.device} is degraded: {a.degraded} of {a.raid_disks} members missing or failed; "
+                f"put in a new disk and run {replace}"
+            )
         for m in a.members:
             if not m.active and a.sync_action == "idle":
-                out.append(f"member {m.node} is {m.state}: replace it with "
-                           f"`esp-mirror replace --old {m.disk} --new DISK`")
+                out.append(
+                    f"member {m.node} is {m.state}: replace it with `esp-mirror replace --old {m.disk} --new DISK`"
+                )
         if a.sync_action != "idle":
             out.append(f"{a.device} is busy: {a.sync_action} {a.sync_completed}")
         if a.mismatch_cnt:
@@ -109,15 +123,18 @@ class MirrorState:
         if self.record and (self.mount is None):
             out.append(f"nothing is mounted at {self.record.mountpoint}: run `mount {self.record.mountpoint}`")
         if self.nvram_error:
-            out.append(f"the boot entries cannot be read (efibootmgr -v: {self.nvram_error}): "
-                       "check `efibootmgr -v` by hand")
+            out.append(
+                f"the boot entries cannot be read (efibootmgr -v: {self.nvram_error}): check `efibootmgr -v` by hand"
+            )
         if self.efivars:
             for e in self.entries:
                 if e.entry is None:
                     out.append(f"no boot entry for {e.member.disk} ({e.member.partuuid}): run `esp-mirror entries`")
                 elif e.file_exists is False:
-                    out.append(f"boot entry {e.entry.number} names {e.entry.loader}, which is not on the ESP: "
-                               "re-run `esp-mirror apply` to install the bootloader again")
+                    out.append(
+                        f"boot entry {e.entry.number} names {e.entry.loader}, which is not on the ESP: "
+                        "re-run `esp-mirror apply` to install the bootloader again"
+                    )
         return out
 
     def exit_code(self) -> int:
@@ -127,14 +144,14 @@ class MirrorState:
         return 1 if self.array is None or self.problems() else 0
 
 
-def read_mirror(runner: Runner, record: Record | None, host: HostView | None = None,
-                array_device: str = "/dev/md/esp") -> MirrorState:
+def read_mirror(
+    runner: Runner, record: Record | None, host: HostView | None = None, array_device: str = "/dev/md/esp"
+) -> MirrorState:
     host = host or HostView()
     device = record.array if record else array_device
     array = read_array(runner, host, device)
     mounts = read_mounts(host)
-    mount = next((m for m in reversed(mounts) if record and m.mountpoint == os.path.normpath(record.mountpoint)),
-                 None)
+    mount = next((m for m in reversed(mounts) if record and m.mountpoint == os.path.normpath(record.mountpoint)), None)
     members = {m.node for m in array.members} if array else set()
     mounted_members = tuple(m.device for m in mounts if m.device in members)
     efivars = bool(host.listdir(EFIVARS))
@@ -148,9 +165,16 @@ def read_mirror(runner: Runner, record: Record | None, host: HostView | None = N
     if array and record and boot is not None:
         entries = tuple(_entry_state(m, boot, mount, host) for m in array.members if m.usable)
     return MirrorState(
-        record=record, array=array, mount=mount, mounted_members=mounted_members, efivars=efivars,
-        boot=boot, nvram_error=nvram_error, entries=entries,
-        boot_current=_boot_current(host), loader_partuuid=_loader_partuuid(host),
+        record=record,
+        array=array,
+        mount=mount,
+        mounted_members=mounted_members,
+        efivars=efivars,
+        boot=boot,
+        nvram_error=nvram_error,
+        entries=entries,
+        boot_current=_boot_current(host),
+        loader_partuuid=_loader_partuuid(host),
     )
 
 
@@ -182,23 +206,37 @@ def _array_state(runner: Runner, host: HostView, device: str, info: dict[str, st
         slot = host.attr(f"{md}/{entry}/slot")
         disk = os.path.basename(os.path.dirname(host.realpath(f"/sys/class/block/{entry[4:]}")))
         part = blkid_export(runner, ("blkid", "-p", "-o", "export", node))
-        members.append(MemberState(node=node, disk=f"/dev/{disk}", slot=int(slot) if slot.isdigit() else None,
-                                   state=host.attr(f"{md}/{entry}/state"),
-                                   partuuid=part.get("PART_ENTRY_UUID", "").lower()))
+        members.append(
+            MemberState(
+                node=node,
+                disk=f"/dev/{disk}",
+                slot=int(slot) if slot.isdigit() else None,
+                state=host.attr(f"{md}/{entry}/state"),
+                partuuid=part.get("PART_ENTRY_UUID", "").lower(),
+            )
+        )
     members.sort(key=lambda m: (m.slot is None, m.slot if m.slot is not None else 0, m.node))
     number = lambda key: int(host.attr(f"{md}/{key}"))  # noqa: E731
     return ArrayState(
-        device=device, kernel_name=name, uuid=info.get("MD_UUID", ""), level=info.get("MD_LEVEL", ""),
-        metadata=info.get("MD_METADATA", ""), raid_disks=number("raid_disks"), degraded=number("degraded"),
-        array_state=host.attr(f"{md}/array_state"), sync_action=host.attr(f"{md}/sync_action"),
-        sync_completed=host.attr(f"{md}/sync_completed"), mismatch_cnt=number("mismatch_cnt"),
-        members=tuple(members))
+        device=device,
+        kernel_name=name,
+        uuid=info.get("MD_UUID", ""),
+        level=info.get("MD_LEVEL", ""),
+        metadata=info.get("MD_METADATA", ""),
+        raid_disks=number("raid_disks"),
+        degraded=number("degraded"),
+        array_state=host.attr(f"{md}/array_state"),
+        sync_action=host.attr(f"{md}/sync_action"),
+        sync_completed=host.attr(f"{md}/sync_completed"),
+        mismatch_cnt=number("mismatch_cnt"),
+        members=tuple(members),
+    )
 
 
-def _entry_state(member: MemberState, boot: bootentries.BootState, mount: Mount | None,
-                 host: HostView) -> EntryState:
-    entry = next((e for e in boot.entries
-                  if e.partuuid == member.partuuid and f" ({bootentries.TAG} " in e.label), None)
+def _entry_state(member: MemberState, boot: bootentries.BootState, mount: Mount | None, host: HostView) -> EntryState:
+    entry = next(
+        (e for e in boot.entries if e.partuuid == member.partuuid and f" ({bootentries.TAG} " in e.label), None
+    )
     exists = None
     if entry is not None and mount is not None:
         exists = host.exists(os.path.join(mount.mountpoint, *entry.loader.strip("\\").split("\\")))

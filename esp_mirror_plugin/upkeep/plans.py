@@ -9,29 +9,32 @@ from __future__ import annotations
 
 import re
 
-from esp_mirror_plugin.hooks import bootentries
-
-from esp_mirror_plugin.pipeline import naming as names
-
-from esp_mirror_plugin.hooks import partition
-from esp_mirror_plugin.system.discovery import DiskFacts
 from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.hooks import bootentries, partition
+from esp_mirror_plugin.pipeline import naming as names
 from esp_mirror_plugin.pipeline.layout import Member, check_disks, disk_tag, holds_data
-from esp_mirror_plugin.upkeep.mirror import ArrayState, MemberState, MirrorState
-from esp_mirror_plugin.upkeep.record import Record
 from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import Command, Step, WaitForSync
+from esp_mirror_plugin.system.discovery import DiskFacts
+from esp_mirror_plugin.upkeep.mirror import ArrayState, MemberState, MirrorState
+from esp_mirror_plugin.upkeep.record import Record
 
 # fsck.fat -n on a FAT that Linux has mounted (or that was not unmounted) reports the dirty bit
 # and the backup boot sector differing in that one byte (offset 65): not damage.
 _BENIGN_FSCK = (
-    re.compile(r"^fsck\.fat "), re.compile(r"^There are differences between boot sector and its backup"),
-    re.compile(r"^This is mostly harmless"), re.compile(r"^\s+65:0[01]/0[01]$"),
-    re.compile(r"^\s+Not automatically fixing this"), re.compile(r"^Dirty bit is set"),
-    re.compile(r"^\s*Automatically removing dirty bit"), re.compile(r"^Leaving filesystem unchanged"),
-    re.compile(r"^\S+: \d+ files, \d+/\d+ clusters$"), re.compile(r"^\s*$"),
+    re.compile(r"^fsck\.fat "),
+    re.compile(r"^There are differences between boot sector and its backup"),
+    re.compile(r"^This is mostly harmless"),
+    re.compile(r"^\s+65:0[01]/0[01]$"),
+    re.compile(r"^\s+Not automatically fixing this"),
+    re.compile(r"^Dirty bit is set"),
+    re.compile(r"^\s*Automatically removing dirty bit"),
+    re.compile(r"^Leaving filesystem unchanged"),
+    re.compile(r"^\S+: \d+ files, \d+/\d+ clusters$"),
+    re.compile(r"^\s*$"),
     # the free-cluster count in the FSInfo sector is a hint that firmware and Linux rarely update
-    re.compile(r"^Free cluster summary wrong \(\d+ vs\. really \d+\)$"), re.compile(r"^\s+Auto-correcting\.$"),
+    re.compile(r"^Free cluster summary wrong \(\d+ vs\. really \d+\)$"),
+    re.compile(r"^\s+Auto-correcting\.$"),
 )
 
 
@@ -42,19 +45,24 @@ def fsck_problems(output: str) -> list[str]:
 
 def require_array(state: MirrorState) -> ArrayState:
     if state.record is None:
-        raise BadInput("no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): "
-                       "run `esp-mirror apply` first")
+        raise BadInput(
+            "no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): run `esp-mirror apply` first"
+        )
     if state.array is None:
-        raise BadInput(f"{state.record.array} is not running: assemble it first "
-                       f"(mdadm --assemble --scan --run) or boot the installed system")
+        raise BadInput(
+            f"{state.record.array} is not running: assemble it first "
+            f"(mdadm --assemble --scan --run) or boot the installed system"
+        )
     return state.array
 
 
 def check_steps(array: ArrayState) -> tuple[Step, ...]:
     return (
         Command(("sync",), why="flush the page cache, so every member holds what the ESP holds"),
-        Command(("mdadm", "--misc", "--action=check", array.device),
-                why="md reads every member and counts sectors that differ (mismatch_cnt)"),
+        Command(
+            ("mdadm", "--misc", "--action=check", array.device),
+            why="md reads every member and counts sectors that differ (mismatch_cnt)",
+        ),
         WaitForSync(array.device, why="the check reads the whole ESP"),
     )
 
@@ -65,13 +73,16 @@ def source_member(state: MirrorState, source: str) -> MemberState:
     if source == "auto":
         member = state.booted_member
         if member is None:
-            raise BadInput("cannot tell which disk this boot came from (no LoaderDevicePartUUID, and "
-                           "BootCurrent is not an entry of ours): choose with --source DISK")
+            raise BadInput(
+                "cannot tell which disk this boot came from (no LoaderDevicePartUUID, and "
+                "BootCurrent is not an entry of ours): choose with --source DISK"
+            )
     else:
         member = array.member(source)
     if member is None:
-        raise BadInput(f"{source} is not a member of {array.device}: members are "
-                       f"{', '.join(m.disk for m in array.members)}")
+        raise BadInput(
+            f"{source} is not a member of {array.device}: members are {', '.join(m.disk for m in array.members)}"
+        )
     if not member.active:
         raise BadInput(f"{member.node} is {member.state}, not an in-sync member: it cannot be the source")
     return member
@@ -83,19 +94,32 @@ def repair_steps(state: MirrorState, source: MemberState) -> tuple[Step, ...]:
     others = [m for m in array.members if m.node != source.node]
     steps: list[Step] = []
     if state.mount is not None:
-        steps.append(Command(("umount", state.mount.mountpoint),
-                             why="nothing may write to the ESP while members are rebuilt"))
+        steps.append(
+            Command(("umount", state.mount.mountpoint), why="nothing may write to the ESP while members are rebuilt")
+        )
     for m in others:
-        steps.append(Command(("mdadm", array.device, "--fail", m.node, "--remove", m.node),
-                             why=f"take {m.node} out; {source.node} is the only copy left"))
-        steps.append(Command(("mdadm", "--zero-superblock", m.node),
-                             why=f"{m.node} comes back as a new member: a full copy, no bitmap shortcut"))
+        steps.append(
+            Command(
+                ("mdadm", array.device, "--fail", m.node, "--remove", m.node),
+                why=f"take {m.node} out; {source.node} is the only copy left",
+            )
+        )
+        steps.append(
+            Command(
+                ("mdadm", "--zero-superblock", m.node),
+                why=f"{m.node} comes back as a new member: a full copy, no bitmap shortcut",
+            )
+        )
     for m in others:
         steps.append(Command(("mdadm", array.device, "--add", m.node), why=f"{m.node} is rebuilt from {source.node}"))
     steps.append(WaitForSync(array.device, clean=True, why="the recovery copies the whole source member"))
     if state.mount is not None:
-        steps.append(Command(("mount", "-t", "vfat", "-o", "umask=0077", array.device, state.mount.mountpoint),
-                             why="the ESP back in place"))
+        steps.append(
+            Command(
+                ("mount", "-t", "vfat", "-o", "umask=0077", array.device, state.mount.mountpoint),
+                why="the ESP back in place",
+            )
+        )
     return tuple(steps)
 
 
@@ -107,36 +131,60 @@ def new_disk_checks(disk: DiskFacts, array: ArrayState, record: Record, sector: 
     if array.member(disk.path) is not None:
         raise BadInput(f"{disk.given} is already a member of {array.device}")
     if disk.sector_size != sector:
-        raise BadInput(f"{disk.given} has {disk.sector_size}-byte sectors, the members {sector}: "
-                       "a RAID1 ESP needs one sector size; use a matching disk")
+        raise BadInput(
+            f"{disk.given} has {disk.sector_size}-byte sectors, the members {sector}: "
+            "a RAID1 ESP needs one sector size; use a matching disk"
+        )
     if record.esp_start + record.esp_size + 34 * 4096 > disk.size:
-        raise BadInput(f"{disk.given} ({disk.size >> 20} MiB) is too small for the "
-                       f"{record.esp_size >> 20} MiB ESP")
+        raise BadInput(f"{disk.given} ({disk.size >> 20} MiB) is too small for the {record.esp_size >> 20} MiB ESP")
     if holds_data(disk) and not wipe:
-        raise BadInput(f"disk {disk.given} already has a partition table or data "
-                       f"({disk.pttype or ', '.join(disk.signatures)}): esp-mirror never wipes silently; "
-                       "pass --wipe to erase it")
+        raise BadInput(
+            f"disk {disk.given} already has a partition table or data "
+            f"({disk.pttype or ', '.join(disk.signatures)}): esp-mirror never wipes silently; "
+            "pass --wipe to erase it"
+        )
 
 
-def member_steps(state: MirrorState, disk: DiskFacts, sector: int, wipe: bool, *, old: MemberState | None,
-                 grow: bool) -> tuple[tuple[Step, ...], Member]:
+def member_steps(
+    state: MirrorState, disk: DiskFacts, sector: int, wipe: bool, *, old: MemberState | None, grow: bool
+) -> tuple[tuple[Step, ...], Member]:
     """Partition ``disk`` like the others and add it to the array (replacing ``old``, or growing)."""
     array, record = require_array(state), state.record
-    new = Member(disk=disk, device=disk.path, node=names.partition_node(disk.path, 1),
-                 guid=names.partition_guid(disk.identity), exists=False, wipe=wipe, loop_var=None)
+    new = Member(
+        disk=disk,
+        device=disk.path,
+        node=names.partition_node(disk.path, 1),
+        guid=names.partition_guid(disk.identity),
+        exists=False,
+        wipe=wipe,
+        loop_var=None,
+    )
     first = record.esp_start // sector
     last = first + record.esp_size // sector - 1
     steps: list[Step] = []
     if old is not None:
-        steps.append(Command(("mdadm", array.device, "--fail", old.node, "--remove", old.node),
-                             why=f"take the old member {old.node} out of the array"))
-        steps.append(Command(("mdadm", "--zero-superblock", old.node), cleanup=True,
-                             why="the old disk must never be assembled again (a dead disk may refuse: fine)"))
+        steps.append(
+            Command(
+                ("mdadm", array.device, "--fail", old.node, "--remove", old.node),
+                why=f"take the old member {old.node} out of the array",
+            )
+        )
+        steps.append(
+            Command(
+                ("mdadm", "--zero-superblock", old.node),
+                cleanup=True,
+                why="the old disk must never be assembled again (a dead disk may refuse: fine)",
+            )
+        )
     steps += partition.steps([new], first, last)
     steps.append(Command(("mdadm", array.device, "--add", new.node), why=f"{new.node} joins the mirror"))
     if grow:
-        steps.append(Command(("mdadm", "--grow", array.device, f"--raid-devices={array.raid_disks + 1}"),
-                             why="one more active member: the new one is rebuilt"))
+        steps.append(
+            Command(
+                ("mdadm", "--grow", array.device, f"--raid-devices={array.raid_disks + 1}"),
+                why="one more active member: the new one is rebuilt",
+            )
+        )
     steps.append(WaitForSync(array.device, clean=True, why=f"recovery copies the ESP onto {new.node}"))
     return tuple(steps), new
 
@@ -144,16 +192,26 @@ def member_steps(state: MirrorState, disk: DiskFacts, sector: int, wipe: bool, *
 def entry_steps(state: MirrorState, members: list[bootentries.Member]) -> tuple[Step, ...]:
     """One entry of ours per member, ours first in BootOrder, stale ones of ours removed."""
     if not state.efivars or state.boot is None:
-        raise BadInput("no EFI variables here (/sys/firmware/efi/efivars is empty): boot entries can only be "
-                       "made on a system booted through UEFI")
+        raise BadInput(
+            "no EFI variables here (/sys/firmware/efi/efivars is empty): boot entries can only be "
+            "made on a system booted through UEFI"
+        )
     record = state.record
     return bootentries.plan(state.boot, members, record.entry_label, record.loader)
 
 
-def entry_members(array: ArrayState, facts: dict[str, DiskFacts], *, without: str | None = None,
-                  extra: tuple[bootentries.Member, ...] = ()) -> list[bootentries.Member]:
+def entry_members(
+    array: ArrayState,
+    facts: dict[str, DiskFacts],
+    *,
+    without: str | None = None,
+    extra: tuple[bootentries.Member, ...] = (),
+) -> list[bootentries.Member]:
     """Boot-entry members: the array's usable members in slot order (minus ``without``), then
     ``extra``; each named as apply named it (``facts`` maps a disk path to its DiskFacts)."""
-    out = [bootentries.Member(disk=m.disk, tag=disk_tag(facts[m.disk]), part=1, partuuid=m.partuuid)
-           for m in array.members if m.usable and m.node != without]
+    out = [
+        bootentries.Member(disk=m.disk, tag=disk_tag(facts[m.disk]), part=1, partuuid=m.partuuid)
+        for m in array.members
+        if m.usable and m.node != without
+    ]
     return out + list(extra)

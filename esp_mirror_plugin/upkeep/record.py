@@ -24,9 +24,11 @@ class Record:
     esp_size: int  # bytes
 
     def render(self) -> str:
-        return ("# Written by esp-mirror apply: what it set up. The upkeep commands (status, check,\n"
-                "# repair, replace, add, entries) read it; re-running apply rewrites it.\n"
-                + yaml.safe_dump(asdict(self), sort_keys=False))
+        return (
+            "# Written by esp-mirror apply: what it set up. The upkeep commands (status, check,\n"
+            "# repair, replace, add, entries) read it; re-running apply rewrites it.\n"
+            + yaml.safe_dump(asdict(self), sort_keys=False)
+        )
 
 
 def path_in(root: str) -> str:
@@ -42,10 +44,13 @@ def load(root: str = "/") -> Record | None:
     except FileNotFoundError:
         return None
     except (OSError, yaml.YAMLError) as exc:
-        raise BadInput(f"{path} cannot be read ({' '.join(str(exc).split())}): "
-                       "run `esp-mirror apply` again to rewrite it") from None
+        raise BadInput(
+            f"{path} cannot be read ({' '.join(str(exc).split())}): run `esp-mirror apply` again to rewrite it"
+        ) from None
     names = {f.name for f in fields(Record)}
     if not isinstance(data, dict) or set(data) != names:
-        raise BadInput(f"{path} is not an esp-mirror record (keys {', '.join(sorted(names))}): "
-                       "run `esp-mirror apply` again to rewrite it")
+        raise BadInput(
+            f"{path} is not an esp-mirror record (keys {', '.join(sorted(names))}): "
+            "run `esp-mirror apply` again to rewrite it"
+        )
     return Record(**data)

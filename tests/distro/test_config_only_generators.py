@@ -45,8 +45,7 @@ READ_MKINITFS = 'set -e; . "$1/etc/mkinitfs/mkinitfs.conf"; printf "%s\\n" "$fea
 
 def _apply_initramfs_config(profile: str, target: Path, workdir: Path) -> None:
     """esp-mirror's initramfs_config hook, applied as an installer would (settings only)."""
-    install = prepare_on_images(profile, target, workdir, initramfs=InitramfsMode.CONFIGURE_ONLY,
-                                foreign=True)
+    install = prepare_on_images(profile, target, workdir, initramfs=InitramfsMode.CONFIGURE_ONLY, foreign=True)
     install.initramfs_config()
 
 
@@ -60,8 +59,13 @@ def _arch_target(tmp_path: Path, hooks: str, dropins: dict[str, str] | None = No
 
 
 def _hooks(target: Path) -> list[str]:
-    out = subprocess.run(["bash", "-c", READ_MKINITCPIO, "bash", str(target)], capture_output=True,
-                         text=True, check=True, env={"PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        ["bash", "-c", READ_MKINITCPIO, "bash", str(target)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     return out.stdout.split()
 
 
@@ -81,12 +85,16 @@ def test_arch_dropin_puts_mdadm_udev_between_block_and_filesystems(tmp_path: Pat
     assert [h for h in hooks if h != "mdadm_udev"] == stock.split()  # every other hook kept, in order
 
 
-@pytest.mark.parametrize("existing", [
-    "base udev autodetect modconf block mdadm_udev filesystems fsck",  # already right
-    "base udev autodetect modconf block filesystems mdadm_udev fsck",  # after filesystems: too late
-    "base udev autodetect modconf block mdadm filesystems fsck",  # the alias removed in v38
-    "base udev mdadm_udev autodetect modconf block mdadm_udev filesystems fsck",  # twice
-], ids=["already-there", "misplaced", "old-mdadm-alias", "twice"])
+@pytest.mark.parametrize(
+    "existing",
+    [
+        "base udev autodetect modconf block mdadm_udev filesystems fsck",  # already right
+        "base udev autodetect modconf block filesystems mdadm_udev fsck",  # after filesystems: too late
+        "base udev autodetect modconf block mdadm filesystems fsck",  # the alias removed in v38
+        "base udev mdadm_udev autodetect modconf block mdadm_udev filesystems fsck",  # twice
+    ],
+    ids=["already-there", "misplaced", "old-mdadm-alias", "twice"],
+)
 def test_arch_dropin_leaves_mdadm_udev_once_whatever_the_main_file_had(tmp_path: Path, existing: str) -> None:
     target = _arch_target(tmp_path, existing)
     _apply_initramfs_config("arch", target, tmp_path)
@@ -99,7 +107,9 @@ def test_arch_dropin_comes_after_earlier_dropins_and_keeps_their_hooks(tmp_path:
     target = _arch_target(tmp_path, STOCK_UDEV, {"50-encrypt.conf": earlier})
     _apply_initramfs_config("arch", target, tmp_path)
     assert sorted(p.name for p in (target / "etc/mkinitcpio.conf.d").glob("*.conf")) == [
-        "50-encrypt.conf", "90-esp-mirror.conf"]
+        "50-encrypt.conf",
+        "90-esp-mirror.conf",
+    ]
     hooks = _hooks(target)
     _assert_mdadm_udev_placed(hooks)
     assert "sd-encrypt" in hooks and hooks.index("sd-encrypt") < hooks.index("mdadm_udev")
@@ -124,18 +134,23 @@ def _sh() -> list[str]:
     return [busybox, "sh"] if busybox else ["sh"]
 
 
-@pytest.mark.parametrize("stock", [
-    'features="ata base ide scsi usb virtio ext4"',  # aports' default: no raid
-    'features="ata base cdrom ext4 keymap kms mmc nvme raid scsi usb virtio"',  # raid already there
-], ids=["without-raid", "with-raid"])
+@pytest.mark.parametrize(
+    "stock",
+    [
+        'features="ata base ide scsi usb virtio ext4"',  # aports' default: no raid
+        'features="ata base cdrom ext4 keymap kms mmc nvme raid scsi usb virtio"',  # raid already there
+    ],
+    ids=["without-raid", "with-raid"],
+)
 def test_alpine_features_contain_raid_exactly_once(tmp_path: Path, stock: str) -> None:
     target = tmp_path / "target"
     (target / "etc/mkinitfs").mkdir(parents=True)
     (target / "etc/mkinitfs/mkinitfs.conf").write_text(stock + "\n")
     for _ in range(2):  # the second apply must not add it again
         _apply_initramfs_config("alpine", target, tmp_path)
-        out = subprocess.run([*_sh(), "-c", READ_MKINITFS, "sh", str(target)], capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run(
+            [*_sh(), "-c", READ_MKINITFS, "sh", str(target)], capture_output=True, text=True, check=True
+        )
         features = out.stdout.split()
         assert features.count("raid") == 1, features
         assert [f for f in features if f != "raid"] == [f for f in stock.split('"')[1].split() if f != "raid"]

@@ -40,8 +40,9 @@ def _esp(target: Path) -> Iterator[Path]:
 def systemd_boot(initramfs_tools_root: Root, tmp_path: Path):
     """The debian profile with --bootloader systemd-boot, applied to the Debian 12 root."""
     with writable_view(initramfs_tools_root, tmp_path / "view") as target, chroot_mounts(target):
-        install = prepare_on_images("debian", target, tmp_path, initramfs=InitramfsMode.SKIP,
-                                    bootloader=BootloaderKind.SYSTEMD_BOOT)
+        install = prepare_on_images(
+            "debian", target, tmp_path, initramfs=InitramfsMode.SKIP, bootloader=BootloaderKind.SYSTEMD_BOOT
+        )
         with _esp(target) as esp:
             install.bootloader()
             yield target, esp, install
@@ -76,16 +77,22 @@ def unified_kernel_image() -> Path:
     return build_payload(assets, assets.cache_dir / "payload" / "espvm-payload.efi")
 
 
-@pytest.mark.parametrize(("kind", "paths"), [
-    (BootloaderKind.EFI, ("EFI/debian/espvm-payload.efi", "EFI/BOOT/BOOTX64.EFI")),
-    (BootloaderKind.ZFSBOOTMENU, ("EFI/ZBM/VMLINUZ.EFI", "EFI/ZBM/VMLINUZ-BACKUP.EFI", "EFI/BOOT/BOOTX64.EFI")),
-], ids=["efi", "zfsbootmenu"])
+@pytest.mark.parametrize(
+    ("kind", "paths"),
+    [
+        (BootloaderKind.EFI, ("EFI/debian/espvm-payload.efi", "EFI/BOOT/BOOTX64.EFI")),
+        (BootloaderKind.ZFSBOOTMENU, ("EFI/ZBM/VMLINUZ.EFI", "EFI/ZBM/VMLINUZ-BACKUP.EFI", "EFI/BOOT/BOOTX64.EFI")),
+    ],
+    ids=["efi", "zfsbootmenu"],
+)
 def test_an_efi_image_given_by_path_lands_at_its_paths_and_the_fallback(
-        kind: BootloaderKind, paths: tuple[str, ...], unified_kernel_image: Path, tmp_path: Path) -> None:
+    kind: BootloaderKind, paths: tuple[str, ...], unified_kernel_image: Path, tmp_path: Path
+) -> None:
     target = tmp_path / "target"
     (target / "etc").mkdir(parents=True)
-    install = prepare_on_images("debian", target, tmp_path, initramfs=InitramfsMode.SKIP, bootloader=kind,
-                                efi_image=unified_kernel_image)
+    install = prepare_on_images(
+        "debian", target, tmp_path, initramfs=InitramfsMode.SKIP, bootloader=kind, efi_image=unified_kernel_image
+    )
     with _esp(target) as esp:
         install.bootloader()
         found = sorted(str(p.relative_to(esp)) for p in esp.rglob("*") if p.is_file())

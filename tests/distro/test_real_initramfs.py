@@ -47,8 +47,13 @@ done
 
 
 def _chroot(target: Path, *argv: str) -> str:
-    out = subprocess.run(["chroot", str(target), *argv], capture_output=True, text=True, check=False,
-                         env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
+    out = subprocess.run(
+        ["chroot", str(target), *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+    )
     assert out.returncode == 0, f"chroot {target} {' '.join(argv)} exited {out.returncode}:\n{out.stderr}"
     return out.stdout
 
@@ -66,8 +71,11 @@ def _lsinitrd(listing: str) -> tuple[list[str], list[str]]:
 def _cmdline_files(target: Path, image: str) -> dict[str, str]:
     """The command line files baked into a dracut image (etc/cmdline.d/*.conf), with their text."""
     _, paths = _lsinitrd(_chroot(target, "lsinitrd", image))
-    return {p: _chroot(target, "lsinitrd", "-f", p, image) for p in paths
-            if p.startswith("etc/cmdline.d/") and p.endswith(".conf")}
+    return {
+        p: _chroot(target, "lsinitrd", "-f", p, image)
+        for p in paths
+        if p.startswith("etc/cmdline.d/") and p.endswith(".conf")
+    }
 
 
 def _run_initramfs_config(install: HostInstall) -> None:
@@ -83,8 +91,9 @@ def _esp_array_line(install: HostInstall, text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("ARRAY ") and f"UUID={uuid}" in line]
 
 
-def test_debian_initramfs_tools_image_carries_the_esp_array(initramfs_tools_root: Root, tmp_path: Path,
-                                                             request: pytest.FixtureRequest) -> None:
+def test_debian_initramfs_tools_image_carries_the_esp_array(
+    initramfs_tools_root: Root, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     root = initramfs_tools_root
     with writable_view(root, tmp_path / "view") as target, chroot_mounts(target):
         # MODULES=dep needs the root's block device; a chroot on a directory has none
@@ -95,8 +104,9 @@ def test_debian_initramfs_tools_image_carries_the_esp_array(initramfs_tools_root
         install = prepare_on_images("debian", target, tmp_path)
         _run_initramfs_config(install)
         assert image.stat().st_mtime_ns != before, "update-initramfs left the image as it was"
-        measurements(request.config).record("regeneration", "debian: update-initramfs -u -k all",
-                                            install.runner.seconds, "host chroot, MODULES=most")
+        measurements(request.config).record(
+            "regeneration", "debian: update-initramfs -u -k all", install.runner.seconds, "host chroot, MODULES=most"
+        )
 
         conf = (target / "etc/mdadm/mdadm.conf").read_text()
         assert len(_esp_array_line(install, conf)) == 1, conf
@@ -111,7 +121,8 @@ def test_debian_initramfs_tools_image_carries_the_esp_array(initramfs_tools_root
 
 @pytest.mark.parametrize("profile", sorted(DIST_DRACUT_CONF))
 def test_dracut_image_carries_mdraid_and_the_esp_array_but_no_rd_md_uuid(
-        profile: str, dracut_root: Root, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    profile: str, dracut_root: Root, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     root = dracut_root
     with writable_view(root, tmp_path / "view") as target, chroot_mounts(target):
         base = DIST_DRACUT_CONF[profile]
@@ -128,8 +139,9 @@ def test_dracut_image_carries_mdraid_and_the_esp_array_but_no_rd_md_uuid(
         _run_initramfs_config(install)
         assert image.exists() and image.stat().st_mtime_ns != before, f"{image} was not rebuilt"
         argv = " ".join(install.ctx.profile.initramfs.regenerate)
-        measurements(request.config).record("regeneration", f"{profile}: {argv}", install.runner.seconds,
-                                            "host chroot, Debian's dracut 059")
+        measurements(request.config).record(
+            "regeneration", f"{profile}: {argv}", install.runner.seconds, "host chroot, Debian's dracut 059"
+        )
 
         dropin = (target / "etc/dracut.conf.d/90-esp-mirror.conf").read_text()
         assert 'hostonly_cmdline="no"' in dropin and 'add_dracutmodules+=" mdraid "' in dropin

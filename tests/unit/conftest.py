@@ -29,21 +29,16 @@ from pathlib import Path
 import pytest
 
 from esp_mirror_plugin import cli
-
 from esp_mirror_plugin.cli import install as cli_install
 from esp_mirror_plugin.cli import upkeep as cli_upkeep
-from esp_mirror_plugin.upkeep import commands as upkeep_commands
-
 from esp_mirror_plugin.pipeline import naming as names
-
-from esp_mirror_plugin.system import lock
-
-from esp_mirror_plugin.upkeep import record as records
-from esp_mirror_plugin.system.discovery import HostView
-from esp_mirror_plugin.upkeep.record import Record
 from esp_mirror_plugin.pipeline.request import Request
-from esp_mirror_plugin.system.runner import RecordingRunner, Result, ShRunner, UnexpectedCommand, full_argv
 from esp_mirror_plugin.pipeline.steps import Command, Group
+from esp_mirror_plugin.system import lock
+from esp_mirror_plugin.system.discovery import HostView
+from esp_mirror_plugin.system.runner import RecordingRunner, Result, ShRunner, UnexpectedCommand, full_argv
+from esp_mirror_plugin.upkeep import commands as upkeep_commands
+from esp_mirror_plugin.upkeep.record import Record
 
 DATA = Path(__file__).parent / "data"
 MIB = 1024 * 1024
@@ -60,8 +55,7 @@ USER_FSTAB = (
 )
 # What the target's mdadm.conf looks like right after `apt-get install mdadm` (mkconf, no arrays).
 USER_MDADM_CONF = (
-    "# mdadm.conf\n#\n# !NB! Run update-initramfs -u after updating this file.\n"
-    "HOMEHOST <system>\nMAILADDR root\n"
+    "# mdadm.conf\n#\n# !NB! Run update-initramfs -u after updating this file.\nHOMEHOST <system>\nMAILADDR root\n"
 )
 
 
@@ -159,7 +153,8 @@ class FakeDisk:
         data/captured/blkid-p-*-disk.txt): PTUUID and PTTYPE when there is a partition table, then
         any other signature given in ``whole``; nothing at all on a blank disk."""
         assert self.whole.get("PTTYPE", self.pttype) == self.pttype, (
-            f"fake {self.path}: whole says PTTYPE={self.whole['PTTYPE']} but the table is {self.pttype!r}")
+            f"fake {self.path}: whole says PTTYPE={self.whole['PTTYPE']} but the table is {self.pttype!r}"
+        )
         table = {"PTUUID": self.ptuuid, "PTTYPE": self.pttype} if self.pttype else {}
         return {**table, **self.whole}
 
@@ -210,13 +205,23 @@ class Machine:
     def _sys(self, name: str) -> Path:
         return self.sysroot / "sys/class/block" / name
 
-    def add_disk(self, name: str, *, size: int = 20 * GIB, sector: int = 512, serial: str | None = None,
-                 pttype: str = "", whole: dict[str, str] | None = None, wwid: str | None = None,
-                 backing_file: str | None = None) -> FakeDisk:
+    def add_disk(
+        self,
+        name: str,
+        *,
+        size: int = 20 * GIB,
+        sector: int = 512,
+        serial: str | None = None,
+        pttype: str = "",
+        whole: dict[str, str] | None = None,
+        wwid: str | None = None,
+        backing_file: str | None = None,
+    ) -> FakeDisk:
         """A whole disk /dev/NAME with the sysfs attributes discovery reads."""
         major = 259 if name.startswith("nvme") else 179 if name.startswith("mmcblk") else 8
-        disk = FakeDisk(name, f"/dev/{name}", sector, size, self._majmin(major, 16 if major == 8 else 1),
-                        pttype, dict(whole or {}))
+        disk = FakeDisk(
+            name, f"/dev/{name}", sector, size, self._majmin(major, 16 if major == 8 else 1), pttype, dict(whole or {})
+        )
         sysdir = self._sys(name)
         (sysdir / "queue").mkdir(parents=True)
         (sysdir / "holders").mkdir()
@@ -236,8 +241,9 @@ class Machine:
         self.disks[disk.path] = disk
         return disk
 
-    def add_image(self, name: str, *, size: int = 2 * GIB, pttype: str = "",
-                  whole: dict[str, str] | None = None) -> FakeDisk:
+    def add_image(
+        self, name: str, *, size: int = 2 * GIB, pttype: str = "", whole: dict[str, str] | None = None
+    ) -> FakeDisk:
         """A disk image file (a sparse regular file) at /images/NAME."""
         path = self.sysroot / "images" / name
         path.parent.mkdir(exist_ok=True)
@@ -247,14 +253,26 @@ class Machine:
         self.disks[disk.path] = disk
         return disk
 
-    def add_partition(self, disk: FakeDisk, number: int, start: int, size: int, *, type_guid: str = LINUX_TYPE,
-                      uuid: str | None = None, name: str = "", probe: dict[str, str] | None = None,
-                      inner: dict[str, str] | None = None, holders: tuple[str, ...] = ()) -> str:
+    def add_partition(
+        self,
+        disk: FakeDisk,
+        number: int,
+        start: int,
+        size: int,
+        *,
+        type_guid: str = LINUX_TYPE,
+        uuid: str | None = None,
+        name: str = "",
+        probe: dict[str, str] | None = None,
+        inner: dict[str, str] | None = None,
+        holders: tuple[str, ...] = (),
+    ) -> str:
         """Partition NUMBER of DISK (in its table, sysfs and /dev); returns its /dev node."""
         disk.pttype = disk.pttype or "gpt"
         uuid = uuid or str(_uuid.uuid5(_uuid.NAMESPACE_URL, f"test-partition:{disk.name}:{number}"))
-        disk.partitions.append(FakePartition(number, start, size, type_guid, uuid.upper(), name,
-                                             dict(probe or {}), dict(inner or {})))
+        disk.partitions.append(
+            FakePartition(number, start, size, type_guid, uuid.upper(), name, dict(probe or {}), dict(inner or {}))
+        )
         if disk.majmin:
             node = disk.node(number)
             pname = os.path.basename(node)
@@ -310,14 +328,28 @@ class Machine:
             var.unlink()
         self.efibootmgr = efibootmgr
 
-    def add_array(self, device: str, kernel_name: str, *, uuid: str, members: tuple[str, ...],
-                  fs: dict[str, str] | None = None, level: str = "raid1") -> None:
+    def add_array(
+        self,
+        device: str,
+        kernel_name: str,
+        *,
+        uuid: str,
+        members: tuple[str, ...],
+        fs: dict[str, str] | None = None,
+        level: str = "raid1",
+    ) -> None:
         """A running md array: /dev/md/NAME -> ../mdN, with mdadm --detail --export and blkid answers."""
         kernel = f"/dev/{kernel_name}"
         (self.sysroot / kernel.lstrip("/")).touch()
         self.link(device, kernel)
-        detail = [f"MD_LEVEL={level}", f"MD_DEVICES={len(members)}", "MD_METADATA=1.0", f"MD_UUID={uuid}",
-                  f"MD_DEVNAME={os.path.basename(device)}", f"MD_NAME=any:{os.path.basename(device)}"]
+        detail = [
+            f"MD_LEVEL={level}",
+            f"MD_DEVICES={len(members)}",
+            "MD_METADATA=1.0",
+            f"MD_UUID={uuid}",
+            f"MD_DEVNAME={os.path.basename(device)}",
+            f"MD_NAME=any:{os.path.basename(device)}",
+        ]
         for role, member in enumerate(members):
             key = member.replace("/", "_")
             detail += [f"MD_DEVICE{key}_ROLE={role}", f"MD_DEVICE{key}_DEV={member}"]
@@ -339,7 +371,7 @@ class Machine:
 
     def _fail(self, argv: tuple[str, ...]) -> Result | None:
         for prefix, (returncode, stderr) in self.failures.items():
-            if argv[:len(prefix)] == prefix:
+            if argv[: len(prefix)] == prefix:
                 return Result(argv, returncode, "", stderr)
         return None
 
@@ -396,9 +428,16 @@ class Machine:
                 entry["type"] = "83"
             parts.append(entry)
         table_id = disk.ptuuid.upper() if disk.pttype == "gpt" else f"0x{disk.ptuuid}"
-        table = {"label": disk.pttype, "id": table_id, "device": disk.path,
-                 "unit": "sectors", "firstlba": 34, "lastlba": disk.size // disk.sector - 34,
-                 "sectorsize": disk.sector, "partitions": parts}
+        table = {
+            "label": disk.pttype,
+            "id": table_id,
+            "device": disk.path,
+            "unit": "sectors",
+            "firstlba": 34,
+            "lastlba": disk.size // disk.sector - 34,
+            "sectorsize": disk.sector,
+            "partitions": parts,
+        }
         return Result(argv, 0, json.dumps({"partitiontable": table}, indent=3) + "\n")
 
     # -- looking at the outcome ----------------------------------------------------------------
@@ -423,8 +462,9 @@ class Machine:
         """Run ``esp-mirror ARGV`` against this machine; a RecordingRunner is given, so no root check."""
         out, err = io.StringIO(), io.StringIO()
         before = len(self.runner.calls)
-        code = cli.main(list(argv), out=out, err=err, runner=self.runner, host_view=self.host,
-                        stdin=stdin or io.StringIO())
+        code = cli.main(
+            list(argv), out=out, err=err, runner=self.runner, host_view=self.host, stdin=stdin or io.StringIO()
+        )
         return Outcome(code, out.getvalue(), err.getvalue(), self.runner.calls[before:])
 
     def normalize(self, text: str) -> str:
@@ -462,7 +502,7 @@ class Outcome:
         """The error message without the program prefix; asserts it is exactly one line."""
         assert self.err.endswith("\n") and self.err.count("\n") == 1, f"not one line: {self.err!r}"
         assert self.err.startswith("esp-mirror: error: "), self.err
-        return self.err[len("esp-mirror: error: "):].rstrip("\n")
+        return self.err[len("esp-mirror: error: ") :].rstrip("\n")
 
 
 # -- what counts as looking, not changing ----------------------------------------------------
@@ -491,19 +531,27 @@ def commands(groups: list[Group], group: str | None = None) -> list[tuple[str, .
     out = []
     for g in groups:
         if group is None or g.name == group:
-            out += [tuple(a if isinstance(a, str) else a.render() for a in full_argv(s.argv, s.root))
-                    for s in g.steps if isinstance(s, Command)]
+            out += [
+                tuple(a if isinstance(a, str) else a.render() for a in full_argv(s.argv, s.root))
+                for s in g.steps
+                if isinstance(s, Command)
+            ]
     return out
 
 
 def json_commands(plan: dict, group: str | None = None) -> list[tuple[str, ...]]:
     """Like :func:`commands`, from ``plan --json`` output."""
-    return [tuple(s["argv"]) for g in plan["groups"] if group is None or g["name"] == group
-            for s in g["steps"] if s["kind"] == "command"]
+    return [
+        tuple(s["argv"])
+        for g in plan["groups"]
+        if group is None or g["name"] == group
+        for s in g["steps"]
+        if s["kind"] == "command"
+    ]
 
 
 def starting(cmds: list[tuple[str, ...]], *prefix: str) -> list[tuple[str, ...]]:
-    return [c for c in cmds if c[:len(prefix)] == prefix]
+    return [c for c in cmds if c[: len(prefix)] == prefix]
 
 
 def bootorder_after(order: tuple[str, ...], cmds: list[tuple[str, ...]]) -> tuple[str, ...]:
@@ -585,8 +633,11 @@ EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 LOADER_VENDOR = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 UIAPP = "FvVol(7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1)/FvFile(462caa21-7614-4503-836e-8ab6f4662331)"
 SHELL = "FvVol(7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1)/FvFile(7c04a583-9e3e-4f1c-ad65-e05268d0b4d1)"
-ESP_FILES = {"EFI/BOOT/BOOTX64.EFI": b"MZ grub (removable path)\n", "EFI/debian/grubx64.efi": b"MZ grub\n",
-             "EFI/debian/grub.cfg": b"search.fs_uuid 0a1b2c3d root\n"}
+ESP_FILES = {
+    "EFI/BOOT/BOOTX64.EFI": b"MZ grub (removable path)\n",
+    "EFI/debian/grubx64.efi": b"MZ grub\n",
+    "EFI/debian/grub.cfg": b"search.fs_uuid 0a1b2c3d root\n",
+}
 FAT_MTIME = 1_700_000_000  # mcopy -m keeps the FAT's times: one fixed time keeps --json output stable
 FSCK_CLEAN = "fsck.fat 4.2 (2021-01-31)\n{node}: 6 files, 5174/130796 clusters\n"
 # `fsck.fat -n` on a member of a mounted ESP (dosfstools 4.2, captured in the VM): exit code 1.
@@ -639,31 +690,57 @@ class Mirror(Machine):
         self.esp = "/boot/efi"
         self.esp_dir = self.sysroot / "boot/efi"
         self.md = self.sysroot / "sys/block/md127/md"
-        self.record = Record(profile="debian", array="/dev/md/esp", mountpoint=self.esp, loader=GRUB_LOADER,
-                             entry_label="Debian", esp_start=MIB, esp_size=512 * MIB)
+        self.record = Record(
+            profile="debian",
+            array="/dev/md/esp",
+            mountpoint=self.esp,
+            loader=GRUB_LOADER,
+            entry_label="Debian",
+            esp_start=MIB,
+            esp_size=512 * MIB,
+        )
         self.members: dict[str, dict[str, bytes]] = {}
         self.fsck: dict[str, tuple[int, str]] = {}
         self.boot_entries: list[tuple[str, str, str, bool]] = []  # (number, label, device path, active)
         self.boot_order: list[str] = []
         self.runner.responders.append(self._upkeep)
         nodes = [self._member_disk(name, slot) for slot, name in enumerate(disks)]
-        self.add_array("/dev/md/esp", "md127", uuid=ARRAY_UUID, members=tuple(nodes),
-                       fs={"UUID": "C982-96CB", "VERSION": "FAT32", "LABEL": "ESP", "TYPE": "vfat"})
-        detail = ["MD_LEVEL=raid1", f"MD_DEVICES={len(nodes)}", "MD_METADATA=1.0", f"MD_UUID={ARRAY_UUID}",
-                  "MD_DEVNAME=esp", "MD_NAME=any:esp"]
+        self.add_array(
+            "/dev/md/esp",
+            "md127",
+            uuid=ARRAY_UUID,
+            members=tuple(nodes),
+            fs={"UUID": "C982-96CB", "VERSION": "FAT32", "LABEL": "ESP", "TYPE": "vfat"},
+        )
+        detail = [
+            "MD_LEVEL=raid1",
+            f"MD_DEVICES={len(nodes)}",
+            "MD_METADATA=1.0",
+            f"MD_UUID={ARRAY_UUID}",
+            "MD_DEVNAME=esp",
+            "MD_NAME=any:esp",
+        ]
         for role, node in reversed(list(enumerate(nodes))):  # as mdadm 4.2 printed them
             key = node.replace("/", "_")
             detail += [f"MD_DEVICE{key}_ROLE={role}", f"MD_DEVICE{key}_DEV={node}"]
         self.arrays["/dev/md/esp"] = ("\n".join(detail) + "\n", self.arrays["/dev/md/esp"][1])
-        self.set_md(array_state="clean", degraded=0, sync_action="idle", sync_completed="none", mismatch_cnt=0,
-                    raid_disks=len(nodes))
+        self.set_md(
+            array_state="clean",
+            degraded=0,
+            sync_action="idle",
+            sync_completed="none",
+            mismatch_cnt=0,
+            raid_disks=len(nodes),
+        )
         self.mount("9:127", self.esp, "vfat", "/dev/md127")
         for path, data in ESP_FILES.items():
             (self.esp_dir / path).parent.mkdir(parents=True, exist_ok=True)
             (self.esp_dir / path).write_bytes(data)
         self.boot_entries = [("0000", "UiApp", UIAPP, True)]
-        self.boot_entries += [(f"{n:04X}", f"Debian (esp-mirror {serial_of(name)})", hd_path(guid_of(name)), True)
-                              for n, name in enumerate(disks, start=1)]
+        self.boot_entries += [
+            (f"{n:04X}", f"Debian (esp-mirror {serial_of(name)})", hd_path(guid_of(name)), True)
+            for n, name in enumerate(disks, start=1)
+        ]
         self.boot_entries.append((f"{len(disks) + 1:04X}", "EFI Internal Shell", SHELL, True))
         self.boot_order = [e[0] for e in self.boot_entries[1:-1]] + ["0000", f"{len(disks) + 1:04X}"]
         self._nvram_changed()
@@ -675,11 +752,23 @@ class Mirror(Machine):
     def _member_disk(self, name: str, slot: int) -> str:
         disk = self.add_disk(name, size=GIB, serial=serial_of(name))
         node = self.add_partition(
-            disk, 1, 2048, 512 * MIB // 512, type_guid=ESP_TYPE, uuid=guid_of(name), name=names.PARTITION_NAME,
-            probe={"UUID": str(_uuid.UUID(ARRAY_UUID.replace(":", ""))), "LABEL": "any:esp", "VERSION": "1.0",
-                   "TYPE": "linux_raid_member", "USAGE": "raid"},
+            disk,
+            1,
+            2048,
+            512 * MIB // 512,
+            type_guid=ESP_TYPE,
+            uuid=guid_of(name),
+            name=names.PARTITION_NAME,
+            probe={
+                "UUID": str(_uuid.UUID(ARRAY_UUID.replace(":", ""))),
+                "LABEL": "any:esp",
+                "VERSION": "1.0",
+                "TYPE": "linux_raid_member",
+                "USAGE": "raid",
+            },
             inner={"LABEL": "ESP", "UUID": "C982-96CB", "VERSION": "FAT32", "TYPE": "vfat", "USAGE": "filesystem"},
-            holders=("md127",))
+            holders=("md127",),
+        )
         self.set_member(node, "in_sync", slot)
         self.members[node] = dict(ESP_FILES)
         return node
@@ -744,10 +833,12 @@ class Mirror(Machine):
         efivars = self.sysroot / "sys/firmware/efi/efivars"
         if number is not None:
             (efivars / f"BootCurrent-{EFI_GLOBAL}").write_bytes(
-                b"\x06\x00\x00\x00" + int(number, 16).to_bytes(2, "little"))
+                b"\x06\x00\x00\x00" + int(number, 16).to_bytes(2, "little")
+            )
         if loader_partuuid is not None:
             (efivars / f"LoaderDevicePartUUID-{LOADER_VENDOR}").write_bytes(
-                b"\x06\x00\x00\x00" + f"{loader_partuuid.upper()}\0".encode("utf-16-le"))
+                b"\x06\x00\x00\x00" + f"{loader_partuuid.upper()}\0".encode("utf-16-le")
+            )
 
     def delete_entry(self, number: str) -> None:
         self.boot_entries = [e for e in self.boot_entries if e[0] != number]
@@ -780,12 +871,22 @@ class Mirror(Machine):
         match argv:
             case ("blkid", "-p", "-o", "export", node) if self._partition(node):
                 disk, part = self._partition(node)
-                major, minor = disk.majmin.split(":")
-                return _export(argv, {"DEVNAME": node, **part.probe, "PART_ENTRY_SCHEME": "gpt",
-                                      "PART_ENTRY_NAME": part.name, "PART_ENTRY_UUID": part.uuid.lower(),
-                                      "PART_ENTRY_TYPE": part.type_guid.lower(), "PART_ENTRY_NUMBER": str(part.number),
-                                      "PART_ENTRY_OFFSET": str(part.start), "PART_ENTRY_SIZE": str(part.size),
-                                      "PART_ENTRY_DISK": disk.majmin})
+                _major, _minor = disk.majmin.split(":")
+                return _export(
+                    argv,
+                    {
+                        "DEVNAME": node,
+                        **part.probe,
+                        "PART_ENTRY_SCHEME": "gpt",
+                        "PART_ENTRY_NAME": part.name,
+                        "PART_ENTRY_UUID": part.uuid.lower(),
+                        "PART_ENTRY_TYPE": part.type_guid.lower(),
+                        "PART_ENTRY_NUMBER": str(part.number),
+                        "PART_ENTRY_OFFSET": str(part.start),
+                        "PART_ENTRY_SIZE": str(part.size),
+                        "PART_ENTRY_DISK": disk.majmin,
+                    },
+                )
             case ("blockdev", "--flushbufs", node) if node in self.members:
                 return Result(argv, 0)
             case ("mdir", "-/", "-b", "-i", node, "::/") if node in self.members:
@@ -838,12 +939,32 @@ class Mirror(Machine):
                     self.set_member(spare, "in_sync", next(s for s in range(64) if s not in in_use))
             case ("sgdisk", new, "--typecode=1:EF00", guid, name, disk) if new.startswith("--new=1:"):
                 first, last = (int(n) for n in new.split(":")[1:])
-                self.add_partition(self.disks[disk], 1, first, last - first + 1, type_guid=ESP_TYPE,
-                                   uuid=guid.split(":", 1)[1], name=name.split(":", 1)[1])
+                self.add_partition(
+                    self.disks[disk],
+                    1,
+                    first,
+                    last - first + 1,
+                    type_guid=ESP_TYPE,
+                    uuid=guid.split(":", 1)[1],
+                    name=name.split(":", 1)[1],
+                )
             case ("efibootmgr", "--quiet", "--bootnum", number, "--delete-bootnum"):
                 self.delete_entry(number)
-            case ("efibootmgr", "--quiet", "--create", "--bootnum", number, "--disk", disk, "--part", part,
-                  "--label", label, "--loader", loader):
+            case (
+                "efibootmgr",
+                "--quiet",
+                "--create",
+                "--bootnum",
+                number,
+                "--disk",
+                disk,
+                "--part",
+                part,
+                "--label",
+                label,
+                "--loader",
+                loader,
+            ):
                 guid = next(p.uuid.lower() for p in self.disks[disk].partitions if p.number == int(part))
                 self.create_entry(label, hd_path(guid, loader), number)
             case ("efibootmgr", "--quiet", "--bootorder", order):
@@ -863,10 +984,12 @@ def isolate_upkeep(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def mirror_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Make a :class:`Mirror` of the given disks: ``mirror_of("vda", "vdb", "vdc")``."""
+
     def make(*disks: str) -> Mirror:
         machine = Mirror(tmp_path, disks)
         isolate_upkeep(machine, monkeypatch)
         return machine
+
     return make
 
 
@@ -878,8 +1001,9 @@ def mirror(mirror_of) -> Mirror:
 
 def fast_applier(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """Make the Applier that the upkeep CLI builds look for new partitions through the host view and
-    wait on a fake clock. cli.upkeep._carry_out (and upkeep.commands.check) build ``Applier(runner, out, host=host)``, whose
-    ``exists`` is the real os.path.exists and whose clock and sleep are real, whatever is injected."""
+    wait on a fake clock. cli.upkeep._carry_out (and upkeep.commands.check) build
+    ``Applier(runner, out, host=host)``, whose ``exists`` is the real os.path.exists and whose clock
+    and sleep are real, whatever is injected."""
     clock = FakeClock()
     for module in (cli_upkeep, upkeep_commands):
         monkeypatch.setattr(module, "Applier", functools.partial(module.Applier, clock=clock, sleep=clock.sleep))
@@ -891,7 +1015,7 @@ UPKEEP_READS = ("blockdev", "--flushbufs"), ("mdir",), ("mcopy",), ("fsck.fat", 
 
 def upkeep_changes(calls: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
     """The calls that change the machine: not discovery's probes, not check/repair's member reads."""
-    return [c for c in calls if not is_read_only(c) and not any(c[:len(p)] == p for p in UPKEEP_READS)]
+    return [c for c in calls if not is_read_only(c) and not any(c[: len(p)] == p for p in UPKEEP_READS)]
 
 
 def assert_upkeep_only_read(calls: list[tuple[str, ...]]) -> None:

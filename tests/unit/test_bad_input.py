@@ -10,7 +10,6 @@ import io
 import json
 
 import pytest
-
 from conftest import GIB, USER_FSTAB, Machine, ToolsExcept, assert_only_read, json_commands, starting
 
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
@@ -26,8 +25,10 @@ def two(m: Machine, sector_b: int = 512, size: int = 20 * GIB) -> None:
 
 def one_disk_without_degraded(m):
     two(m)
-    return m.args("/dev/sda"), ("only one disk given (/dev/sda): a mirror needs 2 to 8; add another --disk, "
-                                "or pass --degraded to build a one-disk mirror to grow later")
+    return m.args("/dev/sda"), (
+        "only one disk given (/dev/sda): a mirror needs 2 to 8; add another --disk, "
+        "or pass --degraded to build a one-disk mirror to grow later"
+    )
 
 
 def nine_disks(m):
@@ -44,15 +45,19 @@ def same_disk_twice(m):
 def same_disk_by_id_and_by_name(m):
     two(m)
     m.link("/dev/disk/by-id/ata-WDC_WD10EZEX_WD-A", "/dev/sda")
-    return (m.args("/dev/sda", "/dev/disk/by-id/ata-WDC_WD10EZEX_WD-A"),
-            "disk /dev/disk/by-id/ata-WDC_WD10EZEX_WD-A is the same device as /dev/sda: list each disk once")
+    return (
+        m.args("/dev/sda", "/dev/disk/by-id/ata-WDC_WD10EZEX_WD-A"),
+        "disk /dev/disk/by-id/ata-WDC_WD10EZEX_WD-A is the same device as /dev/sda: list each disk once",
+    )
 
 
 def same_image_through_a_symlink(m):
     m.add_image("a.img")
     m.link("/images/alias.img", "/images/a.img")
-    return (m.args("/images/a.img", "/images/alias.img"),
-            "disk /images/alias.img is the same device as /images/a.img: list each disk once")
+    return (
+        m.args("/images/a.img", "/images/alias.img"),
+        "disk /images/alias.img is the same device as /images/a.img: list each disk once",
+    )
 
 
 def nonexistent_disk(m):
@@ -63,8 +68,10 @@ def nonexistent_disk(m):
 def partition_instead_of_disk(m):
     two(m)
     m.add_partition(m.disks["/dev/sda"], 1, 2048, 409600)
-    return m.args("/dev/sda1", "/dev/sdb"), ("/dev/sda1 is a partition, not a whole disk: pass the disk it is on "
-                                             "(esp-mirror creates the ESP partition itself)")
+    return m.args("/dev/sda1", "/dev/sdb"), (
+        "/dev/sda1 is a partition, not a whole disk: pass the disk it is on "
+        "(esp-mirror creates the ESP partition itself)"
+    )
 
 
 def disk_with_mounted_partition(m):
@@ -76,24 +83,41 @@ def disk_with_mounted_partition(m):
 
 def active_md_member(m):
     two(m)
-    m.add_partition(m.disks["/dev/sdb"], 1, 2048, 409600, type_guid="A19D880F-05FC-4D3B-A006-743F0F84911E",
-                    holders=("md0",))
-    return m.args(), ("disk /dev/sdb is in use: sdb1 is in use by md0 (an md array, LVM or dm device); "
-                      "choose a disk that nothing uses")
+    m.add_partition(
+        m.disks["/dev/sdb"], 1, 2048, 409600, type_guid="A19D880F-05FC-4D3B-A006-743F0F84911E", holders=("md0",)
+    )
+    return m.args(), (
+        "disk /dev/sdb is in use: sdb1 is in use by md0 (an md array, LVM or dm device); "
+        "choose a disk that nothing uses"
+    )
 
 
 def lvm_physical_volume(m):
     m.add_disk("sda")
-    m.add_disk("sdb", whole={"UUID": "dU3ZgS-hYcE-Y1bX-2Ghb-3kpN-YjL3-6aKbZq", "VERSION": "LVM2 001",
-                             "TYPE": "LVM2_member", "USAGE": "raid"})
-    return m.args(), ("disk /dev/sdb holds an LVM physical volume: make sure it is unused, "
-                      "then pass --wipe to erase it")
+    m.add_disk(
+        "sdb",
+        whole={
+            "UUID": "dU3ZgS-hYcE-Y1bX-2Ghb-3kpN-YjL3-6aKbZq",
+            "VERSION": "LVM2 001",
+            "TYPE": "LVM2_member",
+            "USAGE": "raid",
+        },
+    )
+    return m.args(), (
+        "disk /dev/sdb holds an LVM physical volume: make sure it is unused, then pass --wipe to erase it"
+    )
 
 
 def active_swap(m):
     two(m)
-    m.add_partition(m.disks["/dev/sdb"], 2, 2048, 16777216, type_guid="0657FD6D-A4AB-43C4-84E5-0933C84B4F4F",
-                    probe={"TYPE": "swap", "UUID": "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9"})
+    m.add_partition(
+        m.disks["/dev/sdb"],
+        2,
+        2048,
+        16777216,
+        type_guid="0657FD6D-A4AB-43C4-84E5-0933C84B4F4F",
+        probe={"TYPE": "swap", "UUID": "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9"},
+    )
     m.add_swap("/dev/sdb2")
     return m.args(), "disk /dev/sdb is in use: sdb2 is active swap; choose a disk that nothing uses"
 
@@ -107,35 +131,43 @@ def disk_holding_the_running_root(m):
 
 def disk_under_the_running_root_on_lvm(m):
     two(m)
-    m.add_partition(m.disks["/dev/sda"], 2, 2048, 16777216, type_guid="E6D6D379-F507-44C2-A23C-238F2A3DF928",
-                    holders=("dm-0",))
-    return m.args(), ("disk /dev/sda is in use: sda2 is in use by dm-0 (an md array, LVM or dm device); "
-                      "choose a disk that nothing uses")
+    m.add_partition(
+        m.disks["/dev/sda"], 2, 2048, 16777216, type_guid="E6D6D379-F507-44C2-A23C-238F2A3DF928", holders=("dm-0",)
+    )
+    return m.args(), (
+        "disk /dev/sda is in use: sda2 is in use by dm-0 (an md array, LVM or dm device); "
+        "choose a disk that nothing uses"
+    )
 
 
 def different_sector_sizes(m):
     two(m, sector_b=4096)
-    return m.args(), ("disks have different logical sector sizes (/dev/sda=512, /dev/sdb=4096): a RAID1 ESP "
-                      "needs members with one sector size; pick matching disks")
+    return m.args(), (
+        "disks have different logical sector sizes (/dev/sda=512, /dev/sdb=4096): a RAID1 ESP "
+        "needs members with one sector size; pick matching disks"
+    )
 
 
 def esp_too_small_for_fat32_at_512(m):
     two(m)
-    return [*m.args(), "--esp-size", "33M"], ("ESP size 33 MiB is too small for FAT32 with 512-byte sectors: "
-                                             "use --esp-size 34M or more")
+    return [*m.args(), "--esp-size", "33M"], (
+        "ESP size 33 MiB is too small for FAT32 with 512-byte sectors: use --esp-size 34M or more"
+    )
 
 
 def esp_too_small_for_fat32_at_4096(m):
     m.add_disk("sda", sector=4096)
     m.add_disk("sdb", sector=4096)
-    return [*m.args(), "--esp-size", "257M"], ("ESP size 257 MiB is too small for FAT32 with 4096-byte sectors: "
-                                              "use --esp-size 258M or more")
+    return [*m.args(), "--esp-size", "257M"], (
+        "ESP size 257 MiB is too small for FAT32 with 4096-byte sectors: use --esp-size 258M or more"
+    )
 
 
 def esp_larger_than_the_disk(m):
     two(m, size=1 * GIB)
-    return [*m.args(), "--esp-size", "1G"], ("ESP of 1024 MiB does not fit on /dev/sda (1024 MiB): "
-                                            "use a smaller --esp-size")
+    return [*m.args(), "--esp-size", "1G"], (
+        "ESP of 1024 MiB does not fit on /dev/sda (1024 MiB): use a smaller --esp-size"
+    )
 
 
 def metadata(version):
@@ -143,7 +175,9 @@ def metadata(version):
         two(m)
         return [*m.args(), "--metadata", version], (
             f"metadata {version} is not supported: the ESP must use md metadata 1.0 (superblock at the end, "
-            "so firmware sees a plain FAT32); drop --metadata")
+            "so firmware sees a plain FAT32); drop --metadata"
+        )
+
     case.__name__ = f"metadata_{version.replace('.', '_')}"
     return case
 
@@ -154,6 +188,7 @@ def missing_tool(profile, tool, hint, where=""):
         m.runner.tools = ToolsExcept(tool)
         message = f"{tool} is not installed{where.format(m=m)}: install it with `{hint}`"
         return [*m.args(), "--profile", profile], message
+
     case.__name__ = f"missing_{tool}_on_{profile}"
     return case
 
@@ -162,14 +197,17 @@ def unknown_profile(m):
     two(m)
     return [*m.args(), "--profile", "slackware"], (
         "unknown profile 'slackware': use one of alpine, arch, debian, fedora, gentoo, opensuse, rhel, ubuntu, void "
-        "or a path to a YAML file (see `esp-mirror profiles`)")
+        "or a path to a YAML file (see `esp-mirror profiles`)"
+    )
 
 
 def missing_efi_image(kind):
     def case(m):
         two(m)
-        return [*m.args(), "--bootloader", kind], (f"bootloader {kind} needs the EFI image to install: "
-                                                   "pass --efi-image PATH")
+        return [*m.args(), "--bootloader", kind], (
+            f"bootloader {kind} needs the EFI image to install: pass --efi-image PATH"
+        )
+
     case.__name__ = f"{kind.replace('-', '_')}_without_efi_image"
     return case
 
@@ -177,31 +215,37 @@ def missing_efi_image(kind):
 def efi_image_that_does_not_exist(m):
     two(m)
     return [*m.args(), "--bootloader", "efi", "--efi-image", "/nonexistent/linux.efi"], (
-        "EFI image /nonexistent/linux.efi does not exist: pass the path of an EFI binary")
+        "EFI image /nonexistent/linux.efi does not exist: pass the path of an EFI binary"
+    )
 
 
 def existing_partition_table_without_wipe(m):
     m.add_disk("sda")
     sdb = m.add_disk("sdb", pttype="dos", whole={"PTUUID": "c3564199", "PTTYPE": "dos"})
     m.add_partition(sdb, 1, 2048, 2097152)
-    return m.args(), ("disk /dev/sdb already has a partition table or data (dos): esp-mirror never wipes "
-                      "silently; pass --wipe to erase it")
+    return m.args(), (
+        "disk /dev/sdb already has a partition table or data (dos): esp-mirror never wipes "
+        "silently; pass --wipe to erase it"
+    )
 
 
 def fstab_already_mounting_the_esp(m):
     two(m)
     with open(m.target / "etc/fstab", "a") as fstab:
         fstab.write("UUID=ABCD-1234  /boot/efi  vfat  umask=0077  0  1\n")
-    return m.args(), (f"{m.target}/etc/fstab already mounts /boot/efi: 'UUID=ABCD-1234  /boot/efi  vfat  "
-                      "umask=0077  0  1'; remove or comment out that line, esp-mirror adds its own")
+    return m.args(), (
+        f"{m.target}/etc/fstab already mounts /boot/efi: 'UUID=ABCD-1234  /boot/efi  vfat  "
+        "umask=0077  0  1'; remove or comment out that line, esp-mirror adds its own"
+    )
 
 
 def esp_mountpoint_mounted_from_elsewhere(m):
     two(m)
     m.mount("8:33", f"{m.target}/boot/efi", "vfat", "/dev/sdc1")
     esp = f"{m.target}/boot/efi"
-    return m.args(), (f"{esp} is already mounted from /dev/sdc1: unmount it first (umount {esp}); "
-                      "esp-mirror mounts /dev/md/esp there")
+    return m.args(), (
+        f"{esp} is already mounted from /dev/sdc1: unmount it first (umount {esp}); esp-mirror mounts /dev/md/esp there"
+    )
 
 
 def disks_mixed_with_image_files(m):
@@ -213,8 +257,8 @@ def disks_mixed_with_image_files(m):
 def label_too_long_for_fat(m):
     two(m)
     return [*m.args(), "--label", "EFI-SYSTEM-MIRROR"], (
-        "label 'EFI-SYSTEM-MIRROR' is not a valid FAT label: FAT labels are at most 11 ASCII characters; "
-        "use e.g. ESP")
+        "label 'EFI-SYSTEM-MIRROR' is not a valid FAT label: FAT labels are at most 11 ASCII characters; use e.g. ESP"
+    )
 
 
 def esp_size_that_is_not_a_size(m):
@@ -225,15 +269,16 @@ def esp_size_that_is_not_a_size(m):
 def target_that_is_not_a_directory(m):
     two(m)
     return [*m.disk_args("/dev/sda", "/dev/sdb"), "--target", str(m.root / "nowhere")], (
-        f"target {m.root}/nowhere is not a directory: pass the root of the system being installed (default /)")
+        f"target {m.root}/nowhere is not a directory: pass the root of the system being installed (default /)"
+    )
 
 
 def array_name_taken_by_another_array(m):
     two(m)
-    m.add_array("/dev/md/esp", "md126", uuid="11111111:22222222:33333333:44444444",
-                members=("/dev/sdc1", "/dev/sdd1"))
-    return m.args(), ("/dev/md/esp already exists and is not on these disks: "
-                      "pass --array-name NAME to choose another name")
+    m.add_array("/dev/md/esp", "md126", uuid="11111111:22222222:33333333:44444444", members=("/dev/sdc1", "/dev/sdd1"))
+    return m.args(), (
+        "/dev/md/esp already exists and is not on these disks: pass --array-name NAME to choose another name"
+    )
 
 
 BOTH = ("plan", "apply")
@@ -245,18 +290,24 @@ BOTH = ("plan", "apply")
 def label_with_a_character_fat_refuses(m):
     two(m)
     return [*m.args(), "--label", "ESP*1"], (
-        "label 'ESP*1' is not a valid FAT label: FAT labels cannot contain *; use e.g. ESP")
+        "label 'ESP*1' is not a valid FAT label: FAT labels cannot contain *; use e.g. ESP"
+    )
 
 
 def lower_case_label(m):
     two(m)
-    return [*m.args(), "--label", "esp"], "label 'esp' is not a valid FAT label: FAT labels are upper case; use e.g. ESP"
+    return [
+        *m.args(),
+        "--label",
+        "esp",
+    ], "label 'esp' is not a valid FAT label: FAT labels are upper case; use e.g. ESP"
 
 
 def loader_id_that_is_a_path(m):
     two(m)
     return [*m.args(), "--loader-id", "bad/id"], (
-        "loader id 'bad/id' is not one directory name under \\EFI\\: it contains /; use e.g. debian")
+        "loader id 'bad/id' is not one directory name under \\EFI\\: it contains /; use e.g. debian"
+    )
 
 
 # -- the same storage under two names ------------------------------------------------------------
@@ -268,7 +319,8 @@ def two_loop_devices_on_one_image_file(m):
     m.add_disk("loop1", backing_file="/images/a.img")
     return m.args("/dev/loop0", "/dev/loop1"), (
         "disk /dev/loop1 is the same storage as /dev/loop0 (both are the same image file): list each image once "
-        "(detach the extra loop device with losetup --detach)")
+        "(detach the extra loop device with losetup --detach)"
+    )
 
 
 def an_image_file_and_its_own_loop_device(m):
@@ -276,11 +328,14 @@ def an_image_file_and_its_own_loop_device(m):
     m.add_disk("loop0", backing_file="/images/a.img")
     return m.args("/images/a.img", "/dev/loop0"), (
         "disk /dev/loop0 is the same storage as /images/a.img (both are the same image file): list each image "
-        "once (detach the extra loop device with losetup --detach)")
+        "once (detach the extra loop device with losetup --detach)"
+    )
 
 
-MULTIPATH_FIX = ("multipath or dual-path SAS shows one disk under two names; pass each physical disk once "
-                 "(lsblk -o NAME,WWN,SERIAL shows which names share a disk)")
+MULTIPATH_FIX = (
+    "multipath or dual-path SAS shows one disk under two names; pass each physical disk once "
+    "(lsblk -o NAME,WWN,SERIAL shows which names share a disk)"
+)
 
 
 def two_paths_to_one_sas_disk(m):
@@ -304,7 +359,8 @@ def fedora_target_without_raid_check_timer(m):
     return [*m.args(), "--profile", "fedora"], (
         f"the unit raid-check.timer is not installed in the target {m.target}, so `systemctl enable "
         "raid-check.timer` would fail after the disks were changed: install the package that ships it, or use a "
-        "profile without it")
+        "profile without it"
+    )
 
 
 def gentoo_target_without_the_mdraid_service(m):
@@ -312,7 +368,8 @@ def gentoo_target_without_the_mdraid_service(m):
     (m.target / "etc/init.d/mdraid").unlink()
     return [*m.args(), "--profile", "gentoo"], (
         f"the OpenRC service mdraid is not installed in the target {m.target} (no /etc/init.d/mdraid), so "
-        "`rc-update add mdraid` would fail: install the package that ships it first")
+        "`rc-update add mdraid` would fail: install the package that ships it first"
+    )
 
 
 BROKEN_BLOCK = "# BEGIN esp-mirror (managed block: esp-mirror rewrites what is between these lines)\nfoo\n"
@@ -324,32 +381,38 @@ def broken_block_in_mkinitfs_conf(m):
     (m.target / "etc/mkinitfs/mkinitfs.conf").write_text('features="ata base"\n' + BROKEN_BLOCK)
     return [*m.args(), "--profile", "alpine"], (
         f"{m.target}/etc/mkinitfs/mkinitfs.conf has '# BEGIN esp-mirror (managed block: esp-mirror rewrites what "
-        "is between these lines)' without '# END esp-mirror': repair the file by hand")
+        "is between these lines)' without '# END esp-mirror': repair the file by hand"
+    )
 
 
 def broken_block_in_mkinitcpio_conf(m):
     two(m)
     profile = m.root / "arch-old.yaml"
     profile.write_text("extends: arch\ninitramfs:\n  dropin_dir: false\n")
-    (m.target / "etc/mkinitcpio.conf").write_text("HOOKS=(base udev block filesystems)\n" + BROKEN_BLOCK * 2
-                                                  + "# END esp-mirror\n")
+    (m.target / "etc/mkinitcpio.conf").write_text(
+        "HOOKS=(base udev block filesystems)\n" + BROKEN_BLOCK * 2 + "# END esp-mirror\n"
+    )
     return [*m.args(), "--profile", str(profile)], (
         f"{m.target}/etc/mkinitcpio.conf has 2 blocks marked '# BEGIN esp-mirror (managed block: esp-mirror "
-        "rewrites what is between these lines)': keep one, delete the others")
+        "rewrites what is between these lines)': keep one, delete the others"
+    )
 
 
 def fstab_that_is_not_utf8(m):
     two(m)
     (m.target / "etc/fstab").write_bytes(b"# Ger\xe4te\n" + USER_FSTAB.encode())
-    return m.args(), (f"{m.target}/etc/fstab is not UTF-8 text (byte 5): esp-mirror edits text files only; "
-                      "convert it (iconv -t UTF-8) and run again")
+    return m.args(), (
+        f"{m.target}/etc/fstab is not UTF-8 text (byte 5): esp-mirror edits text files only; "
+        "convert it (iconv -t UTF-8) and run again"
+    )
 
 
 def mdadm_conf_that_is_a_directory(m):
     two(m)
     (m.target / "etc/mdadm/mdadm.conf").mkdir(parents=True)
-    return m.args(), (f"{m.target}/etc/mdadm/mdadm.conf is a directory, not a file: move it away; esp-mirror "
-                      "writes a file there")
+    return m.args(), (
+        f"{m.target}/etc/mdadm/mdadm.conf is a directory, not a file: move it away; esp-mirror writes a file there"
+    )
 
 
 # -- facts that cannot be read are not "nothing there" --------------------------------------------
@@ -370,43 +433,76 @@ def disk_whose_blkid_probe_is_denied(m):
 def array_that_mdadm_cannot_read(m):
     two(m)
     m.add_array("/dev/md/esp", "md127", uuid="11111111:22222222:33333333:44444444", members=("/dev/sdc1",))
-    m.fail(("mdadm", "--detail", "--export", "/dev/md/esp"), 1,
-           "mdadm: cannot open /dev/md/esp: Permission denied\n")
-    return m.args(), ("cannot read the array /dev/md/esp (mdadm: cannot open /dev/md/esp: Permission denied): "
-                      "run esp-mirror as root")
+    m.fail(("mdadm", "--detail", "--export", "/dev/md/esp"), 1, "mdadm: cannot open /dev/md/esp: Permission denied\n")
+    return m.args(), (
+        "cannot read the array /dev/md/esp (mdadm: cannot open /dev/md/esp: Permission denied): run esp-mirror as root"
+    )
 
 
 CASES = [
-    (one_disk_without_degraded, BOTH), (nine_disks, BOTH), (same_disk_twice, BOTH),
-    (same_disk_by_id_and_by_name, BOTH), (same_image_through_a_symlink, BOTH), (nonexistent_disk, BOTH),
-    (partition_instead_of_disk, BOTH), (disk_with_mounted_partition, BOTH), (active_md_member, BOTH),
-    (lvm_physical_volume, BOTH), (active_swap, BOTH), (disk_holding_the_running_root, BOTH),
-    (disk_under_the_running_root_on_lvm, BOTH), (different_sector_sizes, BOTH),
-    (esp_too_small_for_fat32_at_512, BOTH), (esp_too_small_for_fat32_at_4096, BOTH),
-    (esp_larger_than_the_disk, BOTH), (metadata("0.90"), BOTH), (metadata("1.2"), BOTH),
+    (one_disk_without_degraded, BOTH),
+    (nine_disks, BOTH),
+    (same_disk_twice, BOTH),
+    (same_disk_by_id_and_by_name, BOTH),
+    (same_image_through_a_symlink, BOTH),
+    (nonexistent_disk, BOTH),
+    (partition_instead_of_disk, BOTH),
+    (disk_with_mounted_partition, BOTH),
+    (active_md_member, BOTH),
+    (lvm_physical_volume, BOTH),
+    (active_swap, BOTH),
+    (disk_holding_the_running_root, BOTH),
+    (disk_under_the_running_root_on_lvm, BOTH),
+    (different_sector_sizes, BOTH),
+    (esp_too_small_for_fat32_at_512, BOTH),
+    (esp_too_small_for_fat32_at_4096, BOTH),
+    (esp_larger_than_the_disk, BOTH),
+    (metadata("0.90"), BOTH),
+    (metadata("1.2"), BOTH),
     (missing_tool("debian", "sgdisk", "apt-get install --yes gdisk"), BOTH),
     (missing_tool("arch", "sgdisk", "pacman -S --needed --noconfirm gptfdisk"), BOTH),
     (missing_tool("debian", "mkfs.vfat", "apt-get install --yes dosfstools"), BOTH),
     (missing_tool("fedora", "efibootmgr", "dnf install --assumeyes efibootmgr"), BOTH),
-    (missing_tool("debian", "grub-install", "apt-get install --yes grub-efi-amd64-bin", " in the target {m.target}"),
-     BOTH),
-    (missing_tool("arch", "mkinitcpio", "pacman -S --needed --noconfirm mkinitcpio", " in the target {m.target}"),
-     BOTH),
-    (unknown_profile, BOTH), (missing_efi_image("efi"), BOTH), (missing_efi_image("zfsbootmenu"), BOTH),
-    (efi_image_that_does_not_exist, BOTH), (existing_partition_table_without_wipe, BOTH),
-    (fstab_already_mounting_the_esp, BOTH), (esp_mountpoint_mounted_from_elsewhere, BOTH),
-    (disks_mixed_with_image_files, BOTH), (label_too_long_for_fat, BOTH), (esp_size_that_is_not_a_size, BOTH),
-    (target_that_is_not_a_directory, BOTH), (array_name_taken_by_another_array, BOTH),
-    (label_with_a_character_fat_refuses, BOTH), (lower_case_label, BOTH), (loader_id_that_is_a_path, BOTH),
-    (two_loop_devices_on_one_image_file, BOTH), (an_image_file_and_its_own_loop_device, BOTH),
-    (two_paths_to_one_sas_disk, BOTH), (two_disks_reporting_one_serial, BOTH),
-    (fedora_target_without_raid_check_timer, BOTH), (gentoo_target_without_the_mdraid_service, BOTH),
-    (broken_block_in_mkinitfs_conf, BOTH), (broken_block_in_mkinitcpio_conf, BOTH), (fstab_that_is_not_utf8, BOTH),
-    (mdadm_conf_that_is_a_directory, BOTH), (disk_that_cannot_be_opened, BOTH),
-    (disk_whose_blkid_probe_is_denied, BOTH), (array_that_mdadm_cannot_read, BOTH),
+    (
+        missing_tool("debian", "grub-install", "apt-get install --yes grub-efi-amd64-bin", " in the target {m.target}"),
+        BOTH,
+    ),
+    (
+        missing_tool("arch", "mkinitcpio", "pacman -S --needed --noconfirm mkinitcpio", " in the target {m.target}"),
+        BOTH,
+    ),
+    (unknown_profile, BOTH),
+    (missing_efi_image("efi"), BOTH),
+    (missing_efi_image("zfsbootmenu"), BOTH),
+    (efi_image_that_does_not_exist, BOTH),
+    (existing_partition_table_without_wipe, BOTH),
+    (fstab_already_mounting_the_esp, BOTH),
+    (esp_mountpoint_mounted_from_elsewhere, BOTH),
+    (disks_mixed_with_image_files, BOTH),
+    (label_too_long_for_fat, BOTH),
+    (esp_size_that_is_not_a_size, BOTH),
+    (target_that_is_not_a_directory, BOTH),
+    (array_name_taken_by_another_array, BOTH),
+    (label_with_a_character_fat_refuses, BOTH),
+    (lower_case_label, BOTH),
+    (loader_id_that_is_a_path, BOTH),
+    (two_loop_devices_on_one_image_file, BOTH),
+    (an_image_file_and_its_own_loop_device, BOTH),
+    (two_paths_to_one_sas_disk, BOTH),
+    (two_disks_reporting_one_serial, BOTH),
+    (fedora_target_without_raid_check_timer, BOTH),
+    (gentoo_target_without_the_mdraid_service, BOTH),
+    (broken_block_in_mkinitfs_conf, BOTH),
+    (broken_block_in_mkinitcpio_conf, BOTH),
+    (fstab_that_is_not_utf8, BOTH),
+    (mdadm_conf_that_is_a_directory, BOTH),
+    (disk_that_cannot_be_opened, BOTH),
+    (disk_whose_blkid_probe_is_denied, BOTH),
+    (array_that_mdadm_cannot_read, BOTH),
 ]
-PARAMS = [pytest.param(case, command, id=f"{command}-{case.__name__}") for case, commands in CASES
-          for command in commands]
+PARAMS = [
+    pytest.param(case, command, id=f"{command}-{case.__name__}") for case, commands in CASES for command in commands
+]
 
 
 @pytest.mark.parametrize(("case", "command"), PARAMS)
@@ -427,8 +523,10 @@ def test_refuses_with_exit_2_a_one_line_fix_and_no_change(machine, case, command
 def test_refuses_apply_without_yes_when_there_is_no_terminal_to_ask(two_disks):
     before = two_disks.target_state()
     outcome = two_disks.cli("apply", *two_disks.args(), stdin=io.StringIO("yes\n"))
-    assert (outcome.code, outcome.error) == (2, "apply changes disks: pass --yes to confirm "
-                                                "(there is no terminal to ask on)")
+    assert (outcome.code, outcome.error) == (
+        2,
+        "apply changes disks: pass --yes to confirm (there is no terminal to ask on)",
+    )
     assert_only_read(outcome.calls)
     assert two_disks.target_state() == before
 
@@ -458,7 +556,10 @@ def test_unknown_bootloader_is_an_argparse_usage_error(two_disks, capsys):
 def test_plan_refuses_a_missing_tool_as_apply_would(two_disks):
     two_disks.runner.tools = ToolsExcept("sgdisk")
     outcome = two_disks.cli("plan", *two_disks.args())
-    assert (outcome.code, outcome.error) == (2, "sgdisk is not installed: install it with `apt-get install --yes gdisk`")
+    assert (outcome.code, outcome.error) == (
+        2,
+        "sgdisk is not installed: install it with `apt-get install --yes gdisk`",
+    )
 
 
 # -- the accepted neighbours of the refusals --------------------------------------------------
@@ -492,13 +593,25 @@ def test_wipe_erases_old_signatures_and_tables_before_partitioning(machine):
     [group] = [g for g in plan["groups"] if g["name"] == "pre_partition"]
     steps = [tuple(s["argv"]) if s["kind"] == "command" else (s["kind"], s.get("node", "")) for s in group["steps"]]
     assert steps == [
-        ("sgdisk", "--new=1:2048:1050623", "--typecode=1:EF00", f"--partition-guid=1:{guid_a}",
-         "--change-name=1:esp-mirror", "/dev/sda"),  # a blank disk is not wiped
+        (
+            "sgdisk",
+            "--new=1:2048:1050623",
+            "--typecode=1:EF00",
+            f"--partition-guid=1:{guid_a}",
+            "--change-name=1:esp-mirror",
+            "/dev/sda",
+        ),  # a blank disk is not wiped
         ("wait-for-partition", "/dev/sda1"),
         ("wipefs", "--all", "/dev/sdb"),
         ("sgdisk", "--zap-all", "/dev/sdb"),
-        ("sgdisk", "--new=1:2048:1050623", "--typecode=1:EF00", f"--partition-guid=1:{guid_b}",
-         "--change-name=1:esp-mirror", "/dev/sdb"),
+        (
+            "sgdisk",
+            "--new=1:2048:1050623",
+            "--typecode=1:EF00",
+            f"--partition-guid=1:{guid_b}",
+            "--change-name=1:esp-mirror",
+            "/dev/sdb",
+        ),
         ("wait-for-partition", "/dev/sdb1"),
         ("settle", ""),  # udev has seen both new partitions
         ("wipefs", "--all", "/dev/sda1", "/dev/sdb1"),  # inside the new partitions, once both are there
@@ -532,8 +645,10 @@ def test_an_lvm_pv_with_wipe_is_accepted_and_wiped(machine):
 
 def test_a_managed_block_without_its_end_marker_is_bad_input_naming_the_file(two_disks):
     with open(two_disks.target / "etc/fstab", "a") as fstab:
-        fstab.write("# BEGIN esp-mirror (managed block: esp-mirror rewrites what is between these lines)\n"
-                    "UUID=C982-96CB\t/boot/efi\tvfat\tumask=0077\t0\t2\n")
+        fstab.write(
+            "# BEGIN esp-mirror (managed block: esp-mirror rewrites what is between these lines)\n"
+            "UUID=C982-96CB\t/boot/efi\tvfat\tumask=0077\t0\t2\n"
+        )
     outcome = two_disks.cli("plan", *two_disks.args())
     assert outcome.code == 2
     assert f"{two_disks.target}/etc/fstab" in outcome.error and "# END esp-mirror" in outcome.error
@@ -550,9 +665,14 @@ def test_a_disk_whose_blkid_probe_is_ambivalent_is_not_taken_for_a_blank_disk(ma
     machine.add_disk("sda")
     sdb = machine.add_disk("sdb", pttype="dos")
     machine.add_partition(sdb, 1, 2048, 65536)
-    machine.runner.script(("blkid", "-p", "-o", "export", "/dev/sdb"), returncode=8, stderr=(
-        "blkid: /dev/sdb: ambivalent result (probably more filesystems on the device, use wipefs(8) to see more "
-        "details)\n"))
+    machine.runner.script(
+        ("blkid", "-p", "-o", "export", "/dev/sdb"),
+        returncode=8,
+        stderr=(
+            "blkid: /dev/sdb: ambivalent result (probably more filesystems on the device, use wipefs(8) to see more "
+            "details)\n"
+        ),
+    )
     outcome = machine.cli("plan", *machine.args(), "--no-nvram")
     assert outcome.code == 2 and "/dev/sdb" in outcome.error
     assert_only_read(outcome.calls)

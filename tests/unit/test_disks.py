@@ -7,21 +7,29 @@ import json
 import re
 
 import pytest
-
 from conftest import DATA, ESP_TYPE, MIB, Machine, assert_only_read, json_commands, starting
-from esp_mirror_plugin.pipeline import naming as names
+
 from esp_mirror_plugin.hooks import fat
-from esp_mirror_plugin.system.discovery import Partition, discover
+from esp_mirror_plugin.pipeline import naming as names
 from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import Var
+from esp_mirror_plugin.system.discovery import Partition, discover
 
 CAPTURED = DATA / "captured"
 
 
-@pytest.mark.parametrize(("disk", "node"), [
-    ("/dev/sda", "/dev/sda1"), ("/dev/vdb", "/dev/vdb1"), ("/dev/nvme0n1", "/dev/nvme0n1p1"),
-    ("/dev/mmcblk0", "/dev/mmcblk0p1"), ("/dev/loop0", "/dev/loop0p1"), ("/dev/md126", "/dev/md126p1")])
+@pytest.mark.parametrize(
+    ("disk", "node"),
+    [
+        ("/dev/sda", "/dev/sda1"),
+        ("/dev/vdb", "/dev/vdb1"),
+        ("/dev/nvme0n1", "/dev/nvme0n1p1"),
+        ("/dev/mmcblk0", "/dev/mmcblk0p1"),
+        ("/dev/loop0", "/dev/loop0p1"),
+        ("/dev/md126", "/dev/md126p1"),
+    ],
+)
 def test_partition_node_appends_p_after_a_trailing_digit(disk, node):
     assert names.partition_node(disk, 1) == node
 
@@ -31,8 +39,9 @@ def test_partition_node_of_a_loop_variable_is_resolved_at_apply_time():
     assert node == Var("LOOP_2", "p1") and node.render() == '"${LOOP_2}p1"'
 
 
-@pytest.mark.parametrize(("name", "serial"), [("nvme0n1", "S6B0NL0T000001"), ("sda", "WD-WCC4N0AAAAAA"),
-                                              ("mmcblk0", "0x1a2b3c4d")])
+@pytest.mark.parametrize(
+    ("name", "serial"), [("nvme0n1", "S6B0NL0T000001"), ("sda", "WD-WCC4N0AAAAAA"), ("mmcblk0", "0x1a2b3c4d")]
+)
 def test_by_id_links_are_resolved_to_the_kernel_node_before_naming_partitions(machine, name, serial):
     first = machine.add_disk(name, serial=serial)
     machine.add_disk("sdz", serial="OTHER")
@@ -85,18 +94,29 @@ def discovered(machine: Machine, *disks: str):
     return discover(request, machine.runner, machine.host)
 
 
-@pytest.mark.parametrize(("capture", "sector", "start", "size"), [
-    ("sfdisk-json-gpt-esp-512.json", 512, 2048, 1048576), ("sfdisk-json-gpt-esp-4096.json", 4096, 256, 131072)])
+@pytest.mark.parametrize(
+    ("capture", "sector", "start", "size"),
+    [("sfdisk-json-gpt-esp-512.json", 512, 2048, 1048576), ("sfdisk-json-gpt-esp-4096.json", 4096, 256, 131072)],
+)
 def test_discovery_reads_an_esp_partition_from_sfdisk_json(machine, capture, sector, start, size):
     machine.add_disk("sda", sector=sector)
     machine.runner.script(("sfdisk", "--json", "/dev/sda"), (CAPTURED / capture).read_text())
     machine.runner.script(("blkid", "-p", "-o", "export", "/dev/sda"), (CAPTURED / "blkid-p-gpt-disk.txt").read_text())
-    machine.runner.script(("blkid", "-p", "-o", "export", "-O", str(start * sector), "-S", str(size * sector),
-                           "/dev/sda"), returncode=2)
+    machine.runner.script(
+        ("blkid", "-p", "-o", "export", "-O", str(start * sector), "-S", str(size * sector), "/dev/sda"), returncode=2
+    )
     [disk] = discovered(machine, "/dev/sda").disks
     assert (disk.kind, disk.pttype, disk.signatures, disk.sector_size) == ("block", "gpt", ("gpt",), sector)
-    assert disk.partitions == (Partition(number=1, start=start, size=size, type_guid=ESP_TYPE,
-                                         guid="0b5e3c2a-1111-5222-8333-444455556666", name="esp-mirror"),)
+    assert disk.partitions == (
+        Partition(
+            number=1,
+            start=start,
+            size=size,
+            type_guid=ESP_TYPE,
+            guid="0b5e3c2a-1111-5222-8333-444455556666",
+            name="esp-mirror",
+        ),
+    )
 
 
 def test_discovery_reads_a_dos_table_and_its_signature(machine):
@@ -104,12 +124,15 @@ def test_discovery_reads_a_dos_table_and_its_signature(machine):
     machine.runner.script(("sfdisk", "--json", "/dev/sdb"), (CAPTURED / "sfdisk-json-dos.json").read_text())
     machine.runner.script(("blkid", "-p", "-o", "export", "/dev/sdb"), (CAPTURED / "blkid-p-dos-disk.txt").read_text())
     for start, size in ((2048, 2097152), (2099200, 6289408)):
-        machine.runner.script(("blkid", "-p", "-o", "export", "-O", str(start * 512), "-S", str(size * 512),
-                               "/dev/sdb"), returncode=2)
+        machine.runner.script(
+            ("blkid", "-p", "-o", "export", "-O", str(start * 512), "-S", str(size * 512), "/dev/sdb"), returncode=2
+        )
     [disk] = discovered(machine, "/dev/sdb").disks
     assert (disk.pttype, disk.signatures) == ("dos", ("dos",))
     assert [(p.number, p.start, p.size, p.type_guid, p.guid) for p in disk.partitions] == [
-        (1, 2048, 2097152, "83", ""), (2, 2099200, 6289408, "83", "")]
+        (1, 2048, 2097152, "83", ""),
+        (2, 2099200, 6289408, "83", ""),
+    ]
 
 
 def test_discovery_of_a_blank_disk_does_not_ask_sfdisk_for_a_table_blkid_did_not_find(machine):
@@ -117,16 +140,24 @@ def test_discovery_of_a_blank_disk_does_not_ask_sfdisk_for_a_table_blkid_did_not
     "does not contain a recognized partition table" (captured), so it is not run."""
     machine.add_disk("sdc")
     machine.runner.script(("blkid", "-p", "-o", "export", "/dev/sdc"), returncode=2)
-    machine.runner.script(("sfdisk", "--json", "/dev/sdc"), returncode=1,
-                          stderr=(CAPTURED / "sfdisk-json-blank.stderr").read_text())
+    machine.runner.script(
+        ("sfdisk", "--json", "/dev/sdc"), returncode=1, stderr=(CAPTURED / "sfdisk-json-blank.stderr").read_text()
+    )
     [disk] = discovered(machine, "/dev/sdc").disks
     assert (disk.pttype, disk.signatures, disk.partitions) == ("", (), ())
     assert machine.runner.calls == [("blkid", "-p", "-o", "export", "/dev/sdc")]
 
 
 def test_discovery_of_a_whole_disk_signature_without_a_table_does_not_ask_sfdisk(machine):
-    machine.add_disk("sdb", whole={"UUID": "dU3ZgS-hYcE-Y1bX-2Ghb-3kpN-YjL3-6aKbZq", "VERSION": "LVM2 001",
-                                   "TYPE": "LVM2_member", "USAGE": "raid"})
+    machine.add_disk(
+        "sdb",
+        whole={
+            "UUID": "dU3ZgS-hYcE-Y1bX-2Ghb-3kpN-YjL3-6aKbZq",
+            "VERSION": "LVM2 001",
+            "TYPE": "LVM2_member",
+            "USAGE": "raid",
+        },
+    )
     [disk] = discovered(machine, "/dev/sdb").disks
     assert (disk.pttype, disk.signatures, disk.partitions) == ("", ("LVM2_member",), ())
     assert machine.runner.calls == [("blkid", "-p", "-o", "export", "/dev/sdb")]
@@ -138,12 +169,15 @@ def test_the_fake_machine_answers_blkid_like_util_linux(machine):
     gpt = machine.add_disk("sda", pttype="gpt")
     machine.add_disk("sdb")
     dos = machine.add_disk("sdc", pttype="dos")
-    answer = {d: machine.runner.run(("blkid", "-p", "-o", "export", d), ok=(0, 2))
-              for d in ("/dev/sda", "/dev/sdb", "/dev/sdc")}
+    answer = {
+        d: machine.runner.run(("blkid", "-p", "-o", "export", d), ok=(0, 2))
+        for d in ("/dev/sda", "/dev/sdb", "/dev/sdc")
+    }
     captured = (CAPTURED / "blkid-p-gpt-disk.txt").read_text()
     assert answer["/dev/sda"].returncode == 0
     assert [line.split("=")[0] for line in answer["/dev/sda"].stdout.splitlines()] == [
-        line.split("=")[0] for line in captured.splitlines()]
+        line.split("=")[0] for line in captured.splitlines()
+    ]
     assert answer["/dev/sda"].stdout == f"DEVNAME=/dev/sda\nPTUUID={gpt.ptuuid}\nPTTYPE=gpt\n"
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", gpt.ptuuid)
     assert (answer["/dev/sdb"].returncode, answer["/dev/sdb"].stdout) == (2, "")
@@ -158,14 +192,31 @@ def test_discovery_reads_the_inner_fat_of_an_md_member_from_blkid(machine):
     disk = machine.add_disk("sda")
     vfat = dict(line.split("=", 1) for line in (CAPTURED / "blkid-p-vfat.txt").read_text().splitlines())
     vfat.pop("DEVNAME")
-    machine.add_partition(disk, 1, 2048, 1048576, type_guid=ESP_TYPE, name="esp-mirror",
-                          probe={"UUID": "3a8d2f6e-1c4b-5d7e-9f0a-1b2c3d4e5f60", "LABEL": "any:esp",
-                                 "VERSION": "1.0", "TYPE": "linux_raid_member", "USAGE": "raid"},
-                          inner=vfat)
+    machine.add_partition(
+        disk,
+        1,
+        2048,
+        1048576,
+        type_guid=ESP_TYPE,
+        name="esp-mirror",
+        probe={
+            "UUID": "3a8d2f6e-1c4b-5d7e-9f0a-1b2c3d4e5f60",
+            "LABEL": "any:esp",
+            "VERSION": "1.0",
+            "TYPE": "linux_raid_member",
+            "USAGE": "raid",
+        },
+        inner=vfat,
+    )
     [facts] = discovered(machine, "/dev/sda").disks
     part = facts.partition(1)
     assert (part.fstype, part.md_uuid, part.md_name, part.inner_fstype, part.inner_uuid) == (
-        "linux_raid_member", "3a8d2f6e-1c4b-5d7e-9f0a-1b2c3d4e5f60", "any:esp", "vfat", "1A2B-3C4D")
+        "linux_raid_member",
+        "3a8d2f6e-1c4b-5d7e-9f0a-1b2c3d4e5f60",
+        "any:esp",
+        "vfat",
+        "1A2B-3C4D",
+    )
 
 
 def test_discovery_only_runs_read_only_probes(two_disks):
@@ -173,15 +224,31 @@ def test_discovery_only_runs_read_only_probes(two_disks):
     (sdb): blkid on the disk, sfdisk only where blkid saw a table, blkid per partition (and inside
     the md member), then efibootmgr."""
     sdb = two_disks.disks["/dev/sdb"]
-    two_disks.add_partition(sdb, 1, 2048, 1048576, type_guid=ESP_TYPE, name="esp-mirror",
-                            probe={"UUID": "3a8d2f6e-1c4b-5d7e-9f0a-1b2c3d4e5f60", "LABEL": "any:esp",
-                                   "VERSION": "1.0", "TYPE": "linux_raid_member", "USAGE": "raid"})
+    two_disks.add_partition(
+        sdb,
+        1,
+        2048,
+        1048576,
+        type_guid=ESP_TYPE,
+        name="esp-mirror",
+        probe={
+            "UUID": "3a8d2f6e-1c4b-5d7e-9f0a-1b2c3d4e5f60",
+            "LABEL": "any:esp",
+            "VERSION": "1.0",
+            "TYPE": "linux_raid_member",
+            "USAGE": "raid",
+        },
+    )
     discovered(two_disks, "/dev/sda", "/dev/sdb")
     member = ("-o", "export", "-O", str(2048 * 512), "-S", str(1048576 * 512), "/dev/sdb")
-    assert two_disks.runner.calls == [("blkid", "-p", "-o", "export", "/dev/sda"),
-                                      ("blkid", "-p", "-o", "export", "/dev/sdb"), ("sfdisk", "--json", "/dev/sdb"),
-                                      ("blkid", "-p", *member), ("blkid", "-p", "-u", "filesystem", *member),
-                                      ("efibootmgr", "-v")]
+    assert two_disks.runner.calls == [
+        ("blkid", "-p", "-o", "export", "/dev/sda"),
+        ("blkid", "-p", "-o", "export", "/dev/sdb"),
+        ("sfdisk", "--json", "/dev/sdb"),
+        ("blkid", "-p", *member),
+        ("blkid", "-p", "-u", "filesystem", *member),
+        ("efibootmgr", "-v"),
+    ]
     assert_only_read(two_disks.runner.calls)
 
 
@@ -190,8 +257,11 @@ def test_an_existing_esp_of_another_size_is_refused_with_the_size_to_use(machine
         disk = machine.add_disk(name)
         machine.add_partition(disk, 1, 2048, 614400, type_guid=ESP_TYPE, name="esp-mirror")
     outcome = machine.cli("plan", *machine.args(), "--no-nvram")
-    assert (outcome.code, outcome.error) == (2, "disk /dev/sda already has an esp-mirror ESP of 300 MiB at sector "
-                                                "2048: re-run with --esp-size 300M, or --wipe to start over")
+    assert (outcome.code, outcome.error) == (
+        2,
+        "disk /dev/sda already has an esp-mirror ESP of 300 MiB at sector "
+        "2048: re-run with --esp-size 300M, or --wipe to start over",
+    )
 
 
 def test_two_namespaces_of_one_controller_share_a_serial_but_still_get_unique_partition_guids(machine):

@@ -10,15 +10,23 @@ by the tests: change them deliberately when the plan is meant to change).
 from __future__ import annotations
 
 import copy
-import os
 import json
+import os
 import re
 from pathlib import Path
 
 import pytest
-
-from conftest import (BOOTLOADERS, DATA, PROFILES, Machine, bootorder_after, equip_two_disks, json_commands,
-                      make_efi_image, starting)
+from conftest import (
+    BOOTLOADERS,
+    DATA,
+    PROFILES,
+    Machine,
+    bootorder_after,
+    equip_two_disks,
+    json_commands,
+    make_efi_image,
+    starting,
+)
 
 GOLDEN = DATA / "golden"
 DRACUT = {"fedora", "rhel", "opensuse", "void", "gentoo"}
@@ -28,8 +36,13 @@ FACTS = {
     "debian": ("/boot/efi", "debian", "Debian", "/etc/mdadm/mdadm.conf", ("update-initramfs", "-u", "-k", "all")),
     "ubuntu": ("/boot/efi", "ubuntu", "Ubuntu", "/etc/mdadm/mdadm.conf", ("update-initramfs", "-u", "-k", "all")),
     "fedora": ("/boot/efi", "fedora", "Fedora", "/etc/mdadm.conf", ("dracut", "--regenerate-all", "--force")),
-    "rhel": ("/boot/efi", "redhat", "Red Hat Enterprise Linux", "/etc/mdadm.conf",
-             ("dracut", "--regenerate-all", "--force")),
+    "rhel": (
+        "/boot/efi",
+        "redhat",
+        "Red Hat Enterprise Linux",
+        "/etc/mdadm.conf",
+        ("dracut", "--regenerate-all", "--force"),
+    ),
     "opensuse": ("/boot/efi", "opensuse", "openSUSE", "/etc/mdadm.conf", ("dracut", "--regenerate-all", "--force")),
     "gentoo": ("/boot/efi", "gentoo", "Gentoo", "/etc/mdadm.conf", ("dracut", "--regenerate-all", "--force")),
     "void": ("/boot/efi", "void", "Void Linux", "/etc/mdadm.conf", ("xbps-reconfigure", "--force", "--all")),
@@ -58,12 +71,15 @@ GOLDEN_CASES += [pytest.param("debian", k) for k in ("efi", "zfsbootmenu", "syst
 
 @pytest.mark.parametrize(("profile", "kind"), GOLDEN_CASES)
 def test_plan_text_is_exactly_the_golden_file(two_disks, efi_image, profile, kind):
-    outcome = two_disks.cli("plan", *two_disks.args(), "--profile", profile, "--bootloader", kind,
-                            *image_args(kind, efi_image))
+    outcome = two_disks.cli(
+        "plan", *two_disks.args(), "--profile", profile, "--bootloader", kind, *image_args(kind, efi_image)
+    )
     assert outcome.code == 0, outcome.err
     expected = (GOLDEN / f"plan-{profile}-{kind}.txt").read_text()
     if os.environ.get("ESP_MIRROR_GOLDEN_OUT"):  # write the actual plan next to it, for a review by diff
-        Path(os.environ["ESP_MIRROR_GOLDEN_OUT"], f"plan-{profile}-{kind}.txt").write_text(two_disks.normalize(outcome.out))
+        Path(os.environ["ESP_MIRROR_GOLDEN_OUT"], f"plan-{profile}-{kind}.txt").write_text(
+            two_disks.normalize(outcome.out)
+        )
     assert two_disks.normalize(outcome.out) == expected
 
 
@@ -93,9 +109,11 @@ def plans(tmp_path_factory):
         if (profile, kind) not in cache:
             machine = equip_two_disks(Machine(tmp_path_factory.mktemp(f"{profile}-{kind}")))
             efi_image = make_efi_image(machine.root)
-            cache[profile, kind] = plan_of(machine, "--profile", profile, "--bootloader", kind,
-                                           *image_args(kind, efi_image))
+            cache[profile, kind] = plan_of(
+                machine, "--profile", profile, "--bootloader", kind, *image_args(kind, efi_image)
+            )
         return copy.deepcopy(cache[profile, kind])
+
     return get
 
 
@@ -113,8 +131,16 @@ def test_each_disk_gets_a_512mib_ef00_partition_at_1mib_with_its_own_guid(plan):
     guids = [m["partition_guid"] for m in plan["members"]]
     assert len(set(guids)) == 2 and all(re.fullmatch(r"[0-9a-f-]{36}", g) for g in guids)
     assert starting(json_commands(plan, "pre_partition"), "sgdisk") == [
-        ("sgdisk", "--new=1:2048:1050623", "--typecode=1:EF00", f"--partition-guid=1:{guid}",
-         "--change-name=1:esp-mirror", disk) for guid, disk in zip(guids, ("/dev/sda", "/dev/sdb"))]
+        (
+            "sgdisk",
+            "--new=1:2048:1050623",
+            "--typecode=1:EF00",
+            f"--partition-guid=1:{guid}",
+            "--change-name=1:esp-mirror",
+            disk,
+        )
+        for guid, disk in zip(guids, ("/dev/sda", "/dev/sdb"), strict=False)
+    ]
 
 
 def test_one_wipefs_clears_the_new_partitions_after_all_of_them_appeared(plan):
@@ -128,20 +154,35 @@ def test_array_is_raid1_with_metadata_1_0_homehost_any_and_name_esp(plan):
     uuid = plan["array"]["uuid"]
     assert re.fullmatch(r"[0-9a-f]{8}(:[0-9a-f]{8}){3}", uuid)
     assert starting(json_commands(plan, "post_format"), "mdadm", "--create") == [
-        ("mdadm", "--create", "/dev/md/esp", "--run", "--level=1", "--raid-devices=2", "--metadata=1.0",
-         "--homehost=any", "--name=esp", f"--uuid={uuid}", "/dev/sda1", "/dev/sdb1")]
+        (
+            "mdadm",
+            "--create",
+            "/dev/md/esp",
+            "--run",
+            "--level=1",
+            "--raid-devices=2",
+            "--metadata=1.0",
+            "--homehost=any",
+            "--name=esp",
+            f"--uuid={uuid}",
+            "/dev/sda1",
+            "/dev/sdb1",
+        )
+    ]
 
 
 def test_fat32_is_made_on_the_array_with_512_byte_sectors_and_4k_clusters(plan):
     volume = plan["filesystem"]["uuid"].replace("-", "")
     assert starting(json_commands(plan, "post_format"), "mkfs.vfat") == [
-        ("mkfs.vfat", "-F", "32", "-S", "512", "-s", "8", "-n", "ESP", "-i", volume, "/dev/md/esp")]
+        ("mkfs.vfat", "-F", "32", "-S", "512", "-s", "8", "-n", "ESP", "-i", volume, "/dev/md/esp")
+    ]
 
 
 def test_array_is_mounted_at_target_plus_the_profiles_mount_point(plan, profile):
     esp_dir = f"{target_of(plan)}{FACTS[profile][0]}"
     assert starting(json_commands(plan, "post_format"), "mount", "-t") == [
-        ("mount", "-t", "vfat", "-o", "umask=0077", "/dev/md/esp", esp_dir)]
+        ("mount", "-t", "vfat", "-o", "umask=0077", "/dev/md/esp", esp_dir)
+    ]
 
 
 def test_mdadm_conf_and_fstab_get_exactly_one_managed_line_each(plan, profile):
@@ -154,12 +195,14 @@ def test_mdadm_conf_and_fstab_get_exactly_one_managed_line_each(plan, profile):
     expected = array if mdadm_conf == "/etc/mdadm/mdadm.conf" else f"{array}\nMAILADDR root"
     assert edits[f"{target_of(plan)}{mdadm_conf}"] == expected
     assert edits[f"{target_of(plan)}/etc/fstab"] == (
-        f"UUID={plan['filesystem']['uuid']}\t{mountpoint}\tvfat\t{FSTAB_OPTIONS}\t0\t2")
+        f"UUID={plan['filesystem']['uuid']}\t{mountpoint}\tvfat\t{FSTAB_OPTIONS}\t0\t2"
+    )
 
 
 def test_initramfs_is_regenerated_exactly_once_inside_the_target(plan, profile):
     assert starting(json_commands(plan, "initramfs_config"), "chroot") == [
-        ("chroot", target_of(plan), *FACTS[profile][4])]
+        ("chroot", target_of(plan), *FACTS[profile][4])
+    ]
 
 
 def test_bootloader_payload_lands_on_the_array_and_the_fallback_path(plan, profile, kind):
@@ -169,30 +212,43 @@ def test_bootloader_payload_lands_on_the_array_and_the_fallback_path(plan, profi
     steps = next(g for g in plan["groups"] if g["name"] == "bootloader")["steps"]
     if kind == "grub" and profile in ("fedora", "rhel"):  # signed GRUB and shim come as packages
         assert starting(json_commands(plan, "bootloader"), "chroot", target) == [
-            ("chroot", target, "dnf", "reinstall", "--assumeyes", "shim-x64", "grub2-efi-x64")]
+            ("chroot", target, "dnf", "reinstall", "--assumeyes", "shim-x64", "grub2-efi-x64")
+        ]
     elif kind == "grub":
         tool = "grub2-install" if profile == "opensuse" else "grub-install"
         grub = ("chroot", target, tool, "--target=x86_64-efi", f"--efi-directory={mountpoint}", "--no-nvram")
         assert starting(json_commands(plan, "bootloader"), "chroot", target, tool) == [
-            (*grub, f"--bootloader-id={loader_id}"), (*grub, "--removable")]
+            (*grub, f"--bootloader-id={loader_id}"),
+            (*grub, "--removable"),
+        ]
     elif kind == "systemd-boot":
         bootctl = next(s for s in steps if "bootctl" in s["argv"])
-        assert bootctl["argv"] == ["chroot", target, "bootctl", "install", f"--esp-path={mountpoint}",
-                                   "--no-variables"]
+        assert bootctl["argv"] == ["chroot", target, "bootctl", "install", f"--esp-path={mountpoint}", "--no-variables"]
         assert bootctl["env"] == {"SYSTEMD_RELAX_ESP_CHECKS": "1"}
         assert ("chroot", target, "rm", "-f", f"{mountpoint}/loader/random-seed") in json_commands(plan)
-        assert ("chroot", target, "systemctl", "mask", "systemd-boot-random-seed.service",
-                "systemd-boot-system-token.service") in json_commands(plan)
+        assert (
+            "chroot",
+            target,
+            "systemctl",
+            "mask",
+            "systemd-boot-random-seed.service",
+            "systemd-boot-system-token.service",
+        ) in json_commands(plan)
     else:
-        files = ([f"EFI/{loader_id}/linux.efi"] if kind == "efi"
-                 else ["EFI/ZBM/VMLINUZ.EFI", "EFI/ZBM/VMLINUZ-BACKUP.EFI"]) + ["EFI/BOOT/BOOTX64.EFI"]
+        files = (
+            [f"EFI/{loader_id}/linux.efi"] if kind == "efi" else ["EFI/ZBM/VMLINUZ.EFI", "EFI/ZBM/VMLINUZ-BACKUP.EFI"]
+        ) + ["EFI/BOOT/BOOTX64.EFI"]
         copies = [(s["source"], s["dest"]) for s in steps if s["kind"] == "copy-file"]
         payload = str(Path(target).parent / "payload/linux.efi")
         assert copies == [(payload, f"{esp}/{f}") for f in files]
 
 
-LOADERS = {"grub": "\\EFI\\{id}\\grubx64.efi", "systemd-boot": "\\EFI\\systemd\\systemd-bootx64.efi",
-           "efi": "\\EFI\\{id}\\linux.efi", "zfsbootmenu": "\\EFI\\ZBM\\VMLINUZ.EFI"}
+LOADERS = {
+    "grub": "\\EFI\\{id}\\grubx64.efi",
+    "systemd-boot": "\\EFI\\systemd\\systemd-bootx64.efi",
+    "efi": "\\EFI\\{id}\\linux.efi",
+    "zfsbootmenu": "\\EFI\\ZBM\\VMLINUZ.EFI",
+}
 
 
 def test_one_boot_entry_per_disk_created_last_disk_first_so_ours_boot_first(plan, profile, kind):
@@ -204,13 +260,46 @@ def test_one_boot_entry_per_disk_created_last_disk_first_so_ours_boot_first(plan
         loader = loader.replace("grubx64.efi", "shimx64.efi")
     efibootmgr = starting(json_commands(plan, "bootloader"), "efibootmgr")
     assert efibootmgr == [
-        ("efibootmgr", "--quiet", "--create", "--bootnum", "0006", "--disk", "/dev/sdb", "--part", "1",
-         "--label", f"{label} (esp-mirror {SERIALS[1]})", "--loader", loader),
-        ("efibootmgr", "--quiet", "--create", "--bootnum", "0005", "--disk", "/dev/sda", "--part", "1",
-         "--label", f"{label} (esp-mirror {SERIALS[0]})", "--loader", loader),
+        (
+            "efibootmgr",
+            "--quiet",
+            "--create",
+            "--bootnum",
+            "0006",
+            "--disk",
+            "/dev/sdb",
+            "--part",
+            "1",
+            "--label",
+            f"{label} (esp-mirror {SERIALS[1]})",
+            "--loader",
+            loader,
+        ),
+        (
+            "efibootmgr",
+            "--quiet",
+            "--create",
+            "--bootnum",
+            "0005",
+            "--disk",
+            "/dev/sda",
+            "--part",
+            "1",
+            "--label",
+            f"{label} (esp-mirror {SERIALS[0]})",
+            "--loader",
+            loader,
+        ),
     ]
     assert bootorder_after(("0004", "0001", "0000", "0002", "0003"), efibootmgr) == (
-        "0005", "0006", "0004", "0001", "0000", "0002", "0003")
+        "0005",
+        "0006",
+        "0004",
+        "0001",
+        "0000",
+        "0002",
+        "0003",
+    )
 
 
 def test_hooks_run_in_target_behind_bind_mounts_that_cleanup_undoes(plan):
@@ -221,7 +310,7 @@ def test_hooks_run_in_target_behind_bind_mounts_that_cleanup_undoes(plan):
     binds = [("mount", "--bind", f"/{fs}", f"{target}/{fs}") for fs in ("proc", "sys", "dev")]
     cmds = json_commands(plan)
     first = next(i for i, argv in enumerate(cmds) if argv[:2] == ("chroot", target))
-    assert cmds[first - 3:first] == binds
+    assert cmds[first - 3 : first] == binds
     assert [argv for argv in cmds if argv[:2] == ("mount", "--bind")] == binds
     assert json_commands(plan, "cleanup") == [("umount", f"{target}/{fs}") for fs in ("dev", "sys", "proc")]
 
@@ -230,8 +319,7 @@ def test_hooks_run_in_target_behind_bind_mounts_that_cleanup_undoes(plan):
 
 
 def initramfs_files(plan: dict) -> list[dict]:
-    return [s for g in plan["groups"] if g["name"] == "initramfs_config" for s in g["steps"]
-            if s["kind"] != "command"]
+    return [s for g in plan["groups"] if g["name"] == "initramfs_config" for s in g["steps"] if s["kind"] != "command"]
 
 
 @pytest.mark.parametrize("name", ["debian", "ubuntu"])
@@ -243,7 +331,10 @@ def test_initramfs_tools_needs_no_settings_file(two_disks, name):
 def test_dracut_dropin_carries_mdadm_conf_and_never_bakes_the_esp_into_the_cmdline(two_disks, name):
     [dropin] = initramfs_files(plan_of(two_disks, "--profile", name))
     assert (dropin["kind"], dropin["path"], dropin["mode"]) == (
-        "write-file", f"{two_disks.target}/etc/dracut.conf.d/90-esp-mirror.conf", "0644")
+        "write-file",
+        f"{two_disks.target}/etc/dracut.conf.d/90-esp-mirror.conf",
+        "0644",
+    )
     lines = dropin["content"].splitlines()
     assert lines[0] == "# Written by esp-mirror."
     assert 'mdadmconf="yes"' in lines and 'hostonly_cmdline="no"' in lines
@@ -252,14 +343,17 @@ def test_dracut_dropin_carries_mdadm_conf_and_never_bakes_the_esp_into_the_cmdli
 @pytest.mark.parametrize("name", sorted(DRACUT))
 def test_dracut_dropin_adds_mdraid_to_the_modules_instead_of_replacing_them(two_disks, name):
     [dropin] = initramfs_files(plan_of(two_disks, "--profile", name))
-    assert dropin["content"] == ('# Written by esp-mirror.\nadd_dracutmodules+=" mdraid "\n'
-                                 'mdadmconf="yes"\nhostonly_cmdline="no"\n')
+    assert dropin["content"] == (
+        '# Written by esp-mirror.\nadd_dracutmodules+=" mdraid "\nmdadmconf="yes"\nhostonly_cmdline="no"\n'
+    )
 
 
 def test_arch_gets_a_mkinitcpio_dropin_that_places_mdadm_udev_before_filesystems(two_disks):
     [dropin] = initramfs_files(plan_of(two_disks, "--profile", "arch"))
     assert (dropin["kind"], dropin["path"]) == (
-        "write-file", f"{two_disks.target}/etc/mkinitcpio.conf.d/90-esp-mirror.conf")
+        "write-file",
+        f"{two_disks.target}/etc/mkinitcpio.conf.d/90-esp-mirror.conf",
+    )
     assert dropin["content"] == (DATA / "golden/mkinitcpio-90-esp-mirror.conf").read_text()
 
 
@@ -278,7 +372,8 @@ def test_alpine_adds_the_raid_feature_to_mkinitfs_conf_and_rebuilds_each_kernel(
     assert (edit["kind"], edit["path"]) == ("edit-block", f"{two_disks.target}/etc/mkinitfs/mkinitfs.conf")
     assert edit["block"] == 'case " $features " in *" raid "*) ;; *) features="$features raid" ;; esac'
     assert json_commands(plan, "initramfs_config") == [
-        ("chroot", str(two_disks.target), "mkinitfs", "-b", "/", kver) for kver in ("6.1.0-13-amd64", "6.6.30-0-lts")]
+        ("chroot", str(two_disks.target), "mkinitfs", "-b", "/", kver) for kver in ("6.1.0-13-amd64", "6.6.30-0-lts")
+    ]
 
 
 # -- what differs by disk -----------------------------------------------------------------------

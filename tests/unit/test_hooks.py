@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pluggy
 import pytest
-
 from conftest import commands
+
 from esp_mirror_plugin import PROJECT, hookimpl, host
-from esp_mirror_plugin.pipeline.context import prepare
 from esp_mirror_plugin.errors import BadInput, StepFailed
+from esp_mirror_plugin.pipeline.context import prepare
 from esp_mirror_plugin.pipeline.execute import PlanRecorder
 from esp_mirror_plugin.pipeline.request import Request
 
@@ -54,8 +54,7 @@ def test_a_plugin_sees_the_four_hooks_once_each_in_order(ctx):
     groups = host.plan(ctx, pm)
     assert recorder.seen == ["pre_partition", "post_format", "initramfs_config", "bootloader"]
     assert ctx.state["recorder"] == recorder.seen
-    assert [g.name for g in groups] == ["pre_partition", "post_format", "initramfs_config", "bootloader",
-                                        "cleanup"]
+    assert [g.name for g in groups] == ["pre_partition", "post_format", "initramfs_config", "bootloader", "cleanup"]
 
 
 def test_every_hookspec_has_esp_mirrors_implementation_and_check_pending_passes():
@@ -71,7 +70,7 @@ def test_every_hookspec_has_esp_mirrors_implementation_and_check_pending_passes(
 def test_check_pending_catches_a_misspelled_hook():
     class Typo:
         @hookimpl
-        def pre_partiton(self, ctx):  # noqa: D102 - the typo is the point
+        def pre_partiton(self, ctx):
             pass
 
     pm = host.get_plugin_manager(load_entrypoints=False)
@@ -93,7 +92,10 @@ def test_a_failing_plugin_stops_the_pipeline_with_step_failed_naming_the_hook(ct
     with pytest.raises(StepFailed) as failure:
         host.plan(ctx, pm)
     assert (failure.value.group, failure.value.step, failure.value.detail) == (
-        "post_format", "hook post_format", "RuntimeError: disk on fire")
+        "post_format",
+        "hook post_format",
+        "RuntimeError: disk on fire",
+    )
     assert recorder.seen == ["pre_partition"]
     assert [g.name for g in ctx.executor.groups] == ["pre_partition"]
 
@@ -106,7 +108,7 @@ def test_bad_input_from_a_plugin_passes_through_unchanged(ctx):
 
     pm = host.get_plugin_manager(load_entrypoints=False)
     pm.register(Picky())
-    with pytest.raises(BadInput, match="^this installer needs --esp-size 1G: pass it$"):
+    with pytest.raises(BadInput, match=r"^this installer needs --esp-size 1G: pass it$"):
         host.plan(ctx, pm)
 
 
@@ -150,8 +152,9 @@ def test_an_installer_can_call_the_hooks_itself_with_keyword_arguments(ctx):
 
 def test_entry_point_plugins_load_unless_blocked_by_the_environment(monkeypatch):
     loaded: list[str] = []
-    monkeypatch.setattr(pluggy.PluginManager, "load_setuptools_entrypoints",
-                        lambda self, group, name=None: loaded.append(group) or 0)
+    monkeypatch.setattr(
+        pluggy.PluginManager, "load_setuptools_entrypoints", lambda self, group, name=None: loaded.append(group) or 0
+    )
     monkeypatch.delenv("ESP_MIRROR_NO_PLUGINS")
     host.get_plugin_manager()
     assert loaded == [PROJECT]

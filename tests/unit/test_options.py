@@ -6,12 +6,11 @@ import io
 import json
 
 import pytest
-
 from conftest import ToolsExcept, assert_only_read, json_commands, starting
-from esp_mirror_plugin import host
-from esp_mirror_plugin import cli
-from esp_mirror_plugin.pipeline.context import prepare
+
+from esp_mirror_plugin import cli, host
 from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline.context import prepare
 from esp_mirror_plugin.pipeline.kinds import InitramfsMode
 from esp_mirror_plugin.pipeline.request import Request
 
@@ -29,8 +28,10 @@ def group_names(plan: dict) -> list[str]:
 # -- initramfs modes ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("profile", "regenerate"), [("debian", ("update-initramfs", "-u", "-k", "all")),
-                                                     ("fedora", ("dracut", "--regenerate-all", "--force"))])
+@pytest.mark.parametrize(
+    ("profile", "regenerate"),
+    [("debian", ("update-initramfs", "-u", "-k", "all")), ("fedora", ("dracut", "--regenerate-all", "--force"))],
+)
 def test_regenerate_mode_rebuilds_once_in_the_whole_plan(two_disks, profile, regenerate):
     cmds = json_commands(plan_of(two_disks, "--profile", profile))
     assert [c for c in cmds if c[2:] == regenerate] == [("chroot", str(two_disks.target), *regenerate)]
@@ -49,17 +50,23 @@ def test_skip_touches_neither_settings_nor_images(two_disks):
     assert not any("mkinitcpio" in " ".join(c) for c in json_commands(plan))
 
 
-@pytest.mark.parametrize(("mode", "refused"), [(InitramfsMode.REGENERATE, True),
-                                               (InitramfsMode.CONFIGURE_ONLY, False), (InitramfsMode.SKIP, False)])
+@pytest.mark.parametrize(
+    ("mode", "refused"),
+    [(InitramfsMode.REGENERATE, True), (InitramfsMode.CONFIGURE_ONLY, False), (InitramfsMode.SKIP, False)],
+)
 def test_the_generator_must_be_in_the_target_only_when_it_runs(two_disks, mode, refused):
     two_disks.runner.tools = ToolsExcept("dracut")
-    request = Request(disks=("/dev/sda", "/dev/sdb"), profile="fedora", target=str(two_disks.target),
-                      initramfs=mode, arch="x86_64")
+    request = Request(
+        disks=("/dev/sda", "/dev/sdb"), profile="fedora", target=str(two_disks.target), initramfs=mode, arch="x86_64"
+    )
     ctx = prepare(request, runner=two_disks.runner, host=two_disks.host)  # the target is not looked at yet
     pm = host.get_plugin_manager(load_entrypoints=False)
     if refused:
-        with pytest.raises(BadInput, match=f"^dracut is not installed in the target {two_disks.target}: install it "
-                                           "with `dnf install --assumeyes dracut`$"):
+        with pytest.raises(
+            BadInput,
+            match=f"^dracut is not installed in the target {two_disks.target}: install it "
+            "with `dnf install --assumeyes dracut`$",
+        ):
             host.plan(ctx, pm)
     else:
         host.plan(ctx, pm)
@@ -68,8 +75,11 @@ def test_the_generator_must_be_in_the_target_only_when_it_runs(two_disks, mode, 
 def test_per_kernel_generator_without_a_kernel_is_bad_input(two_disks):
     (two_disks.target / "lib/modules/6.1.0-13-amd64").rmdir()
     outcome = two_disks.cli("plan", *two_disks.args(), "--profile", "alpine")
-    assert (outcome.code, outcome.error) == (2, f"no kernel in {two_disks.target}/lib/modules to build an initramfs "
-                                                "for: install the kernel first, or pass --initramfs configure-only")
+    assert (outcome.code, outcome.error) == (
+        2,
+        f"no kernel in {two_disks.target}/lib/modules to build an initramfs "
+        "for: install the kernel first, or pass --initramfs configure-only",
+    )
     assert_only_read(outcome.calls)
 
 
@@ -82,8 +92,10 @@ def test_no_nvram_reads_and_writes_no_boot_entries_and_says_how_it_boots(two_dis
     assert ("efibootmgr", "-v") not in outcome.calls
     assert starting(json_commands(plan), "efibootmgr") == [] and plan["nvram"] is False
     boot = next(g for g in plan["groups"] if g["name"] == "bootloader")
-    assert boot["notes"] == ["no NVRAM boot entries (--no-nvram or no EFI variables): the firmware boots each disk "
-                             "through \\EFI\\BOOT\\BOOTX64.EFI"]
+    assert boot["notes"] == [
+        "no NVRAM boot entries (--no-nvram or no EFI variables): the firmware boots each disk "
+        "through \\EFI\\BOOT\\BOOTX64.EFI"
+    ]
 
 
 def test_without_efi_variables_nvram_is_off_with_a_warning(two_disks):
@@ -93,8 +105,10 @@ def test_without_efi_variables_nvram_is_off_with_a_warning(two_disks):
     assert ("efibootmgr", "-v") not in outcome.calls
     assert starting(json_commands(plan), "efibootmgr") == [] and plan["nvram"] is False
     [warning] = next(g for g in plan["groups"] if g["name"] == "notes")["notes"]
-    assert warning.startswith("WARNING: no EFI variables here (/sys/firmware/efi/efivars is empty): no boot "
-                              "entries are made; the firmware will boot via the \\EFI\\BOOT\\ fallback path.")
+    assert warning.startswith(
+        "WARNING: no EFI variables here (/sys/firmware/efi/efivars is empty): no boot "
+        "entries are made; the firmware will boot via the \\EFI\\BOOT\\ fallback path."
+    )
 
 
 def test_without_efi_variables_apply_does_not_need_efibootmgr(two_disks):
@@ -110,8 +124,10 @@ def test_without_efi_variables_apply_does_not_need_efibootmgr(two_disks):
 
 def test_a_config_file_gives_the_settings_and_options_override_it(two_disks, tmp_path):
     config = tmp_path / "esp.yaml"
-    config.write_text(f"disks: [/dev/sda, /dev/sdb]\ntarget: {two_disks.target}\nesp_size: 1G\nprofile: arch\n"
-                      "entry-label: Site\nno_nvram: true\n")
+    config.write_text(
+        f"disks: [/dev/sda, /dev/sdb]\ntarget: {two_disks.target}\nesp_size: 1G\nprofile: arch\n"
+        "entry-label: Site\nno_nvram: true\n"
+    )
     outcome = two_disks.cli("plan", "--json", "--config", str(config), "--esp-size", "600M")
     assert outcome.code == 0, outcome.err
     plan = json.loads(outcome.out)
@@ -119,13 +135,16 @@ def test_a_config_file_gives_the_settings_and_options_override_it(two_disks, tmp
     assert [c[1] for c in starting(json_commands(plan), "sgdisk")] == ["--new=1:2048:1230847"] * 2
 
 
-@pytest.mark.parametrize(("content", "problem"), [
-    ("disks: [/dev/sda]\nesp-sise: 1G\n", "unknown setting 'esp_sise': allowed are "),
-    ("wipe: yes please\n", "wipe must be true or false"),
-    ("disks: /dev/sda\n", "disks must be a list of paths"),
-    ("initramfs: sometimes\n", "unknown initramfs 'sometimes': use one of regenerate, configure-only, skip"),
-    ("[unclosed\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("disks: [/dev/sda]\nesp-sise: 1G\n", "unknown setting 'esp_sise': allowed are "),
+        ("wipe: yes please\n", "wipe must be true or false"),
+        ("disks: /dev/sda\n", "disks must be a list of paths"),
+        ("initramfs: sometimes\n", "unknown initramfs 'sometimes': use one of regenerate, configure-only, skip"),
+        ("[unclosed\n", "not valid YAML"),
+    ],
+)
 def test_a_bad_config_file_is_bad_input_naming_the_file(two_disks, tmp_path, content, problem):
     config = tmp_path / "esp.yaml"
     config.write_text(content)
@@ -169,7 +188,7 @@ def test_aarch64_uses_the_arm64_grub_target_and_bootaa64(two_disks):
 
 
 def test_an_unknown_architecture_is_bad_input(two_disks):
-    with pytest.raises(BadInput, match="^architecture riscv64 is not supported: esp-mirror knows x86_64 and aarch64$"):
+    with pytest.raises(BadInput, match=r"^architecture riscv64 is not supported: esp-mirror knows x86_64 and aarch64$"):
         plan_groups(two_disks, arch="riscv64")
 
 

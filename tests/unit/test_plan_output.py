@@ -6,7 +6,6 @@ import json
 import shlex
 
 import pytest
-
 from conftest import BOOTLOADERS, PROFILES, assert_only_read
 
 FIRST_LINE = {
@@ -24,7 +23,7 @@ def text_steps(text: str) -> list[tuple[str, str, str]]:
     for line in text.splitlines():
         if line.startswith("# == "):
             group = line[5:-3]
-        elif line.startswith("# note: ") or not line or line.startswith("    | "):
+        elif line.startswith(("# note: ", "    | ")) or not line:
             continue
         elif line.startswith("# ") and group:
             why = line[2:]
@@ -52,7 +51,7 @@ def test_text_and_json_plans_have_the_same_steps(two_disks, efi_image, profile, 
     plan = json.loads(raw.out)
     from_text, from_json = text_steps(text.out), json_steps(plan)
     assert [(g, why) for g, why, _ in from_text] == [(g, why) for g, why, _ in from_json]
-    for (_, _, line), (_, _, step) in zip(from_text, from_json):
+    for (_, _, line), (_, _, step) in zip(from_text, from_json, strict=False):
         if step["kind"] == "command":
             words = shlex.split(line)
             env = [f"{k}={v}" for k, v in step["env"].items()]
@@ -84,8 +83,10 @@ def test_json_plan_of_image_files_renders_loop_variables(machine):
     wait = next(s for g in plan["groups"] for s in g["steps"] if s["kind"] == "wait-for-partition")
     assert (wait["disk"], wait["node"]) == ('"${LOOP_1}"', '"${LOOP_1}p1"')
     notes = next(g for g in plan["groups"] if g["name"] == "notes")["notes"]
-    assert notes == ["image files are not this machine's disks: no firmware boot entries are made (--no-nvram); "
-                     "the firmware boots them via \\EFI\\BOOT\\ fallback path"]
+    assert notes == [
+        "image files are not this machine's disks: no firmware boot entries are made (--no-nvram); "
+        "the firmware boots them via \\EFI\\BOOT\\ fallback path"
+    ]
 
 
 @pytest.mark.parametrize("kind", BOOTLOADERS)
@@ -110,7 +111,10 @@ def test_plan_on_disks_with_partition_tables_only_reads_and_writes_nothing(machi
     outcome = machine.cli("plan", *machine.args(), "--wipe")
     assert outcome.code == 0, outcome.err
     assert_only_read(outcome.calls)
-    assert {("sfdisk", "--json", "/dev/sda"), ("sfdisk", "--json", "/dev/sdb"),
-            ("blkid", "-p", "-o", "export", "-O", str(2048 * 512), "-S", str(2097152 * 512), "/dev/sdb"),
-            ("efibootmgr", "-v")} <= set(outcome.calls)
+    assert {
+        ("sfdisk", "--json", "/dev/sda"),
+        ("sfdisk", "--json", "/dev/sdb"),
+        ("blkid", "-p", "-o", "export", "-O", str(2048 * 512), "-S", str(2097152 * 512), "/dev/sdb"),
+        ("efibootmgr", "-v"),
+    } <= set(outcome.calls)
     assert machine.target_state() == before

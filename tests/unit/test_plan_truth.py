@@ -11,20 +11,17 @@ import stat
 from pathlib import Path
 
 import pytest
+from conftest import KVER, Machine, assert_only_read, commands
 
-from conftest import KVER, Machine, Mirror, assert_only_read, commands
-from esp_mirror_plugin import hookimpl, host
-from esp_mirror_plugin import cli
+from esp_mirror_plugin import cli, hookimpl, host
 from esp_mirror_plugin.cli import install as cli_install
-from esp_mirror_plugin.system import files
-from esp_mirror_plugin.system import lock
-from esp_mirror_plugin.pipeline.context import prepare
 from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline.context import prepare
 from esp_mirror_plugin.pipeline.execute import Applier, PlanRecorder
-from esp_mirror_plugin.pipeline.kinds import BootloaderKind, InitramfsMode
 from esp_mirror_plugin.pipeline.request import Request
-from esp_mirror_plugin.system.runner import CommandFailed, RecordingRunner, Result
 from esp_mirror_plugin.pipeline.steps import CopyFile, EditBlock, Group, WriteFile
+from esp_mirror_plugin.system import files, lock
+from esp_mirror_plugin.system.runner import CommandFailed, RecordingRunner
 
 # -- a plan by a user who cannot read the disks -------------------------------------------------
 
@@ -37,8 +34,10 @@ def test_a_plan_by_a_user_lists_the_disks_it_could_not_read_and_apply_would_read
     raw = json.loads(two_disks.cli("plan", "--json", *two_disks.args()).out)
 
     assert outcome.code == 0, outcome.err
-    assert ("# note: UNVERIFIED: could not read disk /dev/sdb (Permission denied). This plan takes them as empty; "
-            "apply, which runs as root, reads them again and refuses what is not safe") in outcome.out
+    assert (
+        "# note: UNVERIFIED: could not read disk /dev/sdb (Permission denied). This plan takes them as empty; "
+        "apply, which runs as root, reads them again and refuses what is not safe"
+    ) in outcome.out
     assert raw["unverified"] == ["disk /dev/sdb (Permission denied)"]
     assert ("blkid", "-p", "-o", "export", "/dev/sdb") not in outcome.calls  # never probed as if it were blank
     assert_only_read(outcome.calls)
@@ -59,15 +58,18 @@ def test_a_users_plan_says_when_the_boot_entries_could_not_be_read(two_disks, mo
     monkeypatch.setattr(cli, "is_root", lambda: False)
     plan = json.loads(two_disks.cli("plan", "--json", *two_disks.args()).out)
     assert plan["unverified"] == [
-        "the firmware's boot entries (efibootmgr -v) (efibootmgr: EFI variables are not supported on this system.)"]
+        "the firmware's boot entries (efibootmgr -v) (efibootmgr: EFI variables are not supported on this system.)"
+    ]
 
 
 def test_status_with_an_unreadable_md_attribute_is_bad_input_not_healthy(mirror):
     (mirror.md / "mismatch_cnt").unlink()
     outcome = mirror.cli("status")
     assert (outcome.code, outcome.error) == (
-        2, "cannot read /sys/block/md127/md/mismatch_cnt (No such file or directory) while reading /dev/md/esp: "
-           "run esp-mirror as root")
+        2,
+        "cannot read /sys/block/md127/md/mismatch_cnt (No such file or directory) while reading /dev/md/esp: "
+        "run esp-mirror as root",
+    )
 
 
 def test_the_runner_raises_for_an_exit_code_its_caller_did_not_accept():
@@ -76,8 +78,9 @@ def test_the_runner_raises_for_an_exit_code_its_caller_did_not_accept():
     assert runner.run(("blkid", "-p", "-o", "export", "/dev/sdz"), ok=(0, 2)).returncode == 2
     with pytest.raises(CommandFailed) as failure:
         runner.run(("blkid", "-p", "-o", "export", "/dev/sdz"))
-    assert str(failure.value) == ("command: blkid -p -o export /dev/sdz\nexit code: 2\n"
-                                  "stderr: blkid: error: /dev/sdz: nope")
+    assert str(failure.value) == (
+        "command: blkid -p -o export /dev/sdz\nexit code: 2\nstderr: blkid: error: /dev/sdz: nope"
+    )
 
 
 # -- an internal error is one line ---------------------------------------------------------------
@@ -90,10 +93,12 @@ def test_an_unexpected_exception_is_one_line_and_debug_shows_the_traceback(two_d
     monkeypatch.setattr(cli_install, "prepare", broken)
     outcome = two_disks.cli("plan", *two_disks.args())
     assert outcome.code == 1
-    assert outcome.err == ("esp-mirror: internal error: ZeroDivisionError: division by zero (this is a bug; run "
-                           "again with --debug for the traceback and report it)\n")
+    assert outcome.err == (
+        "esp-mirror: internal error: ZeroDivisionError: division by zero (this is a bug; run "
+        "again with --debug for the traceback and report it)\n"
+    )
     debug = two_disks.cli("--debug", "plan", *two_disks.args())
-    assert debug.code == 1 and "Traceback (most recent call last)" in debug.err and 'in broken' in debug.err
+    assert debug.code == 1 and "Traceback (most recent call last)" in debug.err and "in broken" in debug.err
 
 
 # -- a reviewed plan binds apply -----------------------------------------------------------------
@@ -116,13 +121,21 @@ def test_apply_refuses_a_digest_when_the_machine_changed_since_the_plan(two_disk
         two_disks.add_partition(two_disks.disks["/dev/sdb"], 1, 2048, 4096)
     before = two_disks.target_state()
 
-    outcome = two_disks.cli("apply", "--yes", "--expect-plan", digest, *two_disks.args(), "--no-nvram",
-                            *(["--wipe"] if change == "disk" else []))
+    outcome = two_disks.cli(
+        "apply",
+        "--yes",
+        "--expect-plan",
+        digest,
+        *two_disks.args(),
+        "--no-nvram",
+        *(["--wipe"] if change == "disk" else []),
+    )
 
     assert outcome.code == 2
     assert outcome.error.startswith(f"the plan is no longer the one with digest {digest} (now ")
-    assert outcome.error.endswith("): the disks, the boot entries or a file it edits changed since; review a new "
-                                  "`esp-mirror plan` and apply that")
+    assert outcome.error.endswith(
+        "): the disks, the boot entries or a file it edits changed since; review a new `esp-mirror plan` and apply that"
+    )
     assert_only_read(outcome.calls)
     assert two_disks.target_state() == before
 
@@ -184,10 +197,9 @@ def test_attached_sets_up_loop_devices_first_and_releases_everything_also_after_
     ctx = prepare(request, runner=machine.runner, host=machine.host)
     ctx.executor = Applier(machine.runner, out, sleep=lambda s: None)
 
-    with pytest.raises(RuntimeError, match="the installer's own step failed"):
-        with host.attached(ctx):
-            host.get_plugin_manager(load_entrypoints=False).hook.pre_partition(ctx=ctx)
-            raise RuntimeError("the installer's own step failed")
+    with pytest.raises(RuntimeError, match="the installer's own step failed"), host.attached(ctx):
+        host.get_plugin_manager(load_entrypoints=False).hook.pre_partition(ctx=ctx)
+        raise RuntimeError("the installer's own step failed")
 
     calls = machine.runner.calls
     losetups = [c for c in calls if c[:2] == ("losetup", "--find")]
@@ -213,7 +225,8 @@ def test_bind_mounts_come_right_before_the_first_command_in_the_target_and_are_u
     initramfs = [g for g in recorder.groups if g.name == "initramfs_config"]
     assert [type(s).__name__ for s in initramfs[0].steps][:6] == ["MakeDir", "Command"] * 3  # no /proc yet
     assert commands(recorder.groups, "initramfs_config")[:3] == [
-        ("mount", "--bind", f"/{fs}", f"{target}/{fs}") for fs in ("proc", "sys", "dev")]
+        ("mount", "--bind", f"/{fs}", f"{target}/{fs}") for fs in ("proc", "sys", "dev")
+    ]
     assert commands(recorder.groups, "cleanup")[:3] == [("umount", f"{target}/{fs}") for fs in ("dev", "sys", "proc")]
 
 
@@ -274,7 +287,9 @@ def test_a_symlink_loop_in_the_target_is_bad_input_before_anything_runs(two_disk
     fstab.symlink_to("fstab")
     outcome = two_disks.cli("plan", *two_disks.args())
     assert (outcome.code, outcome.error) == (
-        2, f"{two_disks.target}/etc/fstab: too many levels of symbolic links: fix the symbolic links on that path")
+        2,
+        f"{two_disks.target}/etc/fstab: too many levels of symbolic links: fix the symbolic links on that path",
+    )
 
 
 def test_a_new_file_gets_the_mode_asked_for_whatever_the_umask(tmp_path):
@@ -283,8 +298,12 @@ def test_a_new_file_gets_the_mode_asked_for_whatever_the_umask(tmp_path):
         files.write_atomic(tmp_path / "timer", "x", mode=0o644)
         source = tmp_path / "payload.efi"
         source.write_bytes(b"MZ")
-        Applier(RecordingRunner(), io.StringIO()).execute(Group("bootloader", (
-            CopyFile(str(source), str(tmp_path / "esp/BOOTX64.EFI"), why="w", root=str(tmp_path), mode=0o755),)))
+        Applier(RecordingRunner(), io.StringIO()).execute(
+            Group(
+                "bootloader",
+                (CopyFile(str(source), str(tmp_path / "esp/BOOTX64.EFI"), why="w", root=str(tmp_path), mode=0o755),),
+            )
+        )
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "timer").stat().st_mode) == 0o644
@@ -316,9 +335,11 @@ def test_a_second_run_waits_then_refuses_naming_the_holder(tmp_path):
     clock = iter(range(0, 1000, 10))
     with lock.held("esp-mirror repair --source /dev/vda --yes", path=path):
         assert lock.holder(path).startswith(f"pid {os.getpid()}: esp-mirror repair --source /dev/vda --yes, since ")
-        with pytest.raises(BadInput) as refused:
-            with lock.held("esp-mirror check", path=path, wait=30, sleep=lambda s: None, clock=lambda: next(clock)):
-                pass
+        with (
+            pytest.raises(BadInput) as refused,
+            lock.held("esp-mirror check", path=path, wait=30, sleep=lambda s: None, clock=lambda: next(clock)),
+        ):
+            pass
     assert str(refused.value).startswith(f"another esp-mirror is running (pid {os.getpid()}: esp-mirror repair")
     assert str(refused.value).endswith(f"and still holds {path} after 30 s: let it finish, then run this again")
     assert lock.holder(path) is None
@@ -351,6 +372,7 @@ def test_apply_holds_the_lock_while_it_runs(images):
 
 def test_waiting_for_a_resync_whose_state_cannot_be_read_fails_instead_of_reading_idle(tmp_path):
     from conftest import FakeHost
+
     from esp_mirror_plugin.errors import StepFailed
     from esp_mirror_plugin.pipeline.steps import WaitForSync
 
@@ -362,5 +384,6 @@ def test_waiting_for_a_resync_whose_state_cannot_be_read_fails_instead_of_readin
     app = Applier(RecordingRunner(), io.StringIO(), host=FakeHost(sysroot, set()), sleep=lambda s: None)
     with pytest.raises(StepFailed) as failure:
         app.execute(Group("post_format", (WaitForSync("/dev/md/esp", why="w"),)))
-    assert failure.value.detail == ("cannot read /sys/block/md127/md/sync_action (No such file or directory): "
-                                    "is /dev/md/esp still running?")
+    assert failure.value.detail == (
+        "cannot read /sys/block/md127/md/sync_action (No such file or directory): is /dev/md/esp still running?"
+    )

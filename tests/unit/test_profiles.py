@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import PROFILES, assert_only_read
-from esp_mirror_plugin.pipeline import profiles
+
 from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline import profiles
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind, Generator
 
 
@@ -21,16 +21,40 @@ def test_builtin_profiles_are_exactly_the_nine_distributions():
 def test_every_builtin_profile_loads_and_names_a_package_for_every_tool_it_needs(name):
     prof = profiles.load_profile(name)
     assert prof.name == name and prof.bootloader is BootloaderKind.GRUB
-    tools = {"sgdisk", "sfdisk", "partx", "wipefs", "blkid", "losetup", "mount", "umount", "mdadm", "mkfs.vfat",
-             "efibootmgr", "bootctl", "chroot", prof.initramfs.regenerate[0],
-             *(argv[0] for argv in prof.grub.install)}
+    tools = {
+        "sgdisk",
+        "sfdisk",
+        "partx",
+        "wipefs",
+        "blkid",
+        "losetup",
+        "mount",
+        "umount",
+        "mdadm",
+        "mkfs.vfat",
+        "efibootmgr",
+        "bootctl",
+        "chroot",
+        prof.initramfs.regenerate[0],
+        *(argv[0] for argv in prof.grub.install),
+    }
     assert tools <= prof.packages.names.keys()
 
 
-@pytest.mark.parametrize(("name", "generator"), [
-    ("debian", Generator.INITRAMFS_TOOLS), ("ubuntu", Generator.INITRAMFS_TOOLS), ("fedora", Generator.DRACUT),
-    ("rhel", Generator.DRACUT), ("opensuse", Generator.DRACUT), ("gentoo", Generator.DRACUT),
-    ("void", Generator.DRACUT), ("arch", Generator.MKINITCPIO), ("alpine", Generator.MKINITFS)])
+@pytest.mark.parametrize(
+    ("name", "generator"),
+    [
+        ("debian", Generator.INITRAMFS_TOOLS),
+        ("ubuntu", Generator.INITRAMFS_TOOLS),
+        ("fedora", Generator.DRACUT),
+        ("rhel", Generator.DRACUT),
+        ("opensuse", Generator.DRACUT),
+        ("gentoo", Generator.DRACUT),
+        ("void", Generator.DRACUT),
+        ("arch", Generator.MKINITCPIO),
+        ("alpine", Generator.MKINITFS),
+    ],
+)
 def test_each_distribution_uses_its_own_initramfs_generator(name, generator):
     assert profiles.load_profile(name).initramfs.generator is generator
 
@@ -40,11 +64,19 @@ def test_opensuse_inherits_fedoras_dracut_settings_including_no_hostonly_cmdline
     assert settings["hostonly_cmdline"] == "no" and settings["mdadmconf"] == "yes"
 
 
-@pytest.mark.parametrize(("name", "hint"), [
-    ("debian", "apt-get install --yes gdisk"), ("ubuntu", "apt-get install --yes gdisk"),
-    ("arch", "pacman -S --needed --noconfirm gptfdisk"), ("fedora", "dnf install --assumeyes gdisk"),
-    ("opensuse", "zypper --non-interactive install gptfdisk"), ("void", "xbps-install --yes gptfdisk"),
-    ("gentoo", "emerge --noreplace sys-apps/gptfdisk"), ("alpine", "apk add sgdisk")])
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("debian", "apt-get install --yes gdisk"),
+        ("ubuntu", "apt-get install --yes gdisk"),
+        ("arch", "pacman -S --needed --noconfirm gptfdisk"),
+        ("fedora", "dnf install --assumeyes gdisk"),
+        ("opensuse", "zypper --non-interactive install gptfdisk"),
+        ("void", "xbps-install --yes gptfdisk"),
+        ("gentoo", "emerge --noreplace sys-apps/gptfdisk"),
+        ("alpine", "apk add sgdisk"),
+    ],
+)
 def test_install_hint_names_the_package_of_that_distribution(name, hint):
     assert profiles.load_profile(name).install_hint("sgdisk") == hint
 
@@ -58,6 +90,7 @@ def user_profile(tmp_path: Path):
         path = tmp_path / name
         path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
         return str(path)
+
     return write
 
 
@@ -66,14 +99,22 @@ def test_user_profile_extending_debian_overrides_one_key_and_keeps_the_rest(user
     debian = profiles.load_profile("debian")
     assert prof.name == "site" and prof.loader_id == "mydebian"
     assert (prof.esp_mountpoint, prof.mdadm_conf, prof.initramfs) == (
-        debian.esp_mountpoint, debian.mdadm_conf, debian.initramfs)
+        debian.esp_mountpoint,
+        debian.mdadm_conf,
+        debian.initramfs,
+    )
 
 
 def test_nested_mappings_merge_key_by_key_and_lists_replace(user_profile):
-    prof = profiles.load_profile(user_profile({"extends": "fedora", "initramfs": {"settings": {"hostonly": "no"}},
-                                               "periodic_check": []}))
-    assert dict(prof.initramfs.settings) == {"add_dracutmodules": " mdraid ", "mdadmconf": "yes",
-                                             "hostonly_cmdline": "no", "hostonly": "no"}
+    prof = profiles.load_profile(
+        user_profile({"extends": "fedora", "initramfs": {"settings": {"hostonly": "no"}}, "periodic_check": []})
+    )
+    assert dict(prof.initramfs.settings) == {
+        "add_dracutmodules": " mdraid ",
+        "mdadmconf": "yes",
+        "hostonly_cmdline": "no",
+        "hostonly": "no",
+    }
     assert prof.initramfs.regenerate == ("dracut", "--regenerate-all", "--force")
     assert prof.periodic_check == ()
 
@@ -87,25 +128,38 @@ def test_a_user_profile_drives_the_plan(two_disks, user_profile):
 
 
 INVALID = [
-    pytest.param({"extends": "debian", "colour": "blue"},
-                 "unknown key 'colour': allowed here are boot_assembly, bootloader, description, entry_label, "
-                 "esp_mountpoint, extends, grub, initramfs, loader_id, mdadm_conf, own_check, packages, periodic_check",
-                 id="unknown-key"),
-    pytest.param({"extends": "debian", "initramfs": {"generatr": "dracut"}},
-                 "unknown key 'initramfs.generatr': allowed here are dropin_dir, generator, regenerate, settings",
-                 id="unknown-nested-key"),
+    pytest.param(
+        {"extends": "debian", "colour": "blue"},
+        "unknown key 'colour': allowed here are boot_assembly, bootloader, description, entry_label, "
+        "esp_mountpoint, extends, grub, initramfs, loader_id, mdadm_conf, own_check, packages, periodic_check",
+        id="unknown-key",
+    ),
+    pytest.param(
+        {"extends": "debian", "initramfs": {"generatr": "dracut"}},
+        "unknown key 'initramfs.generatr': allowed here are dropin_dir, generator, regenerate, settings",
+        id="unknown-nested-key",
+    ),
     pytest.param({"extends": "debian", "loader_id": 5}, "'loader_id' must be a string, got int 5", id="wrong-type"),
-    pytest.param({"extends": "debian", "initramfs": {"regenerate": "dracut -f"}},
-                 "'initramfs.regenerate' must be a non-empty list of strings (an argv), got str 'dracut -f'",
-                 id="argv-as-a-string"),
-    pytest.param({"extends": "debian", "initramfs": "dracut"},
-                 "'initramfs' must be a mapping with keys dropin_dir, generator, regenerate, settings",
-                 id="mapping-expected"),
-    pytest.param({"extends": "fedora", "initramfs": {"generator": "booster"}},
-                 "'initramfs.generator' is 'booster': allowed are initramfs-tools, dracut, mkinitcpio, mkinitfs",
-                 id="bad-generator"),
-    pytest.param({"extends": "debian", "bootloader": "lilo"},
-                 "'bootloader' is 'lilo': allowed are efi, zfsbootmenu, systemd-boot, grub", id="bad-bootloader"),
+    pytest.param(
+        {"extends": "debian", "initramfs": {"regenerate": "dracut -f"}},
+        "'initramfs.regenerate' must be a non-empty list of strings (an argv), got str 'dracut -f'",
+        id="argv-as-a-string",
+    ),
+    pytest.param(
+        {"extends": "debian", "initramfs": "dracut"},
+        "'initramfs' must be a mapping with keys dropin_dir, generator, regenerate, settings",
+        id="mapping-expected",
+    ),
+    pytest.param(
+        {"extends": "fedora", "initramfs": {"generator": "booster"}},
+        "'initramfs.generator' is 'booster': allowed are initramfs-tools, dracut, mkinitcpio, mkinitfs",
+        id="bad-generator",
+    ),
+    pytest.param(
+        {"extends": "debian", "bootloader": "lilo"},
+        "'bootloader' is 'lilo': allowed are efi, zfsbootmenu, systemd-boot, grub",
+        id="bad-bootloader",
+    ),
     pytest.param("- just\n- a list\n", "must be a mapping of keys, got list", id="not-a-mapping"),
 ]
 
@@ -124,23 +178,27 @@ def test_profile_missing_a_required_key_says_which_and_how_to_fix_it(user_profil
     path = user_profile(data)
     with pytest.raises(BadInput) as error:
         profiles.load_profile(path)
-    assert str(error.value) == (f"profile {path}: missing key 'description' (a string): add it or `extends:` "
-                                "a profile that has it")
+    assert str(error.value) == (
+        f"profile {path}: missing key 'description' (a string): add it or `extends:` a profile that has it"
+    )
 
 
 def test_profile_missing_a_nested_required_key_names_it(user_profile):
     data = yaml.safe_load(profiles.raw_profile_text("debian"))
     del data["initramfs"]["regenerate"]
     path = user_profile(data)
-    with pytest.raises(BadInput, match=r"^profile .*/site.yaml: missing key .*regenerate.* \(a non-empty list of "
-                                       r"strings \(an argv\)\): add it or `extends:` a profile that has it$"):
+    with pytest.raises(
+        BadInput,
+        match=r"^profile .*/site.yaml: missing key .*regenerate.* \(a non-empty list of "
+        r"strings \(an argv\)\): add it or `extends:` a profile that has it$",
+    ):
         profiles.load_profile(path)
 
 
 def test_missing_nested_key_is_quoted_like_an_unknown_nested_key(user_profile):
     data = yaml.safe_load(profiles.raw_profile_text("debian"))
     del data["initramfs"]["regenerate"]
-    with pytest.raises(BadInput, match="missing key 'initramfs.regenerate' "):
+    with pytest.raises(BadInput, match=r"missing key 'initramfs\.regenerate' "):
         profiles.load_profile(user_profile(data))
 
 
@@ -154,8 +212,10 @@ def test_extends_loop_is_reported(user_profile, tmp_path):
 def test_profile_file_that_does_not_exist_lists_the_builtin_names(tmp_path):
     with pytest.raises(BadInput) as error:
         profiles.load_profile(str(tmp_path / "nope.yaml"))
-    assert str(error.value) == (f"profile file {tmp_path}/nope.yaml does not exist: give an existing YAML file or "
-                                "one of the built-in profiles: " + ", ".join(sorted(PROFILES)))
+    assert str(error.value) == (
+        f"profile file {tmp_path}/nope.yaml does not exist: give an existing YAML file or "
+        "one of the built-in profiles: " + ", ".join(sorted(PROFILES))
+    )
 
 
 def test_invalid_profile_through_the_cli_exits_2_and_runs_nothing(two_disks, user_profile):

@@ -16,14 +16,35 @@ def test_relative_image_paths_and_efi_image_are_taken_from_the_working_directory
     (tmp_path / "payload.efi").write_bytes(b"MZ")
     (tmp_path / "root/etc").mkdir(parents=True)
     # nothing on the blank images (blkid exit 2); no running array, whatever this host has
-    runner = RecordingRunner(responders=[lambda argv: Result(argv, {"blkid": 2, "mdadm": 1}[argv[0]])
-                                         if argv[0] in ("blkid", "mdadm") else None])
+    runner = RecordingRunner(
+        responders=[
+            lambda argv: Result(argv, {"blkid": 2, "mdadm": 1}[argv[0]]) if argv[0] in ("blkid", "mdadm") else None
+        ]
+    )
     monkeypatch.chdir(tmp_path)
     out, err = io.StringIO(), io.StringIO()
 
-    code = cli.main(["plan", "--json", "--disk", "a.img", "--disk", "./b.img", "--target", "root",
-                     "--bootloader", "efi", "--efi-image", "payload.efi", "--initramfs", "skip"],
-                    out=out, err=err, runner=runner)
+    code = cli.main(
+        [
+            "plan",
+            "--json",
+            "--disk",
+            "a.img",
+            "--disk",
+            "./b.img",
+            "--target",
+            "root",
+            "--bootloader",
+            "efi",
+            "--efi-image",
+            "payload.efi",
+            "--initramfs",
+            "skip",
+        ],
+        out=out,
+        err=err,
+        runner=runner,
+    )
 
     assert (code, err.getvalue()) == (0, "")
     plan = json.loads(out.getvalue())

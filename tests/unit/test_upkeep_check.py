@@ -7,7 +7,6 @@ import json
 import re
 
 import pytest
-
 from conftest import ESP_FILES, FAT_MTIME, fast_applier, upkeep_changes
 
 FW_FILE, FW_TEXT = "EFI/FW.TXT", b"written by the firmware, behind the back of md\n"
@@ -31,7 +30,8 @@ def test_check_of_a_healthy_mirror_runs_only_the_md_check_and_exits_0(checked):
         "  [check] mdadm --misc --action=check /dev/md/esp",
         "  [check] wait for /dev/md/esp to finish its check (progress shown)",
         lines[-2],
-        "member files: identical"]
+        "member files: identical",
+    ]
     assert re.fullmatch(r"md check of /dev/md/esp: mismatch_cnt 0 \(\d+\.\d s\)", lines[-2])
 
 
@@ -44,9 +44,23 @@ def test_check_finds_a_file_written_to_one_member_and_exits_1(checked):
     assert outcome.code == 1
     report = json.loads(outcome.out)
     assert isinstance(report.pop("seconds"), float)
-    assert report == {"mismatch_cnt": 8, "members": ["/dev/vda1", "/dev/vdb1"], "differences": [
-        {"path": FW_FILE, "members": {"/dev/vda1": None, "/dev/vdb1": {
-            "size": len(FW_TEXT), "mtime": FAT_MTIME, "sha256": hashlib.sha256(FW_TEXT).hexdigest()}}}]}
+    assert report == {
+        "mismatch_cnt": 8,
+        "members": ["/dev/vda1", "/dev/vdb1"],
+        "differences": [
+            {
+                "path": FW_FILE,
+                "members": {
+                    "/dev/vda1": None,
+                    "/dev/vdb1": {
+                        "size": len(FW_TEXT),
+                        "mtime": FAT_MTIME,
+                        "sha256": hashlib.sha256(FW_TEXT).hexdigest(),
+                    },
+                },
+            }
+        ],
+    }
     assert list((checked.root / "run/esp-mirror").iterdir()) == []  # the copies are removed
 
 
@@ -63,7 +77,8 @@ def test_an_empty_member_fat_differs_in_every_file(checked):
     report = json.loads(checked.cli("check", "--json").out)
 
     assert [(d["path"], d["members"]["/dev/vdb1"]) for d in report["differences"]] == [
-        (path, None) for path in sorted(ESP_FILES)]
+        (path, None) for path in sorted(ESP_FILES)
+    ]
 
 
 def test_check_reads_only_usable_members(checked):

@@ -7,14 +7,34 @@ import json
 from conftest import GRUB_LOADER, assert_upkeep_only_read, guid_of, hd_path, upkeep_changes
 
 OTHER = hd_path(guid_of("vda"), "\\EFI\\other\\other.efi")
-NOTHING_TO_DO = {"plan": [{"name": "entries", "steps": [],
-                           "notes": ["NVRAM already holds one entry of ours per member, first in BootOrder"]}],
-                 "applied": False}
+NOTHING_TO_DO = {
+    "plan": [
+        {
+            "name": "entries",
+            "steps": [],
+            "notes": ["NVRAM already holds one entry of ours per member, first in BootOrder"],
+        }
+    ],
+    "applied": False,
+}
 
 
 def create(number: str, disk: str, serial: str) -> tuple[str, ...]:
-    return ("efibootmgr", "--quiet", "--create", "--bootnum", number, "--disk", disk, "--part", "1",
-            "--label", f"Debian (esp-mirror {serial})", "--loader", GRUB_LOADER)
+    return (
+        "efibootmgr",
+        "--quiet",
+        "--create",
+        "--bootnum",
+        number,
+        "--disk",
+        disk,
+        "--part",
+        "1",
+        "--label",
+        f"Debian (esp-mirror {serial})",
+        "--loader",
+        GRUB_LOADER,
+    )
 
 
 def test_entries_on_a_correct_nvram_plans_nothing_and_runs_nothing(mirror):
@@ -39,8 +59,10 @@ def test_entries_restores_a_deleted_entry_of_ours_and_leaves_the_others_alone(mi
     outcome = mirror.cli("entries", "--yes")
 
     assert (outcome.code, outcome.err) == (0, "")
-    assert upkeep_changes(outcome.calls) == [create("0004", "/dev/vdb", "espvm-B"),
-                                       ("efibootmgr", "--quiet", "--bootorder", "0001,0004,0002,0000,0003")]
+    assert upkeep_changes(outcome.calls) == [
+        create("0004", "/dev/vdb", "espvm-B"),
+        ("efibootmgr", "--quiet", "--bootorder", "0001,0004,0002,0000,0003"),
+    ]
     after = mirror.nvram()[1]
     assert [e for e in after if e[0] != "0004"] == before  # every other entry exactly as it was
     assert ("0004", "Debian (esp-mirror espvm-B)", hd_path(guid_of("vdb")), True) in after
@@ -52,22 +74,27 @@ def test_entries_restores_a_deleted_entry_of_ours_and_leaves_the_others_alone(mi
 def test_entries_removes_stale_entries_of_ours_but_not_another_systems(mirror):
     mirror.create_entry("Debian (esp-mirror espvm-A)", hd_path(guid_of("vda")), "0005")  # a duplicate
     mirror.create_entry("Debian (esp-mirror espvm-Z)", hd_path("3c7d1f2e-5a6b-4c8d-9e0f-1a2b3c4d5e6f"), "0006")
-    mirror.create_entry("Ubuntu (esp-mirror S3YJNX0K)", hd_path("6d2e8a1c-3b4f-4e5a-8c9d-0e1f2a3b4c5d",
-                                                                "\\EFI\\ubuntu\\shimx64.efi"), "0007")
+    mirror.create_entry(
+        "Ubuntu (esp-mirror S3YJNX0K)",
+        hd_path("6d2e8a1c-3b4f-4e5a-8c9d-0e1f2a3b4c5d", "\\EFI\\ubuntu\\shimx64.efi"),
+        "0007",
+    )
 
     report = json.loads(mirror.cli("entries", "--dry-run", "--json").out)
 
     assert [tuple(s["argv"]) for s in report["plan"][0]["steps"]] == [
         ("efibootmgr", "--quiet", "--bootnum", "0005", "--delete-bootnum"),
         ("efibootmgr", "--quiet", "--bootnum", "0006", "--delete-bootnum"),
-        ("efibootmgr", "--quiet", "--bootorder", "0001,0002,0007,0000,0003")]
+        ("efibootmgr", "--quiet", "--bootorder", "0001,0002,0007,0000,0003"),
+    ]
 
 
 def test_entries_on_a_degraded_mirror_keeps_entries_for_the_present_members_only(mirror):
     mirror.take_out("/dev/vdb1")
     report = json.loads(mirror.cli("entries", "--dry-run", "--json").out)
     assert [tuple(s["argv"]) for s in report["plan"][0]["steps"]] == [
-        ("efibootmgr", "--quiet", "--bootnum", "0002", "--delete-bootnum")]
+        ("efibootmgr", "--quiet", "--bootnum", "0002", "--delete-bootnum")
+    ]
 
 
 def test_entries_text_plan_says_why_each_command_runs(mirror):
@@ -79,7 +106,8 @@ def test_entries_text_plan_says_why_each_command_runs(mirror):
         "efibootmgr --quiet --create --bootnum 0002 --disk /dev/vdb --part 1 --label 'Debian (esp-mirror espvm-B)' "
         "--loader '\\EFI\\debian\\grubx64.efi'\n"
         "# ours first, in disk order; the other entries keep their order\n"
-        "efibootmgr --quiet --bootorder 0001,0002,0000,0003\n")
+        "efibootmgr --quiet --bootorder 0001,0002,0000,0003\n"
+    )
 
 
 def test_entries_needs_efi_variables(mirror):
@@ -88,6 +116,9 @@ def test_entries_needs_efi_variables(mirror):
 
     outcome = mirror.cli("entries", "--yes")
 
-    assert (outcome.code, outcome.error) == (2, "no EFI variables here (/sys/firmware/efi/efivars is empty): boot "
-                                                "entries can only be made on a system booted through UEFI")
+    assert (outcome.code, outcome.error) == (
+        2,
+        "no EFI variables here (/sys/firmware/efi/efivars is empty): boot "
+        "entries can only be made on a system booted through UEFI",
+    )
     assert_upkeep_only_read(outcome.calls)

@@ -7,14 +7,23 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import (
+    GIB,
+    GRUB_LOADER,
+    LINUX_TYPE,
+    MIB,
+    assert_upkeep_only_read,
+    bootorder_after,
+    fast_applier,
+    guid_of,
+    isolate_upkeep,
+)
 
-from conftest import (GIB, GRUB_LOADER, LINUX_TYPE, MIB, assert_upkeep_only_read, bootorder_after, fast_applier,
-                      guid_of, isolate_upkeep)
 from esp_mirror_plugin.pipeline import naming as names
-from esp_mirror_plugin.upkeep import plans as upkeep
-from esp_mirror_plugin.system.discovery import describe_disks, read_mounts
-from esp_mirror_plugin.upkeep.mirror import read_mirror
 from esp_mirror_plugin.pipeline.steps import Command
+from esp_mirror_plugin.system.discovery import describe_disks, read_mounts
+from esp_mirror_plugin.upkeep import plans as upkeep
+from esp_mirror_plugin.upkeep.mirror import read_mirror
 
 C = guid_of("vdc")
 
@@ -25,23 +34,52 @@ def commands(group: dict) -> list[tuple[str, ...]]:
 
 def partition(disk: str, guid: str) -> tuple[str, ...]:
     """sgdisk as apply runs it: sectors 2048..1050623 (1 MiB + 512 MiB, the record's geometry)."""
-    return ("sgdisk", "--new=1:2048:1050623", "--typecode=1:EF00", f"--partition-guid=1:{guid}",
-            "--change-name=1:esp-mirror", disk)
+    return (
+        "sgdisk",
+        "--new=1:2048:1050623",
+        "--typecode=1:EF00",
+        f"--partition-guid=1:{guid}",
+        "--change-name=1:esp-mirror",
+        disk,
+    )
 
 
 def create(number: str, disk: str, serial: str) -> tuple[str, ...]:
-    return ("efibootmgr", "--quiet", "--create", "--bootnum", number, "--disk", disk, "--part", "1",
-            "--label", f"Debian (esp-mirror {serial})", "--loader", GRUB_LOADER)
+    return (
+        "efibootmgr",
+        "--quiet",
+        "--create",
+        "--bootnum",
+        number,
+        "--disk",
+        disk,
+        "--part",
+        "1",
+        "--label",
+        f"Debian (esp-mirror {serial})",
+        "--loader",
+        GRUB_LOADER,
+    )
 
 
 def wait_for_partition(disk: str) -> dict:
-    return {"kind": "wait-for-partition", "disk": disk, "number": 1, "node": f"{disk}1", "timeout": 15.0,
-            "why": "the kernel must see the new partition"}
+    return {
+        "kind": "wait-for-partition",
+        "disk": disk,
+        "number": 1,
+        "node": f"{disk}1",
+        "timeout": 15.0,
+        "why": "the kernel must see the new partition",
+    }
 
 
 def wait_for_recovery(node: str) -> dict:
-    return {"kind": "wait-for-sync", "device": "/dev/md/esp", "clean": True,
-            "why": f"recovery copies the ESP onto {node}"}
+    return {
+        "kind": "wait-for-sync",
+        "device": "/dev/md/esp",
+        "clean": True,
+        "why": f"recovery copies the ESP onto {node}",
+    }
 
 
 # -- add ----------------------------------------------------------------------------------------
@@ -58,27 +96,50 @@ def test_add_partitions_the_new_disk_like_the_others_and_grows_the_array(mirror)
     assert (add["name"], add["notes"]) == ("add", ["mdadm.conf names /dev/md/esp by UUID: it stays as it is"])
     assert add["steps"][1] == wait_for_partition("/dev/vdc")
     assert add["steps"][-1] == wait_for_recovery("/dev/vdc1")
-    assert [s["kind"] for s in add["steps"]] == ["command", "wait-for-partition", "settle", "command", "command",
-                                                 "command", "wait-for-sync"]
-    assert commands(add) == [partition("/dev/vdc", C),
-                             ("wipefs", "--all", "/dev/vdc1"),
-                             ("mdadm", "/dev/md/esp", "--add", "/dev/vdc1"),
-                             ("mdadm", "--grow", "/dev/md/esp", "--raid-devices=3")]
+    assert [s["kind"] for s in add["steps"]] == [
+        "command",
+        "wait-for-partition",
+        "settle",
+        "command",
+        "command",
+        "command",
+        "wait-for-sync",
+    ]
+    assert commands(add) == [
+        partition("/dev/vdc", C),
+        ("wipefs", "--all", "/dev/vdc1"),
+        ("mdadm", "/dev/md/esp", "--add", "/dev/vdc1"),
+        ("mdadm", "--grow", "/dev/md/esp", "--raid-devices=3"),
+    ]
     assert {k: report[k] for k in ("applied", "new", "partition_guid", "old")} == {
-        "applied": False, "new": "/dev/vdc", "partition_guid": C, "old": None}
+        "applied": False,
+        "new": "/dev/vdc",
+        "partition_guid": C,
+        "old": None,
+    }
     assert entries["name"] == "entries"
-    assert commands(entries) == [create("0004", "/dev/vdc", "espvm-C"),
-                                 ("efibootmgr", "--quiet", "--bootorder", "0001,0002,0004,0000,0003")]
-    assert bootorder_after(("0001", "0002", "0000", "0003"), commands(entries)) == ("0001", "0002", "0004", "0000",
-                                                                                    "0003")
+    assert commands(entries) == [
+        create("0004", "/dev/vdc", "espvm-C"),
+        ("efibootmgr", "--quiet", "--bootorder", "0001,0002,0004,0000,0003"),
+    ]
+    assert bootorder_after(("0001", "0002", "0000", "0003"), commands(entries)) == (
+        "0001",
+        "0002",
+        "0004",
+        "0000",
+        "0003",
+    )
     assert_upkeep_only_read(outcome.calls)
 
 
 def test_the_new_partition_guid_comes_from_the_new_disks_identity(mirror):
     mirror.add_new_disk("vdc", serial="S6B0NL0T000042")
     report = json.loads(mirror.cli("add", "--disk", "/dev/vdc", "--dry-run", "--json").out)
-    assert report["partition_guid"] == names.partition_guid("serial:S6B0NL0T000042") not in (guid_of("vda"),
-                                                                                            guid_of("vdb"))
+    assert (
+        report["partition_guid"]
+        == names.partition_guid("serial:S6B0NL0T000042")
+        not in (guid_of("vda"), guid_of("vdb"))
+    )
 
 
 def test_add_with_wipe_erases_the_old_table_first(mirror):
@@ -87,8 +148,11 @@ def test_add_with_wipe_erases_the_old_table_first(mirror):
 
     report = json.loads(mirror.cli("add", "--disk", "/dev/vdc", "--wipe", "--dry-run", "--json").out)
 
-    assert commands(report["plan"][0])[:3] == [("wipefs", "--all", "/dev/vdc"), ("sgdisk", "--zap-all", "/dev/vdc"),
-                                               partition("/dev/vdc", C)]
+    assert commands(report["plan"][0])[:3] == [
+        ("wipefs", "--all", "/dev/vdc"),
+        ("sgdisk", "--zap-all", "/dev/vdc"),
+        partition("/dev/vdc", C),
+    ]
 
 
 def test_add_carried_out_leaves_three_in_sync_members_each_with_its_entry(mirror, monkeypatch):
@@ -103,10 +167,15 @@ def test_add_carried_out_leaves_three_in_sync_members_each_with_its_entry(mirror
     status = json.loads(mirror.cli("status", "--json").out)
     assert (status["exit_code"], status["problems"], status["array"]["raid_disks"]) == (0, [], 3)
     assert [(m["node"], m["slot"], m["state"]) for m in status["array"]["members"]] == [
-        ("/dev/vda1", 0, "in_sync"), ("/dev/vdb1", 1, "in_sync"), ("/dev/vdc1", 2, "in_sync")]
+        ("/dev/vda1", 0, "in_sync"),
+        ("/dev/vdb1", 1, "in_sync"),
+        ("/dev/vdc1", 2, "in_sync"),
+    ]
     assert [(e["disk"], e["entry"], e["label"]) for e in status["entries"]] == [
-        ("/dev/vda", "0001", "Debian (esp-mirror espvm-A)"), ("/dev/vdb", "0002", "Debian (esp-mirror espvm-B)"),
-        ("/dev/vdc", "0004", "Debian (esp-mirror espvm-C)")]
+        ("/dev/vda", "0001", "Debian (esp-mirror espvm-A)"),
+        ("/dev/vdb", "0002", "Debian (esp-mirror espvm-B)"),
+        ("/dev/vdc", "0004", "Debian (esp-mirror espvm-C)"),
+    ]
     assert mirror.boot_order == ["0001", "0002", "0004", "0000", "0003"]
 
 
@@ -124,14 +193,18 @@ def test_replace_missing_partitions_the_new_disk_adds_it_and_moves_the_boot_entr
     report = json.loads(outcome.out)
     replace, entries = report["plan"]
     assert replace["name"] == "replace"
-    assert commands(replace) == [partition("/dev/vdb", C),  # a fresh GUID: the new disk's, not B's
-                                 ("wipefs", "--all", "/dev/vdb1"),
-                                 ("mdadm", "/dev/md/esp", "--add", "/dev/vdb1")]  # no --grow
+    assert commands(replace) == [
+        partition("/dev/vdb", C),  # a fresh GUID: the new disk's, not B's
+        ("wipefs", "--all", "/dev/vdb1"),
+        ("mdadm", "/dev/md/esp", "--add", "/dev/vdb1"),
+    ]  # no --grow
     assert replace["steps"][-1] == wait_for_recovery("/dev/vdb1")
     assert (report["partition_guid"], report["old"]) == (C, "missing")
-    assert commands(entries) == [("efibootmgr", "--quiet", "--bootnum", "0002", "--delete-bootnum"),  # B's
-                                 create("0004", "/dev/vdb", "espvm-C"),
-                                 ("efibootmgr", "--quiet", "--bootorder", "0001,0004,0000,0003")]
+    assert commands(entries) == [
+        ("efibootmgr", "--quiet", "--bootnum", "0002", "--delete-bootnum"),  # B's
+        create("0004", "/dev/vdb", "espvm-C"),
+        ("efibootmgr", "--quiet", "--bootorder", "0001,0004,0000,0003"),
+    ]
     assert bootorder_after(("0001", "0002", "0000", "0003"), commands(entries))[:2] == ("0001", "0004")
     assert_upkeep_only_read(outcome.calls)
 
@@ -142,32 +215,41 @@ def test_replace_of_a_present_member_takes_it_out_first(mirror):
     report = json.loads(mirror.cli("replace", "--old", "/dev/vdb", "--new", "/dev/vdc", "--dry-run", "--json").out)
 
     replace, entries = report["plan"]
-    assert commands(replace) == [("mdadm", "/dev/md/esp", "--fail", "/dev/vdb1", "--remove", "/dev/vdb1"),
-                                 ("mdadm", "--zero-superblock", "/dev/vdb1"),
-                                 partition("/dev/vdc", C),
-                                 ("wipefs", "--all", "/dev/vdc1"),
-                                 ("mdadm", "/dev/md/esp", "--add", "/dev/vdc1")]
+    assert commands(replace) == [
+        ("mdadm", "/dev/md/esp", "--fail", "/dev/vdb1", "--remove", "/dev/vdb1"),
+        ("mdadm", "--zero-superblock", "/dev/vdb1"),
+        partition("/dev/vdc", C),
+        ("wipefs", "--all", "/dev/vdc1"),
+        ("mdadm", "/dev/md/esp", "--add", "/dev/vdc1"),
+    ]
     assert report["old"] == "/dev/vdb1"
-    assert commands(entries) == [("efibootmgr", "--quiet", "--bootnum", "0002", "--delete-bootnum"),
-                                 create("0004", "/dev/vdc", "espvm-C"),
-                                 ("efibootmgr", "--quiet", "--bootorder", "0001,0004,0000,0003")]
+    assert commands(entries) == [
+        ("efibootmgr", "--quiet", "--bootnum", "0002", "--delete-bootnum"),
+        create("0004", "/dev/vdc", "espvm-C"),
+        ("efibootmgr", "--quiet", "--bootorder", "0001,0004,0000,0003"),
+    ]
 
 
 def test_zeroing_the_old_members_superblock_is_best_effort(mirror, monkeypatch):
     mirror.add_new_disk("vdc")
     mirror.accept_changes()
     fast_applier(mirror, monkeypatch)
-    mirror.fail(("mdadm", "--zero-superblock", "/dev/vdb1"), 1,
-                "mdadm: Couldn't open /dev/vdb1 for write - not zeroing\n")
+    mirror.fail(
+        ("mdadm", "--zero-superblock", "/dev/vdb1"), 1, "mdadm: Couldn't open /dev/vdb1 for write - not zeroing\n"
+    )
 
     outcome = mirror.cli("replace", "--old", "/dev/vdb", "--new", "/dev/vdc", "--yes")
 
     assert (outcome.code, outcome.err) == (0, "")
-    assert ("  [replace]   not needed or failed (cleanup goes on): "
-            "stderr: mdadm: Couldn't open /dev/vdb1 for write - not zeroing\n") in outcome.out
+    assert (
+        "  [replace]   not needed or failed (cleanup goes on): "
+        "stderr: mdadm: Couldn't open /dev/vdb1 for write - not zeroing\n"
+    ) in outcome.out
     assert ("mdadm", "/dev/md/esp", "--add", "/dev/vdc1") in outcome.calls
     assert [(n, mirror.md_attr(f"dev-{n[5:]}/state")) for n in mirror.member_nodes()] == [
-        ("/dev/vda1", "in_sync"), ("/dev/vdc1", "in_sync")]
+        ("/dev/vda1", "in_sync"),
+        ("/dev/vdc1", "in_sync"),
+    ]
 
 
 def test_member_steps_mark_only_the_old_superblock_wipe_as_cleanup(mirror):
@@ -177,8 +259,9 @@ def test_member_steps_mark_only_the_old_superblock_wipe_as_cleanup(mirror):
 
     steps, member = upkeep.member_steps(state, disk, 512, False, old=state.array.member("/dev/vdb"), grow=False)
 
-    assert [s.argv for s in steps if isinstance(s, Command) and s.cleanup] == [("mdadm", "--zero-superblock",
-                                                                                "/dev/vdb1")]
+    assert [s.argv for s in steps if isinstance(s, Command) and s.cleanup] == [
+        ("mdadm", "--zero-superblock", "/dev/vdb1")
+    ]
     assert (member.node, member.guid, member.exists) == ("/dev/vdc1", C, False)
 
 
@@ -189,8 +272,11 @@ def test_replace_without_efi_variables_leaves_a_note_instead_of_entries(mirror):
 
     report = json.loads(mirror.cli("replace", "--old", "/dev/vdb", "--new", "/dev/vdc", "--dry-run", "--json").out)
 
-    assert report["plan"][1] == {"name": "entries", "steps": [],
-                                 "notes": ["no EFI variables: run `esp-mirror entries` on the booted system"]}
+    assert report["plan"][1] == {
+        "name": "entries",
+        "steps": [],
+        "notes": ["no EFI variables: run `esp-mirror entries` on the booted system"],
+    }
 
 
 # -- refusals -----------------------------------------------------------------------------------
@@ -198,39 +284,70 @@ def test_replace_without_efi_variables_leaves_a_note_instead_of_entries(mirror):
 
 def other_array_member(m) -> None:
     disk = m.add_new_disk("vdc", pttype="gpt")
-    m.add_partition(disk, 1, 2048, 1_048_576, type_guid=LINUX_TYPE,
-                    probe={"UUID": "1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718", "TYPE": "linux_raid_member"})
+    m.add_partition(
+        disk,
+        1,
+        2048,
+        1_048_576,
+        type_guid=LINUX_TYPE,
+        probe={"UUID": "1f2e3d4c-5b6a-7980-a1b2-c3d4e5f60718", "TYPE": "linux_raid_member"},
+    )
 
 
 REFUSALS = {
-    "new-disk-is-a-member": (lambda m: None, ("add", "--disk", "/dev/vda"),
-                             "/dev/vda is already a member of /dev/md/esp"),
-    "replacement-is-a-member": (lambda m: None, ("replace", "--old", "/dev/vdb", "--new", "/dev/vda"),
-                                "/dev/vda is already a member of /dev/md/esp"),
-    "other-sector-size": (lambda m: m.add_new_disk("vdc", sector=4096), ("add", "--disk", "/dev/vdc"),
-                          "/dev/vdc has 4096-byte sectors, the members 512: a RAID1 ESP needs one sector size; "
-                          "use a matching disk"),
-    "too-small": (lambda m: m.add_new_disk("vdc", size=256 * MIB), ("add", "--disk", "/dev/vdc"),
-                  "/dev/vdc (256 MiB) is too small for the 512 MiB ESP"),
-    "existing-table": (lambda m: m.add_partition(m.add_new_disk("vdc", pttype="gpt"), 1, 2048, 100_000,
-                                                 type_guid=LINUX_TYPE),
-                       ("replace", "--old", "/dev/vdb", "--new", "/dev/vdc"),
-                       "disk /dev/vdc already has a partition table or data (gpt): esp-mirror never wipes "
-                       "silently; pass --wipe to erase it"),
-    "member-of-another-array": (other_array_member, ("add", "--disk", "/dev/vdc"),
-                                "disk /dev/vdc holds an md RAID member: make sure it is unused, then pass --wipe "
-                                "to erase it"),
-    "new-disk-missing": (lambda m: None, ("add", "--disk", "/dev/vdz"),
-                         "disk /dev/vdz does not exist: check the path (lsblk lists disks)"),
-    "new-disk-is-a-partition": (lambda m: m.add_partition(m.add_new_disk("vdc"), 1, 2048, 100_000),
-                                ("add", "--disk", "/dev/vdc1"),
-                                "/dev/vdc1 is a partition, not a whole disk: pass the disk it is on (esp-mirror "
-                                "creates the ESP partition itself)"),
-    "missing-on-a-whole-array": (lambda m: m.add_new_disk("vdc"), ("replace", "--old", "missing", "--new", "/dev/vdc"),
-                                 "no member of /dev/md/esp is missing: name the disk to replace with --old DISK"),
-    "old-is-not-a-member": (lambda m: m.add_new_disk("vdc"), ("replace", "--old", "/dev/sda", "--new", "/dev/vdc"),
-                            "/dev/sda is not a member of /dev/md/esp: members are /dev/vda, /dev/vdb; use --old "
-                            "missing for a disk that is gone"),
+    "new-disk-is-a-member": (
+        lambda m: None,
+        ("add", "--disk", "/dev/vda"),
+        "/dev/vda is already a member of /dev/md/esp",
+    ),
+    "replacement-is-a-member": (
+        lambda m: None,
+        ("replace", "--old", "/dev/vdb", "--new", "/dev/vda"),
+        "/dev/vda is already a member of /dev/md/esp",
+    ),
+    "other-sector-size": (
+        lambda m: m.add_new_disk("vdc", sector=4096),
+        ("add", "--disk", "/dev/vdc"),
+        "/dev/vdc has 4096-byte sectors, the members 512: a RAID1 ESP needs one sector size; use a matching disk",
+    ),
+    "too-small": (
+        lambda m: m.add_new_disk("vdc", size=256 * MIB),
+        ("add", "--disk", "/dev/vdc"),
+        "/dev/vdc (256 MiB) is too small for the 512 MiB ESP",
+    ),
+    "existing-table": (
+        lambda m: m.add_partition(m.add_new_disk("vdc", pttype="gpt"), 1, 2048, 100_000, type_guid=LINUX_TYPE),
+        ("replace", "--old", "/dev/vdb", "--new", "/dev/vdc"),
+        "disk /dev/vdc already has a partition table or data (gpt): esp-mirror never wipes "
+        "silently; pass --wipe to erase it",
+    ),
+    "member-of-another-array": (
+        other_array_member,
+        ("add", "--disk", "/dev/vdc"),
+        "disk /dev/vdc holds an md RAID member: make sure it is unused, then pass --wipe to erase it",
+    ),
+    "new-disk-missing": (
+        lambda m: None,
+        ("add", "--disk", "/dev/vdz"),
+        "disk /dev/vdz does not exist: check the path (lsblk lists disks)",
+    ),
+    "new-disk-is-a-partition": (
+        lambda m: m.add_partition(m.add_new_disk("vdc"), 1, 2048, 100_000),
+        ("add", "--disk", "/dev/vdc1"),
+        "/dev/vdc1 is a partition, not a whole disk: pass the disk it is on (esp-mirror "
+        "creates the ESP partition itself)",
+    ),
+    "missing-on-a-whole-array": (
+        lambda m: m.add_new_disk("vdc"),
+        ("replace", "--old", "missing", "--new", "/dev/vdc"),
+        "no member of /dev/md/esp is missing: name the disk to replace with --old DISK",
+    ),
+    "old-is-not-a-member": (
+        lambda m: m.add_new_disk("vdc"),
+        ("replace", "--old", "/dev/sda", "--new", "/dev/vdc"),
+        "/dev/sda is not a member of /dev/md/esp: members are /dev/vda, /dev/vdb; use --old "
+        "missing for a disk that is gone",
+    ),
 }
 
 
@@ -253,9 +370,11 @@ def test_add_refuses_a_ninth_member(mirror_of):
     outcome = mirror.cli("add", "--disk", "/dev/vdi", "--yes")
 
     assert (outcome.code, outcome.error) == (2, "/dev/md/esp already has 8 members, the most esp-mirror mirrors")
-    assert outcome.calls == [("mdadm", "--detail", "--export", "/dev/md/esp"),
-                             *(("blkid", "-p", "-o", "export", f"/dev/vd{c}1") for c in "abcdefgh"),
-                             ("efibootmgr", "-v")]
+    assert outcome.calls == [
+        ("mdadm", "--detail", "--export", "/dev/md/esp"),
+        *(("blkid", "-p", "-o", "export", f"/dev/vd{c}1") for c in "abcdefgh"),
+        ("efibootmgr", "-v"),
+    ]
 
 
 def test_replace_is_allowed_on_a_full_array(mirror_of):
@@ -269,6 +388,8 @@ def test_replace_or_add_without_a_setup_is_refused(machine, monkeypatch):
     isolate_upkeep(machine, monkeypatch)
     machine.add_disk("vdc", size=GIB)
     outcome = machine.cli("add", "--disk", "/dev/vdc", "--yes")
-    assert (outcome.code, outcome.error) == (2, "no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is "
-                                                "missing): run `esp-mirror apply` first")
+    assert (outcome.code, outcome.error) == (
+        2,
+        "no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): run `esp-mirror apply` first",
+    )
     assert outcome.calls == []

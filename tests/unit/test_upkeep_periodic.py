@@ -9,18 +9,18 @@ import os
 import stat
 
 import pytest
-
 from conftest import MIB, PROFILES, Machine, isolate_upkeep, json_commands
+
+from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import periodic
 from esp_mirror_plugin.pipeline import profiles
-from esp_mirror_plugin.upkeep import record as records
-from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline.execute import Applier
-from esp_mirror_plugin.upkeep.record import Record
 from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.pipeline.steps import Command, Group, WriteFile
 from esp_mirror_plugin.system.runner import RecordingRunner, Result
 from esp_mirror_plugin.system.target import Target
-from esp_mirror_plugin.pipeline.steps import Command, Group, WriteFile
+from esp_mirror_plugin.upkeep import record as records
+from esp_mirror_plugin.upkeep.record import Record
 
 SERVICE = """\
 [Unit]
@@ -48,9 +48,11 @@ CRON = """\
 # esp-mirror: weekly check of the mirrored EFI System Partition; drift is logged to syslog.
 esp-mirror check 2>&1 | logger -t esp-mirror
 """
-OWN_TIMER = [("write", "etc/systemd/system/esp-mirror-check.service", 0o644, SERVICE),
-             ("write", "etc/systemd/system/esp-mirror-check.timer", 0o644, TIMER),
-             ("run", "systemctl", "enable", "esp-mirror-check.timer")]
+OWN_TIMER = [
+    ("write", "etc/systemd/system/esp-mirror-check.service", 0o644, SERVICE),
+    ("write", "etc/systemd/system/esp-mirror-check.timer", 0o644, TIMER),
+    ("run", "systemctl", "enable", "esp-mirror-check.timer"),
+]
 CRON_WEEKLY = [("write", "etc/cron.weekly/esp-mirror-check", 0o755, CRON)]
 MDCHECK = [("run", "systemctl", "enable", "mdcheck_start.timer", "mdcheck_continue.timer")]
 RAID_CHECK = [("run", "systemctl", "enable", "raid-check.timer")]
@@ -88,8 +90,9 @@ def test_periodic_check_per_profile(name, tmp_path):
     assert described(steps, str(tmp_path)) == PERIODIC[name]
 
 
-@pytest.mark.parametrize("name, path", [("void", "etc/cron.weekly/esp-mirror-check"),
-                                        ("alpine", "etc/periodic/weekly/esp-mirror-check")])
+@pytest.mark.parametrize(
+    ("name", "path"), [("void", "etc/cron.weekly/esp-mirror-check"), ("alpine", "etc/periodic/weekly/esp-mirror-check")]
+)
 def test_the_cron_job_is_written_executable(name, path, tmp_path):
     steps = periodic.plan(Request(disks=(), target=str(tmp_path)), profiles.load_profile(name), Target(str(tmp_path)))
 
@@ -101,13 +104,17 @@ def test_the_cron_job_is_written_executable(name, path, tmp_path):
 
 def test_the_systemd_timer_is_written_and_enabled_in_the_target(tmp_path):
     runner = RecordingRunner(responders=[lambda argv: Result(argv, 0)])
-    steps = periodic.plan(Request(disks=(), target=str(tmp_path)), profiles.load_profile("opensuse"), Target(str(tmp_path)))
+    steps = periodic.plan(
+        Request(disks=(), target=str(tmp_path)), profiles.load_profile("opensuse"), Target(str(tmp_path))
+    )
 
     Applier(runner, io.StringIO()).execute(Group("post_format", steps))
 
     unit = tmp_path / "etc/systemd/system"
     assert ((unit / "esp-mirror-check.service").read_text(), (unit / "esp-mirror-check.timer").read_text()) == (
-        SERVICE, TIMER)
+        SERVICE,
+        TIMER,
+    )
     assert runner.calls == [("chroot", str(tmp_path), "systemctl", "enable", "esp-mirror-check.timer")]
 
 
@@ -135,8 +142,14 @@ def test_the_record_apply_writes_loads_back_as_what_was_set_up(images):
 
     assert outcome.code == 0, outcome.err
     assert records.load(str(images.target)) == Record(
-        profile="debian", array="/dev/md/esp", mountpoint="/boot/efi", loader="\\EFI\\debian\\grubx64.efi",
-        entry_label="Debian", esp_start=MIB, esp_size=512 * MIB)
+        profile="debian",
+        array="/dev/md/esp",
+        mountpoint="/boot/efi",
+        loader="\\EFI\\debian\\grubx64.efi",
+        entry_label="Debian",
+        esp_start=MIB,
+        esp_size=512 * MIB,
+    )
     text = (images.target / records.PATH).read_text()
     assert text.startswith("# Written by esp-mirror apply: what it set up.")
     assert stat.S_IMODE((images.target / records.PATH).stat().st_mode) == 0o644
@@ -144,17 +157,30 @@ def test_the_record_apply_writes_loads_back_as_what_was_set_up(images):
 
 def test_the_record_is_written_by_the_bootloader_hook(two_disks):
     plan = json.loads(two_disks.cli("plan", "--json", *two_disks.args()).out)
-    [group] = [g for g in plan["groups"] if any(s.get("path") == f"{two_disks.target}/{records.PATH}"
-                                                for s in g["steps"])]
+    [group] = [
+        g for g in plan["groups"] if any(s.get("path") == f"{two_disks.target}/{records.PATH}" for s in g["steps"])
+    ]
     assert group["name"] == "bootloader"
 
 
-@pytest.mark.parametrize("record", [
-    Record("rhel", "/dev/md/esp", "/boot/efi", "\\EFI\\redhat\\shimx64.efi", "Red Hat Enterprise Linux", MIB,
-           600 * MIB),
-    Record("arch", "/dev/md/boot-esp", "/efi", "\\EFI\\systemd\\systemd-bootx64.efi", "Arch: #1 'esp'", 2 * MIB,
-           1024 * MIB),
-], ids=["rhel-shim", "odd-label"])
+@pytest.mark.parametrize(
+    "record",
+    [
+        Record(
+            "rhel", "/dev/md/esp", "/boot/efi", "\\EFI\\redhat\\shimx64.efi", "Red Hat Enterprise Linux", MIB, 600 * MIB
+        ),
+        Record(
+            "arch",
+            "/dev/md/boot-esp",
+            "/efi",
+            "\\EFI\\systemd\\systemd-bootx64.efi",
+            "Arch: #1 'esp'",
+            2 * MIB,
+            1024 * MIB,
+        ),
+    ],
+    ids=["rhel-shim", "odd-label"],
+)
 def test_a_record_round_trips_through_its_yaml(record, tmp_path):
     path = tmp_path / records.PATH
     path.parent.mkdir(parents=True)
@@ -166,13 +192,20 @@ def test_no_record_means_not_set_up(tmp_path):
     assert records.load(str(tmp_path)) is None
 
 
-@pytest.mark.parametrize("content, message", [
-    ("profile: [debian\n", "cannot be read (while parsing a flow sequence"),
-    ("profile: debian\narray: /dev/md/esp\n", "is not an esp-mirror record (keys array, entry_label, esp_size, "
-                                              "esp_start, loader, mountpoint, profile): run `esp-mirror apply` "
-                                              "again to rewrite it"),
-    ("- a list\n", "is not an esp-mirror record"),
-], ids=["broken-yaml", "missing-keys", "not-a-mapping"])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("profile: [debian\n", "cannot be read (while parsing a flow sequence"),
+        (
+            "profile: debian\narray: /dev/md/esp\n",
+            "is not an esp-mirror record (keys array, entry_label, esp_size, "
+            "esp_start, loader, mountpoint, profile): run `esp-mirror apply` "
+            "again to rewrite it",
+        ),
+        ("- a list\n", "is not an esp-mirror record"),
+    ],
+    ids=["broken-yaml", "missing-keys", "not-a-mapping"],
+)
 def test_a_broken_record_is_bad_input_that_says_to_rerun_apply(content, message, tmp_path):
     path = tmp_path / records.PATH
     path.parent.mkdir(parents=True)

@@ -14,13 +14,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
 from conftest import FAT_MTIME, FSCK_DIRTY, assert_upkeep_only_read, fast_applier, guid_of, upkeep_changes
+
+from esp_mirror_plugin.errors import StepFailed
+from esp_mirror_plugin.system.runner import RecordingRunner, Result
 from esp_mirror_plugin.upkeep import compare
 from esp_mirror_plugin.upkeep import plans as upkeep
 from esp_mirror_plugin.upkeep.compare import Difference, FileInfo
-from esp_mirror_plugin.errors import StepFailed
-from esp_mirror_plugin.system.runner import RecordingRunner, Result
 
 FW_FILE = "EFI/FW.TXT"
 FW_TEXT = b"written by the firmware, behind the back of md\n"
@@ -37,11 +37,13 @@ def plan_commands(report: dict) -> list[tuple[str, ...]]:
 
 
 def repair_from_a(esp: Path) -> list[tuple[str, ...]]:
-    return [("umount", str(esp)),
-            ("mdadm", "/dev/md/esp", "--fail", "/dev/vdb1", "--remove", "/dev/vdb1"),
-            ("mdadm", "--zero-superblock", "/dev/vdb1"),
-            ("mdadm", "/dev/md/esp", "--add", "/dev/vdb1"),
-            ("mount", "-t", "vfat", "-o", "umask=0077", "/dev/md/esp", str(esp))]
+    return [
+        ("umount", str(esp)),
+        ("mdadm", "/dev/md/esp", "--fail", "/dev/vdb1", "--remove", "/dev/vdb1"),
+        ("mdadm", "--zero-superblock", "/dev/vdb1"),
+        ("mdadm", "/dev/md/esp", "--add", "/dev/vdb1"),
+        ("mount", "-t", "vfat", "-o", "umask=0077", "/dev/md/esp", str(esp)),
+    ]
 
 
 # -- fsck.fat -n: what is damage --------------------------------------------------------------
@@ -79,36 +81,52 @@ def test_identical_trees_have_no_differences():
 
 def test_differences_are_by_content_not_by_time_and_name_missing_files():
     grub, other = b"MZ grub\n", b"MZ grub, patched\n"
-    trees = {"/dev/vda1": {"EFI/debian/grubx64.efi": info(grub), "EFI/debian/grub.cfg": info(b"cfg", 1)},
-             "/dev/vdb1": {"EFI/debian/grubx64.efi": info(other), "EFI/debian/grub.cfg": info(b"cfg", 2),
-                           FW_FILE: info(FW_TEXT)},
-             "/dev/vdc1": {"EFI/debian/grubx64.efi": info(grub), "EFI/debian/grub.cfg": info(b"cfg", 3)}}
+    trees = {
+        "/dev/vda1": {"EFI/debian/grubx64.efi": info(grub), "EFI/debian/grub.cfg": info(b"cfg", 1)},
+        "/dev/vdb1": {
+            "EFI/debian/grubx64.efi": info(other),
+            "EFI/debian/grub.cfg": info(b"cfg", 2),
+            FW_FILE: info(FW_TEXT),
+        },
+        "/dev/vdc1": {"EFI/debian/grubx64.efi": info(grub), "EFI/debian/grub.cfg": info(b"cfg", 3)},
+    }
 
     assert compare.differences(trees) == [  # sorted by path; grub.cfg only differs in time
         Difference(FW_FILE, {"/dev/vda1": None, "/dev/vdb1": info(FW_TEXT), "/dev/vdc1": None}),
-        Difference("EFI/debian/grubx64.efi", {"/dev/vda1": info(grub), "/dev/vdb1": info(other),
-                                              "/dev/vdc1": info(grub)})]
+        Difference(
+            "EFI/debian/grubx64.efi", {"/dev/vda1": info(grub), "/dev/vdb1": info(other), "/dev/vdc1": info(grub)}
+        ),
+    ]
 
 
 def test_difference_json_gives_each_members_version_or_null():
     diff = Difference(FW_FILE, {"/dev/vda1": None, "/dev/vdb1": info(FW_TEXT)})
-    assert diff.to_json() == {"path": FW_FILE, "members": {
-        "/dev/vda1": None,
-        "/dev/vdb1": {"size": 47, "mtime": FAT_MTIME, "sha256": hashlib.sha256(FW_TEXT).hexdigest()}}}
+    assert diff.to_json() == {
+        "path": FW_FILE,
+        "members": {
+            "/dev/vda1": None,
+            "/dev/vdb1": {"size": 47, "mtime": FAT_MTIME, "sha256": hashlib.sha256(FW_TEXT).hexdigest()},
+        },
+    }
 
 
 def test_backup_tars_each_other_members_versions_of_the_differing_files(tmp_path):
     copies = {}
-    for node, files in {"/dev/vda1": {"EFI/debian/grubx64.efi": b"A"},
-                        "/dev/vdb1": {"EFI/debian/grubx64.efi": b"B", FW_FILE: FW_TEXT},
-                        "/dev/vdc1": {"EFI/debian/grubx64.efi": b"A"}}.items():
+    for node, files in {
+        "/dev/vda1": {"EFI/debian/grubx64.efi": b"A"},
+        "/dev/vdb1": {"EFI/debian/grubx64.efi": b"B", FW_FILE: FW_TEXT},
+        "/dev/vdc1": {"EFI/debian/grubx64.efi": b"A"},
+    }.items():
         copies[node] = tmp_path / "copies" / node[5:]
         for path, data in files.items():
             (copies[node] / path).parent.mkdir(parents=True, exist_ok=True)
             (copies[node] / path).write_bytes(data)
-    diffs = [Difference(FW_FILE, {"/dev/vda1": None, "/dev/vdb1": info(FW_TEXT), "/dev/vdc1": None}),
-             Difference("EFI/debian/grubx64.efi", {"/dev/vda1": info(b"A"), "/dev/vdb1": info(b"B"),
-                                                   "/dev/vdc1": info(b"A")})]
+    diffs = [
+        Difference(FW_FILE, {"/dev/vda1": None, "/dev/vdb1": info(FW_TEXT), "/dev/vdc1": None}),
+        Difference(
+            "EFI/debian/grubx64.efi", {"/dev/vda1": info(b"A"), "/dev/vdb1": info(b"B"), "/dev/vdc1": info(b"A")}
+        ),
+    ]
 
     written = compare.backup(copies, diffs, {"/dev/vda1"}, tmp_path / "backups", "20240101-120000")
 
@@ -152,18 +170,23 @@ def test_copy_member_flushes_the_cache_lists_then_copies_everything_read_only(tm
 
     runner = EnvRunner(responders=[mcopy])
     runner.script(("blockdev", "--flushbufs", "/dev/vdb1"))
-    runner.script(("mdir", "-/", "-b", "-i", "/dev/vdb1", "::/"),
-                  "::/EFI/\n::/EFI/debian/\n::/EFI/debian/grubx64.efi\n")
+    runner.script(
+        ("mdir", "-/", "-b", "-i", "/dev/vdb1", "::/"), "::/EFI/\n::/EFI/debian/\n::/EFI/debian/grubx64.efi\n"
+    )
 
     files = compare.copy_member(runner, "/dev/vdb1", dest)
 
-    assert runner.calls == [("blockdev", "--flushbufs", "/dev/vdb1"),
-                            ("mdir", "-/", "-b", "-i", "/dev/vdb1", "::/"),
-                            ("mcopy", "-s", "-p", "-m", "-n", "-i", "/dev/vdb1", "::/*", f"{dest}/")]
+    assert runner.calls == [
+        ("blockdev", "--flushbufs", "/dev/vdb1"),
+        ("mdir", "-/", "-b", "-i", "/dev/vdb1", "::/"),
+        ("mcopy", "-s", "-p", "-m", "-n", "-i", "/dev/vdb1", "::/*", f"{dest}/"),
+    ]
     assert runner.envs[1:] == [{"MTOOLS_SKIP_CHECK": "1"}] * 2
     assert list(files) == ["EFI/debian/grubx64.efi"]
     assert (files["EFI/debian/grubx64.efi"].size, files["EFI/debian/grubx64.efi"].sha256) == (
-        8, hashlib.sha256(b"MZ grub\n").hexdigest())
+        8,
+        hashlib.sha256(b"MZ grub\n").hexdigest(),
+    )
 
 
 def test_an_empty_fat_is_an_empty_tree_not_an_error(tmp_path):
@@ -178,26 +201,35 @@ def test_an_empty_fat_is_an_empty_tree_not_an_error(tmp_path):
 def test_a_member_mtools_cannot_read_is_a_step_failure_with_the_command_and_its_stderr(tmp_path):
     runner = RecordingRunner()
     runner.script(("blockdev", "--flushbufs", "/dev/vdb1"))
-    runner.script(("mdir", "-/", "-b", "-i", "/dev/vdb1", "::/"), returncode=1,
-                  stderr="init :: non DOS media\nCannot initialize '::'\n")
+    runner.script(
+        ("mdir", "-/", "-b", "-i", "/dev/vdb1", "::/"),
+        returncode=1,
+        stderr="init :: non DOS media\nCannot initialize '::'\n",
+    )
 
     with pytest.raises(StepFailed) as failure:
         compare.copy_member(runner, "/dev/vdb1", tmp_path / "vdb1")
 
     assert (failure.value.group, failure.value.step) == ("compare", "read the files of /dev/vdb1")
-    assert failure.value.detail == ("command: mdir -/ -b -i /dev/vdb1 ::/\nexit code: 1\n"
-                                    "stderr: init :: non DOS media\nCannot initialize '::'")
+    assert failure.value.detail == (
+        "command: mdir -/ -b -i /dev/vdb1 ::/\nexit code: 1\nstderr: init :: non DOS media\nCannot initialize '::'"
+    )
 
 
 def test_a_cache_that_cannot_be_flushed_stops_the_comparison(tmp_path):
     runner = RecordingRunner()
-    runner.script(("blockdev", "--flushbufs", "/dev/vdb1"), returncode=1,
-                  stderr="blockdev: cannot open /dev/vdb1: No such device or address\n")
+    runner.script(
+        ("blockdev", "--flushbufs", "/dev/vdb1"),
+        returncode=1,
+        stderr="blockdev: cannot open /dev/vdb1: No such device or address\n",
+    )
     with pytest.raises(StepFailed) as failure:
         compare.copy_member(runner, "/dev/vdb1", tmp_path / "vdb1")
     assert (failure.value.step, failure.value.detail) == (
-        "blockdev --flushbufs /dev/vdb1", "command: blockdev --flushbufs /dev/vdb1\nexit code: 1\n"
-                                          "stderr: blockdev: cannot open /dev/vdb1: No such device or address")
+        "blockdev --flushbufs /dev/vdb1",
+        "command: blockdev --flushbufs /dev/vdb1\nexit code: 1\n"
+        "stderr: blockdev: cannot open /dev/vdb1: No such device or address",
+    )
     assert runner.calls == [("blockdev", "--flushbufs", "/dev/vdb1")]
 
 
@@ -214,10 +246,18 @@ def test_repair_from_a_with_the_esp_mounted_plans_a_full_rebuild_of_b(mirror):
     assert group["notes"] == ["source: /dev/vda1 on /dev/vda; fsck.fat -n found no damage"]
     assert [s["kind"] for s in group["steps"]] == ["command"] * 4 + ["wait-for-sync", "command"]
     assert plan_commands(report) == repair_from_a(mirror.esp)
-    assert group["steps"][4] == {"kind": "wait-for-sync", "device": "/dev/md/esp", "clean": True,
-                                 "why": "the recovery copies the whole source member"}
+    assert group["steps"][4] == {
+        "kind": "wait-for-sync",
+        "device": "/dev/md/esp",
+        "clean": True,
+        "why": "the recovery copies the whole source member",
+    }
     assert {k: report[k] for k in ("applied", "source", "differences", "backups")} == {
-        "applied": False, "source": "/dev/vda1", "differences": [], "backups": []}
+        "applied": False,
+        "source": "/dev/vda1",
+        "differences": [],
+        "backups": [],
+    }
     assert_upkeep_only_read(outcome.calls)
 
 
@@ -240,7 +280,8 @@ def test_repair_dry_run_prints_the_plan_after_the_comparison(mirror):
         "# the recovery copies the whole source member\n"
         "wait for /dev/md/esp to finish recovery (progress shown)\n"
         "# the ESP back in place\n"
-        f"mount -t vfat -o umask=0077 /dev/md/esp {mirror.esp}\n")
+        f"mount -t vfat -o umask=0077 /dev/md/esp {mirror.esp}\n"
+    )
 
 
 def test_repair_reads_every_member_then_checks_the_source_fat_before_planning(mirror):
@@ -249,11 +290,15 @@ def test_repair_reads_every_member_then_checks_the_source_fat_before_planning(mi
     reads = [c for c in outcome.calls if c[0] in ("blockdev", "mdir", "mcopy", "fsck.fat")]
     work = mirror.root / "run/esp-mirror"
     assert [c[:-1] if c[0] == "mcopy" else c for c in reads] == [
-        ("blockdev", "--flushbufs", "/dev/vda1"), ("mdir", "-/", "-b", "-i", "/dev/vda1", "::/"),
+        ("blockdev", "--flushbufs", "/dev/vda1"),
+        ("mdir", "-/", "-b", "-i", "/dev/vda1", "::/"),
         ("mcopy", "-s", "-p", "-m", "-n", "-i", "/dev/vda1", "::/*"),
-        ("blockdev", "--flushbufs", "/dev/vdb1"), ("mdir", "-/", "-b", "-i", "/dev/vdb1", "::/"),
+        ("blockdev", "--flushbufs", "/dev/vdb1"),
+        ("mdir", "-/", "-b", "-i", "/dev/vdb1", "::/"),
         ("mcopy", "-s", "-p", "-m", "-n", "-i", "/dev/vdb1", "::/*"),
-        ("blockdev", "--flushbufs", "/dev/vdb1"), ("fsck.fat", "-n", "/dev/vdb1")]
+        ("blockdev", "--flushbufs", "/dev/vdb1"),
+        ("fsck.fat", "-n", "/dev/vdb1"),
+    ]
     assert all(c[-1].startswith(f"{work}/repair-") for c in reads if c[0] == "mcopy")
     assert list(work.iterdir()) == []  # the copies are gone afterwards
 
@@ -271,7 +316,8 @@ def test_repair_of_three_members_takes_both_others_out_before_adding_them_back(m
         ("mdadm", "/dev/md/esp", "--fail", "/dev/vdc1", "--remove", "/dev/vdc1"),
         ("mdadm", "--zero-superblock", "/dev/vdc1"),
         ("mdadm", "/dev/md/esp", "--add", "/dev/vda1"),
-        ("mdadm", "/dev/md/esp", "--add", "/dev/vdc1")]
+        ("mdadm", "/dev/md/esp", "--add", "/dev/vdc1"),
+    ]
 
 
 # -- choosing the source ----------------------------------------------------------------------
@@ -288,16 +334,20 @@ def test_source_auto_without_any_boot_information_is_refused_naming_source(mirro
     outcome = mirror.cli("repair", "--source", "auto", "--yes")
 
     assert (outcome.code, outcome.error) == (
-        2, "cannot tell which disk this boot came from (no LoaderDevicePartUUID, and BootCurrent is not an "
-           "entry of ours): choose with --source DISK")
+        2,
+        "cannot tell which disk this boot came from (no LoaderDevicePartUUID, and BootCurrent is not an "
+        "entry of ours): choose with --source DISK",
+    )
     assert outcome.out == "member files: identical\n"  # what to choose from
     assert_upkeep_only_read(outcome.calls)
 
 
 def test_a_source_that_is_not_a_member_is_refused(mirror):
     outcome = mirror.cli("repair", "--source", "/dev/vdc", "--yes")
-    assert (outcome.code, outcome.error) == (2, "/dev/vdc is not a member of /dev/md/esp: members are "
-                                                "/dev/vda, /dev/vdb")
+    assert (outcome.code, outcome.error) == (
+        2,
+        "/dev/vdc is not a member of /dev/md/esp: members are /dev/vda, /dev/vdb",
+    )
     assert_upkeep_only_read(outcome.calls)
 
 
@@ -328,8 +378,10 @@ def test_a_damaged_source_fat_is_refused_and_nothing_is_changed(mirror):
     outcome = mirror.cli("repair", "--source", "/dev/vda", "--backup-dir", str(backups), "--yes")
 
     assert (outcome.code, outcome.error) == (
-        2, f"the FAT on the source /dev/vda1 is damaged ({DAMAGE}): choose another --source, or repair it "
-           "with fsck.fat first")
+        2,
+        f"the FAT on the source /dev/vda1 is damaged ({DAMAGE}): choose another --source, or repair it "
+        "with fsck.fat first",
+    )
     assert_upkeep_only_read(outcome.calls)
     assert not backups.exists()
     assert (mirror.member_nodes(), mirror.md_attr("degraded")) == (["/dev/vda1", "/dev/vdb1"], "0")
@@ -345,8 +397,10 @@ def test_a_source_fsck_cannot_read_is_refused(mirror):
     mirror.fsck["/dev/vda1"] = (4, "fsck.fat 4.2 (2021-01-31)\nopen: No such device or address\n")
     outcome = mirror.cli("repair", "--source", "/dev/vda", "--dry-run")
     assert (outcome.code, outcome.error) == (
-        2, "fsck.fat cannot check the source /dev/vda1 (open: No such device or address): choose another "
-           "--source, or repair it with fsck.fat first")
+        2,
+        "fsck.fat cannot check the source /dev/vda1 (open: No such device or address): choose another "
+        "--source, or repair it with fsck.fat first",
+    )
 
 
 # -- confirming, dry runs and carrying it out ---------------------------------------------------
@@ -359,8 +413,9 @@ def test_dry_run_changes_nothing_and_writes_no_backup(mirror):
     outcome = mirror.cli("repair", "--source", "/dev/vda", "--backup-dir", str(backups), "--dry-run", "--json")
 
     report = json.loads(outcome.out)
-    assert report["plan"][0]["notes"][1] == (f"before any change, the other members' versions of 1 differing "
-                                             f"files are kept in a tar under {backups}")
+    assert report["plan"][0]["notes"][1] == (
+        f"before any change, the other members' versions of 1 differing files are kept in a tar under {backups}"
+    )
     assert (report["applied"], report["backups"]) == (False, [])
     assert_upkeep_only_read(outcome.calls)
     assert not backups.exists()
@@ -369,8 +424,10 @@ def test_dry_run_changes_nothing_and_writes_no_backup(mirror):
 def test_repair_without_yes_and_without_a_terminal_is_refused(mirror):
     outcome = mirror.cli("repair", "--source", "/dev/vda")
 
-    assert (outcome.code, outcome.error) == (2, "repair changes disks: pass --yes to confirm (there is no terminal "
-                                                "to ask on), or --dry-run to only look")
+    assert (outcome.code, outcome.error) == (
+        2,
+        "repair changes disks: pass --yes to confirm (there is no terminal to ask on), or --dry-run to only look",
+    )
     assert "mdadm /dev/md/esp --fail /dev/vdb1 --remove /dev/vdb1" in outcome.out  # the plan was shown
     assert_upkeep_only_read(outcome.calls)
 
@@ -406,7 +463,7 @@ def test_repair_runs_exactly_the_planned_commands_and_leaves_a_healthy_mounted_m
     assert (status["exit_code"], status["mount"]["device"]) == (0, "/dev/md127")
 
 
-@pytest.mark.parametrize("source, backups", [("a", ["vdb1"]), ("b", [])])
+@pytest.mark.parametrize(("source", "backups"), [("a", ["vdb1"]), ("b", [])])
 def test_a_file_written_to_one_member_is_repaired_from_the_chosen_source_and_kept(mirror, source, backups):
     """As tests/vm/test_upkeep.py: the firmware wrote EFI/FW.TXT to B only."""
     mirror.members["/dev/vdb1"][FW_FILE] = FW_TEXT
@@ -419,9 +476,15 @@ def test_a_file_written_to_one_member_is_repaired_from_the_chosen_source_and_kep
     assert outcome.code == 0, outcome.err
     report = json.loads(outcome.out)
     assert (report["applied"], report["source"]) == (True, f"/dev/vd{source}1")
-    assert report["differences"] == [{"path": FW_FILE, "members": {
-        "/dev/vda1": None,
-        "/dev/vdb1": {"size": len(FW_TEXT), "mtime": FAT_MTIME, "sha256": hashlib.sha256(FW_TEXT).hexdigest()}}}]
+    assert report["differences"] == [
+        {
+            "path": FW_FILE,
+            "members": {
+                "/dev/vda1": None,
+                "/dev/vdb1": {"size": len(FW_TEXT), "mtime": FAT_MTIME, "sha256": hashlib.sha256(FW_TEXT).hexdigest()},
+            },
+        }
+    ]
     tars = [Path(b) for b in report["backups"]]
     assert [re.fullmatch(r"repair-\d{8}-\d{6}-(vd.1)\.tar", t.name)[1] for t in tars] == backups
     assert all(t.parent == backup_dir for t in tars)
@@ -442,13 +505,15 @@ def test_repair_text_output_names_each_differing_file_and_each_members_version(m
         "  EFI/FW.TXT\n"
         "    /dev/vda1: missing\n"
         f"    /dev/vdb1: 47 bytes, modified 2023-11-14 22:13:20 UTC, sha256 {sha}\n"
-        "# == repair ==\n")
+        "# == repair ==\n"
+    )
 
 
 def test_a_failing_step_stops_the_repair_and_reports_the_command(mirror):
     mirror.accept_changes()
-    mirror.fail(("mdadm", "/dev/md/esp", "--add"), 1, "mdadm: add new device failed for /dev/vdb1 as 2: "
-                                                      "Invalid argument\n")
+    mirror.fail(
+        ("mdadm", "/dev/md/esp", "--add"), 1, "mdadm: add new device failed for /dev/vdb1 as 2: Invalid argument\n"
+    )
 
     outcome = mirror.cli("repair", "--source", "/dev/vda", "--yes")
 
@@ -456,7 +521,8 @@ def test_a_failing_step_stops_the_repair_and_reports_the_command(mirror):
     assert outcome.err.startswith(
         "esp-mirror: error: [repair] step failed: mdadm /dev/md/esp --add /dev/vdb1\n"
         "command: mdadm /dev/md/esp --add /dev/vdb1\nexit code: 1\n"
-        "stderr: mdadm: add new device failed for /dev/vdb1 as 2: Invalid argument\n")
+        "stderr: mdadm: add new device failed for /dev/vdb1 as 2: Invalid argument\n"
+    )
     assert upkeep_changes(outcome.calls)[-1] == ("mdadm", "/dev/md/esp", "--add", "/dev/vdb1")  # no mount after it
 
 

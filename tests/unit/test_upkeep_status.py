@@ -9,14 +9,20 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import ARRAY_UUID, GRUB_LOADER, Mirror, assert_only_read, guid_of, isolate_upkeep
-from esp_mirror_plugin.upkeep import plans as upkeep
-from esp_mirror_plugin.system.discovery import Mount
+
 from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.system.discovery import Mount
+from esp_mirror_plugin.upkeep import plans as upkeep
 from esp_mirror_plugin.upkeep.mirror import ArrayState, MemberState, read_mirror
 
 A, B = guid_of("vda"), guid_of("vdb")
+
+
+DEGRADED = (
+    "/dev/md/esp is degraded: 1 of 2 members missing or failed; put in a new disk and run "
+    "`esp-mirror replace --old missing --new DISK`"
+)
 
 
 def read(machine: Mirror):
@@ -30,14 +36,28 @@ def test_read_mirror_reports_the_array_its_members_slots_states_and_partition_gu
     state = read(mirror)
 
     assert state.array == ArrayState(
-        device="/dev/md/esp", kernel_name="md127", uuid=ARRAY_UUID, level="raid1", metadata="1.0", raid_disks=2,
-        degraded=0, array_state="clean", sync_action="idle", sync_completed="none", mismatch_cnt=0,
-        members=(MemberState(node="/dev/vda1", disk="/dev/vda", slot=0, state="in_sync", partuuid=A),
-                 MemberState(node="/dev/vdb1", disk="/dev/vdb", slot=1, state="in_sync", partuuid=B)))
+        device="/dev/md/esp",
+        kernel_name="md127",
+        uuid=ARRAY_UUID,
+        level="raid1",
+        metadata="1.0",
+        raid_disks=2,
+        degraded=0,
+        array_state="clean",
+        sync_action="idle",
+        sync_completed="none",
+        mismatch_cnt=0,
+        members=(
+            MemberState(node="/dev/vda1", disk="/dev/vda", slot=0, state="in_sync", partuuid=A),
+            MemberState(node="/dev/vdb1", disk="/dev/vdb", slot=1, state="in_sync", partuuid=B),
+        ),
+    )
     assert state.mount == Mount("9:127", str(mirror.esp), "vfat", "/dev/md127")
     assert state.mounted_members == ()
     assert [(e.member.node, e.entry.number, e.entry.loader, e.file_exists) for e in state.entries] == [
-        ("/dev/vda1", "0001", GRUB_LOADER, True), ("/dev/vdb1", "0002", GRUB_LOADER, True)]
+        ("/dev/vda1", "0001", GRUB_LOADER, True),
+        ("/dev/vdb1", "0002", GRUB_LOADER, True),
+    ]
     assert (state.problems(), state.exit_code()) == ([], 0)
     assert_only_read(mirror.runner.calls)
 
@@ -52,8 +72,10 @@ def test_members_are_listed_by_slot_and_a_spare_comes_last_without_a_slot(mirror
     members = read(mirror).array.members
 
     assert [(m.node, m.slot, m.state, m.active, m.usable) for m in members] == [
-        ("/dev/vdb1", 0, "in_sync", True, True), ("/dev/vda1", 1, "in_sync", True, True),
-        ("/dev/vdc1", None, "spare", False, True)]
+        ("/dev/vdb1", 0, "in_sync", True, True),
+        ("/dev/vda1", 1, "in_sync", True, True),
+        ("/dev/vdc1", None, "spare", False, True),
+    ]
 
 
 def test_a_member_mounted_directly_is_reported_with_what_to_do(mirror):
@@ -92,8 +114,11 @@ def test_without_systemd_the_booted_member_is_found_through_boot_currents_entry(
     assert state.booted_member.node == "/dev/vdb1"
 
 
-@pytest.mark.parametrize("boot", [{}, {"number": "0003"}, {"loader_partuuid": "0b5e3c2a-1111-5222-8333-444455556666"}],
-                         ids=["no-variables", "boot-current-is-the-shell", "loader-partition-is-not-a-member"])
+@pytest.mark.parametrize(
+    "boot",
+    [{}, {"number": "0003"}, {"loader_partuuid": "0b5e3c2a-1111-5222-8333-444455556666"}],
+    ids=["no-variables", "boot-current-is-the-shell", "loader-partition-is-not-a-member"],
+)
 def test_no_booted_member_when_the_boot_did_not_come_from_a_member(mirror, boot):
     mirror.boot(**boot)
     assert read(mirror).booted_member is None
@@ -127,21 +152,48 @@ def unmounted(m: Mirror) -> None:
 
 HEALTH = {
     "healthy": (lambda m: None, [], 0),
-    "degraded": (lose_b, ["/dev/md/esp is degraded: 1 of 2 members missing or failed; put in a new disk and run `esp-mirror replace --old missing --new DISK`"], 1),
-    "faulty-member": (faulty_b, ["/dev/md/esp is degraded: 1 of 2 members missing or failed; put in a new disk and run `esp-mirror replace --old missing --new DISK`",
-                                 "member /dev/vdb1 is faulty: replace it with "
-                                 "`esp-mirror replace --old /dev/vdb --new DISK`"], 1),
-    "entry-missing": (lambda m: m.delete_entry("0002"),
-                      [f"no boot entry for /dev/vdb ({B}): run `esp-mirror entries`"], 1),
-    "loader-file-missing": (lambda m: (m.esp_dir / "EFI/debian/grubx64.efi").unlink(),
-                            [f"boot entry {n} names \\EFI\\debian\\grubx64.efi, which is not on the ESP: "
-                             "re-run `esp-mirror apply` to install the bootloader again" for n in ("0001", "0002")], 1),
+    "degraded": (
+        lose_b,
+        [DEGRADED],
+        1,
+    ),
+    "faulty-member": (
+        faulty_b,
+        [
+            DEGRADED,
+            "member /dev/vdb1 is faulty: replace it with `esp-mirror replace --old /dev/vdb --new DISK`",
+        ],
+        1,
+    ),
+    "entry-missing": (
+        lambda m: m.delete_entry("0002"),
+        [f"no boot entry for /dev/vdb ({B}): run `esp-mirror entries`"],
+        1,
+    ),
+    "loader-file-missing": (
+        lambda m: (m.esp_dir / "EFI/debian/grubx64.efi").unlink(),
+        [
+            f"boot entry {n} names \\EFI\\debian\\grubx64.efi, which is not on the ESP: "
+            "re-run `esp-mirror apply` to install the bootloader again"
+            for n in ("0001", "0002")
+        ],
+        1,
+    ),
     # while md rebuilds it, the spare is not called a problem of its own
-    "busy-recovering": (recovering_b, ["/dev/md/esp is degraded: 1 of 2 members missing or failed; put in a new disk and run `esp-mirror replace --old missing --new DISK`",
-                                       "/dev/md/esp is busy: recover 131072 / 1048448"], 1),
+    "busy-recovering": (
+        recovering_b,
+        [
+            DEGRADED,
+            "/dev/md/esp is busy: recover 131072 / 1048448",
+        ],
+        1,
+    ),
     "busy-checking": (checking, ["/dev/md/esp is busy: check 524224 / 1048448"], 1),
-    "mismatches": (lambda m: m.set_md(mismatch_cnt=128),
-                   ["the last check found 128 mismatched sectors: run `esp-mirror check`"], 1),
+    "mismatches": (
+        lambda m: m.set_md(mismatch_cnt=128),
+        ["the last check found 128 mismatched sectors: run `esp-mirror check`"],
+        1,
+    ),
 }
 
 
@@ -158,7 +210,11 @@ def test_problems_and_exit_code(mirror, case):
 def test_an_unmounted_esp_is_a_problem(mirror):
     unmounted(mirror)
     state = read(mirror)
-    assert (state.mount, state.problems()[0], state.exit_code()) == (None, f"nothing is mounted at {mirror.esp}: run `mount {mirror.esp}`", 1)
+    assert (state.mount, state.problems()[0], state.exit_code()) == (
+        None,
+        f"nothing is mounted at {mirror.esp}: run `mount {mirror.esp}`",
+        1,
+    )
 
 
 def test_an_unmounted_esp_does_not_claim_the_loader_files_are_missing(mirror):
@@ -172,8 +228,12 @@ def test_not_set_up_is_exit_code_2_with_no_problems(machine):
     assert machine.runner.calls == []  # no array, no EFI variables: nothing to ask
 
 
-PROBLEMS_WITHOUT_A_FIX = {"degraded": lose_b, "faulty-member": faulty_b,
-                          "loader-file-missing": HEALTH["loader-file-missing"][0], "not-mounted": unmounted}
+PROBLEMS_WITHOUT_A_FIX = {
+    "degraded": lose_b,
+    "faulty-member": faulty_b,
+    "loader-file-missing": HEALTH["loader-file-missing"][0],
+    "not-mounted": unmounted,
+}
 
 
 @pytest.mark.parametrize("case", PROBLEMS_WITHOUT_A_FIX)
@@ -199,7 +259,8 @@ def test_status_of_a_healthy_mirror_as_text(mirror):
         f"  /dev/vdb1  /dev/vdb  in_sync  {B}  Boot0002    ok\n"
         f"ESP: {mirror.esp} mounted from /dev/md127\n"
         "this boot: Boot0001 from /dev/vda\n"
-        "healthy\n")
+        "healthy\n"
+    )
     assert_only_read(outcome.calls)
 
 
@@ -218,7 +279,8 @@ def test_status_of_a_degraded_mirror_as_text(mirror):
         "this boot: Boot0003 (not from a member of ours)\n"
         "problems:\n"
         "  - /dev/md/esp is degraded: 1 of 2 members missing or failed; put in a new disk and run "
-        "`esp-mirror replace --old missing --new DISK`\n")
+        "`esp-mirror replace --old missing --new DISK`\n"
+    )
 
 
 def test_status_shows_recovery_progress_and_missing_entries_in_the_table(mirror):
@@ -232,7 +294,8 @@ def test_status_shows_recovery_progress_and_missing_entries_in_the_table(mirror)
         "/dev/md/esp (md127): raid1, metadata 1.0, 1/2 members, active, recover 131072 / 1048448, mismatch_cnt 0",
         "  member     disk      state    partition GUID                        boot entry  loader file",
         f"  /dev/vda1  /dev/vda  in_sync  {A}  MISSING     -",
-        f"  /dev/vdb1  /dev/vdb  spare    {B}  Boot0002    ok"]
+        f"  /dev/vdb1  /dev/vdb  spare    {B}  Boot0002    ok",
+    ]
 
 
 def member_json(node: str, slot: int, guid: str, state: str = "in_sync") -> dict:
@@ -240,8 +303,14 @@ def member_json(node: str, slot: int, guid: str, state: str = "in_sync") -> dict
 
 
 def entry_json(disk: str, guid: str, number: str, serial: str) -> dict:
-    return {"disk": disk, "partuuid": guid, "entry": number, "label": f"Debian (esp-mirror {serial})",
-            "loader": GRUB_LOADER, "file_exists": True}
+    return {
+        "disk": disk,
+        "partuuid": guid,
+        "entry": number,
+        "label": f"Debian (esp-mirror {serial})",
+        "loader": GRUB_LOADER,
+        "file_exists": True,
+    }
 
 
 def test_status_json_of_a_healthy_mirror(mirror):
@@ -251,15 +320,31 @@ def test_status_json_of_a_healthy_mirror(mirror):
 
     assert outcome.code == 0
     assert json.loads(outcome.out) == {
-        "setup": True, "exit_code": 0, "problems": [],
-        "array": {"device": "/dev/md/esp", "kernel_name": "md127", "uuid": ARRAY_UUID, "level": "raid1",
-                  "metadata": "1.0", "raid_disks": 2, "degraded": 0, "array_state": "clean", "sync_action": "idle",
-                  "sync_completed": "none", "mismatch_cnt": 0,
-                  "members": [member_json("/dev/vda1", 0, A), member_json("/dev/vdb1", 1, B)]},
+        "setup": True,
+        "exit_code": 0,
+        "problems": [],
+        "array": {
+            "device": "/dev/md/esp",
+            "kernel_name": "md127",
+            "uuid": ARRAY_UUID,
+            "level": "raid1",
+            "metadata": "1.0",
+            "raid_disks": 2,
+            "degraded": 0,
+            "array_state": "clean",
+            "sync_action": "idle",
+            "sync_completed": "none",
+            "mismatch_cnt": 0,
+            "members": [member_json("/dev/vda1", 0, A), member_json("/dev/vdb1", 1, B)],
+        },
         "mount": {"mountpoint": str(mirror.esp), "device": "/dev/md127"},
         "mounted_members": [],
         "entries": [entry_json("/dev/vda", A, "0001", "espvm-A"), entry_json("/dev/vdb", B, "0002", "espvm-B")],
-        "efivars": True, "boot_current": "0002", "loader_device_partuuid": None, "booted_disk": "/dev/vdb", "busy": None,
+        "efivars": True,
+        "boot_current": "0002",
+        "loader_device_partuuid": None,
+        "booted_disk": "/dev/vdb",
+        "busy": None,
     }
 
 
@@ -271,9 +356,12 @@ def test_status_json_of_a_degraded_mirror(mirror):
 
     report = json.loads(outcome.out)
     assert (outcome.code, report["exit_code"]) == (1, 1)
-    assert report["problems"] == ["/dev/md/esp is degraded: 1 of 2 members missing or failed; put in a new disk and run `esp-mirror replace --old missing --new DISK`"]
+    assert report["problems"] == [DEGRADED]
     assert {k: report["array"][k] for k in ("raid_disks", "degraded", "members")} == {
-        "raid_disks": 2, "degraded": 1, "members": [member_json("/dev/vda1", 0, A)]}
+        "raid_disks": 2,
+        "degraded": 1,
+        "members": [member_json("/dev/vda1", 0, A)],
+    }
     assert report["entries"] == [entry_json("/dev/vda", A, "0001", "espvm-A")]
     assert (report["loader_device_partuuid"], report["booted_disk"]) == (A, "/dev/vda")
 
@@ -283,12 +371,25 @@ def test_status_says_not_set_up_and_exits_2_without_record_or_array(machine, mon
 
     text, as_json = machine.cli("status"), machine.cli("status", "--json")
 
-    assert (text.code, text.out) == (2, "esp-mirror: not set up here (no /etc/esp-mirror/esp-mirror.yaml, "
-                                        "no /dev/md/esp)\n")
+    assert (text.code, text.out) == (
+        2,
+        "esp-mirror: not set up here (no /etc/esp-mirror/esp-mirror.yaml, no /dev/md/esp)\n",
+    )
     assert as_json.code == 2
     assert json.loads(as_json.out) == {
-        "setup": False, "exit_code": 2, "problems": [], "array": None, "mount": None, "mounted_members": [],
-        "entries": [], "efivars": False, "boot_current": None, "loader_device_partuuid": None, "booted_disk": None, "busy": None}
+        "setup": False,
+        "exit_code": 2,
+        "problems": [],
+        "array": None,
+        "mount": None,
+        "mounted_members": [],
+        "entries": [],
+        "efivars": False,
+        "boot_current": None,
+        "loader_device_partuuid": None,
+        "booted_disk": None,
+        "busy": None,
+    }
 
 
 def test_status_of_a_recorded_mirror_whose_array_is_not_running(mirror):
@@ -296,8 +397,11 @@ def test_status_of_a_recorded_mirror_whose_array_is_not_running(mirror):
 
     outcome = mirror.cli("status")
 
-    assert (outcome.code, outcome.out) == (1, "/dev/md/esp: not running\nproblems:\n  - /dev/md/esp is not running: "
-                                               "assemble it (`mdadm --assemble --scan --run`)\n")
+    assert (outcome.code, outcome.out) == (
+        1,
+        "/dev/md/esp: not running\nproblems:\n  - /dev/md/esp is not running: "
+        "assemble it (`mdadm --assemble --scan --run`)\n",
+    )
 
 
 def test_status_json_names_the_array_that_is_not_running(mirror):
@@ -324,14 +428,19 @@ def test_status_is_not_healthy_when_nvram_cannot_be_read(mirror):
 def test_changing_commands_refuse_a_system_esp_mirror_never_set_up(machine, monkeypatch):
     isolate_upkeep(machine, monkeypatch)
     outcome = machine.cli("entries", "--dry-run")
-    assert (outcome.code, outcome.error) == (2, "no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is "
-                                                "missing): run `esp-mirror apply` first")
+    assert (outcome.code, outcome.error) == (
+        2,
+        "no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): run `esp-mirror apply` first",
+    )
 
 
 def test_changing_commands_refuse_when_the_recorded_array_is_not_running(mirror):
     mirror.stop_array()
-    with pytest.raises(BadInput, match=r"^/dev/md/esp is not running: assemble it first "
-                                       r"\(mdadm --assemble --scan --run\) or boot the installed system$"):
+    with pytest.raises(
+        BadInput,
+        match=r"^/dev/md/esp is not running: assemble it first "
+        r"\(mdadm --assemble --scan --run\) or boot the installed system$",
+    ):
         upkeep.require_array(read(mirror))
 
 

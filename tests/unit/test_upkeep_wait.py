@@ -7,12 +7,12 @@ import io
 import re
 
 import pytest
-
 from conftest import FakeClock, Mirror
+
 from esp_mirror_plugin.errors import StepFailed
 from esp_mirror_plugin.pipeline.execute import Applier
-from esp_mirror_plugin.system.runner import RecordingRunner
 from esp_mirror_plugin.pipeline.steps import Group, WaitForSync
+from esp_mirror_plugin.system.runner import RecordingRunner
 
 RECOVERY = WaitForSync("/dev/md/esp", clean=True, why="recovery copies the ESP onto /dev/vdc1")
 CHECK = WaitForSync("/dev/md/esp", why="the check reads the whole ESP")
@@ -51,9 +51,11 @@ def test_a_check_is_waited_for_with_progress_every_two_seconds(mirror):
 
     applier, clock, lines = wait(mirror, CHECK, "check", timeline)
 
-    assert lines[:3] == ["  [check] wait for /dev/md/esp to finish its check (progress shown)",
-                         "  [check]   check 13% (131072 / 1048448 sectors)",
-                         "  [check]   check 50% (524224 / 1048448 sectors)"]
+    assert lines[:3] == [
+        "  [check] wait for /dev/md/esp to finish its check (progress shown)",
+        "  [check]   check 13% (131072 / 1048448 sectors)",
+        "  [check]   check 50% (524224 / 1048448 sectors)",
+    ]
     assert DONE.fullmatch(lines[3]) and len(lines) == 4
     assert (clock.naps, clock.elapsed) == ([0.5] * 8, 4.0)
     assert (applier.done, applier.changed) == (1, 1)
@@ -74,10 +76,12 @@ def test_a_recovery_is_waited_for_until_every_member_is_in_sync(mirror):
 
     _, clock, lines = wait(mirror, RECOVERY, "replace", timeline)
 
-    assert lines[:4] == ["  [replace] wait for /dev/md/esp to finish recovery (progress shown)",
-                         "  [replace]   waiting for md to start the recovery",
-                         "  [replace]   recover 25% (262112 / 1048448 sectors)",
-                         "  [replace]   recover 75% (786336 / 1048448 sectors)"]
+    assert lines[:4] == [
+        "  [replace] wait for /dev/md/esp to finish recovery (progress shown)",
+        "  [replace]   waiting for md to start the recovery",
+        "  [replace]   recover 25% (262112 / 1048448 sectors)",
+        "  [replace]   recover 75% (786336 / 1048448 sectors)",
+    ]
     assert DONE.fullmatch(lines[4]) and len(lines) == 5
     assert clock.elapsed == 5.0
 
@@ -118,9 +122,12 @@ def test_a_member_not_in_sync_with_no_recovery_fails_after_30_s_saying_where_to_
         waiter.run(RECOVERY, "replace")
 
     assert (failure.value.group, failure.value.step) == (
-        "replace", "wait for /dev/md/esp to finish recovery (progress shown)")
-    assert failure.value.detail == ("vdb1 still not in sync and no recovery runs: see /proc/mdstat "
-                                    "and `mdadm --detail`")
+        "replace",
+        "wait for /dev/md/esp to finish recovery (progress shown)",
+    )
+    assert failure.value.detail == (
+        "vdb1 still not in sync and no recovery runs: see /proc/mdstat and `mdadm --detail`"
+    )
     assert waiter.lines[1:] == ["  [replace]   waiting for md to start the recovery"] * 16  # every 2 s
     assert waiter.clock.elapsed == 30.5
 

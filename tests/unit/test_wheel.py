@@ -17,14 +17,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import pluggy
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-NOT_PACKAGED = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "tests", "ci", ".ci",
-                                      ".pytest_cache", "__pycache__")
+NOT_PACKAGED = shutil.ignore_patterns(
+    ".git", ".venv", "build", "dist", "*.egg-info", "tests", "ci", ".ci", ".pytest_cache", "__pycache__"
+)
 PROBE = """
 import json, pluggy
 from esp_mirror_plugin import hookspecs
@@ -55,16 +55,43 @@ def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
 def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """(directory the wheel is installed in, environment for a python that sees only it)."""
     if importlib.util.find_spec("setuptools") is None:
-        pytest.fail("setuptools is not installed in the venv: the wheel cannot be built "
-                    "(ci/bootstrap must install it)", pytrace=False)
+        pytest.fail(
+            "setuptools is not installed in the venv: the wheel cannot be built (ci/bootstrap must install it)",
+            pytrace=False,
+        )
     work = tmp_path_factory.mktemp("wheel")
     source, dist, target, deps = work / "src", work / "dist", work / "installed", work / "deps"
     shutil.copytree(REPO, source, symlinks=True, ignore=NOT_PACKAGED)
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "--quiet",
-         "-w", str(dist), str(source)])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--quiet",
+            "-w",
+            str(dist),
+            str(source),
+        ]
+    )
     [wheel] = dist.glob("esp_mirror_plugin-*.whl")
-    run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet", "--target", str(target),
-         str(wheel)])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--quiet",
+            "--target",
+            str(target),
+            str(wheel),
+        ]
+    )
     deps.mkdir()
     for module in (pluggy, yaml):  # the runtime dependencies, and nothing else from the venv
         package = Path(module.__file__).parent

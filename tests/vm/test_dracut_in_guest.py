@@ -19,20 +19,31 @@ pytestmark = [pytest.mark.vm, pytest.mark.installed]
 
 
 def test_opensuse_image_has_no_hostonly_cmdline_with_the_esp_mounted_from_md(
-        vm_assets: Assets, payload_efi: Path, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    vm_assets: Assets, payload_efi: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     root = roots.ensure_root(roots.DRACUT)
     image = dracut_vm.dracut_root_image(root, tmp_path)
     disks = [blank_disk(tmp_path / f"disk-{n}.img", 1024) for n in "ab"]
-    guest = run_in_guest(dracut_vm.guest_script(payload_efi, root.kver), [*disks, image],
-                         fresh_vars(tmp_path / "vars.fd", vm_assets), assets=vm_assets, log_dir=tmp_path,
-                         timeout=1500)
+    guest = run_in_guest(
+        dracut_vm.guest_script(payload_efi, root.kver),
+        [*disks, image],
+        fresh_vars(tmp_path / "vars.fd", vm_assets),
+        assets=vm_assets,
+        log_dir=tmp_path,
+        timeout=1500,
+    )
     sections, _ = parse_sections(guest.stdout)
     assert guest.rc == 0, f"{guest.stdout[-3000:]}\n{guest.stderr[-3000:]}\nserial log: {guest.serial_log}"
-    step = re.search(r"\] chroot /target dracut --regenerate-all --force\n.*?done \(([\d.]+) s\)",
-                     sections["apply"], re.DOTALL)
+    step = re.search(
+        r"\] chroot /target dracut --regenerate-all --force\n.*?done \(([\d.]+) s\)", sections["apply"], re.DOTALL
+    )
     assert step and sections["apply"].count("dracut --regenerate-all") == 1, sections["apply"]
-    measurements(request.config).record("regeneration", "opensuse: dracut --regenerate-all --force",
-                                        float(step.group(1)), "in the TCG guest, ESP array mounted")
+    measurements(request.config).record(
+        "regeneration",
+        "opensuse: dracut --regenerate-all --force",
+        float(step.group(1)),
+        "in the TCG guest, ESP array mounted",
+    )
     esp_uuid = sections["esp-uuid"].strip()
     assert "/target/boot/efi" in sections["mounted"]  # dracut ran with the md ESP mounted
     assert "mdraid" in sections["image-modules"].split()

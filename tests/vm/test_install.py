@@ -8,8 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from ci.scenarios import (apply_argv, boot_alone, detail, disk_serial, entry_label, esp_lines, image_build,
-                          install, outcome, parse_sections, partition_uuid, sections_script)
+from ci.scenarios import (
+    apply_argv,
+    boot_alone,
+    detail,
+    disk_serial,
+    entry_label,
+    esp_lines,
+    image_build,
+    install,
+    outcome,
+    parse_sections,
+    partition_uuid,
+    sections_script,
+)
 from ci.vm import ESP_OFFSET, Assets, blank_disk, fresh_vars, list_member, read_member, run_in_guest
 from esp_mirror_plugin.hooks import bootentries
 
@@ -67,8 +79,9 @@ def test_second_apply_changes_nothing(two_disks) -> None:
 
 
 @pytest.mark.parametrize("index", [0, 1], ids=["disk-A-alone", "disk-B-alone"])
-def test_each_disk_alone_boots_through_its_own_entry(two_disks, payload_efi: Path, vm_assets: Assets,
-                                                     index: int) -> None:
+def test_each_disk_alone_boots_through_its_own_entry(
+    two_disks, payload_efi: Path, vm_assets: Assets, index: int
+) -> None:
     _, disks, nvram, work = two_disks
     boot = boot_alone(disks[index], nvram, work, f"alone-{index}", vm_assets)
     assert boot.boot_entry_description == entry_label(disk_serial(index)), boot.serial_log
@@ -106,8 +119,9 @@ def test_three_disks_each_boots_alone(vm_assets: Assets, payload_efi: Path, tmp_
         assert boot.loader_device_partuuid == partition_uuid(disk)
 
 
-def test_ci_image_build_with_image_files_boots_with_fresh_nvram(vm_assets: Assets, payload_efi: Path,
-                                                               tmp_path: Path) -> None:
+def test_ci_image_build_with_image_files_boots_with_fresh_nvram(
+    vm_assets: Assets, payload_efi: Path, tmp_path: Path
+) -> None:
     vars_file = fresh_vars(tmp_path / "builder-vars.fd", vm_assets)
     guest, sections, images = image_build(payload_efi, ["image-a.img", "image-b.img"], vars_file, vm_assets)
     assert guest.rc == 0, f"{guest.stdout}\n{guest.stderr}"
@@ -122,25 +136,28 @@ def test_ci_image_build_with_image_files_boots_with_fresh_nvram(vm_assets: Asset
         assert boot.loader_image_identifier == FALLBACK
 
 
-def test_an_apply_that_failed_half_way_finishes_when_run_again(vm_assets: Assets, payload_efi: Path,
-                                                               tmp_path: Path) -> None:
+def test_an_apply_that_failed_half_way_finishes_when_run_again(
+    vm_assets: Assets, payload_efi: Path, tmp_path: Path
+) -> None:
     """mkfs.vfat fails during the first apply (the array exists by then); the same command run
     again assembles nothing twice, formats, mounts and registers the entries."""
     disks = [blank_disk(tmp_path / f"disk-{n}.img", 1024) for n in "ab"]
     nvram = fresh_vars(tmp_path / "install-vars.fd", vm_assets)
     argv = shlex.join(apply_argv(["/dev/vda", "/dev/vdb"], payload_efi))
-    script = "set -u\n" + sections_script({
-        # the guest's root is a writable overlay: swap mkfs.vfat for one that fails
-        "break-mkfs": "mv /usr/sbin/mkfs.fat /usr/sbin/mkfs.fat.real && "
-                      "printf '#!/bin/sh\\necho mkfs broke >&2\\nexit 1\\n' > /usr/sbin/mkfs.fat && "
-                      "chmod +x /usr/sbin/mkfs.fat",
-        "first": argv,
-        "mend-mkfs": "mv /usr/sbin/mkfs.fat.real /usr/sbin/mkfs.fat",
-        "again": argv,
-        "detail": "mdadm --detail --export /dev/md/esp",
-        "arrays": "ls /dev/md/",
-        "efibootmgr": "efibootmgr -v",
-    })
+    script = "set -u\n" + sections_script(
+        {
+            # the guest's root is a writable overlay: swap mkfs.vfat for one that fails
+            "break-mkfs": "mv /usr/sbin/mkfs.fat /usr/sbin/mkfs.fat.real && "
+            "printf '#!/bin/sh\\necho mkfs broke >&2\\nexit 1\\n' > /usr/sbin/mkfs.fat && "
+            "chmod +x /usr/sbin/mkfs.fat",
+            "first": argv,
+            "mend-mkfs": "mv /usr/sbin/mkfs.fat.real /usr/sbin/mkfs.fat",
+            "again": argv,
+            "detail": "mdadm --detail --export /dev/md/esp",
+            "arrays": "ls /dev/md/",
+            "efibootmgr": "efibootmgr -v",
+        }
+    )
     guest = run_in_guest(script, disks, nvram, assets=vm_assets, log_dir=tmp_path)
     out = {name: outcome(text) for name, text in parse_sections(guest.stdout, 1)[0].items()}
     first, again = out["first"], out["again"]

@@ -55,27 +55,40 @@ class Scenario:
 
 
 @pytest.fixture(scope="module")
-def installed(vm_assets: Assets, tmp_path_factory: pytest.TempPathFactory,
-              request: pytest.FixtureRequest) -> Scenario:
+def installed(vm_assets: Assets, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Scenario:
     measured = measurements(request.config)
     root = roots.ensure_root(roots.INITRAMFS_TOOLS)
-    measured.record("root build", "initramfs-tools (mmdebstrap)", root.build_seconds,
-                    "built now" if root.built_now else "cached, built earlier")
+    measured.record(
+        "root build",
+        "initramfs-tools (mmdebstrap)",
+        root.build_seconds,
+        "built now" if root.built_now else "cached, built earlier",
+    )
     work = tmp_path_factory.mktemp("installed")
     archives = build_target_archives(root, work)
     measured.record("installed system", "the root split into two archives (host)", archives.seconds)
     nvram = fresh_vars(work / "install-vars.fd", vm_assets)
     disks, result = install(work, archives, nvram, assets=vm_assets)
-    assert result.guest.rc == 0, (f"install failed:\n{result.guest.stdout[-4000:]}\n{result.guest.stderr[-4000:]}"
-                                  f"\nserial log: {result.guest.serial_log}")
+    assert result.guest.rc == 0, (
+        f"install failed:\n{result.guest.stdout[-4000:]}\n{result.guest.stderr[-4000:]}"
+        f"\nserial log: {result.guest.serial_log}"
+    )
     measured.record("installed system", "install in the guest (qemu start to power off)", result.guest.seconds)
     readme = result.phases["update_grub"] - result.phases["pre_partition"]
-    measured.record("installed system", "README install() in the guest", readme,
-                    "4 hooks; root array, ext4 and Debian unpacked between them")
+    measured.record(
+        "installed system",
+        "README install() in the guest",
+        readme,
+        "4 hooks; root array, ext4 and Debian unpacked between them",
+    )
     for phase in ("root_filesystem", "base_system", "kernel_and_mdadm"):
         measured.record("installed system", f"installer step: {phase.replace('_', ' ')}", result.phase_seconds(phase))
-    measured.record("regeneration", "debian: update-initramfs -u -k all", _step_seconds(result, "update-initramfs"),
-                    "in the TCG guest, root on virtio md RAID1, MODULES=dep")
+    measured.record(
+        "regeneration",
+        "debian: update-initramfs -u -k all",
+        _step_seconds(result, "update-initramfs"),
+        "in the TCG guest, root on virtio md RAID1, MODULES=dep",
+    )
     return Scenario(work, disks, nvram, result)
 
 
@@ -98,47 +111,66 @@ def both_disks(installed: Scenario, vm_assets: Assets, request: pytest.FixtureRe
 
 
 @pytest.fixture(scope="module")
-def disk_a_alone(installed: Scenario, both_disks: InstalledBoot, vm_assets: Assets,
-                 request: pytest.FixtureRequest) -> InstalledBoot:
+def disk_a_alone(
+    installed: Scenario, both_disks: InstalledBoot, vm_assets: Assets, request: pytest.FixtureRequest
+) -> InstalledBoot:
     boot = _boot(installed, "a-alone", installed.disks[:1], assets=vm_assets, snapshot=True)
     _record(request, "disk A alone", boot, both_disks)
     return boot
 
 
 @pytest.fixture(scope="module")
-def disk_b_alone(installed: Scenario, both_disks: InstalledBoot, disk_a_alone: InstalledBoot, vm_assets: Assets,
-                 request: pytest.FixtureRequest) -> InstalledBoot:
+def disk_b_alone(
+    installed: Scenario,
+    both_disks: InstalledBoot,
+    disk_a_alone: InstalledBoot,
+    vm_assets: Assets,
+    request: pytest.FixtureRequest,
+) -> InstalledBoot:
     boot = _boot(installed, "b-alone", installed.disks[1:], assets=vm_assets)  # for real: B moves ahead
     _record(request, "disk B alone", boot, both_disks)
     return boot
 
 
 @pytest.fixture(scope="module")
-def reattached(installed: Scenario, disk_b_alone: InstalledBoot, vm_assets: Assets,
-               request: pytest.FixtureRequest) -> InstalledBoot:
+def reattached(
+    installed: Scenario, disk_b_alone: InstalledBoot, vm_assets: Assets, request: pytest.FixtureRequest
+) -> InstalledBoot:
     boot = _boot(installed, "reattached", installed.disks, assets=vm_assets, action=READD_ACTION)
     _record(request, "both again, re-add", boot)
     recovery = re.search(r"^recovery seconds: ([\d.]+)$", boot.section("readd"), re.MULTILINE)
     if recovery:
-        measurements(request.config).record("boot", "both again: mdadm --add and the recovery of both arrays",
-                                            float(recovery.group(1)), "512 MiB ESP + 1.5 GiB root, no bitmap")
+        measurements(request.config).record(
+            "boot",
+            "both again: mdadm --add and the recovery of both arrays",
+            float(recovery.group(1)),
+            "512 MiB ESP + 1.5 GiB root, no bitmap",
+        )
     return boot
 
 
-def _record(request: pytest.FixtureRequest, what: str, boot: InstalledBoot,
-            baseline: InstalledBoot | None = None) -> None:
+def _record(
+    request: pytest.FixtureRequest, what: str, boot: InstalledBoot, baseline: InstalledBoot | None = None
+) -> None:
     measured = measurements(request.config)
     times = boot.times()
     measured.record("boot", f"{what}: power on to power off (host)", boot.seconds, str(boot.serial_log))
     if "MultiUser" in times:
         measured.record("boot", f"{what}: kernel start to multi-user.target", times["MultiUser"])
     if baseline is not None and "MultiUser" in times and "MultiUser" in baseline.times():
-        measured.record("degraded boot", f"{what}: multi-user.target later than with both disks",
-                        times["MultiUser"] - baseline.times()["MultiUser"])
+        measured.record(
+            "degraded boot",
+            f"{what}: multi-user.target later than with both disks",
+            times["MultiUser"] - baseline.times()["MultiUser"],
+        )
         started, usual = _arrays_started(boot), _arrays_started(baseline)
         if started and usual:
-            measured.record("degraded boot", f"{what}: initramfs waited for the missing member", started - usual,
-                            f"arrays started (degraded) at {started:.1f} s after kernel start, with both disks at {usual:.1f} s")
+            measured.record(
+                "degraded boot",
+                f"{what}: initramfs waited for the missing member",
+                started - usual,
+                f"arrays started (degraded) at {started:.1f} s after kernel start, with both disks at {usual:.1f} s",
+            )
 
 
 def _arrays_started(boot: InstalledBoot) -> float | None:
@@ -170,8 +202,9 @@ def test_two_disks_reporting_one_serial_are_refused_and_left_as_they_were(instal
     sections = installed.result.sections
     assert sections["twin-serials"].split() == ["espvm-TWIN", "espvm-TWIN"]
     twins = sections["twins"]
-    assert ("esp-mirror: error: disk /dev/vdf is the same storage as /dev/vde (same serial number espvm-TWIN)"
-            in twins), twins
+    assert (
+        "esp-mirror: error: disk /dev/vdf is the same storage as /dev/vde (same serial number espvm-TWIN)" in twins
+    ), twins
     assert twins.rstrip().endswith("exit=2\nunchanged"), twins
 
 
@@ -193,12 +226,27 @@ def test_the_readme_installer_calls_the_hooks_around_its_own_steps(installed: Sc
             events.append(hook.group(1))  # a hook's steps, once
         elif line.startswith("installer: "):
             events.append(line.split()[1])  # each of the installer's own commands
-    assert events == ["pre_partition", "sgdisk", "sgdisk", "mdadm", "mkfs.ext4", "mount", "post_format", "tar",
-                      "tar", "initramfs_config", "bootloader", "cleanup"], events
+    assert events == [
+        "pre_partition",
+        "sgdisk",
+        "sgdisk",
+        "mdadm",
+        "mkfs.ext4",
+        "mount",
+        "post_format",
+        "tar",
+        "tar",
+        "initramfs_config",
+        "bootloader",
+        "cleanup",
+    ], events
     # the bind mounts for chroot came right before the first command in the target, and went again
     install = installed.result.sections["install"]
-    assert re.search(r"\[initramfs_config\] mount --bind /proc /target/proc\n.*\n.*\n.*\n.*\n.*\n"
-                     r"\s+\[initramfs_config\] chroot /target update-initramfs", install), install
+    assert re.search(
+        r"\[initramfs_config\] mount --bind /proc /target/proc\n.*\n.*\n.*\n.*\n.*\n"
+        r"\s+\[initramfs_config\] chroot /target update-initramfs",
+        install,
+    ), install
     assert "[cleanup] umount /target/proc" in install
 
 
@@ -247,8 +295,9 @@ def test_both_disks_boot_to_multi_user_with_both_members_active(both_disks: Inst
 
 
 @pytest.mark.parametrize("which", ["A", "B"])
-def test_each_disk_alone_boots_to_multi_user_with_the_esp_degraded(which: str, request: pytest.FixtureRequest,
-                                                                    installed: Scenario) -> None:
+def test_each_disk_alone_boots_to_multi_user_with_the_esp_degraded(
+    which: str, request: pytest.FixtureRequest, installed: Scenario
+) -> None:
     boot: InstalledBoot = request.getfixturevalue(f"disk_{which.lower()}_alone")
     _assert_multi_user_with_esp_from_md(boot)
     # the only disk attached is the first virtio disk; its member keeps its role (A 0, B 1)

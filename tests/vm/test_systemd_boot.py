@@ -48,8 +48,9 @@ def _install_and_boot_disk_a(image: TargetImage, payload: Path, work: Path, asse
     disks = [blank_disk(work / f"disk-{n}.img", 1024) for n in "ab"]
     root_disk = copy_sparse(image.path, work / "target-root.img")
     nvram = fresh_vars(work / "install-vars.fd", assets)
-    guest = run_in_guest(systemd_boot_script(payload, seed_after=seed_after), [*disks, root_disk], nvram,
-                         assets=assets, log_dir=work)
+    guest = run_in_guest(
+        systemd_boot_script(payload, seed_after=seed_after), [*disks, root_disk], nvram, assets=assets, log_dir=work
+    )
     sections, _ = parse_sections(guest.stdout)
     assert guest.rc == 0, f"{guest.stdout[-3000:]}\n{guest.stderr[-3000:]}\nserial log: {guest.serial_log}"
     before = [list_member(d, ESP_OFFSET) for d in disks]
@@ -60,15 +61,20 @@ def _install_and_boot_disk_a(image: TargetImage, payload: Path, work: Path, asse
 def _differing(disks: list[Path]) -> list[str]:
     listings = [list_member(d, ESP_OFFSET) for d in disks]
     assert listings[0] == listings[1], listings
-    return [p for p in listings[0]
-            if "." in p.rsplit("/", 1)[-1] or p == SEED
-            if read_member(disks[0], ESP_OFFSET, p) != read_member(disks[1], ESP_OFFSET, p)]
+    return [
+        p
+        for p in listings[0]
+        if "." in p.rsplit("/", 1)[-1] or p == SEED
+        if read_member(disks[0], ESP_OFFSET, p) != read_member(disks[1], ESP_OFFSET, p)
+    ]
 
 
 def test_systemd_boot_boots_from_one_member_and_leaves_both_identical(
-        target_image: TargetImage, payload_efi: Path, vm_assets: Assets, tmp_path: Path) -> None:
-    disks, sections, before, boot = _install_and_boot_disk_a(target_image, payload_efi, tmp_path, vm_assets,
-                                                             seed_after=False)
+    target_image: TargetImage, payload_efi: Path, vm_assets: Assets, tmp_path: Path
+) -> None:
+    disks, sections, before, boot = _install_and_boot_disk_a(
+        target_image, payload_efi, tmp_path, vm_assets, seed_after=False
+    )
     files = sections["loader"].split()
     assert "/target/boot/efi/EFI/systemd/systemd-bootx64.efi" in files
     assert "/target/boot/efi/EFI/BOOT/BOOTX64.EFI" in files
@@ -88,12 +94,14 @@ def test_systemd_boot_boots_from_one_member_and_leaves_both_identical(
 
 
 def test_a_random_seed_file_would_desync_the_members_on_the_next_boot(
-        target_image: TargetImage, payload_efi: Path, vm_assets: Assets, tmp_path: Path) -> None:
+    target_image: TargetImage, payload_efi: Path, vm_assets: Assets, tmp_path: Path
+) -> None:
     """Why esp-mirror keeps \\loader\\random-seed off the ESP: with the file present (made the
     way systemd-boot-system-token.service makes it, through md, so both members agree), one
     firmware boot rewrites it on the booted disk only."""
-    disks, sections, before, boot = _install_and_boot_disk_a(target_image, payload_efi, tmp_path, vm_assets,
-                                                             seed_after=True)
+    disks, sections, before, boot = _install_and_boot_disk_a(
+        target_image, payload_efi, tmp_path, vm_assets, seed_after=True
+    )
     assert "random-seed" in sections["after-relaxed"].split(), sections["random-seed-relaxed"]
     assert SEED in before[0]
     assert boot.boot_entry_description == "Debian (esp-mirror espvm-A)", boot.serial_log

@@ -17,10 +17,27 @@ from pathlib import Path
 
 import pytest
 
-from ci.scenarios import (booted_prelude, disk_serial, entry_label, install, outcome, parse_sections,
-                          partition_uuid, sections_script)
-from ci.vm import (ESP_OFFSET, Assets, blank_disk, boot_firmware, fresh_vars, list_member, read_member,
-                   run_after_firmware_boot, run_in_guest)
+from ci.scenarios import (
+    booted_prelude,
+    disk_serial,
+    entry_label,
+    install,
+    outcome,
+    parse_sections,
+    partition_uuid,
+    sections_script,
+)
+from ci.vm import (
+    ESP_OFFSET,
+    Assets,
+    blank_disk,
+    boot_firmware,
+    fresh_vars,
+    list_member,
+    read_member,
+    run_after_firmware_boot,
+    run_in_guest,
+)
 from ci.vm.initrd import GUEST_WORK_DIR
 from ci.vm.scripts import ESP_MIRROR_CLI
 from esp_mirror_plugin.hooks import bootentries
@@ -67,8 +84,7 @@ class Outcomes(dict):
     share: Path
 
 
-def run(system: Installed, disks: list[Path], parts: list[str], commands: dict[str, str],
-        assets: Assets) -> Outcomes:
+def run(system: Installed, disks: list[Path], parts: list[str], commands: dict[str, str], assets: Assets) -> Outcomes:
     script = "set -u\n" + booted_prelude(system.record, parts) + sections_script(commands)
     guest = run_in_guest(script, disks, system.nvram, assets=assets, log_dir=system.work)
     assert guest.rc == 0, f"{guest.stdout}\n{guest.stderr}\nserial: {guest.serial_log}"
@@ -82,31 +98,42 @@ def as_json(result) -> dict:
 
 
 def member_files(image: Path) -> dict[str, bytes]:
-    return {p: read_member(image, ESP_OFFSET, p) for p in list_member(image, ESP_OFFSET)
-            if p.upper().endswith((".EFI", ".TXT"))}
+    return {
+        p: read_member(image, ESP_OFFSET, p)
+        for p in list_member(image, ESP_OFFSET)
+        if p.upper().endswith((".EFI", ".TXT"))
+    }
 
 
 FIRMWARE_WRITE = {
     "stop": "umount /boot/efi && mdadm --stop /dev/md/esp",
     "firmware-write": f"printf '%s\\n' {shlex.quote(FW_TEXT.decode().rstrip())} > /tmp/fw.txt && "
-                      f"MTOOLS_SKIP_CHECK=1 mcopy -i /dev/vdb1 /tmp/fw.txt ::/{FW_FILE}",
+    f"MTOOLS_SKIP_CHECK=1 mcopy -i /dev/vdb1 /tmp/fw.txt ::/{FW_FILE}",
     "assemble": "mdadm --assemble --run /dev/md/esp /dev/vda1 /dev/vdb1 && "
-                "mount -t vfat -o umask=0077 /dev/md/esp /boot/efi",
+    "mount -t vfat -o umask=0077 /dev/md/esp /boot/efi",
 }
 
 
 @pytest.mark.parametrize("source", ["a", "b"])
 def test_a_write_to_one_member_is_found_by_check_and_repaired_from_the_chosen_source(
-        system: Installed, vm_assets: Assets, source: str) -> None:
+    system: Installed, vm_assets: Assets, source: str
+) -> None:
     a_before = member_files(system.disks[0])
-    out = run(system, system.disks, BOTH, {
-        "status": f"{CLI} status --json", **FIRMWARE_WRITE,
-        "check-drift": f"{CLI} check --json",
-        "repair": f"{CLI} repair --source /dev/vd{source} --backup-dir {GUEST_WORK_DIR}/backups --yes --json",
-        "check-after": f"{CLI} check --json",
-        "fsck": "umount /boot/efi && blockdev --flushbufs /dev/vda1 /dev/vdb1 && "
-                "fsck.fat -n /dev/vda1 && fsck.fat -n /dev/vdb1",
-    }, vm_assets)
+    out = run(
+        system,
+        system.disks,
+        BOTH,
+        {
+            "status": f"{CLI} status --json",
+            **FIRMWARE_WRITE,
+            "check-drift": f"{CLI} check --json",
+            "repair": f"{CLI} repair --source /dev/vd{source} --backup-dir {GUEST_WORK_DIR}/backups --yes --json",
+            "check-after": f"{CLI} check --json",
+            "fsck": "umount /boot/efi && blockdev --flushbufs /dev/vda1 /dev/vdb1 && "
+            "fsck.fat -n /dev/vda1 && fsck.fat -n /dev/vdb1",
+        },
+        vm_assets,
+    )
     assert out["status"].rc == 0, out["status"].output
     assert all(out[s].rc == 0 for s in FIRMWARE_WRITE), out
     drift = out["check-drift"]
@@ -119,8 +146,10 @@ def test_a_write_to_one_member_is_found_by_check_and_repaired_from_the_chosen_so
     assert difference["members"]["/dev/vdb1"]["size"] == len(FW_TEXT)
     repair = out["repair"]
     assert repair.rc == 0, repair.output
-    print(f"check with drift: {drift.seconds:.1f} s; repair from {source} (full rebuild of a 512 MiB member): "
-          f"{repair.seconds:.1f} s")
+    print(
+        f"check with drift: {drift.seconds:.1f} s; repair from {source} (full rebuild of a 512 MiB member): "
+        f"{repair.seconds:.1f} s"
+    )
     assert as_json(repair)["source"] == f"/dev/vd{source}1"
     backups = [Path(b) for b in as_json(repair)["backups"]]
     if source == "a":  # B's version of the file is overwritten: it is kept in a tar, and said where
@@ -140,24 +169,25 @@ def test_a_write_to_one_member_is_found_by_check_and_repaired_from_the_chosen_so
         assert a_after == {**a_before, FW_FILE: FW_TEXT}
 
 
-def test_status_and_entries_in_healthy_missing_entry_and_degraded_states(system: Installed,
-                                                                         vm_assets: Assets) -> None:
-    number_of_b = (f"efibootmgr | sed -n 's/^Boot\\([0-9A-F]*\\)\\* {entry_label(disk_serial(1))}$/\\1/p'")
+def test_status_and_entries_in_healthy_missing_entry_and_degraded_states(system: Installed, vm_assets: Assets) -> None:
+    number_of_b = f"efibootmgr | sed -n 's/^Boot\\([0-9A-F]*\\)\\* {entry_label(disk_serial(1))}$/\\1/p'"
     script = sections_script({"not-set-up": f"{CLI} status --json"})
     script += booted_prelude(system.record, BOTH)
-    script += sections_script({
-        "healthy": f"{CLI} status --json",
-        "delete-ours": f"efibootmgr -q -b $({number_of_b}) -B",
-        "add-theirs": "efibootmgr -q -c -d /dev/vda -p 1 -L 'Someone else' -l '\\EFI\\other\\other.efi'",
-        "missing-entry": f"{CLI} status --json",
-        "before": "efibootmgr -v",
-        "entries": f"{CLI} entries --yes --json",
-        "after": "efibootmgr -v",
-        "entries-again": f"{CLI} entries --dry-run --json",
-        "degrade": "mdadm /dev/md/esp --fail /dev/vdb1 --remove /dev/vdb1",
-        "degraded": f"{CLI} status --json",
-        "degraded-text": f"{CLI} status",
-    })
+    script += sections_script(
+        {
+            "healthy": f"{CLI} status --json",
+            "delete-ours": f"efibootmgr -q -b $({number_of_b}) -B",
+            "add-theirs": "efibootmgr -q -c -d /dev/vda -p 1 -L 'Someone else' -l '\\EFI\\other\\other.efi'",
+            "missing-entry": f"{CLI} status --json",
+            "before": "efibootmgr -v",
+            "entries": f"{CLI} entries --yes --json",
+            "after": "efibootmgr -v",
+            "entries-again": f"{CLI} entries --dry-run --json",
+            "degrade": "mdadm /dev/md/esp --fail /dev/vdb1 --remove /dev/vdb1",
+            "degraded": f"{CLI} status --json",
+            "degraded-text": f"{CLI} status",
+        }
+    )
     guest = run_in_guest("set -u\n" + script, system.disks, system.nvram, assets=vm_assets, log_dir=system.work)
     out = {name: outcome(text) for name, text in parse_sections(guest.stdout, 1)[0].items()}
 
@@ -189,12 +219,18 @@ def test_status_and_entries_in_healthy_missing_entry_and_degraded_states(system:
 
 def test_replace_a_missing_disk_then_boot_from_the_new_disk_alone(system: Installed, vm_assets: Assets) -> None:
     disk_c = blank_disk(system.work / "disk-c.img", 1024)
-    out = run(system, [system.disks[0], disk_c], ["/dev/vda1"], {
-        "status": f"{CLI} status --json",
-        "replace": f"{CLI} replace --old missing --new /dev/vdb --yes --json",
-        "status-after": f"{CLI} status --json",
-        "efibootmgr": "efibootmgr -v",
-    }, vm_assets)
+    out = run(
+        system,
+        [system.disks[0], disk_c],
+        ["/dev/vda1"],
+        {
+            "status": f"{CLI} status --json",
+            "replace": f"{CLI} replace --old missing --new /dev/vdb --yes --json",
+            "status-after": f"{CLI} status --json",
+            "efibootmgr": "efibootmgr -v",
+        },
+        vm_assets,
+    )
     assert out["status"].rc == 1 and as_json(out["status"])["array"]["degraded"] == 1
     assert out["replace"].rc == 0, out["replace"].output
     replaced = as_json(out["replace"])
@@ -207,16 +243,21 @@ def test_replace_a_missing_disk_then_boot_from_the_new_disk_alone(system: Instal
     boot = boot_firmware([disk_c], system.nvram, assets=vm_assets, log_dir=system.work)
     assert boot.boot_entry_description == entry_label(disk_serial(2)), boot.serial_log
     assert boot.loader_device_partuuid == partition_uuid(disk_c)
-    print(f"replace end to end (partition, add, recovery of a 512 MiB member, entries): "
-          f"{out['replace'].seconds:.1f} s")
+    print(f"replace end to end (partition, add, recovery of a 512 MiB member, entries): {out['replace'].seconds:.1f} s")
 
 
 def test_add_a_third_disk_then_boot_from_it_alone(system: Installed, vm_assets: Assets) -> None:
     disk_c = blank_disk(system.work / "disk-c.img", 1024)
-    out = run(system, [*system.disks, disk_c], BOTH, {
-        "add": f"{CLI} add --disk /dev/vdc --yes --json",
-        "status": f"{CLI} status --json",
-    }, vm_assets)
+    out = run(
+        system,
+        [*system.disks, disk_c],
+        BOTH,
+        {
+            "add": f"{CLI} add --disk /dev/vdc --yes --json",
+            "status": f"{CLI} status --json",
+        },
+        vm_assets,
+    )
     assert out["add"].rc == 0, out["add"].output
     status = as_json(out["status"])
     assert (out["status"].rc, status["array"]["raid_disks"]) == (0, 3), status["problems"]
@@ -227,16 +268,26 @@ def test_add_a_third_disk_then_boot_from_it_alone(system: Installed, vm_assets: 
 
 
 def test_repair_auto_picks_the_disk_the_firmware_booted_from(system: Installed, vm_assets: Assets) -> None:
-    number_of_b = (f"efibootmgr | sed -n 's/^Boot\\([0-9A-F]*\\)\\* {entry_label(disk_serial(1))}$/\\1/p'")
-    prep = run_in_guest(f"set -eu\nefibootmgr -q -n $({number_of_b})\n", system.disks, system.nvram,
-                        assets=vm_assets, log_dir=system.work)
+    number_of_b = f"efibootmgr | sed -n 's/^Boot\\([0-9A-F]*\\)\\* {entry_label(disk_serial(1))}$/\\1/p'"
+    prep = run_in_guest(
+        f"set -eu\nefibootmgr -q -n $({number_of_b})\n",
+        system.disks,
+        system.nvram,
+        assets=vm_assets,
+        log_dir=system.work,
+    )
     assert prep.rc == 0, prep.stderr
-    script = "set -u\n" + booted_prelude(system.record, BOTH) + sections_script({
-        "status": f"{CLI} status --json",
-        "repair": f"{CLI} repair --source auto --dry-run --json",
-    })
-    boot, guest = run_after_firmware_boot(script, system.disks, system.nvram, assets=vm_assets,
-                                          log_dir=system.work)
+    script = (
+        "set -u\n"
+        + booted_prelude(system.record, BOTH)
+        + sections_script(
+            {
+                "status": f"{CLI} status --json",
+                "repair": f"{CLI} repair --source auto --dry-run --json",
+            }
+        )
+    )
+    boot, guest = run_after_firmware_boot(script, system.disks, system.nvram, assets=vm_assets, log_dir=system.work)
     assert boot.boot_entry_description == entry_label(disk_serial(1)), boot.serial_log
     out = {name: outcome(text) for name, text in parse_sections(guest.stdout, 1)[0].items()}
     assert as_json(out["status"])["booted_disk"] == "/dev/vdb"
