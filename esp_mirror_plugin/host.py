@@ -53,8 +53,9 @@ def register_into(pm: pluggy.PluginManager) -> None:
     pm.register(_remarked(plugin, f"{PROJECT}_impl", pluggy.HookimplMarker(pm.project_name)), name=PROJECT)
 
 
-def _remarked(module: types.ModuleType, attr: str, marker) -> types.SimpleNamespace:
-    namespace = types.SimpleNamespace()
+def _remarked(module: types.ModuleType, attr: str, marker: pluggy.HookspecMarker | pluggy.HookimplMarker) -> type:
+    """A class holding copies of ``module``'s hook functions, marked with ``marker``."""
+    namespace: dict[str, object] = {}
     for name in HOOK_ORDER:
         function = getattr(module, name)
         copy = types.FunctionType(
@@ -62,8 +63,8 @@ def _remarked(module: types.ModuleType, attr: str, marker) -> types.SimpleNamesp
         )
         copy.__annotations__ = dict(function.__annotations__)
         copy.__doc__ = function.__doc__
-        setattr(namespace, name, marker(copy, **getattr(function, attr)))
-    return namespace
+        namespace[name] = marker(copy, **getattr(function, attr))
+    return type(f"{PROJECT}_{attr}", (), namespace)
 
 
 @contextlib.contextmanager

@@ -51,7 +51,9 @@ class Member:
 
 def parse(text: str) -> BootState:
     """Parse ``efibootmgr -v`` output (efibootmgr 17 and 18 layouts)."""
-    current, order, entries = None, (), []
+    current: str | None = None
+    order: tuple[str, ...] = ()
+    entries: list[BootEntry] = []
     for line in text.splitlines():
         if line.startswith("BootCurrent:"):
             current = line.split(":", 1)[1].strip().upper()
@@ -158,7 +160,7 @@ def _order_after(order: tuple[str, ...], commands: list[Command]) -> tuple[str, 
     first. Entries are created last disk first, so on a clean NVRAM no --bootorder is needed."""
     result = list(order)
     for command in commands:
-        number = command.argv[command.argv.index("--bootnum") + 1]
+        number = str(command.argv[command.argv.index("--bootnum") + 1])
         result = [n for n in result if n != number]
         if "--create" in command.argv:
             result.insert(0, number)

@@ -20,7 +20,7 @@ from esp_mirror_plugin.hooks import bootentries
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind
 from esp_mirror_plugin.pipeline.layout import Layout
 from esp_mirror_plugin.pipeline.profiles import Profile
-from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.pipeline.request import Resolved
 from esp_mirror_plugin.pipeline.steps import Command, CopyFile, MakeDir, Step, WriteFile
 from esp_mirror_plugin.system.discovery import Snapshot
 from esp_mirror_plugin.system.target import Target
@@ -44,12 +44,12 @@ def fallback_name(arch: str) -> str:
     return f"BOOT{arch_names(arch)[0].upper()}.EFI"
 
 
-def loader_path(request: Request, profile: Profile, has_shim: bool) -> str:
+def loader_path(request: Resolved, profile: Profile, has_shim: bool) -> str:
     """The file the boot entries start, as an EFI path with backslashes."""
     suffix, _ = arch_names(request.arch)
     kind = request.bootloader
     if kind is BootloaderKind.EFI:
-        return f"\\EFI\\{request.loader_id}\\{os.path.basename(request.efi_image)}"
+        return f"\\EFI\\{request.loader_id}\\{os.path.basename(request.efi_image or '')}"
     if kind is BootloaderKind.ZFSBOOTMENU:
         return "\\EFI\\ZBM\\VMLINUZ.EFI"
     if kind is BootloaderKind.SYSTEMD_BOOT:
@@ -70,12 +70,14 @@ def _on_esp(layout: Layout, efi_path: str) -> str:
     return os.path.join(layout.esp_dir, *efi_path.strip("\\").split("\\"))
 
 
-def payload_steps(request: Request, profile: Profile, layout: Layout) -> tuple[Step, ...]:
+def payload_steps(request: Resolved, profile: Profile, layout: Layout) -> tuple[Step, ...]:
     kind = request.bootloader
     fallback = f"\\EFI\\BOOT\\{fallback_name(request.arch)}"
     _, grub_target = arch_names(request.arch)
     steps: list[Step] = []
     if kind.needs_image:
+        image = request.efi_image
+        assert image is not None  # check_settings refuses the request without one
         copies = (
             [loader_path(request, profile, False)]
             if kind is BootloaderKind.EFI
@@ -86,7 +88,7 @@ def payload_steps(request: Request, profile: Profile, layout: Layout) -> tuple[S
             directory = MakeDir(os.path.dirname(dest), why="directory on the ESP", root=request.target)
             if directory not in steps:
                 steps.append(directory)
-            steps.append(CopyFile(request.efi_image, dest, why=f"{kind} image at {efi_path}", root=request.target))
+            steps.append(CopyFile(image, dest, why=f"{kind} image at {efi_path}", root=request.target))
     elif kind is BootloaderKind.SYSTEMD_BOOT:
         steps.append(
             Command(
@@ -125,7 +127,7 @@ def payload_steps(request: Request, profile: Profile, layout: Layout) -> tuple[S
     return tuple(steps)
 
 
-def record_step(request: Request, profile: Profile, loader: str) -> WriteFile:
+def record_step(request: Resolved, profile: Profile, loader: str) -> WriteFile:
     rec = Record(
         profile=profile.name,
         array=request.device,
@@ -144,7 +146,7 @@ def record_step(request: Request, profile: Profile, loader: str) -> WriteFile:
 
 
 def plan(
-    request: Request, profile: Profile, layout: Layout, snapshot: Snapshot, target: Target
+    request: Resolved, profile: Profile, layout: Layout, snapshot: Snapshot, target: Target
 ) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     """(steps, notes) for the bootloader hook; shim is looked for in the target now."""
     loader = loader_path(request, profile, target.has_shim())

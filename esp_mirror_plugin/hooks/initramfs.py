@@ -11,7 +11,7 @@ from __future__ import annotations
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline.kinds import Generator
 from esp_mirror_plugin.pipeline.profiles import Profile
-from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.pipeline.request import Resolved
 from esp_mirror_plugin.pipeline.steps import Command, EditBlock, Step, WriteFile
 from esp_mirror_plugin.system.target import Target
 
@@ -77,7 +77,7 @@ def config_steps(profile: Profile, target: Target) -> tuple[Step, ...]:
     raise AssertionError(ird.generator)
 
 
-def regenerate_steps(request: Request, profile: Profile, kernels: tuple[str, ...]) -> tuple[Command, ...]:
+def regenerate_steps(request: Resolved, profile: Profile, kernels: tuple[str, ...]) -> tuple[Command, ...]:
     """The one regeneration (per installed kernel for generators that take a version)."""
     ird = profile.initramfs
     why = "rebuild the initramfs once, with the new mdadm.conf and settings"
@@ -94,7 +94,7 @@ def regenerate_steps(request: Request, profile: Profile, kernels: tuple[str, ...
     )
 
 
-def plan(request: Request, profile: Profile, target: Target) -> tuple[Step, ...]:
+def plan(request: Resolved, profile: Profile, target: Target) -> tuple[Step, ...]:
     """The generator's settings and the one regeneration, for the kernels installed now."""
     steps: tuple[Step, ...] = ()
     if request.initramfs.configures:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from esp_mirror_plugin.pipeline.kinds import OwnCheck
 from esp_mirror_plugin.pipeline.profiles import Profile
-from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.pipeline.request import Resolved
 from esp_mirror_plugin.pipeline.steps import Command, Step, WriteFile
 from esp_mirror_plugin.system.target import Target
 
@@ -45,7 +45,7 @@ esp-mirror check 2>&1 | logger -t esp-mirror
 _CRON_DIRS = {OwnCheck.CRON_WEEKLY: "etc/cron.weekly", OwnCheck.PERIODIC_WEEKLY: "etc/periodic/weekly"}
 
 
-def plan(request: Request, profile: Profile, target: Target) -> tuple[Step, ...]:
+def plan(request: Resolved, profile: Profile, target: Target) -> tuple[Step, ...]:
     steps: list[Step] = [
         Command(argv, root=request.target, why="the distribution's periodic md check")
         for argv in profile.periodic_check

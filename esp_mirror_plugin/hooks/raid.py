@@ -6,13 +6,13 @@ from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import fat, fstab
 from esp_mirror_plugin.pipeline.layout import Layout
 from esp_mirror_plugin.pipeline.profiles import Profile
-from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.pipeline.request import Resolved
 from esp_mirror_plugin.pipeline.steps import Command, EditBlock, MakeDir, Settle, Step
 from esp_mirror_plugin.system.files import without_block
 from esp_mirror_plugin.system.target import Target
 
 
-def array_line(request: Request, layout: Layout) -> str:
+def array_line(request: Resolved, layout: Layout) -> str:
     # mdadm <= 4.2 uses name=; 4.3+ ignores it when reading, so it is harmless there.
     return f"ARRAY {request.device} metadata=1.0 UUID={layout.array_uuid} name=any:{request.array_name}"
 
@@ -24,7 +24,7 @@ def array_line(request: Request, layout: Layout) -> str:
 MONITOR_DEFAULT = "MAILADDR root"
 
 
-def mdadm_conf_block(request: Request, layout: Layout, current: str) -> str:
+def mdadm_conf_block(request: Resolved, layout: Layout, current: str) -> str:
     """Our block of mdadm.conf: the ARRAY line, and the monitor's default address if the rest of
     the file names none."""
     own = [line.split()[:1] for line in _outside_block(current, "mdadm.conf").splitlines()]
@@ -33,7 +33,7 @@ def mdadm_conf_block(request: Request, layout: Layout, current: str) -> str:
     return f"{array_line(request, layout)}\n{MONITOR_DEFAULT}"
 
 
-def plan(request: Request, profile: Profile, layout: Layout, target: Target) -> tuple[Step, ...]:
+def plan(request: Resolved, profile: Profile, layout: Layout, target: Target) -> tuple[Step, ...]:
     _check_fstab(request, target)
     steps: list[Step] = []
     nodes = tuple(m.node for m in layout.members)
@@ -122,7 +122,7 @@ def _outside_block(text: str, name: str) -> str:
         raise BadInput(f"{name} {exc}") from None
 
 
-def _check_fstab(request: Request, target: Target) -> None:
+def _check_fstab(request: Resolved, target: Target) -> None:
     others = fstab.conflicting_lines(
         _outside_block(target.text("etc/fstab"), target.path("etc/fstab")), request.mountpoint
     )

@@ -35,7 +35,10 @@ def cleanup_steps(ctx: Context) -> tuple[Step, ...]:
             steps.append(Command(("umount", layout.esp_dir), why="release the image's ESP", cleanup=True))
         steps.append(Command(("mdadm", "--stop", ctx.request.device), why="release the members", cleanup=True))
         for member in layout.members:
-            steps.append(
-                Command(("losetup", "--detach", Var(member.loop_var)), why=f"detach {member.disk.given}", cleanup=True)
-            )
+            if member.loop_var:
+                steps.append(
+                    Command(
+                        ("losetup", "--detach", Var(member.loop_var)), why=f"detach {member.disk.given}", cleanup=True
+                    )
+                )
     return tuple(steps)

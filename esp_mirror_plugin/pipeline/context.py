@@ -13,7 +13,7 @@ from esp_mirror_plugin.pipeline.execute import Executor, PlanRecorder
 from esp_mirror_plugin.pipeline.layout import Layout, build, check_settings
 from esp_mirror_plugin.pipeline.preflight import Preflight
 from esp_mirror_plugin.pipeline.profiles import Profile, load_profile
-from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.pipeline.request import Request, Resolved
 from esp_mirror_plugin.pipeline.steps import Command, Group, MakeDir, Step
 from esp_mirror_plugin.system.discovery import HostView, Snapshot, discover, read_mounts
 from esp_mirror_plugin.system.runner import NOT_INSTALLED, CommandFailed, Runner, ShRunner
@@ -24,7 +24,7 @@ CHROOT_FILESYSTEMS = ("proc", "sys", "dev")
 
 @dataclass
 class Context:
-    request: Request  # with the profile's defaults filled in
+    request: Resolved  # with the profile's defaults filled in
     profile: Profile
     snapshot: Snapshot  # the disks, the array, mounts and NVRAM as prepare() saw them
     layout: Layout
@@ -54,6 +54,7 @@ class Context:
         (:mod:`.preflight`) before the first one runs.
         """
         planned = Group(group, self._with_chroot_binds(tuple(steps)), tuple(notes))
+        assert self.preflight is not None  # made in __post_init__
         self.preflight.check(planned)
         self.executor.execute(planned)
 

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 
 def _facts(value: Any) -> Any:
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
 
 
 def _file_state(root: str, path: str) -> str | None:

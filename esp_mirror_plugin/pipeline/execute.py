@@ -24,6 +24,7 @@ from esp_mirror_plugin.pipeline.steps import (
     Group,
     MakeDir,
     Settle,
+    Step,
     WaitForPartition,
     WaitForSync,
     WriteFile,
@@ -86,7 +87,7 @@ class Applier:
             print(f"  [{group.name}]   {state} ({time.monotonic() - started:.1f} s)", file=self.out, flush=True)
 
     @singledispatchmethod
-    def _apply(self, step, group: str) -> bool:
+    def _apply(self, step: Step, group: str) -> bool:
         raise TypeError(f"no way to apply {type(step).__name__}")
 
     @_apply.register

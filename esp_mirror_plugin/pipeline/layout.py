@@ -11,7 +11,7 @@ from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import fat
 from esp_mirror_plugin.pipeline import naming as names
 from esp_mirror_plugin.pipeline.profiles import Profile
-from esp_mirror_plugin.pipeline.request import MIB, Request
+from esp_mirror_plugin.pipeline.request import MIB, Request, Resolved
 from esp_mirror_plugin.pipeline.steps import Arg, Var
 from esp_mirror_plugin.system.discovery import DiskFacts, Partition, Snapshot
 
@@ -34,6 +34,12 @@ class Member:
     @property
     def tag(self) -> str:
         return disk_tag(self.disk)
+
+    @property
+    def superblock(self) -> str:
+        """The array UUID in our existing ESP partition's md superblock, "" when none."""
+        part = self.disk.partition(1)
+        return part.md_uuid if self.exists and part is not None else ""
 
 
 def disk_tag(disk: DiskFacts) -> str:
@@ -182,7 +188,7 @@ def path_segment_problem(name: str) -> str | None:
     return None
 
 
-def check_settings(request: Request) -> None:
+def check_settings(request: Resolved) -> None:
     if request.metadata != "1.0":
         raise BadInput(
             f"metadata {request.metadata} is not supported: the ESP must use md metadata 1.0 "
@@ -238,7 +244,7 @@ def _has_our_esp(disk: DiskFacts) -> bool:
     return _is_our_partition(disk.partition(1))
 
 
-def build(request: Request, profile: Profile, snapshot: Snapshot) -> Layout:
+def build(request: Resolved, profile: Profile, snapshot: Snapshot) -> Layout:
     """Decide every action from the snapshot; refuse unsafe or inconsistent states."""
     check_settings(request)
     check_disks(request, snapshot.disks)
@@ -254,8 +260,8 @@ def build(request: Request, profile: Profile, snapshot: Snapshot) -> Layout:
         loop_var = f"LOOP_{index}" if image_mode else None
         device: Arg = Var(loop_var) if loop_var else disk.path
         existing = disk.partition(1)
-        ours = _is_our_partition(existing)
-        if ours and (existing.start, existing.start + existing.size - 1) != (first, last):
+        ours = existing is not None and _is_our_partition(existing)
+        if existing is not None and ours and (existing.start, existing.start + existing.size - 1) != (first, last):
             raise BadInput(
                 f"disk {disk.given} already has an esp-mirror ESP of "
                 f"{existing.size * sector // MIB} MiB at sector {existing.start}: re-run with "
@@ -268,7 +274,7 @@ def build(request: Request, profile: Profile, snapshot: Snapshot) -> Layout:
                 f"({disk.pttype or ', '.join(disk.signatures)}): esp-mirror never wipes "
                 "silently; pass --wipe to erase it"
             )
-        guid = existing.guid if ours else names.partition_guid(disk.identity)
+        guid = existing.guid if existing is not None and ours else names.partition_guid(disk.identity)
         members.append(
             Member(
                 disk=disk,
@@ -319,7 +325,7 @@ def build(request: Request, profile: Profile, snapshot: Snapshot) -> Layout:
     )
 
 
-def _check_size(request: Request, snapshot: Snapshot, sector: int) -> None:
+def _check_size(request: Resolved, snapshot: Snapshot, sector: int) -> None:
     if fat.sectors_per_cluster(request.esp_size, sector) is None:
         minimum = fat.minimum_size(sector) // MIB
         raise BadInput(
@@ -334,9 +340,9 @@ def _check_size(request: Request, snapshot: Snapshot, sector: int) -> None:
             )
 
 
-def _array_state(request: Request, snapshot: Snapshot, members: list[Member]) -> tuple[str, str, str, bool]:
+def _array_state(request: Resolved, snapshot: Snapshot, members: list[Member]) -> tuple[str, str, str, bool]:
     """(array UUID, "create"/"assemble"/"keep", FAT UUID or "", whether to mkfs)."""
-    supers = {m.disk.partition(1).md_uuid for m in members if m.exists and m.disk.partition(1).md_uuid}
+    supers = {m.superblock for m in members if m.superblock}
     array = snapshot.array
     if array is not None:
         if supers and names.mdadm_uuid(array.uuid) not in {names.mdadm_uuid(s) for s in supers}:
@@ -354,9 +360,7 @@ def _array_state(request: Request, snapshot: Snapshot, members: list[Member]) ->
         strangers = [
             m.disk.given
             for m in members
-            if not (
-                m.exists and names.mdadm_uuid(m.disk.partition(1).md_uuid or "0" * 32) == names.mdadm_uuid(array.uuid)
-            )
+            if not (m.superblock and names.mdadm_uuid(m.superblock) == names.mdadm_uuid(array.uuid))
         ]
         if strangers:
             raise BadInput(
@@ -369,8 +373,8 @@ def _array_state(request: Request, snapshot: Snapshot, members: list[Member]) ->
     if len(supers) > 1:
         raise BadInput("the ESP partitions carry superblocks of different arrays: pass --wipe to start over")
     if supers:
-        part = next(m.disk.partition(1) for m in members if m.exists and m.disk.partition(1).md_uuid)
-        without = [m.disk.given for m in members if not (m.exists and m.disk.partition(1).md_uuid)]
+        part = next(p for m in members if m.superblock and (p := m.disk.partition(1)) is not None)
+        without = [m.disk.given for m in members if not m.superblock]
         if without:
             raise BadInput(
                 f"disks {', '.join(without)} are not members of the existing ESP array "

@@ -181,7 +181,7 @@ def _check(
             allowed = ", ".join(sorted((*schema, *extra)))
             raise BadInput(f"profile {source}: unknown key {where!r}: allowed here are {allowed}")
         kind = schema[key]
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             if not isinstance(value, dict):
                 raise BadInput(
                     f"profile {source}: {where!r} must be a mapping with keys {', '.join(sorted(_yaml_fields(kind)))}"
@@ -231,7 +231,7 @@ def _build(cls: type, data: dict[str, Any], origin: str, prefix: str = "", **giv
         if key not in data:
             continue
         value = data[key]
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             values[key] = _build(kind, value, origin, f"{prefix}{key}.")
         elif isinstance(kind, type) and issubclass(kind, enum.Enum):
             values[key] = _enum(origin, f"{prefix}{key}", kind, value)

@@ -15,7 +15,7 @@ import os
 import platform
 import re
 import typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,19 +93,30 @@ class Request:
                 object.__setattr__(self, name, _choice(choices, value, name, "request"))
         object.__setattr__(self, "disks", tuple(self.disks))
 
-    def resolve(self, profile: Profile) -> Request:
+    def resolve(self, profile: Profile) -> Resolved:
         """This request with every profile default filled in."""
-        return replace(
-            self,
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(
             mountpoint=self.mountpoint or profile.esp_mountpoint,
             bootloader=self.bootloader or profile.bootloader,
             loader_id=self.loader_id or profile.loader_id,
             entry_label=self.entry_label or profile.entry_label,
         )
+        return Resolved(**values)
 
     @property
     def device(self) -> str:
         return f"/dev/md/{self.array_name}"
+
+
+@dataclass(frozen=True)
+class Resolved(Request):
+    """A request whose profile defaults are filled in (:meth:`Request.resolve`): what hooks get."""
+
+    mountpoint: str = ""
+    bootloader: BootloaderKind = BootloaderKind.GRUB
+    loader_id: str = ""
+    entry_label: str = ""
 
 
 def settings() -> dict[str, Setting]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
+from typing import Any
 
 from esp_mirror_plugin.system.runner import full_argv
 
@@ -66,7 +67,7 @@ class Command:
         line = f"{env} {line}" if env else line
         return f"{line}" + (f"   # -> ${self.binds}" if self.binds else "")
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "kind": "command",
             "argv": [a if isinstance(a, str) else a.render() for a in full_argv(self.argv, self.root)],
@@ -94,7 +95,7 @@ class WriteFile:
     def describe(self) -> str:
         return f"write {self.path} (mode {self.mode:04o}):\n" + _indent(self.content)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "kind": "write-file",
             "path": self.path,
@@ -121,7 +122,7 @@ class EditBlock:
     def describe(self) -> str:
         return f"edit {self.path}: managed block\n" + _indent(self.block)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"kind": "edit-block", "path": self.path, "block": self.block, "why": self.why}
 
 
@@ -138,7 +139,7 @@ class CopyFile:
     def describe(self) -> str:
         return f"copy {self.source} -> {self.dest}"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"kind": "copy-file", "source": self.source, "dest": self.dest, "why": self.why}
 
 
@@ -151,7 +152,7 @@ class MakeDir:
     def describe(self) -> str:
         return f"mkdir -p {shlex.quote(self.path)}"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"kind": "mkdir", "path": self.path, "why": self.why}
 
 
@@ -175,7 +176,7 @@ class WaitForPartition:
             f"{render_arg(self.disk)} if the kernel has not seen it; at most {self.timeout:g} s)"
         )
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "kind": "wait-for-partition",
             "disk": render_arg(self.disk),
@@ -201,7 +202,7 @@ class WaitForSync:
     def describe(self) -> str:
         return f"wait for {self.device} to finish {'recovery' if self.clean else 'its check'} (progress shown)"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"kind": "wait-for-sync", "device": self.device, "clean": self.clean, "why": self.why}
 
 
@@ -217,7 +218,7 @@ class Settle:
     def describe(self) -> str:
         return f"udevadm settle --timeout={self.timeout} (where udev runs)"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"kind": "settle", "timeout": self.timeout, "why": self.why}
 
 
@@ -239,7 +240,7 @@ class Group:
             lines += [f"# {step.why}", step.describe()]
         return "\n".join(lines) + "\n"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "notes": list(self.notes), "steps": [s.to_json() for s in self.steps]}
 
 

@@ -282,7 +282,14 @@ def _first(host: HostView, sys: str, names: tuple[str, ...]) -> str:
 
 
 def _disk(
-    given: str, host: HostView, runner: Runner, mounts, swaps, root_dev: str, ours: str, reads: Reads
+    given: str,
+    host: HostView,
+    runner: Runner,
+    mounts: tuple[Mount, ...],
+    swaps: set[str],
+    root_dev: str,
+    ours: str,
+    reads: Reads,
 ) -> DiskFacts:
     kind = host.kind(given)
     if kind == "missing":

@@ -12,7 +12,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from esp_mirror_plugin.errors import BadInput
 
@@ -40,7 +40,11 @@ def holder(path: str | None = None) -> str | None:
 
 @contextlib.contextmanager
 def held(
-    what: str, path: str | None = None, wait: float | None = None, sleep=time.sleep, clock=time.monotonic
+    what: str,
+    path: str | None = None,
+    wait: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Iterator[None]:
     """Hold the lock for ``what`` (the command line); wait up to ``wait`` seconds for it.
 

@@ -16,14 +16,16 @@ import shlex
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+A = TypeVar("A")  # an argument: a string, or a planned value (steps.Var)
 
 SEARCH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BASE_ENV = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PATH": SEARCH_PATH}
 NOT_INSTALLED = 127
 
 
-def full_argv(argv: Sequence[str], root: str = "/") -> tuple[str, ...]:
+def full_argv(argv: Sequence[A], root: str = "/") -> tuple[A | str, ...]:
     """The argv that really runs: ``chroot ROOT …`` for a command meant for a target root."""
     if os.path.normpath(root) == "/":
         return tuple(argv)

@@ -12,6 +12,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from esp_mirror_plugin.errors import StepFailed
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
@@ -31,7 +32,7 @@ class Difference:
     path: str
     versions: dict[str, FileInfo | None]  # member node -> its version (None: missing there)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path,
             "members": {

@@ -161,7 +161,7 @@ def read_mirror(
             boot = bootentries.parse(runner.run(("efibootmgr", "-v")).stdout)
         except CommandFailed as exc:
             nvram_error = exc.stderr_line
-    entries = ()
+    entries: tuple[EntryState, ...] = ()
     if array and record and boot is not None:
         entries = tuple(_entry_state(m, boot, mount, host) for m in array.members if m.usable)
     return MirrorState(
@@ -216,7 +216,10 @@ def _array_state(runner: Runner, host: HostView, device: str, info: dict[str, st
             )
         )
     members.sort(key=lambda m: (m.slot is None, m.slot if m.slot is not None else 0, m.node))
-    number = lambda key: int(host.attr(f"{md}/{key}"))  # noqa: E731
+
+    def number(key: str) -> int:
+        return int(host.attr(f"{md}/{key}"))
+
     return ArrayState(
         device=device,
         kernel_name=name,

@@ -159,6 +159,7 @@ def member_steps(
         wipe=wipe,
         loop_var=None,
     )
+    assert record is not None  # require_array checked it
     first = record.esp_start // sector
     last = first + record.esp_size // sector - 1
     steps: list[Step] = []
@@ -197,6 +198,7 @@ def entry_steps(state: MirrorState, members: list[bootentries.Member]) -> tuple[
             "made on a system booted through UEFI"
         )
     record = state.record
+    assert record is not None  # require_array checked it
     return bootentries.plan(state.boot, members, record.entry_label, record.loader)
 
 
