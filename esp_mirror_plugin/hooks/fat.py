@@ -6,9 +6,11 @@ heuristics, so the plan shows the exact command and the size check uses the same
 
 from __future__ import annotations
 
+from esp_mirror_plugin.pipeline.request import MIB
 from esp_mirror_plugin.pipeline.steps import Command
 
-MIB = 1024 * 1024
+# Every mount of the ESP: private to root (bootctl warns about a world-readable random seed).
+MOUNT_OPTIONS = "umask=0077"
 FAT32_MIN_CLUSTERS = 65525 + 16  # a little margin over the FAT32 definition
 RESERVED_SECTORS = 32
 MD_RESERVE = 1 * MIB  # md metadata 1.0 keeps its superblock (and bad-block log) at the end
@@ -58,3 +60,8 @@ def mkfs(device: str, size: int, sector: int, label: str, volume_id: str) -> Com
         ),
         why=f"FAT32 on the array, volume id {volume_id}, {sector}-byte sectors",
     )
+
+
+def mount(device: str, where: str, why: str) -> Command:
+    """Mount the array's FAT (never a member) with the ESP's options."""
+    return Command(("mount", "-t", "vfat", "-o", MOUNT_OPTIONS, device, where), why=why)

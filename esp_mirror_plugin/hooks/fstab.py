@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 
-OPTIONS = "umask=0077,nofail,x-systemd.device-timeout=45s"
+from esp_mirror_plugin.hooks.fat import MOUNT_OPTIONS
+
+OPTIONS = f"{MOUNT_OPTIONS},nofail,x-systemd.device-timeout=45s"
 
 
 def line(fs_uuid: str, mountpoint: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from esp_mirror_plugin.pipeline import naming as names
+from esp_mirror_plugin.pipeline import naming
 from esp_mirror_plugin.pipeline.layout import Layout, Member
 from esp_mirror_plugin.pipeline.steps import Command, Settle, Step, WaitForPartition
 
@@ -35,7 +35,7 @@ def steps(members: Sequence[Member], first_sector: int, last_sector: int, wipe_a
                     f"--new=1:{first_sector}:{last_sector}",
                     "--typecode=1:EF00",
                     f"--partition-guid=1:{m.guid}",
-                    f"--change-name=1:{names.PARTITION_NAME}",
+                    f"--change-name=1:{naming.PARTITION_NAME}",
                     m.device,
                 ),
                 why=f"ESP partition on {m.disk.given}",

@@ -72,8 +72,9 @@ def plan(request: Resolved, profile: Profile, layout: Layout, target: Target) ->
     if layout.mount:
         steps.append(MakeDir(layout.esp_dir, why="the ESP mount point", root=request.target))
         steps.append(
-            Command(
-                ("mount", "-t", "vfat", "-o", "umask=0077", request.device, layout.esp_dir),
+            fat.mount(
+                request.device,
+                layout.esp_dir,
                 why="the installer and the bootloader write to the array, never a member",
             )
         )

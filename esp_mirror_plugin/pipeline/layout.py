@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import fat
-from esp_mirror_plugin.pipeline import naming as names
+from esp_mirror_plugin.pipeline import naming
 from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.request import MIB, Request, Resolved
 from esp_mirror_plugin.pipeline.steps import Arg, Var
@@ -228,8 +228,8 @@ def _is_our_partition(part: Partition | None) -> bool:
     return (
         part is not None
         and part.number == 1
-        and part.type_guid == names.ESP_TYPE_GUID
-        and part.name == names.PARTITION_NAME
+        and part.type_guid == naming.ESP_TYPE_GUID
+        and part.name == naming.PARTITION_NAME
     )
 
 
@@ -274,12 +274,12 @@ def build(request: Resolved, profile: Profile, snapshot: Snapshot) -> Layout:
                 f"({disk.pttype or ', '.join(disk.signatures)}): esp-mirror never wipes "
                 "silently; pass --wipe to erase it"
             )
-        guid = existing.guid if existing is not None and ours else names.partition_guid(disk.identity)
+        guid = existing.guid if existing is not None and ours else naming.partition_guid(disk.identity)
         members.append(
             Member(
                 disk=disk,
                 device=device,
-                node=names.partition_node(device, 1),
+                node=naming.partition_node(device, 1),
                 guid=guid,
                 exists=ours,
                 wipe=foreign,
@@ -288,7 +288,7 @@ def build(request: Resolved, profile: Profile, snapshot: Snapshot) -> Layout:
         )
 
     array_uuid, action, fs_uuid, make_fs = _array_state(request, snapshot, members)
-    volume = fs_uuid.replace("-", "") if fs_uuid else names.volume_id(array_uuid)
+    volume = fs_uuid.replace("-", "") if fs_uuid else naming.volume_id(array_uuid)
     esp_dir = os.path.normpath(os.path.join(request.target, request.mountpoint.lstrip("/")))
     mount = _check_mount(snapshot, esp_dir, request.device)
 
@@ -311,7 +311,7 @@ def build(request: Resolved, profile: Profile, snapshot: Snapshot) -> Layout:
         raid_devices=max(len(members), 2),
         array_uuid=array_uuid,
         array_action=action,
-        fs_uuid=names.fstab_uuid(volume),
+        fs_uuid=naming.fstab_uuid(volume),
         volume_id=volume,
         make_fs=make_fs,
         esp_dir=esp_dir,
@@ -345,7 +345,7 @@ def _array_state(request: Resolved, snapshot: Snapshot, members: list[Member]) -
     supers = {m.superblock for m in members if m.superblock}
     array = snapshot.array
     if array is not None:
-        if supers and names.mdadm_uuid(array.uuid) not in {names.mdadm_uuid(s) for s in supers}:
+        if supers and naming.mdadm_uuid(array.uuid) not in {naming.mdadm_uuid(s) for s in supers}:
             raise BadInput(
                 f"{array.device} is running but is another array (UUID {array.uuid}): "
                 "stop it, or pass --array-name to use another name"
@@ -360,7 +360,7 @@ def _array_state(request: Resolved, snapshot: Snapshot, members: list[Member]) -
         strangers = [
             m.disk.given
             for m in members
-            if not (m.superblock and names.mdadm_uuid(m.superblock) == names.mdadm_uuid(array.uuid))
+            if not (m.superblock and naming.mdadm_uuid(m.superblock) == naming.mdadm_uuid(array.uuid))
         ]
         if strangers:
             raise BadInput(
@@ -369,7 +369,7 @@ def _array_state(request: Resolved, snapshot: Snapshot, members: list[Member]) -
             )
         if array.fstype not in ("", "vfat"):
             raise BadInput(f"{array.device} holds {array.fstype}, not FAT: refusing to format it; check what it is")
-        return names.mdadm_uuid(array.uuid), "keep", array.fs_uuid, array.fstype == ""
+        return naming.mdadm_uuid(array.uuid), "keep", array.fs_uuid, array.fstype == ""
     if len(supers) > 1:
         raise BadInput("the ESP partitions carry superblocks of different arrays: pass --wipe to start over")
     if supers:
@@ -381,9 +381,9 @@ def _array_state(request: Resolved, snapshot: Snapshot, members: list[Member]) -
                 f"{part.md_name}: use `esp-mirror add` for new disks, or --wipe to start over"
             )
         fs_uuid = part.inner_uuid if part.inner_fstype == "vfat" else ""
-        return names.mdadm_uuid(part.md_uuid), "assemble", fs_uuid, part.inner_fstype == ""
+        return naming.mdadm_uuid(part.md_uuid), "assemble", fs_uuid, part.inner_fstype == ""
     identities = [m.disk.identity for m in members]
-    return names.mdadm_uuid(names.array_uuid(identities, request.array_name)), "create", "", True
+    return naming.mdadm_uuid(naming.array_uuid(identities, request.array_name)), "create", "", True
 
 
 def _check_mount(snapshot: Snapshot, esp_dir: str, device: str) -> bool:

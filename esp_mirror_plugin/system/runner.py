@@ -116,8 +116,9 @@ def which_in_root(tool: str, root: str = "/") -> str | None:
     return None
 
 
-class ShRunner:
-    """Runs commands for real through the ``sh`` library. The only place a process is started."""
+class CheckedRunner:
+    """What every runner shares: the chroot prefix and the check of the exit code against ``ok``.
+    A subclass says how a full argv is carried out (:meth:`_run`) and where programs are."""
 
     def run(
         self,
@@ -129,6 +130,13 @@ class ShRunner:
         ok: Sequence[int] = (0,),
     ) -> Result:
         return checked(self._run(full_argv(argv, root), env, timeout), ok)
+
+    def _run(self, real: tuple[str, ...], env: Mapping[str, str] | None, timeout: float | None) -> Result:
+        raise NotImplementedError
+
+
+class ShRunner(CheckedRunner):
+    """Runs commands for real through the ``sh`` library. The only place a process is started."""
 
     def _run(self, real: tuple[str, ...], env: Mapping[str, str] | None, timeout: float | None) -> Result:
         import sh  # imported here: plan and unit tests never need it
@@ -170,7 +178,7 @@ Responder = Callable[[tuple[str, ...]], "Result | None"]
 
 
 @dataclass
-class RecordingRunner:
+class RecordingRunner(CheckedRunner):
     """A runner for tests and dry tooling: records every argv and answers from a script.
 
     ``responses`` maps an exact (chroot-prefixed) argv to its result; ``responders`` are tried in
@@ -187,18 +195,9 @@ class RecordingRunner:
         argv = tuple(argv)
         self.responses[argv] = Result(argv, returncode, stdout, stderr)
 
-    def run(
-        self,
-        argv: Sequence[str],
-        *,
-        root: str = "/",
-        env: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-        ok: Sequence[int] = (0,),
-    ) -> Result:
-        real = full_argv(argv, root)
+    def _run(self, real: tuple[str, ...], env: Mapping[str, str] | None, timeout: float | None) -> Result:
         self.calls.append(real)
-        return checked(self._answer(real), ok)
+        return self._answer(real)
 
     def _answer(self, real: tuple[str, ...]) -> Result:
         if real in self.responses:

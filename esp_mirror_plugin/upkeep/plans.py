@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.hooks import bootentries, partition
-from esp_mirror_plugin.pipeline import naming as names
-from esp_mirror_plugin.pipeline.layout import Member, check_disks, disk_tag, holds_data
+from esp_mirror_plugin.hooks import bootentries, fat, partition
+from esp_mirror_plugin.pipeline import naming
+from esp_mirror_plugin.pipeline.layout import GPT_BACKUP, Member, check_disks, disk_tag, holds_data
 from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import Command, Step, WaitForSync
 from esp_mirror_plugin.system.discovery import DiskFacts
@@ -114,12 +114,7 @@ def repair_steps(state: MirrorState, source: MemberState) -> tuple[Step, ...]:
         steps.append(Command(("mdadm", array.device, "--add", m.node), why=f"{m.node} is rebuilt from {source.node}"))
     steps.append(WaitForSync(array.device, clean=True, why="the recovery copies the whole source member"))
     if state.mount is not None:
-        steps.append(
-            Command(
-                ("mount", "-t", "vfat", "-o", "umask=0077", array.device, state.mount.mountpoint),
-                why="the ESP back in place",
-            )
-        )
+        steps.append(fat.mount(array.device, state.mount.mountpoint, why="the ESP back in place"))
     return tuple(steps)
 
 
@@ -135,7 +130,7 @@ def new_disk_checks(disk: DiskFacts, array: ArrayState, record: Record, sector: 
             f"{disk.given} has {disk.sector_size}-byte sectors, the members {sector}: "
             "a RAID1 ESP needs one sector size; use a matching disk"
         )
-    if record.esp_start + record.esp_size + 34 * 4096 > disk.size:
+    if record.esp_start + record.esp_size + GPT_BACKUP > disk.size:
         raise BadInput(f"{disk.given} ({disk.size >> 20} MiB) is too small for the {record.esp_size >> 20} MiB ESP")
     if holds_data(disk) and not wipe:
         raise BadInput(
@@ -153,8 +148,8 @@ def member_steps(
     new = Member(
         disk=disk,
         device=disk.path,
-        node=names.partition_node(disk.path, 1),
-        guid=names.partition_guid(disk.identity),
+        node=naming.partition_node(disk.path, 1),
+        guid=naming.partition_guid(disk.identity),
         exists=False,
         wipe=wipe,
         loop_var=None,

@@ -31,7 +31,7 @@ import pytest
 from esp_mirror_plugin import cli
 from esp_mirror_plugin.cli import install as cli_install
 from esp_mirror_plugin.cli import upkeep as cli_upkeep
-from esp_mirror_plugin.pipeline import naming as names
+from esp_mirror_plugin.pipeline import naming
 from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import Command, Group
 from esp_mirror_plugin.system import lock
@@ -44,7 +44,7 @@ DATA = Path(__file__).parent / "data"
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 KVER = "6.1.0-13-amd64"
-ESP_TYPE = names.ESP_TYPE_GUID
+ESP_TYPE = naming.ESP_TYPE_GUID
 LINUX_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 PROFILES = ("alpine", "arch", "debian", "fedora", "gentoo", "opensuse", "rhel", "ubuntu", "void")
 BOOTLOADERS = ("efi", "zfsbootmenu", "systemd-boot", "grub")
@@ -138,7 +138,7 @@ class FakeDisk:
     partitions: list[FakePartition] = field(default_factory=list)
 
     def node(self, number: int) -> str:
-        return str(names.partition_node(self.path, number))
+        return str(naming.partition_node(self.path, number))
 
     @property
     def ptuuid(self) -> str:
@@ -383,7 +383,7 @@ class Machine:
             loop.touch()
             return Result(argv, 0, f"{loop}\n")
         if argv[0] == "sgdisk" and argv[1].startswith("--new="):
-            node = names.partition_node(argv[-1], 1)
+            node = naming.partition_node(argv[-1], 1)
             if node.startswith(str(self.root)):
                 Path(node).touch()
         return Result(argv, 0)
@@ -662,11 +662,19 @@ def serial_of(name: str) -> str:
 
 def guid_of(name: str) -> str:
     """The partition GUID apply gives disk NAME's ESP (from the disk's serial)."""
-    return names.partition_guid(f"serial:{serial_of(name)}")
+    return naming.partition_guid(f"serial:{serial_of(name)}")
 
 
 def hd_path(guid: str, loader: str = GRUB_LOADER) -> str:
     return f"HD(1,GPT,{guid},0x800,0x100000)/File({loader})"
+
+
+def efibootmgr_create(
+    number: str, disk: str, tag: str, loader: str = GRUB_LOADER, label: str = "Debian"
+) -> tuple[str, ...]:
+    """The exact argv with which esp-mirror makes the boot entry of one member disk."""
+    head = ("efibootmgr", "--quiet", "--create", "--bootnum", number, "--disk", disk, "--part", "1")
+    return (*head, "--label", f"{label} (esp-mirror {tag})", "--loader", loader)
 
 
 class Mirror(Machine):
@@ -758,7 +766,7 @@ class Mirror(Machine):
             512 * MIB // 512,
             type_guid=ESP_TYPE,
             uuid=guid_of(name),
-            name=names.PARTITION_NAME,
+            name=naming.PARTITION_NAME,
             probe={
                 "UUID": str(_uuid.UUID(ARRAY_UUID.replace(":", ""))),
                 "LABEL": "any:esp",

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import DATA, bootorder_after
+from conftest import DATA, bootorder_after, efibootmgr_create
 
 from esp_mirror_plugin.hooks import bootentries
 from esp_mirror_plugin.hooks.bootentries import BootEntry, BootState, Member
@@ -41,21 +41,7 @@ def argvs(commands) -> list[tuple[str, ...]]:
 
 
 def create(number: str, member: Member, loader: str = GRUB, label: str = "Debian") -> tuple[str, ...]:
-    return (
-        "efibootmgr",
-        "--quiet",
-        "--create",
-        "--bootnum",
-        number,
-        "--disk",
-        member.disk,
-        "--part",
-        "1",
-        "--label",
-        f"{label} (esp-mirror {member.tag})",
-        "--loader",
-        loader,
-    )
+    return efibootmgr_create(number, member.disk, member.tag, loader, label)
 
 
 def delete(number: str) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ import pytest
 from conftest import DATA, ESP_TYPE, MIB, Machine, assert_only_read, json_commands, starting
 
 from esp_mirror_plugin.hooks import fat
-from esp_mirror_plugin.pipeline import naming as names
+from esp_mirror_plugin.pipeline import naming
 from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import Var
@@ -31,11 +31,11 @@ CAPTURED = DATA / "captured"
     ],
 )
 def test_partition_node_appends_p_after_a_trailing_digit(disk, node):
-    assert names.partition_node(disk, 1) == node
+    assert naming.partition_node(disk, 1) == node
 
 
 def test_partition_node_of_a_loop_variable_is_resolved_at_apply_time():
-    node = names.partition_node(Var("LOOP_2"), 1)
+    node = naming.partition_node(Var("LOOP_2"), 1)
     assert node == Var("LOOP_2", "p1") and node.render() == '"${LOOP_2}p1"'
 
 
@@ -57,17 +57,17 @@ def test_by_id_links_are_resolved_to_the_kernel_node_before_naming_partitions(ma
 
 
 def test_identifiers_are_derived_from_identities_and_differ_per_disk():
-    a, b = names.partition_guid("serial:A"), names.partition_guid("serial:B")
-    assert a == names.partition_guid("serial:A") and a != b
+    a, b = naming.partition_guid("serial:A"), naming.partition_guid("serial:B")
+    assert a == naming.partition_guid("serial:A") and a != b
     assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", a)
-    array = names.array_uuid(["serial:B", "serial:A"], "esp")
-    assert array == names.array_uuid(["serial:A", "serial:B"], "esp") != names.array_uuid(["serial:A"], "esp")
-    assert re.fullmatch(r"[0-9a-f]{8}(:[0-9a-f]{8}){3}", names.mdadm_uuid(array))
-    assert names.mdadm_uuid("3A8D2F6E-1C4B-5D7E-9F0A-1B2C3D4E5F60") == "3a8d2f6e:1c4b5d7e:9f0a1b2c:3d4e5f60"
-    assert names.mdadm_uuid("3a8d2f6e:1c4b5d7e:9f0a1b2c:3d4e5f60") == "3a8d2f6e:1c4b5d7e:9f0a1b2c:3d4e5f60"
-    volume = names.volume_id(array)
+    array = naming.array_uuid(["serial:B", "serial:A"], "esp")
+    assert array == naming.array_uuid(["serial:A", "serial:B"], "esp") != naming.array_uuid(["serial:A"], "esp")
+    assert re.fullmatch(r"[0-9a-f]{8}(:[0-9a-f]{8}){3}", naming.mdadm_uuid(array))
+    assert naming.mdadm_uuid("3A8D2F6E-1C4B-5D7E-9F0A-1B2C3D4E5F60") == "3a8d2f6e:1c4b5d7e:9f0a1b2c:3d4e5f60"
+    assert naming.mdadm_uuid("3a8d2f6e:1c4b5d7e:9f0a1b2c:3d4e5f60") == "3a8d2f6e:1c4b5d7e:9f0a1b2c:3d4e5f60"
+    volume = naming.volume_id(array)
     assert re.fullmatch(r"[0-9A-F]{8}", volume)
-    assert names.fstab_uuid(volume) == f"{volume[:4]}-{volume[4:]}"
+    assert naming.fstab_uuid(volume) == f"{volume[:4]}-{volume[4:]}"
 
 
 def test_a_disk_without_serial_is_named_by_its_path_in_entry_labels(two_disks):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import GRUB_LOADER, assert_upkeep_only_read, guid_of, hd_path, upkeep_changes
+from conftest import assert_upkeep_only_read, efibootmgr_create, guid_of, hd_path, upkeep_changes
 
 OTHER = hd_path(guid_of("vda"), "\\EFI\\other\\other.efi")
 NOTHING_TO_DO = {
@@ -17,24 +17,6 @@ NOTHING_TO_DO = {
     ],
     "applied": False,
 }
-
-
-def create(number: str, disk: str, serial: str) -> tuple[str, ...]:
-    return (
-        "efibootmgr",
-        "--quiet",
-        "--create",
-        "--bootnum",
-        number,
-        "--disk",
-        disk,
-        "--part",
-        "1",
-        "--label",
-        f"Debian (esp-mirror {serial})",
-        "--loader",
-        GRUB_LOADER,
-    )
 
 
 def test_entries_on_a_correct_nvram_plans_nothing_and_runs_nothing(mirror):
@@ -60,7 +42,7 @@ def test_entries_restores_a_deleted_entry_of_ours_and_leaves_the_others_alone(mi
 
     assert (outcome.code, outcome.err) == (0, "")
     assert upkeep_changes(outcome.calls) == [
-        create("0004", "/dev/vdb", "espvm-B"),
+        efibootmgr_create("0004", "/dev/vdb", "espvm-B"),
         ("efibootmgr", "--quiet", "--bootorder", "0001,0004,0002,0000,0003"),
     ]
     after = mirror.nvram()[1]

@@ -9,17 +9,17 @@ import json
 import pytest
 from conftest import (
     GIB,
-    GRUB_LOADER,
     LINUX_TYPE,
     MIB,
     assert_upkeep_only_read,
     bootorder_after,
+    efibootmgr_create,
     fast_applier,
     guid_of,
     isolate_upkeep,
 )
 
-from esp_mirror_plugin.pipeline import naming as names
+from esp_mirror_plugin.pipeline import naming
 from esp_mirror_plugin.pipeline.steps import Command
 from esp_mirror_plugin.system.discovery import describe_disks, read_mounts
 from esp_mirror_plugin.upkeep import plans as upkeep
@@ -41,24 +41,6 @@ def partition(disk: str, guid: str) -> tuple[str, ...]:
         f"--partition-guid=1:{guid}",
         "--change-name=1:esp-mirror",
         disk,
-    )
-
-
-def create(number: str, disk: str, serial: str) -> tuple[str, ...]:
-    return (
-        "efibootmgr",
-        "--quiet",
-        "--create",
-        "--bootnum",
-        number,
-        "--disk",
-        disk,
-        "--part",
-        "1",
-        "--label",
-        f"Debian (esp-mirror {serial})",
-        "--loader",
-        GRUB_LOADER,
     )
 
 
@@ -119,7 +101,7 @@ def test_add_partitions_the_new_disk_like_the_others_and_grows_the_array(mirror)
     }
     assert entries["name"] == "entries"
     assert commands(entries) == [
-        create("0004", "/dev/vdc", "espvm-C"),
+        efibootmgr_create("0004", "/dev/vdc", "espvm-C"),
         ("efibootmgr", "--quiet", "--bootorder", "0001,0002,0004,0000,0003"),
     ]
     assert bootorder_after(("0001", "0002", "0000", "0003"), commands(entries)) == (
@@ -137,7 +119,7 @@ def test_the_new_partition_guid_comes_from_the_new_disks_identity(mirror):
     report = json.loads(mirror.cli("add", "--disk", "/dev/vdc", "--dry-run", "--json").out)
     assert (
         report["partition_guid"]
-        == names.partition_guid("serial:S6B0NL0T000042")
+        == naming.partition_guid("serial:S6B0NL0T000042")
         not in (guid_of("vda"), guid_of("vdb"))
     )
 
@@ -202,7 +184,7 @@ def test_replace_missing_partitions_the_new_disk_adds_it_and_moves_the_boot_entr
     assert (report["partition_guid"], report["old"]) == (C, "missing")
     assert commands(entries) == [
         ("efibootmgr", "--quiet", "--bootnum", "0002", "--delete-bootnum"),  # B's
-        create("0004", "/dev/vdb", "espvm-C"),
+        efibootmgr_create("0004", "/dev/vdb", "espvm-C"),
         ("efibootmgr", "--quiet", "--bootorder", "0001,0004,0000,0003"),
     ]
     assert bootorder_after(("0001", "0002", "0000", "0003"), commands(entries))[:2] == ("0001", "0004")
@@ -225,7 +207,7 @@ def test_replace_of_a_present_member_takes_it_out_first(mirror):
     assert report["old"] == "/dev/vdb1"
     assert commands(entries) == [
         ("efibootmgr", "--quiet", "--bootnum", "0002", "--delete-bootnum"),
-        create("0004", "/dev/vdc", "espvm-C"),
+        efibootmgr_create("0004", "/dev/vdc", "espvm-C"),
         ("efibootmgr", "--quiet", "--bootorder", "0001,0004,0000,0003"),
     ]
 
