@@ -22,6 +22,7 @@ from esp_mirror_plugin.pipeline.layout import Layout
 from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.request import Resolved
 from esp_mirror_plugin.pipeline.steps import Command, CopyFile, MakeDir, Step, WriteFile
+from esp_mirror_plugin.system import nvram
 from esp_mirror_plugin.system.discovery import Snapshot
 from esp_mirror_plugin.system.target import Target
 from esp_mirror_plugin.upkeep import record as records
@@ -157,5 +158,5 @@ def plan(
             f"each disk through \\EFI\\BOOT\\{fallback_name(request.arch)}",
         )
     members = [bootentries.Member(disk=m.disk.path, tag=m.tag, part=1, partuuid=m.guid) for m in layout.members]
-    state = snapshot.boot or bootentries.BootState(None, (), ())
+    state = snapshot.boot or nvram.BootState(None, (), ())
     return steps + bootentries.plan(state, members, request.entry_label, loader), ()

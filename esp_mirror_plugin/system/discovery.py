@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.hooks import bootentries
 from esp_mirror_plugin.pipeline.request import Request
+from esp_mirror_plugin.system import nvram
 from esp_mirror_plugin.system.runner import NOT_INSTALLED, CommandFailed, Result, Runner
 
 EFIVARS = "/sys/firmware/efi/efivars"
@@ -199,7 +199,7 @@ class Snapshot:
     array: ArrayFacts | None
     mounts: tuple[Mount, ...]
     efivars: bool
-    boot: bootentries.BootState | None  # None when NVRAM is not read
+    boot: nvram.BootState | None  # None when NVRAM is not read
     unread: tuple[str, ...] = ()  # facts that could not be read (a lenient plan only)
 
     def mounted_at(self, path: str) -> Mount | None:
@@ -225,7 +225,7 @@ def discover(request: Request, runner: Runner, host: HostView | None = None, *, 
     boot = None
     if efivars and not request.no_nvram and not any(d.kind == "image" for d in disks):
         try:
-            boot = bootentries.parse(runner.run(("efibootmgr", "-v")).stdout)
+            boot = nvram.parse(runner.run(("efibootmgr", "-v")).stdout)
         except CommandFailed as exc:
             reads.cannot(
                 "the firmware's boot entries (efibootmgr -v)",

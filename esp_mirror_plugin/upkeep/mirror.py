@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import bootentries
+from esp_mirror_plugin.system import nvram
 from esp_mirror_plugin.system.discovery import (
     EFIVARS,
     HostView,
@@ -65,7 +66,7 @@ class ArrayState:
 @dataclass(frozen=True)
 class EntryState:
     member: MemberState
-    entry: bootentries.BootEntry | None  # our entry on this member's partition
+    entry: nvram.BootEntry | None  # our entry on this member's partition
     file_exists: bool | None  # the loader it names exists on the mounted ESP; None: ESP not mounted
 
 
@@ -76,7 +77,7 @@ class MirrorState:
     mount: Mount | None  # what is mounted at the record's mount point
     mounted_members: tuple[str, ...]  # members mounted directly (never should be)
     efivars: bool
-    boot: bootentries.BootState | None
+    boot: nvram.BootState | None
     nvram_error: str | None  # why efibootmgr -v failed, when it did
     entries: tuple[EntryState, ...]
     boot_current: str | None
@@ -158,7 +159,7 @@ def read_mirror(
     boot, nvram_error = None, None
     if efivars:
         try:
-            boot = bootentries.parse(runner.run(("efibootmgr", "-v")).stdout)
+            boot = nvram.parse(runner.run(("efibootmgr", "-v")).stdout)
         except CommandFailed as exc:
             nvram_error = exc.stderr_line
     entries: tuple[EntryState, ...] = ()
@@ -236,7 +237,7 @@ def _array_state(runner: Runner, host: HostView, device: str, info: dict[str, st
     )
 
 
-def _entry_state(member: MemberState, boot: bootentries.BootState, mount: Mount | None, host: HostView) -> EntryState:
+def _entry_state(member: MemberState, boot: nvram.BootState, mount: Mount | None, host: HostView) -> EntryState:
     entry = next(
         (e for e in boot.entries if e.partuuid == member.partuuid and f" ({bootentries.TAG} " in e.label), None
     )

@@ -15,7 +15,9 @@ import pytest
 from conftest import DATA, bootorder_after, efibootmgr_create
 
 from esp_mirror_plugin.hooks import bootentries
-from esp_mirror_plugin.hooks.bootentries import BootEntry, BootState, Member
+from esp_mirror_plugin.hooks.bootentries import Member
+from esp_mirror_plugin.system import nvram
+from esp_mirror_plugin.system.nvram import BootEntry, BootState
 
 CAPTURES = sorted((DATA / "efibootmgr").glob("*.txt"))
 WITH_EXPECTED = [p for p in CAPTURES if p.with_suffix(".expected.json").exists()]
@@ -29,7 +31,7 @@ GRUB = "\\EFI\\debian\\grubx64.efi"
 
 
 def parsed(path: Path) -> BootState:
-    return bootentries.parse(path.read_text())
+    return nvram.parse(path.read_text())
 
 
 def expected(path: Path) -> dict:
@@ -121,14 +123,14 @@ def test_parse_matches_the_expected_file_in_every_field(capture):
 
 
 def test_firmware_volume_apps_have_no_loader():
-    [uiapp] = bootentries.parse(
+    [uiapp] = nvram.parse(
         "Boot0000* UiApp\tFvVol(7cb8bdc9-f8eb-4f34-aaea-3ee4af6516a1)/FvFile(462caa21-7614-4503-836e-8ab6f4662331)\n"
     ).entries
     assert uiapp.loader == ""
 
 
 def test_inactive_entry_label_has_no_leading_space():
-    [inactive] = bootentries.parse(
+    [inactive] = nvram.parse(
         "Boot0006  Debian (esp-mirror WD-B)\tHD(1,GPT,0a04ad40-f5b1-5bba-88d2-"
         "a1a719daf141,0x800,0x100000)/File(\\EFI\\debian\\grubx64.efi)\n"
     ).entries
@@ -136,7 +138,7 @@ def test_inactive_entry_label_has_no_leading_space():
 
 
 def test_a_line_without_a_tab_splits_at_the_device_path():
-    [e] = bootentries.parse(
+    [e] = nvram.parse(
         "Boot0003* Fedora HD(2,GPT,94ff4025-5276-4bec-adea-e98da271b64c,0x1000,0x3f800)/\\EFI\\fedora\\shimx64.efi\n"
     ).entries
     assert (e.label, e.partuuid, e.loader) == (
@@ -390,7 +392,7 @@ def test_another_systems_tagged_entry_on_a_foreign_partition_is_not_ours():
 
 
 def test_a_stale_inactive_entry_of_ours_is_pruned():
-    state = bootentries.parse(
+    state = nvram.parse(
         "BootOrder: 0001,0002\n"
         f"Boot0001* Debian (esp-mirror WD-WCC4N0AAAAAA)\tHD(1,GPT,{A.partuuid},0x800,0x100000)/File({GRUB})\n"
         "Boot0002  Debian (esp-mirror WD-OLD)\tHD(1,GPT,3c7d1f2e-5a6b-4c8d-9e0f-1a2b3c4d5e6f,0x800,0x100000)/"

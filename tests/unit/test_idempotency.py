@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import ESP_TYPE, Machine, bootorder_after, json_commands, starting
 
-from esp_mirror_plugin.hooks import bootentries
-from esp_mirror_plugin.system import files
+from esp_mirror_plugin.system import files, nvram
 
 BEGIN = "# BEGIN esp-mirror (managed block: esp-mirror rewrites what is between these lines)"
 END = "# END esp-mirror"
@@ -153,7 +152,7 @@ def finish(machine: Machine, plan: dict, *, holders: tuple[str, ...] = ()) -> No
                 files.edit_block(Path(step["path"]), step["block"])
     efibootmgr = starting(json_commands(plan), "efibootmgr")
     deleted = {argv[3] for argv in starting(efibootmgr, "efibootmgr", "--quiet", "--bootnum")}
-    order = bootorder_after(bootentries.parse(machine.efibootmgr).order, efibootmgr)
+    order = bootorder_after(nvram.parse(machine.efibootmgr).order, efibootmgr)
     lines = [
         line
         for line in machine.efibootmgr.splitlines()

@@ -23,7 +23,7 @@ from ci.scenarios import (
     sections_script,
 )
 from ci.vm import ESP_OFFSET, Assets, blank_disk, fresh_vars, list_member, read_member, run_in_guest
-from esp_mirror_plugin.hooks import bootentries
+from esp_mirror_plugin.system import nvram
 
 pytestmark = pytest.mark.vm
 FALLBACK = r"\EFI\BOOT\BOOTX64.EFI"
@@ -58,7 +58,7 @@ def test_apply_builds_a_raid1_metadata_1_0_esp_with_one_entry_per_disk(two_disks
     assert result.section("members").count("TYPE=linux_raid_member") == 2
     assert "/dev/md" in result.section("mounts")
     # one entry per disk, on that disk's partition, ours first in BootOrder in disk order
-    boot = bootentries.parse(result.section("efibootmgr"))
+    boot = nvram.parse(result.section("efibootmgr"))
     ours = {e.label: e for e in boot.entries if "(esp-mirror " in e.label}
     assert sorted(ours) == [entry_label(disk_serial(0)), entry_label(disk_serial(1))]
     for index, disk in enumerate(disks):
@@ -73,7 +73,7 @@ def test_second_apply_changes_nothing(two_disks) -> None:
     assert detail(result, 1)["MD_UUID"] == detail(result, 0)["MD_UUID"]
     for name in ("fstab", "mdadm.conf", "mdstat"):
         assert result.section(name, 1) == result.section(name, 0), name
-    first, second = (bootentries.parse(result.section("efibootmgr", run)) for run in (0, 1))
+    first, second = (nvram.parse(result.section("efibootmgr", run)) for run in (0, 1))
     assert (second.order, second.entries) == (first.order, first.entries)
     assert re.search(r"done in [\d.]+ s: \d+ steps, 0 changed", result.section("apply", 1)), result.section("apply", 1)
 
@@ -128,7 +128,7 @@ def test_ci_image_build_with_image_files_boots_with_fresh_nvram(
     assert sections["losetup"].strip() == ""  # every loop device detached again
     assert " active " not in sections["mdstat"]  # the array was stopped
     assert len(esp_lines(sections["fstab"])) == 1
-    nvram_before = bootentries.parse(sections["efibootmgr"])
+    nvram_before = nvram.parse(sections["efibootmgr"])
     assert not [e for e in nvram_before.entries if "(esp-mirror " in e.label]  # --no-nvram: none made
     for name, image in zip("ab", images, strict=True):
         boot = boot_alone(image, None, tmp_path, f"image-{name}", vm_assets)
@@ -168,5 +168,5 @@ def test_an_apply_that_failed_half_way_finishes_when_run_again(
     assert "mkfs.vfat" in again.output
     assert out["arrays"].output.split() == ["esp"]
     assert "MD_DEVICES=2" in out["detail"].output.splitlines()
-    ours = [e for e in bootentries.parse(out["efibootmgr"].output).entries if "(esp-mirror " in e.label]
+    ours = [e for e in nvram.parse(out["efibootmgr"].output).entries if "(esp-mirror " in e.label]
     assert sorted(e.partuuid for e in ours) == sorted(partition_uuid(d) for d in disks)

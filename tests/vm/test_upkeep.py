@@ -40,7 +40,7 @@ from ci.vm import (
 )
 from ci.vm.initrd import GUEST_WORK_DIR
 from ci.vm.scripts import ESP_MIRROR_CLI
-from esp_mirror_plugin.hooks import bootentries
+from esp_mirror_plugin.system import nvram
 
 pytestmark = pytest.mark.vm
 CLI = str(ESP_MIRROR_CLI)
@@ -202,7 +202,7 @@ def test_status_and_entries_in_healthy_missing_entry_and_degraded_states(system:
     assert out["missing-entry"].rc == 1
     assert [e["disk"] for e in missing["entries"] if e["entry"] is None] == ["/dev/vdb"]
 
-    before, after = (bootentries.parse(out[n].output) for n in ("before", "after"))
+    before, after = (nvram.parse(out[n].output) for n in ("before", "after"))
     [theirs] = [e for e in before.entries if e.label == "Someone else"]
     assert out["entries"].rc == 0, out["entries"].output
     assert theirs in after.entries  # untouched: same number, label and path
@@ -237,7 +237,7 @@ def test_replace_a_missing_disk_then_boot_from_the_new_disk_alone(system: Instal
     assert replaced["partition_guid"] == partition_uuid(disk_c) != partition_uuid(system.disks[1])
     after = as_json(out["status-after"])
     assert (out["status-after"].rc, after["array"]["degraded"]) == (0, 0), after["problems"]
-    entries = bootentries.parse(out["efibootmgr"].output).entries
+    entries = nvram.parse(out["efibootmgr"].output).entries
     labels = [e.label for e in entries if "(esp-mirror " in e.label]
     assert labels.count(entry_label(disk_serial(2))) == 1 and entry_label(disk_serial(1)) not in labels
     boot = boot_firmware([disk_c], system.nvram, assets=vm_assets, log_dir=system.work)
