@@ -64,49 +64,63 @@ def _changing(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
 
-def _parser() -> argparse.ArgumentParser:
+_COMMANDS: dict[str, str] = {
+    "plan": "print every command and file write, change nothing",
+    "apply": "carry out the plan",
+    "profiles": "list the built-in profiles, or show one",
+    "status": "the mirror's health: array, members, mount, boot entries",
+    "check": "md consistency check, then compare the members' files (read-only)",
+    "repair": "make every member equal to the chosen one (full rebuild from it)",
+    "replace": "replace a failed or missing member with a new disk",
+    "add": "grow the mirror by one member",
+    "entries": "one firmware boot entry per member, ours first, stale ones removed",
+}
+
+
+def _options(name: str, p: argparse.ArgumentParser) -> None:
+    """The options of one command."""
+    if name in ("plan", "apply"):
+        install_options(p)
+    if name == "plan":
+        p.add_argument("--json", action="store_true", help="the plan as JSON")
+    elif name == "apply":
+        p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        p.add_argument(
+            "--expect-plan", metavar="DIGEST",
+            help="refuse unless the plan is still the one with this digest (from plan --json)",
+        )  # fmt: skip
+    elif name == "profiles":
+        p.add_argument("name", nargs="?")
+    elif name in ("status", "check"):
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+    elif name == "repair":
+        p.add_argument("--source", required=True, metavar="DISK|auto",
+                       help="the member to keep; auto: the disk the firmware booted from")  # fmt: skip
+        p.add_argument("--backup-dir", default=BACKUP_DIR,
+                       help=f"where overwritten files are kept (default {BACKUP_DIR})")  # fmt: skip
+    elif name == "replace":
+        p.add_argument("--old", required=True, metavar="DISK|missing", help="the member to replace, or missing")
+        p.add_argument("--new", required=True, metavar="DISK", help="the new (blank) disk")
+    elif name == "add":
+        p.add_argument("--disk", required=True, metavar="DISK", help="the new (blank) disk")
+    if name in ("replace", "add"):
+        p.add_argument("--wipe", action="store_true", help="erase an existing partition table on the new disk")
+    if name in ("repair", "replace", "add", "entries"):
+        _changing(p)
+
+
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser, with only the options of the command in ``argv`` when it names one (argparse
+    builds every option object up front; one command's are enough to parse one command line)."""
     parser = argparse.ArgumentParser(prog="esp-mirror", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--version", action="version", version=f"esp-mirror {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("plan", help="print every command and file write, change nothing")
-    install_options(p)
-    p.add_argument("--json", action="store_true", help="the plan as JSON")
-    p = sub.add_parser("apply", help="carry out the plan")
-    install_options(p)
-    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.add_argument(
-        "--expect-plan",
-        metavar="DIGEST",
-        help="refuse unless the plan is still the one with this digest (from plan --json)",
-    )
-    p = sub.add_parser("profiles", help="list the built-in profiles, or show one")
-    p.add_argument("name", nargs="?")
-
-    p = sub.add_parser("status", help="the mirror's health: array, members, mount, boot entries")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = sub.add_parser("check", help="md consistency check, then compare the members' files (read-only)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = sub.add_parser("repair", help="make every member equal to the chosen one (full rebuild from it)")
-    p.add_argument(
-        "--source",
-        required=True,
-        metavar="DISK|auto",
-        help="the member to keep; auto: the disk the firmware booted from",
-    )
-    p.add_argument("--backup-dir", default=BACKUP_DIR, help=f"where overwritten files are kept (default {BACKUP_DIR})")
-    _changing(p)
-    p = sub.add_parser("replace", help="replace a failed or missing member with a new disk")
-    p.add_argument("--old", required=True, metavar="DISK|missing", help="the member to replace, or missing")
-    p.add_argument("--new", required=True, metavar="DISK", help="the new (blank) disk")
-    p.add_argument("--wipe", action="store_true", help="erase an existing partition table on the new disk")
-    _changing(p)
-    p = sub.add_parser("add", help="grow the mirror by one member")
-    p.add_argument("--disk", required=True, metavar="DISK", help="the new (blank) disk")
-    p.add_argument("--wipe", action="store_true", help="erase an existing partition table on the disk")
-    _changing(p)
-    p = sub.add_parser("entries", help="one firmware boot entry per member, ours first, stale ones removed")
-    _changing(p)
+    named = next((a for a in argv if not a.startswith("-")), None)
+    for name, text in _COMMANDS.items():
+        p = sub.add_parser(name, help=text, description=text)
+        if named in (name, None) or named not in _COMMANDS:
+            _options(name, p)
     return parser
 
 
@@ -120,7 +134,7 @@ def main(
 ) -> int:
     out, err, stdin = out or sys.stdout, err or sys.stderr, stdin or sys.stdin
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser().parse_args(argv)
+    args = _parser(argv).parse_args(argv)
     args.command_line = shlex.join(["esp-mirror", *argv])  # who holds the lock, for a second run
     try:
         return _run(args, out, stdin, runner, host_view)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -159,6 +160,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@functools.cache
 def _yaml_fields(cls: type) -> dict[str, Any]:
     """The fields of a profile dataclass that a YAML file sets, with their resolved types."""
     hints = typing.get_type_hints(cls)

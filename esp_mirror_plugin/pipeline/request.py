@@ -11,6 +11,7 @@ profile's default (:meth:`Request.resolve`).
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import platform
 import re
@@ -128,9 +129,14 @@ def default_of(name: str) -> Any:
     return next(f.default for f in fields(Request) if f.name == name)
 
 
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(Request)
+
+
 def choices(name: str) -> tuple[str, ...]:
     """The values a CHOICE setting takes (its field's StrEnum)."""
-    return tuple(str(c.value) for c in _enum_of(typing.get_type_hints(Request)[name]))
+    return tuple(str(c.value) for c in _enum_of(_hints()[name]))
 
 
 CONFIG_KEYS = frozenset(settings())
@@ -172,7 +178,7 @@ def load_config(path: str) -> dict[str, Any]:
 def coerce(values: dict[str, Any], where: str) -> dict[str, Any]:
     """Turn loosely typed settings (YAML or CLI) into Request field values, by each one's kind."""
     table = settings()
-    hints = typing.get_type_hints(Request)
+    hints = _hints()
     out = dict(values)
     for key, value in values.items():
         if value is None:

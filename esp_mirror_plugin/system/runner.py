@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 A = TypeVar("A")  # an argument: a string, or a planned value (steps.Var)
@@ -107,6 +107,9 @@ class Runner(Protocol):
 
 def which_in_root(tool: str, root: str = "/") -> str | None:
     """Find ``tool`` on :data:`SEARCH_PATH` as seen from inside ``root`` (links resolved there)."""
+    if os.path.normpath(root) == "/":
+        found = shutil.which(tool, path=SEARCH_PATH)
+        return os.path.join(os.path.dirname(found), tool) if found else None
     from esp_mirror_plugin.system.files import resolve_in_root
 
     for directory in SEARCH_PATH.split(":"):
@@ -168,47 +171,3 @@ def _text(data: bytes | str | None) -> str:
     if data is None:
         return ""
     return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-
-
-class UnexpectedCommand(AssertionError):
-    """A test ran a command it did not script: tests never reach the real machine."""
-
-
-Responder = Callable[[tuple[str, ...]], "Result | None"]
-
-
-@dataclass
-class RecordingRunner(CheckedRunner):
-    """A runner for tests and dry tooling: records every argv and answers from a script.
-
-    ``responses`` maps an exact (chroot-prefixed) argv to its result; ``responders`` are tried in
-    order for argv not in the map. Anything else raises :class:`UnexpectedCommand`.
-    ``tools`` is the set of programs :meth:`which` pretends exist (None: all of them).
-    """
-
-    responses: dict[tuple[str, ...], Result] = field(default_factory=dict)
-    responders: list[Responder] = field(default_factory=list)
-    tools: set[str] | None = None
-    calls: list[tuple[str, ...]] = field(default_factory=list)
-
-    def script(self, argv: Sequence[str], stdout: str = "", returncode: int = 0, stderr: str = "") -> None:
-        argv = tuple(argv)
-        self.responses[argv] = Result(argv, returncode, stdout, stderr)
-
-    def _run(self, real: tuple[str, ...], env: Mapping[str, str] | None, timeout: float | None) -> Result:
-        self.calls.append(real)
-        return self._answer(real)
-
-    def _answer(self, real: tuple[str, ...]) -> Result:
-        if real in self.responses:
-            return self.responses[real]
-        for responder in self.responders:
-            result = responder(real)
-            if result is not None:
-                return result
-        raise UnexpectedCommand(f"unscripted command: {real!r}")
-
-    def which(self, tool: str, root: str = "/") -> str | None:
-        if self.tools is None or tool in self.tools:
-            return f"/usr/sbin/{tool}"
-        return None

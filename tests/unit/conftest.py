@@ -36,7 +36,8 @@ from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import Command, Group
 from esp_mirror_plugin.system import lock
 from esp_mirror_plugin.system.discovery import HostView
-from esp_mirror_plugin.system.runner import RecordingRunner, Result, ShRunner, UnexpectedCommand, full_argv
+from esp_mirror_plugin.system.recording import RecordingRunner, UnexpectedCommand
+from esp_mirror_plugin.system.runner import Result, ShRunner, full_argv
 from esp_mirror_plugin.upkeep import commands as upkeep_commands
 from esp_mirror_plugin.upkeep.record import Record
 

@@ -22,7 +22,8 @@ from esp_mirror_plugin.pipeline.steps import (
     WaitForPartition,
     WriteFile,
 )
-from esp_mirror_plugin.system.runner import RecordingRunner, Result
+from esp_mirror_plugin.system.recording import RecordingRunner
+from esp_mirror_plugin.system.runner import Result
 
 
 class EnvRecordingRunner(RecordingRunner):

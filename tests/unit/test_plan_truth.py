@@ -21,7 +21,8 @@ from esp_mirror_plugin.pipeline.execute import Applier, PlanRecorder
 from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import CopyFile, EditBlock, Group, WriteFile
 from esp_mirror_plugin.system import files, lock
-from esp_mirror_plugin.system.runner import CommandFailed, RecordingRunner
+from esp_mirror_plugin.system.recording import RecordingRunner
+from esp_mirror_plugin.system.runner import CommandFailed
 
 # -- a plan by a user who cannot read the disks -------------------------------------------------
 

@@ -6,7 +6,8 @@ import io
 import json
 
 from esp_mirror_plugin import cli
-from esp_mirror_plugin.system.runner import RecordingRunner, Result
+from esp_mirror_plugin.system.recording import RecordingRunner
+from esp_mirror_plugin.system.runner import Result
 
 
 def test_relative_image_paths_and_efi_image_are_taken_from_the_working_directory(tmp_path, monkeypatch):

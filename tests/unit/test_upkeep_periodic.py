@@ -17,7 +17,8 @@ from esp_mirror_plugin.pipeline import profiles
 from esp_mirror_plugin.pipeline.execute import Applier
 from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import Command, Group, WriteFile
-from esp_mirror_plugin.system.runner import RecordingRunner, Result
+from esp_mirror_plugin.system.recording import RecordingRunner
+from esp_mirror_plugin.system.runner import Result
 from esp_mirror_plugin.system.target import Target
 from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.record import Record

@@ -17,7 +17,8 @@ import pytest
 from conftest import FAT_MTIME, FSCK_DIRTY, assert_upkeep_only_read, fast_applier, guid_of, upkeep_changes
 
 from esp_mirror_plugin.errors import StepFailed
-from esp_mirror_plugin.system.runner import RecordingRunner, Result
+from esp_mirror_plugin.system.recording import RecordingRunner
+from esp_mirror_plugin.system.runner import Result
 from esp_mirror_plugin.upkeep import compare
 from esp_mirror_plugin.upkeep import plans as upkeep
 from esp_mirror_plugin.upkeep.compare import Difference, FileInfo

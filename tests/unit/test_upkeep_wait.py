@@ -12,7 +12,7 @@ from conftest import FakeClock, Mirror
 from esp_mirror_plugin.errors import StepFailed
 from esp_mirror_plugin.pipeline.execute import Applier
 from esp_mirror_plugin.pipeline.steps import Group, WaitForSync
-from esp_mirror_plugin.system.runner import RecordingRunner
+from esp_mirror_plugin.system.recording import RecordingRunner
 
 RECOVERY = WaitForSync("/dev/md/esp", clean=True, why="recovery copies the ESP onto /dev/vdc1")
 CHECK = WaitForSync("/dev/md/esp", why="the check reads the whole ESP")
