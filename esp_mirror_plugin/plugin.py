@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from esp_mirror_plugin import hookimpl
 from esp_mirror_plugin.hooks import bootloader as boot
-from esp_mirror_plugin.hooks import initramfs, partition, periodic, raid
+from esp_mirror_plugin.hooks import initramfs, installed, partition, raid
 from esp_mirror_plugin.pipeline.context import Context
 
 
@@ -19,11 +19,7 @@ def pre_partition(ctx: Context) -> None:
 
 @hookimpl
 def post_format(ctx: Context) -> None:
-    ctx.execute(
-        "post_format",
-        raid.plan(ctx.request, ctx.profile, ctx.layout, ctx.target)
-        + periodic.plan(ctx.request, ctx.profile, ctx.target),
-    )
+    ctx.execute("post_format", raid.plan(ctx.request, ctx.profile, ctx.layout, ctx.target))
 
 
 @hookimpl
@@ -35,3 +31,7 @@ def initramfs_config(ctx: Context) -> None:
 def bootloader(ctx: Context) -> None:
     steps, notes = boot.plan(ctx.request, ctx.profile, ctx.layout, ctx.snapshot, ctx.target)
     ctx.execute("bootloader", steps, notes)
+    setup = installed.Setup(
+        ctx.profile, ctx.target, ctx.layout.array_uuid, ctx.request.mountpoint, ctx.request.bootloader
+    )
+    ctx.execute(installed.GROUP, *installed.plan(setup))

@@ -24,10 +24,19 @@ def hand_recipe_argv(efi_image: Path, devices: Sequence[str]) -> list[str]:
 
 
 def esp_mirror_apply_argv(
-    efi_image: Path, devices: Sequence[str], cli: Path = ESP_MIRROR_CLI, *, target: str = "/", initramfs: str = "skip"
+    efi_image: Path,
+    devices: Sequence[str],
+    cli: Path = ESP_MIRROR_CLI,
+    *,
+    target: str = "/",
+    initramfs: str = "skip",
+    verb: str = "apply",
 ) -> list[str]:
-    """Return the esp-mirror command equivalent to the hand recipe (default target: the running guest)."""
-    argv = [str(cli), "apply", "--yes", "--profile", "debian"]
+    """Return the esp-mirror command equivalent to the hand recipe (default target: the running guest).
+
+    ``verb="plan"`` gives the same command's plan, which reads every module ``apply`` does.
+    """
+    argv = [str(cli), verb, *(["--yes"] if verb == "apply" else []), "--profile", "debian"]
     for device in devices:
         argv += ["--disk", device]
     return [*argv, "--target", target, "--bootloader", "efi", "--efi-image", str(efi_image), "--initramfs", initramfs]

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from esp_mirror_plugin.system.runner import Runner
 
 BACKUP_DIR = "/var/lib/esp-mirror"
-UPKEEP = ("status", "check", "repair", "replace", "add", "entries")
+UPKEEP = ("status", "check", "repair", "replace", "add", "entries", "heal", "refresh")
 AFTER_FAILURE = {
     "check": "The mirror was not changed; run `esp-mirror check` again once the cause is fixed.",
 }
@@ -74,6 +74,8 @@ _COMMANDS: dict[str, str] = {
     "replace": "replace a failed or missing member with a new disk",
     "add": "grow the mirror by one member",
     "entries": "one firmware boot entry per member, ours first, stale ones removed",
+    "heal": "put members of the array that are present but out of it back in (run at boot and on hot-plug)",
+    "refresh": "write the installed system's esp-mirror, heal units and upgrade settings again",
 }
 
 
@@ -103,9 +105,17 @@ def _options(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--new", required=True, metavar="DISK", help="the new (blank) disk")
     elif name == "add":
         p.add_argument("--disk", required=True, metavar="DISK", help="the new (blank) disk")
+    elif name == "heal":
+        p.add_argument("--why", choices=("boot", "hot-plug", "hand"), default="hand",
+                       help="what started it, for the history line (default: hand)")  # fmt: skip
+        p.add_argument("--device", metavar="PARTITION", help="look at this partition only (hot-plug)")
+        p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                       help="wait this long for the array to be running (at boot; default 0)")  # fmt: skip
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--dry-run", action="store_true", help="show what would be done, change nothing")
     if name in ("replace", "add"):
         p.add_argument("--wipe", action="store_true", help="erase an existing partition table on the new disk")
-    if name in ("repair", "replace", "add", "entries"):
+    if name in ("repair", "replace", "add", "entries", "refresh"):
         _changing(p)
 
 

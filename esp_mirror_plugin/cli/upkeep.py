@@ -1,4 +1,5 @@
-"""The upkeep commands on the command line: status, check, repair, replace, add, entries.
+"""The upkeep commands on the command line: status, check, repair, replace, add, entries, heal,
+refresh.
 
 What each one does is in :mod:`esp_mirror_plugin.upkeep.commands`; here it is shown (text or
 ``--json``), confirmed, and carried out through the same executor as apply. All but ``status``
@@ -16,14 +17,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from esp_mirror_plugin.cli.interact import confirmed
+from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline.execute import Applier
 from esp_mirror_plugin.pipeline.preflight import Preflight
+from esp_mirror_plugin.pipeline.steps import Group
 from esp_mirror_plugin.system import lock
 from esp_mirror_plugin.system.discovery import HostView
 from esp_mirror_plugin.system.runner import Runner, ShRunner
-from esp_mirror_plugin.upkeep import commands, compare, plans
+from esp_mirror_plugin.upkeep import commands, compare, heal, history, plans
 from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.mirror import MirrorState, read_mirror
+
+HEAL_LOCK_WAIT = 300.0  # at boot, heal may queue behind a check or another heal's recovery
 
 
 def run(args: argparse.Namespace, out: TextIO, stdin: TextIO, runner: Runner | None, host: HostView | None) -> int:
@@ -31,7 +36,9 @@ def run(args: argparse.Namespace, out: TextIO, stdin: TextIO, runner: Runner | N
     host = host or HostView()
     if args.command == "status":
         return _status(args, read_mirror(runner, records.load(host.sysroot), host), out)
-    with lock.held(args.command_line):
+    with lock.held(args.command_line, wait=HEAL_LOCK_WAIT if args.command == "heal" else None):
+        if args.command == "heal":
+            return _heal(args, runner, host, out)
         state = read_mirror(runner, records.load(host.sysroot), host)
         if args.command == "check":
             return _check(args, state, runner, host, out)
@@ -40,6 +47,8 @@ def run(args: argparse.Namespace, out: TextIO, stdin: TextIO, runner: Runner | N
         if args.command in ("replace", "add"):
             new, old = (args.new, args.old) if args.command == "replace" else (args.disk, None)
             planned = commands.plan_new_member(runner, host, state, new, old, args.wipe, args.command)
+        elif args.command == "refresh":
+            planned = commands.plan_refresh(state, host.sysroot)
         else:
             planned = commands.plan_entries(runner, host, state)
         return _carry_out(args, state, planned, runner, host, out, stdin)
@@ -92,6 +101,7 @@ def status_json(state: MirrorState) -> dict[str, Any]:
         "loader_device_partuuid": state.loader_partuuid,
         "booted_disk": booted.disk if booted else None,
         "busy": lock.holder(),
+        "last_event": state.last_event,
     }
 
 
@@ -133,6 +143,8 @@ def _status(args: argparse.Namespace, state: MirrorState, out: TextIO) -> int:
             + (f" from {booted.disk}" if booted else " (not from a member of ours)"),
             file=out,
         )
+    if state.last_event:
+        print(f"last event: {state.last_event}", file=out)
     busy = lock.holder()
     if busy:
         print(f"busy: {busy} (the state above may be changing)", file=out)
@@ -184,6 +196,50 @@ def _print_differences(diffs: list[compare.Difference], out: TextIO) -> None:
             print(f"    {node}: {desc}", file=out)
 
 
+# -- heal --------------------------------------------------------------------------------------
+
+
+def _heal(args: argparse.Namespace, runner: Runner, host: HostView, out: TextIO) -> int:
+    """Members of ours that are present but out of the array go back in (no confirmation: it is
+    meant to run unattended, and takes back only what the superblocks say is ours and older).
+    Exit 0 when the array has all it can get, 1 when a member of ours was left out."""
+    record = records.load(host.sysroot)
+    if record is None:
+        raise BadInput("no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): nothing to heal")
+    array = heal.wait_for_array(runner, host, record, args.wait)
+    found = heal.find(runner, host, array, args.device)
+    group = Group("heal", found.steps(), found.left_out)
+    Preflight(runner, commands.install_hint_of(record)).check(group)
+    shown = io.StringIO() if args.json else out
+    report: dict[str, Any] = {
+        "array": array.device,
+        "add": [r.node for r in found.add],
+        "left_out": list(found.left_out),
+        "plan": group.to_json(),
+        "applied": False,
+        "event": None,
+    }
+    if args.dry_run:
+        print(group.render(), end="", file=shown)
+    elif found.add or found.left_out:
+        started = time.monotonic()
+        Applier(runner, shown, host=host, exists=host.exists).execute(group)
+        report["applied"] = True
+        report["event"] = history.append(host.sysroot, heal.event_line(found, args.why, time.monotonic() - started))
+        print(report["event"], file=shown)
+    else:
+        missing = array.degraded
+        print(
+            f"nothing to heal: {array.device} has {array.raid_disks - missing} of {array.raid_disks} members"
+            + (" and no partition here carries a missing one" if missing else ""),
+            file=shown,
+        )
+    if args.json:
+        json.dump(report, out, indent=2)
+        print(file=out)
+    return 1 if found.left_out else 0
+
+
 # -- changing commands -------------------------------------------------------------------------
 
 
@@ -211,7 +267,7 @@ def _carry_out(
 ) -> int:
     """Check the plan (:mod:`~esp_mirror_plugin.pipeline.preflight`); show it; with --dry-run stop;
     else confirm, run what must come first (keeping backups), and apply. JSON gets the plan too."""
-    preflight = Preflight(runner, commands.install_hint(state))
+    preflight = Preflight(runner, commands.install_hint_of(state.record))
     for group in planned.groups:
         preflight.check(group)
     shown = io.StringIO() if args.json else out

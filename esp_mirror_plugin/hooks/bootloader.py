@@ -61,6 +61,16 @@ def loader_path(request: Resolved, profile: Profile, has_shim: bool) -> str:
     return f"\\EFI\\{request.loader_id}\\{name}"
 
 
+def kind_of_loader(loader: str) -> BootloaderKind:
+    """The bootloader kind a recorded loader path belongs to (systemd-boot, ZFSBootMenu; GRUB and
+    plain images are told apart by nothing that matters after install)."""
+    if loader.lower().startswith("\\efi\\systemd\\"):
+        return BootloaderKind.SYSTEMD_BOOT
+    if loader.upper().startswith("\\EFI\\ZBM\\"):
+        return BootloaderKind.ZFSBOOTMENU
+    return BootloaderKind.GRUB
+
+
 def _fill(arg: str, values: dict[str, str]) -> str:
     for key, value in values.items():
         arg = arg.replace(key, value)

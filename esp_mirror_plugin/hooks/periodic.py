@@ -3,24 +3,25 @@
 Where the distribution ships an md check (Debian's checkarray cron job, mdcheck timers, Fedora's
 raid-check.timer) it is enabled; elsewhere esp-mirror installs its own weekly `esp-mirror check`,
 which also compares the members' files and exits non-zero on drift (a failed unit, a syslog line).
+It runs the esp-mirror that apply put on the installed system (:mod:`.installed`).
 """
 
 from __future__ import annotations
 
+from esp_mirror_plugin.hooks.heal import PROGRAM
 from esp_mirror_plugin.pipeline.kinds import OwnCheck
 from esp_mirror_plugin.pipeline.profiles import Profile
-from esp_mirror_plugin.pipeline.request import Resolved
 from esp_mirror_plugin.pipeline.steps import Command, Step, WriteFile
 from esp_mirror_plugin.system.target import Target
 
-SERVICE = """\
+SERVICE = f"""\
 [Unit]
 Description=Check the mirrored EFI System Partition (md consistency and member files)
 Documentation=man:mdadm(8)
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/env esp-mirror check
+ExecStart={PROGRAM} check
 """
 
 TIMER = """\
@@ -36,19 +37,18 @@ Persistent=true
 WantedBy=timers.target
 """
 
-CRON = """\
+CRON = f"""\
 #!/bin/sh
 # esp-mirror: weekly check of the mirrored EFI System Partition; drift is logged to syslog.
-esp-mirror check 2>&1 | logger -t esp-mirror
+{PROGRAM} check 2>&1 | logger -t esp-mirror
 """
 
 _CRON_DIRS = {OwnCheck.CRON_WEEKLY: "etc/cron.weekly", OwnCheck.PERIODIC_WEEKLY: "etc/periodic/weekly"}
 
 
-def plan(request: Resolved, profile: Profile, target: Target) -> tuple[Step, ...]:
+def plan(profile: Profile, target: Target) -> tuple[Step, ...]:
     steps: list[Step] = [
-        Command(argv, root=request.target, why="the distribution's periodic md check")
-        for argv in profile.periodic_check
+        Command(argv, root=target.root, why="the distribution's periodic md check") for argv in profile.periodic_check
     ]
     why = "esp-mirror's own weekly check (the distribution ships none)"
     if profile.own_check is OwnCheck.SYSTEMD_TIMER:
@@ -56,7 +56,7 @@ def plan(request: Resolved, profile: Profile, target: Target) -> tuple[Step, ...
             WriteFile(target.path(f"etc/systemd/system/{name}"), text, why=why, root=target.root)
             for name, text in (("esp-mirror-check.service", SERVICE), ("esp-mirror-check.timer", TIMER))
         ]
-        steps.append(Command(("systemctl", "enable", "esp-mirror-check.timer"), root=request.target, why=why))
+        steps.append(Command(("systemctl", "enable", "esp-mirror-check.timer"), root=target.root, why=why))
     elif profile.own_check in _CRON_DIRS:
         steps.append(
             WriteFile(

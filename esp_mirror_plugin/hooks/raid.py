@@ -96,8 +96,6 @@ def plan(request: Resolved, profile: Profile, layout: Layout, target: Target) ->
             why="one fstab line for the ESP, by the array's FAT UUID",
         )
     )
-    for argv in profile.boot_assembly:
-        steps.append(Command(argv, root=request.target, why="assemble md arrays at boot"))
     if layout.array_action != "keep":
         steps.append(
             Command(

@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from esp_mirror_plugin.pipeline.steps import CopyFile, EditBlock, Group, WriteFile
+from esp_mirror_plugin.pipeline.steps import CopyFile, EditBlock, Group, InstallProgram, WriteFile
 from esp_mirror_plugin.system import files
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ def plan_digest(ctx: Context, groups: list[Group]) -> str:
     edited = {}
     for group in groups:
         for step in group.steps:
-            if isinstance(step, EditBlock | WriteFile | CopyFile):
+            if isinstance(step, EditBlock | WriteFile | CopyFile | InstallProgram):
                 path = step.dest if isinstance(step, CopyFile) else step.path
                 edited[path] = _file_state(step.root, path)
     document = {

@@ -18,10 +18,12 @@ from typing import Protocol, TextIO
 
 from esp_mirror_plugin.errors import StepFailed
 from esp_mirror_plugin.pipeline.steps import (
+    AddMember,
     Command,
     CopyFile,
     EditBlock,
     Group,
+    InstallProgram,
     MakeDir,
     Settle,
     Step,
@@ -109,6 +111,10 @@ class Applier:
         return files.write_atomic(files.resolve_in_root(step.root, step.path), step.content, step.mode)
 
     @_apply.register
+    def _(self, step: InstallProgram, group: str) -> bool:
+        return files.write_atomic(files.resolve_in_root(step.root, step.path), step.data, step.mode, preserve=False)
+
+    @_apply.register
     def _(self, step: EditBlock, group: str) -> bool:
         return files.edit_block(files.resolve_in_root(step.root, step.path), step.block, step.mode)
 
@@ -162,6 +168,19 @@ class Applier:
             if self.clock() >= deadline:
                 return False
             self.sleep(0.1)
+
+    @_apply.register
+    def _(self, step: AddMember, group: str) -> bool:
+        try:
+            self.runner.run(("mdadm", step.device, "--re-add", step.node))
+            return True
+        except CommandFailed as exc:
+            print(f"  [{group}]   no re-add ({exc.stderr_line}): a full --add", file=self.out, flush=True)
+        try:
+            self.runner.run(("mdadm", step.device, "--add", step.node))
+        except CommandFailed as exc:
+            raise StepFailed(group, step.describe(), exc.result.describe()) from None
+        return True
 
     @_apply.register
     def _(self, step: WaitForSync, group: str) -> bool:

@@ -53,3 +53,11 @@ class OwnCheck(StrEnum):
     SYSTEMD_TIMER = "systemd-timer"  # esp-mirror-check.timer, weekly; output in the journal
     CRON_WEEKLY = "cron-weekly"  # /etc/cron.weekly/esp-mirror-check; output to syslog
     PERIODIC_WEEKLY = "periodic-weekly"  # Alpine's /etc/periodic/weekly/esp-mirror-check
+
+
+class Init(StrEnum):
+    """The installed system's init: where esp-mirror's units, scripts and settings go."""
+
+    SYSTEMD = "systemd"  # units, drop-ins, udev rules with SYSTEMD_WANTS
+    OPENRC = "openrc"  # /etc/local.d scripts run by the "local" service
+    RUNIT = "runit"  # /etc/rc.local, run by Void's runit core services at boot

@@ -15,10 +15,12 @@ from pathlib import Path
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline.steps import (
+    AddMember,
     Command,
     CopyFile,
     EditBlock,
     Group,
+    InstallProgram,
     MakeDir,
     Step,
     WaitForPartition,
@@ -47,6 +49,8 @@ class Preflight:
             self._command(step)
         elif isinstance(step, WaitForPartition):
             self._program("partx", "/")
+        elif isinstance(step, AddMember):
+            self._program("mdadm", "/")
         elif isinstance(step, EditBlock):
             path = self._resolved(step.root, step.path)
             text = read_text(path, step.path)
@@ -55,8 +59,8 @@ class Preflight:
             except ValueError as exc:
                 raise BadInput(f"{step.path} {exc}") from None
             self.written.add(str(path))
-        elif isinstance(step, WriteFile | CopyFile):
-            dest = step.path if isinstance(step, WriteFile) else step.dest
+        elif isinstance(step, WriteFile | CopyFile | InstallProgram):
+            dest = step.dest if isinstance(step, CopyFile) else step.path
             path = self._resolved(step.root, dest)
             if path.is_dir():
                 raise BadInput(f"{dest} is a directory: move it away; esp-mirror writes a file there")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.pipeline.kinds import BootloaderKind, Generator, OwnCheck
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind, Generator, Init, OwnCheck
 
 # The YAML mirrors these dataclasses: a key per field, a mapping per nested dataclass. Their type
 # hints ARE the schema (:func:`_check`): str, bool, a StrEnum (one of its values), Argv (a
@@ -68,6 +68,10 @@ class Profile:
     periodic_check: tuple[Argv, ...]  # enable the distribution's own md check
     own_check: OwnCheck  # where the distribution has none: esp-mirror's own weekly check
     packages: Packages
+    init: Init  # the installed system's init: how heal runs at boot and on hot-plug
+    # debconf answers for package upgrades ("owner question" -> "type value"; {array_uuid} is
+    # filled in): what GRUB's and shim's maintainer scripts read before they run grub-install
+    debconf: Mapping[str, str] = field(default_factory=dict)
     name: str = field(default="", metadata=NOT_IN_YAML)
     source: str = field(default="", metadata=NOT_IN_YAML)
 

@@ -6,6 +6,7 @@ and running read the same object, so a plan cannot differ from what apply does.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +107,38 @@ class WriteFile:
 
 
 @dataclass(frozen=True)
+class InstallProgram:
+    """Write a program esp-mirror owns (its zip application), whole, with ``mode``. The plan
+    shows what it is, its size and sha256; unchanged content means no write."""
+
+    path: str
+    data: bytes = field(repr=False)
+    summary: str
+    why: str
+    mode: int = 0o755
+    root: str = "/"
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    def describe(self) -> str:
+        size = f"{len(self.data)} bytes, sha256 {self.sha256}"
+        return f"install {self.path} (mode {self.mode:04o}): {self.summary}; {size}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "install-program",
+            "path": self.path,
+            "mode": f"{self.mode:04o}",
+            "summary": self.summary,
+            "size": len(self.data),
+            "sha256": self.sha256,
+            "why": self.why,
+        }
+
+
+@dataclass(frozen=True)
 class EditBlock:
     """Own one marked block inside a file someone else owns; the rest of the file is untouched.
 
@@ -188,6 +221,23 @@ class WaitForPartition:
 
 
 @dataclass(frozen=True)
+class AddMember:
+    """Put ``node`` back into ``device``: ``--re-add`` (md copies only what changed when it has a
+    write-intent bitmap), and when md refuses that, ``--add`` (a full recovery)."""
+
+    device: str
+    node: str
+    why: str
+
+    def describe(self) -> str:
+        device, node = shlex.quote(self.device), shlex.quote(self.node)
+        return f"mdadm {device} --re-add {node} || mdadm {device} --add {node}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "add-member", "device": self.device, "node": self.node, "why": self.why}
+
+
+@dataclass(frozen=True)
 class WaitForSync:
     """Wait, showing progress, until the array's resync/recovery/check has finished.
 
@@ -222,7 +272,18 @@ class Settle:
         return {"kind": "settle", "timeout": self.timeout, "why": self.why}
 
 
-Step = Command | WriteFile | EditBlock | CopyFile | MakeDir | WaitForPartition | WaitForSync | Settle
+Step = (
+    Command
+    | WriteFile
+    | InstallProgram
+    | EditBlock
+    | CopyFile
+    | MakeDir
+    | WaitForPartition
+    | AddMember
+    | WaitForSync
+    | Settle
+)
 
 
 @dataclass(frozen=True)

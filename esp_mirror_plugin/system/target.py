@@ -10,6 +10,7 @@ in the target never leads onto the host.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,33 @@ from esp_mirror_plugin.system import files
 from esp_mirror_plugin.system.runner import which_in_root
 
 UNIT_DIRS = ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
+PYTHON_MIN = (3, 11)
+# A few standard library modules esp-mirror imports: a "minimal" Python (Debian's python3-minimal,
+# an image's stripped interpreter) has os.py but not all of them.
+_STDLIB = ("argparse", "dataclasses", "json", "subprocess", "zipfile")  # a module.py or a package
+_LIBS = ("usr/lib", "usr/lib64", "usr/local/lib")
+_VERSIONED = re.compile(r"^python(\d+)\.(\d+)$")
+
+
+@dataclass(frozen=True)
+class Python:
+    """The python3 that ``#!/usr/bin/env python3`` finds in the target."""
+
+    path: str  # as the target sees it: /usr/bin/python3
+    version: tuple[int, int] | None  # None: no standard library found for it
+    missing: str = ""  # a standard library module that is not there
+
+    @property
+    def usable(self) -> bool:
+        return self.version is not None and self.version >= PYTHON_MIN and not self.missing
+
+    def problem(self) -> str:
+        if self.version is None:
+            return f"{self.path} has no standard library under /usr/lib"
+        shown = ".".join(map(str, self.version))
+        if self.version < PYTHON_MIN:
+            return f"{self.path} is Python {shown}; esp-mirror needs {'.'.join(map(str, PYTHON_MIN))} or later"
+        return f"Python {shown} at {self.path} lacks its standard library ({self.missing} is missing)"
 
 
 @dataclass(frozen=True)
@@ -62,6 +90,54 @@ class Target:
     def has_unit(self, name: str) -> bool:
         """A systemd unit file of that name is installed or written in the target."""
         return any(self.resolve(f"{d}/{name}").exists() for d in UNIT_DIRS)
+
+    def python(self) -> Python | None:
+        """The target's python3 (on the PATH, as ``env`` finds it) with its version, or None."""
+        found = which_in_root("python3", self.root)
+        if found is None:
+            return None
+        named = _VERSIONED.match(self.resolve(found).name)
+        if named:
+            versions = [(int(named[1]), int(named[2]))]
+        else:  # a binary called python3: the newest standard library there is
+            versions = sorted(
+                {
+                    (int(m[1]), int(m[2]))
+                    for lib in _LIBS
+                    if self.resolve(lib).is_dir()
+                    for entry in self.resolve(lib).iterdir()
+                    if (m := _VERSIONED.match(entry.name))
+                },
+                reverse=True,
+            )
+        for version in versions:
+            for lib in _LIBS:
+                directory = f"{lib}/python{version[0]}.{version[1]}"
+                if self.exists(f"{directory}/os.py"):
+                    missing = next(
+                        (
+                            m
+                            for m in _STDLIB
+                            if not (self.exists(f"{directory}/{m}.py") or self.exists(f"{directory}/{m}/__init__.py"))
+                        ),
+                        "",
+                    )
+                    return Python(found, version, missing)
+        return Python(found, None)
+
+    def writable(self, rel: str) -> str | None:
+        """Why the file or directory ``rel`` cannot be written (a read-only file system, no write
+        permission for root), or None when it can. Only root's permissions are looked at as root."""
+        path = self.resolve(rel)
+        try:
+            flags = os.statvfs(path).f_flag
+        except OSError as exc:
+            return f"cannot look at it ({exc.strerror})"
+        if flags & os.ST_RDONLY:
+            return "it is on a read-only file system"
+        if os.geteuid() == 0 and not os.access(path, os.W_OK):
+            return "it is not writable (permissions or the immutable attribute)"
+        return None
 
     def has_program(self, name: str) -> bool:
         """``name`` is on the target's PATH (as the chroot would run it)."""

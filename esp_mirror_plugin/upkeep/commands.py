@@ -18,15 +18,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.hooks import bootentries
+from esp_mirror_plugin.hooks import bootentries, installed
 from esp_mirror_plugin.pipeline.execute import Applier
 from esp_mirror_plugin.pipeline.layout import MAX_DISKS, disk_tag
 from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.pipeline.steps import Group
 from esp_mirror_plugin.system.discovery import DiskFacts, HostView, describe_disks, read_mounts
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
-from esp_mirror_plugin.upkeep import compare, plans
+from esp_mirror_plugin.upkeep import compare, plans, settings
 from esp_mirror_plugin.upkeep.mirror import MemberState, MirrorState, read_mirror
+from esp_mirror_plugin.upkeep.record import Record
 
 WORK_DIR = "/run/esp-mirror"
 
@@ -48,11 +49,11 @@ class CheckResult:
     seconds: float
 
 
-def install_hint(state: MirrorState) -> Callable[[str], str]:
+def install_hint_of(record: Record | None) -> Callable[[str], str]:
     """How to install a missing program, from the profile apply recorded."""
-    if state.record is not None:
+    if record is not None:
         try:
-            return load_profile(state.record.profile).install_hint
+            return load_profile(record.profile).install_hint
         except BadInput:
             pass
     return lambda tool: f"your package manager (the package that has {tool})"
@@ -199,3 +200,13 @@ def plan_entries(runner: Runner, host: HostView, state: MirrorState) -> Planned:
     steps = plans.entry_steps(state, plans.entry_members(array, member_facts(runner, host, state)))
     notes = () if steps else ("NVRAM already holds one entry of ours per member, first in BootOrder",)
     return Planned([Group("entries", steps, notes)])
+
+
+def plan_refresh(state: MirrorState, root: str) -> Planned:
+    """The installed system's group (esp-mirror itself, heal, the periodic check, the upgrade
+    settings) planned again from the record, as apply planned it: after fwupd was installed, after
+    a package replaced a file, or to put this esp-mirror version there."""
+    array = plans.require_array(state)
+    assert state.record is not None  # require_array checked it
+    steps, notes = installed.plan(settings.setup(state.record, array.uuid, root))
+    return Planned([Group(installed.GROUP, steps, notes)])

@@ -19,7 +19,9 @@ from esp_mirror_plugin.system.discovery import (
     read_mounts,
 )
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
+from esp_mirror_plugin.upkeep import history
 from esp_mirror_plugin.upkeep.record import Record
+from esp_mirror_plugin.upkeep.settings import drift
 
 EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 LOADER_VENDOR = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
@@ -82,6 +84,8 @@ class MirrorState:
     entries: tuple[EntryState, ...]
     boot_current: str | None
     loader_partuuid: str | None  # LoaderDevicePartUUID: the partition this boot came from
+    settings: tuple[str, ...] = ()  # the installed system's settings that are not as esp-mirror writes them
+    last_event: str | None = None  # the history's last line ("... healed at boot: ...")
 
     @property
     def booted_member(self) -> MemberState | None:
@@ -127,6 +131,7 @@ class MirrorState:
             out.append(
                 f"the boot entries cannot be read (efibootmgr -v: {self.nvram_error}): check `efibootmgr -v` by hand"
             )
+        out += self.settings
         if self.efivars:
             for e in self.entries:
                 if e.entry is None:
@@ -165,6 +170,16 @@ def read_mirror(
     entries: tuple[EntryState, ...] = ()
     if array and record and boot is not None:
         entries = tuple(_entry_state(m, boot, mount, host) for m in array.members if m.usable)
+    settings: list[str] = []
+    if array and record:
+        try:
+            settings = drift(record, array.uuid, host.sysroot)
+        except OSError as exc:
+            settings = [f"cannot compare the installed system's settings ({exc}): run esp-mirror as root"]
+    try:
+        events = history.read(host.sysroot)
+    except OSError as exc:
+        events = [f"(the history {history.path_in(host.sysroot)} cannot be read: {exc.strerror})"]
     return MirrorState(
         record=record,
         array=array,
@@ -176,6 +191,8 @@ def read_mirror(
         entries=entries,
         boot_current=_boot_current(host),
         loader_partuuid=_loader_partuuid(host),
+        settings=tuple(settings),
+        last_event=events[-1] if events else None,
     )
 
 

@@ -31,7 +31,9 @@ import pytest
 from esp_mirror_plugin import cli
 from esp_mirror_plugin.cli import install as cli_install
 from esp_mirror_plugin.cli import upkeep as cli_upkeep
+from esp_mirror_plugin.hooks import installed
 from esp_mirror_plugin.pipeline import naming
+from esp_mirror_plugin.pipeline.execute import Applier
 from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import Command, Group
 from esp_mirror_plugin.system import lock
@@ -39,6 +41,7 @@ from esp_mirror_plugin.system.discovery import HostView
 from esp_mirror_plugin.system.recording import RecordingRunner, UnexpectedCommand
 from esp_mirror_plugin.system.runner import Result, ShRunner, full_argv
 from esp_mirror_plugin.upkeep import commands as upkeep_commands
+from esp_mirror_plugin.upkeep import settings
 from esp_mirror_plugin.upkeep.record import Record
 
 DATA = Path(__file__).parent / "data"
@@ -61,7 +64,7 @@ USER_MDADM_CONF = (
 
 
 TARGET_UNITS = ("raid-check.timer", "mdcheck_start.timer", "mdcheck_continue.timer")
-TARGET_OPENRC = ("mdraid", "mdadm-raid")
+TARGET_OPENRC = ("mdraid", "mdadm-raid", "local")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -192,11 +195,29 @@ class Machine:
         units.mkdir(parents=True)
         for unit in TARGET_UNITS:
             (units / unit).write_text("[Unit]\n")
+        self.add_target_python()
+        (self.target / "var/cache/debconf").mkdir(parents=True)  # debconf's database
         (self.target / "etc/init.d").mkdir()
         for service in TARGET_OPENRC:
             (self.target / "etc/init.d" / service).write_text("#!/sbin/openrc-run\n")
 
     # -- building the machine ------------------------------------------------------------------
+
+    def add_target_python(self, version: str = "3.11", missing: str = "", root: Path | None = None) -> None:
+        """python3 in the target (or ``root``): /usr/bin/python3 -> python{version}, its standard library."""
+        root = root or self.target
+        (root / "usr/bin").mkdir(parents=True, exist_ok=True)
+        binary = root / f"usr/bin/python{version}"
+        binary.write_text("")
+        binary.chmod(0o755)
+        link = root / "usr/bin/python3"
+        link.unlink(missing_ok=True)
+        link.symlink_to(f"python{version}")
+        lib = root / f"usr/lib/python{version}"
+        (lib / "json").mkdir(parents=True, exist_ok=True)
+        for module in ("os.py", "argparse.py", "dataclasses.py", "subprocess.py", "zipfile.py", "json/__init__.py"):
+            if module != missing:
+                (lib / module).write_text("")
 
     def _majmin(self, major: int, step: int = 1) -> str:
         minor = self._next_minor.get(major, 0)
@@ -469,9 +490,12 @@ class Machine:
         return Outcome(code, out.getvalue(), err.getvalue(), self.runner.calls[before:])
 
     def normalize(self, text: str) -> str:
-        """Output with this test's tmp dir written as @TMP@ and the plan digest (which covers
-        that path) as @DIGEST@, for comparison with fixed files."""
-        return re.sub(r"\bdigest [0-9a-f]{64}\b", "digest @DIGEST@", text.replace(str(self.root), "@TMP@"))
+        """Output with this test's tmp dir written as @TMP@, the plan digest (which covers that path)
+        as @DIGEST@ and esp-mirror's zip application as @ZIPAPP@, for comparison with fixed files."""
+        text = re.sub(r"\bdigest [0-9a-f]{64}\b", "digest @DIGEST@", text.replace(str(self.root), "@TMP@"))
+        # the zip application's contents (versions of the packages in this venv), size and checksum
+        zipapp = r"zip application \(.*?\), (.*?); \d+ bytes, sha256 [0-9a-f]{64}"
+        return re.sub(zipapp, r"zip application (@ZIPAPP@), \1", text)
 
 
 def _export(argv: tuple[str, ...], values: dict[str, str]) -> Result:
@@ -755,6 +779,17 @@ class Mirror(Machine):
         self._nvram_changed()
         (self.sysroot / "etc/esp-mirror").mkdir(parents=True)
         (self.sysroot / "etc/esp-mirror/esp-mirror.yaml").write_text(self.record.render())
+        self.add_target_python(root=self.sysroot)
+        self.write_installed_settings()
+
+    def write_installed_settings(self) -> None:
+        """The files of apply's "installed-system" group (esp-mirror itself, heal units, the debconf
+        answers), as apply left them on the installed system."""
+        steps, _ = installed.plan(settings.setup(self.record, ARRAY_UUID, str(self.sysroot)))
+        applier = Applier(self.runner, io.StringIO())
+        for step in steps:
+            if not isinstance(step, Command):
+                applier.execute(Group("installed-system", (step,)))
 
     # -- building the state ----------------------------------------------------------------------
 

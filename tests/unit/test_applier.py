@@ -240,6 +240,7 @@ def test_apply_on_image_files_runs_exactly_the_planned_commands_in_order(images)
         "post_format",
         "initramfs_config",
         "bootloader",
+        "installed-system",
         "cleanup",
     ]
     assert changing[0] == ("losetup", "--find", "--show", "--partscan", "/images/a.img")

@@ -54,7 +54,14 @@ def test_a_plugin_sees_the_four_hooks_once_each_in_order(ctx):
     groups = host.plan(ctx, pm)
     assert recorder.seen == ["pre_partition", "post_format", "initramfs_config", "bootloader"]
     assert ctx.state["recorder"] == recorder.seen
-    assert [g.name for g in groups] == ["pre_partition", "post_format", "initramfs_config", "bootloader", "cleanup"]
+    assert [g.name for g in groups] == [
+        "pre_partition",
+        "post_format",
+        "initramfs_config",
+        "bootloader",
+        "installed-system",
+        "cleanup",
+    ]
 
 
 def test_every_hookspec_has_esp_mirrors_implementation_and_check_pending_passes():
@@ -147,7 +154,8 @@ def test_an_installer_can_call_the_hooks_itself_with_keyword_arguments(ctx):
     ctx.executor = PlanRecorder()
     for name in host.HOOK_ORDER:
         getattr(pm.hook, name)(ctx=ctx)
-    assert [g.name for g in ctx.executor.groups] == list(host.HOOK_ORDER)
+    # the bootloader hook's own group, then what the installed system needs (planned last)
+    assert [g.name for g in ctx.executor.groups] == [*host.HOOK_ORDER, "installed-system"]
 
 
 def test_entry_point_plugins_load_unless_blocked_by_the_environment(monkeypatch):

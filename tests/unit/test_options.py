@@ -206,10 +206,20 @@ def test_grub_is_installed_with_a_tool_the_distribution_ships(two_disks, profile
     assert not any("grub-install" in c for c in cmds)
 
 
-def test_nothing_is_bind_mounted_when_nothing_runs_in_the_target(two_disks, efi_image):
+def test_binds_come_right_before_the_first_command_in_the_target_not_earlier(two_disks, efi_image):
     plan = plan_of(two_disks, "--bootloader", "efi", "--efi-image", str(efi_image), "--initramfs", "configure-only")
-    assert "setup" not in group_names(plan) and "cleanup" not in group_names(plan)
-    assert not any(c[0] == "chroot" for c in json_commands(plan))
+    # the payload is copied, the initramfs only configured: the first command in the target is the
+    # installed system's `systemctl enable esp-mirror-heal.service`, and the binds come right before it
+    steps = [(g["name"], s) for g in plan["groups"] for s in g["steps"]]
+    first = next(i for i, (_, s) in enumerate(steps) if s["kind"] == "command" and s["argv"][0] == "chroot")
+    assert steps[first][0] == "installed-system" and steps[first][1]["argv"][2:] == [
+        "systemctl",
+        "enable",
+        "esp-mirror-heal.service",
+    ]
+    binds = [i for i, (_, s) in enumerate(steps) if s["kind"] == "command" and s["argv"][:2] == ["mount", "--bind"]]
+    assert binds == [first - 3, first - 2, first - 1]
+    assert group_names(plan)[-1] == "cleanup"
 
 
 def test_existing_bind_mounts_in_the_target_are_reused_not_mounted_again(two_disks):

@@ -14,6 +14,9 @@ FIRST_LINE = {
     "copy-file": lambda s: f"copy {s['source']} -> {s['dest']}",
     "mkdir": lambda s: f"mkdir -p {shlex.quote(s['path'])}",
     "settle": lambda s: f"udevadm settle --timeout={s['timeout']} (where udev runs)",
+    "install-program": lambda s: (
+        f"install {s['path']} (mode {s['mode']}): {s['summary']}; {s['size']} bytes, sha256 {s['sha256']}"
+    ),
 }
 
 

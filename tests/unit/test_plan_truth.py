@@ -253,7 +253,13 @@ def test_tryfirst_and_trylast_place_a_plugins_hook_around_esp_mirrors(two_disks)
     pm.register(Ordered.Last())
     pm.register(Ordered())
     groups = [g.name for g in host.plan(ctx, pm)]
-    assert groups[-4:] == ["site-firmware-before", "bootloader", "site-inventory-after", "cleanup"]
+    assert groups[-5:] == [
+        "site-firmware-before",
+        "bootloader",
+        "installed-system",
+        "site-inventory-after",
+        "cleanup",
+    ]
     assert ctx.state["order"] == ["first", "last"]
 
 

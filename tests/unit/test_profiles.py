@@ -130,8 +130,8 @@ def test_a_user_profile_drives_the_plan(two_disks, user_profile):
 INVALID = [
     pytest.param(
         {"extends": "debian", "colour": "blue"},
-        "unknown key 'colour': allowed here are boot_assembly, bootloader, description, entry_label, "
-        "esp_mountpoint, extends, grub, initramfs, loader_id, mdadm_conf, own_check, packages, periodic_check",
+        "unknown key 'colour': allowed here are boot_assembly, bootloader, debconf, description, entry_label, "
+        "esp_mountpoint, extends, grub, init, initramfs, loader_id, mdadm_conf, own_check, packages, periodic_check",
         id="unknown-key",
     ),
     pytest.param(

@@ -15,7 +15,6 @@ from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import periodic
 from esp_mirror_plugin.pipeline import profiles
 from esp_mirror_plugin.pipeline.execute import Applier
-from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import Command, Group, WriteFile
 from esp_mirror_plugin.system.recording import RecordingRunner
 from esp_mirror_plugin.system.runner import Result
@@ -30,7 +29,7 @@ Documentation=man:mdadm(8)
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/env esp-mirror check
+ExecStart=/usr/local/sbin/esp-mirror check
 """
 TIMER = """\
 [Unit]
@@ -47,7 +46,7 @@ WantedBy=timers.target
 CRON = """\
 #!/bin/sh
 # esp-mirror: weekly check of the mirrored EFI System Partition; drift is logged to syslog.
-esp-mirror check 2>&1 | logger -t esp-mirror
+/usr/local/sbin/esp-mirror check 2>&1 | logger -t esp-mirror
 """
 OWN_TIMER = [
     ("write", "etc/systemd/system/esp-mirror-check.service", 0o644, SERVICE),
@@ -87,7 +86,7 @@ def test_every_profile_has_its_periodic_check_specified_here():
 
 @pytest.mark.parametrize("name", PERIODIC)
 def test_periodic_check_per_profile(name, tmp_path):
-    steps = periodic.plan(Request(disks=(), target=str(tmp_path)), profiles.load_profile(name), Target(str(tmp_path)))
+    steps = periodic.plan(profiles.load_profile(name), Target(str(tmp_path)))
     assert described(steps, str(tmp_path)) == PERIODIC[name]
 
 
@@ -95,7 +94,7 @@ def test_periodic_check_per_profile(name, tmp_path):
     ("name", "path"), [("void", "etc/cron.weekly/esp-mirror-check"), ("alpine", "etc/periodic/weekly/esp-mirror-check")]
 )
 def test_the_cron_job_is_written_executable(name, path, tmp_path):
-    steps = periodic.plan(Request(disks=(), target=str(tmp_path)), profiles.load_profile(name), Target(str(tmp_path)))
+    steps = periodic.plan(profiles.load_profile(name), Target(str(tmp_path)))
 
     Applier(RecordingRunner(), io.StringIO()).execute(Group("post_format", steps))
 
@@ -105,9 +104,7 @@ def test_the_cron_job_is_written_executable(name, path, tmp_path):
 
 def test_the_systemd_timer_is_written_and_enabled_in_the_target(tmp_path):
     runner = RecordingRunner(responders=[lambda argv: Result(argv, 0)])
-    steps = periodic.plan(
-        Request(disks=(), target=str(tmp_path)), profiles.load_profile("opensuse"), Target(str(tmp_path))
-    )
+    steps = periodic.plan(profiles.load_profile("opensuse"), Target(str(tmp_path)))
 
     Applier(runner, io.StringIO()).execute(Group("post_format", steps))
 
@@ -119,11 +116,13 @@ def test_the_systemd_timer_is_written_and_enabled_in_the_target(tmp_path):
     assert runner.calls == [("chroot", str(tmp_path), "systemctl", "enable", "esp-mirror-check.timer")]
 
 
-def test_the_periodic_check_is_planned_in_post_format_after_the_array(two_disks):
+def test_the_periodic_check_is_planned_last_with_the_installed_system_not_in_post_format(two_disks):
+    """An installer's target has no packages yet at post_format: the timers are enabled once it is
+    complete (the bootloader hook), in the installed-system group."""
     plan = json.loads(two_disks.cli("plan", "--json", *two_disks.args(), "--profile", "fedora").out)
-    post_format = json_commands(plan, "post_format")
-    assert post_format[-1] == ("chroot", str(two_disks.target), "systemctl", "enable", "raid-check.timer")
-    assert any(c[:2] == ("mdadm", "--create") for c in post_format[:-1])
+    enable = ("chroot", str(two_disks.target), "systemctl", "enable", "raid-check.timer")
+    assert enable in json_commands(plan, "installed-system")
+    assert enable not in json_commands(plan, "post_format")
 
 
 # -- the record ---------------------------------------------------------------------------------

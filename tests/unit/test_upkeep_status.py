@@ -345,6 +345,7 @@ def test_status_json_of_a_healthy_mirror(mirror):
         "loader_device_partuuid": None,
         "booted_disk": "/dev/vdb",
         "busy": None,
+        "last_event": None,
     }
 
 
@@ -389,6 +390,7 @@ def test_status_says_not_set_up_and_exits_2_without_record_or_array(machine, mon
         "loader_device_partuuid": None,
         "booted_disk": None,
         "busy": None,
+        "last_event": None,
     }
 
 

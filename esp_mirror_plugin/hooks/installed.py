@@ -1,0 +1,87 @@
+"""The installed system keeps the mirror whole on its own: the group "installed-system".
+
+Planned by the bootloader hook, last, when the target is fully installed (an installer has put
+the base system, the kernel, mdadm, Python and the bootloader packages there by then):
+
+- esp-mirror itself at /usr/local/sbin/esp-mirror: one zip application of this very version
+  (:mod:`esp_mirror_plugin.system.zipapp`), run by the target's python3. Without a usable
+  Python the plan says that upkeep runs from outside (a chroot from a rescue system), and a
+  profile whose periodic check is esp-mirror's own refuses: that check would fail every week.
+- md assembly at boot, where the init needs it enabled (OpenRC);
+- the periodic check (:mod:`.periodic`);
+- heal at boot and on hot-plug (:mod:`.heal`);
+- the settings package upgrades read (:mod:`.upgrades`).
+
+``esp-mirror refresh`` plans this same group on the running system from what apply recorded, and
+``status`` reports when a file of it differs from what it would write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.hooks import heal, periodic, upgrades
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind, OwnCheck
+from esp_mirror_plugin.pipeline.profiles import Profile
+from esp_mirror_plugin.pipeline.steps import Command, InstallProgram, Step
+from esp_mirror_plugin.system import zipapp
+from esp_mirror_plugin.system.target import Target
+
+GROUP = "installed-system"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What the group is planned from: apply's request, or refresh's record of it."""
+
+    profile: Profile
+    target: Target
+    array_uuid: str  # mdadm form
+    mountpoint: str
+    bootloader: BootloaderKind
+
+
+def program_step(target: Target) -> InstallProgram:
+    app = zipapp.build()
+    return InstallProgram(
+        target.path(heal.PROGRAM),
+        app.data,
+        app.summary(),
+        why="esp-mirror on the installed system: status, check, repair, replace, heal, refresh",
+        root=target.root,
+    )
+
+
+def plan(setup: Setup) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+    """(steps, notes) of the group.
+
+    :raises BadInput: no usable Python where the profile's own periodic check needs it, an
+        unwritable debconf database, a conflicting fwupd setting.
+    """
+    profile, target = setup.profile, setup.target
+    steps: list[Step] = []
+    notes: list[str] = []
+    python = target.python()
+    usable = python is not None and python.usable
+    if usable:
+        steps.append(program_step(target))
+    else:
+        why = python.problem() if python is not None else "the target has no python3"
+        if profile.own_check is not OwnCheck.NONE:
+            raise BadInput(
+                f"{why}, and the {profile.name} profile's weekly check runs esp-mirror there: install "
+                f"Python 3.11 or later in the target (`{profile.install_hint('python3')}`) and run again"
+            )
+        notes.append(
+            f"{why}: esp-mirror is not put on the installed system, so nothing heals a member that "
+            "comes back; run status, check, repair and heal from outside (a rescue system, chroot)"
+        )
+    steps += [Command(argv, root=target.root, why="assemble md arrays at boot") for argv in profile.boot_assembly]
+    steps += periodic.plan(profile, target)
+    if usable:
+        heal_steps, heal_notes = heal.plan(profile, target, setup.array_uuid)
+        steps += heal_steps
+        notes += heal_notes
+    upgrade_steps, upgrade_notes = upgrades.plan(profile, target, setup.array_uuid, setup.mountpoint, setup.bootloader)
+    return (*steps, *upgrade_steps), (*notes, *upgrade_notes)

@@ -1,0 +1,154 @@
+"""Settings that package upgrades read when they touch the ESP on their own, long after install.
+
+- debconf (Debian, Ubuntu): grub-efi-amd64, shim-signed and shim-helpers-amd64-signed run
+  ``grub-install`` from their maintainer scripts. The profile's answers make it leave NVRAM alone
+  (``grub2/update_nvram``: esp-mirror keeps one entry per disk, grub-install would collapse them
+  and call efibootmgr for the md device) and refresh ``\\EFI\\BOOT\\BOOTX64.EFI``
+  (``grub2/force_efi_extra_removable``). They are kept in /etc/esp-mirror/debconf.preseed and
+  loaded with ``debconf-set-selections``; the packages' scripts only read them.
+- bootctl refuses an ESP on md unless ``SYSTEMD_RELAX_ESP_CHECKS=1`` is in its environment
+  (systemd's docs/ENVIRONMENT.md). Debian's kernel hook ``zz-systemd-boot`` runs ``bootctl
+  is-installed`` and silently skips ``kernel-install`` when that fails;
+  systemd-boot-update.service runs ``bootctl update`` at boot. So the variable goes where each of
+  them gets its environment: a drop-in for that unit, systemd's DefaultEnvironment (services
+  such as unattended-upgrades) and /etc/environment (pam_env: logins, sudo, ssh).
+- fwupd does not find an ESP on md, or mounts a member (fwupd #3036, #5042, #7045, #7298): it is
+  told the mount point: ``EspLocation`` in /etc/fwupd/fwupd.conf (fwupd 1.9 and later) or
+  /etc/fwupd/daemon.conf (1.8.5 and later), ``OverrideESPMountPoint`` in uefi_capsule.conf
+  (up to 1.8.4; later 1.8 releases migrate it).
+"""
+
+from __future__ import annotations
+
+import configparser
+
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind, Init
+from esp_mirror_plugin.pipeline.profiles import Profile
+from esp_mirror_plugin.pipeline.steps import Command, EditBlock, Step, WriteFile
+from esp_mirror_plugin.system import files
+from esp_mirror_plugin.system.target import Target
+
+PRESEED = "/etc/esp-mirror/debconf.preseed"
+DEBCONF_DB = "var/cache/debconf"
+RELAX = "SYSTEMD_RELAX_ESP_CHECKS"
+
+# (file, section, key) fwupd reads the ESP's mount point from, by the files its version ships
+FWUPD_19 = (("etc/fwupd/fwupd.conf", "fwupd", "EspLocation"),)
+FWUPD_18 = (
+    ("etc/fwupd/daemon.conf", "fwupd", "EspLocation"),
+    ("etc/fwupd/uefi_capsule.conf", "uefi_capsule", "OverrideESPMountPoint"),
+)
+
+
+def debconf_lines(profile: Profile, array_uuid: str) -> str:
+    """The preseed file: one ``owner question type value`` line per answer."""
+    lines = [f"{question} {answer.replace('{array_uuid}', array_uuid)}" for question, answer in profile.debconf.items()]
+    return (
+        "# esp-mirror: answers for the GRUB and shim packages' maintainer scripts, so that an upgrade\n"
+        "# installs onto the mirrored ESP without touching NVRAM and refreshes the fallback path.\n"
+        "# Loaded with debconf-set-selections by esp-mirror apply and refresh.\n" + "".join(f"{x}\n" for x in lines)
+    )
+
+
+def _debconf(profile: Profile, target: Target, array_uuid: str) -> tuple[Step, ...]:
+    if not profile.debconf:
+        return ()
+    problem = target.writable(DEBCONF_DB) if target.exists(DEBCONF_DB) else None  # no debconf: preflight says so
+    if problem:
+        raise BadInput(
+            f"the debconf database {target.path(DEBCONF_DB)} cannot be written: {problem}; "
+            "make it writable (remount read-write, finish or kill a running apt/dpkg) and run again"
+        )
+    why = "package upgrades run grub-install onto the array: no NVRAM change, fallback path refreshed"
+    return (
+        WriteFile(target.path(PRESEED), debconf_lines(profile, array_uuid), why=why, root=target.root),
+        Command(("debconf-set-selections", PRESEED), root=target.root, why=why),
+    )
+
+
+def _relaxed_esp_checks(profile: Profile, target: Target, bootloader: BootloaderKind) -> tuple[Step, ...]:
+    if bootloader is not BootloaderKind.SYSTEMD_BOOT and not target.has_program("bootctl"):
+        return ()
+    why = f"bootctl accepts the ESP on md only with {RELAX}=1"
+    steps: list[Step] = [
+        EditBlock(target.path("etc/environment"), f"{RELAX}=1", why=why + " (logins, sudo: pam_env)", root=target.root)
+    ]
+    if profile.init is Init.SYSTEMD:
+        steps += [
+            WriteFile(
+                target.path("etc/systemd/system.conf.d/90-esp-mirror.conf"),
+                f"# esp-mirror: {why}\n[Manager]\nDefaultEnvironment={RELAX}=1\n",
+                why=why + " (services such as unattended-upgrades)",
+                root=target.root,
+            ),
+            WriteFile(
+                target.path("etc/systemd/system/systemd-boot-update.service.d/90-esp-mirror.conf"),
+                f"# esp-mirror: {why}\n[Service]\nEnvironment={RELAX}=1\n",
+                why=why + " (bootctl update at boot)",
+                root=target.root,
+            ),
+        ]
+    return tuple(steps)
+
+
+def fwupd_files(target: Target) -> tuple[tuple[str, str, str], ...]:
+    """(file, section, key) to set for the fwupd the target has; () when it has none."""
+    if target.exists(FWUPD_19[0][0]):
+        return FWUPD_19
+    if target.exists(FWUPD_18[0][0]):
+        return tuple(entry for entry in FWUPD_18 if target.exists(entry[0]))
+    return ()
+
+
+def _set_outside_block(text: str, section: str, key: str, shown: str) -> str | None:
+    """The value ``key`` has in ``[section]`` outside esp-mirror's block, or None."""
+    try:
+        rest = files.without_block(text)
+    except ValueError as exc:
+        raise BadInput(f"{shown} {exc}") from None
+    parser = configparser.ConfigParser(strict=False, interpolation=None, comment_prefixes=("#", ";"))
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # fwupd's keys are case-sensitive
+    try:
+        parser.read_string(rest)
+    except configparser.Error as exc:
+        raise BadInput(f"{shown} is not an INI file fwupd can read ({exc.message.splitlines()[0]}): fix it") from None
+    return parser.get(section, key, fallback=None)
+
+
+def _fwupd(target: Target, mountpoint: str) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+    found = fwupd_files(target)
+    if not found:
+        return (), (
+            "fwupd is not installed: if it is installed later, run `esp-mirror refresh` so it "
+            f"finds the ESP at {mountpoint} (status and check report it until then)",
+        )
+    steps: list[Step] = []
+    for rel, section, key in found:
+        shown = target.path(rel)
+        value = _set_outside_block(target.text(rel), section, key, shown)
+        if value is not None and value != mountpoint:
+            raise BadInput(
+                f"{shown} sets {key}={value} in [{section}], not the mirrored ESP {mountpoint}: "
+                f"remove that line (esp-mirror sets {key}) or mount the ESP there"
+            )
+        if value is None:
+            steps.append(
+                EditBlock(
+                    shown,
+                    f"[{section}]\n{key}={mountpoint}",
+                    why="fwupd writes capsules to the array, never to one member",
+                    root=target.root,
+                )
+            )
+    return tuple(steps), ()
+
+
+def plan(
+    profile: Profile, target: Target, array_uuid: str, mountpoint: str, bootloader: BootloaderKind
+) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+    fwupd_steps, notes = _fwupd(target, mountpoint)
+    return (
+        _debconf(profile, target, array_uuid) + _relaxed_esp_checks(profile, target, bootloader) + fwupd_steps,
+        notes,
+    )
