@@ -21,9 +21,11 @@ the guest kernel has md):
    the kernel and initramfs from the RAID1 root, systemd up to multi-user, where the test unit
    prints the state (mdstat, what /boot/efi is mounted from, boot timings) and powers off.
 
-After a boot with one disk missing, both arrays run degraded; :data:`READD_ACTION` asks the test
-unit to bring each array back to two members with ``mdadm --re-add`` (``--add`` when md has no
-bitmap to re-add from) and wait for the recovery.
+The test unit does more when the boot carries an SMBIOS OEM string: :data:`UPGRADE_ACTION` runs
+what a grub-efi-amd64 upgrade runs (its postinst, through dpkg-reconfigure) and the installed
+esp-mirror's check; :data:`HEAL_ACTION` waits, running nothing, until the installed system's
+``esp-mirror status`` says healthy (heal brings the stale member back), then switches the live
+system to systemd-boot and runs what systemd-boot's and a kernel's packages run on their own.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ ROOT_FS_UUID = "5e1ec7ed-0e5b-4d1e-9a11-e5b0075e5b00"
 MACHINE_ID = "e5b0e5b0e5b0e5b0e5b0e5b0e5b0e5b0"
 STATE = "ESPVM-STATE"
 END = "ESPVM-STATE-END"
-READD_ACTION = "espvm-action=readd"  # an SMBIOS OEM string (type 11) the test unit reads
+UPGRADE_ACTION = "espvm-action=upgrade"  # SMBIOS OEM strings (type 11) the test unit reads
+HEAL_ACTION = "espvm-action=heal"
 SECTION = "@@@ "
 
 # What boots this system: GRUB with no menu delay, the kernel's console on the serial port, and
@@ -112,27 +115,83 @@ report() {
     section efibootmgr efibootmgr
     section cmdline cat /proc/cmdline
 }
-readd() {
-    # Bring each array back to two members: re-add the member that fell out (md can resync
-    # only what changed when it has a write-intent bitmap), else add it (a full recovery).
-    for array in esp:1 root:2; do
-        dev=/dev/md/${array%:*} number=${array#*:}
-        for disk in /dev/vda /dev/vdb; do
-            part=$disk$number
-            mdadm --detail "$dev" | grep -q " $part\$" && continue
-            echo "mdadm $dev --re-add $part"
-            mdadm "$dev" --re-add "$part" || { echo "mdadm $dev --add $part"; mdadm "$dev" --add "$part"; }
-        done
+action() { cat /sys/firmware/dmi/entries/11-*/raw 2>/dev/null | tr '\0' '\n' | grep -q "espvm-action=$1"; }
+now() { cut -d' ' -f1 /proc/uptime; }
+since() { awk -v s="$1" '{printf "%.1f\n", $1 - s}' /proc/uptime; }
+esp_mirror=/usr/local/sbin/esp-mirror  # the copy apply put on the installed system
+upgrade() {
+    # What an upgrade of grub-efi-amd64 runs (its postinst, as dpkg-reconfigure runs it), with an
+    # old loader at the fallback path as a previous GRUB would have left it.
+    efibootmgr -v | grep -v '^BootCurrent' > /tmp/nvram-before
+    printf 'a stale loader from an older GRUB\n' > /boot/efi/EFI/BOOT/BOOTX64.EFI
+    start=$(now)
+    dpkg-reconfigure -f noninteractive grub-efi-amd64 > /tmp/reconfigure.log 2>&1
+    echo "exit $?"
+    echo "seconds $(since "$start")"
+    tail -n 20 /tmp/reconfigure.log
+    efibootmgr -v | grep -v '^BootCurrent' > /tmp/nvram-after
+    diff /tmp/nvram-before /tmp/nvram-after && echo "nvram unchanged"
+    cmp /boot/efi/EFI/BOOT/BOOTX64.EFI /boot/efi/EFI/debian/grubx64.efi && echo "fallback is the loader"
+}
+installed_check() {
+    start=$(now)
+    "$esp_mirror" check
+    echo "exit $?"
+    echo "seconds $(since "$start")"
+}
+heal_wait() {
+    # Nobody runs a command: esp-mirror-heal.service (at boot) and the udev rule bring the
+    # member back. Wait for `esp-mirror status` to say healthy, at most 180 s.
+    start=$(now)
+    until "$esp_mirror" status >/dev/null 2>&1; do
+        [ "$(since "$start" | cut -d. -f1)" -ge 180 ] && break
+        sleep 2
     done
-    start=$(cut -d' ' -f1 /proc/uptime)
-    mdadm --wait /dev/md/esp /dev/md/root
-    echo "recovery seconds: $(awk -v s="$start" '{print $1 - s}' /proc/uptime)"
+    multi=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)
+    echo "healthy after multi-user: $(awk -v m="$multi" '{printf "%.1f", $1 - m / 1e6}' /proc/uptime) s"
+    echo "heal service exited after multi-user: $(systemctl show -P ExecMainExitTimestampMonotonic esp-mirror-heal.service | awk -v m="$multi" '{printf "%.1f", ($1 - m) / 1e6}') s"
+}
+sdboot() {
+    # systemd-boot on the live system, then what its package and a kernel package run on their own.
+    echo "environment: SYSTEMD_RELAX_ESP_CHECKS=${SYSTEMD_RELAX_ESP_CHECKS:-unset}"
+    start=$(now)
+    "$esp_mirror" apply --yes --profile debian --disk /dev/vda --disk /dev/vdb --target / \
+        --bootloader systemd-boot --initramfs skip > /tmp/apply.log 2>&1
+    echo "apply exit $? seconds $(since "$start")"
+    tail -n 5 /tmp/apply.log
+    # an older systemd-boot on the ESP, as a package upgrade finds it
+    python3 -c 'import sys, pathlib
+for name in sys.argv[1:]:
+    f = pathlib.Path(name); f.write_bytes(f.read_bytes().replace(b"systemd-boot 252.", b"systemd-boot 251.", 1))' \
+        /boot/efi/EFI/systemd/systemd-bootx64.efi /boot/efi/EFI/BOOT/BOOTX64.EFI
+    start=$(now)
+    systemctl restart systemd-boot-update.service
+    echo "update exit $? seconds $(since "$start")"
+    journalctl -b -u systemd-boot-update.service -o cat | tail -n 5
+    cmp /boot/efi/EFI/systemd/systemd-bootx64.efi /usr/lib/systemd/boot/efi/systemd-bootx64.efi && echo "sd-boot updated"
+    cmp /boot/efi/EFI/BOOT/BOOTX64.EFI /usr/lib/systemd/boot/efi/systemd-bootx64.efi && echo "fallback updated"
+    kver=$(uname -r)
+    start=$(now)
+    /etc/kernel/postinst.d/zz-systemd-boot "$kver" "/boot/vmlinuz-$kver"
+    echo "kernel hook exit $? seconds $(since "$start")"
+    echo "kernel files: $(find /boot/efi -path "*/$kver/*" -type f | sort | tr '\n' ' ')"
+    echo "entries: $(ls /boot/efi/loader/entries | tr '\n' ' ')"
 }
 report
-if cat /sys/firmware/dmi/entries/11-*/raw 2>/dev/null | tr '\0' '\n' | grep -q 'espvm-action=readd'; then
-    section readd readd
+if action upgrade; then
+    section upgrade upgrade
+    section installed-version "$esp_mirror" --version
+    section installed-check installed_check
+    section debconf sh -c "debconf-show grub-efi-amd64 | grep -E 'update_nvram|extra_removable'"
+fi
+if action heal; then
+    section heal heal_wait
+    section status sh -c "$esp_mirror status; echo \"exit \$?\""
+    section heal-journal sh -c "journalctl -b -o short-monotonic --no-pager -u esp-mirror-heal.service -u 'esp-mirror-heal@*' | tail -n 20"
     section mdstat-after cat /proc/mdstat
     section esp-detail-after mdadm --detail --export /dev/md/esp
+    section sdboot sdboot
+    section sdboot-check installed_check
 fi
 echo "ESPVM-STATE-END"
 systemctl poweroff --no-block
@@ -508,7 +567,7 @@ def boot_installed(
 ) -> InstalledBoot:
     """Power on with only ``disks`` and the NVRAM ``vars_file`` and wait for the test unit's report.
 
-    :param action: an SMBIOS OEM string for the test unit (:data:`READD_ACTION`).
+    :param action: an SMBIOS OEM string for the test unit (:data:`UPGRADE_ACTION`, :data:`HEAL_ACTION`).
     :param snapshot: write nothing to the disk images or the NVRAM file (qemu -snapshot).
     :raises VmError: when the system did not report within ``timeout``, or showed a boot failure.
     """
@@ -555,7 +614,8 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "READD_ACTION",
+    "HEAL_ACTION",
+    "UPGRADE_ACTION",
     "Installed",
     "InstalledBoot",
     "TargetImage",

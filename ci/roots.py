@@ -3,8 +3,9 @@
 A target root is what an installer has unpacked before it calls esp-mirror's system hooks: a
 kernel, mdadm, the partitioning and FAT tools, efibootmgr and one initramfs generator. Two kinds:
 
-* ``initramfs-tools``: Debian's own generator, plus GRUB (grub-efi-amd64-bin) and systemd-boot,
-  so the bootloader tests and the installed-system boot use it too;
+* ``initramfs-tools``: Debian's own generator, plus GRUB (grub-efi-amd64, whose postinst runs on
+  upgrades), systemd-boot, python3 and mtools (for the esp-mirror apply leaves on the installed
+  system), so the bootloader tests and the installed-system boots use it too;
 * ``dracut``: Debian's dracut, the same upstream that Fedora, openSUSE, Void and Gentoo use.
 
 Packages come from the machine's own apt sources (the Debian entries of /etc/apt/sources.list*),
@@ -85,7 +86,18 @@ class RootSpec:
 
 INITRAMFS_TOOLS = RootSpec(
     "initramfs-tools",
-    (*COMMON_PACKAGES, "initramfs-tools", "grub-efi-amd64-bin", "grub2-common", "systemd-boot"),
+    # grub-efi-amd64: the package whose postinst runs grub-install on upgrades; python3 and mtools:
+    # what the esp-mirror apply puts on the installed system runs with (its check reads members)
+    (
+        *COMMON_PACKAGES,
+        "initramfs-tools",
+        "grub-efi-amd64",
+        "grub-efi-amd64-bin",
+        "grub2-common",
+        "systemd-boot",
+        "python3",
+        "mtools",
+    ),
     customize_hooks=(_MODULES_DEP,),
 )
 DRACUT = RootSpec("dracut", (*COMMON_PACKAGES, "dracut"))

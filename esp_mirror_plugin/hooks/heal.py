@@ -51,6 +51,8 @@ After=local-fs.target esp-mirror-heal.service
 Before=shutdown.target
 Conflicts=shutdown.target
 ConditionPathExists={RECORD}
+# at boot every member appears; one that an array already holds needs nothing
+ConditionPathExistsGlob=!/sys/class/block/%I/holders/*
 
 [Service]
 Type=oneshot

@@ -29,6 +29,9 @@ from esp_mirror_plugin.system import zipapp
 from esp_mirror_plugin.system.target import Target
 
 GROUP = "installed-system"
+# what the installed esp-mirror runs: status and heal (mdadm, blkid), check (mdir, mcopy), repair
+# (fsck.fat, wipefs), replace and add (sgdisk, partx), entries (efibootmgr)
+UPKEEP_PROGRAMS = ("mdadm", "blkid", "mdir", "mcopy", "fsck.fat", "wipefs", "sgdisk", "partx", "efibootmgr")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,13 @@ def plan(setup: Setup) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     usable = python is not None and python.usable
     if usable:
         steps.append(program_step(target))
+        missing = [p for p in UPKEEP_PROGRAMS if not target.has_program(p)]
+        if missing:
+            packages = " ".join(dict.fromkeys(profile.package_for(p) for p in missing))
+            notes.append(
+                f"the installed esp-mirror needs {', '.join(missing)}, which the target lacks: "
+                f"install them (`{' '.join(profile.packages.install)} {packages}`) or its upkeep commands fail"
+            )
     else:
         why = python.problem() if python is not None else "the target has no python3"
         if profile.own_check is not OwnCheck.NONE:

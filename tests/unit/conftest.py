@@ -196,12 +196,21 @@ class Machine:
         for unit in TARGET_UNITS:
             (units / unit).write_text("[Unit]\n")
         self.add_target_python()
+        self.add_target_programs(*installed.UPKEEP_PROGRAMS)
         (self.target / "var/cache/debconf").mkdir(parents=True)  # debconf's database
         (self.target / "etc/init.d").mkdir()
         for service in TARGET_OPENRC:
             (self.target / "etc/init.d" / service).write_text("#!/sbin/openrc-run\n")
 
     # -- building the machine ------------------------------------------------------------------
+
+    def add_target_programs(self, *names: str, root: Path | None = None) -> None:
+        """Executables /usr/sbin/NAME in the target (or ``root``), as its packages would install them."""
+        sbin = (root or self.target) / "usr/sbin"
+        sbin.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (sbin / name).write_text("#!/bin/sh\n")
+            (sbin / name).chmod(0o755)
 
     def add_target_python(self, version: str = "3.11", missing: str = "", root: Path | None = None) -> None:
         """python3 in the target (or ``root``): /usr/bin/python3 -> python{version}, its standard library."""
@@ -538,7 +547,7 @@ def is_read_only(argv: tuple[str, ...]) -> bool:
     match argv:
         case ("blkid", "-p", *_):
             return "-o" in argv and "export" in argv
-        case ("sfdisk", "--json", _) | ("mdadm", "--detail", "--export", _) | ("efibootmgr", "-v"):
+        case ("sfdisk", "--json", _) | ("mdadm", "--detail" | "--examine", "--export", _) | ("efibootmgr", "-v"):
             return True
     return False
 
@@ -733,6 +742,8 @@ class Mirror(Machine):
             esp_size=512 * MIB,
         )
         self.members: dict[str, dict[str, bytes]] = {}
+        self.superblocks: dict[str, dict[str, str]] = {}  # node -> mdadm --examine --export
+        self.readd: set[str] = set()  # nodes md takes back with --re-add (it has a bitmap for them)
         self.fsck: dict[str, tuple[int, str]] = {}
         self.boot_entries: list[tuple[str, str, str, bool]] = []  # (number, label, device path, active)
         self.boot_order: list[str] = []
@@ -815,7 +826,16 @@ class Mirror(Machine):
         )
         self.set_member(node, "in_sync", slot)
         self.members[node] = dict(ESP_FILES)
+        self.superblocks[node] = superblock(ARRAY_UUID, events=120)
         return node
+
+    def kick(self, node: str, events: int = 100) -> None:
+        """md left ``node`` out ("kicking non-fresh"): not in the array, nothing holds the partition,
+        its superblock still names the array, with the event count it had when it went away."""
+        self.take_out(node)
+        for holder in (self._sys(os.path.basename(node)) / "holders").iterdir():
+            holder.unlink()
+        self.superblocks[node] = superblock(ARRAY_UUID, events=events)
 
     def set_md(self, **attrs: object) -> None:
         """md's sysfs attributes of the array (array_state, degraded, sync_action, ...)."""
@@ -949,6 +969,10 @@ class Mirror(Machine):
             case ("fsck.fat", "-n", node) if node in self.members:
                 code, text = self.fsck.get(node, (0, FSCK_CLEAN))
                 return Result(argv, code, text.format(node=node))
+            case ("mdadm", "--examine", "--export", node) if node in self.superblocks:
+                return Result(argv, 0, "".join(f"{k}={v}\n" for k, v in self.superblocks[node].items()))
+            case ("mdadm", "--examine", "--export", node) if self._partition(node):
+                return Result(argv, 1, "", f"mdadm: No md superblock detected on {node}.\n")
         return None
 
     def accept_changes(self) -> None:
@@ -965,7 +989,9 @@ class Mirror(Machine):
                 self.mount("9:127", mountpoint, "vfat", "/dev/md127")
             case ("mdadm", "/dev/md/esp", "--fail", node, "--remove", again) if node == again:
                 self.take_out(node)
-            case ("mdadm", "/dev/md/esp", "--add", node):
+            case ("mdadm", "/dev/md/esp", "--re-add", node) if node not in self.readd:
+                return Result(argv, 1, "", f"mdadm: --re-add for {node} to /dev/md/esp is not possible\n")
+            case ("mdadm", "/dev/md/esp", "--add" | "--re-add", node):
                 in_use = {self._slot(n) for n in self.member_nodes()}
                 raid_disks = int(self.md_attr("raid_disks"))
                 slot = next((s for s in range(raid_disks) if s not in in_use), None)
@@ -1017,6 +1043,19 @@ class Mirror(Machine):
             case _:
                 return None
         return Result(argv, 0)
+
+
+def superblock(uuid: str, events: int, devices: int = 2) -> dict[str, str]:
+    """``mdadm --examine --export`` of a 1.0 member (mdadm 4.2, as captured in the VM)."""
+    return {
+        "MD_LEVEL": "raid1",
+        "MD_DEVICES": str(devices),
+        "MD_NAME": "any:esp",
+        "MD_UUID": uuid,
+        "MD_UPDATE_TIME": "1700000000",
+        "MD_DEV_UUID": "5b5f6c0e:8b7a1c2d:3e4f5a6b:7c8d9e0f",
+        "MD_EVENTS": str(events),
+    }
 
 
 def isolate_upkeep(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,10 +8,12 @@ image file are refused. Then OVMF boots the disks with the install's NVRAM: GRUB
 mirrored ESP, the kernel and initramfs from the RAID1 root, systemd up to multi-user.target,
 where a test unit prints the state to the serial port and powers off.
 
-Boot order matters and is fixed by the fixtures: both disks; disk A alone (on a throw-away
+Boot order matters and is fixed by the fixtures: both disks, where the test unit runs what a
+grub-efi-amd64 upgrade runs and the installed esp-mirror's check; disk A alone (on a throw-away
 snapshot, so disk A stays as installed); disk B alone (for real: B's arrays move ahead of A's);
-then both again, where the test unit brings A's stale members back with ``mdadm --re-add``
-(``--add`` when md has no bitmap), as README documents.
+then both again, where nobody runs a command: the installed system's heal brings A's stale ESP
+member back, and then the live system moves to systemd-boot and runs what systemd-boot's and a
+kernel's packages run on their own.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ import pytest
 
 from ci import roots
 from ci.installed import (
-    READD_ACTION,
+    HEAL_ACTION,
     ROOT_FS_UUID,
+    UPGRADE_ACTION,
     Installed,
     InstalledBoot,
     boot_installed,
@@ -42,6 +45,7 @@ from ci.vm import (
     partition_uuid,
     read_member,
 )
+from esp_mirror_plugin import __version__
 
 pytestmark = [pytest.mark.vm, pytest.mark.installed]
 
@@ -105,8 +109,14 @@ def _boot(scenario: Scenario, name: str, disks: list[Path], **kwargs) -> Install
 
 @pytest.fixture(scope="module")
 def both_disks(installed: Scenario, vm_assets: Assets, request: pytest.FixtureRequest) -> InstalledBoot:
-    boot = _boot(installed, "both", installed.disks, assets=vm_assets)
+    boot = _boot(installed, "both", installed.disks, assets=vm_assets, action=UPGRADE_ACTION)
     _record(request, "both disks", boot)
+    measured = measurements(request.config)
+    for section, what in (("upgrade", "dpkg-reconfigure grub-efi-amd64 (the upgrade's postinst)"),
+                          ("installed-check", "esp-mirror check, the installed copy")):  # fmt: skip
+        seconds = _seconds(boot.section(section))
+        if seconds is not None:
+            measured.record("upgrade", what, seconds, "in the TCG guest, both disks")
     return boot
 
 
@@ -136,17 +146,26 @@ def disk_b_alone(
 def reattached(
     installed: Scenario, disk_b_alone: InstalledBoot, vm_assets: Assets, request: pytest.FixtureRequest
 ) -> InstalledBoot:
-    boot = _boot(installed, "reattached", installed.disks, assets=vm_assets, action=READD_ACTION)
-    _record(request, "both again, re-add", boot)
-    recovery = re.search(r"^recovery seconds: ([\d.]+)$", boot.section("readd"), re.MULTILINE)
-    if recovery:
-        measurements(request.config).record(
-            "boot",
-            "both again: mdadm --add and the recovery of both arrays",
-            float(recovery.group(1)),
-            "512 MiB ESP + 1.5 GiB root, no bitmap",
-        )
+    boot = _boot(installed, "reattached", installed.disks, assets=vm_assets, action=HEAL_ACTION)
+    _record(request, "both again, heal", boot)
+    measured = measurements(request.config)
+    healthy = re.search(r"^healthy after multi-user: (-?[\d.]+) s$", boot.section("heal"), re.MULTILINE)
+    if healthy:
+        measured.record("heal", "stale ESP member: esp-mirror status healthy, after multi-user.target",
+                        float(healthy.group(1)), "no command run; 512 MiB ESP, no bitmap (full copy)")  # fmt: skip
+    sdboot = boot.section("sdboot")
+    for label, what in (("apply", "esp-mirror apply --bootloader systemd-boot, on the live system"),
+                        ("update", "systemctl restart systemd-boot-update.service (bootctl update)"),
+                        ("kernel hook", "/etc/kernel/postinst.d/zz-systemd-boot (kernel-install add)")):  # fmt: skip
+        found = re.search(rf"^{label} exit \d+ seconds ([\d.]+)$", sdboot, re.MULTILINE)
+        if found:
+            measured.record("upgrade", what, float(found.group(1)), "in the TCG guest, both disks")
     return boot
+
+
+def _seconds(text: str) -> float | None:
+    found = re.search(r"^seconds ([\d.]+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else None
 
 
 def _record(
@@ -312,13 +331,59 @@ def test_each_disk_alone_boots_to_multi_user_with_the_esp_degraded(
     assert boot.times()["MultiUser"] - baseline < 45 + 20 + 15, (boot.times(), baseline)
 
 
-def test_a_reattached_disk_is_brought_back_to_two_members(reattached: InstalledBoot) -> None:
+# --- the machine's life: an upgrade, a stale member, systemd-boot and a kernel -------------------
+
+
+def test_the_install_put_this_esp_mirror_on_the_installed_system(
+    installed: Scenario, both_disks: InstalledBoot
+) -> None:
+    install = installed.result.sections["install"]
+    assert "[installed-system] install /target/usr/local/sbin/esp-mirror (mode 0755)" in install, install
+    assert both_disks.section("installed-version").strip() == f"esp-mirror {__version__}"
+
+
+def test_a_grub_upgrade_keeps_nvram_refreshes_the_fallback_and_members_stay_equal(both_disks: InstalledBoot) -> None:
+    upgrade = both_disks.section("upgrade")
+    assert upgrade.startswith("exit 0\n"), upgrade
+    assert "Installing for x86_64-efi platform." in upgrade and "Installation finished. No error reported." in upgrade
+    assert "nvram unchanged" in upgrade, upgrade  # the entry set and BootOrder as esp-mirror made them
+    assert "fallback is the loader" in upgrade, upgrade  # \EFI\BOOT\BOOTX64.EFI is the new GRUB
+    debconf = both_disks.section("debconf")
+    assert re.search(r"grub2/update_nvram: false", debconf) and re.search(r"force_efi_extra_removable: true", debconf)
+    check = both_disks.section("installed-check")
+    assert "exit 0" in check and "member files: identical" in check and "mismatch_cnt 0" in check, check
+    assert both_disks.section("failed").strip() == "", both_disks.section("failed")
+
+
+def test_a_stale_member_is_healed_by_itself_within_a_minute_of_multi_user(reattached: InstalledBoot) -> None:
     _assert_multi_user_with_esp_from_md(reattached)
-    # disk B was used alone last: md keeps B's newer ESP member and leaves A's stale one out. (The
-    # root array takes A back by itself when nothing was written to it while B ran alone.)
-    assert "[2/1]" in reattached.mdstat_line("esp"), reattached.section("mdstat")
-    commands = reattached.section("readd")
-    assert re.search(r"mdadm /dev/md/esp --(re-)?add /dev/vda1", commands), commands
-    for array in ("esp", "root"):
-        assert "[2/2] [UU]" in reattached.mdstat_line(array, after=True), reattached.section("mdstat-after")
+    # disk B ran alone last: md kicked A's ESP member at assembly; nobody ran a command since
+    assert re.search(r"kicking non-fresh vda1 from array", reattached.section("md-kernel")), reattached.section(
+        "md-kernel"
+    )
+    heal = reattached.section("heal")
+    healthy = float(re.search(r"^healthy after multi-user: (-?[\d.]+) s$", heal, re.MULTILINE).group(1))
+    assert healthy <= 60, heal
+    status = reattached.section("status")
+    assert status.rstrip().endswith("healthy\nexit 0"), status
+    event = r"^last event: \S+ healed at boot: /dev/vda1 \(/dev/vda\) back in /dev/md/esp"
+    assert re.search(event, status, re.MULTILINE), status
+    assert "[2/2] [UU]" in reattached.mdstat_line("esp", after=True), reattached.section("mdstat-after")
     assert reattached.detail("esp", after=True).get("MD_DEVICES") == "2"
+    # heal touched the ESP's array only: the root array's stale member is not its business
+    journal = reattached.section("heal-journal")
+    assert "/dev/md/esp" in journal and "md/root" not in journal and "vda2" not in journal, journal
+
+
+def test_systemd_boot_updates_and_kernel_install_work_on_the_md_esp(reattached: InstalledBoot) -> None:
+    sdboot = reattached.section("sdboot")
+    assert "environment: SYSTEMD_RELAX_ESP_CHECKS=1" in sdboot, sdboot  # services get it (system.conf.d)
+    assert re.search(r"^apply exit 0 ", sdboot, re.MULTILINE), sdboot
+    assert re.search(r"^update exit 0 ", sdboot, re.MULTILINE), sdboot
+    assert "sd-boot updated" in sdboot and "fallback updated" in sdboot, sdboot
+    assert re.search(r"^kernel hook exit 0 ", sdboot, re.MULTILINE), sdboot
+    files = re.search(r"^kernel files: (.*)$", sdboot, re.MULTILINE).group(1).split()
+    assert any(f.endswith("/linux") for f in files) and any(f.endswith("/initrd") for f in files), sdboot
+    assert re.search(r"^entries: \S+\.conf", sdboot, re.MULTILINE), sdboot
+    check = reattached.section("sdboot-check")
+    assert "exit 0" in check and "member files: identical" in check and "mismatch_cnt 0" in check, check

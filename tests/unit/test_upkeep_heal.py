@@ -1,0 +1,201 @@
+"""`esp-mirror heal`: members of the ESP array that are present but out of it go back in; and
+`esp-mirror refresh` / status for the installed system's settings.
+
+The machine is :class:`conftest.Mirror` (/dev/vda1 and /dev/vdb1 in /dev/md/esp, events 120);
+``kick`` leaves a member out the way md does at assembly ("kicking non-fresh").
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ARRAY_UUID, Mirror, assert_only_read, fast_applier, superblock, upkeep_changes
+
+from esp_mirror_plugin.upkeep import history
+
+OTHER_ARRAY = "0f0e0d0c:0b0a0908:07060504:03020100"
+
+
+@pytest.fixture
+def kicked(mirror: Mirror, monkeypatch: pytest.MonkeyPatch) -> Mirror:
+    """vdb1 came back stale: md kept it out; its superblock still names the array (events 100)."""
+    mirror.kick("/dev/vdb1", events=100)
+    mirror.accept_changes()
+    fast_applier(mirror, monkeypatch)
+    return mirror
+
+
+def test_a_kicked_member_goes_back_with_a_full_add_when_md_refuses_the_re_add(kicked):
+    outcome = kicked.cli("heal", "--why", "boot")
+
+    assert (outcome.code, outcome.err) == (0, "")
+    assert upkeep_changes(outcome.calls) == [
+        ("mdadm", "/dev/md/esp", "--re-add", "/dev/vdb1"),
+        ("mdadm", "/dev/md/esp", "--add", "/dev/vdb1"),
+    ]
+    [line] = history.read(str(kicked.sysroot))
+    assert line.endswith("healed at boot: /dev/vdb1 (/dev/vdb) back in /dev/md/esp, in sync after 0.0 s")
+    assert line in outcome.out
+    status = kicked.cli("status")
+    assert status.code == 0 and f"last event: {line}\n" in status.out
+
+
+def test_a_re_add_that_md_accepts_is_all_it_takes(kicked):
+    kicked.readd.add("/dev/vdb1")
+    outcome = kicked.cli("heal")
+    assert outcome.code == 0
+    assert upkeep_changes(outcome.calls) == [("mdadm", "/dev/md/esp", "--re-add", "/dev/vdb1")]
+    assert "healed by hand: /dev/vdb1" in history.read(str(kicked.sysroot))[-1]
+
+
+def test_a_healthy_mirror_needs_nothing_and_leaves_no_history(mirror):
+    outcome = mirror.cli("heal", "--why", "boot")
+    assert (outcome.code, outcome.out) == (0, "nothing to heal: /dev/md/esp has 2 of 2 members\n")
+    assert_only_read([c for c in outcome.calls if c[:2] != ("mdadm", "--examine")])
+    assert history.read(str(mirror.sysroot)) == []
+
+
+def test_a_missing_member_whose_disk_is_gone_is_not_heals_business(mirror):
+    mirror.lose_disk("vdb")
+    outcome = mirror.cli("heal")
+    assert outcome.code == 0
+    assert outcome.out == (
+        "nothing to heal: /dev/md/esp has 1 of 2 members and no partition here carries a missing one\n"
+    )
+
+
+def test_a_partition_of_another_array_is_never_touched(kicked):
+    kicked.superblocks["/dev/vdb1"] = superblock(OTHER_ARRAY, events=10)
+    outcome = kicked.cli("heal")
+    assert outcome.code == 0 and upkeep_changes(outcome.calls) == []
+    assert outcome.out.startswith("nothing to heal")
+
+
+def test_a_member_with_newer_writes_than_the_array_is_left_for_a_person(kicked):
+    kicked.superblocks["/dev/vdb1"] = superblock(ARRAY_UUID, events=130)
+
+    outcome = kicked.cli("heal", "--why", "hot-plug", "--device", "/dev/vdb1")
+
+    assert outcome.code == 1
+    assert upkeep_changes(outcome.calls) == []
+    reason = (
+        "/dev/vdb1 (/dev/vdb) has newer writes than /dev/md/esp (events 130 > 120) and is not overwritten "
+        "automatically: to keep the running array's copy, run `mdadm /dev/md/esp --add /dev/vdb1`"
+    )
+    assert history.read(str(kicked.sysroot))[-1].endswith(f"not healed on hot-plug: {reason}")
+
+
+def test_a_member_another_array_holds_is_left_out_with_what_to_stop(kicked):
+    (kicked.sysroot / "sys/class/block/vdb1/holders/md126").touch()
+    outcome = kicked.cli("heal")
+    assert outcome.code == 1 and upkeep_changes(outcome.calls) == []
+    assert (
+        "/dev/vdb1 carries a member of /dev/md/esp but md126 holds it: stop that (`mdadm --stop /dev/md126`"
+        in (history.read(str(kicked.sysroot))[-1])
+    )
+
+
+def test_a_superblock_that_cannot_be_read_is_an_error_not_no_superblock(kicked):
+    kicked.fail(("mdadm", "--examine", "--export", "/dev/vdb1"), 1, "mdadm: cannot open /dev/vdb1: Permission denied\n")
+    outcome = kicked.cli("heal")
+    assert (outcome.code, outcome.error) == (
+        2,
+        "cannot read the md superblock of /dev/vdb1 (mdadm: cannot open /dev/vdb1: Permission denied): "
+        "run esp-mirror as root",
+    )
+    assert upkeep_changes(outcome.calls) == []
+
+
+def test_heal_of_an_array_that_is_not_running_says_how_to_start_it(mirror):
+    mirror.stop_array()
+    outcome = mirror.cli("heal")
+    assert (outcome.code, outcome.error) == (
+        2,
+        "/dev/md/esp is not running, so nothing can go back into it: assemble it (`mdadm --assemble --scan "
+        "--run`), then run `esp-mirror heal`",
+    )
+
+
+def test_device_must_be_a_partition(mirror):
+    outcome = mirror.cli("heal", "--device", "/dev/vdb")
+    assert (outcome.code, outcome.error) == (
+        2,
+        "/dev/vdb is not a partition: give the partition that came back (e.g. /dev/sdb1)",
+    )
+
+
+def test_dry_run_shows_the_steps_and_changes_nothing(kicked):
+    outcome = kicked.cli("heal", "--dry-run")
+    assert outcome.code == 0 and upkeep_changes(outcome.calls) == []
+    assert "mdadm /dev/md/esp --re-add /dev/vdb1 || mdadm /dev/md/esp --add /dev/vdb1" in outcome.out
+    assert history.read(str(kicked.sysroot)) == []
+
+
+def test_heal_json_reports_what_it_did(kicked):
+    report = json.loads(kicked.cli("heal", "--json").out)
+    assert (report["array"], report["add"], report["left_out"], report["applied"]) == (
+        "/dev/md/esp",
+        ["/dev/vdb1"],
+        [],
+        True,
+    )
+    assert report["event"] == history.read(str(kicked.sysroot))[-1]
+    assert [s["kind"] for s in report["plan"]["steps"]] == ["add-member", "wait-for-sync"]
+
+
+def test_heal_without_a_setup_is_bad_input(machine):
+    outcome = machine.cli("heal")
+    assert (outcome.code, outcome.error) == (
+        2,
+        "no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): nothing to heal",
+    )
+
+
+def test_the_history_keeps_the_newest_lines(tmp_path):
+    for n in range(history.KEEP + 5):
+        history.append(str(tmp_path), f"event {n}", now=0)
+    lines = history.read(str(tmp_path))
+    assert len(lines) == history.KEEP and lines[-1] == f"1970-01-01T00:00:00Z event {history.KEEP + 4}"
+
+
+# -- refresh and status: the installed system's settings --------------------------------------------
+
+
+def test_fwupd_installed_later_is_a_status_problem_that_refresh_fixes(mirror, monkeypatch):
+    (mirror.sysroot / "etc/fwupd").mkdir(parents=True)
+    (mirror.sysroot / "etc/fwupd/fwupd.conf").write_text("[fwupd]\nDisabledPlugins=test\n")
+
+    status = mirror.cli("status", "--json")
+
+    assert json.loads(status.out)["problems"] == [
+        f"{mirror.sysroot}/etc/fwupd/fwupd.conf differ from what esp-mirror writes (a package replaced them, "
+        "or something was installed later): run `esp-mirror refresh`"
+    ]
+    assert status.code == 1
+
+    mirror.accept_changes()
+    fast_applier(mirror, monkeypatch)
+    refresh = mirror.cli("refresh", "--yes")
+    assert (refresh.code, refresh.err) == (0, "")
+    assert "EspLocation=/boot/efi" in (mirror.sysroot / "etc/fwupd/fwupd.conf").read_text()
+    assert mirror.cli("status").code == 0
+
+
+def test_refresh_dry_run_prints_the_group_and_changes_nothing(mirror):
+    (mirror.sysroot / "etc/esp-mirror/debconf.preseed").unlink()
+    outcome = mirror.cli("refresh", "--dry-run")
+    assert outcome.code == 0 and outcome.out.startswith("# == installed-system ==\n")
+    assert f"write {mirror.sysroot}/etc/esp-mirror/debconf.preseed (mode 0644):" in outcome.out
+    assert upkeep_changes(outcome.calls) == []
+    assert not (mirror.sysroot / "etc/esp-mirror/debconf.preseed").exists()
+
+
+def test_a_replaced_heal_unit_is_reported_by_path(mirror):
+    unit = mirror.sysroot / "etc/systemd/system/esp-mirror-heal.service"
+    unit.write_text("[Service]\nExecStart=/bin/true\n")
+    problems = json.loads(mirror.cli("status", "--json").out)["problems"]
+    assert problems == [
+        f"{unit} differ from what esp-mirror writes (a package replaced them, or something was installed "
+        "later): run `esp-mirror refresh`"
+    ]
