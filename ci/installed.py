@@ -50,6 +50,7 @@ DISK_MIB = 2048  # 1 MiB + 512 MiB ESP + the root partition (~1.5 GiB) + the bac
 ROOT_FS_MIB = 1280  # the root ext4; the partition leaves room for md's 1.2 data offset
 ROOT_FS_UUID = "5e1ec7ed-0e5b-4d1e-9a11-e5b0075e5b00"
 MACHINE_ID = "e5b0e5b0e5b0e5b0e5b0e5b0e5b0e5b0"
+ROOT_FSTAB_LINE = f"UUID={ROOT_FS_UUID}\t/\text4\terrors=remount-ro\t0\t1\n"
 STATE = "ESPVM-STATE"
 END = "ESPVM-STATE-END"
 UPGRADE_ACTION = "espvm-action=upgrade"  # SMBIOS OEM strings (type 11) the test unit reads
@@ -229,7 +230,7 @@ def _customize(view: Path) -> None:
     """What makes the cached root an installed machine of this test."""
     (view / "etc/default").mkdir(exist_ok=True)
     (view / "etc/default/grub").write_text(DEFAULT_GRUB)
-    (view / "etc/fstab").write_text(f"UUID={ROOT_FS_UUID}\t/\text4\terrors=remount-ro\t0\t1\n")
+    (view / "etc/fstab").write_text(ROOT_FSTAB_LINE)
     (view / "etc/hostname").write_text("espvm-installed\n")
     (view / "etc/machine-id").write_text(MACHINE_ID + "\n")  # not a first boot: no firstboot prompts
     script = view / "usr/local/sbin/espvm-state"
@@ -320,6 +321,10 @@ class RaidRootInstaller:
     def install_base_system(self) -> None:
         self.phase("base_system")
         self.run("tar", "-x", "--skip-old-files", "-f", BASE_DISK, "-C", self.target)
+        # the archive's fstab was skipped (esp-mirror's is there already): the installer adds its
+        # own line for the root, as genfstab or an installer's fstab writer would
+        with open(f"{self.target}/etc/fstab", "a") as fstab:
+            fstab.write(ROOT_FSTAB_LINE)
 
     def install_kernel_and_mdadm(self) -> None:
         self.phase("kernel_and_mdadm")
@@ -349,6 +354,7 @@ echo '@@@ esp-files'; find /target/boot/efi -type f | sort
 echo '@@@ initramfs'; chroot /target lsinitramfs /boot/initrd.img-$(ls /target/lib/modules) | grep -E 'mdadm|raid1' || true
 echo '@@@ image-mdadm.conf'; rm -rf /tmp/unpacked; chroot /target unmkinitramfs /boot/initrd.img-$(ls /target/lib/modules) /tmp/unpacked; cat /target/tmp/unpacked/etc/mdadm/mdadm.conf /target/tmp/unpacked/main/etc/mdadm/mdadm.conf 2>/dev/null || true
 echo '@@@ grub.cfg'; grep -E '^\s*(linux|search|insmod (mdraid|diskfilter|part_gpt|ext2))' /target/boot/grub/grub.cfg
+echo '@@@ esp-blkid'; blkid -p -o export /dev/md/esp
 echo '@@@ detail-esp'; mdadm --detail --export /dev/md/esp
 echo '@@@ detail-root'; mdadm --detail --export /dev/md/root
 echo '@@@ mdstat'; cat /proc/mdstat

@@ -31,7 +31,8 @@ def initramfs_config(ctx: Context) -> None:
 def bootloader(ctx: Context) -> None:
     steps, notes = boot.plan(ctx.request, ctx.profile, ctx.layout, ctx.snapshot, ctx.target)
     ctx.execute("bootloader", steps, notes)
+    request = ctx.request
     setup = installed.Setup(
-        ctx.profile, ctx.target, ctx.layout.array_uuid, ctx.request.mountpoint, ctx.request.bootloader
+        ctx.profile, ctx.target, ctx.layout.array_uuid, request.mountpoint, request.bootloader, request.loader_id
     )
     ctx.execute(installed.GROUP, *installed.plan(setup))

@@ -71,6 +71,12 @@ def kind_of_loader(loader: str) -> BootloaderKind:
     return BootloaderKind.GRUB
 
 
+def loader_id_of(loader: str) -> str:
+    """``debian`` of ``\\EFI\\debian\\grubx64.efi``: the directory a recorded loader is in."""
+    parts = loader.strip("\\").split("\\")
+    return parts[1] if len(parts) > 2 else ""
+
+
 def _fill(arg: str, values: dict[str, str]) -> str:
     for key, value in values.items():
         arg = arg.replace(key, value)

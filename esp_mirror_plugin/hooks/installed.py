@@ -43,6 +43,7 @@ class Setup:
     array_uuid: str  # mdadm form
     mountpoint: str
     bootloader: BootloaderKind
+    loader_id: str  # \EFI\<loader_id>\ holds the loader the boot entries start
 
 
 def program_step(target: Target) -> InstallProgram:
@@ -93,5 +94,7 @@ def plan(setup: Setup) -> tuple[tuple[Step, ...], tuple[str, ...]]:
         heal_steps, heal_notes = heal.plan(profile, target, setup.array_uuid)
         steps += heal_steps
         notes += heal_notes
-    upgrade_steps, upgrade_notes = upgrades.plan(profile, target, setup.array_uuid, setup.mountpoint, setup.bootloader)
+    upgrade_steps, upgrade_notes = upgrades.plan(
+        profile, target, setup.array_uuid, setup.mountpoint, setup.bootloader, setup.loader_id
+    )
     return (*steps, *upgrade_steps), (*notes, *upgrade_notes)

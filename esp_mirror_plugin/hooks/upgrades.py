@@ -144,10 +144,22 @@ def _fwupd(target: Target, mountpoint: str) -> tuple[tuple[Step, ...], tuple[str
     return tuple(steps), ()
 
 
+def _grub_distributor(profile: Profile, bootloader: BootloaderKind, loader_id: str) -> tuple[str, ...]:
+    """Debian's GRUB postinst installs into \\EFI\\<GRUB_DISTRIBUTOR>\\, and only when that exists."""
+    if not profile.debconf or bootloader is not BootloaderKind.GRUB or loader_id == profile.loader_id:
+        return ()
+    return (
+        f"--loader-id {loader_id}: the GRUB packages' upgrades install into \\EFI\\{profile.loader_id}\\ "
+        f"(GRUB_DISTRIBUTOR), and only when it exists, never into \\EFI\\{loader_id}\\ which the boot "
+        f"entries start; set GRUB_DISTRIBUTOR={loader_id} in /etc/default/grub so upgrades update it",
+    )
+
+
 def plan(
-    profile: Profile, target: Target, array_uuid: str, mountpoint: str, bootloader: BootloaderKind
+    profile: Profile, target: Target, array_uuid: str, mountpoint: str, bootloader: BootloaderKind, loader_id: str
 ) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     fwupd_steps, notes = _fwupd(target, mountpoint)
+    notes += _grub_distributor(profile, bootloader, loader_id)
     return (
         _debconf(profile, target, array_uuid) + _relaxed_esp_checks(profile, target, bootloader) + fwupd_steps,
         notes,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import installed
-from esp_mirror_plugin.hooks.bootloader import kind_of_loader
+from esp_mirror_plugin.hooks.bootloader import kind_of_loader, loader_id_of
 from esp_mirror_plugin.pipeline import naming
 from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.pipeline.steps import EditBlock, InstallProgram, Step, WriteFile
@@ -28,6 +28,7 @@ def setup(record: Record, array_uuid: str, root: str) -> installed.Setup:
         naming.mdadm_uuid(array_uuid),
         record.mountpoint,
         kind_of_loader(record.loader),
+        loader_id_of(record.loader),
     )
 
 

@@ -408,7 +408,19 @@ def test_without_fwupd_the_plan_says_what_to_run_when_it_comes(two_disks):
 def test_the_group_is_planned_from_a_setup_the_record_can_give_too(tmp_path):
     target = Target(str(tmp_path))
     setup = installed.Setup(load_profile("debian"), target, naming.mdadm_uuid(ARRAY_UUID), "/boot/efi",
-                            BootloaderKind.GRUB)  # fmt: skip
+                            BootloaderKind.GRUB, "debian")  # fmt: skip
     steps, notes = installed.plan(setup)
     assert [type(s).__name__ for s in steps] == ["WriteFile", "Command"]  # no python3 there: debconf only
     assert notes[0].startswith("the target has no python3")
+
+
+def test_a_loader_id_other_than_the_distributions_says_what_grub_upgrades_miss(two_disks):
+    notes = group(plan_of(two_disks, "--loader-id", "site"))["notes"]
+    assert notes[-1] == (
+        "--loader-id site: the GRUB packages' upgrades install into \\EFI\\debian\\ (GRUB_DISTRIBUTOR), and "
+        "only when it exists, never into \\EFI\\site\\ which the boot entries start; set "
+        "GRUB_DISTRIBUTOR=site in /etc/default/grub so upgrades update it"
+    )
+    assert not any(
+        "--loader-id" in n for n in group(plan_of(two_disks, "--profile", "fedora", "--loader-id", "x"))["notes"]
+    )

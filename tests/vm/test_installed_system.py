@@ -269,6 +269,17 @@ def test_the_readme_installer_calls_the_hooks_around_its_own_steps(installed: Sc
     assert "[cleanup] umount /target/proc" in install
 
 
+def test_fstab_has_exactly_one_esp_line_next_to_the_installers_root_line(installed: Scenario) -> None:
+    lines = [line.split() for line in installed.result.sections["fstab"].splitlines() if line and line[0] != "#"]
+    assert [line[1] for line in lines] == ["/boot/efi", "/"], lines
+    assert lines[0][0] == f"UUID={_fs_uuid(installed.result.sections['esp-blkid'])}" and lines[0][2] == "vfat"
+    assert lines[1][0] == f"UUID={ROOT_FS_UUID}"
+
+
+def _fs_uuid(blkid: str) -> str:
+    return dict(line.split("=", 1) for line in blkid.splitlines() if "=" in line)["UUID"]
+
+
 def test_install_regenerates_once_and_the_image_carries_both_arrays(installed: Scenario) -> None:
     sections = installed.result.sections
     apply = sections["install"]
