@@ -6,8 +6,10 @@ heuristics, so the plan shows the exact command and the size check uses the same
 
 from __future__ import annotations
 
+import re
+
 from esp_mirror_plugin.pipeline.request import MIB
-from esp_mirror_plugin.pipeline.steps import Command
+from esp_mirror_plugin.pipeline.steps import Command, EnsureFat
 
 # Every mount of the ESP: private to root (bootctl warns about a world-readable random seed).
 MOUNT_OPTIONS = "umask=0077"
@@ -15,6 +17,30 @@ FAT32_MIN_CLUSTERS = 65525 + 16  # a little margin over the FAT32 definition
 RESERVED_SECTORS = 32
 MD_RESERVE = 1 * MIB  # md metadata 1.0 keeps its superblock (and bad-block log) at the end
 MAX_CLUSTER = 4096  # 4 KiB clusters: what firmware and Windows use on an ESP
+
+
+# fsck.fat -n on a FAT that Linux has mounted (or that was not unmounted) reports the dirty bit
+# and the backup boot sector differing in that one byte (offset 65): not damage.
+_BENIGN_FSCK = (
+    re.compile(r"^fsck\.fat "),
+    re.compile(r"^There are differences between boot sector and its backup"),
+    re.compile(r"^This is mostly harmless"),
+    re.compile(r"^\s+65:0[01]/0[01]$"),
+    re.compile(r"^\s+Not automatically fixing this"),
+    re.compile(r"^Dirty bit is set"),
+    re.compile(r"^\s*Automatically removing dirty bit"),
+    re.compile(r"^Leaving filesystem unchanged"),
+    re.compile(r"^\S+: \d+ files, \d+/\d+ clusters$"),
+    re.compile(r"^\s*$"),
+    # the free-cluster count in the FSInfo sector is a hint that firmware and Linux rarely update
+    re.compile(r"^Free cluster summary wrong \(\d+ vs\. really \d+\)$"),
+    re.compile(r"^\s+Auto-correcting\.$"),
+)
+
+
+def fsck_problems(output: str) -> list[str]:
+    """The lines of ``fsck.fat -n`` output that report real damage."""
+    return [line for line in output.splitlines() if not any(p.match(line) for p in _BENIGN_FSCK)]
 
 
 def _clusters(size: int, sector: int, per_cluster: int) -> int:
@@ -65,3 +91,9 @@ def mkfs(device: str, size: int, sector: int, label: str, volume_id: str) -> Com
 def mount(device: str, where: str, why: str) -> Command:
     """Mount the array's FAT (never a member) with the ESP's options."""
     return Command(("mount", "-t", "vfat", "-o", MOUNT_OPTIONS, device, where), why=why)
+
+
+def ensure(device: str, make: Command) -> EnsureFat:
+    """Before an existing FAT is used: ``fsck.fat -n``; one that is damaged and holds no files (an
+    mkfs that did not finish) is made again with ``make``; one that holds files is never touched."""
+    return EnsureFat(device, make, why="a FAT that an interrupted mkfs left half made is made again, never mounted")

@@ -17,10 +17,20 @@ def plan(layout: Layout) -> tuple[Step, ...]:
 
 def steps(members: Sequence[Member], first_sector: int, last_sector: int, wipe_all: bool = False) -> tuple[Step, ...]:
     """Partition every member disk that has no ESP of ours yet, sectors first..last, then clear
-    old signatures inside the new partitions (inside all of them with ``wipe_all``)."""
+    old signatures inside the new partitions (inside all of them with ``wipe_all``).
+
+    A partition that is in the table already may still be unknown to the kernel (a run killed
+    after sgdisk wrote the table, before the kernel re-read it): every member waits for its node,
+    which asks the kernel with ``partx --add`` when it is missing.
+    """
     out: list[Step] = []
     new = [m for m in members if not m.exists]
-    for m in new:
+    for m in members:
+        if m.exists:
+            out.append(
+                WaitForPartition(m.device, 1, m.node, why="the kernel must know the partition before it is used")
+            )
+            continue
         if m.wipe:
             out.append(Command(("wipefs", "--all", m.device), why=f"erase old signatures on {m.disk.given} (--wipe)"))
             out.append(

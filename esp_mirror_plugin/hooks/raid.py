@@ -37,6 +37,13 @@ def plan(request: Resolved, profile: Profile, layout: Layout, target: Target) ->
     _check_fstab(request, target)
     steps: list[Step] = []
     nodes = tuple(m.node for m in layout.members)
+    if layout.stop_first:
+        steps.append(
+            Command(
+                ("mdadm", "--stop", layout.stop_first),
+                why="it exists but was never started (an interrupted run, or assembly from too few members)",
+            )
+        )
     if layout.array_action == "create":
         missing = ("missing",) * (layout.raid_devices - len(nodes))
         steps.append(
@@ -67,8 +74,11 @@ def plan(request: Resolved, profile: Profile, layout: Layout, target: Target) ->
         )
     if layout.array_action != "keep":
         steps.append(Settle(why="udev names the new array (/dev/disk/by-id/md-uuid-...) before it is used"))
+    make = fat.mkfs(request.device, request.esp_size, layout.sector_size, request.label, layout.volume_id)
     if layout.make_fs:
-        steps.append(fat.mkfs(request.device, request.esp_size, layout.sector_size, request.label, layout.volume_id))
+        steps.append(make)
+    else:  # a FAT that is there already may be one an interrupted mkfs left half made
+        steps.append(fat.ensure(request.device, make))
     if layout.mount:
         steps.append(MakeDir(layout.esp_dir, why="the ESP mount point", root=request.target))
         steps.append(
@@ -96,7 +106,7 @@ def plan(request: Resolved, profile: Profile, layout: Layout, target: Target) ->
             why="one fstab line for the ESP, by the array's FAT UUID",
         )
     )
-    if layout.array_action != "keep":
+    if layout.array_action != "keep" or layout.resyncing:
         steps.append(
             Command(
                 ("mdadm", "--wait", request.device),

@@ -7,20 +7,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from esp_mirror_plugin.pipeline.steps import Command, Step, Var
+from esp_mirror_plugin.pipeline.steps import AttachImage, Command, Step, Var
 
 if TYPE_CHECKING:
     from esp_mirror_plugin.pipeline.context import Context
 
 
 def setup_steps(ctx: Context) -> tuple[Step, ...]:
-    """Loop devices for image files (``$LOOP_n``, used by every later step)."""
+    """Loop devices for image files (``$LOOP_n``, used by every later step); an image that an
+    interrupted run left attached keeps its loop device."""
     return tuple(
-        Command(
-            ("losetup", "--find", "--show", "--partscan", m.disk.path),
-            binds=m.loop_var,
-            why=f"loop device for the image {m.disk.given}",
-        )
+        AttachImage(m.disk.path, m.loop_var, why=f"loop device for the image {m.disk.given}")
         for m in ctx.layout.members
         if m.loop_var
     )

@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Protocol, TextIO
 
 from esp_mirror_plugin.errors import StepFailed
+from esp_mirror_plugin.hooks import fat
 from esp_mirror_plugin.pipeline.steps import (
     AddMember,
+    AttachImage,
     Command,
     CopyFile,
     EditBlock,
+    EnsureFat,
     Group,
     InstallProgram,
     MakeDir,
@@ -168,6 +171,44 @@ class Applier:
             if self.clock() >= deadline:
                 return False
             self.sleep(0.1)
+
+    @_apply.register
+    def _(self, step: AttachImage, group: str) -> bool:
+        try:
+            attached = self.runner.run(
+                ("losetup", "--list", "--noheadings", "--output", "NAME", "--associated", step.image)
+            ).stdout.split()
+            if attached:  # an interrupted run attached it: the array may be running on it
+                self.bindings[step.binds] = attached[0]
+                return False
+            found = self.runner.run(("losetup", "--find", "--show", "--partscan", step.image))
+        except CommandFailed as exc:
+            raise StepFailed(group, step.describe(), exc.result.describe()) from None
+        self.bindings[step.binds] = found.stdout.strip()
+        return True
+
+    @_apply.register
+    def _(self, step: EnsureFat, group: str) -> bool:
+        try:
+            fsck = self.runner.run(("fsck.fat", "-n", step.device), ok=(0, 1))
+            problems = fat.fsck_problems(fsck.stdout + fsck.stderr) if fsck.returncode else []
+        except CommandFailed as exc:  # it cannot even be checked: not a FAT anyone reads
+            problems = fat.fsck_problems(exc.result.stdout + exc.result.stderr) or [exc.stderr_line]
+        if not problems:
+            return False
+        listing = self.runner.run(("mdir", "-/", "-b", "-i", step.device, "::/"), ok=(0, 1))
+        names = listing.stdout.split() if listing.returncode == 0 else []
+        if names:
+            raise StepFailed(
+                group,
+                step.describe(),
+                f"the FAT on {step.device} is damaged ({problems[0].strip()}) and holds {len(names)} files or "
+                f"directories, so it is not made again: repair it with `fsck.fat -a {step.device}` (or copy "
+                "the files off and remove its FAT with `wipefs --all " + step.device + "`), then run the same "
+                "esp-mirror command again",
+            )
+        print(f"  [{group}]   a half-made FAT ({problems[0].strip()}) and no files: made again", file=self.out)
+        return self._apply(step.make, group)
 
     @_apply.register
     def _(self, step: AddMember, group: str) -> bool:

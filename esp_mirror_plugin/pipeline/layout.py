@@ -65,6 +65,8 @@ class Layout:
     last_sector: int
     sector_size: int
     notes: tuple[str, ...] = ()
+    stop_first: str = ""  # an array device that exists but is not running: stopped before it is made
+    resyncing: bool = False  # the running array is still copying onto a member: wait for it
 
 
 def check_disks(request: Request, disks: tuple[DiskFacts, ...]) -> None:
@@ -288,6 +290,8 @@ def build(request: Resolved, profile: Profile, snapshot: Snapshot) -> Layout:
         )
 
     array_uuid, action, fs_uuid, make_fs = _array_state(request, snapshot, members)
+    array = snapshot.array
+    resyncing = array is not None and array.sync_action in ("resync", "recover")
     volume = fs_uuid.replace("-", "") if fs_uuid else naming.volume_id(array_uuid)
     esp_dir = os.path.normpath(os.path.join(request.target, request.mountpoint.lstrip("/")))
     mount = _check_mount(snapshot, esp_dir, request.device)
@@ -322,6 +326,8 @@ def build(request: Resolved, profile: Profile, snapshot: Snapshot) -> Layout:
         last_sector=last,
         sector_size=sector,
         notes=tuple(notes),
+        stop_first=snapshot.inactive if action != "keep" else "",
+        resyncing=resyncing,
     )
 
 
@@ -370,6 +376,14 @@ def _array_state(request: Resolved, snapshot: Snapshot, members: list[Member]) -
         if array.fstype not in ("", "vfat"):
             raise BadInput(f"{array.device} holds {array.fstype}, not FAT: refusing to format it; check what it is")
         return naming.mdadm_uuid(array.uuid), "keep", array.fs_uuid, array.fstype == ""
+    identities = [m.disk.identity for m in members]
+    derived = naming.mdadm_uuid(naming.array_uuid(identities, request.array_name))
+    half_made = any(not m.superblock for m in members) and not any(_holds_fat(m) for m in members)
+    if supers and {naming.mdadm_uuid(s) for s in supers} == {derived} and half_made:
+        # an array this very apply began to create on some members only (a run interrupted in
+        # mdadm --create) and that holds no FAT: nothing on it yet, so it is made again. When
+        # every member carries it, it is assembled below.
+        return derived, "create", "", True
     if len(supers) > 1:
         raise BadInput("the ESP partitions carry superblocks of different arrays: pass --wipe to start over")
     if supers:
@@ -382,8 +396,12 @@ def _array_state(request: Resolved, snapshot: Snapshot, members: list[Member]) -
             )
         fs_uuid = part.inner_uuid if part.inner_fstype == "vfat" else ""
         return naming.mdadm_uuid(part.md_uuid), "assemble", fs_uuid, part.inner_fstype == ""
-    identities = [m.disk.identity for m in members]
-    return naming.mdadm_uuid(naming.array_uuid(identities, request.array_name)), "create", "", True
+    return derived, "create", "", True
+
+
+def _holds_fat(member: Member) -> bool:
+    part = member.disk.partition(1)
+    return part is not None and part.inner_fstype == "vfat"
 
 
 def _check_mount(snapshot: Snapshot, esp_dir: str, device: str) -> bool:

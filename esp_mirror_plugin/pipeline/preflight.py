@@ -16,9 +16,11 @@ from pathlib import Path
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline.steps import (
     AddMember,
+    AttachImage,
     Command,
     CopyFile,
     EditBlock,
+    EnsureFat,
     Group,
     InstallProgram,
     MakeDir,
@@ -51,6 +53,12 @@ class Preflight:
             self._program("partx", "/")
         elif isinstance(step, AddMember):
             self._program("mdadm", "/")
+        elif isinstance(step, AttachImage):
+            self._program("losetup", "/")
+        elif isinstance(step, EnsureFat):
+            for program in ("fsck.fat", "mdir"):
+                self._program(program, "/")
+            self._command(step.make)
         elif isinstance(step, EditBlock):
             path = self._resolved(step.root, step.path)
             text = read_text(path, step.path)

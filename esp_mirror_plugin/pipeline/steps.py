@@ -221,6 +221,42 @@ class WaitForPartition:
 
 
 @dataclass(frozen=True)
+class EnsureFat:
+    """Check the FAT on ``device`` (``fsck.fat -n``, read-only). When it is damaged and holds no
+    files, run ``make`` (mkfs); when it holds files, stop and say how to repair it."""
+
+    device: str
+    make: Command
+    why: str
+
+    def describe(self) -> str:
+        return (
+            f"fsck.fat -n {shlex.quote(self.device)}; when it finds damage and the FAT holds no files: "
+            + self.make.describe()
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "ensure-fat", "device": self.device, "make": self.make.to_json(), "why": self.why}
+
+
+@dataclass(frozen=True)
+class AttachImage:
+    """The loop device of ``image``: the one already attached to it (a run that was interrupted
+    left it), else a new one (``losetup --find --show --partscan``). Its name goes into ``binds``."""
+
+    image: str
+    binds: str
+    why: str
+
+    def describe(self) -> str:
+        image = shlex.quote(self.image)
+        return f"losetup --list --associated {image} || losetup --find --show --partscan {image}   # -> ${self.binds}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "attach-image", "image": self.image, "binds": self.binds, "why": self.why}
+
+
+@dataclass(frozen=True)
 class AddMember:
     """Put ``node`` back into ``device``: ``--re-add`` (md copies only what changed when it has a
     write-intent bitmap), and when md refuses that, ``--add`` (a full recovery)."""
@@ -280,6 +316,8 @@ Step = (
     | CopyFile
     | MakeDir
     | WaitForPartition
+    | EnsureFat
+    | AttachImage
     | AddMember
     | WaitForSync
     | Settle

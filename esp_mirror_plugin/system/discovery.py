@@ -176,6 +176,7 @@ class ArrayFacts:
     kernel_device: str = ""  # /dev/md127 for /dev/md/esp: how /proc/self/mountinfo names it
     fstype: str = ""
     fs_uuid: str = ""
+    sync_action: str = "idle"  # resync, recover, check ... while md copies or compares members
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,7 @@ class Snapshot:
     efivars: bool
     boot: nvram.BootState | None  # None when NVRAM is not read
     unread: tuple[str, ...] = ()  # facts that could not be read (a lenient plan only)
+    inactive: str = ""  # the array's device exists but is not running (assembled in part, never started)
 
     def mounted_at(self, path: str) -> Mount | None:
         norm = os.path.normpath(path)
@@ -221,6 +223,7 @@ def discover(request: Request, runner: Runner, host: HostView | None = None, *, 
     ours = os.path.basename(host.realpath(request.device)) if host.exists(request.device) else ""
     disks = describe_disks(request.disks, runner, host, mounts, ours, reads)
     array = _array(request.device, host, runner, reads)
+    inactive = request.device if array is None and ours and host.exists(f"/sys/block/{ours}/md") else ""
     efivars = bool(host.listdir(EFIVARS))
     boot = None
     if efivars and not request.no_nvram and not any(d.kind == "image" for d in disks):
@@ -232,7 +235,15 @@ def discover(request: Request, runner: Runner, host: HostView | None = None, *, 
                 exc.stderr_line,
                 "boot entries cannot be planned; fix access to EFI variables, or pass --no-nvram",
             )
-    return Snapshot(disks=disks, array=array, mounts=mounts, efivars=efivars, boot=boot, unread=tuple(reads.unread))
+    return Snapshot(
+        disks=disks,
+        array=array,
+        mounts=mounts,
+        efivars=efivars,
+        boot=boot,
+        unread=tuple(reads.unread),
+        inactive=inactive,
+    )
 
 
 def describe_disks(
@@ -490,6 +501,11 @@ def _array(device: str, host: HostView, runner: Runner, reads: Reads) -> ArrayFa
     except CommandFailed as exc:
         reads.cannot(f"the array {device}", exc.stderr_line)
         fs = {}
+    try:  # what md is doing must be known: an unreadable state is not "idle"
+        sync_action = host.attr(f"/sys/block/{os.path.basename(host.realpath(device))}/md/sync_action")
+    except Unreadable as exc:
+        reads.cannot(f"the array {device}", str(exc))
+        sync_action = "idle"
     return ArrayFacts(
         device=device,
         uuid=info.get("MD_UUID", ""),
@@ -499,4 +515,5 @@ def _array(device: str, host: HostView, runner: Runner, reads: Reads) -> ArrayFa
         kernel_device=host.realpath(device),
         fstype=fs.get("TYPE", ""),
         fs_uuid=fs.get("UUID", ""),
+        sync_action=sync_action,
     )

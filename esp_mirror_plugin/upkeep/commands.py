@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.hooks import bootentries, installed
+from esp_mirror_plugin.hooks import bootentries, fat, installed
 from esp_mirror_plugin.pipeline.execute import Applier
 from esp_mirror_plugin.pipeline.layout import MAX_DISKS, disk_tag
 from esp_mirror_plugin.pipeline.profiles import load_profile
@@ -106,12 +106,12 @@ def check_source_fat(runner: Runner, source: MemberState) -> None:
     try:
         fsck = runner.run(("fsck.fat", "-n", source.node), ok=(0, 1))
     except CommandFailed as exc:
-        why = (plans.fsck_problems(exc.result.stdout + exc.result.stderr) or [exc.stderr_line])[0]
+        why = (fat.fsck_problems(exc.result.stdout + exc.result.stderr) or [exc.stderr_line])[0]
         raise BadInput(
             f"fsck.fat cannot check the source {source.node} ({why}): "
             "choose another --source, or repair it with fsck.fat first"
         ) from None
-    damage = plans.fsck_problems(fsck.stdout + fsck.stderr) if fsck.returncode != 0 else []
+    damage = fat.fsck_problems(fsck.stdout + fsck.stderr) if fsck.returncode != 0 else []
     if damage:
         raise BadInput(
             f"the FAT on the source {source.node} is damaged ({damage[0]}): "

@@ -7,8 +7,6 @@ state (:mod:`.mirror`), so ``--dry-run`` prints exactly what would run.
 
 from __future__ import annotations
 
-import re
-
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import bootentries, fat, partition
 from esp_mirror_plugin.pipeline import naming
@@ -18,29 +16,6 @@ from esp_mirror_plugin.pipeline.steps import Command, Step, WaitForSync
 from esp_mirror_plugin.system.discovery import DiskFacts
 from esp_mirror_plugin.upkeep.mirror import ArrayState, MemberState, MirrorState
 from esp_mirror_plugin.upkeep.record import Record
-
-# fsck.fat -n on a FAT that Linux has mounted (or that was not unmounted) reports the dirty bit
-# and the backup boot sector differing in that one byte (offset 65): not damage.
-_BENIGN_FSCK = (
-    re.compile(r"^fsck\.fat "),
-    re.compile(r"^There are differences between boot sector and its backup"),
-    re.compile(r"^This is mostly harmless"),
-    re.compile(r"^\s+65:0[01]/0[01]$"),
-    re.compile(r"^\s+Not automatically fixing this"),
-    re.compile(r"^Dirty bit is set"),
-    re.compile(r"^\s*Automatically removing dirty bit"),
-    re.compile(r"^Leaving filesystem unchanged"),
-    re.compile(r"^\S+: \d+ files, \d+/\d+ clusters$"),
-    re.compile(r"^\s*$"),
-    # the free-cluster count in the FSInfo sector is a hint that firmware and Linux rarely update
-    re.compile(r"^Free cluster summary wrong \(\d+ vs\. really \d+\)$"),
-    re.compile(r"^\s+Auto-correcting\.$"),
-)
-
-
-def fsck_problems(output: str) -> list[str]:
-    """The lines of ``fsck.fat -n`` output that report real damage."""
-    return [line for line in output.splitlines() if not any(p.match(line) for p in _BENIGN_FSCK)]
 
 
 def require_array(state: MirrorState) -> ArrayState:

@@ -372,6 +372,11 @@ class Machine:
         """A running md array: /dev/md/NAME -> ../mdN, with mdadm --detail --export and blkid answers."""
         kernel = f"/dev/{kernel_name}"
         (self.sysroot / kernel.lstrip("/")).touch()
+        md = self.sysroot / "sys/block" / kernel_name / "md"
+        md.mkdir(parents=True, exist_ok=True)
+        for key, value in (("sync_action", "idle"), ("array_state", "clean")):
+            if not (md / key).exists():
+                (md / key).write_text(f"{value}\n")
         self.link(device, kernel)
         detail = [
             f"MD_LEVEL={level}",

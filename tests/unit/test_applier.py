@@ -232,7 +232,16 @@ def test_apply_on_image_files_runs_exactly_the_planned_commands_in_order(images)
 
     assert outcome.code == 0, outcome.err
     changing = [c for c in outcome.calls if c[0] not in ("blkid", "sfdisk")]
-    assert changing == [resolved(c, loops) for c in json_commands(plan)]
+    attach = [
+        call
+        for image in ("/images/a.img", "/images/b.img")
+        for call in (
+            ("losetup", "--list", "--noheadings", "--output", "NAME", "--associated", image),  # none attached yet
+            ("losetup", "--find", "--show", "--partscan", image),
+        )
+    ]
+    assert changing[:4] == attach
+    assert changing[4:] == [resolved(c, loops) for c in json_commands(plan)]
     assert [g["name"] for g in plan["groups"]] == [
         "notes",
         "setup",
@@ -243,7 +252,6 @@ def test_apply_on_image_files_runs_exactly_the_planned_commands_in_order(images)
         "installed-system",
         "cleanup",
     ]
-    assert changing[0] == ("losetup", "--find", "--show", "--partscan", "/images/a.img")
     assert changing[-2:] == [("losetup", "--detach", loops["LOOP_1"]), ("losetup", "--detach", loops["LOOP_2"])]
     assert not any(c[0] == "efibootmgr" for c in outcome.calls)  # image files are not this machine's disks
     fstab = (images.target / "etc/fstab").read_text()
@@ -301,7 +309,8 @@ def test_apply_failing_to_attach_the_second_image_detaches_the_first_and_exits_1
     outcome = images.cli("apply", "--yes", *images.args())
     assert outcome.code == 1
     assert outcome.err.startswith(
-        "esp-mirror: error: [setup] step failed: losetup --find --show --partscan /images/b.img"
+        "esp-mirror: error: [setup] step failed: losetup --list --associated /images/b.img || "
+        "losetup --find --show --partscan /images/b.img"
     )
     assert outcome.calls[-1] == ("losetup", "--detach", f"{images.root}/dev/loop1")  # LOOP_2 never existed
     assert '  [cleanup] losetup --detach "${LOOP_2}"\n  [cleanup]   not needed or failed' in outcome.out
@@ -310,8 +319,28 @@ def test_apply_failing_to_attach_the_second_image_detaches_the_first_and_exits_1
 def test_apply_prints_each_step_with_its_group(images):
     outcome = images.cli("apply", "--yes", *images.args())
     assert outcome.code == 0, outcome.err
-    assert "  [setup] losetup --find --show --partscan /images/a.img   # -> $LOOP_1\n" in outcome.out
+    assert (
+        "  [setup] losetup --list --associated /images/a.img || losetup --find --show --partscan /images/a.img"
+        "   # -> $LOOP_1\n" in outcome.out
+    )
     assert '  [pre_partition] wait for "${LOOP_1}p1"' in outcome.out
     assert "  [post_format] mkfs.vfat -F 32 -S 512 -s 8 -n ESP" in outcome.out
     assert Path(images.root / "dev/loop1p1").exists()  # sgdisk's partition appeared; no partx was needed
     assert not any(c[0] == "partx" for c in outcome.calls)
+
+
+def test_an_image_an_interrupted_run_left_attached_keeps_its_loop_device(images):
+    """A run killed after losetup left /images/a.img on a loop device (maybe with the array
+    running on it): the re-run uses that one, never a second loop device on the same file."""
+    left = f"{images.root}/dev/loop9"
+    images.runner.responders.insert(
+        0,
+        lambda argv: (
+            Result(argv, 0, f"{left}\n") if argv[:2] == ("losetup", "--list") and argv[-1] == "/images/a.img" else None
+        ),
+    )
+    outcome = images.cli("apply", "--yes", *images.args())
+    assert outcome.code == 0, outcome.err
+    assert ("losetup", "--find", "--show", "--partscan", "/images/a.img") not in outcome.calls
+    assert next(c for c in outcome.calls if c[0] == "sgdisk")[:2] == ("sgdisk", "--new=1:2048:1050623")
+    assert next(c for c in outcome.calls if c[0] == "sgdisk")[-1] == left

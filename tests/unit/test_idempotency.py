@@ -224,7 +224,8 @@ def test_rerun_after_a_failure_after_mdadm_create_continues_with_mkfs(two_disks)
 
 def test_a_rerun_makes_the_missing_partition_and_wipes_every_esp_partition_before_the_create(two_disks):
     """sda already carries our ESP partition (a first run stopped before making sdb1, maybe before
-    its wipefs): only sdb1 is made and waited for, and both are wiped before mdadm --create."""
+    its wipefs, maybe before the kernel re-read sda's table): only sdb1 is made, both are waited for
+    (sda1's node is made when the kernel lacks it), and both are wiped before mdadm --create."""
     first = plan_of(two_disks)
     guid_a, guid_b = (m["partition_guid"] for m in first["members"])
     two_disks.add_partition(
@@ -235,6 +236,7 @@ def test_a_rerun_makes_the_missing_partition_and_wipes_every_esp_partition_befor
     [group] = [g for g in again["groups"] if g["name"] == "pre_partition"]
     steps = [tuple(s["argv"]) if s["kind"] == "command" else (s["kind"], s.get("node", "")) for s in group["steps"]]
     assert steps == [
+        ("wait-for-partition", "/dev/sda1"),
         (
             "sgdisk",
             "--new=1:2048:1050623",

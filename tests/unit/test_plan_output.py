@@ -14,6 +14,13 @@ FIRST_LINE = {
     "copy-file": lambda s: f"copy {s['source']} -> {s['dest']}",
     "mkdir": lambda s: f"mkdir -p {shlex.quote(s['path'])}",
     "settle": lambda s: f"udevadm settle --timeout={s['timeout']} (where udev runs)",
+    "attach-image": lambda s: (
+        f"losetup --list --associated {s['image']} || losetup --find --show --partscan {s['image']}"
+        f"   # -> ${s['binds']}"
+    ),
+    "ensure-fat": lambda s: (
+        f"fsck.fat -n {s['device']}; when it finds damage and the FAT holds no files: {shlex.join(s['make']['argv'])}"
+    ),
     "install-program": lambda s: (
         f"install {s['path']} (mode {s['mode']}): {s['summary']}; {s['size']} bytes, sha256 {s['sha256']}"
     ),
@@ -81,8 +88,12 @@ def test_json_plan_of_image_files_renders_loop_variables(machine):
     machine.add_image("b.img")
     plan = json.loads(machine.cli("plan", "--json", *machine.args()).out)
     setup = next(g for g in plan["groups"] if g["name"] == "setup")
-    assert setup["steps"][0]["argv"] == ["losetup", "--find", "--show", "--partscan", "/images/a.img"]
-    assert setup["steps"][0]["binds"] == "LOOP_1"
+    assert setup["steps"][0] == {
+        "kind": "attach-image",
+        "image": "/images/a.img",
+        "binds": "LOOP_1",
+        "why": "loop device for the image /images/a.img",
+    }
     wait = next(s for g in plan["groups"] for s in g["steps"] if s["kind"] == "wait-for-partition")
     assert (wait["disk"], wait["node"]) == ('"${LOOP_1}"', '"${LOOP_1}p1"')
     notes = next(g for g in plan["groups"] if g["name"] == "notes")["notes"]

@@ -1,6 +1,6 @@
 """`esp-mirror repair`: rebuild every other member from a chosen source, after checking it.
 
-Also the pieces it stands on: fsck.fat output that is not damage (upkeep.fsck_problems) and the
+Also the pieces it stands on: fsck.fat output that is not damage (fat.fsck_problems) and the
 read-only comparison of the members' files (compare.copy_member, differences, backup).
 """
 
@@ -17,10 +17,10 @@ import pytest
 from conftest import FAT_MTIME, FSCK_DIRTY, assert_upkeep_only_read, fast_applier, guid_of, upkeep_changes
 
 from esp_mirror_plugin.errors import StepFailed
+from esp_mirror_plugin.hooks import fat
 from esp_mirror_plugin.system.recording import RecordingRunner
 from esp_mirror_plugin.system.runner import Result
 from esp_mirror_plugin.upkeep import compare
-from esp_mirror_plugin.upkeep import plans as upkeep
 from esp_mirror_plugin.upkeep.compare import Difference, FileInfo
 
 FW_FILE = "EFI/FW.TXT"
@@ -51,21 +51,21 @@ def repair_from_a(esp: Path) -> list[tuple[str, ...]]:
 
 
 def test_the_dirty_bit_of_a_mounted_fat_is_not_damage():
-    assert upkeep.fsck_problems(FSCK_DIRTY.format(node="/dev/vda1")) == []
+    assert fat.fsck_problems(FSCK_DIRTY.format(node="/dev/vda1")) == []
 
 
 def test_a_clean_fat_has_no_problems():
-    assert upkeep.fsck_problems("fsck.fat 4.2 (2021-01-31)\n/dev/vda1: 6 files, 5174/130796 clusters\n") == []
+    assert fat.fsck_problems("fsck.fat 4.2 (2021-01-31)\n/dev/vda1: 6 files, 5174/130796 clusters\n") == []
 
 
 def test_real_damage_is_kept_among_the_benign_lines():
     output = FSCK_DIRTY.format(node="/dev/vda1").replace("Leaving filesystem", f"{DAMAGE}\nLeaving filesystem")
-    assert upkeep.fsck_problems(output) == [DAMAGE]
+    assert fat.fsck_problems(output) == [DAMAGE]
 
 
 def test_a_backup_boot_sector_differing_elsewhere_than_the_dirty_bit_is_kept():
     output = FSCK_DIRTY.format(node="/dev/vda1").replace("  65:01/00", "  65:01/00\n  71:45/4e")
-    assert upkeep.fsck_problems(output) == ["  71:45/4e"]
+    assert fat.fsck_problems(output) == ["  71:45/4e"]
 
 
 # -- compare: the members' files --------------------------------------------------------------

@@ -1,0 +1,148 @@
+"""An apply that was killed at any step continues when run again: each step's "is it done?" looks
+at what the kernel and the disks say (tests/vm/test_interrupted.py kills real runs in a guest).
+
+The machine is ``two_disks``; each test leaves it the way a killed apply would.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from conftest import json_commands, starting
+from test_idempotency import build_members, plan_of
+
+from esp_mirror_plugin.errors import StepFailed
+from esp_mirror_plugin.hooks import fat
+from esp_mirror_plugin.pipeline.execute import Applier
+from esp_mirror_plugin.system.recording import RecordingRunner
+from esp_mirror_plugin.system.runner import Result
+
+MKFS = fat.mkfs("/dev/md/esp", 512 * 1024 * 1024, 512, "ESP", "932D8E71")
+
+
+def kinds(plan: dict, group: str) -> list[str]:
+    steps = next(g for g in plan["groups"] if g["name"] == group)["steps"]
+    return [" ".join(s["argv"][:2]) if s["kind"] == "command" else s["kind"] for s in steps]
+
+
+def test_a_create_that_reached_one_member_only_is_made_again_on_both(two_disks):
+    """Killed inside mdadm --create: sda1 carries the array's superblock, sdb1 none, no FAT."""
+    first = plan_of(two_disks)
+    build_members(two_disks, first, inner_fs=False)
+    two_disks.disks["/dev/sdb"].partitions[0].probe.clear()
+    again = plan_of(two_disks)
+    assert again["array"]["action"] == "create" and again["array"]["uuid"] == first["array"]["uuid"]
+    cmds = json_commands(again)
+    assert ("wipefs", "--all", "/dev/sda1", "/dev/sdb1") in cmds
+    assert len(starting(cmds, "mdadm", "--create")) == 1 and len(starting(cmds, "mkfs.vfat")) == 1
+
+
+def test_a_half_made_array_that_holds_a_fat_is_never_made_again(two_disks):
+    first = plan_of(two_disks)
+    build_members(two_disks, first, inner_fs=True)
+    two_disks.disks["/dev/sdb"].partitions[0].probe.clear()
+    outcome = two_disks.cli("plan", *two_disks.args())
+    assert outcome.code == 2 and "are not members of the existing ESP array" in outcome.error
+
+
+def test_members_whose_array_was_never_started_are_assembled_and_checked(two_disks):
+    first = plan_of(two_disks)
+    build_members(two_disks, first, inner_fs=True)
+    again = plan_of(two_disks)
+    assert again["array"]["action"] == "assemble"
+    assert kinds(again, "post_format")[:3] == ["mdadm --assemble", "settle", "ensure-fat"]
+
+
+def test_an_inactive_array_holding_the_members_is_stopped_first(two_disks):
+    """udev's incremental assembly (or a killed run) left /dev/md/esp inactive on the members."""
+    first = plan_of(two_disks)
+    build_members(two_disks, first, inner_fs=True, holders=("md127",))
+    two_disks.link("/dev/md/esp", "/dev/md127")
+    (two_disks.sysroot / "dev/md127").touch()
+    md = two_disks.sysroot / "sys/block/md127/md"
+    md.mkdir(parents=True)
+    (md / "array_state").write_text("inactive\n")
+    two_disks.fail(("mdadm", "--detail", "--export", "/dev/md/esp"), 1, "mdadm: cannot open /dev/md/esp\n")
+    again = plan_of(two_disks)
+    post = json_commands(again, "post_format")
+    assert post[:2] == [("mdadm", "--stop", "/dev/md/esp"), starting(post, "mdadm", "--assemble")[0]]
+
+
+def test_a_resync_an_interrupted_run_did_not_wait_for_is_waited_for(two_disks):
+    first = plan_of(two_disks)
+    build_members(two_disks, first, inner_fs=True, holders=("md127",))
+    two_disks.add_array("/dev/md/esp", "md127", uuid=first["array"]["uuid"], members=("/dev/sda1", "/dev/sdb1"),
+                        fs={"TYPE": "vfat", "UUID": first["filesystem"]["uuid"]})  # fmt: skip
+    (two_disks.sysroot / "sys/block/md127/md/sync_action").write_text("resync\n")
+    again = plan_of(two_disks)
+    assert again["array"]["action"] == "keep"
+    assert ("mdadm", "--wait", "/dev/md/esp") in json_commands(again, "post_format")
+    (two_disks.sysroot / "sys/block/md127/md/sync_action").write_text("idle\n")
+    assert ("mdadm", "--wait", "/dev/md/esp") not in json_commands(plan_of(two_disks), "post_format")
+
+
+def test_an_array_whose_sync_state_cannot_be_read_is_not_taken_for_idle(two_disks):
+    first = plan_of(two_disks)
+    build_members(two_disks, first, inner_fs=True, holders=("md127",))
+    two_disks.add_array("/dev/md/esp", "md127", uuid=first["array"]["uuid"], members=("/dev/sda1", "/dev/sdb1"))
+    (two_disks.sysroot / "sys/block/md127/md/sync_action").unlink()
+    outcome = two_disks.cli("apply", "--yes", *two_disks.args())
+    assert outcome.code == 2
+    assert outcome.error.startswith("cannot read the array /dev/md/esp (cannot read /sys/block/md127/md/sync_action")
+
+
+# -- a FAT that mkfs did not finish ---------------------------------------------------------------
+
+
+def ensure(responses: dict[tuple[str, ...], Result]) -> tuple[RecordingRunner, io.StringIO, bool]:
+    runner = RecordingRunner(responders=[lambda argv: responses.get(argv) or Result(argv, 0)])
+    out = io.StringIO()
+    changed = Applier(runner, out)._apply(fat.ensure("/dev/md/esp", MKFS), "post_format")
+    return runner, out, changed
+
+
+FSCK = ("fsck.fat", "-n", "/dev/md/esp")
+MDIR = ("mdir", "-/", "-b", "-i", "/dev/md/esp", "::/")
+HALF_MADE = "fsck.fat 4.2 (2021-01-31)\nFATs differ but appear to be intact.\nFree cluster summary uninitialized\n"
+
+
+def test_a_clean_fat_is_left_as_it_is():
+    runner, _, changed = ensure({FSCK: Result(FSCK, 0, "fsck.fat 4.2\n/dev/md/esp: 3 files, 10/130000 clusters\n")})
+    assert (runner.calls, changed) == ([FSCK], False)
+
+
+def test_a_damaged_fat_without_files_is_made_again():
+    runner, out, changed = ensure(
+        {FSCK: Result(FSCK, 1, HALF_MADE), MDIR: Result(MDIR, 1, "", "mdir: Cannot initialize '::'\n")}
+    )
+    assert runner.calls == [FSCK, MDIR, MKFS.argv] and changed
+    assert "a half-made FAT (FATs differ but appear to be intact.) and no files: made again" in out.getvalue()
+
+
+def test_a_fat_that_cannot_even_be_checked_and_lists_nothing_is_made_again():
+    runner, _, _ = ensure(
+        {FSCK: Result(FSCK, 2, "", "fsck.fat: Logical sector size is zero.\n"), MDIR: Result(MDIR, 1)}
+    )
+    assert runner.calls == [FSCK, MDIR, MKFS.argv]
+
+
+def test_a_damaged_fat_with_files_is_never_made_again_and_the_fix_is_named():
+    with pytest.raises(StepFailed) as failure:
+        ensure({FSCK: Result(FSCK, 1, HALF_MADE), MDIR: Result(MDIR, 0, "::/EFI/\n::/EFI/debian/\n")})
+    assert failure.value.detail == (
+        "the FAT on /dev/md/esp is damaged (FATs differ but appear to be intact.) and holds 2 files or "
+        "directories, so it is not made again: repair it with `fsck.fat -a /dev/md/esp` (or copy the files off "
+        "and remove its FAT with `wipefs --all /dev/md/esp`), then run the same esp-mirror command again"
+    )
+
+
+def test_the_plan_shows_the_check_with_the_mkfs_it_may_run(two_disks):
+    first = plan_of(two_disks)
+    build_members(two_disks, first, inner_fs=True)
+    text = two_disks.cli("plan", *two_disks.args()).out
+    assert "fsck.fat -n /dev/md/esp; when it finds damage and the FAT holds no files: mkfs.vfat -F 32" in text
+
+
+def test_a_fresh_apply_makes_the_fat_without_checking_one(two_disks):
+    assert "ensure-fat" not in kinds(plan_of(two_disks), "post_format")
