@@ -160,29 +160,51 @@ def plan_new_member(
     runner: Runner, host: HostView, state: MirrorState, new: str, old: str | None, wipe: bool, command: str
 ) -> Planned:
     """replace (``old`` a member or "missing") or add (``old`` None): partition ``new`` like the
-    others, add it, wait for the recovery, then its boot entry (and drop the old disk's)."""
+    others, add it, wait for the recovery, then its boot entry (and drop the old disk's).
+
+    The same command run again after an interruption continues: a new disk that already carries
+    its ESP partition (the GUID made from its identity) is not partitioned again, one already in
+    the array is not added again, an old member already taken out is not taken out again.
+    """
     array = plans.require_array(state)
+    joined = array.member(new)  # in the array: an earlier run of this command added it, or a mistake
+    if joined is not None:
+        if old not in (None, "missing") and array.member(old or "") is not None:
+            # the old member is still in: no run of this command added the new disk (it takes the old out first)
+            raise BadInput(f"{new} is already a member of {array.device}")
+        if joined.active and array.sync_action == "idle":
+            raise BadInput(
+                f"{new} is already a member of {array.device}: if an earlier `esp-mirror {command}` added it, "
+                "run `esp-mirror entries` to make sure it has its boot entry"
+            )
     old_member = None
     if old == "missing":
-        if not array.degraded:
+        if not array.degraded and joined is None:
             raise BadInput(f"no member of {array.device} is missing: name the disk to replace with --old DISK")
     elif old is not None:
         old_member = array.member(old)
-        if old_member is None:
+        if old_member is None and joined is None and not array.degraded:
             raise BadInput(
                 f"{old} is not a member of {array.device}: members are "
                 f"{', '.join(m.disk for m in array.members)}; use --old missing for a disk that is gone"
             )
-    elif array.raid_disks >= MAX_DISKS:
+    elif array.raid_disks >= MAX_DISKS and joined is None:
         raise BadInput(f"{array.device} already has {MAX_DISKS} members, the most esp-mirror mirrors")
     facts = member_facts(runner, host, state, (new,))
     disk = facts[new]
-    sector = next((facts[m.disk].sector_size for m in array.members if m.disk in facts), 512)
+    sector = next((facts[m.disk].sector_size for m in array.members if m.disk in facts and m.disk != disk.path), 512)
     record = state.record
     assert record is not None  # require_array checked it
-    plans.new_disk_checks(disk, array, record, sector, wipe)
-    steps, member = plans.member_steps(state, disk, sector, wipe, old=old_member, grow=old is None)
-    groups = [Group(command, steps, (f"mdadm.conf names {array.device} by UUID: it stays as it is",))]
+    resumed = plans.resumed_member(disk, record, sector, joined)
+    if resumed is None:
+        plans.new_disk_checks(disk, array, record, sector, wipe)
+    steps, member = plans.member_steps(
+        state, disk, sector, wipe, old=old_member, grow=old is None, resumed=resumed, joined=joined
+    )
+    notes = [f"mdadm.conf names {array.device} by UUID: it stays as it is"]
+    if resumed is not None:
+        notes.append(f"{disk.given} carries the ESP partition an earlier {command} made: continuing from there")
+    groups = [Group(command, steps, tuple(notes))]
     entry = bootentries.Member(disk=disk.path, tag=disk_tag(disk), part=1, partuuid=member.guid)
     if state.efivars and state.boot is not None:
         members = plans.entry_members(array, facts, without=old_member.node if old_member else None, extra=(entry,))

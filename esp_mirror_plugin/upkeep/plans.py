@@ -13,7 +13,7 @@ from esp_mirror_plugin.pipeline import naming
 from esp_mirror_plugin.pipeline.layout import GPT_BACKUP, Member, check_disks, disk_tag, holds_data
 from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import Command, Step, WaitForSync
-from esp_mirror_plugin.system.discovery import DiskFacts
+from esp_mirror_plugin.system.discovery import DiskFacts, Partition
 from esp_mirror_plugin.upkeep.mirror import ArrayState, MemberState, MirrorState
 from esp_mirror_plugin.upkeep.record import Record
 
@@ -115,18 +115,45 @@ def new_disk_checks(disk: DiskFacts, array: ArrayState, record: Record, sector: 
         )
 
 
+def resumed_member(disk: DiskFacts, record: Record, sector: int, joined: MemberState | None) -> Partition | None:
+    """The ESP partition an interrupted replace or add already made on ``disk``, or None.
+
+    Ours means: partition 1, the ESP type, our name, the GUID made from this disk's identity, the
+    recorded size, and no superblock of another array in it.
+    """
+    part = disk.partition(1)
+    if part is None or part.guid != naming.partition_guid(disk.identity):
+        return None
+    first, size = record.esp_start // sector, record.esp_size // sector
+    if (part.type_guid, part.name, part.start, part.size) != (naming.ESP_TYPE_GUID, naming.PARTITION_NAME, first, size):
+        return None
+    if part.fstype and part.fstype != "linux_raid_member" and joined is None:
+        return None
+    return part
+
+
 def member_steps(
-    state: MirrorState, disk: DiskFacts, sector: int, wipe: bool, *, old: MemberState | None, grow: bool
+    state: MirrorState,
+    disk: DiskFacts,
+    sector: int,
+    wipe: bool,
+    *,
+    old: MemberState | None,
+    grow: bool,
+    resumed: Partition | None = None,
+    joined: MemberState | None = None,
 ) -> tuple[tuple[Step, ...], Member]:
-    """Partition ``disk`` like the others and add it to the array (replacing ``old``, or growing)."""
+    """Partition ``disk`` like the others and add it to the array (replacing ``old``, or growing);
+    from where an interrupted run of the same command stopped (``resumed``: its partition is
+    there; ``joined``: it is in the array already)."""
     array, record = require_array(state), state.record
     new = Member(
         disk=disk,
         device=disk.path,
         node=naming.partition_node(disk.path, 1),
-        guid=naming.partition_guid(disk.identity),
-        exists=False,
-        wipe=wipe,
+        guid=resumed.guid if resumed is not None else naming.partition_guid(disk.identity),
+        exists=resumed is not None,
+        wipe=wipe and resumed is None,
         loop_var=None,
     )
     assert record is not None  # require_array checked it
@@ -147,9 +174,10 @@ def member_steps(
                 why="the old disk must never be assembled again (a dead disk may refuse: fine)",
             )
         )
-    steps += partition.steps([new], first, last)
-    steps.append(Command(("mdadm", array.device, "--add", new.node), why=f"{new.node} joins the mirror"))
-    if grow:
+    if joined is None:
+        steps += partition.steps([new], first, last, wipe_all=True)
+        steps.append(Command(("mdadm", array.device, "--add", new.node), why=f"{new.node} joins the mirror"))
+    if grow and (joined is None or joined.slot is None):
         steps.append(
             Command(
                 ("mdadm", "--grow", array.device, f"--raid-devices={array.raid_disks + 1}"),

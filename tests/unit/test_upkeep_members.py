@@ -280,7 +280,8 @@ REFUSALS = {
     "new-disk-is-a-member": (
         lambda m: None,
         ("add", "--disk", "/dev/vda"),
-        "/dev/vda is already a member of /dev/md/esp",
+        "/dev/vda is already a member of /dev/md/esp: if an earlier `esp-mirror add` added it, run "
+        "`esp-mirror entries` to make sure it has its boot entry",
     ),
     "replacement-is-a-member": (
         lambda m: None,
