@@ -99,7 +99,10 @@ def run_qemu(
         while proc.poll() is None:
             _check_serial(serial_log, give_up_on or {})
             if time.monotonic() > deadline:
-                raise VmError(f"qemu did not finish within {timeout:.0f} s; serial log: {serial_log}")
+                raise VmError(
+                    f"qemu did not finish within {timeout:.0f} s; serial log: {serial_log}, ending with:\n"
+                    + _tail(serial_log)
+                )
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=_POLL_SECONDS)
     finally:
@@ -113,6 +116,13 @@ def run_qemu(
             f"serial log: {serial_log}\ncommand: {shlex.join(argv)}"
         )
     return QemuRun(seconds=seconds, serial_log=serial_log)
+
+
+def _tail(serial_log: Path, lines: int = 60) -> str:
+    """The last ``lines`` lines of the serial log: a CI run keeps no files, so a failure must show them."""
+    if not serial_log.exists():
+        return "(no serial output)"
+    return "\n".join(serial_log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def _check_serial(serial_log: Path, give_up_on: Mapping[str, str]) -> None:

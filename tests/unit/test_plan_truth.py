@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import KVER, Machine, assert_only_read, commands
+from conftest import KVER, FakeHost, Machine, assert_only_read, commands
 
 from esp_mirror_plugin import cli, hookimpl, host
 from esp_mirror_plugin.cli import install as cli_install
@@ -378,8 +378,6 @@ def test_apply_holds_the_lock_while_it_runs(images):
 
 
 def test_waiting_for_a_resync_whose_state_cannot_be_read_fails_instead_of_reading_idle(tmp_path):
-    from conftest import FakeHost
-
     from esp_mirror_plugin.errors import StepFailed
     from esp_mirror_plugin.pipeline.steps import WaitForSync
 
