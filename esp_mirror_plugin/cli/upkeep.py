@@ -25,6 +25,7 @@ from esp_mirror_plugin.system import lock
 from esp_mirror_plugin.system.discovery import HostView
 from esp_mirror_plugin.system.runner import Runner, ShRunner
 from esp_mirror_plugin.upkeep import commands, compare, heal, history, plans
+from esp_mirror_plugin.upkeep import journal as journal_file
 from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.mirror import MirrorState, read_mirror
 
@@ -247,12 +248,15 @@ def _repair(
     args: argparse.Namespace, state: MirrorState, runner: Runner, host: HostView, out: TextIO, stdin: TextIO
 ) -> int:
     plans.require_array(state)
+    journal = journal_file.load(host.sysroot)
     with commands.scratch("repair-") as workdir:
         copies, diffs = commands.compare_members(runner, state, workdir)
         if not args.json:
             _print_differences(diffs, out)
-        source = plans.source_member(state, args.source)
-        planned = commands.plan_repair(runner, state, source, copies, diffs, Path(args.backup_dir))
+        source = commands.repair_source(state, args.source, journal)
+        planned = commands.plan_repair(
+            runner, state, source, copies, diffs, Path(args.backup_dir), host.sysroot, journal
+        )
         return _carry_out(args, state, planned, runner, host, out, stdin)
 
 

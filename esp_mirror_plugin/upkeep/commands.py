@@ -26,6 +26,8 @@ from esp_mirror_plugin.pipeline.steps import Group
 from esp_mirror_plugin.system.discovery import DiskFacts, HostView, describe_disks, read_mounts
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
 from esp_mirror_plugin.upkeep import compare, plans, settings
+from esp_mirror_plugin.upkeep import journal as journal_file
+from esp_mirror_plugin.upkeep.journal import RepairJournal
 from esp_mirror_plugin.upkeep.mirror import MemberState, MirrorState, read_mirror
 from esp_mirror_plugin.upkeep.record import Record
 
@@ -119,6 +121,27 @@ def check_source_fat(runner: Runner, source: MemberState) -> None:
         )
 
 
+def repair_source(state: MirrorState, given: str, journal: RepairJournal | None) -> MemberState:
+    """The member a repair copies from: ``--source`` (DISK, partition or "auto"), or, after an
+    interrupted repair, the one it was copying from (a different explicit source is refused: the
+    members it took out hold nothing yet)."""
+    if journal is None:
+        return plans.source_member(state, given)
+    array = plans.require_array(state)
+    member = array.member(journal.source)
+    if member is None or not member.active:
+        raise BadInput(
+            f"an interrupted repair was rebuilding from {journal.source}, which is no longer an in-sync member of "
+            f"{array.device}: see `esp-mirror status`; the overwritten files are in the backup tars"
+        )
+    if given != "auto" and plans.source_member(state, given).node != member.node:
+        raise BadInput(
+            f"an interrupted repair from {member.node} is not finished: run `esp-mirror repair --source {member.disk}` "
+            "to finish it first"
+        )
+    return member
+
+
 def plan_repair(
     runner: Runner,
     state: MirrorState,
@@ -126,10 +149,25 @@ def plan_repair(
     copies: dict[str, Path],
     diffs: list[compare.Difference],
     backup_dir: Path,
+    root: str,
+    journal: RepairJournal | None,
 ) -> Planned:
-    """Rebuild every other member from ``source``; keep their versions of differing files first."""
+    """Rebuild every other member from ``source``; keep their versions of differing files first.
+    With the ``journal`` of an interrupted repair, finish that one."""
     check_source_fat(runner, source)
+    array = plans.require_array(state)
     notes = [f"source: {source.node} on {source.disk}; fsck.fat -n found no damage"]
+    if journal is None:
+        journal = RepairJournal(
+            source=source.node,
+            rebuild=tuple(m.node for m in array.members if m.node != source.node),
+            mountpoint=state.mount.mountpoint if state.mount is not None else None,
+        )
+    else:
+        notes.append(
+            f"an interrupted repair ({journal_file.path_in(root)}, phase {journal.phase}) "
+            "is finished from where it stopped"
+        )
     if diffs:
         notes.append(
             f"before any change, the other members' versions of {len(diffs)} differing files "
@@ -143,7 +181,8 @@ def plan_repair(
         return [f"kept the overwritten versions in {tar}" for tar in backups]
 
     report = {"source": source.node, "differences": [d.to_json() for d in diffs], "backups": backups}
-    return Planned([Group("repair", plans.repair_steps(state, source), tuple(notes))], report, keep_backups)
+    steps = plans.repair_steps(state, source, journal, root)
+    return Planned([Group("repair", steps, tuple(notes))], report, keep_backups)
 
 
 def member_facts(

@@ -20,6 +20,7 @@ from esp_mirror_plugin.system.discovery import (
 )
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
 from esp_mirror_plugin.upkeep import history
+from esp_mirror_plugin.upkeep import journal as journal_file
 from esp_mirror_plugin.upkeep.record import Record
 from esp_mirror_plugin.upkeep.settings import drift
 
@@ -85,6 +86,7 @@ class MirrorState:
     boot_current: str | None
     loader_partuuid: str | None  # LoaderDevicePartUUID: the partition this boot came from
     settings: tuple[str, ...] = ()  # the installed system's settings that are not as esp-mirror writes them
+    unfinished: tuple[str, ...] = ()  # commands that were interrupted, and how to finish them
     last_event: str | None = None  # the history's last line ("... healed at boot: ...")
 
     @property
@@ -132,6 +134,7 @@ class MirrorState:
                 f"the boot entries cannot be read (efibootmgr -v: {self.nvram_error}): check `efibootmgr -v` by hand"
             )
         out += self.settings
+        out += self.unfinished
         if self.efivars:
             for e in self.entries:
                 if e.entry is None:
@@ -177,6 +180,15 @@ def read_mirror(
         except OSError as exc:
             settings = [f"cannot compare the installed system's settings ({exc}): run esp-mirror as root"]
     try:
+        journal = journal_file.load(host.sysroot)
+        unfinished = (
+            [f"a repair from {journal.source} was interrupted: run `esp-mirror repair --source auto`"]
+            if journal
+            else []
+        )
+    except BadInput as exc:
+        unfinished = [str(exc)]
+    try:
         events = history.read(host.sysroot)
     except OSError as exc:
         events = [f"(the history {history.path_in(host.sysroot)} cannot be read: {exc.strerror})"]
@@ -192,6 +204,7 @@ def read_mirror(
         boot_current=_boot_current(host),
         loader_partuuid=_loader_partuuid(host),
         settings=tuple(settings),
+        unfinished=tuple(unfinished),
         last_event=events[-1] if events else None,
     )
 

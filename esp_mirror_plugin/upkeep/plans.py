@@ -7,13 +7,17 @@ state (:mod:`.mirror`), so ``--dry-run`` prints exactly what would run.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import bootentries, fat, partition
 from esp_mirror_plugin.pipeline import naming
 from esp_mirror_plugin.pipeline.layout import GPT_BACKUP, Member, check_disks, disk_tag, holds_data
 from esp_mirror_plugin.pipeline.request import Request
-from esp_mirror_plugin.pipeline.steps import Command, Step, WaitForSync
+from esp_mirror_plugin.pipeline.steps import Command, Step, WaitForSync, WriteFile
 from esp_mirror_plugin.system.discovery import DiskFacts, Partition
+from esp_mirror_plugin.upkeep import journal as journal_file
+from esp_mirror_plugin.upkeep.journal import RepairJournal
 from esp_mirror_plugin.upkeep.mirror import ArrayState, MemberState, MirrorState
 from esp_mirror_plugin.upkeep.record import Record
 
@@ -63,33 +67,53 @@ def source_member(state: MirrorState, source: str) -> MemberState:
     return member
 
 
-def repair_steps(state: MirrorState, source: MemberState) -> tuple[Step, ...]:
-    """Rebuild every other member from ``source``: a deliberate full copy, not md's `repair`."""
+def repair_steps(state: MirrorState, source: MemberState, journal: RepairJournal, root: str) -> tuple[Step, ...]:
+    """Rebuild every member in ``journal.rebuild`` from ``source``: a deliberate full copy, not md's
+    `repair`; from where an interrupted repair stopped when the journal was already there.
+
+    The journal is written before the first change and rewritten once every member is out, so a
+    re-run knows which members to bring back and where to mount the ESP; it goes last.
+    """
     array = require_array(state)
-    others = [m for m in array.members if m.node != source.node]
-    steps: list[Step] = []
+    path = journal_file.path_in(root)
+    why = "what this repair is doing, so that running it again after an interruption finishes it"
+    steps: list[Step] = [WriteFile(path, journal.text(), why=why, root=root)]
     if state.mount is not None:
         steps.append(
             Command(("umount", state.mount.mountpoint), why="nothing may write to the ESP while members are rebuilt")
         )
-    for m in others:
-        steps.append(
-            Command(
-                ("mdadm", array.device, "--fail", m.node, "--remove", m.node),
-                why=f"take {m.node} out; {source.node} is the only copy left",
-            )
-        )
-        steps.append(
-            Command(
-                ("mdadm", "--zero-superblock", m.node),
-                why=f"{m.node} comes back as a new member: a full copy, no bitmap shortcut",
-            )
-        )
-    for m in others:
-        steps.append(Command(("mdadm", array.device, "--add", m.node), why=f"{m.node} is rebuilt from {source.node}"))
+    if journal.phase == journal_file.TAKE_OUT:
+        for node in journal.rebuild:
+            if array.member(node) is not None:
+                steps.append(
+                    Command(
+                        ("mdadm", array.device, "--fail", node, "--remove", node),
+                        why=f"take {node} out; {source.node} is the only copy left",
+                    )
+                )
+                steps.append(
+                    Command(
+                        ("mdadm", "--zero-superblock", node),
+                        why=f"{node} comes back as a new member: a full copy, no bitmap shortcut",
+                    )
+                )
+            else:  # taken out by the interrupted run; its superblock may or may not be zeroed yet
+                steps.append(
+                    Command(
+                        ("wipefs", "--all", "--types", "linux_raid_member", node),
+                        why=f"{node} comes back as a new member: a full copy, no bitmap shortcut",
+                    )
+                )
+        rebuild = replace(journal, phase=journal_file.REBUILD)
+        steps.append(WriteFile(path, rebuild.text(), why="every member to rebuild is out", root=root))
+    for node in journal.rebuild:
+        if journal.phase == journal_file.TAKE_OUT or array.member(node) is None:
+            steps.append(Command(("mdadm", array.device, "--add", node), why=f"{node} is rebuilt from {source.node}"))
     steps.append(WaitForSync(array.device, clean=True, why="the recovery copies the whole source member"))
-    if state.mount is not None:
-        steps.append(fat.mount(array.device, state.mount.mountpoint, why="the ESP back in place"))
+    mountpoint = state.mount.mountpoint if state.mount is not None else journal.mountpoint
+    if mountpoint is not None:
+        steps.append(fat.mount(array.device, mountpoint, why="the ESP back in place"))
+    steps.append(Command(("rm", "--", path), why="the repair is finished"))
     return tuple(steps)
 
 

@@ -987,6 +987,8 @@ class Mirror(Machine):
 
     def _change(self, argv: tuple[str, ...]) -> Result | None:
         match argv:
+            case ("rm", "--", path):
+                os.unlink(path)
             case ("umount", mountpoint):
                 self.mountinfo = [line for line in self.mountinfo if f" {mountpoint} " not in line]
                 self._write_proc()

@@ -14,7 +14,15 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import FAT_MTIME, FSCK_DIRTY, assert_upkeep_only_read, fast_applier, guid_of, upkeep_changes
+from conftest import (
+    FAT_MTIME,
+    FSCK_DIRTY,
+    Mirror,
+    assert_upkeep_only_read,
+    fast_applier,
+    guid_of,
+    upkeep_changes,
+)
 
 from esp_mirror_plugin.errors import StepFailed
 from esp_mirror_plugin.hooks import fat
@@ -37,13 +45,15 @@ def plan_commands(report: dict) -> list[tuple[str, ...]]:
     return [tuple(s["argv"]) for g in report["plan"] for s in g["steps"] if s["kind"] == "command"]
 
 
-def repair_from_a(esp: Path) -> list[tuple[str, ...]]:
+def repair_from_a(mirror: Mirror) -> list[tuple[str, ...]]:
+    esp = mirror.esp
     return [
         ("umount", str(esp)),
         ("mdadm", "/dev/md/esp", "--fail", "/dev/vdb1", "--remove", "/dev/vdb1"),
         ("mdadm", "--zero-superblock", "/dev/vdb1"),
         ("mdadm", "/dev/md/esp", "--add", "/dev/vdb1"),
         ("mount", "-t", "vfat", "-o", "umask=0077", "/dev/md/esp", str(esp)),
+        ("rm", "--", str(mirror.sysroot / "var/lib/esp-mirror/repair.json")),
     ]
 
 
@@ -245,9 +255,10 @@ def test_repair_from_a_with_the_esp_mounted_plans_a_full_rebuild_of_b(mirror):
     [group] = report["plan"]
     assert group["name"] == "repair"
     assert group["notes"] == ["source: /dev/vda1 on /dev/vda; fsck.fat -n found no damage"]
-    assert [s["kind"] for s in group["steps"]] == ["command"] * 4 + ["wait-for-sync", "command"]
-    assert plan_commands(report) == repair_from_a(mirror.esp)
-    assert group["steps"][4] == {
+    kinds = ["write-file"] + ["command"] * 3 + ["write-file", "command", "wait-for-sync"] + ["command"] * 2
+    assert [s["kind"] for s in group["steps"]] == kinds
+    assert plan_commands(report) == repair_from_a(mirror)
+    assert group["steps"][6] == {
         "kind": "wait-for-sync",
         "device": "/dev/md/esp",
         "clean": True,
@@ -263,6 +274,17 @@ def test_repair_from_a_with_the_esp_mounted_plans_a_full_rebuild_of_b(mirror):
 
 
 def test_repair_dry_run_prints_the_plan_after_the_comparison(mirror):
+    journal = journal_of(mirror)
+
+    def journal_text(phase: str) -> str:
+        return (
+            '{\n  "source": "/dev/vda1",\n  "rebuild": [\n    "/dev/vdb1"\n  ],\n'
+            f'  "mountpoint": "/boot/efi",\n  "phase": "{phase}"\n}}\n'
+        )
+
+    def indent(text: str) -> str:
+        return "".join(f"    | {line}\n" for line in text.splitlines())
+
     outcome = mirror.cli("repair", "--source", "/dev/vda", "--dry-run")
 
     assert outcome.code == 0
@@ -270,18 +292,26 @@ def test_repair_dry_run_prints_the_plan_after_the_comparison(mirror):
         "member files: identical\n"
         "# == repair ==\n"
         "# note: source: /dev/vda1 on /dev/vda; fsck.fat -n found no damage\n"
+        "# what this repair is doing, so that running it again after an interruption finishes it\n"
+        f"write {journal} (mode 0644):\n"
+        f"{indent(journal_text('take-out'))}\n"
         "# nothing may write to the ESP while members are rebuilt\n"
         f"umount {mirror.esp}\n"
         "# take /dev/vdb1 out; /dev/vda1 is the only copy left\n"
         "mdadm /dev/md/esp --fail /dev/vdb1 --remove /dev/vdb1\n"
         "# /dev/vdb1 comes back as a new member: a full copy, no bitmap shortcut\n"
         "mdadm --zero-superblock /dev/vdb1\n"
+        "# every member to rebuild is out\n"
+        f"write {journal} (mode 0644):\n"
+        f"{indent(journal_text('rebuild'))}\n"
         "# /dev/vdb1 is rebuilt from /dev/vda1\n"
         "mdadm /dev/md/esp --add /dev/vdb1\n"
         "# the recovery copies the whole source member\n"
         "wait for /dev/md/esp to finish recovery (progress shown)\n"
         "# the ESP back in place\n"
         f"mount -t vfat -o umask=0077 /dev/md/esp {mirror.esp}\n"
+        "# the repair is finished\n"
+        f"rm -- {journal}\n"
     )
 
 
@@ -318,6 +348,7 @@ def test_repair_of_three_members_takes_both_others_out_before_adding_them_back(m
         ("mdadm", "--zero-superblock", "/dev/vdc1"),
         ("mdadm", "/dev/md/esp", "--add", "/dev/vda1"),
         ("mdadm", "/dev/md/esp", "--add", "/dev/vdc1"),
+        ("rm", "--", str(journal_of(mirror))),
     ]
 
 
@@ -458,7 +489,7 @@ def test_repair_runs_exactly_the_planned_commands_and_leaves_a_healthy_mounted_m
     outcome = mirror.cli("repair", "--source", "/dev/vda", "--yes")
 
     assert (outcome.code, outcome.err) == (0, "")
-    assert upkeep_changes(outcome.calls) == planned == repair_from_a(mirror.esp)
+    assert upkeep_changes(outcome.calls) == planned == repair_from_a(mirror)
     assert "  [repair] wait for /dev/md/esp to finish recovery (progress shown)\n" in outcome.out
     status = json.loads(mirror.cli("status", "--json").out)
     assert (status["exit_code"], status["mount"]["device"]) == (0, "/dev/md127")
@@ -545,3 +576,100 @@ def test_repair_on_a_degraded_mirror_never_leaves_the_esp_unmounted(mirror, monk
     outcome = mirror.cli("repair", "--source", "/dev/vda", "--yes")
 
     assert any(f" {mirror.esp} " in line for line in mirror.mountinfo), (outcome.code, outcome.err)
+
+
+# -- an interrupted repair --------------------------------------------------------------------
+
+
+def journal_of(mirror: Mirror) -> Path:
+    return mirror.sysroot / "var/lib/esp-mirror/repair.json"
+
+
+def killed_after_taking_b_out(mirror: Mirror) -> None:
+    """What `repair --source /dev/vda` leaves when killed right after `--fail --remove /dev/vdb1`."""
+    journal = journal_of(mirror)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_text(
+        json.dumps({"source": "/dev/vda1", "rebuild": ["/dev/vdb1"], "mountpoint": mirror.esp, "phase": "take-out"})
+    )
+    mirror.mountinfo = [line for line in mirror.mountinfo if f" {mirror.esp} " not in line]
+    mirror._write_proc()
+    mirror.take_out("/dev/vdb1")
+
+
+def test_a_repair_killed_after_taking_a_member_out_brings_it_back_and_mounts_the_esp_again(mirror):
+    """Without the journal the re-run would see a one-member array with nothing to rebuild, and
+    leave /dev/vdb1 out and the ESP unmounted for good."""
+    killed_after_taking_b_out(mirror)
+    mirror.accept_changes()
+
+    outcome = mirror.cli("repair", "--source", "/dev/vda", "--yes")
+
+    assert (outcome.code, outcome.err) == (0, "")
+    assert upkeep_changes(outcome.calls) == [
+        ("wipefs", "--all", "--types", "linux_raid_member", "/dev/vdb1"),  # zeroed or not: it comes back new
+        ("mdadm", "/dev/md/esp", "--add", "/dev/vdb1"),
+        ("mount", "-t", "vfat", "-o", "umask=0077", "/dev/md/esp", mirror.esp),
+        ("rm", "--", str(journal_of(mirror))),
+    ]
+    assert "is finished from where it stopped" in outcome.out
+    assert not journal_of(mirror).exists()
+    status = json.loads(mirror.cli("status", "--json").out)
+    assert (status["exit_code"], status["mount"]["device"]) == (0, "/dev/md127")
+
+
+def test_a_repair_killed_during_the_recovery_only_waits_mounts_and_finishes(mirror):
+    killed_after_taking_b_out(mirror)
+    journal = json.loads(journal_of(mirror).read_text())
+    journal_of(mirror).write_text(json.dumps({**journal, "phase": "rebuild"}))
+    mirror.accept_changes()
+    mirror.cli("repair", "--source", "/dev/vda", "--yes")  # adds vdb1 (the fake recovers at once)
+    journal_of(mirror).write_text(json.dumps({**journal, "phase": "rebuild"}))
+    mirror.mountinfo = [line for line in mirror.mountinfo if f" {mirror.esp} " not in line]
+    mirror._write_proc()
+
+    report = json.loads(mirror.cli("repair", "--source", "auto", "--dry-run", "--json").out)
+
+    assert plan_commands(report) == [
+        ("mount", "-t", "vfat", "-o", "umask=0077", "/dev/md/esp", mirror.esp),
+        ("rm", "--", str(journal_of(mirror))),
+    ]
+    assert report["source"] == "/dev/vda1"  # the journal's, not the booted disk's
+
+
+def test_an_interrupted_repair_cannot_be_finished_from_another_source(mirror_of):
+    mirror = mirror_of("vda", "vdb", "vdc")
+    killed_after_taking_b_out(mirror)
+
+    outcome = mirror.cli("repair", "--source", "/dev/vdc", "--yes")
+
+    assert outcome.code == 2
+    assert outcome.err == (
+        "esp-mirror: error: an interrupted repair from /dev/vda1 is not finished: run "
+        "`esp-mirror repair --source /dev/vda` to finish it first\n"
+    )
+    assert_upkeep_only_read(outcome.calls)
+
+
+def test_a_broken_journal_is_refused_with_the_file_to_remove(mirror):
+    journal_of(mirror).parent.mkdir(parents=True, exist_ok=True)
+    journal_of(mirror).write_text("{half")
+
+    outcome = mirror.cli("repair", "--source", "/dev/vda", "--yes")
+
+    assert outcome.code == 2
+    assert outcome.err.startswith(
+        f"esp-mirror: error: cannot read the journal of an interrupted repair {journal_of(mirror)} ("
+    )
+    assert outcome.err.endswith("then remove the file and run the repair again\n")
+    assert_upkeep_only_read(outcome.calls)
+
+
+def test_status_names_an_interrupted_repair_and_the_command_that_finishes_it(mirror):
+    killed_after_taking_b_out(mirror)
+
+    outcome = mirror.cli("status", "--json")
+
+    assert outcome.code == 1
+    problems = json.loads(outcome.out)["problems"]
+    assert "a repair from /dev/vda1 was interrupted: run `esp-mirror repair --source auto`" in problems
