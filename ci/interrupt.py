@@ -1,0 +1,203 @@
+"""Kill esp-mirror at every step, run it again, and check the result (run INSIDE a guest).
+
+``python -m ci.interrupt EFI_IMAGE`` (as tests/vm/test_interrupted.py does, in one guest with
+three blank disks) runs three loops and prints one JSON line per interruption, then a summary:
+
+- apply on /dev/vda and /dev/vdb: for step N = 1, 2, ... of the plan, blank the disks and the
+  files apply writes, start apply in its own process group, kill the whole group with SIGKILL
+  0.3 s after apply printed the start of step N, run the same apply again, check the result;
+- replace: the same for each step of `replace --old X --new Y --wipe` (X and Y swap each time, so
+  every run starts from a healthy mirror without an install in between);
+- repair: the same for each step of `repair --source /dev/vda`.
+
+While the killed run goes, the changing tools linger 0.5 s after they did their work (wrappers in
+/usr/local/sbin, which esp-mirror's PATH searches first; the guest's root is a throw-away overlay),
+so the kill lands after a short step's effect and before esp-mirror saw it succeed, the hardest
+moment to resume from; sgdisk's wrapper also drops the new partition's node, as when a kill comes
+before the kernel re-read the table. The check after each re-run: one array with both members in
+sync, a FAT that `fsck.fat -n` passes, one fstab line and one mdadm.conf line for the ESP, one boot
+entry per member disk, the fallback loader equal to the image, `esp-mirror status` exit 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from esp_mirror_plugin.hooks.fat import fsck_problems
+
+CLI = str(Path(sys.prefix) / "bin" / "esp-mirror")
+ESP = "/boot/efi"
+LINGER = Path("/run/espvm-linger")
+LINGERING = ("sgdisk", "wipefs", "mdadm", "mkfs.fat", "mkfs.vfat", "efibootmgr", "mount", "umount")
+STEP_LINE = re.compile(r"^  \[[^\]]+\] (?!note: )\S")
+KILL_AFTER = 0.3
+SAVED = ("/etc/fstab", "/etc/mdadm/mdadm.conf")
+
+
+def sh(*argv: str, ok: Sequence[int] = (0,)) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode not in ok:
+        raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()}")
+    return done
+
+
+def install_wrappers() -> None:
+    """Each changing tool runs, then lingers while /run/espvm-linger exists."""
+    for tool in LINGERING:
+        real = next((p for d in ("/usr/sbin", "/sbin", "/usr/bin", "/bin") if os.path.exists(p := f"{d}/{tool}")), None)
+        if real is None:
+            continue
+        drop = ""
+        if tool == "sgdisk":  # the table is written; the kernel has not seen it yet
+            drop = 'case "$*" in *--new=*) for d; do :; done; partx --delete --nr 1 "$d" 2>/dev/null;; esac\n'
+        wrapper = Path("/usr/local/sbin", tool)
+        wrapper.write_text(f'#!/bin/sh\n{real} "$@"\nrc=$?\n[ -e {LINGER} ] && {{\n{drop}sleep 0.5\n}}\nexit $rc\n')
+        wrapper.chmod(0o755)
+
+
+def steps_of(argv: Sequence[str]) -> int:
+    """How many steps the plan of ``argv`` (apply, or an upkeep command with --dry-run) has."""
+    verb = argv[1]
+    plan = [CLI, "plan", *argv[2:]] if verb == "apply" else [*argv, "--dry-run"]
+    plan = [a for a in plan if a != "--yes"] + ["--json"]
+    report = json.loads(sh(*plan).stdout)
+    groups = report["groups"] if "groups" in report else report["plan"]
+    return sum(len(g["steps"]) for g in groups)
+
+
+def killed_at(argv: Sequence[str], n: int) -> str | None:
+    """Run ``argv`` in its own process group; SIGKILL the group 0.3 s after step ``n`` started.
+    Returns the step's line, or None when the run ended before it got there."""
+    LINGER.touch()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen, line = 0, None
+    assert proc.stdout is not None
+    for out in proc.stdout:
+        if STEP_LINE.match(out):
+            seen += 1
+            if seen == n:
+                line = out.strip()
+                time.sleep(KILL_AFTER)
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+    proc.wait()
+    LINGER.unlink()
+    return line
+
+
+def checks(disks: Sequence[str], efi_image: str) -> list[str]:
+    """What is wrong with the mirror of ``disks`` after a run; empty when all is right."""
+    wrong = []
+    detail = dict(line.split("=", 1) for line in sh("mdadm", "--detail", "--export", "/dev/md/esp").stdout.split())
+    members = sorted(v for k, v in detail.items() if k.endswith("_DEV"))
+    if members != [f"{d}1" for d in disks]:
+        wrong.append(f"members {members}")
+    md = Path("/sys/block", os.path.basename(os.path.realpath("/dev/md/esp")), "md")
+    if (md / "degraded").read_text().strip() != "0" or (md / "sync_action").read_text().strip() != "idle":
+        wrong.append(f"degraded {(md / 'degraded').read_text().strip()}, {(md / 'sync_action').read_text().strip()}")
+    sh("sync")
+    fsck = sh("fsck.fat", "-n", "/dev/md/esp", ok=(0, 1))
+    if fsck.returncode and fsck_problems(fsck.stdout + fsck.stderr):
+        wrong.append(f"fsck.fat -n: {fsck_problems(fsck.stdout + fsck.stderr)[0]}")
+    fstab = [x for x in Path("/etc/fstab").read_text().splitlines() if f" {ESP} " in f" {x} " and not x.startswith("#")]
+    if len(fstab) != 1:
+        wrong.append(f"{len(fstab)} fstab lines")
+    arrays = [x for x in Path("/etc/mdadm/mdadm.conf").read_text().splitlines() if x.startswith("ARRAY /dev/md/esp")]
+    if len(arrays) != 1:
+        wrong.append(f"{len(arrays)} mdadm.conf lines")
+    entries = sh("efibootmgr").stdout
+    for disk in disks:
+        serial = Path(f"/sys/block/{os.path.basename(disk)}/serial").read_text().strip()
+        count = entries.count(f"(esp-mirror {serial})")
+        if count != 1:
+            wrong.append(f"{count} boot entries for {disk}")
+    if Path(ESP, "EFI/BOOT/BOOTX64.EFI").read_bytes() != Path(efi_image).read_bytes():
+        wrong.append("the fallback loader differs from the image")
+    status = sh(CLI, "status", ok=(0, 1, 2))
+    if status.returncode:
+        wrong.append(f"status exit {status.returncode}: {status.stdout.strip().splitlines()[-1:]}")
+    return wrong
+
+
+def blank(disks: Sequence[str]) -> None:
+    """Back to blank disks, the files apply writes as they were, and no entries of ours."""
+    sh("umount", ESP, ok=(0, 32))
+    sh("mdadm", "--stop", "--scan", ok=(0, 1))
+    for disk in disks:
+        if os.path.exists(f"{disk}1"):
+            sh("wipefs", "--all", "--quiet", f"{disk}1")
+        sh("sgdisk", "--zap-all", disk, ok=(0, 2))
+        sh("partx", "--delete", disk, ok=(0, 1))
+    for path in SAVED:
+        Path(path).write_bytes(Path(f"/run/espvm-saved{path.replace('/', '-')}").read_bytes())
+    sh("rm", "-rf", "/etc/esp-mirror", "/var/lib/esp-mirror")
+    for number in re.findall(r"^Boot([0-9A-F]{4})\*? .*\(esp-mirror ", sh("efibootmgr").stdout, re.M):
+        sh("efibootmgr", "--quiet", "--bootnum", number, "--delete-bootnum")
+
+
+def loop(name: str, argv_of, before, disks_of, efi_image: str, count: int) -> list[dict[str, object]]:
+    results = []
+    for n in range(1, count + 1):
+        argv = argv_of(n)
+        before(n)
+        started = time.monotonic()
+        line = killed_at(argv, n)
+        again = subprocess.run(argv, capture_output=True, text=True, check=False)
+        wrong = (
+            [f"re-run exit {again.returncode}: {again.stdout.strip().splitlines()[-3:]}"] if again.returncode else []
+        )
+        wrong = wrong or checks(disks_of(n), efi_image)
+        result = {"command": name, "step": n, "killed_in": line, "converged": not wrong, "wrong": wrong}
+        result["seconds"] = round(time.monotonic() - started, 1)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    return results
+
+
+def main(efi_image: str) -> int:
+    for path in SAVED:
+        Path(f"/run/espvm-saved{path.replace('/', '-')}").write_bytes(Path(path).read_bytes())
+    install_wrappers()
+    pair = ["/dev/vda", "/dev/vdb"]
+    apply = [CLI, "apply", "--yes", "--profile", "debian", "--disk", "/dev/vda", "--disk", "/dev/vdb"]
+    apply += ["--bootloader", "efi", "--efi-image", efi_image, "--initramfs", "skip", "--esp-size", "64M"]
+    blank([*pair, "/dev/vdc"])
+    results = loop("apply", lambda n: apply, lambda n: blank(pair), lambda n: pair, efi_image, steps_of(apply))
+
+    def swap(n: int) -> tuple[str, str]:  # replace B by C, then C by B, ...
+        return ("/dev/vdb", "/dev/vdc") if n % 2 else ("/dev/vdc", "/dev/vdb")
+
+    def replace(n: int) -> list[str]:
+        old, new = swap(n)
+        return [CLI, "replace", "--yes", "--old", old, "--new", new, "--wipe"]
+
+    sh(*apply)  # the mirror every replace and repair starts from
+    results += loop(
+        "replace", replace, lambda n: None, lambda n: ["/dev/vda", swap(n)[1]], efi_image, steps_of(replace(1))
+    )
+    last = swap(len([r for r in results if r["command"] == "replace"]))[1]
+    repair = [CLI, "repair", "--yes", "--source", "/dev/vda"]
+    results += loop(
+        "repair", lambda n: repair, lambda n: None, lambda n: ["/dev/vda", last], efi_image, steps_of(repair)
+    )
+    summary = {
+        name: [
+            sum(1 for r in results if r["command"] == name and r["converged"]),
+            sum(1 for r in results if r["command"] == name),
+        ]
+        for name in ("apply", "replace", "repair")
+    }
+    print(json.dumps({"summary": summary}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
