@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -107,7 +108,7 @@ def checks(disks: Sequence[str], efi_image: str) -> list[str]:
     fsck = sh("fsck.fat", "-n", "/dev/md/esp", ok=(0, 1))
     if fsck.returncode and fsck_problems(fsck.stdout + fsck.stderr):
         wrong.append(f"fsck.fat -n: {fsck_problems(fsck.stdout + fsck.stderr)[0]}")
-    fstab = [x for x in Path("/etc/fstab").read_text().splitlines() if f" {ESP} " in f" {x} " and not x.startswith("#")]
+    fstab = [x for x in Path("/etc/fstab").read_text().splitlines() if ESP in x.split() and not x.startswith("#")]
     if len(fstab) != 1:
         wrong.append(f"{len(fstab)} fstab lines")
     arrays = [x for x in Path("/etc/mdadm/mdadm.conf").read_text().splitlines() if x.startswith("ARRAY /dev/md/esp")]
@@ -162,13 +163,38 @@ def loop(name: str, argv_of, before, disks_of, efi_image: str, count: int) -> li
     return results
 
 
+def apply_argv(efi_image: str, cli: str = CLI) -> list[str]:
+    """The two-disk apply every loop and power cut uses (a 64 MiB ESP: quick to make and sync)."""
+    argv = [cli, "apply", "--yes", "--profile", "debian", "--disk", "/dev/vda", "--disk", "/dev/vdb"]
+    return [*argv, "--bootloader", "efi", "--efi-image", efi_image, "--initramfs", "skip", "--esp-size", "64M"]
+
+
+def power_cut_script(efi_image: str, during: str, cut_file: str, cli: str = CLI) -> str:
+    """A guest script that runs apply and resets the machine (sysrq ``b``: no sync) ``during``
+    "mkfs" (a wrapper starts the real mkfs.vfat and cuts 0.2 s later) or "resync" (the resync
+    throttled to 500 KB/s, cut 1 s into apply's wait for it). What was cut goes to ``cut_file``."""
+    apply = shlex.join(apply_argv(efi_image, cli))
+    cut = f'cat /proc/mdstat > {cut_file}\necho "POWER-CUT during {during}" >> {cut_file}\necho b > /proc/sysrq-trigger\nsleep 60\n'
+    if during == "mkfs":
+        wrapper = f'#!/bin/sh\n/usr/sbin/mkfs.vfat "$@" &\nsleep 0.2\n{cut}'
+        return (
+            f"set -u\ncat > /usr/local/sbin/mkfs.vfat <<'ESPVM_EOF'\n{wrapper}ESPVM_EOF\n"
+            f"chmod 755 /usr/local/sbin/mkfs.vfat\n{apply} 2>&1\nsleep 60\n"
+        )
+    return (
+        "set -u\necho 100 > /proc/sys/dev/raid/speed_limit_min\necho 500 > /proc/sys/dev/raid/speed_limit_max\n"
+        f"{apply} > /tmp/apply.out 2>&1 &\n"
+        "for i in $(seq 1200); do grep -q '] wait for /dev/md/esp' /tmp/apply.out && break; sleep 0.1; done\n"
+        f"sleep 1\ncat /tmp/apply.out\n{cut}"
+    )
+
+
 def main(efi_image: str) -> int:
     for path in SAVED:
         Path(f"/run/espvm-saved{path.replace('/', '-')}").write_bytes(Path(path).read_bytes())
     install_wrappers()
     pair = ["/dev/vda", "/dev/vdb"]
-    apply = [CLI, "apply", "--yes", "--profile", "debian", "--disk", "/dev/vda", "--disk", "/dev/vdb"]
-    apply += ["--bootloader", "efi", "--efi-image", efi_image, "--initramfs", "skip", "--esp-size", "64M"]
+    apply = apply_argv(efi_image)
     blank([*pair, "/dev/vdc"])
     results = loop("apply", lambda n: apply, lambda n: blank(pair), lambda n: pair, efi_image, steps_of(apply))
 
@@ -200,4 +226,7 @@ def main(efi_image: str) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "check":  # check EFI_IMAGE DISK...: what is wrong, as JSON
+        print(json.dumps({"wrong": checks(sys.argv[3:], sys.argv[2])}))
+        sys.exit(0)
     sys.exit(main(sys.argv[1]))

@@ -81,6 +81,7 @@ def run_in_guest(
     *,
     assets: Assets | None = None,
     log_dir: Path | None = None,
+    power_cut: bool = False,
 ) -> GuestResult:
     """Run ``script`` with /bin/sh as root in a guest with ``disks`` attached, and return its result.
 
@@ -89,6 +90,8 @@ def run_in_guest(
 
     :param vars_file: the OVMF NVRAM file; changed in place by efibootmgr in the guest.
     :param log_dir: where the run's directory is made (default: the directory of ``vars_file``).
+    :param power_cut: the script resets the machine itself (sysrq ``b``: no sync, no unmount), so
+        it never ends: the result has ``rc`` -1 and the output as far as it got.
     :raises VmError: when the guest did not run the script to the end within ``timeout``.
     """
     assets = assets or Assets.ensure()
@@ -112,7 +115,7 @@ def run_in_guest(
             *_share_args(share),
         ],
     )
-    return _guest_result(share, run)
+    return _guest_result(share, run, power_cut)
 
 
 def run_after_firmware_boot(
@@ -159,8 +162,19 @@ def _share_args(share: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def _guest_result(share: Path, run: QemuRun) -> GuestResult:
+def _guest_result(share: Path, run: QemuRun, power_cut: bool = False) -> GuestResult:
     rc_file = share / "rc"
+    if power_cut:
+        if rc_file.exists():
+            raise VmError(f"guest.sh ended, but it was to cut the power; serial log: {run.serial_log}")
+        return GuestResult(
+            rc=-1,
+            stdout=(share / "stdout").read_text(errors="replace"),
+            stderr=(share / "stderr").read_text(errors="replace"),
+            seconds=run.seconds,
+            script_seconds=run.seconds,
+            serial_log=run.serial_log,
+        )
     if not rc_file.exists():
         raise VmError(f"the guest powered off before {GUEST_WORK_DIR}/guest.sh ended; serial log: {run.serial_log}")
     start, end = (float(value) for value in (share / "uptime").read_text().split())

@@ -77,8 +77,9 @@ def plan(request: Resolved, profile: Profile, layout: Layout, target: Target) ->
     make = fat.mkfs(request.device, request.esp_size, layout.sector_size, request.label, layout.volume_id)
     if layout.make_fs:
         steps.append(make)
-    else:  # a FAT that is there already may be one an interrupted mkfs left half made
+    elif layout.mount:  # not mounted yet: a FAT already there may be one an interrupted mkfs left half made
         steps.append(fat.ensure(request.device, make))
+    # else it is mounted: in use, and fsck.fat -n of a mounted FAT reports what the kernel has not written yet
     if layout.mount:
         steps.append(MakeDir(layout.esp_dir, why="the ESP mount point", root=request.target))
         steps.append(

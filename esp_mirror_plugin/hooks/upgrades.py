@@ -51,20 +51,26 @@ def debconf_lines(profile: Profile, array_uuid: str) -> str:
     )
 
 
-def _debconf(profile: Profile, target: Target, array_uuid: str) -> tuple[Step, ...]:
+def _debconf(profile: Profile, target: Target, array_uuid: str) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+    """The preseed file, loaded into the target's debconf database; a target without debconf yet
+    (an image root before its packages) gets the file and a note: `esp-mirror refresh` loads it."""
     if not profile.debconf:
-        return ()
-    problem = target.writable(DEBCONF_DB) if target.exists(DEBCONF_DB) else None  # no debconf: preflight says so
+        return (), ()
+    why = "package upgrades run grub-install onto the array: no NVRAM change, fallback path refreshed"
+    preseed = WriteFile(target.path(PRESEED), debconf_lines(profile, array_uuid), why=why, root=target.root)
+    if not target.has_program("debconf-set-selections"):
+        return (preseed,), (
+            f"debconf is not in the target yet: {PRESEED} is written but not loaded; once the packages are "
+            "installed, run `esp-mirror refresh` there (or `debconf-set-selections "
+            f"{PRESEED}`) before the first GRUB or shim upgrade",
+        )
+    problem = target.writable(DEBCONF_DB) if target.exists(DEBCONF_DB) else None
     if problem:
         raise BadInput(
             f"the debconf database {target.path(DEBCONF_DB)} cannot be written: {problem}; "
             "make it writable (remount read-write, finish or kill a running apt/dpkg) and run again"
         )
-    why = "package upgrades run grub-install onto the array: no NVRAM change, fallback path refreshed"
-    return (
-        WriteFile(target.path(PRESEED), debconf_lines(profile, array_uuid), why=why, root=target.root),
-        Command(("debconf-set-selections", PRESEED), root=target.root, why=why),
-    )
+    return (preseed, Command(("debconf-set-selections", PRESEED), root=target.root, why=why)), ()
 
 
 def _relaxed_esp_checks(profile: Profile, target: Target, bootloader: BootloaderKind) -> tuple[Step, ...]:
@@ -158,9 +164,7 @@ def _grub_distributor(profile: Profile, bootloader: BootloaderKind, loader_id: s
 def plan(
     profile: Profile, target: Target, array_uuid: str, mountpoint: str, bootloader: BootloaderKind, loader_id: str
 ) -> tuple[tuple[Step, ...], tuple[str, ...]]:
-    fwupd_steps, notes = _fwupd(target, mountpoint)
-    notes += _grub_distributor(profile, bootloader, loader_id)
-    return (
-        _debconf(profile, target, array_uuid) + _relaxed_esp_checks(profile, target, bootloader) + fwupd_steps,
-        notes,
-    )
+    debconf_steps, notes = _debconf(profile, target, array_uuid)
+    fwupd_steps, fwupd_notes = _fwupd(target, mountpoint)
+    notes += fwupd_notes + _grub_distributor(profile, bootloader, loader_id)
+    return debconf_steps + _relaxed_esp_checks(profile, target, bootloader) + fwupd_steps, notes

@@ -196,7 +196,7 @@ class Machine:
         for unit in TARGET_UNITS:
             (units / unit).write_text("[Unit]\n")
         self.add_target_python()
-        self.add_target_programs(*installed.UPKEEP_PROGRAMS)
+        self.add_target_programs(*installed.UPKEEP_PROGRAMS, "debconf-set-selections")
         (self.target / "var/cache/debconf").mkdir(parents=True)  # debconf's database
         (self.target / "etc/init.d").mkdir()
         for service in TARGET_OPENRC:

@@ -410,8 +410,27 @@ def test_the_group_is_planned_from_a_setup_the_record_can_give_too(tmp_path):
     setup = installed.Setup(load_profile("debian"), target, naming.mdadm_uuid(ARRAY_UUID), "/boot/efi",
                             BootloaderKind.GRUB, "debian")  # fmt: skip
     steps, notes = installed.plan(setup)
-    assert [type(s).__name__ for s in steps] == ["WriteFile", "Command"]  # no python3 there: debconf only
+    assert [type(s).__name__ for s in steps] == ["WriteFile"]  # no python3, no debconf there: the preseed only
     assert notes[0].startswith("the target has no python3")
+
+
+def test_a_target_without_debconf_yet_gets_the_preseed_file_and_a_note_not_a_refusal(two_disks):
+    """A CI image root before its packages: refusing would stop the image build for nothing."""
+    (two_disks.target / "usr/sbin/debconf-set-selections").unlink()
+    outcome = two_disks.cli("plan", *two_disks.args(), "--json")
+    assert outcome.code == 0, outcome.err
+    planned = group(json.loads(outcome.out))
+    assert [s["path"] for s in planned["steps"] if s["kind"] == "write-file" and "debconf." in s["path"]] == [
+        f"{two_disks.target}/etc/esp-mirror/debconf.preseed"
+    ]
+    assert not any(
+        s["kind"] == "command" and s["argv"][-2:] == ["debconf-set-selections", "/etc/esp-mirror/debconf.preseed"]
+        for s in planned["steps"]
+    )
+    assert any(
+        n.startswith("debconf is not in the target yet: /etc/esp-mirror/debconf.preseed is written but not loaded")
+        for n in planned["notes"]
+    )
 
 
 def test_a_loader_id_other_than_the_distributions_says_what_grub_upgrades_miss(two_disks):

@@ -10,7 +10,7 @@ import io
 
 import pytest
 from conftest import json_commands, starting
-from test_idempotency import build_members, plan_of
+from test_idempotency import build_members, finish, plan_of
 
 from esp_mirror_plugin.errors import StepFailed
 from esp_mirror_plugin.hooks import fat
@@ -146,3 +146,13 @@ def test_the_plan_shows_the_check_with_the_mkfs_it_may_run(two_disks):
 
 def test_a_fresh_apply_makes_the_fat_without_checking_one(two_disks):
     assert "ensure-fat" not in kinds(plan_of(two_disks), "post_format")
+
+
+def test_a_mounted_fat_is_in_use_and_not_checked_again(two_disks):
+    """fsck.fat -n of a mounted FAT reads what the kernel has not written yet ("Reclaimed ...
+    unused clusters"): the second apply on a finished mirror must not take that for damage."""
+    finish(two_disks, plan_of(two_disks))
+    again = plan_of(two_disks)
+    assert again["array"]["action"] == "keep"
+    assert "ensure-fat" not in kinds(again, "post_format")
+    assert starting(json_commands(again), "fsck.fat") == []
