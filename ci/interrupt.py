@@ -10,13 +10,13 @@ three blank disks) runs three loops and prints one JSON line per interruption, t
   every run starts from a healthy mirror without an install in between);
 - repair: the same for each step of `repair --source /dev/vda`.
 
-While the killed run goes, the changing tools linger 0.5 s after they did their work (wrappers in
+From step N on, the changing tools linger 0.5 s after they did their work (wrappers in
 /usr/local/sbin, which esp-mirror's PATH searches first; the guest's root is a throw-away overlay),
 so the kill lands after a short step's effect and before esp-mirror saw it succeed, the hardest
 moment to resume from; sgdisk's wrapper also drops the new partition's node, as when a kill comes
 before the kernel re-read the table. The check after each re-run: one array with both members in
 sync, a FAT that `fsck.fat -n` passes, one fstab line and one mdadm.conf line for the ESP, one boot
-entry per member disk, the fallback loader equal to the image, `esp-mirror status` exit 0.
+entry per member disk, the fallback loader equal to the image, no problem `esp-mirror status` reports.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from esp_mirror_plugin.hooks.fat import fsck_problems
+from esp_mirror_plugin.system.discovery import HostView
+from esp_mirror_plugin.system.runner import ShRunner
+from esp_mirror_plugin.upkeep import record
+from esp_mirror_plugin.upkeep.mirror import read_mirror
 
 CLI = str(Path(sys.prefix) / "bin" / "esp-mirror")
 ESP = "/boot/efi"
@@ -75,9 +79,8 @@ def steps_of(argv: Sequence[str]) -> int:
 
 
 def killed_at(argv: Sequence[str], n: int) -> str | None:
-    """Run ``argv`` in its own process group; SIGKILL the group 0.3 s after step ``n`` started.
-    Returns the step's line, or None when the run ended before it got there."""
-    LINGER.touch()
+    """Run ``argv`` in its own process group; SIGKILL the group 0.3 s after step ``n`` started
+    (its tools linger from then on). Returns the step's line, or None when the run ended before."""
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     seen, line = 0, None
     assert proc.stdout is not None
@@ -85,12 +88,13 @@ def killed_at(argv: Sequence[str], n: int) -> str | None:
         if STEP_LINE.match(out):
             seen += 1
             if seen == n:
+                LINGER.touch()
                 line = out.strip()
                 time.sleep(KILL_AFTER)
                 os.killpg(proc.pid, signal.SIGKILL)
                 break
     proc.wait()
-    LINGER.unlink()
+    LINGER.unlink(missing_ok=True)
     return line
 
 
@@ -122,9 +126,8 @@ def checks(disks: Sequence[str], efi_image: str) -> list[str]:
             wrong.append(f"{count} boot entries for {disk}")
     if Path(ESP, "EFI/BOOT/BOOTX64.EFI").read_bytes() != Path(efi_image).read_bytes():
         wrong.append("the fallback loader differs from the image")
-    status = sh(CLI, "status", ok=(0, 1, 2))
-    if status.returncode:
-        wrong.append(f"status exit {status.returncode}: {status.stdout.strip().splitlines()[-1:]}")
+    state = read_mirror(ShRunner(), record.load("/"), HostView())  # what `esp-mirror status` reads
+    wrong += [f"status: {problem}" for problem in state.problems()]
     return wrong
 
 
@@ -181,11 +184,12 @@ def power_cut_script(efi_image: str, during: str, cut_file: str, cli: str = CLI)
             f"set -u\ncat > /usr/local/sbin/mkfs.vfat <<'ESPVM_EOF'\n{wrapper}ESPVM_EOF\n"
             f"chmod 755 /usr/local/sbin/mkfs.vfat\n{apply} 2>&1\nsleep 60\n"
         )
+    out = os.path.join(os.path.dirname(cut_file), "apply.out")  # in the share: seen even after the cut
     return (
         "set -u\necho 100 > /proc/sys/dev/raid/speed_limit_min\necho 500 > /proc/sys/dev/raid/speed_limit_max\n"
-        f"{apply} > /tmp/apply.out 2>&1 &\n"
-        "for i in $(seq 1200); do grep -q '] wait for /dev/md/esp' /tmp/apply.out && break; sleep 0.1; done\n"
-        f"sleep 1\ncat /tmp/apply.out\n{cut}"
+        f"{apply} > {out} 2>&1 &\n"
+        f"timeout 600 sh -c 'until grep -q \"] wait for /dev/md/esp\" {out}; do sleep 0.2; done'\n"
+        f"sleep 1\n{cut}"
     )
 
 

@@ -1,0 +1,20 @@
+"""ci/test runs the whole suite in two lanes (ci/lanes.py): no test module may be left out of both,
+or run twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ci.lanes import LANES, REPO_ROOT
+
+
+def test_every_test_module_is_in_exactly_one_lane():
+    modules = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "tests").rglob("test_*.py"))
+    entries = [entry for lane in LANES.values() for entry in lane]
+
+    def lanes_of(module: str) -> list[str]:
+        return [e for e in entries if module == e or module.startswith(e.rstrip("/") + "/")]
+
+    assert {m: lanes_of(m) for m in modules if len(lanes_of(m)) != 1} == {}
+    assert all((REPO_ROOT / e).exists() for e in entries)  # no lane names a module that is gone
+    assert Path(REPO_ROOT / "ci/test").read_text().count("ci.lanes") == 1
