@@ -25,7 +25,7 @@ import configparser
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind, Init
 from esp_mirror_plugin.pipeline.profiles import Profile
-from esp_mirror_plugin.pipeline.steps import Command, EditBlock, Step, WriteFile
+from esp_mirror_plugin.pipeline.steps import Command, EditBlock, LoadDebconf, Step, WriteFile
 from esp_mirror_plugin.system import files
 from esp_mirror_plugin.system.target import Target
 
@@ -70,7 +70,17 @@ def _debconf(profile: Profile, target: Target, array_uuid: str) -> tuple[tuple[S
             f"the debconf database {target.path(DEBCONF_DB)} cannot be written: {problem}; "
             "make it writable (remount read-write, finish or kill a running apt/dpkg) and run again"
         )
-    return (preseed, Command(("debconf-set-selections", PRESEED), root=target.root, why=why)), ()
+    answers = tuple(
+        (question.split()[1], answer.replace("{array_uuid}", array_uuid).split(" ", 1)[1])
+        for question, answer in profile.debconf.items()
+    )
+    load = LoadDebconf(
+        Command(("debconf-set-selections", PRESEED), root=target.root, why=why),
+        answers,
+        str(target.path(DEBCONF_DB + "/config.dat")),
+        why=why,
+    )
+    return (preseed, load), ()
 
 
 def _relaxed_esp_checks(profile: Profile, target: Target, bootloader: BootloaderKind) -> tuple[Step, ...]:

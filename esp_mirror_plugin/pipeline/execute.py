@@ -27,6 +27,7 @@ from esp_mirror_plugin.pipeline.steps import (
     EnsureFat,
     Group,
     InstallProgram,
+    LoadDebconf,
     MakeDir,
     Settle,
     Step,
@@ -209,6 +210,19 @@ class Applier:
             )
         print(f"  [{group}]   a half-made FAT ({problems[0].strip()}) and no files: made again", file=self.out)
         return self._apply(step.make, group)
+
+    @_apply.register
+    def _(self, step: LoadDebconf, group: str) -> bool:
+        try:
+            with open(step.database, encoding="utf-8", errors="replace") as handle:
+                values = files.debconf_values(handle.read())
+        except FileNotFoundError:
+            values = {}
+        except OSError as exc:
+            raise StepFailed(group, step.describe(), f"cannot read {step.database}: {exc.strerror}") from None
+        if all(values.get(question) == value for question, value in step.answers):
+            return False
+        return self._apply(step.load, group)
 
     @_apply.register
     def _(self, step: AddMember, group: str) -> bool:

@@ -23,6 +23,7 @@ from esp_mirror_plugin.pipeline.steps import (
     EnsureFat,
     Group,
     InstallProgram,
+    LoadDebconf,
     MakeDir,
     Step,
     WaitForPartition,
@@ -59,6 +60,8 @@ class Preflight:
             for program in ("fsck.fat", "mdir"):
                 self._program(program, "/")
             self._command(step.make)
+        elif isinstance(step, LoadDebconf):
+            self._command(step.load)
         elif isinstance(step, EditBlock):
             path = self._resolved(step.root, step.path)
             text = read_text(path, step.path)

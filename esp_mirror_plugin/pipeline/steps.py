@@ -240,6 +240,30 @@ class EnsureFat:
 
 
 @dataclass(frozen=True)
+class LoadDebconf:
+    """Run ``load`` (debconf-set-selections) unless the debconf database ``database`` (a host path
+    to the target's config.dat) already holds every ``answers`` (question, value): the load takes
+    seconds of perl, and a re-run of apply must not pay it again for nothing."""
+
+    load: Command
+    answers: tuple[tuple[str, str], ...]
+    database: str
+    why: str
+
+    def describe(self) -> str:
+        return f"{self.load.describe()}   (unless {self.database} holds these answers already)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "load-debconf",
+            "load": self.load.to_json(),
+            "answers": dict(self.answers),
+            "database": self.database,
+            "why": self.why,
+        }
+
+
+@dataclass(frozen=True)
 class AttachImage:
     """The loop device of ``image``: the one already attached to it (a run that was interrupted
     left it), else a new one (``losetup --find --show --partscan``). Its name goes into ``binds``."""
@@ -317,6 +341,7 @@ Step = (
     | MakeDir
     | WaitForPartition
     | EnsureFat
+    | LoadDebconf
     | AttachImage
     | AddMember
     | WaitForSync

@@ -152,3 +152,14 @@ def sync_dir(directory: Path) -> None:
 def edit_block(path: Path, block: str, mode: int = 0o644) -> bool:
     current = path.read_text() if path.exists() else ""
     return write_atomic(path, with_block(current, block), mode)
+
+
+def debconf_values(text: str) -> dict[str, str]:
+    """Question -> value from debconf's database file (``/var/cache/debconf/config.dat``: stanzas
+    of ``Name:``, ``Template:``, ``Value:``, ... separated by blank lines)."""
+    values = {}
+    for stanza in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[:1] not in " \t")
+        if "Name" in fields:
+            values[fields["Name"]] = fields.get("Value", "")
+    return values

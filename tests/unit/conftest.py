@@ -579,13 +579,14 @@ def commands(groups: list[Group], group: str | None = None) -> list[tuple[str, .
 
 
 def json_commands(plan: dict, group: str | None = None) -> list[tuple[str, ...]]:
-    """Like :func:`commands`, from ``plan --json`` output."""
+    """Like :func:`commands`, from ``plan --json`` output (with the loads of debconf answers, which
+    run unless the target's debconf database holds them already)."""
     return [
-        tuple(s["argv"])
+        tuple(s["argv"] if s["kind"] == "command" else s["load"]["argv"])
         for g in plan["groups"]
         if group is None or g["name"] == group
         for s in g["steps"]
-        if s["kind"] == "command"
+        if s["kind"] in ("command", "load-debconf")
     ]
 
 

@@ -79,6 +79,8 @@ def described(machine: Machine, steps: list[dict]) -> list[tuple[str, ...]]:
     target = str(machine.target)
     out: list[tuple[str, ...]] = []
     for s in steps:
+        if s["kind"] == "load-debconf":
+            s = s["load"]
         if s["kind"] == "command":
             if s["argv"][:1] == ["mount"]:
                 continue  # the chroot binds
@@ -443,3 +445,28 @@ def test_a_loader_id_other_than_the_distributions_says_what_grub_upgrades_miss(t
     assert not any(
         "--loader-id" in n for n in group(plan_of(two_disks, "--profile", "fedora", "--loader-id", "x"))["notes"]
     )
+
+
+CONFIG_DAT = """Name: grub2/force_efi_extra_removable
+Template: grub2/force_efi_extra_removable
+Value: true
+Owners: grub-efi-amd64
+Flags: seen
+
+Name: grub2/update_nvram
+Template: grub2/update_nvram
+Value: {nvram}
+Owners: grub-efi-amd64
+Flags: seen
+"""
+
+
+@pytest.mark.parametrize(("nvram", "loads"), [("false", False), ("true", True)])
+def test_debconf_answers_are_loaded_only_when_the_database_lacks_one(images, nvram, loads):
+    """debconf-set-selections is seconds of perl on a slow machine: a second apply skips it when
+    debconf's config.dat holds every answer already, and loads when one differs."""
+    (images.target / "var/cache/debconf/config.dat").write_text(CONFIG_DAT.format(nvram=nvram))
+    outcome = images.cli("apply", "--yes", *images.args())
+    assert outcome.code == 0, outcome.err
+    load = ("chroot", str(images.target), "debconf-set-selections", "/etc/esp-mirror/debconf.preseed")
+    assert (load in outcome.calls) is loads

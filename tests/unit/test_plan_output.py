@@ -21,6 +21,7 @@ FIRST_LINE = {
     "ensure-fat": lambda s: (
         f"fsck.fat -n {s['device']}; when it finds damage and the FAT holds no files: {shlex.join(s['make']['argv'])}"
     ),
+    "load-debconf": lambda s: f"{shlex.join(s['load']['argv'])}   (unless {s['database']} holds these answers already)",
     "install-program": lambda s: (
         f"install {s['path']} (mode {s['mode']}): {s['summary']}; {s['size']} bytes, sha256 {s['sha256']}"
     ),
