@@ -107,6 +107,14 @@ def plan(request: Resolved, profile: Profile, layout: Layout, target: Target) ->
             why="one fstab line for the ESP, by the array's FAT UUID",
         )
     )
+    if layout.array_action != "create" and (layout.array_action != "keep" or layout.resyncing):
+        steps.append(
+            Command(
+                ("mdadm", "--readwrite", request.device),
+                ok_codes=(0, 1),
+                why="an assembled array stays read-only until its first write, with its resync pending for good",
+            )
+        )
     if layout.array_action != "keep" or layout.resyncing:
         steps.append(
             Command(

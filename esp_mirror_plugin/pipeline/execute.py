@@ -240,7 +240,7 @@ class Applier:
     @_apply.register
     def _(self, step: WaitForSync, group: str) -> bool:
         md = f"/sys/block/{os.path.basename(self.host.realpath(step.device))}/md"
-        last_report, started = 0.0, self.clock()
+        last_report, started, woken = 0.0, self.clock(), False
         while True:
             try:  # what md is doing must be known: an unreadable state is not "idle"
                 action, completed = self.host.attr(f"{md}/sync_action"), self.host.attr(f"{md}/sync_completed")
@@ -255,6 +255,14 @@ class Applier:
             ]
             if idle and not pending:
                 return True
+            if not woken and (self.host.read(f"{md}/array_state") or "").strip() == "read-auto":
+                # assembled and not written since: md keeps its resync or recovery pending for good
+                print(f"  [{group}]   {step.device} is read-auto: mdadm --readwrite starts md's work", file=self.out)
+                try:
+                    self.runner.run(("mdadm", "--readwrite", step.device))
+                except CommandFailed as exc:
+                    raise StepFailed(group, step.describe(), exc.result.describe()) from None
+                woken = True
             if idle and self.clock() - started > 30:
                 raise StepFailed(
                     group,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from conftest import json_commands, starting
+from conftest import FakeHost, json_commands, starting
 from test_idempotency import build_members, finish, plan_of
 
 from esp_mirror_plugin.errors import StepFailed
@@ -77,7 +77,10 @@ def test_a_resync_an_interrupted_run_did_not_wait_for_is_waited_for(two_disks):
     (two_disks.sysroot / "sys/block/md127/md/sync_action").write_text("resync\n")
     again = plan_of(two_disks)
     assert again["array"]["action"] == "keep"
-    assert ("mdadm", "--wait", "/dev/md/esp") in json_commands(again, "post_format")
+    waits = [c for c in json_commands(again, "post_format") if c[:2] in (("mdadm", "--readwrite"), ("mdadm", "--wait"))]
+    # a power cut during the resync: the array, assembled again, stays read-auto with the resync
+    # pending until something writes to it (found in tests/vm/test_interrupted.py)
+    assert waits == [("mdadm", "--readwrite", "/dev/md/esp"), ("mdadm", "--wait", "/dev/md/esp")]
     (two_disks.sysroot / "sys/block/md127/md/sync_action").write_text("idle\n")
     assert ("mdadm", "--wait", "/dev/md/esp") not in json_commands(plan_of(two_disks), "post_format")
 
@@ -90,6 +93,38 @@ def test_an_array_whose_sync_state_cannot_be_read_is_not_taken_for_idle(two_disk
     outcome = two_disks.cli("apply", "--yes", *two_disks.args())
     assert outcome.code == 2
     assert outcome.error.startswith("cannot read the array /dev/md/esp (cannot read /sys/block/md127/md/sync_action")
+
+
+def test_members_assembled_again_are_made_writable_before_the_wait(two_disks):
+    first = plan_of(two_disks)
+    build_members(two_disks, first, inner_fs=True)
+    cmds = json_commands(plan_of(two_disks), "post_format")
+    assert cmds.index(("mdadm", "--readwrite", "/dev/md/esp")) == cmds.index(("mdadm", "--wait", "/dev/md/esp")) - 1
+    assert ("mdadm", "--readwrite", "/dev/md/esp") not in json_commands(first)  # a new array is writable
+
+
+@pytest.mark.parametrize(("array_state", "woken"), [("read-auto", True), ("clean", False)])
+def test_waiting_on_a_read_auto_array_makes_it_writable_so_md_starts(tmp_path, array_state, woken):
+    from esp_mirror_plugin.pipeline.steps import WaitForSync
+
+    md = tmp_path / "sys/block/md127/md"
+    md.mkdir(parents=True)
+    (tmp_path / "dev/md").mkdir(parents=True)
+    (tmp_path / "dev/md127").touch()
+    (tmp_path / "dev/md/esp").symlink_to("../md127")
+    (md / "array_state").write_text(f"{array_state}\n")
+    (md / "sync_completed").write_text("none\n")
+    actions = iter(["resync\n", "idle\n"])
+
+    def sleep(seconds: float) -> None:
+        (md / "sync_action").write_text(next(actions))
+
+    sleep(0)
+    runner = RecordingRunner(responders=[lambda argv: Result(argv, 0)])
+    Applier(runner, io.StringIO(), host=FakeHost(tmp_path, set()), sleep=sleep)._apply(
+        WaitForSync("/dev/md/esp", why="w"), "post_format"
+    )
+    assert (("mdadm", "--readwrite", "/dev/md/esp") in runner.calls) is woken
 
 
 # -- a FAT that mkfs did not finish ---------------------------------------------------------------
