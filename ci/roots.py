@@ -100,7 +100,9 @@ INITRAMFS_TOOLS = RootSpec(
     ),
     customize_hooks=(_MODULES_DEP,),
 )
-DRACUT = RootSpec("dracut", (*COMMON_PACKAGES, "dracut"))
+# python3: the installed esp-mirror runs with it, and the profiles whose weekly check is
+# esp-mirror's own (opensuse, void) refuse a target without it
+DRACUT = RootSpec("dracut", (*COMMON_PACKAGES, "dracut", "python3"))
 SPECS = {spec.name: spec for spec in (INITRAMFS_TOOLS, DRACUT)}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,11 @@ class Install:
     guest: GuestResult
     runs: tuple[dict[str, str], ...]  # per apply: "apply" output and every STATE_COMMANDS section
 
+    @property
+    def installed_files(self) -> Path:
+        """A tar of the files apply's installed-system group wrote (see :func:`booted_prelude`)."""
+        return self.guest.serial_log.parent / "share" / INSTALLED_TAR
+
     def section(self, name: str, run: int = 0) -> str:
         return self.runs[run][name]
 
@@ -82,9 +88,27 @@ def install(
     for run in range(applies):
         body += f"echo '{SECTION}{run} apply'\n{shlex.join(apply_argv(devices, efi_image))} 2>&1\n"
         body += _state_script(run, parts)
+    body += _keep_installed_files()
     body += "umount /boot/efi && mdadm --stop /dev/md/esp >&2\n"  # a clean shutdown: no FAT dirty bit
     guest = run_in_guest("set -eu\n" + body, disks, vars_file, timeout=timeout, assets=assets)
     return Install(guest, parse_sections(guest.stdout, applies))
+
+
+INSTALLED_TAR = "installed-system.tar"
+
+
+def _keep_installed_files() -> str:
+    """Shell lines that tar the files of the installed-system group (the paths `esp-mirror refresh`
+    would write) into the share: the next guest boot starts from a fresh overlay without them."""
+    paths = (
+        'import json, sys; plan = json.load(sys.stdin)["plan"]; '
+        'print("\\n".join(s["path"].lstrip("/") for g in plan for s in g["steps"] if "path" in s))'
+    )
+    return (
+        f"{shlex.quote(str(ESP_MIRROR_CLI))} refresh --dry-run --json | {shlex.quote(sys.executable)} -c "
+        f"{shlex.quote(paths)} > /tmp/installed.list\n"
+        f"tar -C / -cpf {GUEST_WORK_DIR}/{INSTALLED_TAR} -T /tmp/installed.list\n"
+    )
 
 
 def parse_sections(stdout: str, runs: int) -> tuple[dict[str, str], ...]:
@@ -189,12 +213,18 @@ __all__ = [
 ]
 
 
-def booted_prelude(record_text: str, parts: Sequence[str], mountpoint: str = "/boot/efi") -> str:
+def booted_prelude(
+    record_text: str, parts: Sequence[str], mountpoint: str = "/boot/efi", installed_files: Path | None = None
+) -> str:
     """Shell lines that make a fresh guest look like the installed system after boot: the record
-    apply wrote, the array assembled from ``parts`` (udev does it on a real boot), the ESP mounted
-    (fstab does). The guest's root is a fresh overlay each boot, so /etc starts as the host's."""
+    apply wrote (and the rest of the files its installed-system group wrote, from
+    ``installed_files``, :attr:`Install.installed_files`), the array assembled from ``parts`` (udev
+    does it on a real boot), the ESP mounted (fstab does). The guest's root is a fresh overlay each
+    boot, so /etc starts as the host's."""
+    restore = [f"tar -C / -xpf {shlex.quote(str(installed_files))}"] if installed_files else []
     return "\n".join(
         [
+            *restore,
             "mkdir -p /etc/esp-mirror",
             f"cat > /etc/esp-mirror/esp-mirror.yaml <<'ESPVM_RECORD'\n{record_text.rstrip()}\nESPVM_RECORD",
             f"mdadm --assemble --run /dev/md/esp {' '.join(parts)} >&2",

@@ -142,7 +142,7 @@ def test_an_apply_that_failed_half_way_finishes_when_run_again(
     """mkfs.vfat fails during the first apply (the array exists by then); the same command run
     again assembles nothing twice, formats, mounts and registers the entries."""
     disks = [blank_disk(tmp_path / f"disk-{n}.img", 1024) for n in "ab"]
-    nvram = fresh_vars(tmp_path / "install-vars.fd", vm_assets)
+    vars_file = fresh_vars(tmp_path / "install-vars.fd", vm_assets)
     argv = shlex.join(apply_argv(["/dev/vda", "/dev/vdb"], payload_efi))
     script = "set -u\n" + sections_script(
         {
@@ -158,7 +158,7 @@ def test_an_apply_that_failed_half_way_finishes_when_run_again(
             "efibootmgr": "efibootmgr -v",
         }
     )
-    guest = run_in_guest(script, disks, nvram, assets=vm_assets, log_dir=tmp_path)
+    guest = run_in_guest(script, disks, vars_file, assets=vm_assets, log_dir=tmp_path)
     out = {name: outcome(text) for name, text in parse_sections(guest.stdout, 1)[0].items()}
     first, again = out["first"], out["again"]
     assert first.rc == 1 and "[post_format] step failed: mkfs.vfat" in first.output, first.output

@@ -55,6 +55,7 @@ class Installed:
     nvram: Path
     record: str
     work: Path
+    files: Path  # the installed-system group's files (ci.scenarios.Install.installed_files)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def installed(vm_assets: Assets, payload_efi: Path, tmp_path_factory: pytest.Tem
     nvram = fresh_vars(work / "install-vars.fd", vm_assets)
     result = install(disks, nvram, payload_efi, assets=vm_assets)
     assert result.guest.rc == 0, result.guest.stdout
-    return Installed(disks, nvram, result.section("record"), work)
+    return Installed(disks, nvram, result.section("record"), work, result.installed_files)
 
 
 @pytest.fixture
@@ -75,7 +76,7 @@ def system(installed: Installed, tmp_path: Path) -> Installed:
         subprocess.run(["cp", "--sparse=always", str(disk), str(tmp_path / disk.name)], check=True)
         disks.append(tmp_path / disk.name)
     nvram = Path(shutil.copyfile(installed.nvram, tmp_path / "vars.fd"))
-    return Installed(disks, nvram, installed.record, tmp_path)
+    return Installed(disks, nvram, installed.record, tmp_path, installed.files)
 
 
 class Outcomes(dict):
@@ -85,7 +86,7 @@ class Outcomes(dict):
 
 
 def run(system: Installed, disks: list[Path], parts: list[str], commands: dict[str, str], assets: Assets) -> Outcomes:
-    script = "set -u\n" + booted_prelude(system.record, parts) + sections_script(commands)
+    script = "set -u\n" + booted_prelude(system.record, parts, installed_files=system.files) + sections_script(commands)
     guest = run_in_guest(script, disks, system.nvram, assets=assets, log_dir=system.work)
     assert guest.rc == 0, f"{guest.stdout}\n{guest.stderr}\nserial: {guest.serial_log}"
     out = Outcomes((name, outcome(text)) for name, text in parse_sections(guest.stdout, 1)[0].items())
@@ -172,7 +173,7 @@ def test_a_write_to_one_member_is_found_by_check_and_repaired_from_the_chosen_so
 def test_status_and_entries_in_healthy_missing_entry_and_degraded_states(system: Installed, vm_assets: Assets) -> None:
     number_of_b = f"efibootmgr | sed -n 's/^Boot\\([0-9A-F]*\\)\\* {entry_label(disk_serial(1))}$/\\1/p'"
     script = sections_script({"not-set-up": f"{CLI} status --json"})
-    script += booted_prelude(system.record, BOTH)
+    script += booted_prelude(system.record, BOTH, installed_files=system.files)
     script += sections_script(
         {
             "healthy": f"{CLI} status --json",
@@ -279,7 +280,7 @@ def test_repair_auto_picks_the_disk_the_firmware_booted_from(system: Installed, 
     assert prep.rc == 0, prep.stderr
     script = (
         "set -u\n"
-        + booted_prelude(system.record, BOTH)
+        + booted_prelude(system.record, BOTH, installed_files=system.files)
         + sections_script(
             {
                 "status": f"{CLI} status --json",
