@@ -26,11 +26,13 @@ pytestmark = pytest.mark.vm
 
 
 @pytest.fixture(scope="module")
-def interruptions(vm_assets: Assets, payload_efi: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+def interruptions(vm_assets: Assets, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     work = tmp_path_factory.mktemp("interrupted")
     disks = [blank_disk(work / f"disk-{n}.img", 256) for n in "abc"]
     nvram = fresh_vars(work / "vars.fd", vm_assets)
-    script = f"cd {shlex.quote(str(REPO_ROOT))}\nexec {shlex.quote(sys.executable)} -m ci.interrupt {payload_efi}\n"
+    # what apply installs is only copied here, never booted: a small EFI binary keeps the copies short
+    efi = vm_assets.efi_stub
+    script = f"cd {shlex.quote(str(REPO_ROOT))}\nexec {shlex.quote(sys.executable)} -m ci.interrupt {efi}\n"
     guest = run_in_guest(script, disks, nvram, timeout=2400, assets=vm_assets)
     assert guest.rc == 0, guest.stdout + guest.stderr
     return [json.loads(line) for line in guest.stdout.splitlines() if line.startswith("{")]
@@ -52,7 +54,7 @@ def test_every_interrupted_apply_replace_and_repair_converges_when_run_again(int
 
 
 def test_power_cut_during_mkfs_then_during_the_resync_and_the_same_apply_still_ends_right(
-    vm_assets: Assets, payload_efi: Path, tmp_path: Path, request
+    vm_assets: Assets, tmp_path: Path, request
 ):
     """The machine is reset without a sync (sysrq b) while apply formats the array, booted again
     and cut again while apply waits for the resync, booted a third time: the same apply ends with
@@ -62,7 +64,7 @@ def test_power_cut_during_mkfs_then_during_the_resync_and_the_same_apply_still_e
     cut_file = f"{GUEST_WORK_DIR}/cut"
     cuts = {}
     for during in ("mkfs", "resync"):
-        script = interrupt.power_cut_script(str(payload_efi), during, cut_file)
+        script = interrupt.power_cut_script(str(vm_assets.efi_stub), during, cut_file)
         guest = run_in_guest(script, disks, nvram, timeout=600, assets=vm_assets, power_cut=True)
         cut = guest.serial_log.parent / "share" / "cut"
         assert cut.exists(), f"apply ended before the power cut during {during}:\n{guest.stdout}{guest.stderr}"
@@ -70,8 +72,8 @@ def test_power_cut_during_mkfs_then_during_the_resync_and_the_same_apply_still_e
         assert f"POWER-CUT during {during}" in cuts[during]
     assert "resync" in cuts["resync"]  # /proc/mdstat at the cut: the resync was running
 
-    apply = shlex.join(interrupt.apply_argv(str(payload_efi)))
-    check = f"{shlex.quote(sys.executable)} -m ci.interrupt check {payload_efi} /dev/vda /dev/vdb"
+    apply = shlex.join(interrupt.apply_argv(str(vm_assets.efi_stub)))
+    check = f"{shlex.quote(sys.executable)} -m ci.interrupt check {vm_assets.efi_stub} /dev/vda /dev/vdb"
     script = f"set -eu\ncd {shlex.quote(str(REPO_ROOT))}\n{apply} 2>&1\n{check}\n"
     started = time.monotonic()
     guest = run_in_guest(script, disks, nvram, timeout=600, assets=vm_assets)
