@@ -1,7 +1,8 @@
 """Kill esp-mirror at every step, run it again, and check the result (run INSIDE a guest).
 
-``python -m ci.interrupt EFI_IMAGE`` (as tests/vm/test_interrupted.py does, in one guest with
-three blank disks) runs three loops and prints one JSON line per interruption, then a summary:
+``python -m ci.interrupt EFI_IMAGE HALF`` (as tests/vm/test_interrupted.py does, in two guests at
+once, one per HALF) runs these loops and prints one JSON line per interruption; half 1 takes
+apply's odd steps and replace (three blank disks), half 2 apply's even steps and repair:
 
 - apply on /dev/vda and /dev/vdb: for step N = 1, 2, ... of the plan, blank the disks and the
   files apply writes, start apply in its own process group, kill the whole group with SIGKILL
@@ -147,20 +148,24 @@ def blank(disks: Sequence[str]) -> None:
         sh("efibootmgr", "--quiet", "--bootnum", number, "--delete-bootnum")
 
 
-def loop(name: str, argv_of, before, disks_of, efi_image: str, count: int) -> list[dict[str, object]]:
+def loop(name: str, argv_of, before, disks_of, efi_image: str, steps: list[int]) -> list[dict[str, object]]:
     results = []
-    for n in range(1, count + 1):
+    for n in steps:
         argv = argv_of(n)
         before(n)
         started = time.monotonic()
         line = killed_at(argv, n)
+        killed = time.monotonic()
         again = subprocess.run(argv, capture_output=True, text=True, check=False)
+        ran = time.monotonic()
         wrong = (
             [f"re-run exit {again.returncode}: {again.stdout.strip().splitlines()[-3:]}"] if again.returncode else []
         )
         wrong = wrong or checks(disks_of(n), efi_image)
         result = {"command": name, "step": n, "killed_in": line, "converged": not wrong, "wrong": wrong}
         result["seconds"] = round(time.monotonic() - started, 1)
+        # the killed run, the run again, the check
+        result["split"] = [round(killed - started, 1), round(ran - killed, 1), round(time.monotonic() - ran, 1)]
         print(json.dumps(result), flush=True)
         results.append(result)
     return results
@@ -194,39 +199,34 @@ def power_cut_script(efi_image: str, during: str, cut_file: str, cli: str = CLI)
     )
 
 
-def main(efi_image: str) -> int:
+def main(efi_image: str, half: int) -> int:
+    """Half 1 of the work: apply's odd steps, then replace's; half 2: apply's even steps, then
+    repair's (the two halves run in two guests at once)."""
     for path in SAVED:
         Path(f"/run/espvm-saved{path.replace('/', '-')}").write_bytes(Path(path).read_bytes())
     install_wrappers()
     pair = ["/dev/vda", "/dev/vdb"]
     apply = apply_argv(efi_image)
-    blank([*pair, "/dev/vdc"])
-    results = loop("apply", lambda n: apply, lambda n: blank(pair), lambda n: pair, efi_image, steps_of(apply))
-
-    def swap(n: int) -> tuple[str, str]:  # replace B by C, then C by B, ...
-        return ("/dev/vdb", "/dev/vdc") if n % 2 else ("/dev/vdc", "/dev/vdb")
-
-    def replace(n: int) -> list[str]:
-        old, new = swap(n)
-        return [CLI, "replace", "--yes", "--old", old, "--new", new, "--wipe"]
-
+    blank([*pair, "/dev/vdc"] if half == 1 else pair)
+    steps = [n for n in range(1, steps_of(apply) + 1) if n % 2 == half % 2]
+    results = loop("apply", lambda n: apply, lambda n: blank(pair), lambda n: pair, efi_image, steps)
     sh(*apply)  # the mirror every replace and repair starts from
-    results += loop(
-        "replace", replace, lambda n: None, lambda n: ["/dev/vda", swap(n)[1]], efi_image, steps_of(replace(1))
-    )
-    last = swap(len([r for r in results if r["command"] == "replace"]))[1]
-    repair = [CLI, "repair", "--yes", "--source", "/dev/vda"]
-    results += loop(
-        "repair", lambda n: repair, lambda n: None, lambda n: ["/dev/vda", last], efi_image, steps_of(repair)
-    )
-    summary = {
-        name: [
-            sum(1 for r in results if r["command"] == name and r["converged"]),
-            sum(1 for r in results if r["command"] == name),
-        ]
-        for name in ("apply", "replace", "repair")
-    }
-    print(json.dumps({"summary": summary}), flush=True)
+    if half == 1:
+
+        def swap(n: int) -> tuple[str, str]:  # replace B by C, then C by B, ...
+            return ("/dev/vdb", "/dev/vdc") if n % 2 else ("/dev/vdc", "/dev/vdb")
+
+        def replace(n: int) -> list[str]:
+            old, new = swap(n)
+            return [CLI, "replace", "--yes", "--old", old, "--new", new, "--wipe"]
+
+        steps = list(range(1, steps_of(replace(1)) + 1))
+        results += loop("replace", replace, lambda n: None, lambda n: ["/dev/vda", swap(n)[1]], efi_image, steps)
+    else:
+        repair = [CLI, "repair", "--yes", "--source", "/dev/vda"]
+        steps = list(range(1, steps_of(repair) + 1))
+        results += loop("repair", lambda n: repair, lambda n: None, lambda n: pair, efi_image, steps)
+    print(json.dumps({"half": half, "steps": len(results)}), flush=True)
     return 0
 
 
@@ -234,4 +234,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "check":  # check EFI_IMAGE DISK...: what is wrong, as JSON
         print(json.dumps({"wrong": checks(sys.argv[3:], sys.argv[2])}))
         sys.exit(0)
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], int(sys.argv[2])))
