@@ -33,11 +33,15 @@ def steps(members: Sequence[Member], first_sector: int, last_sector: int, wipe_a
             continue
         if m.wipe:
             out.append(Command(("wipefs", "--all", m.device), why=f"erase old signatures on {m.disk.given} (--wipe)"))
-            out.append(
-                Command(
-                    ("sgdisk", "--zap-all", m.device), why=f"erase the old partition tables of {m.disk.given} (--wipe)"
-                )
+        if m.wipe or not m.disk.pttype:
+            why = (
+                f"erase the old partition tables of {m.disk.given} (--wipe)"
+                if m.wipe
+                else f"{m.disk.given} holds no table, but a killed sgdisk may have left half a GPT that blkid "
+                "does not see and sgdisk --new trips on; only the GPT areas are written, as --new does"
             )
+            # sgdisk exits 2 on a GPT it cannot read, after erasing it all the same
+            out.append(Command(("sgdisk", "--zap-all", m.device), ok_codes=(0, 2), why=why))
         out.append(
             Command(
                 (

@@ -593,6 +593,7 @@ def test_wipe_erases_old_signatures_and_tables_before_partitioning(machine):
     [group] = [g for g in plan["groups"] if g["name"] == "pre_partition"]
     steps = [tuple(s["argv"]) if s["kind"] == "command" else (s["kind"], s.get("node", "")) for s in group["steps"]]
     assert steps == [
+        ("sgdisk", "--zap-all", "/dev/sda"),  # a blank disk: only what a killed sgdisk may have left
         (
             "sgdisk",
             "--new=1:2048:1050623",
@@ -623,7 +624,7 @@ def test_an_empty_gpt_is_not_foreign_and_needs_no_wipe(machine):
     machine.add_disk("sdb")
     outcome = machine.cli("plan", *machine.args(), "--no-nvram")
     assert outcome.code == 0, outcome.err
-    assert "--zap-all" not in outcome.out
+    assert "--zap-all /dev/sda" not in outcome.out  # its table stays; sdb has none, so its GPT areas are cleared
 
 
 def test_a_commented_out_esp_line_in_fstab_is_not_a_conflict(two_disks):

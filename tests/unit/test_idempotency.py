@@ -237,6 +237,7 @@ def test_a_rerun_makes_the_missing_partition_and_wipes_every_esp_partition_befor
     steps = [tuple(s["argv"]) if s["kind"] == "command" else (s["kind"], s.get("node", "")) for s in group["steps"]]
     assert steps == [
         ("wait-for-partition", "/dev/sda1"),
+        ("sgdisk", "--zap-all", "/dev/sdb"),
         (
             "sgdisk",
             "--new=1:2048:1050623",

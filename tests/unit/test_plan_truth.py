@@ -367,7 +367,7 @@ def test_apply_holds_the_lock_while_it_runs(images):
     seen: list[str | None] = []
 
     def peek(argv):
-        if argv[0] == "sgdisk":
+        if argv[:2] == ("sgdisk", "--new=1:2048:1050623"):
             seen.append(lock.holder())
 
     images.runner.responders.insert(0, peek)

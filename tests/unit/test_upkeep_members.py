@@ -76,9 +76,10 @@ def test_add_partitions_the_new_disk_like_the_others_and_grows_the_array(mirror)
     report = json.loads(outcome.out)
     add, entries = report["plan"]
     assert (add["name"], add["notes"]) == ("add", ["mdadm.conf names /dev/md/esp by UUID: it stays as it is"])
-    assert add["steps"][1] == wait_for_partition("/dev/vdc")
+    assert add["steps"][2] == wait_for_partition("/dev/vdc")
     assert add["steps"][-1] == wait_for_recovery("/dev/vdc1")
     assert [s["kind"] for s in add["steps"]] == [
+        "command",
         "command",
         "wait-for-partition",
         "settle",
@@ -88,6 +89,7 @@ def test_add_partitions_the_new_disk_like_the_others_and_grows_the_array(mirror)
         "wait-for-sync",
     ]
     assert commands(add) == [
+        ("sgdisk", "--zap-all", "/dev/vdc"),
         partition("/dev/vdc", C),
         ("wipefs", "--all", "/dev/vdc1"),
         ("mdadm", "/dev/md/esp", "--add", "/dev/vdc1"),
@@ -176,6 +178,7 @@ def test_replace_missing_partitions_the_new_disk_adds_it_and_moves_the_boot_entr
     replace, entries = report["plan"]
     assert replace["name"] == "replace"
     assert commands(replace) == [
+        ("sgdisk", "--zap-all", "/dev/vdb"),  # no table on it: only what a killed sgdisk may have left
         partition("/dev/vdb", C),  # a fresh GUID: the new disk's, not B's
         ("wipefs", "--all", "/dev/vdb1"),
         ("mdadm", "/dev/md/esp", "--add", "/dev/vdb1"),
@@ -200,6 +203,7 @@ def test_replace_of_a_present_member_takes_it_out_first(mirror):
     assert commands(replace) == [
         ("mdadm", "/dev/md/esp", "--fail", "/dev/vdb1", "--remove", "/dev/vdb1"),
         ("mdadm", "--zero-superblock", "/dev/vdb1"),
+        ("sgdisk", "--zap-all", "/dev/vdc"),
         partition("/dev/vdc", C),
         ("wipefs", "--all", "/dev/vdc1"),
         ("mdadm", "/dev/md/esp", "--add", "/dev/vdc1"),
