@@ -29,7 +29,6 @@ LANES: dict[str, tuple[str, ...]] = {
     "B": (
         "tests/unit",
         "tests/distro",
-        "tests/vm/test_harness_smoke.py",
         "tests/vm/test_install.py",
         "tests/vm/test_installed_system.py",
     ),

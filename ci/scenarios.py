@@ -80,13 +80,15 @@ def install(
     applies: int = 1,
     assets: Assets | None = None,
     timeout: float = 600,
+    extra: Sequence[str] = (),
 ) -> Install:
-    """Run ``esp-mirror apply`` ``applies`` times in one guest and collect the state after each."""
+    """Run ``esp-mirror apply`` (with ``extra`` options) ``applies`` times in one guest and collect
+    the state after each."""
     devices = [guest_device(i) for i in range(len(disks))]
     parts = " ".join(f"{d}1" for d in devices)
     body = ""
     for run in range(applies):
-        body += f"echo '{SECTION}{run} apply'\n{shlex.join(apply_argv(devices, efi_image))} 2>&1\n"
+        body += f"echo '{SECTION}{run} apply'\n{shlex.join(apply_argv(devices, efi_image, *extra))} 2>&1\n"
         body += _state_script(run, parts)
     body += _keep_installed_files()
     body += "umount /boot/efi && mdadm --stop /dev/md/esp >&2\n"  # a clean shutdown: no FAT dirty bit

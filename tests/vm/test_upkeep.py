@@ -63,7 +63,8 @@ def installed(vm_assets: Assets, payload_efi: Path, tmp_path_factory: pytest.Tem
     work = tmp_path_factory.mktemp("upkeep-install")
     disks = [blank_disk(work / f"disk-{n}.img", 1024) for n in "ab"]
     nvram = fresh_vars(work / "install-vars.fd", vm_assets)
-    result = install(disks, nvram, payload_efi, assets=vm_assets)
+    # a 100 MiB ESP: every check, recovery and member read here is of the whole ESP, under TCG
+    result = install(disks, nvram, payload_efi, assets=vm_assets, extra=("--esp-size", "100M"))
     assert result.guest.rc == 0, result.guest.stdout
     return Installed(disks, nvram, result.section("record"), work, result.installed_files)
 
@@ -148,7 +149,7 @@ def test_a_write_to_one_member_is_found_by_check_and_repaired_from_the_chosen_so
     repair = out["repair"]
     assert repair.rc == 0, repair.output
     print(
-        f"check with drift: {drift.seconds:.1f} s; repair from {source} (full rebuild of a 512 MiB member): "
+        f"check with drift: {drift.seconds:.1f} s; repair from {source} (full rebuild of a 100 MiB member): "
         f"{repair.seconds:.1f} s"
     )
     assert as_json(repair)["source"] == f"/dev/vd{source}1"
@@ -244,7 +245,7 @@ def test_replace_a_missing_disk_then_boot_from_the_new_disk_alone(system: Instal
     boot = boot_firmware([disk_c], system.nvram, assets=vm_assets, log_dir=system.work)
     assert boot.boot_entry_description == entry_label(disk_serial(2)), boot.serial_log
     assert boot.loader_device_partuuid == partition_uuid(disk_c)
-    print(f"replace end to end (partition, add, recovery of a 512 MiB member, entries): {out['replace'].seconds:.1f} s")
+    print(f"replace end to end (partition, add, recovery of a 100 MiB member, entries): {out['replace'].seconds:.1f} s")
 
 
 def test_add_a_third_disk_then_boot_from_it_alone(system: Installed, vm_assets: Assets) -> None:
