@@ -1,4 +1,5 @@
-"""The whole suite as two pytest runs at once (``ci/test`` without arguments).
+"""The whole suite: the unit tests, then the rest as two pytest runs at once (``ci/test``
+without arguments).
 
 Almost all of the suite's time is TCG guests, and a guest mostly keeps one host core busy: two
 lanes on a 2-core machine take about half the time of one. What both lanes read is made first,
@@ -17,20 +18,22 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# Balanced by measured durations (pytest --durations); every test module is in exactly one lane
-# (tests/unit/test_lanes.py holds this true).
+# The unit tests run first, alone (half a minute; each test directory's conftest.py is imported
+# as "conftest", and the unit tests import from theirs, so they get a pytest run of their own).
+UNIT = "tests/unit"
+# Balanced by measured durations (pytest --durations); every other test module is in exactly one
+# lane (tests/unit/test_lanes.py holds this true).
 LANES: dict[str, tuple[str, ...]] = {
     "A": (
         "tests/vm/test_interrupted.py",
         "tests/vm/test_upkeep.py",
         "tests/vm/test_dracut_in_guest.py",
-        "tests/vm/test_systemd_boot.py",
     ),
     "B": (
-        "tests/unit",
         "tests/distro",
         "tests/vm/test_install.py",
         "tests/vm/test_installed_system.py",
+        "tests/vm/test_systemd_boot.py",
     ),
 }
 
@@ -50,9 +53,11 @@ def warm() -> None:
 
 def main() -> int:
     os.chdir(REPO_ROOT)
-    warm()
     base = Path(tempfile.gettempdir()) / "esp-mirror-ci"
+    base.mkdir(exist_ok=True)
     pytest = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--durations=15"]
+    rc_unit = subprocess.run([*pytest, f"--basetemp={base}/unit", UNIT], check=False).returncode
+    warm()
     started = time.monotonic()
     with tempfile.TemporaryFile("w+") as log_b:
         b = subprocess.Popen(
@@ -70,8 +75,12 @@ def main() -> int:
         log_b.seek(0)
         print(f"\n{'=' * 30} lane B {'=' * 30}", flush=True)
         sys.stdout.write(log_b.read())
-    print(f"ci/lanes: lane A {seconds_a:.0f} s (exit {rc_a}), lane B {seconds_b:.0f} s (exit {rc_b})", flush=True)
-    return rc_a or rc_b
+    print(
+        f"ci/lanes: unit tests exit {rc_unit}; lane A {seconds_a:.0f} s (exit {rc_a}), "
+        f"lane B {seconds_b:.0f} s (exit {rc_b})",
+        flush=True,
+    )
+    return rc_unit or rc_a or rc_b
 
 
 if __name__ == "__main__":
