@@ -207,15 +207,9 @@ def plan_new_member(
     """
     array = plans.require_array(state)
     joined = array.member(new)  # in the array: an earlier run of this command added it, or a mistake
-    if joined is not None:
-        if old not in (None, "missing") and array.member(old or "") is not None:
-            # the old member is still in: no run of this command added the new disk (it takes the old out first)
-            raise BadInput(f"{new} is already a member of {array.device}")
-        if joined.active and array.sync_action == "idle":
-            raise BadInput(
-                f"{new} is already a member of {array.device}: if an earlier `esp-mirror {command}` added it, "
-                "run `esp-mirror entries` to make sure it has its boot entry"
-            )
+    if joined is not None and old not in (None, "missing") and array.member(old or "") is not None:
+        # the old member is still in: no run of this command added the new disk (it takes the old out first)
+        raise BadInput(f"{new} is already a member of {array.device}")
     old_member = None
     if old == "missing":
         if not array.degraded and joined is None:
@@ -241,12 +235,15 @@ def plan_new_member(
         state, disk, sector, wipe, old=old_member, grow=old is None, resumed=resumed, joined=joined
     )
     notes = [f"mdadm.conf names {array.device} by UUID: it stays as it is"]
-    if resumed is not None:
+    if joined is not None and joined.active:
+        notes.append(f"{disk.given} is an in-sync member already (an earlier {command}?): only the boot entries follow")
+    elif resumed is not None:
         notes.append(f"{disk.given} carries the ESP partition an earlier {command} made: continuing from there")
     groups = [Group(command, steps, tuple(notes))]
     entry = bootentries.Member(disk=disk.path, tag=disk_tag(disk), part=1, partuuid=member.guid)
     if state.efivars and state.boot is not None:
-        members = plans.entry_members(array, facts, without=old_member.node if old_member else None, extra=(entry,))
+        extra = (entry,) if joined is None else ()  # a member already is one of the array's
+        members = plans.entry_members(array, facts, without=old_member.node if old_member else None, extra=extra)
         groups.append(Group("entries", plans.entry_steps(state, members)))
     else:
         groups.append(Group("entries", (), ("no EFI variables: run `esp-mirror entries` on the booted system",)))

@@ -17,6 +17,7 @@ from conftest import (
     fast_applier,
     guid_of,
     isolate_upkeep,
+    upkeep_changes,
 )
 
 from esp_mirror_plugin.pipeline import naming
@@ -281,12 +282,6 @@ def other_array_member(m) -> None:
 
 
 REFUSALS = {
-    "new-disk-is-a-member": (
-        lambda m: None,
-        ("add", "--disk", "/dev/vda"),
-        "/dev/vda is already a member of /dev/md/esp: if an earlier `esp-mirror add` added it, run "
-        "`esp-mirror entries` to make sure it has its boot entry",
-    ),
     "replacement-is-a-member": (
         lambda m: None,
         ("replace", "--old", "/dev/vdb", "--new", "/dev/vda"),
@@ -380,3 +375,14 @@ def test_replace_or_add_without_a_setup_is_refused(machine, monkeypatch):
         "no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): run `esp-mirror apply` first",
     )
     assert outcome.calls == []
+
+
+def test_adding_a_disk_that_is_a_member_already_changes_no_disk_and_keeps_its_entry(mirror):
+    """What a re-run of `add` finds after a kill during the boot entries: the disk is in, in sync."""
+    mirror.accept_changes()
+    outcome = mirror.cli("add", "--disk", "/dev/vda", "--yes")
+    assert (outcome.code, outcome.err) == (0, "")
+    assert "/dev/vda is an in-sync member already (an earlier add?): only the boot entries follow" in outcome.out
+    assert not [c for c in upkeep_changes(outcome.calls) if c[0] in ("sgdisk", "wipefs", "mdadm")]
+    status = json.loads(mirror.cli("status", "--json").out)
+    assert status["exit_code"] == 0
