@@ -39,7 +39,7 @@ def two_disks(vm_assets: Assets, payload_efi: Path, tmp_path_factory: pytest.Tem
     work = tmp_path_factory.mktemp("two-disks")
     disks = [blank_disk(work / f"disk-{n}.img", 1024) for n in "ab"]
     nvram = fresh_vars(work / "install-vars.fd", vm_assets)
-    result = install(disks, nvram, payload_efi, applies=2, assets=vm_assets)
+    result = install(disks, nvram, payload_efi, applies=2, assets=vm_assets, timeout=1200)
     assert result.guest.rc == 0, f"{result.guest.stdout}\n{result.guest.stderr}\nserial: {result.guest.serial_log}"
     return result, disks, nvram, work
 

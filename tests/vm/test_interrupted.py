@@ -45,7 +45,7 @@ def interruptions(vm_assets: Assets, tmp_path_factory: pytest.TempPathFactory) -
         script = (
             f"cd {shlex.quote(str(REPO_ROOT))}\nexec {shlex.quote(sys.executable)} -m ci.interrupt {efi} {number}\n"
         )
-        guest = run_in_guest(script, disks, nvram, timeout=1800, assets=vm_assets, log_dir=work)
+        guest = run_in_guest(script, disks, nvram, timeout=3600, assets=vm_assets, log_dir=work)
         assert guest.rc == 0, guest.stdout + guest.stderr
         return [json.loads(line) for line in guest.stdout.splitlines() if line.startswith("{")]
 
@@ -53,6 +53,7 @@ def interruptions(vm_assets: Assets, tmp_path_factory: pytest.TempPathFactory) -
         return [r for results in pool.map(half, (1, 2)) for r in results]
 
 
+@pytest.mark.killloop
 def test_every_interrupted_apply_replace_and_repair_converges_when_run_again(interruptions, request):
     results = [r for r in interruptions if "command" in r]
     for name in ("apply", "replace", "repair"):

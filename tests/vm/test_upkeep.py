@@ -64,7 +64,7 @@ def installed(vm_assets: Assets, payload_efi: Path, tmp_path_factory: pytest.Tem
     disks = [blank_disk(work / f"disk-{n}.img", 1024) for n in "ab"]
     nvram = fresh_vars(work / "install-vars.fd", vm_assets)
     # a 100 MiB ESP: every check, recovery and member read here is of the whole ESP, under TCG
-    result = install(disks, nvram, payload_efi, assets=vm_assets, extra=("--esp-size", "100M"))
+    result = install(disks, nvram, payload_efi, assets=vm_assets, extra=("--esp-size", "100M"), timeout=1200)
     assert result.guest.rc == 0, result.guest.stdout
     return Installed(disks, nvram, result.section("record"), work, result.installed_files)
 
