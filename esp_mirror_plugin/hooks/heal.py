@@ -16,6 +16,8 @@ last two heal at boot only: hot-plug needs someone to run ``esp-mirror heal``.
 
 from __future__ import annotations
 
+import os
+
 from esp_mirror_plugin.pipeline.kinds import Init
 from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.steps import Command, EditBlock, Step, WriteFile
@@ -24,6 +26,8 @@ from esp_mirror_plugin.system.target import Target
 PROGRAM = "/usr/local/sbin/esp-mirror"
 RECORD = "/etc/esp-mirror/esp-mirror.yaml"
 
+WANTS_TARGET = "multi-user.target"
+WANTS = f"{WANTS_TARGET}.wants"
 SERVICE = f"""\
 [Unit]
 Description=Bring members back into the mirrored EFI System Partition (esp-mirror heal)
@@ -39,7 +43,7 @@ Type=oneshot
 ExecStart={PROGRAM} heal --why boot --wait 60
 
 [Install]
-WantedBy=multi-user.target
+WantedBy={WANTS_TARGET}
 """
 
 TEMPLATE = f"""\
@@ -85,6 +89,9 @@ def udev_rule(array_uuid: str) -> str:
 def plan(profile: Profile, target: Target, array_uuid: str) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     why = "a member that comes back (stale, or plugged in again) is re-added without anyone"
     if profile.init is Init.SYSTEMD:
+        # enabled already (the link systemctl enable makes): a second apply changes nothing
+        enabled = os.path.lexists(target.path(f"etc/systemd/system/{WANTS}/esp-mirror-heal.service"))
+        enable = Command(("systemctl", "enable", "esp-mirror-heal.service"), root=target.root, why=why + " (at boot)")
         return (
             WriteFile(target.path("etc/systemd/system/esp-mirror-heal.service"), SERVICE, why=why, root=target.root),
             WriteFile(target.path("etc/systemd/system/esp-mirror-heal@.service"), TEMPLATE, why=why, root=target.root),
@@ -94,7 +101,7 @@ def plan(profile: Profile, target: Target, array_uuid: str) -> tuple[tuple[Step,
                 why=why + " (hot-plug)",
                 root=target.root,
             ),
-            Command(("systemctl", "enable", "esp-mirror-heal.service"), root=target.root, why=why + " (at boot)"),
+            *(() if enabled else (enable,)),
         ), ()
     later = (
         f"on hot-plug: {profile.init} has no udev-to-service hook here, so run `esp-mirror heal` "

@@ -470,3 +470,12 @@ def test_debconf_answers_are_loaded_only_when_the_database_lacks_one(images, nvr
     assert outcome.code == 0, outcome.err
     load = ("chroot", str(images.target), "debconf-set-selections", "/etc/esp-mirror/debconf.preseed")
     assert (load in outcome.calls) is loads
+
+
+def test_the_heal_service_enabled_already_is_not_enabled_again(two_disks):
+    """systemctl enable runs (and counts as a change) only while its link is missing."""
+    wants = two_disks.target / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "esp-mirror-heal.service").symlink_to("/etc/systemd/system/esp-mirror-heal.service")
+    steps = group(plan_of(two_disks))["steps"]
+    assert not [s for s in steps if s["kind"] == "command" and "enable" in s["argv"]]
