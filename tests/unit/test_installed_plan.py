@@ -126,16 +126,6 @@ def test_apply_writes_the_program_executable_and_a_second_apply_leaves_it(images
     assert lines[at + 1].split()[1:2] == ["unchanged"], lines[at : at + 2]
 
 
-@pytest.fixture
-def images(machine: Machine) -> Machine:
-    machine.add_image("a.img")
-    machine.add_image("b.img")
-    (machine.target / "etc/mdadm").mkdir()
-    machine.set_efivars(efibootmgr="unused\n")
-    machine.accept_changes()
-    return machine
-
-
 def test_the_zip_application_is_the_same_bytes_every_time_and_holds_what_it_runs_with():
     first, second = zipapp.build.__wrapped__(), zipapp.build.__wrapped__()
     assert first.data == second.data and first.data.startswith(b"#!/usr/bin/env python3\n")
