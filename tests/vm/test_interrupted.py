@@ -43,7 +43,7 @@ def interruptions(vm_assets: Assets, tmp_path_factory: pytest.TempPathFactory) -
         disks = [blank_disk(work / f"half{number}-disk-{n}.img", 256) for n in ("abc" if number == 1 else "ab")]
         nvram = fresh_vars(work / f"half{number}-vars.fd", vm_assets)
         script = (
-            f"cd {shlex.quote(str(REPO_ROOT))}\nexec {shlex.quote(sys.executable)} -m ci.interrupt {efi} {number}\n"
+            f"cd {shlex.quote(str(REPO_ROOT))}\nexec {shlex.quote(sys.executable)} -m ci.interrupt {efi} {number} {cli}\n"
         )
         guest = run_in_guest(script, disks, nvram, timeout=3600, assets=vm_assets, log_dir=work)
         assert guest.rc == 0, guest.stdout + guest.stderr
