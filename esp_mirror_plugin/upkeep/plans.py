@@ -35,9 +35,14 @@ def require_array(state: MirrorState) -> ArrayState:
     return state.array
 
 
-def check_steps(array: ArrayState) -> tuple[Step, ...]:
+def check_steps(array: ArrayState, md_check: bool = True) -> tuple[Step, ...]:
+    """What check runs before it compares the members' files; without ``md_check`` md's own
+    check is left to the distribution's schedule (nothing is written to sync_action)."""
+    flush = Command(("sync",), why="flush the page cache, so every member holds what the ESP holds")
+    if not md_check:
+        return (flush,)
     return (
-        Command(("sync",), why="flush the page cache, so every member holds what the ESP holds"),
+        flush,
         Command(
             ("mdadm", "--misc", "--action=check", array.device),
             why="md reads every member and counts sectors that differ (mismatch_cnt)",
