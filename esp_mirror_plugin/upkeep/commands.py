@@ -260,7 +260,7 @@ def plan_new_member(
     if resumed is None:
         plans.new_disk_checks(disk, array, record, sector, wipe)
     steps, member = plans.member_steps(
-        state, disk, sector, wipe, old=old_member, grow=old is None, resumed=resumed, joined=joined
+        state, disk, sector, wipe, old=old_member, grow=old is None, resumed=resumed, joined=joined, root=host.sysroot
     )
     notes = [f"mdadm.conf names {array.device} by UUID: it stays as it is"]
     if joined is not None and joined.active:

@@ -1,8 +1,14 @@
 """What apply set up, recorded in the target for the upkeep commands (status, check, repair,
-replace, add, entries): /etc/esp-mirror/esp-mirror.yaml. Written by the bootloader hook."""
+replace, add, entries, refresh): /etc/esp-mirror/esp-mirror.yaml. Written by the bootloader
+hook; ``add`` keeps its member count.
+
+Keys added after the first release have defaults, so a record an older esp-mirror wrote still
+loads: its ``members`` is then unknown (None).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass, fields
 
@@ -22,6 +28,7 @@ class Record:
     entry_label: str
     esp_start: int  # bytes
     esp_size: int  # bytes
+    members: int | None = None  # md raid devices (add grows it); None: an older record does not say
 
     def render(self) -> str:
         return (
@@ -48,9 +55,10 @@ def load(root: str = "/") -> Record | None:
             f"{path} cannot be read ({' '.join(str(exc).split())}): run `esp-mirror apply` again to rewrite it"
         ) from None
     names = {f.name for f in fields(Record)}
-    if not isinstance(data, dict) or set(data) != names:
+    required = {f.name for f in fields(Record) if f.default is dataclasses.MISSING}
+    if not isinstance(data, dict) or not required <= set(data) or not set(data) <= names:
         raise BadInput(
-            f"{path} is not an esp-mirror record (keys {', '.join(sorted(names))}): "
-            "run `esp-mirror apply` again to rewrite it"
+            f"{path} is not an esp-mirror record (keys {', '.join(sorted(required))}; "
+            f"optional {', '.join(sorted(names - required))}): run `esp-mirror apply` again to rewrite it"
         )
     return Record(**data)

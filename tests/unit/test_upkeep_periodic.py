@@ -149,6 +149,7 @@ def test_the_record_apply_writes_loads_back_as_what_was_set_up(images):
         entry_label="Debian",
         esp_start=MIB,
         esp_size=512 * MIB,
+        members=2,
     )
     text = (images.target / records.PATH).read_text()
     assert text.startswith("# Written by esp-mirror apply: what it set up.")
@@ -188,6 +189,18 @@ def test_a_record_round_trips_through_its_yaml(record, tmp_path):
     assert records.load(str(tmp_path)) == record
 
 
+def test_a_record_an_older_esp_mirror_wrote_loads_without_a_member_count(tmp_path):
+    path = tmp_path / records.PATH
+    path.parent.mkdir(parents=True)
+    path.write_text(
+        "profile: debian\narray: /dev/md/esp\nmountpoint: /boot/efi\nloader: \\EFI\\debian\\grubx64.efi\n"
+        "entry_label: Debian\nesp_start: 1048576\nesp_size: 536870912\n"
+    )
+    assert records.load(str(tmp_path)) == Record(
+        "debian", "/dev/md/esp", "/boot/efi", "\\EFI\\debian\\grubx64.efi", "Debian", MIB, 512 * MIB, members=None
+    )
+
+
 def test_no_record_means_not_set_up(tmp_path):
     assert records.load(str(tmp_path)) is None
 
@@ -199,12 +212,17 @@ def test_no_record_means_not_set_up(tmp_path):
         (
             "profile: debian\narray: /dev/md/esp\n",
             "is not an esp-mirror record (keys array, entry_label, esp_size, "
-            "esp_start, loader, mountpoint, profile): run `esp-mirror apply` "
+            "esp_start, loader, mountpoint, profile; optional members): run `esp-mirror apply` "
             "again to rewrite it",
         ),
         ("- a list\n", "is not an esp-mirror record"),
+        (
+            "profile: debian\narray: /dev/md/esp\nmountpoint: /boot/efi\nloader: x\nentry_label: D\n"
+            "esp_start: 1\nesp_size: 2\ndisks: 2\n",
+            "is not an esp-mirror record",
+        ),
     ],
-    ids=["broken-yaml", "missing-keys", "not-a-mapping"],
+    ids=["broken-yaml", "missing-keys", "not-a-mapping", "unknown-key"],
 )
 def test_a_broken_record_is_bad_input_that_says_to_rerun_apply(content, message, tmp_path):
     path = tmp_path / records.PATH
