@@ -154,6 +154,7 @@ def record_step(request: Resolved, profile: Profile, loader: str, members: int) 
         esp_start=request.esp_start,
         esp_size=request.esp_size,
         members=members,
+        metrics_dir=request.metrics_dir,
     )
     return WriteFile(
         records.path_in(request.target),

@@ -3,7 +3,7 @@ replace, add, entries, refresh): /etc/esp-mirror/esp-mirror.yaml. Written by the
 hook; ``add`` keeps its member count.
 
 Keys added after the first release have defaults, so a record an older esp-mirror wrote still
-loads: its ``members`` is then unknown (None).
+loads: its ``members`` is then unknown (None), its ``metrics_dir`` the setting's default.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 import yaml
 
 from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline.request import METRICS_DIR, metrics_dir_problem
 
 PATH = "etc/esp-mirror/esp-mirror.yaml"
 
@@ -29,6 +30,7 @@ class Record:
     esp_start: int  # bytes
     esp_size: int  # bytes
     members: int | None = None  # md raid devices (add grows it); None: an older record does not say
+    metrics_dir: str = METRICS_DIR  # where the weekly check writes esp_mirror.prom, when it exists
 
     def render(self) -> str:
         return (
@@ -61,4 +63,8 @@ def load(root: str = "/") -> Record | None:
             f"{path} is not an esp-mirror record (keys {', '.join(sorted(required))}; "
             f"optional {', '.join(sorted(names - required))}): run `esp-mirror apply` again to rewrite it"
         )
-    return Record(**data)
+    record = Record(**data)
+    problem = metrics_dir_problem(record.metrics_dir)
+    if problem:
+        raise BadInput(f"{path}: metrics_dir {record.metrics_dir!r} {problem}: run `esp-mirror apply` again")
+    return record
