@@ -33,6 +33,12 @@ def bootloader(ctx: Context) -> None:
     ctx.execute("bootloader", steps, notes)
     request = ctx.request
     setup = installed.Setup(
-        ctx.profile, ctx.target, ctx.layout.array_uuid, request.mountpoint, request.bootloader, request.loader_id
+        ctx.profile,
+        ctx.target,
+        ctx.layout.array_uuid,
+        request.mountpoint,
+        request.bootloader,
+        request.loader_id,
+        request.metrics_dir,
     )
     ctx.execute(installed.GROUP, *installed.plan(setup))

@@ -69,7 +69,7 @@ _COMMANDS: dict[str, str] = {
     "apply": "carry out the plan",
     "profiles": "list the built-in profiles, or show one",
     "status": "the mirror's health: array, members, mount, boot entries",
-    "check": "md consistency check, then compare the members' files (read-only)",
+    "check": "md consistency check, then compare the members' files (read-only); the result is kept for status",
     "repair": "make every member equal to the chosen one (full rebuild from it)",
     "replace": "replace a failed or missing member with a new disk",
     "add": "grow the mirror by one member",
@@ -95,6 +95,24 @@ def _options(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("name", nargs="?")
     elif name in ("status", "check"):
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        where = p.add_mutually_exclusive_group()
+        where.add_argument(
+            "--metrics", metavar="FILE",
+            help="also write the mirror's health as Prometheus metrics to FILE (atomically; its directory must exist)",
+        )  # fmt: skip
+        if name == "status":
+            p.set_defaults(metrics_dir=None)
+        else:
+            where.add_argument(
+                "--metrics-dir", metavar="DIR",
+                help="write DIR/esp_mirror.prom when DIR exists (node_exporter's textfile directory); "
+                "nothing when it does not",
+            )  # fmt: skip
+            p.add_argument(
+                "--no-md-check", action="store_true",
+                help="do not start md's check (the distribution's runs on its own schedule): compare the member "
+                "files, read mismatch_cnt as md's last check left it",
+            )  # fmt: skip
     elif name == "repair":
         p.add_argument("--source", required=True, metavar="DISK|auto",
                        help="the member to keep; auto: the disk the firmware booted from")  # fmt: skip

@@ -24,9 +24,10 @@ from esp_mirror_plugin.pipeline.steps import Group
 from esp_mirror_plugin.system import lock
 from esp_mirror_plugin.system.discovery import HostView
 from esp_mirror_plugin.system.runner import Runner, ShRunner
-from esp_mirror_plugin.upkeep import commands, compare, heal, history, plans
+from esp_mirror_plugin.upkeep import commands, compare, heal, history, metrics, plans
 from esp_mirror_plugin.upkeep import journal as journal_file
 from esp_mirror_plugin.upkeep import record as records
+from esp_mirror_plugin.upkeep.lastcheck import LastCheck
 from esp_mirror_plugin.upkeep.mirror import MirrorState, read_mirror
 
 HEAL_LOCK_WAIT = 300.0  # at boot, heal may queue behind a check or another heal's recovery
@@ -103,17 +104,39 @@ def status_json(state: MirrorState) -> dict[str, Any]:
         "booted_disk": booted.disk if booted else None,
         "busy": lock.holder(),
         "last_event": state.last_event,
+        "last_check": state.last_check.to_json() if state.last_check else None,
     }
 
 
+def _metrics_file(args: argparse.Namespace) -> Path | None:
+    """Where --metrics or --metrics-dir asks for the metrics, checked before anything runs."""
+    if args.metrics is not None:
+        return metrics.file_for(args.metrics)
+    if args.metrics_dir is not None:
+        return metrics.file_in(args.metrics_dir)
+    return None
+
+
+def _write_metrics(file: Path | None, state: MirrorState, last_check: LastCheck | None) -> None:
+    if file is not None:
+        metrics.write(file, metrics.render(state, last_check, time.time()))
+
+
 def _status(args: argparse.Namespace, state: MirrorState, out: TextIO) -> int:
+    file = _metrics_file(args)
+    _show_status(args, state, out)
+    _write_metrics(file, state, state.last_check)
+    return state.exit_code()
+
+
+def _show_status(args: argparse.Namespace, state: MirrorState, out: TextIO) -> None:
     if args.json:
         json.dump(status_json(state), out, indent=2)
         print(file=out)
-        return state.exit_code()
+        return
     if state.record is None and state.array is None:
         print("esp-mirror: not set up here (no /etc/esp-mirror/esp-mirror.yaml, no /dev/md/esp)", file=out)
-        return 2
+        return
     a = state.array
     if a is None:
         print(f"{state.record.array if state.record else '/dev/md/esp'}: not running", file=out)
@@ -146,24 +169,30 @@ def _status(args: argparse.Namespace, state: MirrorState, out: TextIO) -> int:
         )
     if state.last_event:
         print(f"last event: {state.last_event}", file=out)
+    if state.last_check:
+        print(f"last check: {state.last_check.line()}", file=out)
     busy = lock.holder()
     if busy:
         print(f"busy: {busy} (the state above may be changing)", file=out)
     problems = state.problems()
     print("healthy" if not problems else "problems:\n" + "\n".join(f"  - {p}" for p in problems), file=out)
-    return state.exit_code()
 
 
 # -- check -------------------------------------------------------------------------------------
 
 
 def _check(args: argparse.Namespace, state: MirrorState, runner: Runner, host: HostView, out: TextIO) -> int:
-    result = commands.check(runner, host, state, io.StringIO() if args.json else out)
+    md_check = not args.no_md_check
+    file = _metrics_file(args)
+    if state.record is None or state.array is None:
+        _write_metrics(file, state, state.last_check)  # nothing to check, but the collector learns why
+    result = commands.check(runner, host, state, io.StringIO() if args.json else out, md_check=md_check)
     array = plans.require_array(state)
     if args.json:
         json.dump(
             {
                 "mismatch_cnt": result.mismatch_cnt,
+                "md_check": md_check,
                 "differences": [d.to_json() for d in result.differences],
                 "members": result.members,
                 "seconds": round(result.seconds, 1),
@@ -173,9 +202,15 @@ def _check(args: argparse.Namespace, state: MirrorState, runner: Runner, host: H
         )
         print(file=out)
     else:
-        print(f"md check of {array.device}: mismatch_cnt {result.mismatch_cnt} ({result.seconds:.1f} s)", file=out)
+        found = (
+            f"mismatch_cnt {result.mismatch_cnt}"
+            if md_check
+            else f"not started (--no-md-check); mismatch_cnt {result.mismatch_cnt} as md's last check left it"
+        )
+        print(f"md check of {array.device}: {found} ({result.seconds:.1f} s)", file=out)
         _print_differences(result.differences, out)
-    return 0 if result.mismatch_cnt == 0 and not result.differences else 1
+    _write_metrics(file, result.state, result.last)
+    return 0 if result.last.success else 1
 
 
 def _print_differences(diffs: list[compare.Difference], out: TextIO) -> None:

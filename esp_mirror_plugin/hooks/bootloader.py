@@ -144,7 +144,7 @@ def payload_steps(request: Resolved, profile: Profile, layout: Layout) -> tuple[
     return tuple(steps)
 
 
-def record_step(request: Resolved, profile: Profile, loader: str) -> WriteFile:
+def record_step(request: Resolved, profile: Profile, loader: str, members: int) -> WriteFile:
     rec = Record(
         profile=profile.name,
         array=request.device,
@@ -153,6 +153,8 @@ def record_step(request: Resolved, profile: Profile, loader: str) -> WriteFile:
         entry_label=request.entry_label,
         esp_start=request.esp_start,
         esp_size=request.esp_size,
+        members=members,
+        metrics_dir=request.metrics_dir,
     )
     return WriteFile(
         records.path_in(request.target),
@@ -167,7 +169,7 @@ def plan(
 ) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     """(steps, notes) for the bootloader hook; shim is looked for in the target now."""
     loader = loader_path(request, profile, target.has_shim())
-    steps = (*payload_steps(request, profile, layout), record_step(request, profile, loader))
+    steps = (*payload_steps(request, profile, layout), record_step(request, profile, loader, layout.raid_devices))
     if not layout.nvram:
         return steps, (
             "no NVRAM boot entries (--no-nvram or no EFI variables): the firmware boots "

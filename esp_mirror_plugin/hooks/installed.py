@@ -8,7 +8,7 @@ the base system, the kernel, mdadm, Python and the bootloader packages there by 
   Python the plan says that upkeep runs from outside (a chroot from a rescue system), and a
   profile whose periodic check is esp-mirror's own refuses: that check would fail every week.
 - md assembly at boot, where the init needs it enabled (OpenRC);
-- the periodic check (:mod:`.periodic`);
+- the periodic check, which also writes the metrics (:mod:`.periodic`);
 - heal at boot and on hot-plug (:mod:`.heal`);
 - the settings package upgrades read (:mod:`.upgrades`).
 
@@ -44,6 +44,7 @@ class Setup:
     mountpoint: str
     bootloader: BootloaderKind
     loader_id: str  # \EFI\<loader_id>\ holds the loader the boot entries start
+    metrics_dir: str  # the node_exporter textfile directory the weekly check writes to, when it exists
 
 
 def program_step(target: Target) -> InstallProgram:
@@ -86,10 +87,13 @@ def plan(setup: Setup) -> tuple[tuple[Step, ...], tuple[str, ...]]:
             )
         notes.append(
             f"{why}: esp-mirror is not put on the installed system, so nothing heals a member that "
-            "comes back; run status, check, repair and heal from outside (a rescue system, chroot)"
+            "comes back and no weekly esp-mirror check compares the members or writes metrics; run status, "
+            "check, repair and heal from outside (a rescue system, chroot)"
         )
     steps += [Command(argv, root=target.root, why="assemble md arrays at boot") for argv in profile.boot_assembly]
-    steps += periodic.plan(profile, target)
+    periodic_steps, periodic_notes = periodic.plan(profile, target, setup.metrics_dir, usable)
+    steps += periodic_steps
+    notes += periodic_notes
     if usable:
         heal_steps, heal_notes = heal.plan(profile, target, setup.array_uuid)
         steps += heal_steps

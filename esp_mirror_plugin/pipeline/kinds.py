@@ -46,10 +46,17 @@ class InitramfsMode(StrEnum):
 
 
 class OwnCheck(StrEnum):
-    """How esp-mirror's own periodic `esp-mirror check` is scheduled where the distribution ships
-    no md check of its own (mdcheck, raid-check, checkarray)."""
+    """Whether esp-mirror's weekly `esp-mirror check` runs md's check too, and how it is scheduled.
 
-    NONE = "none"  # the distribution's own check runs (see the profile's periodic_check)
+    Every profile gets a weekly esp-mirror run: it compares the members' files and writes the
+    metrics (``metrics_dir``). Where the distribution ships an md check of its own (mdcheck,
+    raid-check, checkarray: the profile's periodic_check), that one does md's part: NONE.
+    Elsewhere esp-mirror's run starts md's check as well, scheduled as the value says.
+    """
+
+    # the distribution's md check runs (periodic_check); esp-mirror-check.timer runs
+    # `check --no-md-check` (systemd only: with another init nothing runs weekly, and the plan says so)
+    NONE = "none"
     SYSTEMD_TIMER = "systemd-timer"  # esp-mirror-check.timer, weekly; output in the journal
     CRON_WEEKLY = "cron-weekly"  # /etc/cron.weekly/esp-mirror-check; output to syslog
     PERIODIC_WEEKLY = "periodic-weekly"  # Alpine's /etc/periodic/weekly/esp-mirror-check

@@ -11,7 +11,7 @@ from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import fat
 from esp_mirror_plugin.pipeline import naming
 from esp_mirror_plugin.pipeline.profiles import Profile
-from esp_mirror_plugin.pipeline.request import MIB, Request, Resolved
+from esp_mirror_plugin.pipeline.request import METRICS_DIR, MIB, Request, Resolved, metrics_dir_problem
 from esp_mirror_plugin.pipeline.steps import Arg, Var
 from esp_mirror_plugin.system.discovery import DiskFacts, Partition, Snapshot
 
@@ -205,6 +205,9 @@ def check_settings(request: Resolved) -> None:
         or os.path.normpath(request.mountpoint) == "/"
     ):
         raise BadInput(f"mount point {request.mountpoint!r} must be an absolute path like /boot/efi")
+    problem = metrics_dir_problem(request.metrics_dir)
+    if problem:
+        raise BadInput(f"metrics dir {request.metrics_dir!r} {problem}: use e.g. {METRICS_DIR}")
     problem = fat_label_problem(request.label)
     if problem:
         raise BadInput(f"label {request.label!r} is not a valid FAT label: {problem}; use e.g. ESP")

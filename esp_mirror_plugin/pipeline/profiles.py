@@ -66,7 +66,7 @@ class Profile:
     grub: Grub
     boot_assembly: tuple[Argv, ...]
     periodic_check: tuple[Argv, ...]  # enable the distribution's own md check
-    own_check: OwnCheck  # where the distribution has none: esp-mirror's own weekly check
+    own_check: OwnCheck  # esp-mirror's weekly check: with md's check where the distribution has none
     packages: Packages
     init: Init  # the installed system's init: how heal runs at boot and on hot-plug
     # debconf answers for package upgrades ("owner question" -> "type value"; {array_uuid} is

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 MIB = 1024 * 1024
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|[KMGT]|)\s*$", re.IGNORECASE)
+METRICS_DIR = "/var/lib/prometheus/node-exporter"  # Debian's node_exporter textfile collector directory
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9._+,:@=/-]*")
 
 
 class Kind(enum.Enum):
@@ -84,6 +86,12 @@ class Request:
     initramfs: InitramfsMode = setting(InitramfsMode.REGENERATE, "what to do with the initramfs", Kind.CHOICE)
     wipe: bool = setting(False, "erase existing partition tables on the disks", Kind.FLAG)
     degraded: bool = setting(False, "allow a one-disk mirror", Kind.FLAG)
+    metrics_dir: str = setting(
+        METRICS_DIR,
+        "the installed system's node_exporter textfile directory: the weekly check writes esp_mirror.prom "
+        "there when it exists",
+        metavar="DIR",
+    )
     arch: str = field(default_factory=platform.machine)  # the machine's, not a setting
 
     def __post_init__(self) -> None:
@@ -123,6 +131,14 @@ class Resolved(Request):
 def settings() -> dict[str, Setting]:
     """The user settings, by field name, in the order of the Request's fields."""
     return {f.name: f.metadata["setting"] for f in fields(Request) if "setting" in f.metadata}
+
+
+def metrics_dir_problem(path: str) -> str | None:
+    """Why ``path`` cannot be the metrics directory the weekly check is given, or None. It goes
+    into a systemd unit and a shell script as it is, so it is an absolute path of plain characters."""
+    if not _PLAIN_PATH.fullmatch(path) or ".." in path.split("/"):
+        return "must be an absolute path of letters, digits and ._+,:@=/- (no spaces or quotes)"
+    return None
 
 
 def default_of(name: str) -> Any:

@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -25,9 +25,10 @@ from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.pipeline.steps import Group
 from esp_mirror_plugin.system.discovery import DiskFacts, HostView, describe_disks, read_mounts
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
-from esp_mirror_plugin.upkeep import compare, plans, settings
+from esp_mirror_plugin.upkeep import compare, lastcheck, plans, settings
 from esp_mirror_plugin.upkeep import journal as journal_file
 from esp_mirror_plugin.upkeep.journal import RepairJournal
+from esp_mirror_plugin.upkeep.lastcheck import LastCheck
 from esp_mirror_plugin.upkeep.mirror import MemberState, MirrorState, read_mirror
 from esp_mirror_plugin.upkeep.record import Record
 
@@ -49,6 +50,8 @@ class CheckResult:
     differences: list[compare.Difference]
     members: list[str]
     seconds: float
+    state: MirrorState  # the mirror as the check left it (mismatch_cnt, sync progress)
+    last: LastCheck  # what was kept in /var/lib/esp-mirror/last-check.json
 
 
 def install_hint_of(record: Record | None) -> Callable[[str], str]:
@@ -83,19 +86,44 @@ def compare_members(
     return copies, compare.differences(trees)
 
 
-def check(runner: Runner, host: HostView, state: MirrorState, progress: TextIO) -> CheckResult:
-    """md's consistency check (progress shown), then the members' files compared. Changes nothing."""
+def check(
+    runner: Runner,
+    host: HostView,
+    state: MirrorState,
+    progress: TextIO,
+    md_check: bool = True,
+    now: Callable[[], float] = time.time,
+) -> CheckResult:
+    """md's consistency check (progress shown), then the members' files compared; the result is
+    kept for status and the metrics (:mod:`.lastcheck`). Changes nothing on the mirror.
+
+    Without ``md_check`` md's check is not started (the distribution's runs on its own schedule):
+    mismatch_cnt is what md's last check left.
+    """
     array = plans.require_array(state)
     started = time.monotonic()
-    Applier(runner, progress, host=host, exists=host.exists).execute(Group("check", plans.check_steps(array)))
-    after = read_mirror(runner, state.record, host).array
+    Applier(runner, progress, host=host, exists=host.exists).execute(Group("check", plans.check_steps(array, md_check)))
+    after = read_mirror(runner, state.record, host) if md_check else state
+    if after.array is None:  # never a count of 0 for an array that could not be read
+        raise BadInput(f"{array.device} stopped running during the check: see `esp-mirror status`")
     with scratch("check-") as workdir:
         _, diffs = compare_members(runner, state, workdir)
+    mismatch_cnt = after.array.mismatch_cnt
+    last = LastCheck(now(), mismatch_cnt, len(diffs), md_check)
+    try:
+        lastcheck.save(host.sysroot, last)
+    except OSError as exc:
+        raise BadInput(
+            f"the check finished ({last.line()}) but its result cannot be kept in "
+            f"{lastcheck.path_in(host.sysroot)} ({exc.strerror}): make that directory writable for root"
+        ) from None
     return CheckResult(
-        after.mismatch_cnt if after else 0,
+        mismatch_cnt,
         diffs,
         [m.node for m in array.members if m.usable],
         time.monotonic() - started,
+        replace(after, last_check=last, last_check_error=None),
+        last,
     )
 
 
@@ -232,7 +260,7 @@ def plan_new_member(
     if resumed is None:
         plans.new_disk_checks(disk, array, record, sector, wipe)
     steps, member = plans.member_steps(
-        state, disk, sector, wipe, old=old_member, grow=old is None, resumed=resumed, joined=joined
+        state, disk, sector, wipe, old=old_member, grow=old is None, resumed=resumed, joined=joined, root=host.sysroot
     )
     notes = [f"mdadm.conf names {array.device} by UUID: it stays as it is"]
     if joined is not None and joined.active:

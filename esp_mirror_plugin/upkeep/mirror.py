@@ -19,8 +19,9 @@ from esp_mirror_plugin.system.discovery import (
     read_mounts,
 )
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
-from esp_mirror_plugin.upkeep import history
+from esp_mirror_plugin.upkeep import history, lastcheck
 from esp_mirror_plugin.upkeep import journal as journal_file
+from esp_mirror_plugin.upkeep.lastcheck import LastCheck
 from esp_mirror_plugin.upkeep.record import Record
 from esp_mirror_plugin.upkeep.settings import drift
 
@@ -88,6 +89,8 @@ class MirrorState:
     settings: tuple[str, ...] = ()  # the installed system's settings that are not as esp-mirror writes them
     unfinished: tuple[str, ...] = ()  # commands that were interrupted, and how to finish them
     last_event: str | None = None  # the history's last line ("... healed at boot: ...")
+    last_check: LastCheck | None = None  # what the last `esp-mirror check` found; None: none ran here
+    last_check_error: str | None = None  # why the last check's result cannot be read, and what to do
 
     @property
     def booted_member(self) -> MemberState | None:
@@ -135,6 +138,8 @@ class MirrorState:
             )
         out += self.settings
         out += self.unfinished
+        if self.last_check_error:
+            out.append(self.last_check_error)
         if self.efivars:
             for e in self.entries:
                 if e.entry is None:
@@ -188,6 +193,11 @@ def read_mirror(
         )
     except BadInput as exc:
         unfinished = [str(exc)]
+    last_check, last_check_error = None, None
+    try:
+        last_check = lastcheck.load(host.sysroot)
+    except BadInput as exc:
+        last_check_error = str(exc)
     try:
         events = history.read(host.sysroot)
     except OSError as exc:
@@ -206,6 +216,8 @@ def read_mirror(
         settings=tuple(settings),
         unfinished=tuple(unfinished),
         last_event=events[-1] if events else None,
+        last_check=last_check,
+        last_check_error=last_check_error,
     )
 
 

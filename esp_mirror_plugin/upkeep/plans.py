@@ -17,6 +17,7 @@ from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import Command, Step, WaitForSync, WriteFile
 from esp_mirror_plugin.system.discovery import DiskFacts, Partition
 from esp_mirror_plugin.upkeep import journal as journal_file
+from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.journal import RepairJournal
 from esp_mirror_plugin.upkeep.mirror import ArrayState, MemberState, MirrorState
 from esp_mirror_plugin.upkeep.record import Record
@@ -35,9 +36,14 @@ def require_array(state: MirrorState) -> ArrayState:
     return state.array
 
 
-def check_steps(array: ArrayState) -> tuple[Step, ...]:
+def check_steps(array: ArrayState, md_check: bool = True) -> tuple[Step, ...]:
+    """What check runs before it compares the members' files; without ``md_check`` md's own
+    check is left to the distribution's schedule (nothing is written to sync_action)."""
+    flush = Command(("sync",), why="flush the page cache, so every member holds what the ESP holds")
+    if not md_check:
+        return (flush,)
     return (
-        Command(("sync",), why="flush the page cache, so every member holds what the ESP holds"),
+        flush,
         Command(
             ("mdadm", "--misc", "--action=check", array.device),
             why="md reads every member and counts sectors that differ (mismatch_cnt)",
@@ -166,10 +172,12 @@ def member_steps(
     grow: bool,
     resumed: Partition | None = None,
     joined: MemberState | None = None,
+    root: str = "/",
 ) -> tuple[tuple[Step, ...], Member]:
     """Partition ``disk`` like the others and add it to the array (replacing ``old``, or growing);
     from where an interrupted run of the same command stopped (``resumed``: its partition is
-    there; ``joined``: it is in the array already)."""
+    there; ``joined``: it is in the array already). Growing, the record at ``root`` gets the new
+    member count."""
     array, record = require_array(state), state.record
     new = Member(
         disk=disk,
@@ -201,11 +209,22 @@ def member_steps(
     if joined is None:
         steps += partition.steps([new], first, last, wipe_all=True)
         steps.append(Command(("mdadm", array.device, "--add", new.node), why=f"{new.node} joins the mirror"))
-    if grow and (joined is None or joined.slot is None):
+    more = grow and (joined is None or joined.slot is None)
+    if more:
         steps.append(
             Command(
                 ("mdadm", "--grow", array.device, f"--raid-devices={array.raid_disks + 1}"),
                 why="one more active member: the new one is rebuilt",
+            )
+        )
+    members = array.raid_disks + more
+    if grow and record.members != members:
+        steps.append(
+            WriteFile(
+                records.path_in(root),
+                replace(record, members=members).render(),
+                root=root,
+                why=f"the record counts {members} members (status and the metrics, while the array is not running)",
             )
         )
     steps.append(WaitForSync(array.device, clean=True, why=f"recovery copies the ESP onto {new.node}"))

@@ -1,14 +1,21 @@
 """What apply set up, recorded in the target for the upkeep commands (status, check, repair,
-replace, add, entries): /etc/esp-mirror/esp-mirror.yaml. Written by the bootloader hook."""
+replace, add, entries, refresh): /etc/esp-mirror/esp-mirror.yaml. Written by the bootloader
+hook; ``add`` keeps its member count.
+
+Keys added after the first release have defaults, so a record an older esp-mirror wrote still
+loads: its ``members`` is then unknown (None), its ``metrics_dir`` the setting's default.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass, fields
 
 import yaml
 
 from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline.request import METRICS_DIR, metrics_dir_problem
 
 PATH = "etc/esp-mirror/esp-mirror.yaml"
 
@@ -22,6 +29,8 @@ class Record:
     entry_label: str
     esp_start: int  # bytes
     esp_size: int  # bytes
+    members: int | None = None  # md raid devices (add grows it); None: an older record does not say
+    metrics_dir: str = METRICS_DIR  # where the weekly check writes esp_mirror.prom, when it exists
 
     def render(self) -> str:
         return (
@@ -48,9 +57,14 @@ def load(root: str = "/") -> Record | None:
             f"{path} cannot be read ({' '.join(str(exc).split())}): run `esp-mirror apply` again to rewrite it"
         ) from None
     names = {f.name for f in fields(Record)}
-    if not isinstance(data, dict) or set(data) != names:
+    required = {f.name for f in fields(Record) if f.default is dataclasses.MISSING}
+    if not isinstance(data, dict) or not required <= set(data) or not set(data) <= names:
         raise BadInput(
-            f"{path} is not an esp-mirror record (keys {', '.join(sorted(names))}): "
-            "run `esp-mirror apply` again to rewrite it"
+            f"{path} is not an esp-mirror record (keys {', '.join(sorted(required))}; "
+            f"optional {', '.join(sorted(names - required))}): run `esp-mirror apply` again to rewrite it"
         )
-    return Record(**data)
+    record = Record(**data)
+    problem = metrics_dir_problem(record.metrics_dir)
+    if problem:
+        raise BadInput(f"{path}: metrics_dir {record.metrics_dir!r} {problem}: run `esp-mirror apply` again")
+    return record

@@ -29,6 +29,7 @@ def setup(record: Record, array_uuid: str, root: str) -> installed.Setup:
         record.mountpoint,
         kind_of_loader(record.loader),
         loader_id_of(record.loader),
+        record.metrics_dir,
     )
 
 

@@ -746,6 +746,7 @@ class Mirror(Machine):
             entry_label="Debian",
             esp_start=MIB,
             esp_size=512 * MIB,
+            members=len(disks),
         )
         self.members: dict[str, dict[str, bytes]] = {}
         self.superblocks: dict[str, dict[str, str]] = {}  # node -> mdadm --examine --export

@@ -310,6 +310,22 @@ def loader_id_that_is_a_path(m):
     )
 
 
+def metrics_dir_that_is_relative(m):
+    two(m)
+    return [*m.args(), "--metrics-dir", "node-exporter"], (
+        "metrics dir 'node-exporter' must be an absolute path of letters, digits and ._+,:@=/- "
+        "(no spaces or quotes): use e.g. /var/lib/prometheus/node-exporter"
+    )
+
+
+def metrics_dir_with_a_space(m):
+    two(m)
+    return [*m.args(), "--metrics-dir", "/var/lib/node exporter"], (
+        "metrics dir '/var/lib/node exporter' must be an absolute path of letters, digits and ._+,:@=/- "
+        "(no spaces or quotes): use e.g. /var/lib/prometheus/node-exporter"
+    )
+
+
 # -- the same storage under two names ------------------------------------------------------------
 
 
@@ -486,6 +502,8 @@ CASES = [
     (label_with_a_character_fat_refuses, BOTH),
     (lower_case_label, BOTH),
     (loader_id_that_is_a_path, BOTH),
+    (metrics_dir_that_is_relative, BOTH),
+    (metrics_dir_with_a_space, BOTH),
     (two_loop_devices_on_one_image_file, BOTH),
     (an_image_file_and_its_own_loop_device, BOTH),
     (two_paths_to_one_sas_disk, BOTH),

@@ -45,14 +45,16 @@ OWN_TIMER = [
 MDCHECK = [("run", "systemctl", "enable", "mdcheck_start.timer", "mdcheck_continue.timer")]
 RAID_CHECK = [("run", "systemctl", "enable", "raid-check.timer")]
 CRON = [("write", "etc/cron.weekly/esp-mirror-check")]
-# The installed-system group of each profile (with --bootloader grub, no bootctl in the target).
+# The installed-system group of each profile (with --bootloader grub, no bootctl in the target). The
+# weekly esp-mirror-check.timer is everywhere systemd runs: with md's check where the distribution
+# has none (opensuse), with --no-md-check beside the distribution's (hooks/periodic.py).
 GROUP = {
-    "debian": PROGRAM + SYSTEMD_HEAL + DEBCONF,
-    "ubuntu": PROGRAM + MDCHECK + SYSTEMD_HEAL + DEBCONF,
-    "fedora": PROGRAM + RAID_CHECK + SYSTEMD_HEAL,
-    "rhel": PROGRAM + RAID_CHECK + SYSTEMD_HEAL,
+    "debian": PROGRAM + OWN_TIMER + SYSTEMD_HEAL + DEBCONF,
+    "ubuntu": PROGRAM + MDCHECK + OWN_TIMER + SYSTEMD_HEAL + DEBCONF,
+    "fedora": PROGRAM + RAID_CHECK + OWN_TIMER + SYSTEMD_HEAL,
+    "rhel": PROGRAM + RAID_CHECK + OWN_TIMER + SYSTEMD_HEAL,
     "opensuse": PROGRAM + OWN_TIMER + SYSTEMD_HEAL,
-    "arch": PROGRAM + MDCHECK + SYSTEMD_HEAL,
+    "arch": PROGRAM + MDCHECK + OWN_TIMER + SYSTEMD_HEAL,
     "gentoo": [*PROGRAM, ("run", "rc-update", "add", "mdraid", "boot"), *CRON, *OPENRC_HEAL],
     "alpine": [
         *PROGRAM,
@@ -169,10 +171,11 @@ def remove_python(machine: Machine) -> None:
 def test_without_python_the_plan_says_upkeep_runs_from_outside_and_installs_no_program(two_disks):
     remove_python(two_disks)
     steps = group(plan_of(two_disks))
-    assert described(two_disks, steps["steps"]) == DEBCONF  # no program, no heal units
+    assert described(two_disks, steps["steps"]) == DEBCONF  # no program, no heal units, no weekly timer
     assert steps["notes"][0] == (
         "the target has no python3: esp-mirror is not put on the installed system, so nothing heals a "
-        "member that comes back; run status, check, repair and heal from outside (a rescue system, chroot)"
+        "member that comes back and no weekly esp-mirror check compares the members or writes metrics; run "
+        "status, check, repair and heal from outside (a rescue system, chroot)"
     )
 
 
@@ -400,7 +403,7 @@ def test_without_fwupd_the_plan_says_what_to_run_when_it_comes(two_disks):
 def test_the_group_is_planned_from_a_setup_the_record_can_give_too(tmp_path):
     target = Target(str(tmp_path))
     setup = installed.Setup(load_profile("debian"), target, naming.mdadm_uuid(ARRAY_UUID), "/boot/efi",
-                            BootloaderKind.GRUB, "debian")  # fmt: skip
+                            BootloaderKind.GRUB, "debian", "/var/lib/prometheus/node-exporter")  # fmt: skip
     steps, notes = installed.plan(setup)
     assert [type(s).__name__ for s in steps] == ["WriteFile"]  # no python3, no debconf there: the preseed only
     assert notes[0].startswith("the target has no python3")
@@ -462,10 +465,11 @@ def test_debconf_answers_are_loaded_only_when_the_database_lacks_one(images, nvr
     assert (load in outcome.calls) is loads
 
 
-def test_the_heal_service_enabled_already_is_not_enabled_again(two_disks):
+def test_the_heal_service_and_check_timer_enabled_already_are_not_enabled_again(two_disks):
     """systemctl enable runs (and counts as a change) only while its link is missing."""
-    wants = two_disks.target / "etc/systemd/system/multi-user.target.wants"
-    wants.mkdir(parents=True)
-    (wants / "esp-mirror-heal.service").symlink_to("/etc/systemd/system/esp-mirror-heal.service")
+    system = two_disks.target / "etc/systemd/system"
+    for wants, unit in (("multi-user.target", "esp-mirror-heal.service"), ("timers.target", "esp-mirror-check.timer")):
+        (system / f"{wants}.wants").mkdir(parents=True)
+        (system / f"{wants}.wants" / unit).symlink_to(f"/etc/systemd/system/{unit}")
     steps = group(plan_of(two_disks))["steps"]
     assert not [s for s in steps if s["kind"] == "command" and "enable" in s["argv"]]

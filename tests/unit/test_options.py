@@ -211,13 +211,13 @@ def test_grub_is_installed_with_a_tool_the_distribution_ships(two_disks, profile
 def test_binds_come_right_before_the_first_command_in_the_target_not_earlier(two_disks, efi_image):
     plan = plan_of(two_disks, "--bootloader", "efi", "--efi-image", str(efi_image), "--initramfs", "configure-only")
     # the payload is copied, the initramfs only configured: the first command in the target is the
-    # installed system's `systemctl enable esp-mirror-heal.service`, and the binds come right before it
+    # installed system's `systemctl enable esp-mirror-check.timer`, and the binds come right before it
     steps = [(g["name"], s) for g in plan["groups"] for s in g["steps"]]
     first = next(i for i, (_, s) in enumerate(steps) if s["kind"] == "command" and s["argv"][0] == "chroot")
     assert steps[first][0] == "installed-system" and steps[first][1]["argv"][2:] == [
         "systemctl",
         "enable",
-        "esp-mirror-heal.service",
+        "esp-mirror-check.timer",
     ]
     binds = [i for i, (_, s) in enumerate(steps) if s["kind"] == "command" and s["argv"][:2] == ["mount", "--bind"]]
     assert binds == [first - 3, first - 2, first - 1]

@@ -7,12 +7,14 @@ The machine is :class:`conftest.Mirror` (/dev/vda1 and /dev/vdb1 in /dev/md/esp,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 from conftest import ARRAY_UUID, Mirror, assert_only_read, fast_applier, superblock, upkeep_changes
 
 from esp_mirror_plugin.upkeep import history
+from esp_mirror_plugin.upkeep import record as records
 
 OTHER_ARRAY = "0f0e0d0c:0b0a0908:07060504:03020100"
 
@@ -199,3 +201,21 @@ def test_a_replaced_heal_unit_is_reported_by_path(mirror):
         f"{unit} differ from what esp-mirror writes (a package replaced them, or something was installed "
         "later): run `esp-mirror refresh`"
     ]
+
+
+def test_refresh_writes_the_weekly_run_with_the_recorded_metrics_dir(mirror, monkeypatch):
+    """The record is what refresh plans from: a metrics_dir changed there reaches the unit."""
+    record = dataclasses.replace(mirror.record, metrics_dir="/srv/textfile")
+    (mirror.sysroot / records.PATH).write_text(record.render())
+    unit = mirror.sysroot / "etc/systemd/system/esp-mirror-check.service"
+
+    problems = json.loads(mirror.cli("status", "--json").out)["problems"]
+    assert problems == [
+        f"{unit} differ from what esp-mirror writes (a package replaced them, or something was installed "
+        "later): run `esp-mirror refresh`"
+    ]
+    mirror.accept_changes()
+    fast_applier(mirror, monkeypatch)
+    assert mirror.cli("refresh", "--yes").code == 0
+    assert "ExecStart=/usr/local/sbin/esp-mirror check --no-md-check --metrics-dir /srv/textfile\n" in unit.read_text()
+    assert mirror.cli("status").code == 0

@@ -4,9 +4,11 @@ array, recovered, and given its boot entry (the old disk's entry removed, ours f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+import yaml
 from conftest import (
     GIB,
     LINUX_TYPE,
@@ -24,6 +26,7 @@ from esp_mirror_plugin.pipeline import naming
 from esp_mirror_plugin.pipeline.steps import Command
 from esp_mirror_plugin.system.discovery import describe_disks, read_mounts
 from esp_mirror_plugin.upkeep import plans as upkeep
+from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.mirror import read_mirror
 
 C = guid_of("vdc")
@@ -87,8 +90,13 @@ def test_add_partitions_the_new_disk_like_the_others_and_grows_the_array(mirror)
         "command",
         "command",
         "command",
+        "write-file",
         "wait-for-sync",
     ]
+    assert add["steps"][-2]["path"] == str(mirror.sysroot / records.PATH)
+    assert records.Record(**yaml.safe_load(add["steps"][-2]["content"])) == dataclasses.replace(
+        mirror.record, members=3
+    )
     assert commands(add) == [
         ("sgdisk", "--zap-all", "/dev/vdc"),
         partition("/dev/vdc", C),
@@ -162,6 +170,27 @@ def test_add_carried_out_leaves_three_in_sync_members_each_with_its_entry(mirror
         ("/dev/vdc", "0004", "Debian (esp-mirror espvm-C)"),
     ]
     assert mirror.boot_order == ["0001", "0002", "0004", "0000", "0003"]
+    assert records.load(str(mirror.sysroot)) == dataclasses.replace(mirror.record, members=3)
+
+
+def test_add_fills_in_the_member_count_an_older_record_lacks(mirror):
+    """A record written before esp-mirror counted members says nothing; add says 3 after it."""
+    mirror.record = dataclasses.replace(mirror.record, members=None)
+    (mirror.sysroot / records.PATH).write_text(mirror.record.render())
+    mirror.add_new_disk("vdc")
+
+    [add, _] = json.loads(mirror.cli("add", "--disk", "/dev/vdc", "--dry-run", "--json").out)["plan"]
+
+    [write] = [s for s in add["steps"] if s["kind"] == "write-file"]
+    assert yaml.safe_load(write["content"])["members"] == 3
+
+
+def test_replace_keeps_the_record_as_it_is(mirror):
+    mirror.add_new_disk("vdc")
+
+    report = json.loads(mirror.cli("replace", "--old", "/dev/vdb", "--new", "/dev/vdc", "--dry-run", "--json").out)
+
+    assert not [s for g in report["plan"] for s in g["steps"] if s["kind"] == "write-file"]
 
 
 # -- replace ------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -15,6 +16,7 @@ from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import periodic
 from esp_mirror_plugin.pipeline import profiles
 from esp_mirror_plugin.pipeline.execute import Applier
+from esp_mirror_plugin.pipeline.kinds import Init
 from esp_mirror_plugin.pipeline.steps import Command, Group, WriteFile
 from esp_mirror_plugin.system.recording import RecordingRunner
 from esp_mirror_plugin.system.runner import Result
@@ -22,6 +24,7 @@ from esp_mirror_plugin.system.target import Target
 from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.record import Record
 
+METRICS_DIR = "/var/lib/prometheus/node-exporter"
 SERVICE = """\
 [Unit]
 Description=Check the mirrored EFI System Partition (md consistency and member files)
@@ -29,7 +32,17 @@ Documentation=man:mdadm(8)
 
 [Service]
 Type=oneshot
-ExecStart=/usr/local/sbin/esp-mirror check
+ExecStart=/usr/local/sbin/esp-mirror check --metrics-dir /var/lib/prometheus/node-exporter
+"""
+# own_check none: the distribution's md check runs; esp-mirror's weekly run compares files, writes metrics
+SERVICE_NO_MD_CHECK = """\
+[Unit]
+Description=Check the mirrored EFI System Partition (member files; md's check is the distribution's)
+Documentation=man:mdadm(8)
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/esp-mirror check --no-md-check --metrics-dir /var/lib/prometheus/node-exporter
 """
 TIMER = """\
 [Unit]
@@ -46,13 +59,20 @@ WantedBy=timers.target
 CRON = """\
 #!/bin/sh
 # esp-mirror: weekly check of the mirrored EFI System Partition; drift is logged to syslog.
-/usr/local/sbin/esp-mirror check 2>&1 | logger -t esp-mirror
+/usr/local/sbin/esp-mirror check --metrics-dir /var/lib/prometheus/node-exporter 2>&1 | logger -t esp-mirror
 """
-OWN_TIMER = [
-    ("write", "etc/systemd/system/esp-mirror-check.service", 0o644, SERVICE),
-    ("write", "etc/systemd/system/esp-mirror-check.timer", 0o644, TIMER),
-    ("run", "systemctl", "enable", "esp-mirror-check.timer"),
-]
+
+
+def weekly_timer(service: str) -> list[tuple]:
+    return [
+        ("write", "etc/systemd/system/esp-mirror-check.service", 0o644, service),
+        ("write", "etc/systemd/system/esp-mirror-check.timer", 0o644, TIMER),
+        ("run", "systemctl", "enable", "esp-mirror-check.timer"),
+    ]
+
+
+OWN_TIMER = weekly_timer(SERVICE)
+BESIDE = weekly_timer(SERVICE_NO_MD_CHECK)  # beside the distribution's md check
 CRON_WEEKLY = [("write", "etc/cron.weekly/esp-mirror-check", 0o755, CRON)]
 MDCHECK = [("run", "systemctl", "enable", "mdcheck_start.timer", "mdcheck_continue.timer")]
 RAID_CHECK = [("run", "systemctl", "enable", "raid-check.timer")]
@@ -61,12 +81,19 @@ PERIODIC = {
     "void": CRON_WEEKLY,
     "gentoo": CRON_WEEKLY,
     "alpine": [("write", "etc/periodic/weekly/esp-mirror-check", 0o755, CRON)],
-    "debian": [],  # bookworm's /etc/cron.d/mdadm runs checkarray already
-    "ubuntu": MDCHECK,
-    "arch": MDCHECK,
-    "fedora": RAID_CHECK,
-    "rhel": RAID_CHECK,
+    "debian": BESIDE,  # bookworm's /etc/cron.d/mdadm runs checkarray already
+    "ubuntu": MDCHECK + BESIDE,
+    "arch": MDCHECK + BESIDE,
+    "fedora": RAID_CHECK + BESIDE,
+    "rhel": RAID_CHECK + BESIDE,
 }
+
+
+def periodic_plan(name: str, root, metrics_dir: str = METRICS_DIR, installed: bool = True, **changes):
+    profile = profiles.load_profile(name)
+    if changes:
+        profile = dataclasses.replace(profile, **changes)
+    return periodic.plan(profile, Target(str(root)), metrics_dir, installed)
 
 
 def described(steps, target: str) -> list[tuple]:
@@ -86,15 +113,71 @@ def test_every_profile_has_its_periodic_check_specified_here():
 
 @pytest.mark.parametrize("name", PERIODIC)
 def test_periodic_check_per_profile(name, tmp_path):
-    steps = periodic.plan(profiles.load_profile(name), Target(str(tmp_path)))
-    assert described(steps, str(tmp_path)) == PERIODIC[name]
+    steps, notes = periodic_plan(name, tmp_path)
+    assert (described(steps, str(tmp_path)), notes) == (PERIODIC[name], ())
+
+
+@pytest.mark.parametrize(
+    ("name", "line"),
+    [
+        ("opensuse", "ExecStart=/usr/local/sbin/esp-mirror check --metrics-dir /srv/textfile"),
+        ("debian", "ExecStart=/usr/local/sbin/esp-mirror check --no-md-check --metrics-dir /srv/textfile"),
+        ("void", "/usr/local/sbin/esp-mirror check --metrics-dir /srv/textfile 2>&1 | logger -t esp-mirror"),
+    ],
+)
+def test_the_weekly_run_gets_the_metrics_dir_as_given(name, line, tmp_path):
+    steps, _ = periodic_plan(name, tmp_path, "/srv/textfile")
+    [script] = [s for s in steps if isinstance(s, WriteFile) and not s.path.endswith(".timer")]
+    assert line in script.content.splitlines()
+
+
+def test_apply_records_the_metrics_dir_and_the_weekly_run_uses_it(images):
+    outcome = images.cli("apply", "--yes", *images.args(), "--metrics-dir", "/srv/textfile")
+
+    assert outcome.code == 0, outcome.err
+    assert records.load(str(images.target)).metrics_dir == "/srv/textfile"
+    service = (images.target / "etc/systemd/system/esp-mirror-check.service").read_text()
+    assert "ExecStart=/usr/local/sbin/esp-mirror check --no-md-check --metrics-dir /srv/textfile\n" in service
+
+
+def test_the_metrics_dir_is_a_config_file_key_too(images, tmp_path):
+    config = tmp_path / "esp-mirror.yaml"
+    config.write_text("metrics_dir: /srv/textfile\n")
+    plan = json.loads(images.cli("plan", "--json", *images.args(), "--config", str(config)).out)
+    [record] = [s for g in plan["groups"] for s in g["steps"] if s.get("path", "").endswith(records.PATH)]
+    assert "metrics_dir: /srv/textfile\n" in record["content"]
+
+
+@pytest.mark.parametrize("name", ["debian", "fedora"])
+def test_without_esp_mirror_on_the_installed_system_only_the_distributions_check_is_enabled(name, tmp_path):
+    steps, notes = periodic_plan(name, tmp_path, installed=False)
+    assert (described(steps, str(tmp_path)), notes) == ({"debian": [], "fedora": RAID_CHECK}[name], ())
+
+
+def test_own_check_none_without_systemd_says_nothing_runs_weekly(tmp_path):
+    steps, notes = periodic_plan("debian", tmp_path, init=Init.OPENRC)
+    assert described(steps, str(tmp_path)) == []
+    assert notes == (
+        "no weekly esp-mirror run: own_check none installs a systemd timer, and this profile's init is openrc; "
+        "set own_check to cron-weekly or periodic-weekly to have one",
+    )
+
+
+def test_a_timer_enabled_already_is_not_enabled_again(tmp_path):
+    """systemctl enable runs (and counts as a change on a second apply) only while its link is missing."""
+    wants = tmp_path / "etc/systemd/system/timers.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "esp-mirror-check.timer").symlink_to("/etc/systemd/system/esp-mirror-check.timer")
+    for name in ("debian", "opensuse"):
+        steps, _ = periodic_plan(name, tmp_path)
+        assert [s for s in steps if isinstance(s, Command)] == []
 
 
 @pytest.mark.parametrize(
     ("name", "path"), [("void", "etc/cron.weekly/esp-mirror-check"), ("alpine", "etc/periodic/weekly/esp-mirror-check")]
 )
 def test_the_cron_job_is_written_executable(name, path, tmp_path):
-    steps = periodic.plan(profiles.load_profile(name), Target(str(tmp_path)))
+    steps, _ = periodic_plan(name, tmp_path)
 
     Applier(RecordingRunner(), io.StringIO()).execute(Group("post_format", steps))
 
@@ -104,7 +187,7 @@ def test_the_cron_job_is_written_executable(name, path, tmp_path):
 
 def test_the_systemd_timer_is_written_and_enabled_in_the_target(tmp_path):
     runner = RecordingRunner(responders=[lambda argv: Result(argv, 0)])
-    steps = periodic.plan(profiles.load_profile("opensuse"), Target(str(tmp_path)))
+    steps, _ = periodic_plan("opensuse", tmp_path)
 
     Applier(runner, io.StringIO()).execute(Group("post_format", steps))
 
@@ -149,6 +232,8 @@ def test_the_record_apply_writes_loads_back_as_what_was_set_up(images):
         entry_label="Debian",
         esp_start=MIB,
         esp_size=512 * MIB,
+        members=2,
+        metrics_dir=METRICS_DIR,
     )
     text = (images.target / records.PATH).read_text()
     assert text.startswith("# Written by esp-mirror apply: what it set up.")
@@ -188,8 +273,33 @@ def test_a_record_round_trips_through_its_yaml(record, tmp_path):
     assert records.load(str(tmp_path)) == record
 
 
+def test_a_record_an_older_esp_mirror_wrote_loads_without_a_member_count(tmp_path):
+    path = tmp_path / records.PATH
+    path.parent.mkdir(parents=True)
+    path.write_text(
+        "profile: debian\narray: /dev/md/esp\nmountpoint: /boot/efi\nloader: \\EFI\\debian\\grubx64.efi\n"
+        "entry_label: Debian\nesp_start: 1048576\nesp_size: 536870912\n"
+    )
+    assert records.load(str(tmp_path)) == Record(
+        "debian", "/dev/md/esp", "/boot/efi", "\\EFI\\debian\\grubx64.efi", "Debian", MIB, 512 * MIB, members=None
+    )
+
+
 def test_no_record_means_not_set_up(tmp_path):
     assert records.load(str(tmp_path)) is None
+
+
+def test_a_record_with_a_metrics_dir_no_unit_can_hold_is_bad_input(tmp_path):
+    path = tmp_path / records.PATH
+    path.parent.mkdir(parents=True)
+    record = Record("debian", "/dev/md/esp", "/boot/efi", "\\EFI\\debian\\grubx64.efi", "Debian", MIB, 512 * MIB, 2)
+    path.write_text(dataclasses.replace(record, metrics_dir="/srv/text file").render())
+    with pytest.raises(BadInput) as error:
+        records.load(str(tmp_path))
+    assert str(error.value) == (
+        f"{path}: metrics_dir '/srv/text file' must be an absolute path of letters, digits and ._+,:@=/- "
+        "(no spaces or quotes): run `esp-mirror apply` again"
+    )
 
 
 @pytest.mark.parametrize(
@@ -199,12 +309,17 @@ def test_no_record_means_not_set_up(tmp_path):
         (
             "profile: debian\narray: /dev/md/esp\n",
             "is not an esp-mirror record (keys array, entry_label, esp_size, "
-            "esp_start, loader, mountpoint, profile): run `esp-mirror apply` "
+            "esp_start, loader, mountpoint, profile; optional members, metrics_dir): run `esp-mirror apply` "
             "again to rewrite it",
         ),
         ("- a list\n", "is not an esp-mirror record"),
+        (
+            "profile: debian\narray: /dev/md/esp\nmountpoint: /boot/efi\nloader: x\nentry_label: D\n"
+            "esp_start: 1\nesp_size: 2\ndisks: 2\n",
+            "is not an esp-mirror record",
+        ),
     ],
-    ids=["broken-yaml", "missing-keys", "not-a-mapping"],
+    ids=["broken-yaml", "missing-keys", "not-a-mapping", "unknown-key"],
 )
 def test_a_broken_record_is_bad_input_that_says_to_rerun_apply(content, message, tmp_path):
     path = tmp_path / records.PATH

@@ -346,6 +346,7 @@ def test_status_json_of_a_healthy_mirror(mirror):
         "booted_disk": "/dev/vdb",
         "busy": None,
         "last_event": None,
+        "last_check": None,
     }
 
 
@@ -391,6 +392,7 @@ def test_status_says_not_set_up_and_exits_2_without_record_or_array(machine, mon
         "booted_disk": None,
         "busy": None,
         "last_event": None,
+        "last_check": None,
     }
 
 
