@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import time
 from dataclasses import asdict
@@ -14,6 +15,7 @@ from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline import profiles
 from esp_mirror_plugin.pipeline.context import Context, prepare
 from esp_mirror_plugin.pipeline.digest import plan_digest
+from esp_mirror_plugin.pipeline.execute import counts, forecast
 from esp_mirror_plugin.pipeline.request import Request, coerce, load_config, settings
 from esp_mirror_plugin.pipeline.steps import Group
 from esp_mirror_plugin.system import lock
@@ -84,6 +86,11 @@ def render(groups: list[Group], ctx: Context, out: TextIO) -> None:
 
 
 def plan_json(groups: list[Group], ctx: Context) -> dict[str, Any]:
+    """``plan --json``: the layout, the digest, the plan's text and its groups, each step with
+    ``would_change`` (what apply would find done already), and how many steps would change."""
+    shown = forecast(groups, host.applier_for(ctx).now)
+    text = io.StringIO()
+    render(groups, ctx, text)
     return {
         "profile": ctx.profile.name,
         "request": {k: (v if not isinstance(v, tuple) else list(v)) for k, v in asdict(ctx.request).items()},
@@ -93,7 +100,9 @@ def plan_json(groups: list[Group], ctx: Context) -> dict[str, Any]:
         "nvram": ctx.layout.nvram,
         "unverified": list(ctx.snapshot.unread),
         "digest": plan_digest(ctx, groups),
-        "groups": [g.to_json() for g in groups],
+        **counts(shown),
+        "text": text.getvalue(),
+        "groups": shown,
     }
 
 
