@@ -57,7 +57,7 @@ def run(
             render(groups, ctx, out)
         if not confirmed("apply", args.yes, stdin, out):
             return 2
-        return _apply(groups, ctx, out)
+        return _apply(groups, ctx, out, as_json=args.json)
 
 
 def request_from_args(args: argparse.Namespace) -> Request:
@@ -106,19 +106,40 @@ def plan_json(groups: list[Group], ctx: Context) -> dict[str, Any]:
     }
 
 
-def _apply(groups: list[Group], ctx: Context, out: TextIO) -> int:
+def _apply(groups: list[Group], ctx: Context, out: TextIO, *, as_json: bool) -> int:
+    """Carry the plan out with progress lines; with ``as_json`` they go into the report instead,
+    which is the plan (as ``plan --json``, told before the first step) and what each step did."""
     started = time.monotonic()
+    planned = plan_json(groups, ctx) if as_json else {}
+    log = io.StringIO()
+    shown = log if as_json else out
     print(
         f"esp-mirror apply: profile {ctx.profile.name}, {len(ctx.request.disks)} disks, target {ctx.request.target}",
-        file=out,
+        file=shown,
     )
-    applier = host.apply(groups, ctx, out)
+    applier = host.apply(groups, ctx, shown)
+    seconds = time.monotonic() - started
     print(
-        f"esp-mirror apply: done in {time.monotonic() - started:.1f} s: {applier.done} steps, "
+        f"esp-mirror apply: done in {seconds:.1f} s: {applier.done} steps, "
         f"{applier.changed} changed; {ctx.request.device} mirrored on {', '.join(ctx.request.disks)}, "
         f"mounted at {ctx.layout.esp_dir}",
-        file=out,
+        file=shown,
     )
+    if as_json:
+        report = {
+            **planned,
+            "applied": True,
+            "done": applier.done,
+            "changed": applier.changed,
+            "steps": [
+                {"group": group, "step": step.describe().splitlines()[0], "changed": changed}
+                for group, step, changed in applier.outcomes
+            ],
+            "seconds": round(seconds, 1),
+            "log": log.getvalue().splitlines(),
+        }
+        json.dump(report, out, indent=2)
+        print(file=out)
     return 0
 
 

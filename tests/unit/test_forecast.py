@@ -157,6 +157,27 @@ def test_plan_json_carries_the_text_plan(two_disks):
     assert plan["text"] == text.out
 
 
+def test_apply_json_reports_the_plan_and_what_each_step_changed(images):
+    plan = json.loads(images.cli("plan", "--json", *images.args()).out)
+
+    outcome = images.cli("apply", "--yes", "--json", *images.args())
+
+    assert (outcome.code, outcome.err) == (0, "")
+    report = json.loads(outcome.out)  # nothing but the report on stdout
+    assert (report["digest"], report["groups"], report["text"]) == (plan["digest"], plan["groups"], plan["text"])
+    assert report["applied"] is True
+    assert report["done"] == len(report["steps"]) == sum(len(g["steps"]) for g in plan["groups"])
+    assert report["changed"] == sum(s["changed"] is True for s in report["steps"]) > 0
+    assert report["steps"][0] == {
+        "group": "setup",
+        "step": "losetup --list --associated /images/a.img || losetup --find --show --partscan /images/a.img"
+        "   # -> $LOOP_1",
+        "changed": True,
+    }
+    assert report["log"][-1].startswith("esp-mirror apply: done in ")
+    assert f"{report['done']} steps, {report['changed']} changed" in report["log"][-1]
+
+
 def test_a_repeated_add_has_nothing_to_do_and_says_so_in_its_dry_run(mirror):
     """The disk is an in-sync member with its boot entry: the wait for its recovery finds nothing
     to wait for, and no entry is missing (what the Ansible member module relies on)."""
