@@ -67,6 +67,7 @@ def ansible_env(home: Path) -> dict[str, str]:
         "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS),
         "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
+        "ANSIBLE_REMOTE_TEMP": str(home / "remote-tmp"),  # the managed host is this one
         "ANSIBLE_NOCOLOR": "1",
     }
 
