@@ -7,6 +7,7 @@ The CLI uses exactly this; an installer can too, or call the hooks itself inside
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import types
 from collections.abc import Iterator
@@ -114,9 +115,15 @@ def call_hook(pm: pluggy.PluginManager, name: str, ctx: Context) -> None:
         raise StepFailed(name, f"hook {name}", f"{type(exc).__name__}: {exc}") from exc
 
 
+def applier_for(ctx: Context, out: TextIO | None = None) -> Applier:
+    """The Applier :func:`apply` runs the steps with; its ``now`` is what a plan's forecast
+    (:func:`~esp_mirror_plugin.pipeline.execute.would_change`) looks at."""
+    return Applier(ctx.runner, out or io.StringIO())
+
+
 def apply(groups: list[Group], ctx: Context, out: TextIO) -> Applier:
     """Run planned groups for real; the cleanup group runs even after a failure."""
-    applier = Applier(ctx.runner, out)
+    applier = applier_for(ctx, out)
     ctx.executor = applier
     body = [g for g in groups if g.name != "cleanup"]
     cleanup = [g for g in groups if g.name == "cleanup"]

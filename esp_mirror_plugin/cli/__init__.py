@@ -88,6 +88,10 @@ def _options(name: str, p: argparse.ArgumentParser) -> None:
     elif name == "apply":
         p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
         p.add_argument(
+            "--json", action="store_true",
+            help="print a report instead of progress: the plan (as plan --json) and what each step changed",
+        )  # fmt: skip
+        p.add_argument(
             "--expect-plan", metavar="DIGEST",
             help="refuse unless the plan is still the one with this digest (from plan --json)",
         )  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import time
 from dataclasses import asdict
@@ -14,6 +15,7 @@ from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline import profiles
 from esp_mirror_plugin.pipeline.context import Context, prepare
 from esp_mirror_plugin.pipeline.digest import plan_digest
+from esp_mirror_plugin.pipeline.execute import counts, forecast
 from esp_mirror_plugin.pipeline.request import Request, coerce, load_config, settings
 from esp_mirror_plugin.pipeline.steps import Group
 from esp_mirror_plugin.system import lock
@@ -55,7 +57,7 @@ def run(
             render(groups, ctx, out)
         if not confirmed("apply", args.yes, stdin, out):
             return 2
-        return _apply(groups, ctx, out)
+        return _apply(groups, ctx, out, as_json=args.json)
 
 
 def request_from_args(args: argparse.Namespace) -> Request:
@@ -84,6 +86,11 @@ def render(groups: list[Group], ctx: Context, out: TextIO) -> None:
 
 
 def plan_json(groups: list[Group], ctx: Context) -> dict[str, Any]:
+    """``plan --json``: the layout, the digest, the plan's text and its groups, each step with
+    ``would_change`` (what apply would find done already), and how many steps would change."""
+    shown = forecast(groups, host.applier_for(ctx).now)
+    text = io.StringIO()
+    render(groups, ctx, text)
     return {
         "profile": ctx.profile.name,
         "request": {k: (v if not isinstance(v, tuple) else list(v)) for k, v in asdict(ctx.request).items()},
@@ -93,23 +100,46 @@ def plan_json(groups: list[Group], ctx: Context) -> dict[str, Any]:
         "nvram": ctx.layout.nvram,
         "unverified": list(ctx.snapshot.unread),
         "digest": plan_digest(ctx, groups),
-        "groups": [g.to_json() for g in groups],
+        **counts(shown),
+        "text": text.getvalue(),
+        "groups": shown,
     }
 
 
-def _apply(groups: list[Group], ctx: Context, out: TextIO) -> int:
+def _apply(groups: list[Group], ctx: Context, out: TextIO, *, as_json: bool) -> int:
+    """Carry the plan out with progress lines; with ``as_json`` they go into the report instead,
+    which is the plan (as ``plan --json``, told before the first step) and what each step did."""
     started = time.monotonic()
+    planned = plan_json(groups, ctx) if as_json else {}
+    log = io.StringIO()
+    shown = log if as_json else out
     print(
         f"esp-mirror apply: profile {ctx.profile.name}, {len(ctx.request.disks)} disks, target {ctx.request.target}",
-        file=out,
+        file=shown,
     )
-    applier = host.apply(groups, ctx, out)
+    applier = host.apply(groups, ctx, shown)
+    seconds = time.monotonic() - started
     print(
-        f"esp-mirror apply: done in {time.monotonic() - started:.1f} s: {applier.done} steps, "
+        f"esp-mirror apply: done in {seconds:.1f} s: {applier.done} steps, "
         f"{applier.changed} changed; {ctx.request.device} mirrored on {', '.join(ctx.request.disks)}, "
         f"mounted at {ctx.layout.esp_dir}",
-        file=out,
+        file=shown,
     )
+    if as_json:
+        report = {
+            **planned,
+            "applied": True,
+            "done": applier.done,
+            "changed": applier.changed,
+            "steps": [
+                {"group": group, "step": step.describe().splitlines()[0], "changed": changed}
+                for group, step, changed in applier.outcomes
+            ],
+            "seconds": round(seconds, 1),
+            "log": log.getvalue().splitlines(),
+        }
+        json.dump(report, out, indent=2)
+        print(file=out)
     return 0
 
 

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from esp_mirror_plugin.cli.interact import confirmed
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.pipeline.execute import Applier
+from esp_mirror_plugin.pipeline.execute import Applier, counts, forecast
 from esp_mirror_plugin.pipeline.preflight import Preflight
 from esp_mirror_plugin.pipeline.steps import Group
 from esp_mirror_plugin.system import lock
@@ -305,14 +305,18 @@ def _carry_out(
     stdin: TextIO,
 ) -> int:
     """Check the plan (:mod:`~esp_mirror_plugin.pipeline.preflight`); show it; with --dry-run stop;
-    else confirm, run what must come first (keeping backups), and apply. JSON gets the plan too."""
+    else confirm, run what must come first (keeping backups), and apply. JSON gets the plan too,
+    each step with ``would_change`` (``would_change``: 0 and ``undecided``: 0 mean there is
+    nothing to do), and after applying how many steps ``changed``."""
     preflight = Preflight(runner, commands.install_hint_of(state.record))
     for group in planned.groups:
         preflight.check(group)
     shown = io.StringIO() if args.json else out
     for group in planned.groups:
         print(group.render(), end="", file=shown)
-    report = {"plan": [g.to_json() for g in planned.groups], "applied": False, **planned.report}
+    applier = Applier(runner, shown, host=host, exists=host.exists)
+    plan = forecast(planned.groups, applier.now)
+    report = {"plan": plan, **counts(plan), "applied": False, **planned.report}
     if args.dry_run:
         if args.json:
             json.dump(report, out, indent=2, default=str)
@@ -322,10 +326,9 @@ def _carry_out(
         return 2
     for line in planned.before():
         print(line, file=shown)
-    applier = Applier(runner, shown, host=host, exists=host.exists)
     for group in planned.groups:
         applier.execute(group)
     if args.json:
-        json.dump({**report, "applied": True}, out, indent=2, default=str)
+        json.dump({**report, "applied": True, "changed": applier.changed}, out, indent=2, default=str)
         print(file=out)
     return 0

@@ -3,18 +3,23 @@
 :class:`PlanRecorder` only collects them (``plan``, and the first half of ``apply``);
 :class:`Applier` carries them out through the runner with timed progress lines. There is no
 ``if dry_run`` anywhere else: the choice of executor is the only difference.
+
+:func:`would_change` is each step's "is it done already?": the Applier skips a step it says
+False for (and counts it unchanged), and ``plan --json`` shows its answer for every step, so a
+plan can say whether apply would change anything (what ``ansible --check`` asks).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import singledispatchmethod
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 from esp_mirror_plugin.errors import StepFailed
 from esp_mirror_plugin.hooks import fat
@@ -41,6 +46,164 @@ from esp_mirror_plugin.system.discovery import HostView, Unreadable
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
 
 UDEV_CONTROL = "/run/udev/control"  # exists while udevd runs
+
+
+class Undecidable(Exception):
+    """A fact that "is it done already?" needs could not be read; the message names it and what to check."""
+
+
+@dataclass(frozen=True)
+class Now:
+    """What a step's "is it done already?" looks at: md's sysfs through ``host``, device nodes
+    through ``exists``, files in the target directly, and the values that steps of this run bound
+    (``bindings``: none while planning, so a step that needs one is undecided)."""
+
+    host: HostView
+    exists: Callable[[str], bool]
+    bindings: Mapping[str, str]
+
+
+@functools.singledispatch
+def would_change(step: Step, now: Now) -> bool | None:
+    """Whether carrying ``step`` out now changes the machine; None when only running it can tell.
+
+    The Applier asks this before a step that may be done already and skips it (unchanged) on
+    False; programs it runs count as changes, and a udev settle never does. ``plan --json``
+    shows the answer for every step against the machine as it is when planning: the first step
+    that would change is exact (everything before it leaves the machine as it is); later ones
+    are told from the machine before that change. None: the step decides with a probe of its own
+    while it runs (``losetup --list``, ``fsck.fat -n``) or needs a value an earlier step of the
+    same run binds (a loop device).
+
+    :raises Undecidable: a fact it needs (md's sysfs, debconf's database) cannot be read.
+    :raises OSError: a file in the target cannot be read.
+    """
+    raise TypeError(f"no decision for {type(step).__name__}")
+
+
+@would_change.register
+def _(step: Command | AddMember, now: Now) -> bool:
+    return True  # what a program did is not known, so running it counts as a change
+
+
+@would_change.register
+def _(step: Settle, now: Now) -> bool:
+    return False  # waiting for udev changes nothing
+
+
+@would_change.register
+def _(step: AttachImage | EnsureFat, now: Now) -> None:
+    return None  # their own probe decides while they run
+
+
+@would_change.register
+def _(step: WriteFile, now: Now) -> bool:
+    return files.differs(files.resolve_in_root(step.root, step.path), step.content)
+
+
+@would_change.register
+def _(step: InstallProgram, now: Now) -> bool:
+    return files.differs(files.resolve_in_root(step.root, step.path), step.data)
+
+
+@would_change.register
+def _(step: CopyFile, now: Now) -> bool:
+    return files.differs(files.resolve_in_root(step.root, step.dest), Path(step.source).read_bytes())
+
+
+@would_change.register
+def _(step: EditBlock, now: Now) -> bool:
+    path = files.resolve_in_root(step.root, step.path)
+    return files.differs(path, files.block_edited(path, step.block))
+
+
+@would_change.register
+def _(step: MakeDir, now: Now) -> bool:
+    return not files.resolve_in_root(step.root, step.path).is_dir()
+
+
+@would_change.register
+def _(step: WaitForPartition, now: Now) -> bool | None:
+    try:
+        node = resolve_arg(step.node, now.bindings)
+    except KeyError:  # a loop device this run attaches
+        return None
+    return not now.exists(node)
+
+
+@would_change.register
+def _(step: LoadDebconf, now: Now) -> bool:
+    try:
+        with open(step.database, encoding="utf-8", errors="replace") as handle:
+            values = files.debconf_values(handle.read())
+    except FileNotFoundError:
+        values = {}
+    except OSError as exc:
+        raise Undecidable(f"cannot read {step.database}: {exc.strerror}") from None
+    return not all(values.get(question) == value for question, value in step.answers)
+
+
+@would_change.register
+def _(step: WaitForSync, now: Now) -> bool:
+    return not md_sync(step, now.host).finished
+
+
+@dataclass(frozen=True)
+class MdSync:
+    """What md says about an array's resync, recovery or check (its sysfs)."""
+
+    action: str  # sync_action: idle, resync, recover, check, ...
+    completed: str  # sync_completed: "123 / 456" sectors, or none
+    array_state: str  # clean, active, read-auto, ...
+    pending: tuple[str, ...]  # members not in sync yet (only when the step waits for a clean array)
+
+    @property
+    def idle(self) -> bool:
+        return self.action == "idle"
+
+    @property
+    def finished(self) -> bool:
+        return self.idle and not self.pending
+
+
+def md_sync(step: WaitForSync, host: HostView) -> MdSync:
+    """The state of ``step``'s array. A slot nobody fills (a degraded mirror) is not pending.
+
+    :raises Undecidable: md's sync state cannot be read (an unreadable state is never "idle").
+    """
+    md = f"/sys/block/{os.path.basename(host.realpath(step.device))}/md"
+    try:
+        action, completed = host.attr(f"{md}/sync_action"), host.attr(f"{md}/sync_completed")
+    except Unreadable as exc:
+        raise Undecidable(f"{exc}: is {step.device} still running?") from None
+    states = {d[4:]: host.read(f"{md}/{d}/state") for d in host.listdir(md) if d.startswith("dev-")}
+    pending = tuple(
+        name
+        for name, state in states.items()
+        if step.clean and state is not None and not {"in_sync", "faulty"} & set(state.strip().split(","))
+    )
+    return MdSync(action, completed, (host.read(f"{md}/array_state") or "").strip(), pending)
+
+
+def forecast(groups: list[Group], now: Now) -> list[dict[str, Any]]:
+    """The groups as ``--json`` shows them, each step with ``would_change`` (:func:`would_change`
+    against the machine as it is; None also where a fact it needs cannot be read)."""
+    out = []
+    for group in groups:
+        shown = group.to_json()
+        for step, data in zip(group.steps, shown["steps"], strict=True):
+            try:
+                data["would_change"] = would_change(step, now)
+            except (Undecidable, OSError):
+                data["would_change"] = None
+        out.append(shown)
+    return out
+
+
+def counts(shown: list[dict[str, Any]]) -> dict[str, int]:
+    """How many steps of a :func:`forecast` would change something, and how many only running can tell."""
+    decisions = [s["would_change"] for g in shown for s in g["steps"]]
+    return {"would_change": decisions.count(True), "undecided": sum(d is None for d in decisions)}
 
 
 class Executor(Protocol):
@@ -70,6 +233,13 @@ class Applier:
     bindings: dict[str, str] = field(default_factory=dict)
     done: int = 0
     changed: int = 0
+    outcomes: list[tuple[str, Step, bool | None]] = field(default_factory=list)  # group, step, changed (None: a
+    # cleanup step that was not needed or failed)
+
+    @property
+    def now(self) -> Now:
+        """What :func:`would_change` looks at for this applier (the values its steps bound so far)."""
+        return Now(self.host, self.exists, self.bindings)
 
     def execute(self, group: Group) -> None:
         for note in group.notes:
@@ -78,19 +248,30 @@ class Applier:
             started = time.monotonic()
             print(f"  [{group.name}] {step.describe().splitlines()[0]}", file=self.out, flush=True)
             try:
-                changed = self._apply(step, group.name)
+                changed = self._carry_out(step, group.name)
             except StepFailed as failure:
                 if not getattr(step, "cleanup", False):
                     raise
                 last = failure.detail.strip().splitlines()[-1]
                 print(f"  [{group.name}]   not needed or failed (cleanup goes on): {last}", file=self.out)
+                self.outcomes.append((group.name, step, None))
                 continue
             except OSError as exc:
                 raise StepFailed(group.name, step.describe().splitlines()[0], f"{exc}") from exc
             self.done += 1
             self.changed += bool(changed)
+            self.outcomes.append((group.name, step, changed))
             state = "done" if changed else "unchanged"
             print(f"  [{group.name}]   {state} ({time.monotonic() - started:.1f} s)", file=self.out, flush=True)
+
+    def _carry_out(self, step: Step, group: str) -> bool:
+        try:
+            return self._apply(step, group)
+        except Undecidable as exc:
+            raise StepFailed(group, step.describe().splitlines()[0], str(exc)) from None
+
+    def _done_already(self, step: Step) -> bool:
+        return would_change(step, self.now) is False
 
     @singledispatchmethod
     def _apply(self, step: Step, group: str) -> bool:
@@ -112,28 +293,35 @@ class Applier:
 
     @_apply.register
     def _(self, step: WriteFile, group: str) -> bool:
+        if self._done_already(step):
+            return False
         return files.write_atomic(files.resolve_in_root(step.root, step.path), step.content, step.mode)
 
     @_apply.register
     def _(self, step: InstallProgram, group: str) -> bool:
+        if self._done_already(step):
+            return False
         return files.write_atomic(files.resolve_in_root(step.root, step.path), step.data, step.mode, preserve=False)
 
     @_apply.register
     def _(self, step: EditBlock, group: str) -> bool:
+        if self._done_already(step):
+            return False
         return files.edit_block(files.resolve_in_root(step.root, step.path), step.block, step.mode)
 
     @_apply.register
     def _(self, step: CopyFile, group: str) -> bool:
+        if self._done_already(step):
+            return False
         return files.write_atomic(
             files.resolve_in_root(step.root, step.dest), Path(step.source).read_bytes(), step.mode, preserve=False
         )
 
     @_apply.register
     def _(self, step: MakeDir, group: str) -> bool:
-        path = files.resolve_in_root(step.root, step.path)
-        if path.is_dir():
+        if self._done_already(step):
             return False
-        path.mkdir(parents=True)
+        files.resolve_in_root(step.root, step.path).mkdir(parents=True)
         return True
 
     @_apply.register
@@ -150,13 +338,13 @@ class Applier:
     def _(self, step: WaitForPartition, group: str) -> bool:
         node = resolve_arg(step.node, self.bindings)
         disk = resolve_arg(step.disk, self.bindings)
-        if self._wait(node, min(3.0, step.timeout)):
+        if self._until(lambda: self._done_already(step), min(3.0, step.timeout)):
             return False
         try:  # exit 1: the kernel has it already (busy); the node check below decides
             self.runner.run(("partx", "--add", "--nr", str(step.number), disk), ok=(0, 1))
         except CommandFailed as exc:
             raise StepFailed(group, step.describe(), exc.result.describe()) from None
-        if self._wait(node, step.timeout):
+        if self._until(lambda: self._done_already(step), step.timeout):
             return True
         raise StepFailed(
             group,
@@ -164,10 +352,11 @@ class Applier:
             f"{node} did not appear within {step.timeout:g} s, even after partx --add; check `lsblk {disk}` and dmesg",
         )
 
-    def _wait(self, node: str, seconds: float) -> bool:
+    def _until(self, done: Callable[[], bool], seconds: float) -> bool:
+        """Whether ``done()`` came true within ``seconds`` (it is asked every 0.1 s)."""
         deadline = self.clock() + seconds
         while True:
-            if self.exists(node):
+            if done():
                 return True
             if self.clock() >= deadline:
                 return False
@@ -213,14 +402,7 @@ class Applier:
 
     @_apply.register
     def _(self, step: LoadDebconf, group: str) -> bool:
-        try:
-            with open(step.database, encoding="utf-8", errors="replace") as handle:
-                values = files.debconf_values(handle.read())
-        except FileNotFoundError:
-            values = {}
-        except OSError as exc:
-            raise StepFailed(group, step.describe(), f"cannot read {step.database}: {exc.strerror}") from None
-        if all(values.get(question) == value for question, value in step.answers):
+        if self._done_already(step):
             return False
         return self._apply(step.load, group)
 
@@ -239,23 +421,14 @@ class Applier:
 
     @_apply.register
     def _(self, step: WaitForSync, group: str) -> bool:
-        md = f"/sys/block/{os.path.basename(self.host.realpath(step.device))}/md"
         last_report, started, woken = 0.0, self.clock(), False
+        if self._done_already(step):
+            return False
         while True:
-            try:  # what md is doing must be known: an unreadable state is not "idle"
-                action, completed = self.host.attr(f"{md}/sync_action"), self.host.attr(f"{md}/sync_completed")
-            except Unreadable as exc:
-                raise StepFailed(group, step.describe(), f"{exc}: is {step.device} still running?") from None
-            idle = action == "idle"
-            states = {d[4:]: self.host.read(f"{md}/{d}/state") for d in self.host.listdir(md) if d.startswith("dev-")}
-            pending = [
-                name
-                for name, state in states.items()
-                if step.clean and state is not None and not {"in_sync", "faulty"} & set(state.strip().split(","))
-            ]
-            if idle and not pending:
+            sync = md_sync(step, self.host)
+            if sync.finished:
                 return True
-            if not woken and (self.host.read(f"{md}/array_state") or "").strip() == "read-auto":
+            if not woken and sync.array_state == "read-auto":
                 # assembled and not written since: md keeps its resync or recovery pending for good
                 print(f"  [{group}]   {step.device} is read-auto: mdadm --readwrite starts md's work", file=self.out)
                 try:
@@ -263,15 +436,17 @@ class Applier:
                 except CommandFailed as exc:
                     raise StepFailed(group, step.describe(), exc.result.describe()) from None
                 woken = True
-            if idle and self.clock() - started > 30:
+            if sync.idle and self.clock() - started > 30:
                 raise StepFailed(
                     group,
                     step.describe(),
-                    f"{', '.join(pending)} still not in sync and no "
+                    f"{', '.join(sync.pending)} still not in sync and no "
                     "recovery runs: see /proc/mdstat and `mdadm --detail`",
                 )
             if self.clock() - last_report >= 2:
-                state = "waiting for md to start the recovery" if idle else f"{action} {_percent(completed)}"
+                state = (
+                    "waiting for md to start the recovery" if sync.idle else f"{sync.action} {_percent(sync.completed)}"
+                )
                 print(f"  [{group}]   {state}", file=self.out, flush=True)
                 last_report = self.clock()
             self.sleep(0.5)

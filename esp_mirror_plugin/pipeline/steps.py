@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,7 @@ def render_arg(arg: Arg) -> str:
     return arg.render() if isinstance(arg, Var) else shlex.quote(arg)
 
 
-def resolve_arg(arg: Arg, bindings: dict[str, str]) -> str:
+def resolve_arg(arg: Arg, bindings: Mapping[str, str]) -> str:
     if isinstance(arg, Var):
         if arg.name not in bindings:
             raise KeyError(f"${arg.name} is used before the step that sets it ran")

@@ -98,7 +98,7 @@ def write_atomic(path: Path, content: str | bytes, mode: int = 0o644, preserve: 
     (files on the ESP, where FAT has no owners) the file gets ``mode`` and no backup.
     """
     data = content.encode() if isinstance(content, str) else content
-    if path.is_file() and path.read_bytes() == data:
+    if not differs(path, data):
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     existing = path.stat() if path.exists() else None
@@ -108,6 +108,13 @@ def write_atomic(path: Path, content: str | bytes, mode: int = 0o644, preserve: 
     else:
         _replace(path, data, mode, None)
     return True
+
+
+def differs(path: Path, content: str | bytes) -> bool:
+    """Whether writing ``content`` to ``path`` changes it: the one "is it written already?" of
+    :func:`write_atomic`, which ``plan`` also asks (:func:`esp_mirror_plugin.pipeline.execute.would_change`)."""
+    data = content.encode() if isinstance(content, str) else content
+    return not (path.is_file() and path.read_bytes() == data)
 
 
 def _replace(path: Path, data: bytes, mode: int, owner: os.stat_result | None) -> None:
@@ -150,8 +157,13 @@ def sync_dir(directory: Path) -> None:
 
 
 def edit_block(path: Path, block: str, mode: int = 0o644) -> bool:
+    return write_atomic(path, block_edited(path, block), mode)
+
+
+def block_edited(path: Path, block: str) -> str:
+    """What :func:`edit_block` makes of ``path``: its text (none when missing) with our block."""
     current = path.read_text() if path.exists() else ""
-    return write_atomic(path, with_block(current, block), mode)
+    return with_block(current, block)
 
 
 def debconf_values(text: str) -> dict[str, str]:

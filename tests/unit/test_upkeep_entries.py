@@ -15,6 +15,8 @@ NOTHING_TO_DO = {
             "notes": ["NVRAM already holds one entry of ours per member, first in BootOrder"],
         }
     ],
+    "would_change": 0,
+    "undecided": 0,
     "applied": False,
 }
 

@@ -56,6 +56,7 @@ def wait_for_partition(disk: str) -> dict:
         "node": f"{disk}1",
         "timeout": 15.0,
         "why": "the kernel must see the new partition",
+        "would_change": True,  # no such node before sgdisk made the partition (partx --add if it does not appear)
     }
 
 
@@ -65,6 +66,7 @@ def wait_for_recovery(node: str) -> dict:
         "device": "/dev/md/esp",
         "clean": True,
         "why": f"recovery copies the ESP onto {node}",
+        "would_change": False,  # told from md as it is before the add: nothing to wait for yet
     }
 
 

@@ -17,6 +17,8 @@ from esp_mirror_plugin.system.recording import RecordingRunner
 RECOVERY = WaitForSync("/dev/md/esp", clean=True, why="recovery copies the ESP onto /dev/vdc1")
 CHECK = WaitForSync("/dev/md/esp", why="the check reads the whole ESP")
 DONE = re.compile(r"  \[(\w+)\]   done \(0\.\d s\)")
+# nothing to wait for: the step changes nothing, and plan --json says so beforehand (would_change)
+UNCHANGED = re.compile(r"  \[(\w+)\]   unchanged \(0\.\d s\)")
 
 
 class Waiter:
@@ -108,10 +110,10 @@ def test_a_slot_nobody_fills_does_not_hold_up_the_wait(mirror):
     """A repair on a degraded mirror rebuilds the members it has; the empty slot stays empty."""
     mirror.take_out("/dev/vdb1")
 
-    _, clock, lines = wait(mirror, RECOVERY, "repair", lambda elapsed: None)
+    applier, clock, lines = wait(mirror, RECOVERY, "repair", lambda elapsed: None)
 
-    assert DONE.fullmatch(lines[1]) and len(lines) == 2
-    assert clock.elapsed == 0
+    assert UNCHANGED.fullmatch(lines[1]) and len(lines) == 2
+    assert clock.elapsed == 0 and (applier.done, applier.changed) == (1, 0)
 
 
 def test_a_member_not_in_sync_with_no_recovery_fails_after_30_s_saying_where_to_look(mirror):
@@ -137,7 +139,7 @@ def test_waiting_for_a_check_does_not_wait_for_missing_members(mirror):
 
     _, clock, lines = wait(mirror, CHECK, "check", lambda elapsed: None)
 
-    assert clock.naps == [] and DONE.fullmatch(lines[1])
+    assert clock.naps == [] and UNCHANGED.fullmatch(lines[1])
 
 
 def test_the_wait_follows_the_array_link_to_its_kernel_name(mirror):
