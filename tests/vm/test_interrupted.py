@@ -42,9 +42,8 @@ def interruptions(vm_assets: Assets, tmp_path_factory: pytest.TempPathFactory) -
     def half(number: int) -> list[dict]:
         disks = [blank_disk(work / f"half{number}-disk-{n}.img", 256) for n in ("abc" if number == 1 else "ab")]
         nvram = fresh_vars(work / f"half{number}-vars.fd", vm_assets)
-        script = (
-            f"cd {shlex.quote(str(REPO_ROOT))}\nexec {shlex.quote(sys.executable)} -m ci.interrupt {efi} {number} {cli}\n"
-        )
+        driver = shlex.join([sys.executable, "-m", "ci.interrupt", str(efi), str(number), str(cli)])
+        script = f"cd {shlex.quote(str(REPO_ROOT))}\nexec {driver}\n"
         guest = run_in_guest(script, disks, nvram, timeout=3600, assets=vm_assets, log_dir=work)
         assert guest.rc == 0, guest.stdout + guest.stderr
         return [json.loads(line) for line in guest.stdout.splitlines() if line.startswith("{")]

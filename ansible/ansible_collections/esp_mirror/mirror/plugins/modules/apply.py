@@ -126,6 +126,13 @@ options:
       - allow a one-disk mirror
     type: bool
     default: false
+  metrics_dir:
+    description:
+      - "the installed system's node_exporter textfile directory: the weekly check writes
+        esp_mirror.prom there when it exists"
+      - "esp-mirror's default when left out: /var/lib/prometheus/node-exporter"
+      - An absolute path in the installed system (not relative to where the module runs).
+    type: str
   executable:
     description:
       - The esp-mirror program to run.
@@ -251,6 +258,7 @@ SETTINGS = (
     ("initramfs", "--initramfs"),
     ("wipe", "--wipe"),
     ("degraded", "--degraded"),
+    ("metrics_dir", "--metrics-dir"),
 )
 PATHS = ("disks", "target", "efi_image")  # relative to where the module runs, they would name the wrong file
 
@@ -272,6 +280,7 @@ ARGUMENT_SPEC = dict(
     initramfs=dict(type="str", choices=["regenerate", "configure-only", "skip"]),
     wipe=dict(type="bool", default=False),
     degraded=dict(type="bool", default=False),
+    metrics_dir=dict(type="str"),
     executable=dict(type="path"),
 )
 
