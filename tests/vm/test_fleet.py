@@ -1,0 +1,203 @@
+"""The Ansible collection and the metrics on real firmware: one playbook in one guest.
+
+``ansible-playbook`` (the test venv's, local connection inside the guest) runs the collection's
+modules against two blank disks: check mode first (the disks hash the same afterwards), apply,
+apply again (``changed: false``), info (two active members), then one member is failed and the
+member module replaces it with a third disk; the weekly check's command writes the metrics file.
+Then the firmware boots each remaining disk alone through its own entry.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from ci.measure import measurements
+from ci.scenarios import boot_alone, disk_serial, entry_label, partition_uuid
+from ci.vm import Assets, blank_disk, fresh_vars, run_in_guest
+from ci.vm.initrd import GUEST_WORK_DIR
+from ci.vm.scripts import REPO_ROOT
+from esp_mirror_plugin.system import zipapp
+
+pytestmark = pytest.mark.vm
+BIN = Path(sys.executable).parent
+METRICS_DIR = "/var/lib/prometheus/node-exporter"
+
+
+def playbook(cli: str, efi_image: str) -> list[dict]:
+    mirror = {
+        "executable": cli,
+        "disks": ["/dev/vda", "/dev/vdb"],
+        "profile": "debian",
+        "bootloader": "efi",
+        "efi_image": efi_image,
+        "initramfs": "skip",
+        "esp_size": "64M",
+    }
+    hashes = "md5sum /dev/vda /dev/vdb"
+    return [
+        {
+            "hosts": "localhost",
+            "connection": "local",
+            "gather_facts": False,
+            "tasks": [
+                {"name": "hashes before", "command": hashes, "register": "before"},
+                {"name": "plan", "esp_mirror.mirror.apply": mirror, "check_mode": True, "register": "planned"},
+                {"name": "hashes after", "command": hashes, "register": "after"},
+                {"name": "apply", "esp_mirror.mirror.apply": mirror, "register": "first"},
+                {"name": "apply again", "esp_mirror.mirror.apply": mirror, "register": "second"},
+                {"name": "info", "esp_mirror.mirror.info": {"executable": cli}, "register": "info"},
+                {"name": "fail B", "command": "mdadm /dev/md/esp --fail /dev/vdb1", "register": "failed"},
+                {"name": "info degraded", "esp_mirror.mirror.info": {"executable": cli}, "register": "degraded"},
+                {
+                    "name": "replace",
+                    "esp_mirror.mirror.member": {
+                        "executable": cli,
+                        "state": "replaced",
+                        "old": "/dev/vdb",
+                        "new": "/dev/vdc",
+                    },
+                    "register": "replaced",
+                },
+                {
+                    "name": "replace again",
+                    "esp_mirror.mirror.member": {
+                        "executable": cli,
+                        "state": "replaced",
+                        "old": "/dev/vdb",
+                        "new": "/dev/vdc",
+                    },
+                    "register": "replaced_again",
+                },
+                {"name": "status", "command": f"{cli} status", "register": "status", "failed_when": False},
+                {"name": "collector", "file": {"path": METRICS_DIR, "state": "directory"}},
+                {
+                    "name": "weekly check",
+                    "command": f"{cli} check --metrics-dir {METRICS_DIR}",
+                    "register": "check",
+                    "failed_when": False,
+                },
+                {"name": "info at the end", "esp_mirror.mirror.info": {"executable": cli}, "register": "last"},
+            ],
+        }
+    ]
+
+
+@dataclass(frozen=True)
+class Fleet:
+    tasks: dict[str, dict]  # task name -> its result on localhost
+    seconds: dict[str, float]  # task name -> how long it took
+    total: float  # the whole ansible-playbook run
+    metrics: str  # the file the weekly check wrote
+    disks: list[Path]
+    nvram: Path
+    work: Path
+
+
+@pytest.fixture(scope="module")
+def fleet(vm_assets: Assets, payload_efi: Path, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    work = tmp_path_factory.mktemp("fleet")
+    disks = [blank_disk(work / f"disk-{n}.img", 256) for n in "abc"]
+    nvram = fresh_vars(work / "vars.fd", vm_assets)
+    cli = work / "esp-mirror"  # the zip application apply installs: what a managed host runs
+    cli.write_bytes(zipapp.build().data)
+    cli.chmod(0o755)
+    book = work / "playbook.yml"
+    book.write_text(yaml.safe_dump(playbook(str(cli), str(payload_efi)), sort_keys=False))
+    env = {
+        "ANSIBLE_COLLECTIONS_PATH": str(REPO_ROOT / "ansible"),
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
+        "ANSIBLE_LOCALHOST_WARNING": "false",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
+        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+        "PATH": f"{BIN}:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin",
+    }
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+    script = (
+        f"set -u\n{exports}cd /tmp\nstart=$(date +%s%N)\n"
+        f"{shlex.quote(str(BIN / 'ansible-playbook'))} -i localhost, {shlex.quote(str(book))} "
+        f"> {GUEST_WORK_DIR}/playbook.json 2> {GUEST_WORK_DIR}/playbook.err\n"
+        f'echo "rc=$? ms=$(( ($(date +%s%N) - start) / 1000000 ))"\n'
+        f"cp {METRICS_DIR}/esp_mirror.prom {GUEST_WORK_DIR}/ 2>/dev/null\n"
+        "umount /boot/efi && mdadm --stop /dev/md/esp >&2\n"
+    )
+    guest = run_in_guest(script, disks, nvram, timeout=1500, assets=vm_assets, log_dir=work)
+    share = guest.serial_log.parent / "share"
+    assert guest.rc == 0, f"{guest.stdout}\n{guest.stderr}\n{(share / 'playbook.err').read_text()}"
+    rc, seconds = (field.split("=")[1] for field in guest.stdout.split()[-2:])
+    report = json.loads((share / "playbook.json").read_text())
+    tasks, times = {}, {}
+    for task in report["plays"][0]["tasks"]:
+        name = task["task"]["name"]
+        tasks[name] = task["hosts"]["localhost"]
+        duration = task["task"]["duration"]
+        times[name] = _seconds(duration["end"]) - _seconds(duration["start"])
+    assert rc == "0", json.dumps(report["stats"]) + (share / "playbook.err").read_text()
+    metrics = (share / "esp_mirror.prom").read_text() if (share / "esp_mirror.prom").exists() else ""
+    return Fleet(tasks, times, int(seconds) / 1000, metrics, disks, nvram, work)
+
+
+def _seconds(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def test_the_playbook_applies_idempotently_and_check_mode_changes_nothing(fleet: Fleet, request) -> None:
+    t = fleet.tasks
+    for name in ("plan", "apply", "apply again", "info", "replace", "replace again"):
+        measurements(request.config).record("fleet", f"ansible task: {name}", fleet.seconds[name])
+    measurements(request.config).record("fleet", "ansible-playbook, all 14 tasks", fleet.total)
+    print(f"playbook {fleet.total:.1f} s; tasks: " + ", ".join(f"{n} {s:.1f} s" for n, s in fleet.seconds.items()))
+    # check mode on blank disks: apply would change them, and nothing was changed
+    assert t["plan"]["changed"] is True and not t["plan"].get("failed"), t["plan"]
+    assert t["hashes before"]["stdout"] == t["hashes after"]["stdout"]
+    assert t["apply"]["changed"] is True and t["apply"]["report"]["changed"] > 0, t["apply"]
+    assert t["apply again"]["changed"] is False, t["apply again"]["report"]["steps"]
+
+
+def test_info_reports_two_active_members_then_the_failed_one(fleet: Fleet) -> None:
+    facts = fleet.tasks["info"]["ansible_facts"]["esp_mirror"]
+    assert facts["healthy"] is True and fleet.tasks["info"]["changed"] is False
+    assert [m["state"] for m in facts["array"]["members"]] == ["in_sync", "in_sync"]
+    degraded = fleet.tasks["info degraded"]["ansible_facts"]["esp_mirror"]
+    assert degraded["healthy"] is False and not fleet.tasks["info degraded"].get("failed")
+
+
+def test_the_member_module_replaces_the_failed_member_once(fleet: Fleet) -> None:
+    t = fleet.tasks
+    assert t["replace"]["changed"] is True, t["replace"]
+    assert t["replace again"]["changed"] is False, t["replace again"]
+    assert t["status"]["rc"] == 0, t["status"]["stdout"]
+    last = t["info at the end"]["ansible_facts"]["esp_mirror"]
+    assert sorted(m["node"] for m in last["array"]["members"]) == ["/dev/vda1", "/dev/vdc1"]
+    assert last["healthy"] is True
+
+
+def test_the_weekly_check_writes_the_metrics_for_node_exporter(fleet: Fleet) -> None:
+    assert fleet.tasks["weekly check"]["rc"] == 0, fleet.tasks["weekly check"]["stdout"]
+    values = {
+        (s.name, s.labels.get("member", "")): s.value
+        for family in text_string_to_metric_families(fleet.metrics)
+        for s in family.samples
+    }
+    assert values[("esp_mirror_members_active", "")] == 2
+    assert values[("esp_mirror_members_missing", "")] == 0
+    assert values[("esp_mirror_last_check_success", "")] == 1
+    assert values[("esp_mirror_files_differing", "")] == 0
+    assert values[("esp_mirror_boot_entry_missing", "/dev/vda1")] == 0
+    assert values[("esp_mirror_boot_entry_missing", "/dev/vdc1")] == 0
+
+
+@pytest.mark.parametrize("index", [0, 2], ids=["disk-A-alone", "disk-C-alone"])
+def test_each_remaining_disk_boots_alone(fleet: Fleet, vm_assets: Assets, index: int) -> None:
+    disk = fleet.disks[index]
+    boot = boot_alone(disk, fleet.nvram, fleet.work, f"alone-{index}", vm_assets)
+    assert boot.boot_entry_description == entry_label(disk_serial(index)), boot.serial_log
+    assert boot.loader_device_partuuid == partition_uuid(disk)
