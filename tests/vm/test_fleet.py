@@ -13,8 +13,8 @@ import json
 import shlex
 import sys
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import yaml
@@ -32,7 +32,9 @@ BIN = Path(sys.executable).parent
 METRICS_DIR = "/var/lib/prometheus/node-exporter"
 
 
-def playbook(cli: str, efi_image: str) -> list[dict]:
+def playbook(cli: str, efi_image: str, results: str) -> list[dict]:
+    """The play: each task registers its result under its name; the last task writes them all to
+    ``results`` (JSON) for the test to read."""
     mirror = {
         "executable": cli,
         "disks": ["/dev/vda", "/dev/vdb"],
@@ -42,50 +44,38 @@ def playbook(cli: str, efi_image: str) -> list[dict]:
         "initramfs": "skip",
         "esp_size": "64M",
     }
-    hashes = "md5sum /dev/vda /dev/vdb"
+    info = {"esp_mirror.mirror.info": {"executable": cli}}
+    replace = {
+        "esp_mirror.mirror.member": {"executable": cli, "state": "replaced", "old": "/dev/vdb", "new": "/dev/vdc"}
+    }
+    hashes = {"command": "md5sum /dev/vda /dev/vdb"}
+    tasks: list[tuple[str, dict]] = [
+        ("hashes before", hashes),
+        ("plan", {"esp_mirror.mirror.apply": mirror, "check_mode": True}),
+        ("hashes after", hashes),
+        ("apply", {"esp_mirror.mirror.apply": mirror}),
+        ("apply again", {"esp_mirror.mirror.apply": mirror}),
+        ("info", info),
+        ("fail B", {"command": "mdadm /dev/md/esp --fail /dev/vdb1"}),
+        ("info degraded", info),
+        ("replace", replace),
+        ("replace again", replace),
+        ("status", {"command": f"{cli} status", "failed_when": False}),
+        ("collector", {"file": {"path": METRICS_DIR, "state": "directory"}}),
+        ("weekly check", {"command": f"{cli} check --metrics-dir {METRICS_DIR}", "failed_when": False}),
+        ("info at the end", info),
+    ]
+    registered = {name: f"r{n}" for n, (name, _) in enumerate(tasks)}
+    everything = "{" + ", ".join(f"'{name}': {var}" for name, var in registered.items()) + "}"
     return [
         {
+            "name": "fleet",
             "hosts": "localhost",
             "connection": "local",
             "gather_facts": False,
             "tasks": [
-                {"name": "hashes before", "command": hashes, "register": "before"},
-                {"name": "plan", "esp_mirror.mirror.apply": mirror, "check_mode": True, "register": "planned"},
-                {"name": "hashes after", "command": hashes, "register": "after"},
-                {"name": "apply", "esp_mirror.mirror.apply": mirror, "register": "first"},
-                {"name": "apply again", "esp_mirror.mirror.apply": mirror, "register": "second"},
-                {"name": "info", "esp_mirror.mirror.info": {"executable": cli}, "register": "info"},
-                {"name": "fail B", "command": "mdadm /dev/md/esp --fail /dev/vdb1", "register": "failed"},
-                {"name": "info degraded", "esp_mirror.mirror.info": {"executable": cli}, "register": "degraded"},
-                {
-                    "name": "replace",
-                    "esp_mirror.mirror.member": {
-                        "executable": cli,
-                        "state": "replaced",
-                        "old": "/dev/vdb",
-                        "new": "/dev/vdc",
-                    },
-                    "register": "replaced",
-                },
-                {
-                    "name": "replace again",
-                    "esp_mirror.mirror.member": {
-                        "executable": cli,
-                        "state": "replaced",
-                        "old": "/dev/vdb",
-                        "new": "/dev/vdc",
-                    },
-                    "register": "replaced_again",
-                },
-                {"name": "status", "command": f"{cli} status", "register": "status", "failed_when": False},
-                {"name": "collector", "file": {"path": METRICS_DIR, "state": "directory"}},
-                {
-                    "name": "weekly check",
-                    "command": f"{cli} check --metrics-dir {METRICS_DIR}",
-                    "register": "check",
-                    "failed_when": False,
-                },
-                {"name": "info at the end", "esp_mirror.mirror.info": {"executable": cli}, "register": "last"},
+                *({"name": name, **task, "register": registered[name]} for name, task in tasks),
+                {"name": "results", "copy": {"content": "{{ " + everything + " | to_json }}", "dest": results}},
             ],
         }
     ]
@@ -111,49 +101,47 @@ def fleet(vm_assets: Assets, payload_efi: Path, tmp_path_factory: pytest.TempPat
     cli.write_bytes(zipapp.build().data)
     cli.chmod(0o755)
     book = work / "playbook.yml"
-    book.write_text(yaml.safe_dump(playbook(str(cli), str(payload_efi)), sort_keys=False))
+    book.write_text(yaml.safe_dump(playbook(str(cli), str(payload_efi), f"{GUEST_WORK_DIR}/results.json")))
     env = {
         "ANSIBLE_COLLECTIONS_PATH": str(REPO_ROOT / "ansible"),
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
+        "ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.junit",  # each task's time
+        "JUNIT_OUTPUT_DIR": f"{GUEST_WORK_DIR}/junit",
         "ANSIBLE_LOCALHOST_WARNING": "false",
         "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
         "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+        "ANSIBLE_NOCOLOR": "1",
         "PATH": f"{BIN}:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin",
     }
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
     script = (
         f"set -u\n{exports}cd /tmp\nstart=$(date +%s%N)\n"
         f"{shlex.quote(str(BIN / 'ansible-playbook'))} -i localhost, {shlex.quote(str(book))} "
-        f"> {GUEST_WORK_DIR}/playbook.json 2> {GUEST_WORK_DIR}/playbook.err\n"
+        f"> {GUEST_WORK_DIR}/playbook.out 2>&1\n"
         f'echo "rc=$? ms=$(( ($(date +%s%N) - start) / 1000000 ))"\n'
         f"cp {METRICS_DIR}/esp_mirror.prom {GUEST_WORK_DIR}/ 2>/dev/null\n"
         "umount /boot/efi && mdadm --stop /dev/md/esp >&2\n"
     )
     guest = run_in_guest(script, disks, nvram, timeout=1500, assets=vm_assets, log_dir=work)
     share = guest.serial_log.parent / "share"
-    assert guest.rc == 0, f"{guest.stdout}\n{guest.stderr}\n{(share / 'playbook.err').read_text()}"
-    rc, seconds = (field.split("=")[1] for field in guest.stdout.split()[-2:])
-    report = json.loads((share / "playbook.json").read_text())
-    tasks, times = {}, {}
-    for task in report["plays"][0]["tasks"]:
-        name = task["task"]["name"]
-        tasks[name] = task["hosts"]["localhost"]
-        duration = task["task"]["duration"]
-        times[name] = _seconds(duration["end"]) - _seconds(duration["start"])
-    assert rc == "0", json.dumps(report["stats"]) + (share / "playbook.err").read_text()
+    output = (share / "playbook.out").read_text() if (share / "playbook.out").exists() else ""
+    assert guest.rc == 0, f"{guest.stdout}\n{guest.stderr}\n{output}"
+    rc, ms = (field.split("=")[1] for field in guest.stdout.split()[-2:])
+    assert rc == "0", output
+    tasks = json.loads((share / "results.json").read_text())
+    [junit] = (share / "junit").glob("*.xml")
+    times = {
+        case.get("name", "").split(": ", 1)[1]: float(case.get("time", "0"))
+        for case in ElementTree.parse(junit).iter("testcase")
+    }
     metrics = (share / "esp_mirror.prom").read_text() if (share / "esp_mirror.prom").exists() else ""
-    return Fleet(tasks, times, int(seconds) / 1000, metrics, disks, nvram, work)
-
-
-def _seconds(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    return Fleet(tasks, times, int(ms) / 1000, metrics, disks, nvram, work)
 
 
 def test_the_playbook_applies_idempotently_and_check_mode_changes_nothing(fleet: Fleet, request) -> None:
     t = fleet.tasks
     for name in ("plan", "apply", "apply again", "info", "replace", "replace again"):
         measurements(request.config).record("fleet", f"ansible task: {name}", fleet.seconds[name])
-    measurements(request.config).record("fleet", "ansible-playbook, all 14 tasks", fleet.total)
+    measurements(request.config).record("fleet", "ansible-playbook, the whole play", fleet.total)
     print(f"playbook {fleet.total:.1f} s; tasks: " + ", ".join(f"{n} {s:.1f} s" for n, s in fleet.seconds.items()))
     # check mode on blank disks: apply would change them, and nothing was changed
     assert t["plan"]["changed"] is True and not t["plan"].get("failed"), t["plan"]
