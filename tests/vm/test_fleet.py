@@ -3,13 +3,15 @@
 ``ansible-playbook`` (the test venv's, local connection inside the guest) runs the collection's
 modules against two blank disks: check mode first (the disks hash the same afterwards), apply,
 apply again (``changed: false``), info (two active members), then one member is failed and the
-member module replaces it with a third disk; the weekly check's command writes the metrics file.
+member module replaces it with a third disk (and again: ``changed: false``); the weekly check's
+command writes the metrics file, status exits 0.
 Then the firmware boots each remaining disk alone through its own entry.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -32,9 +34,9 @@ BIN = Path(sys.executable).parent
 METRICS_DIR = "/var/lib/prometheus/node-exporter"
 
 
-def playbook(cli: str, efi_image: str, results: str) -> list[dict]:
-    """The play: each task registers its result under its name; the last task writes them all to
-    ``results`` (JSON) for the test to read."""
+def playbook(cli: str, efi_image: str) -> list[dict]:
+    """The play, one task per step (under TCG each task costs seconds of Ansible's own work, so
+    the shell does what is not the collection's: the metrics directory, the weekly check)."""
     mirror = {
         "executable": cli,
         "disks": ["/dev/vda", "/dev/vdb"],
@@ -48,7 +50,7 @@ def playbook(cli: str, efi_image: str, results: str) -> list[dict]:
     replace = {
         "esp_mirror.mirror.member": {"executable": cli, "state": "replaced", "old": "/dev/vdb", "new": "/dev/vdc"}
     }
-    hashes = {"command": "md5sum /dev/vda /dev/vdb"}
+    hashes = {"command": "md5sum /dev/vda /dev/vdb", "changed_when": False}
     tasks: list[tuple[str, dict]] = [
         ("hashes before", hashes),
         ("plan", {"esp_mirror.mirror.apply": mirror, "check_mode": True}),
@@ -57,28 +59,34 @@ def playbook(cli: str, efi_image: str, results: str) -> list[dict]:
         ("apply again", {"esp_mirror.mirror.apply": mirror}),
         ("info", info),
         ("fail B", {"command": "mdadm /dev/md/esp --fail /dev/vdb1"}),
-        ("info degraded", info),
         ("replace", replace),
         ("replace again", replace),
-        ("status", {"command": f"{cli} status", "failed_when": False}),
-        ("collector", {"file": {"path": METRICS_DIR, "state": "directory"}}),
-        ("weekly check", {"command": f"{cli} check --metrics-dir {METRICS_DIR}", "failed_when": False}),
         ("info at the end", info),
     ]
-    registered = {name: f"r{n}" for n, (name, _) in enumerate(tasks)}
-    everything = "{" + ", ".join(f"'{name}': {var}" for name, var in registered.items()) + "}"
     return [
         {
             "name": "fleet",
             "hosts": "localhost",
             "connection": "local",
             "gather_facts": False,
-            "tasks": [
-                *({"name": name, **task, "register": registered[name]} for name, task in tasks),
-                {"name": "results", "copy": {"content": "{{ " + everything + " | to_json }}", "dest": results}},
-            ],
+            "tasks": [{"name": name, **task} for name, task in tasks],
         }
     ]
+
+
+TASK = re.compile(r"^TASK \[(.+)\] \**$")
+RESULT = re.compile(r"^(?:ok|changed|failed|fatal): \[localhost\]:? (?:FAILED! )?=> (\{.*\})$")
+
+
+def results(output: str) -> dict[str, dict]:
+    """Task name -> its result, from ansible-playbook -v's one-line JSON results."""
+    found, task = {}, None
+    for line in output.splitlines():
+        if m := TASK.match(line):
+            task = m.group(1)
+        elif (m := RESULT.match(line)) and task is not None:
+            found[task] = json.loads(m.group(1))
+    return found
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,7 @@ class Fleet:
     tasks: dict[str, dict]  # task name -> its result on localhost
     seconds: dict[str, float]  # task name -> how long it took
     total: float  # the whole ansible-playbook run
+    codes: dict[str, str]  # exit codes after the play: the weekly check ("check"), status ("status")
     metrics: str  # the file the weekly check wrote
     disks: list[Path]
     nvram: Path
@@ -101,11 +110,15 @@ def fleet(vm_assets: Assets, payload_efi: Path, tmp_path_factory: pytest.TempPat
     cli.write_bytes(zipapp.build().data)
     cli.chmod(0o755)
     book = work / "playbook.yml"
-    book.write_text(yaml.safe_dump(playbook(str(cli), str(payload_efi), f"{GUEST_WORK_DIR}/results.json")))
+    book.write_text(yaml.safe_dump(playbook(str(cli), str(payload_efi)), sort_keys=False))
     env = {
         "ANSIBLE_COLLECTIONS_PATH": str(REPO_ROOT / "ansible"),
         "ANSIBLE_CALLBACKS_ENABLED": "ansible.builtin.junit",  # each task's time
         "JUNIT_OUTPUT_DIR": f"{GUEST_WORK_DIR}/junit",
+        "JUNIT_HIDE_TASK_ARGUMENTS": "true",
+        "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",  # with -v: each result as one line of JSON
+        "ANSIBLE_CALLBACK_FORMAT_PRETTY": "false",
+        "ANSIBLE_PIPELINING": "true",
         "ANSIBLE_LOCALHOST_WARNING": "false",
         "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
         "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
@@ -113,28 +126,30 @@ def fleet(vm_assets: Assets, payload_efi: Path, tmp_path_factory: pytest.TempPat
         "PATH": f"{BIN}:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin",
     }
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+    weekly = f"{cli} check --no-md-check --metrics-dir {METRICS_DIR}"  # what Debian's timer runs
     script = (
-        f"set -u\n{exports}cd /tmp\nstart=$(date +%s%N)\n"
-        f"{shlex.quote(str(BIN / 'ansible-playbook'))} -i localhost, {shlex.quote(str(book))} "
+        f"set -u\n{exports}cd /tmp\nmkdir -p {METRICS_DIR}\nstart=$(date +%s%N)\n"
+        f"{shlex.quote(str(BIN / 'ansible-playbook'))} -v -i localhost, {shlex.quote(str(book))} "
         f"> {GUEST_WORK_DIR}/playbook.out 2>&1\n"
-        f'echo "rc=$? ms=$(( ($(date +%s%N) - start) / 1000000 ))"\n'
-        f"cp {METRICS_DIR}/esp_mirror.prom {GUEST_WORK_DIR}/ 2>/dev/null\n"
+        f'echo "playbook=$? ms=$(( ($(date +%s%N) - start) / 1000000 ))"\n'
+        f'{weekly} > /dev/null 2>&1; echo "check=$?"\n'
+        f"cp {METRICS_DIR}/esp_mirror.prom {GUEST_WORK_DIR}/\n"
+        f'{cli} status > /dev/null 2>&1; echo "status=$?"\n'
         "umount /boot/efi && mdadm --stop /dev/md/esp >&2\n"
     )
     guest = run_in_guest(script, disks, nvram, timeout=1500, assets=vm_assets, log_dir=work)
     share = guest.serial_log.parent / "share"
     output = (share / "playbook.out").read_text() if (share / "playbook.out").exists() else ""
     assert guest.rc == 0, f"{guest.stdout}\n{guest.stderr}\n{output}"
-    rc, ms = (field.split("=")[1] for field in guest.stdout.split()[-2:])
-    assert rc == "0", output
-    tasks = json.loads((share / "results.json").read_text())
+    codes = dict(field.split("=") for field in guest.stdout.split() if "=" in field)
+    assert codes["playbook"] == "0", output
     [junit] = (share / "junit").glob("*.xml")
     times = {
         case.get("name", "").split(": ", 1)[1]: float(case.get("time", "0"))
         for case in ElementTree.parse(junit).iter("testcase")
     }
     metrics = (share / "esp_mirror.prom").read_text() if (share / "esp_mirror.prom").exists() else ""
-    return Fleet(tasks, times, int(ms) / 1000, metrics, disks, nvram, work)
+    return Fleet(results(output), times, int(codes["ms"]) / 1000, codes, metrics, disks, nvram, work)
 
 
 def test_the_playbook_applies_idempotently_and_check_mode_changes_nothing(fleet: Fleet, request) -> None:
@@ -150,26 +165,24 @@ def test_the_playbook_applies_idempotently_and_check_mode_changes_nothing(fleet:
     assert t["apply again"]["changed"] is False, t["apply again"]["report"]["steps"]
 
 
-def test_info_reports_two_active_members_then_the_failed_one(fleet: Fleet) -> None:
+def test_info_reports_two_active_members(fleet: Fleet) -> None:
     facts = fleet.tasks["info"]["ansible_facts"]["esp_mirror"]
     assert facts["healthy"] is True and fleet.tasks["info"]["changed"] is False
     assert [m["state"] for m in facts["array"]["members"]] == ["in_sync", "in_sync"]
-    degraded = fleet.tasks["info degraded"]["ansible_facts"]["esp_mirror"]
-    assert degraded["healthy"] is False and not fleet.tasks["info degraded"].get("failed")
 
 
 def test_the_member_module_replaces_the_failed_member_once(fleet: Fleet) -> None:
     t = fleet.tasks
     assert t["replace"]["changed"] is True, t["replace"]
     assert t["replace again"]["changed"] is False, t["replace again"]
-    assert t["status"]["rc"] == 0, t["status"]["stdout"]
+    assert fleet.codes["status"] == "0"
     last = t["info at the end"]["ansible_facts"]["esp_mirror"]
     assert sorted(m["node"] for m in last["array"]["members"]) == ["/dev/vda1", "/dev/vdc1"]
-    assert last["healthy"] is True
+    assert (last["healthy"], last["exit_code"]) == (True, 0)
 
 
 def test_the_weekly_check_writes_the_metrics_for_node_exporter(fleet: Fleet) -> None:
-    assert fleet.tasks["weekly check"]["rc"] == 0, fleet.tasks["weekly check"]["stdout"]
+    assert fleet.codes["check"] == "0"
     values = {
         (s.name, s.labels.get("member", "")): s.value
         for family in text_string_to_metric_families(fleet.metrics)
