@@ -104,14 +104,12 @@ def _options(name: str, p: argparse.ArgumentParser) -> None:
             "--metrics", metavar="FILE",
             help="also write the mirror's health as Prometheus metrics to FILE (atomically; its directory must exist)",
         )  # fmt: skip
-        if name == "status":
-            p.set_defaults(metrics_dir=None)
-        else:
-            where.add_argument(
-                "--metrics-dir", metavar="DIR",
-                help="write DIR/esp_mirror.prom when DIR exists (node_exporter's textfile directory); "
-                "nothing when it does not",
-            )  # fmt: skip
+        where.add_argument(
+            "--metrics-dir", metavar="DIR",
+            help="write DIR/esp_mirror.prom when DIR exists (node_exporter's textfile directory); "
+            "nothing when it does not",
+        )  # fmt: skip
+        if name == "check":
             p.add_argument(
                 "--no-md-check", action="store_true",
                 help="do not start md's check (the distribution's runs on its own schedule): compare the member "

@@ -9,8 +9,8 @@ read ``esp_mirror_efivars_readable 0``.
 
 :func:`write` puts the text in place the way the textfile collector needs: a temporary file in
 the same directory, synced, renamed over the file (:func:`esp_mirror_plugin.system.files.write_atomic`),
-so node_exporter never reads half a file. ``status --metrics FILE``, ``check --metrics FILE`` and
-``check --metrics-dir DIR`` (DIR/esp_mirror.prom, when DIR exists) write it.
+so node_exporter never reads half a file. ``status`` and ``check`` write it, with ``--metrics FILE``
+or ``--metrics-dir DIR`` (DIR/esp_mirror.prom, when DIR exists).
 """
 
 from __future__ import annotations

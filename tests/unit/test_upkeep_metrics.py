@@ -1,6 +1,6 @@
 """The mirror's health as Prometheus metrics (upkeep/metrics.py): what each state renders, read
-back with prometheus_client's own parser; the atomic write; status --metrics and check
---metrics / --metrics-dir.
+back with prometheus_client's own parser; the atomic write; status and check with --metrics or
+--metrics-dir.
 
 The machine is :class:`conftest.Mirror` (/dev/vda and /dev/vdb mirrored as /dev/md/esp, booted,
 healthy); each test breaks one thing, as test_upkeep_status.py does.
@@ -311,7 +311,7 @@ def test_a_file_in_a_missing_directory_is_bad_input_naming_the_fix(tmp_path):
     )
 
 
-# -- status --metrics ---------------------------------------------------------------------------
+# -- status --metrics and --metrics-dir ---------------------------------------------------------
 
 
 def test_status_writes_the_metrics_file_and_exits_as_status_does(mirror, tmp_path):
@@ -348,6 +348,67 @@ def test_status_of_a_system_not_set_up_still_writes_the_file(machine, monkeypatc
 
     assert outcome.code == 2
     assert series((tmp_path / "m.prom").read_text())[("esp_mirror_status_exit_code", ARRAY)] == 2
+
+
+def test_status_metrics_dir_writes_esp_mirror_prom_when_the_directory_exists(mirror, tmp_path):
+    """What the metrics timer runs every few minutes: the members as md sees them now, the last
+    check as check kept it."""
+    mirror.boot(number="0001", loader_partuuid=A)
+    mirror.set_member("/dev/vdb1", "faulty", 1)
+    mirror.set_md(degraded=1)
+    (mirror.sysroot / lastcheck.PATH).parent.mkdir(parents=True)
+    lastcheck.save(str(mirror.sysroot), CLEAN)
+
+    collector = tmp_path / "collector"
+    collector.mkdir()
+
+    outcome = mirror.cli("status", "--metrics-dir", str(collector))
+
+    assert (outcome.code, outcome.err) == (1, "")
+    assert outcome.out == mirror.cli("status").out
+    found = series((collector / "esp_mirror.prom").read_text())
+    assert (
+        by_array(
+            members_active=1,
+            members_faulty=1,
+            status_exit_code=1,
+            files_differing=0,
+            last_check_timestamp_seconds=CHECKED,
+            last_check_success=1,
+        ).items()
+        <= found.items()
+    )
+    assert [p.name for p in collector.iterdir()] == ["esp_mirror.prom"]
+    assert stat.S_IMODE((collector / "esp_mirror.prom").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("healthy", [True, False])
+def test_status_metrics_dir_that_does_not_exist_writes_nothing_and_exits_as_status_would(mirror, tmp_path, healthy):
+    mirror.boot(number="0001", loader_partuuid=A)
+    if not healthy:
+        mirror.take_out("/dev/vdb1")
+    plain = mirror.cli("status")
+
+    outcome = mirror.cli("status", "--metrics-dir", str(tmp_path / "node-exporter"))
+
+    assert (outcome.code, outcome.out, outcome.err) == (plain.code, plain.out, "")
+    assert outcome.code == (0 if healthy else 1)
+    assert not (tmp_path / "node-exporter").exists()
+    assert list(tmp_path.rglob("*.prom")) == []
+
+
+@pytest.mark.parametrize("command", ["status", "check"])
+def test_metrics_and_metrics_dir_together_are_one_line_exit_2_and_nothing_runs(mirror, tmp_path, command):
+    collector = tmp_path / "collector"
+    collector.mkdir()
+
+    outcome = mirror.cli(command, "--metrics", str(collector / "m.prom"), "--metrics-dir", str(collector))
+
+    assert (outcome.code, outcome.out, outcome.calls) == (2, "", [])
+    assert outcome.error == (
+        f"argument --metrics-dir: not allowed with argument --metrics (see `esp-mirror {command} --help`)"
+    )
+    assert list(collector.iterdir()) == []
 
 
 @pytest.mark.parametrize("command", [("status",), ("check",), ("check", "--no-md-check")])
