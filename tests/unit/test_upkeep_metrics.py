@@ -9,6 +9,7 @@ healthy); each test breaks one thing, as test_upkeep_status.py does.
 from __future__ import annotations
 
 import dataclasses
+import os
 import stat
 import threading
 
@@ -18,11 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.upkeep import lastcheck, metrics
+from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.lastcheck import LastCheck
 from esp_mirror_plugin.upkeep.mirror import read_mirror
 
 NOW = 1_764_460_800.25  # 2025-11-30T00:00:00.25Z
 CHECKED = 1_764_374_400.0  # a day before
+SET_UP = 1_763_769_600.0  # a week before the check: when apply wrote the record
 A, B = guid_of("vda"), guid_of("vdb")
 ARRAY = (("array", "/dev/md/esp"),)
 CLEAN = LastCheck(CHECKED, mismatch_cnt=0, files_differing=0, md_check=True)
@@ -43,7 +46,13 @@ def series(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
+def set_up_at(mirror: Mirror, when: float = SET_UP) -> None:
+    """The record's time, as apply left it."""
+    os.utime(mirror.sysroot / records.PATH, (when, when))
+
+
 def rendered(mirror: Mirror, last_check: LastCheck | None = CLEAN) -> dict:
+    set_up_at(mirror)
     state = read_mirror(mirror.runner, mirror.record, mirror.host)
     return series(metrics.render(state, last_check, NOW))
 
@@ -74,6 +83,7 @@ HEALTHY = {
         efivars_readable=1,
         last_check_timestamp_seconds=CHECKED,
         last_check_success=1,
+        record_timestamp_seconds=SET_UP,
         status_exit_code=0,
         metrics_timestamp_seconds=NOW,
     ),
@@ -213,6 +223,7 @@ def test_an_array_that_is_not_running_has_every_recorded_member_missing(mirror):
         members_faulty=0,
         members_missing=2,
         efivars_readable=1,
+        record_timestamp_seconds=SET_UP,
         status_exit_code=1,
         metrics_timestamp_seconds=NOW,
     )
@@ -220,6 +231,7 @@ def test_an_array_that_is_not_running_has_every_recorded_member_missing(mirror):
 
 def test_an_older_record_without_a_count_still_says_the_array_is_not_running(mirror):
     mirror.stop_array()
+    set_up_at(mirror)
     state = read_mirror(mirror.runner, dataclasses.replace(mirror.record, members=None), mirror.host)
 
     found = series(metrics.render(state, None, NOW))
@@ -229,6 +241,7 @@ def test_an_older_record_without_a_count_still_says_the_array_is_not_running(mir
         members_active=0,
         members_faulty=0,
         efivars_readable=1,
+        record_timestamp_seconds=SET_UP,
         status_exit_code=1,
         metrics_timestamp_seconds=NOW,
     )
@@ -245,6 +258,17 @@ def test_not_set_up_is_a_valid_file_that_says_so(machine):
         status_exit_code=2,
         metrics_timestamp_seconds=NOW,
     )
+
+
+def test_the_record_time_is_when_apply_last_wrote_the_record_and_status_carries_it(mirror, tmp_path):
+    """With no check yet, how long one has had to run: EspMirrorCheckNotRun's never-ran case."""
+    set_up_at(mirror, SET_UP + 86400)
+
+    mirror.cli("status", "--metrics", str(tmp_path / "m.prom"))
+
+    found = series((tmp_path / "m.prom").read_text())
+    assert found[("esp_mirror_record_timestamp_seconds", ARRAY)] == SET_UP + 86400
+    assert ("esp_mirror_last_check_timestamp_seconds", ARRAY) not in found
 
 
 def test_every_family_has_help_and_type_once_and_every_family_is_rendered_somewhere(mirror):
