@@ -14,7 +14,7 @@ import os
 import shlex
 import sys
 import traceback
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from esp_mirror_plugin import __version__
 from esp_mirror_plugin.errors import BadInput, StepFailed
@@ -104,14 +104,12 @@ def _options(name: str, p: argparse.ArgumentParser) -> None:
             "--metrics", metavar="FILE",
             help="also write the mirror's health as Prometheus metrics to FILE (atomically; its directory must exist)",
         )  # fmt: skip
-        if name == "status":
-            p.set_defaults(metrics_dir=None)
-        else:
-            where.add_argument(
-                "--metrics-dir", metavar="DIR",
-                help="write DIR/esp_mirror.prom when DIR exists (node_exporter's textfile directory); "
-                "nothing when it does not",
-            )  # fmt: skip
+        where.add_argument(
+            "--metrics-dir", metavar="DIR",
+            help="write DIR/esp_mirror.prom when DIR exists (node_exporter's textfile directory); "
+            "nothing when it does not",
+        )  # fmt: skip
+        if name == "check":
             p.add_argument(
                 "--no-md-check", action="store_true",
                 help="do not start md's check (the distribution's runs on its own schedule): compare the member "
@@ -141,10 +139,19 @@ def _options(name: str, p: argparse.ArgumentParser) -> None:
         _changing(p)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with esp-mirror's bad input: a usage error is one line and exit code 2, on the
+    error stream :func:`main` was given (argparse would print the usage and exit by itself)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise BadInput(f"{message} (see `{self.prog} --help`)")
+
+
 def _parser(argv: list[str]) -> argparse.ArgumentParser:
     """The parser, with only the options of the command in ``argv`` when it names one (argparse
-    builds every option object up front; one command's are enough to parse one command line)."""
-    parser = argparse.ArgumentParser(prog="esp-mirror", description=(__doc__ or "").splitlines()[0])
+    builds every option object up front; one command's are enough to parse one command line).
+    The commands' parsers are of the same class (argparse makes them so)."""
+    parser = _Parser(prog="esp-mirror", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--version", action="version", version=f"esp-mirror {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,7 +173,11 @@ def main(
 ) -> int:
     out, err, stdin = out or sys.stdout, err or sys.stderr, stdin or sys.stdin
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parser(argv).parse_args(argv)
+    try:
+        args = _parser(argv).parse_args(argv)
+    except BadInput as exc:
+        print(f"esp-mirror: error: {exc}", file=err)
+        return exc.exit_code
     args.command_line = shlex.join(["esp-mirror", *argv])  # who holds the lock, for a second run
     try:
         return _run(args, out, stdin, runner, host_view)

@@ -8,7 +8,7 @@ the base system, the kernel, mdadm, Python and the bootloader packages there by 
   Python the plan says that upkeep runs from outside (a chroot from a rescue system), and a
   profile whose periodic check is esp-mirror's own refuses: that check would fail every week.
 - md assembly at boot, where the init needs it enabled (OpenRC);
-- the periodic check, which also writes the metrics (:mod:`.periodic`);
+- the weekly check and the refresh of the metrics every few minutes (:mod:`.periodic`);
 - heal at boot and on hot-plug (:mod:`.heal`);
 - the settings package upgrades read (:mod:`.upgrades`).
 
@@ -87,7 +87,7 @@ def plan(setup: Setup) -> tuple[tuple[Step, ...], tuple[str, ...]]:
             )
         notes.append(
             f"{why}: esp-mirror is not put on the installed system, so nothing heals a member that "
-            "comes back and no weekly esp-mirror check compares the members or writes metrics; run status, "
+            "comes back, no weekly esp-mirror check compares the members and nothing writes metrics; run status, "
             "check, repair and heal from outside (a rescue system, chroot)"
         )
     steps += [Command(argv, root=target.root, why="assemble md arrays at boot") for argv in profile.boot_assembly]

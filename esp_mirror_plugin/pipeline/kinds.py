@@ -51,15 +51,21 @@ class OwnCheck(StrEnum):
     Every profile gets a weekly esp-mirror run: it compares the members' files and writes the
     metrics (``metrics_dir``). Where the distribution ships an md check of its own (mdcheck,
     raid-check, checkarray: the profile's periodic_check), that one does md's part: NONE.
-    Elsewhere esp-mirror's run starts md's check as well, scheduled as the value says.
+    Elsewhere esp-mirror's run starts md's check as well, scheduled as the value says. The
+    refresh of the metrics (`esp-mirror status --metrics-dir`) is scheduled the same way, more
+    often (hooks/periodic.py).
     """
 
     # the distribution's md check runs (periodic_check); esp-mirror-check.timer runs
-    # `check --no-md-check` (systemd only: with another init nothing runs weekly, and the plan says so)
+    # `check --no-md-check` (systemd only: with another init nothing runs weekly and nothing refreshes the
+    # metrics, and the plan says so)
     NONE = "none"
-    SYSTEMD_TIMER = "systemd-timer"  # esp-mirror-check.timer, weekly; output in the journal
-    CRON_WEEKLY = "cron-weekly"  # /etc/cron.weekly/esp-mirror-check; output to syslog
-    PERIODIC_WEEKLY = "periodic-weekly"  # Alpine's /etc/periodic/weekly/esp-mirror-check
+    # esp-mirror-check.timer, weekly; output in the journal. Metrics: esp-mirror-metrics.timer, 5 min
+    SYSTEMD_TIMER = "systemd-timer"
+    # /etc/cron.weekly/esp-mirror-check; output to syslog. Metrics: /etc/cron.hourly/esp-mirror-metrics
+    CRON_WEEKLY = "cron-weekly"
+    # Alpine's /etc/periodic/weekly/esp-mirror-check. Metrics: /etc/periodic/15min/esp-mirror-metrics
+    PERIODIC_WEEKLY = "periodic-weekly"
 
 
 class Init(StrEnum):

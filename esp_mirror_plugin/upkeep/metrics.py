@@ -9,8 +9,8 @@ read ``esp_mirror_efivars_readable 0``.
 
 :func:`write` puts the text in place the way the textfile collector needs: a temporary file in
 the same directory, synced, renamed over the file (:func:`esp_mirror_plugin.system.files.write_atomic`),
-so node_exporter never reads half a file. ``status --metrics FILE``, ``check --metrics FILE`` and
-``check --metrics-dir DIR`` (DIR/esp_mirror.prom, when DIR exists) write it.
+so node_exporter never reads half a file. ``status`` and ``check`` write it, with ``--metrics FILE``
+or ``--metrics-dir DIR`` (DIR/esp_mirror.prom, when DIR exists).
 """
 
 from __future__ import annotations
@@ -46,6 +46,10 @@ FAMILIES: dict[str, str] = {
     "esp_mirror_boot_disk_info": "The member this boot came from (LoaderDevicePartUUID or BootCurrent).",
     "esp_mirror_last_check_timestamp_seconds": "When the last esp-mirror check finished, seconds since the epoch.",
     "esp_mirror_last_check_success": "1 when the last esp-mirror check found no mismatch and no file drift, else 0.",
+    "esp_mirror_record_timestamp_seconds": (
+        "When esp-mirror last wrote its record of the setup here (apply, or add growing the mirror), "
+        "seconds since the epoch."
+    ),
     "esp_mirror_status_exit_code": "What `esp-mirror status` exits with: 0 healthy, 1 problems, 2 not set up.",
     "esp_mirror_metrics_timestamp_seconds": "When this file was written, seconds since the epoch.",
 }
@@ -100,6 +104,8 @@ def samples(state: MirrorState, last_check: LastCheck | None, now: float) -> lis
         add("esp_mirror_files_differing", last_check.files_differing)
         add("esp_mirror_last_check_timestamp_seconds", last_check.timestamp)
         add("esp_mirror_last_check_success", int(last_check.success))
+    if state.record_time is not None:  # how long a check has had to run, when none has
+        add("esp_mirror_record_timestamp_seconds", state.record_time)
     add("esp_mirror_status_exit_code", state.exit_code())
     add("esp_mirror_metrics_timestamp_seconds", now)
     return out

@@ -21,6 +21,7 @@ from esp_mirror_plugin.system.discovery import (
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
 from esp_mirror_plugin.upkeep import history, lastcheck
 from esp_mirror_plugin.upkeep import journal as journal_file
+from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.lastcheck import LastCheck
 from esp_mirror_plugin.upkeep.record import Record
 from esp_mirror_plugin.upkeep.settings import drift
@@ -91,6 +92,7 @@ class MirrorState:
     last_event: str | None = None  # the history's last line ("... healed at boot: ...")
     last_check: LastCheck | None = None  # what the last `esp-mirror check` found; None: none ran here
     last_check_error: str | None = None  # why the last check's result cannot be read, and what to do
+    record_time: float | None = None  # when the record was last written (its mtime); None: no record
 
     @property
     def booted_member(self) -> MemberState | None:
@@ -198,6 +200,12 @@ def read_mirror(
         last_check = lastcheck.load(host.sysroot)
     except BadInput as exc:
         last_check_error = str(exc)
+    record_time = None
+    if record is not None:
+        try:
+            record_time = os.stat(records.path_in(host.sysroot)).st_mtime
+        except OSError:  # a record given without its file (a test), or gone since it was read
+            record_time = None
     try:
         events = history.read(host.sysroot)
     except OSError as exc:
@@ -218,6 +226,7 @@ def read_mirror(
         last_event=events[-1] if events else None,
         last_check=last_check,
         last_check_error=last_check_error,
+        record_time=record_time,
     )
 
 

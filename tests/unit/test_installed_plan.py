@@ -41,13 +41,17 @@ OWN_TIMER = [
     ("write", "etc/systemd/system/esp-mirror-check.service"),
     ("write", "etc/systemd/system/esp-mirror-check.timer"),
     ("run", "systemctl", "enable", "esp-mirror-check.timer"),
+    ("write", "etc/systemd/system/esp-mirror-metrics.service"),
+    ("write", "etc/systemd/system/esp-mirror-metrics.timer"),
+    ("run", "systemctl", "enable", "esp-mirror-metrics.timer"),
 ]
 MDCHECK = [("run", "systemctl", "enable", "mdcheck_start.timer", "mdcheck_continue.timer")]
 RAID_CHECK = [("run", "systemctl", "enable", "raid-check.timer")]
-CRON = [("write", "etc/cron.weekly/esp-mirror-check")]
+CRON = [("write", "etc/cron.weekly/esp-mirror-check"), ("write", "etc/cron.hourly/esp-mirror-metrics")]
 # The installed-system group of each profile (with --bootloader grub, no bootctl in the target). The
 # weekly esp-mirror-check.timer is everywhere systemd runs: with md's check where the distribution
-# has none (opensuse), with --no-md-check beside the distribution's (hooks/periodic.py).
+# has none (opensuse), with --no-md-check beside the distribution's (hooks/periodic.py); the
+# metrics are refreshed beside it (esp-mirror-metrics.timer, or a cron.hourly/periodic 15min script).
 GROUP = {
     "debian": PROGRAM + OWN_TIMER + SYSTEMD_HEAL + DEBCONF,
     "ubuntu": PROGRAM + MDCHECK + OWN_TIMER + SYSTEMD_HEAL + DEBCONF,
@@ -60,6 +64,7 @@ GROUP = {
         *PROGRAM,
         ("run", "rc-update", "add", "mdadm-raid", "boot"),
         ("write", "etc/periodic/weekly/esp-mirror-check"),
+        ("write", "etc/periodic/15min/esp-mirror-metrics"),
         *OPENRC_HEAL,
     ],
     "void": [*PROGRAM, *CRON, ("edit", "etc/rc.local")],
@@ -174,7 +179,7 @@ def test_without_python_the_plan_says_upkeep_runs_from_outside_and_installs_no_p
     assert described(two_disks, steps["steps"]) == DEBCONF  # no program, no heal units, no weekly timer
     assert steps["notes"][0] == (
         "the target has no python3: esp-mirror is not put on the installed system, so nothing heals a "
-        "member that comes back and no weekly esp-mirror check compares the members or writes metrics; run "
+        "member that comes back, no weekly esp-mirror check compares the members and nothing writes metrics; run "
         "status, check, repair and heal from outside (a rescue system, chroot)"
     )
 
@@ -465,11 +470,15 @@ def test_debconf_answers_are_loaded_only_when_the_database_lacks_one(images, nvr
     assert (load in outcome.calls) is loads
 
 
-def test_the_heal_service_and_check_timer_enabled_already_are_not_enabled_again(two_disks):
+def test_the_heal_service_and_the_timers_enabled_already_are_not_enabled_again(two_disks):
     """systemctl enable runs (and counts as a change) only while its link is missing."""
     system = two_disks.target / "etc/systemd/system"
-    for wants, unit in (("multi-user.target", "esp-mirror-heal.service"), ("timers.target", "esp-mirror-check.timer")):
-        (system / f"{wants}.wants").mkdir(parents=True)
+    for wants, unit in (
+        ("multi-user.target", "esp-mirror-heal.service"),
+        ("timers.target", "esp-mirror-check.timer"),
+        ("timers.target", "esp-mirror-metrics.timer"),
+    ):
+        (system / f"{wants}.wants").mkdir(parents=True, exist_ok=True)
         (system / f"{wants}.wants" / unit).symlink_to(f"/etc/systemd/system/{unit}")
     steps = group(plan_of(two_disks))["steps"]
     assert not [s for s in steps if s["kind"] == "command" and "enable" in s["argv"]]

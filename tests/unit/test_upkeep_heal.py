@@ -203,19 +203,21 @@ def test_a_replaced_heal_unit_is_reported_by_path(mirror):
     ]
 
 
-def test_refresh_writes_the_weekly_run_with_the_recorded_metrics_dir(mirror, monkeypatch):
-    """The record is what refresh plans from: a metrics_dir changed there reaches the unit."""
+def test_refresh_writes_the_weekly_run_and_the_metrics_refresh_with_the_recorded_metrics_dir(mirror, monkeypatch):
+    """The record is what refresh plans from: a metrics_dir changed there reaches both units."""
     record = dataclasses.replace(mirror.record, metrics_dir="/srv/textfile")
     (mirror.sysroot / records.PATH).write_text(record.render())
-    unit = mirror.sysroot / "etc/systemd/system/esp-mirror-check.service"
+    check = mirror.sysroot / "etc/systemd/system/esp-mirror-check.service"
+    refresh = mirror.sysroot / "etc/systemd/system/esp-mirror-metrics.service"
 
     problems = json.loads(mirror.cli("status", "--json").out)["problems"]
     assert problems == [
-        f"{unit} differ from what esp-mirror writes (a package replaced them, or something was installed "
-        "later): run `esp-mirror refresh`"
+        f"{check}, {refresh} differ from what esp-mirror writes (a package replaced them, or something was "
+        "installed later): run `esp-mirror refresh`"
     ]
     mirror.accept_changes()
     fast_applier(mirror, monkeypatch)
     assert mirror.cli("refresh", "--yes").code == 0
-    assert "ExecStart=/usr/local/sbin/esp-mirror check --no-md-check --metrics-dir /srv/textfile\n" in unit.read_text()
+    assert "ExecStart=/usr/local/sbin/esp-mirror check --no-md-check --metrics-dir /srv/textfile\n" in check.read_text()
+    assert "ExecStart=/usr/local/sbin/esp-mirror status --metrics-dir /srv/textfile\n" in refresh.read_text()
     assert mirror.cli("status").code == 0

@@ -1,6 +1,6 @@
 """The mirror's health as Prometheus metrics (upkeep/metrics.py): what each state renders, read
-back with prometheus_client's own parser; the atomic write; status --metrics and check
---metrics / --metrics-dir.
+back with prometheus_client's own parser; the atomic write; status and check with --metrics or
+--metrics-dir.
 
 The machine is :class:`conftest.Mirror` (/dev/vda and /dev/vdb mirrored as /dev/md/esp, booted,
 healthy); each test breaks one thing, as test_upkeep_status.py does.
@@ -9,6 +9,7 @@ healthy); each test breaks one thing, as test_upkeep_status.py does.
 from __future__ import annotations
 
 import dataclasses
+import os
 import stat
 import threading
 
@@ -18,11 +19,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.upkeep import lastcheck, metrics
+from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.lastcheck import LastCheck
 from esp_mirror_plugin.upkeep.mirror import read_mirror
 
 NOW = 1_764_460_800.25  # 2025-11-30T00:00:00.25Z
 CHECKED = 1_764_374_400.0  # a day before
+SET_UP = 1_763_769_600.0  # a week before the check: when apply wrote the record
 A, B = guid_of("vda"), guid_of("vdb")
 ARRAY = (("array", "/dev/md/esp"),)
 CLEAN = LastCheck(CHECKED, mismatch_cnt=0, files_differing=0, md_check=True)
@@ -43,7 +46,13 @@ def series(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
+def set_up_at(mirror: Mirror, when: float = SET_UP) -> None:
+    """The record's time, as apply left it."""
+    os.utime(mirror.sysroot / records.PATH, (when, when))
+
+
 def rendered(mirror: Mirror, last_check: LastCheck | None = CLEAN) -> dict:
+    set_up_at(mirror)
     state = read_mirror(mirror.runner, mirror.record, mirror.host)
     return series(metrics.render(state, last_check, NOW))
 
@@ -74,6 +83,7 @@ HEALTHY = {
         efivars_readable=1,
         last_check_timestamp_seconds=CHECKED,
         last_check_success=1,
+        record_timestamp_seconds=SET_UP,
         status_exit_code=0,
         metrics_timestamp_seconds=NOW,
     ),
@@ -213,6 +223,7 @@ def test_an_array_that_is_not_running_has_every_recorded_member_missing(mirror):
         members_faulty=0,
         members_missing=2,
         efivars_readable=1,
+        record_timestamp_seconds=SET_UP,
         status_exit_code=1,
         metrics_timestamp_seconds=NOW,
     )
@@ -220,6 +231,7 @@ def test_an_array_that_is_not_running_has_every_recorded_member_missing(mirror):
 
 def test_an_older_record_without_a_count_still_says_the_array_is_not_running(mirror):
     mirror.stop_array()
+    set_up_at(mirror)
     state = read_mirror(mirror.runner, dataclasses.replace(mirror.record, members=None), mirror.host)
 
     found = series(metrics.render(state, None, NOW))
@@ -229,6 +241,7 @@ def test_an_older_record_without_a_count_still_says_the_array_is_not_running(mir
         members_active=0,
         members_faulty=0,
         efivars_readable=1,
+        record_timestamp_seconds=SET_UP,
         status_exit_code=1,
         metrics_timestamp_seconds=NOW,
     )
@@ -245,6 +258,17 @@ def test_not_set_up_is_a_valid_file_that_says_so(machine):
         status_exit_code=2,
         metrics_timestamp_seconds=NOW,
     )
+
+
+def test_the_record_time_is_when_apply_last_wrote_the_record_and_status_carries_it(mirror, tmp_path):
+    """With no check yet, how long one has had to run: EspMirrorCheckNotRun's never-ran case."""
+    set_up_at(mirror, SET_UP + 86400)
+
+    mirror.cli("status", "--metrics", str(tmp_path / "m.prom"))
+
+    found = series((tmp_path / "m.prom").read_text())
+    assert found[("esp_mirror_record_timestamp_seconds", ARRAY)] == SET_UP + 86400
+    assert ("esp_mirror_last_check_timestamp_seconds", ARRAY) not in found
 
 
 def test_every_family_has_help_and_type_once_and_every_family_is_rendered_somewhere(mirror):
@@ -311,7 +335,7 @@ def test_a_file_in_a_missing_directory_is_bad_input_naming_the_fix(tmp_path):
     )
 
 
-# -- status --metrics ---------------------------------------------------------------------------
+# -- status --metrics and --metrics-dir ---------------------------------------------------------
 
 
 def test_status_writes_the_metrics_file_and_exits_as_status_does(mirror, tmp_path):
@@ -348,6 +372,67 @@ def test_status_of_a_system_not_set_up_still_writes_the_file(machine, monkeypatc
 
     assert outcome.code == 2
     assert series((tmp_path / "m.prom").read_text())[("esp_mirror_status_exit_code", ARRAY)] == 2
+
+
+def test_status_metrics_dir_writes_esp_mirror_prom_when_the_directory_exists(mirror, tmp_path):
+    """What the metrics timer runs every few minutes: the members as md sees them now, the last
+    check as check kept it."""
+    mirror.boot(number="0001", loader_partuuid=A)
+    mirror.set_member("/dev/vdb1", "faulty", 1)
+    mirror.set_md(degraded=1)
+    (mirror.sysroot / lastcheck.PATH).parent.mkdir(parents=True)
+    lastcheck.save(str(mirror.sysroot), CLEAN)
+
+    collector = tmp_path / "collector"
+    collector.mkdir()
+
+    outcome = mirror.cli("status", "--metrics-dir", str(collector))
+
+    assert (outcome.code, outcome.err) == (1, "")
+    assert outcome.out == mirror.cli("status").out
+    found = series((collector / "esp_mirror.prom").read_text())
+    assert (
+        by_array(
+            members_active=1,
+            members_faulty=1,
+            status_exit_code=1,
+            files_differing=0,
+            last_check_timestamp_seconds=CHECKED,
+            last_check_success=1,
+        ).items()
+        <= found.items()
+    )
+    assert [p.name for p in collector.iterdir()] == ["esp_mirror.prom"]
+    assert stat.S_IMODE((collector / "esp_mirror.prom").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("healthy", [True, False])
+def test_status_metrics_dir_that_does_not_exist_writes_nothing_and_exits_as_status_would(mirror, tmp_path, healthy):
+    mirror.boot(number="0001", loader_partuuid=A)
+    if not healthy:
+        mirror.take_out("/dev/vdb1")
+    plain = mirror.cli("status")
+
+    outcome = mirror.cli("status", "--metrics-dir", str(tmp_path / "node-exporter"))
+
+    assert (outcome.code, outcome.out, outcome.err) == (plain.code, plain.out, "")
+    assert outcome.code == (0 if healthy else 1)
+    assert not (tmp_path / "node-exporter").exists()
+    assert list(tmp_path.rglob("*.prom")) == []
+
+
+@pytest.mark.parametrize("command", ["status", "check"])
+def test_metrics_and_metrics_dir_together_are_one_line_exit_2_and_nothing_runs(mirror, tmp_path, command):
+    collector = tmp_path / "collector"
+    collector.mkdir()
+
+    outcome = mirror.cli(command, "--metrics", str(collector / "m.prom"), "--metrics-dir", str(collector))
+
+    assert (outcome.code, outcome.out, outcome.calls) == (2, "", [])
+    assert outcome.error == (
+        f"argument --metrics-dir: not allowed with argument --metrics (see `esp-mirror {command} --help`)"
+    )
+    assert list(collector.iterdir()) == []
 
 
 @pytest.mark.parametrize("command", [("status",), ("check",), ("check", "--no-md-check")])

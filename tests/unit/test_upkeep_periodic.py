@@ -1,5 +1,6 @@
-"""What apply leaves for the upkeep commands: a periodic check per distribution, and the record
-(/etc/esp-mirror/esp-mirror.yaml) that status, check, repair, replace, add and entries read."""
+"""What apply leaves for the upkeep commands: a periodic check per distribution with a frequent
+refresh of the metrics beside it, and the record (/etc/esp-mirror/esp-mirror.yaml) that status,
+check, repair, replace, add and entries read."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import io
 import json
 import os
 import stat
+import subprocess
 
 import pytest
 from conftest import MIB, PROFILES, Machine, isolate_upkeep, json_commands
@@ -61,26 +63,70 @@ CRON = """\
 # esp-mirror: weekly check of the mirrored EFI System Partition; drift is logged to syslog.
 /usr/local/sbin/esp-mirror check --metrics-dir /var/lib/prometheus/node-exporter 2>&1 | logger -t esp-mirror
 """
+# the refresh of the metrics beside the weekly run
+METRICS_SERVICE = """\
+[Unit]
+Description=Metrics of the mirrored EFI System Partition for node_exporter (esp-mirror status)
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/esp-mirror status --metrics-dir /var/lib/prometheus/node-exporter
+# status exits 1 on a problem and 2 when not set up: a value in the metrics, not a failed unit
+SuccessExitStatus=1 2
+# the metrics file is what it is for; status's report every 5 minutes would only fill the journal
+StandardOutput=null
+"""
+METRICS_TIMER = """\
+[Unit]
+Description=Refresh the metrics of the mirrored EFI System Partition every 5 minutes
+
+[Timer]
+OnBootSec=1min
+OnUnitActiveSec=5min
+AccuracySec=30s
+
+[Install]
+WantedBy=timers.target
+"""
+METRICS_CRON = """\
+#!/bin/sh
+# esp-mirror: refresh the metrics of the mirrored EFI System Partition for node_exporter.
+# status exits 1 on a problem and 2 when not set up: a value in the metrics, not a failed job.
+/usr/local/sbin/esp-mirror status --metrics-dir /var/lib/prometheus/node-exporter >/dev/null 2>&1
+code=$?
+[ "$code" -le 2 ] || exit "$code"
+"""
 
 
-def weekly_timer(service: str) -> list[tuple]:
+def timers(service: str) -> list[tuple]:
+    """The weekly check and the refresh of the metrics, each a service and a timer enabled."""
     return [
         ("write", "etc/systemd/system/esp-mirror-check.service", 0o644, service),
         ("write", "etc/systemd/system/esp-mirror-check.timer", 0o644, TIMER),
         ("run", "systemctl", "enable", "esp-mirror-check.timer"),
+        ("write", "etc/systemd/system/esp-mirror-metrics.service", 0o644, METRICS_SERVICE),
+        ("write", "etc/systemd/system/esp-mirror-metrics.timer", 0o644, METRICS_TIMER),
+        ("run", "systemctl", "enable", "esp-mirror-metrics.timer"),
     ]
 
 
-OWN_TIMER = weekly_timer(SERVICE)
-BESIDE = weekly_timer(SERVICE_NO_MD_CHECK)  # beside the distribution's md check
-CRON_WEEKLY = [("write", "etc/cron.weekly/esp-mirror-check", 0o755, CRON)]
+OWN_TIMER = timers(SERVICE)
+BESIDE = timers(SERVICE_NO_MD_CHECK)  # beside the distribution's md check
+# cronie's 0hourly, Gentoo's run-crons and Void's snooze-hourly run nothing more often than cron.hourly
+CRON_WEEKLY = [
+    ("write", "etc/cron.weekly/esp-mirror-check", 0o755, CRON),
+    ("write", "etc/cron.hourly/esp-mirror-metrics", 0o755, METRICS_CRON),
+]
 MDCHECK = [("run", "systemctl", "enable", "mdcheck_start.timer", "mdcheck_continue.timer")]
 RAID_CHECK = [("run", "systemctl", "enable", "raid-check.timer")]
 PERIODIC = {
     "opensuse": OWN_TIMER,
     "void": CRON_WEEKLY,
     "gentoo": CRON_WEEKLY,
-    "alpine": [("write", "etc/periodic/weekly/esp-mirror-check", 0o755, CRON)],
+    "alpine": [  # alpine-baselayout's root crontab runs periodic/15min every 15 minutes
+        ("write", "etc/periodic/weekly/esp-mirror-check", 0o755, CRON),
+        ("write", "etc/periodic/15min/esp-mirror-metrics", 0o755, METRICS_CRON),
+    ],
     "debian": BESIDE,  # bookworm's /etc/cron.d/mdadm runs checkarray already
     "ubuntu": MDCHECK + BESIDE,
     "arch": MDCHECK + BESIDE,
@@ -127,7 +173,26 @@ def test_periodic_check_per_profile(name, tmp_path):
 )
 def test_the_weekly_run_gets_the_metrics_dir_as_given(name, line, tmp_path):
     steps, _ = periodic_plan(name, tmp_path, "/srv/textfile")
-    [script] = [s for s in steps if isinstance(s, WriteFile) and not s.path.endswith(".timer")]
+    [script] = [
+        s for s in steps if isinstance(s, WriteFile) and "esp-mirror-check" in s.path and ".timer" not in s.path
+    ]
+    assert line in script.content.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("name", "line"),
+    [
+        ("opensuse", "ExecStart=/usr/local/sbin/esp-mirror status --metrics-dir /srv/textfile"),
+        ("debian", "ExecStart=/usr/local/sbin/esp-mirror status --metrics-dir /srv/textfile"),
+        ("void", "/usr/local/sbin/esp-mirror status --metrics-dir /srv/textfile >/dev/null 2>&1"),
+        ("alpine", "/usr/local/sbin/esp-mirror status --metrics-dir /srv/textfile >/dev/null 2>&1"),
+    ],
+)
+def test_the_refresh_of_the_metrics_gets_the_metrics_dir_as_given(name, line, tmp_path):
+    steps, _ = periodic_plan(name, tmp_path, "/srv/textfile")
+    [script] = [
+        s for s in steps if isinstance(s, WriteFile) and "esp-mirror-metrics" in s.path and ".timer" not in s.path
+    ]
     assert line in script.content.splitlines()
 
 
@@ -154,49 +219,118 @@ def test_without_esp_mirror_on_the_installed_system_only_the_distributions_check
     assert (described(steps, str(tmp_path)), notes) == ({"debian": [], "fedora": RAID_CHECK}[name], ())
 
 
-def test_own_check_none_without_systemd_says_nothing_runs_weekly(tmp_path):
+def test_own_check_none_without_systemd_says_nothing_runs_weekly_or_refreshes_the_metrics(tmp_path):
     steps, notes = periodic_plan("debian", tmp_path, init=Init.OPENRC)
     assert described(steps, str(tmp_path)) == []
     assert notes == (
-        "no weekly esp-mirror run: own_check none installs a systemd timer, and this profile's init is openrc; "
-        "set own_check to cron-weekly or periodic-weekly to have one",
+        "no weekly esp-mirror run and no refresh of its metrics: own_check none installs systemd timers, and this "
+        "profile's init is openrc; set own_check to cron-weekly or periodic-weekly to have them",
     )
 
 
-def test_a_timer_enabled_already_is_not_enabled_again(tmp_path):
-    """systemctl enable runs (and counts as a change on a second apply) only while its link is missing."""
+@pytest.mark.parametrize("enabled", ["esp-mirror-check.timer", "esp-mirror-metrics.timer"])
+def test_a_timer_enabled_already_is_not_enabled_again(tmp_path, enabled):
+    """systemctl enable runs (and counts as a change on a second apply) only while its link is
+    missing, for each timer on its own."""
     wants = tmp_path / "etc/systemd/system/timers.target.wants"
     wants.mkdir(parents=True)
-    (wants / "esp-mirror-check.timer").symlink_to("/etc/systemd/system/esp-mirror-check.timer")
+    (wants / enabled).symlink_to(f"/etc/systemd/system/{enabled}")
+    other = ({"esp-mirror-check.timer", "esp-mirror-metrics.timer"} - {enabled}).pop()
     for name in ("debian", "opensuse"):
         steps, _ = periodic_plan(name, tmp_path)
-        assert [s for s in steps if isinstance(s, Command)] == []
+        assert [s.argv for s in steps if isinstance(s, Command)] == [("systemctl", "enable", other)]
+
+
+def enable_as_systemctl_does(root):
+    """A runner answer for `chroot ROOT systemctl enable UNIT...`: the links [Install] WantedBy= makes."""
+
+    def answer(argv: tuple[str, ...]) -> Result | None:
+        if argv[:4] != ("chroot", str(root), "systemctl", "enable"):
+            return None
+        for unit in argv[4:]:
+            wants = root / "etc/systemd/system/timers.target.wants"
+            wants.mkdir(parents=True, exist_ok=True)
+            (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
+        return Result(argv, 0)
+
+    return answer
+
+
+@pytest.mark.parametrize("name", ["opensuse", "debian", "gentoo", "alpine"])
+def test_a_second_plan_on_an_installed_target_enables_nothing_and_changes_nothing(name, tmp_path):
+    runner = RecordingRunner(responders=[enable_as_systemctl_does(tmp_path)])
+    first, _ = periodic_plan(name, tmp_path)
+    Applier(runner, io.StringIO()).execute(Group("installed-system", first))
+    calls = len(runner.calls)
+
+    second, _ = periodic_plan(name, tmp_path)
+    applier = Applier(runner, io.StringIO())
+    applier.execute(Group("installed-system", second))
+
+    assert [s for s in second if isinstance(s, Command)] == []
+    assert (applier.changed, runner.calls[calls:]) == (0, [])
 
 
 @pytest.mark.parametrize(
-    ("name", "path"), [("void", "etc/cron.weekly/esp-mirror-check"), ("alpine", "etc/periodic/weekly/esp-mirror-check")]
+    ("name", "path", "content"),
+    [
+        ("void", "etc/cron.weekly/esp-mirror-check", CRON),
+        ("void", "etc/cron.hourly/esp-mirror-metrics", METRICS_CRON),
+        ("alpine", "etc/periodic/weekly/esp-mirror-check", CRON),
+        ("alpine", "etc/periodic/15min/esp-mirror-metrics", METRICS_CRON),
+    ],
 )
-def test_the_cron_job_is_written_executable(name, path, tmp_path):
+def test_the_cron_job_is_written_executable(name, path, content, tmp_path):
     steps, _ = periodic_plan(name, tmp_path)
 
     Applier(RecordingRunner(), io.StringIO()).execute(Group("post_format", steps))
 
     written = tmp_path / path
-    assert (written.read_text(), stat.S_IMODE(written.stat().st_mode)) == (CRON, 0o755)
+    assert (written.read_text(), stat.S_IMODE(written.stat().st_mode)) == (content, 0o755)
 
 
-def test_the_systemd_timer_is_written_and_enabled_in_the_target(tmp_path):
+def test_the_systemd_timers_are_written_and_enabled_in_the_target(tmp_path):
     runner = RecordingRunner(responders=[lambda argv: Result(argv, 0)])
     steps, _ = periodic_plan("opensuse", tmp_path)
 
     Applier(runner, io.StringIO()).execute(Group("post_format", steps))
 
     unit = tmp_path / "etc/systemd/system"
-    assert ((unit / "esp-mirror-check.service").read_text(), (unit / "esp-mirror-check.timer").read_text()) == (
-        SERVICE,
-        TIMER,
-    )
-    assert runner.calls == [("chroot", str(tmp_path), "systemctl", "enable", "esp-mirror-check.timer")]
+    assert {f.name: f.read_text() for f in unit.iterdir()} == {
+        "esp-mirror-check.service": SERVICE,
+        "esp-mirror-check.timer": TIMER,
+        "esp-mirror-metrics.service": METRICS_SERVICE,
+        "esp-mirror-metrics.timer": METRICS_TIMER,
+    }
+    assert runner.calls == [
+        ("chroot", str(tmp_path), "systemctl", "enable", "esp-mirror-check.timer"),
+        ("chroot", str(tmp_path), "systemctl", "enable", "esp-mirror-metrics.timer"),
+    ]
+
+
+@pytest.mark.real_processes  # /bin/sh runs the script, with a fake esp-mirror
+@pytest.mark.parametrize("code", [0, 1, 2])
+def test_the_refresh_script_succeeds_whatever_status_says_about_the_mirror(code, tmp_path):
+    """status exits 1 on a problem and 2 when not set up: values in the metrics, so run-parts and
+    cron report no failure, as SuccessExitStatus=1 2 keeps the systemd unit from failing."""
+    assert run_refresh_script(tmp_path, f"exit {code}") == 0
+
+
+@pytest.mark.real_processes
+@pytest.mark.parametrize("code", [127, 130])
+def test_the_refresh_script_fails_when_esp_mirror_cannot_run(code, tmp_path):
+    """Not installed (127) or interrupted (130): a failure cron reports, beside the stale metrics alert."""
+    assert run_refresh_script(tmp_path, f"exit {code}") == code
+
+
+def run_refresh_script(tmp_path, body: str) -> int:
+    """Run the refresh script with /usr/local/sbin/esp-mirror replaced by a script doing ``body``."""
+    fake = tmp_path / "esp-mirror"
+    fake.write_text(f"#!/bin/sh\n{body}\n")
+    fake.chmod(0o755)
+    script = tmp_path / "esp-mirror-metrics"
+    script.write_text(periodic.metrics_cron((str(fake), "status", "--metrics-dir", str(tmp_path))))
+    return subprocess.run(["/bin/sh", str(script)], check=False).returncode
 
 
 def test_the_periodic_check_is_planned_last_with_the_installed_system_not_in_post_format(two_disks):
