@@ -2,8 +2,9 @@
 
 ``ansible-playbook`` (the test venv's, local connection inside the guest) runs the collection's
 modules against two blank disks: check mode first (the disks hash the same afterwards), apply,
-apply again (``changed: false``), info (two active members), then one member is failed and the
-member module replaces it with a third disk (and again: ``changed: false``); the weekly check's
+apply again (``changed: false``), info (two active members), then disk B fails (md fails and
+removes its member, as when a disk dies) and the member module replaces the missing member with a
+third disk (and again: ``changed: false``); the weekly check's
 command writes the metrics file, status exits 0.
 Then the firmware boots each remaining disk alone through its own entry.
 """
@@ -48,7 +49,7 @@ def playbook(cli: str, efi_image: str) -> list[dict]:
     }
     info = {"esp_mirror.mirror.info": {"executable": cli}}
     replace = {
-        "esp_mirror.mirror.member": {"executable": cli, "state": "replaced", "old": "/dev/vdb", "new": "/dev/vdc"}
+        "esp_mirror.mirror.member": {"executable": cli, "state": "replaced", "old": "missing", "new": "/dev/vdc"}
     }
     hashes = {"command": "md5sum /dev/vda /dev/vdb", "changed_when": False}
     tasks: list[tuple[str, dict]] = [
@@ -58,7 +59,7 @@ def playbook(cli: str, efi_image: str) -> list[dict]:
         ("apply", {"esp_mirror.mirror.apply": mirror}),
         ("apply again", {"esp_mirror.mirror.apply": mirror}),
         ("info", info),
-        ("fail B", {"command": "mdadm /dev/md/esp --fail /dev/vdb1"}),
+        ("fail B", {"command": "mdadm /dev/md/esp --fail /dev/vdb1 --remove /dev/vdb1"}),
         ("replace", replace),
         ("replace again", replace),
         ("info at the end", info),
@@ -178,6 +179,8 @@ def test_the_member_module_replaces_the_failed_member_once(fleet: Fleet) -> None
     assert fleet.codes["status"] == "0"
     last = t["info at the end"]["ansible_facts"]["esp_mirror"]
     assert sorted(m["node"] for m in last["array"]["members"]) == ["/dev/vda1", "/dev/vdc1"]
+    # one entry per member, and none left for the disk that died
+    assert sorted(e["disk"] for e in last["entries"] if e["entry"]) == ["/dev/vda", "/dev/vdc"], last["entries"]
     assert (last["healthy"], last["exit_code"]) == (True, 0)
 
 

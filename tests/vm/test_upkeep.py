@@ -1,4 +1,5 @@
-"""After install, on real firmware: status, check, repair, replace, add and entries.
+"""After install, on real firmware: status, check, repair, add and entries (replace of a missing
+member, then a boot from the new disk alone: tests/vm/test_fleet.py, through the Ansible module).
 
 Each test starts from a copy of one installed pair of disks. A guest boot's root is a fresh
 overlay, so each script first makes the guest look like the booted installed system
@@ -217,35 +218,6 @@ def test_status_and_entries_in_healthy_missing_entry_and_degraded_states(system:
     degraded = as_json(out["degraded"])
     assert (out["degraded"].rc, degraded["array"]["degraded"]) == (1, 1)
     assert "degraded" in out["degraded-text"].output
-
-
-def test_replace_a_missing_disk_then_boot_from_the_new_disk_alone(system: Installed, vm_assets: Assets) -> None:
-    disk_c = blank_disk(system.work / "disk-c.img", 1024)
-    out = run(
-        system,
-        [system.disks[0], disk_c],
-        ["/dev/vda1"],
-        {
-            "status": f"{CLI} status --json",
-            "replace": f"{CLI} replace --old missing --new /dev/vdb --yes --json",
-            "status-after": f"{CLI} status --json",
-            "efibootmgr": "efibootmgr -v",
-        },
-        vm_assets,
-    )
-    assert out["status"].rc == 1 and as_json(out["status"])["array"]["degraded"] == 1
-    assert out["replace"].rc == 0, out["replace"].output
-    replaced = as_json(out["replace"])
-    assert replaced["partition_guid"] == partition_uuid(disk_c) != partition_uuid(system.disks[1])
-    after = as_json(out["status-after"])
-    assert (out["status-after"].rc, after["array"]["degraded"]) == (0, 0), after["problems"]
-    entries = nvram.parse(out["efibootmgr"].output).entries
-    labels = [e.label for e in entries if "(esp-mirror " in e.label]
-    assert labels.count(entry_label(disk_serial(2))) == 1 and entry_label(disk_serial(1)) not in labels
-    boot = boot_firmware([disk_c], system.nvram, assets=vm_assets, log_dir=system.work)
-    assert boot.boot_entry_description == entry_label(disk_serial(2)), boot.serial_log
-    assert boot.loader_device_partuuid == partition_uuid(disk_c)
-    print(f"replace end to end (partition, add, recovery of a 100 MiB member, entries): {out['replace'].seconds:.1f} s")
 
 
 def test_add_a_third_disk_then_boot_from_it_alone(system: Installed, vm_assets: Assets) -> None:
