@@ -89,16 +89,9 @@ def plan(request: Resolved, profile: Profile, layout: Layout, target: Target) ->
                 why="the installer and the bootloader write to the array, never a member",
             )
         )
-    conf = target.text(profile.mdadm_conf)
-    if not _listed_elsewhere(conf, layout.array_uuid, target.path(profile.mdadm_conf)):
-        steps.append(
-            EditBlock(
-                target.path(profile.mdadm_conf),
-                mdadm_conf_block(request, layout, conf),
-                root=target.root,
-                why="the booted system assembles the ESP array by UUID",
-            )
-        )
+    edit = mdadm_conf_edit(request, profile, layout, target)
+    if edit is not None:
+        steps.append(edit)
     steps.append(
         EditBlock(
             target.path("etc/fstab"),
@@ -124,6 +117,21 @@ def plan(request: Resolved, profile: Profile, layout: Layout, target: Target) ->
             )
         )
     return tuple(steps)
+
+
+def mdadm_conf_edit(request: Resolved, profile: Profile, layout: Layout, target: Target) -> EditBlock | None:
+    """post_format's edit of mdadm.conf, or None when the file lists the array outside our block
+    already. initramfs_config plans from it too: the file as this edit leaves it is what the
+    generator copies into the image."""
+    conf = target.text(profile.mdadm_conf)
+    if _listed_elsewhere(conf, layout.array_uuid, target.path(profile.mdadm_conf)):
+        return None
+    return EditBlock(
+        target.path(profile.mdadm_conf),
+        mdadm_conf_block(request, layout, conf),
+        root=target.root,
+        why="the booted system assembles the ESP array by UUID",
+    )
 
 
 def _listed_elsewhere(text: str, uuid: str, shown: str) -> bool:
