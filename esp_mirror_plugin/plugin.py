@@ -24,7 +24,8 @@ def post_format(ctx: Context) -> None:
 
 @hookimpl
 def initramfs_config(ctx: Context) -> None:
-    ctx.execute("initramfs_config", initramfs.plan(ctx.request, ctx.profile, ctx.target))
+    steps, notes = initramfs.plan(ctx.request, ctx.profile, ctx.layout, ctx.target)
+    ctx.execute("initramfs_config", steps, notes)
 
 
 @hookimpl

@@ -4,15 +4,29 @@ No distribution needs the ESP assembled inside the initramfs (the booted system 
 but generators copy mdadm.conf into the image, and hostonly dracut can bake ``rd.md.uuid=`` of
 any md device mounted while it runs, which makes boot wait for the ESP. So the image is rebuilt
 once with the new mdadm.conf, and dracut is told not to write a hostonly command line.
+
+The rebuild takes minutes, and a second apply must not pay them (nor report a change) for
+nothing: a stamp in the target (:data:`STAMP`) holds the sha256 of what esp-mirror gave the
+generator the last time it rebuilt (:func:`inputs_digest`), and the rebuild is planned only when
+that differs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shlex
+from collections.abc import Sequence
+
 from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.hooks.raid import mdadm_conf_edit
 from esp_mirror_plugin.pipeline.kinds import Generator
+from esp_mirror_plugin.pipeline.layout import Layout
 from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.request import Resolved
 from esp_mirror_plugin.pipeline.steps import Command, EditBlock, Step, WriteFile
+from esp_mirror_plugin.system.files import with_block
 from esp_mirror_plugin.system.target import Target
 
 DRACUT_DROPIN = "etc/dracut.conf.d/90-esp-mirror.conf"
@@ -29,6 +43,8 @@ DRACUT_LISTS = {
 MKINITCPIO_CONF = "etc/mkinitcpio.conf"
 MKINITCPIO_DROPIN = "etc/mkinitcpio.conf.d/90-esp-mirror.conf"
 MKINITFS_CONF = "etc/mkinitfs/mkinitfs.conf"
+# The sha256 of the inputs of the last rebuild esp-mirror completed (line 1), then its commands.
+STAMP = "var/lib/esp-mirror/initramfs.sha256"
 
 # Sourced by bash after the HOOKS of mkinitcpio.conf: mdadm_udev after block and before
 # filesystems, exactly once, every other hook kept in place (the old "mdadm" alias is dropped).
@@ -89,16 +105,81 @@ def regenerate_steps(request: Resolved, profile: Profile, kernels: tuple[str, ..
             "the kernel first, or pass --initramfs configure-only"
         )
     return tuple(
-        Command(tuple(a.replace("{kver}", k) for a in ird.regenerate), root=request.target, why=f"{why} (kernel {k})")
-        for k in kernels
+        Command(_kernel_argv(ird.regenerate, k), root=request.target, why=f"{why} (kernel {k})") for k in kernels
     )
 
 
-def plan(request: Resolved, profile: Profile, target: Target) -> tuple[Step, ...]:
-    """The generator's settings and the one regeneration, for the kernels installed now."""
-    steps: tuple[Step, ...] = ()
-    if request.initramfs.configures:
-        steps += config_steps(profile, target)
-    if request.initramfs.regenerates:
-        steps += regenerate_steps(request, profile, target.kernels())
-    return steps
+def _kernel_argv(template: tuple[str, ...], kver: str) -> tuple[str, ...]:
+    return tuple(a.replace("{kver}", kver) for a in template)
+
+
+def regenerate_argvs(profile: Profile, kernels: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """The argv of each regeneration command, as :func:`regenerate_steps` plans them."""
+    template = profile.initramfs.regenerate
+    return tuple(_kernel_argv(template, k) for k in kernels) if profile.initramfs.per_kernel else (template,)
+
+
+def inputs_digest(planned: Sequence[tuple[str, str]], argvs: Sequence[tuple[str, ...]]) -> str:
+    """The sha256 of what esp-mirror gives the generator: ``planned`` (path in the target, full
+    content after this apply), in the order given, and the regeneration commands' argv. Hashed as
+    compact JSON ``{"files": [[path, content], ...], "argv": [[arg, ...], ...]}`` (UTF-8, not
+    ASCII-escaped), so no two different inputs read alike."""
+    data = {"files": [list(file) for file in planned], "argv": [list(argv) for argv in argvs]}
+    return hashlib.sha256(json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+
+
+def planned_inputs(
+    request: Resolved, profile: Profile, layout: Layout, target: Target, config: tuple[Step, ...]
+) -> tuple[tuple[str, str], ...]:
+    """(path in the target, full content) of each file of this apply the generator reads, as it
+    will be when the regeneration runs: mdadm.conf with post_format's edit, then the generator's
+    files that ``config`` writes or edits, in plan order. Planned, not read: ``plan`` runs before
+    any of these writes."""
+
+    def inside(path: str) -> str:
+        return os.path.normpath("/" + os.path.relpath(path, target.root))
+
+    planned = {inside(target.path(profile.mdadm_conf)): target.text(profile.mdadm_conf)}
+    mdadm = mdadm_conf_edit(request, profile, layout, target)
+    for step in ((mdadm,) if mdadm else ()) + config:
+        if isinstance(step, WriteFile):
+            planned[inside(step.path)] = step.content
+        elif isinstance(step, EditBlock):
+            rel = inside(step.path)
+            try:
+                planned[rel] = with_block(planned[rel] if rel in planned else target.text(rel), step.block)
+            except ValueError as exc:
+                raise BadInput(f"{step.path} {exc}") from None
+        else:
+            raise AssertionError(step)
+    return tuple(planned.items())
+
+
+def plan(
+    request: Resolved, profile: Profile, layout: Layout, target: Target
+) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+    """The generator's settings and the one regeneration, for the kernels installed now; the
+    regeneration only when its inputs changed since the last one esp-mirror completed (a note
+    says so otherwise)."""
+    config = config_steps(profile, target) if request.initramfs.configures else ()
+    if not request.initramfs.regenerates:
+        return config, ()
+    kernels = target.kernels()
+    rebuild = regenerate_steps(request, profile, kernels)
+    argvs = regenerate_argvs(profile, kernels)
+    digest = inputs_digest(planned_inputs(request, profile, layout, target, config), argvs)
+    if target.text(STAMP).split("\n", 1)[0] == digest:
+        return config, (
+            f"the initramfs was regenerated with these settings already ({target.path(STAMP)}): "
+            "nothing to rebuild; delete that file to force it",
+        )
+    # Written only after the rebuild succeeded: a run killed between the two leaves the old stamp
+    # (or none), so the next apply rebuilds again, never skips an image that was not made.
+    stamp = WriteFile(
+        target.path(STAMP),
+        digest + "\n" + "".join(shlex.join(argv) + "\n" for argv in argvs),
+        why="remember what the initramfs was rebuilt from (sha256 of mdadm.conf, the generator's "
+        "files esp-mirror writes and the commands): the next apply rebuilds only when it changes",
+        root=target.root,
+    )
+    return (*config, *rebuild, stamp), ()
