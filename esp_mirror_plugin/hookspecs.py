@@ -90,8 +90,9 @@ def initramfs_config(ctx: Context) -> None:
 
     Called after the target's packages are installed (kernel, mdadm, the generator) and before
     the bootloader. ``ctx.request.initramfs`` says what to do: ``regenerate`` (settings + one
-    rebuild, in the target), ``configure-only`` (settings only, for image pipelines that rebuild
-    later) or ``skip``. Must not regenerate more than once per apply.
+    rebuild, in the target, unless the stamp ``/var/lib/esp-mirror/initramfs.sha256`` says the
+    last rebuild had the same inputs), ``configure-only`` (settings only, for image pipelines that
+    rebuild later) or ``skip``. Must not regenerate more than once per apply.
 
     :param ctx: the prepared context; ``ctx.profile.initramfs`` holds the generator settings.
     :return: None. Steps go through ``ctx.execute("initramfs_config", steps)``.

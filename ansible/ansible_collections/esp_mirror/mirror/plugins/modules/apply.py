@@ -20,9 +20,12 @@ description:
     (or might, when a step that only running it can tell about is in the plan, such as attaching
     an image file).
   - C(changed) is whether apply changed anything (steps that found their work done count as
-    unchanged). With the default O(initramfs=regenerate), every run regenerates the initramfs, and
-    O(bootloader=grub) or O(bootloader=systemd-boot) run their installer each time, so such runs always
-    report C(changed). Disk image files are attached and released on every run, which counts too.
+    unchanged). O(bootloader=grub) or O(bootloader=systemd-boot) run their installer each time, so
+    such runs always report C(changed). The default O(initramfs=regenerate) rebuilds the initramfs
+    only when what esp-mirror gives the generator changed since its last rebuild (a stamp in the
+    target, C(/var/lib/esp-mirror/initramfs.sha256), holds its sha256), so a second run with
+    O(bootloader=efi) or O(bootloader=zfsbootmenu) reports C(changed=false). Disk image files are
+    attached and released on every run, which counts too.
   - Bad input (a disk in use, a missing program, a wrong setting) fails the task with esp-mirror's
     one-line error, and nothing is changed.
 version_added: 0.1.0
