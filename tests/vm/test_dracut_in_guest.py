@@ -15,7 +15,9 @@ from ci.installed import parse_sections
 from ci.measure import measurements
 from ci.vm import Assets, blank_disk, fresh_vars, run_in_guest
 
-pytestmark = [pytest.mark.vm, pytest.mark.installed]
+# ~9 minutes under TCG (two dracut images): run by hand, `ci/test -m extended`; CI's budget keeps
+# the host-side dracut tests (tests/distro) and the unit tests of the drop-in
+pytestmark = [pytest.mark.vm, pytest.mark.installed, pytest.mark.extended]
 
 
 def test_opensuse_image_has_no_hostonly_cmdline_with_the_esp_mounted_from_md(
