@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-import shlex
 from pathlib import Path
 
 import pytest
 
 from ci.scenarios import (
-    apply_argv,
     boot_alone,
     detail,
     disk_serial,
@@ -17,12 +15,9 @@ from ci.scenarios import (
     esp_lines,
     image_build,
     install,
-    outcome,
-    parse_sections,
     partition_uuid,
-    sections_script,
 )
-from ci.vm import ESP_OFFSET, Assets, blank_disk, fresh_vars, list_member, read_member, run_in_guest
+from ci.vm import ESP_OFFSET, Assets, blank_disk, fresh_vars, list_member, read_member
 from esp_mirror_plugin.system import nvram
 
 pytestmark = pytest.mark.vm
@@ -134,39 +129,3 @@ def test_ci_image_build_with_image_files_boots_with_fresh_nvram(
         boot = boot_alone(image, None, tmp_path, f"image-{name}", vm_assets)
         assert boot.loader_device_partuuid == partition_uuid(image), boot.serial_log
         assert boot.loader_image_identifier == FALLBACK
-
-
-def test_an_apply_that_failed_half_way_finishes_when_run_again(
-    vm_assets: Assets, payload_efi: Path, tmp_path: Path
-) -> None:
-    """mkfs.vfat fails during the first apply (the array exists by then); the same command run
-    again assembles nothing twice, formats, mounts and registers the entries."""
-    disks = [blank_disk(tmp_path / f"disk-{n}.img", 1024) for n in "ab"]
-    vars_file = fresh_vars(tmp_path / "install-vars.fd", vm_assets)
-    argv = shlex.join(apply_argv(["/dev/vda", "/dev/vdb"], payload_efi))
-    script = "set -u\n" + sections_script(
-        {
-            # the guest's root is a writable overlay: swap mkfs.vfat for one that fails
-            "break-mkfs": "mv /usr/sbin/mkfs.fat /usr/sbin/mkfs.fat.real && "
-            "printf '#!/bin/sh\\necho mkfs broke >&2\\nexit 1\\n' > /usr/sbin/mkfs.fat && "
-            "chmod +x /usr/sbin/mkfs.fat",
-            "first": argv,
-            "mend-mkfs": "mv /usr/sbin/mkfs.fat.real /usr/sbin/mkfs.fat",
-            "again": argv,
-            "detail": "mdadm --detail --export /dev/md/esp",
-            "arrays": "ls /dev/md/",
-            "efibootmgr": "efibootmgr -v",
-        }
-    )
-    guest = run_in_guest(script, disks, vars_file, assets=vm_assets, log_dir=tmp_path)
-    out = {name: outcome(text) for name, text in parse_sections(guest.stdout, 1)[0].items()}
-    first, again = out["first"], out["again"]
-    assert first.rc == 1 and "[post_format] step failed: mkfs.vfat" in first.output, first.output
-    assert "run the same `esp-mirror apply`" in first.output
-    assert again.rc == 0, again.output
-    assert "mdadm --create" not in again.output and "mdadm --assemble" not in again.output
-    assert "mkfs.vfat" in again.output
-    assert out["arrays"].output.split() == ["esp"]
-    assert "MD_DEVICES=2" in out["detail"].output.splitlines()
-    ours = [e for e in nvram.parse(out["efibootmgr"].output).entries if "(esp-mirror " in e.label]
-    assert sorted(e.partuuid for e in ours) == sorted(partition_uuid(d) for d in disks)
