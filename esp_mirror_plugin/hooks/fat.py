@@ -35,6 +35,10 @@ _BENIGN_FSCK = (
     # the free-cluster count in the FSInfo sector is a hint that firmware and Linux rarely update
     re.compile(r"^Free cluster summary wrong \(\d+ vs\. really \d+\)$"),
     re.compile(r"^\s+Auto-correcting\.$"),
+    # clusters marked used that no file references: the allocations of writes still in flight on
+    # a mounted FAT (a member read while the array is mounted), or space lost by a cut write;
+    # every file is whole, and fsck.fat -a gives the space back
+    re.compile(r"^Reclaimed \d+ unused clusters? \(\d+ bytes\)\.$"),
 )
 
 
