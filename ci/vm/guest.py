@@ -99,23 +99,37 @@ def run_in_guest(
     share = _share(run_dir, script)
     initrd = run_dir / "initrd.cpio.gz"
     initrd.write_bytes(installer_initrd(assets))
-    run = run_qemu(
-        assets,
-        disks=disks,
-        vars_file=vars_file,
-        serial_log=run_dir / "serial.log",
-        timeout=timeout,
-        extra_args=[
-            "-kernel",
-            str(assets.vmlinuz),
-            "-initrd",
-            str(initrd),
-            "-append",
-            INSTALLER_CMDLINE,
-            *_share_args(share),
-        ],
-    )
+    # The guest prints what each process waits for a minute before the host gives up (initrd.py).
+    dump_at = int(max(timeout - 60, timeout / 2))
+    try:
+        run = run_qemu(
+            assets,
+            disks=disks,
+            vars_file=vars_file,
+            serial_log=run_dir / "serial.log",
+            timeout=timeout,
+            extra_args=[
+                "-kernel",
+                str(assets.vmlinuz),
+                "-initrd",
+                str(initrd),
+                "-append",
+                f"{INSTALLER_CMDLINE} espvm.dump_at={dump_at}",
+                *_share_args(share),
+            ],
+        )
+    except VmError as error:
+        raise VmError(f"{error}\n{_output_tail(share)}") from None
     return _guest_result(share, run, power_cut)
+
+
+def _output_tail(share: Path, lines: int = 30) -> str:
+    """The end of guest.sh's stdout and stderr as far as they got (the share is on the host)."""
+    tails = []
+    for name in ("stdout", "stderr"):
+        text = (share / name).read_text(errors="replace") if (share / name).exists() else ""
+        tails.append(f"guest.sh {name}, ending with:\n" + "\n".join(text.splitlines()[-lines:]))
+    return "\n".join(tails)
 
 
 def run_after_firmware_boot(

@@ -32,6 +32,7 @@ GUEST_WORK_DIR = "/run/espvm-work"
 
 VAR_MARKER = "ESPVM-VAR"
 DONE_MARKER = "ESPVM-DONE"
+HANG_MARKER = "ESPVM-HANG-DUMP"
 EFI_GLOBAL_GUID = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 
@@ -93,6 +94,24 @@ mount -o bind /newroot{modules} /newroot/usr/lib/modules/{kver} \\
 printf '#!/bin/sh\nexec chroot /newroot /sbin/modprobe "$@"\n' > /bin/espvm-modprobe
 chmod 755 /bin/espvm-modprobe
 echo /bin/espvm-modprobe > /proc/sys/kernel/modprobe
+# With espvm.dump_at=SECONDS on the command line (the host's timeout less a margin), a script still
+# running then prints what every process waits for to the serial port: a CI run keeps no files,
+# so a hang must name itself in the log's tail.
+for word in $(cat /proc/cmdline); do
+    case $word in espvm.dump_at=*) dump_at=${{word#*=}};; esac
+done
+[ -n "${{dump_at:-}}" ] && (
+    sleep "$dump_at"
+    echo "{hang_marker} guest.sh still running after $dump_at s; pid state wchan command:"
+    cat /proc/mdstat
+    for p in /proc/[0-9]*; do
+        command=$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)
+        [ -n "$command" ] || continue
+        set -- $(cat $p/stat 2>/dev/null)
+        echo "${{p#/proc/}} $3 $(cat $p/wchan 2>/dev/null) $command"
+        [ "$3" = D ] && sed 's/^/    /' $p/stack 2>/dev/null
+    done
+) > /dev/ttyS0 2>&1 &
 echo "ESPVM-SCRIPT-START"
 read up _ < /proc/uptime
 chroot /newroot /usr/bin/env -i PATH={path} HOME=/root LANG=C.UTF-8 TERM=dumb \\
@@ -198,4 +217,5 @@ def _installer_body(assets: Assets) -> str:
         kver=assets.kver,
         modules=assets.modules_dir,
         path=_GUEST_PATH,
+        hang_marker=HANG_MARKER,
     )

@@ -118,7 +118,7 @@ def run_qemu(
     return QemuRun(seconds=seconds, serial_log=serial_log)
 
 
-def _tail(serial_log: Path, lines: int = 60) -> str:
+def _tail(serial_log: Path, lines: int = 100) -> str:
     """The last ``lines`` lines of the serial log: a CI run keeps no files, so a failure must show them."""
     if not serial_log.exists():
         return "(no serial output)"
