@@ -118,7 +118,7 @@ def call_hook(pm: pluggy.PluginManager, name: str, ctx: Context) -> None:
 def applier_for(ctx: Context, out: TextIO | None = None) -> Applier:
     """The Applier :func:`apply` runs the steps with; its ``now`` is what a plan's forecast
     (:func:`~esp_mirror_plugin.pipeline.execute.would_change`) looks at."""
-    return Applier(ctx.runner, out or io.StringIO())
+    return Applier(ctx.runner, out or io.StringIO(), host=ctx.host)
 
 
 def apply(groups: list[Group], ctx: Context, out: TextIO) -> Applier:

@@ -7,7 +7,7 @@ from esp_mirror_plugin.hooks import fat, fstab
 from esp_mirror_plugin.pipeline.layout import Layout
 from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.request import Resolved
-from esp_mirror_plugin.pipeline.steps import Command, EditBlock, MakeDir, Settle, Step
+from esp_mirror_plugin.pipeline.steps import Command, EditBlock, MakeDir, Settle, Step, WaitForSync
 from esp_mirror_plugin.system.files import without_block
 from esp_mirror_plugin.system.target import Target
 
@@ -100,20 +100,13 @@ def plan(request: Resolved, profile: Profile, layout: Layout, target: Target) ->
             why="one fstab line for the ESP, by the array's FAT UUID",
         )
     )
-    if layout.array_action != "create" and (layout.array_action != "keep" or layout.resyncing):
-        steps.append(
-            Command(
-                ("mdadm", "--readwrite", request.device),
-                ok_codes=(0, 1),
-                why="an assembled array stays read-only until its first write, with its resync pending for good",
-            )
-        )
     if layout.array_action != "keep" or layout.resyncing:
         steps.append(
-            Command(
-                ("mdadm", "--wait", request.device),
-                ok_codes=(0, 1),
-                why="let the initial resync finish so every member is a full copy",
+            WaitForSync(
+                request.device,
+                work="its resync",
+                why="let the initial resync finish so every member is a full copy (an array assembled "
+                "again, after a cut, owes one and stays read-auto until its first write)",
             )
         )
     return tuple(steps)

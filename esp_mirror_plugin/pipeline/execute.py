@@ -156,14 +156,21 @@ class MdSync:
     completed: str  # sync_completed: "123 / 456" sectors, or none
     array_state: str  # clean, active, read-auto, ...
     pending: tuple[str, ...]  # members not in sync yet (only when the step waits for a clean array)
+    resync_start: str = "none"  # resync_start: "none", or the sector a resync md still owes starts at
 
     @property
     def idle(self) -> bool:
         return self.action == "idle"
 
     @property
+    def resync_owed(self) -> bool:
+        """md still owes a resync (after a cut, or one not started yet): sync_action reads "idle"
+        meanwhile, on a read-auto array for as long as nothing writes to it."""
+        return self.resync_start not in ("none", "")
+
+    @property
     def finished(self) -> bool:
-        return self.idle and not self.pending
+        return self.idle and not self.pending and not self.resync_owed
 
 
 def md_sync(step: WaitForSync, host: HostView) -> MdSync:
@@ -182,7 +189,8 @@ def md_sync(step: WaitForSync, host: HostView) -> MdSync:
         for name, state in states.items()
         if step.clean and state is not None and not {"in_sync", "faulty"} & set(state.strip().split(","))
     )
-    return MdSync(action, completed, (host.read(f"{md}/array_state") or "").strip(), pending)
+    resync_start = (host.read(f"{md}/resync_start") or "none").strip()
+    return MdSync(action, completed, (host.read(f"{md}/array_state") or "").strip(), pending, resync_start)
 
 
 def forecast(groups: list[Group], now: Now) -> list[dict[str, Any]]:
@@ -436,20 +444,28 @@ class Applier:
                 except CommandFailed as exc:
                     raise StepFailed(group, step.describe(), exc.result.describe()) from None
                 woken = True
+                continue  # what md does now
             if sync.idle and self.clock() - started > 30:
-                raise StepFailed(
-                    group,
-                    step.describe(),
-                    f"{', '.join(sync.pending)} still not in sync and no "
-                    "recovery runs: see /proc/mdstat and `mdadm --detail`",
-                )
+                raise StepFailed(group, step.describe(), _not_starting(step.device, sync))
             if self.clock() - last_report >= 2:
-                state = (
-                    "waiting for md to start the recovery" if sync.idle else f"{sync.action} {_percent(sync.completed)}"
-                )
+                start = "the recovery" if step.clean else step.what
+                state = f"waiting for md to start {start}" if sync.idle else f"{sync.action} {_percent(sync.completed)}"
                 print(f"  [{group}]   {state}", file=self.out, flush=True)
                 last_report = self.clock()
             self.sleep(0.5)
+
+
+def _not_starting(device: str, sync: MdSync) -> str:
+    """Why a wait gave up: md was idle for 30 s with work still owed."""
+    if sync.pending:
+        return (
+            f"{', '.join(sync.pending)} still not in sync and no recovery runs: see /proc/mdstat and `mdadm --detail`"
+        )
+    return (
+        f"md owes {device} a resync (from sector {sync.resync_start}) and does not start it "
+        f"(array state {sync.array_state or 'unknown'}): see /proc/mdstat; "
+        f"`mdadm --readwrite {device}` starts it on a read-auto array"
+    )
 
 
 def _percent(completed: str) -> str:

@@ -294,7 +294,7 @@ def build(request: Resolved, profile: Profile, snapshot: Snapshot) -> Layout:
 
     array_uuid, action, fs_uuid, make_fs = _array_state(request, snapshot, members)
     array = snapshot.array
-    resyncing = array is not None and array.sync_action in ("resync", "recover")
+    resyncing = array is not None and (array.sync_action in ("resync", "recover") or array.resync_owed)
     volume = fs_uuid.replace("-", "") if fs_uuid else naming.volume_id(array_uuid)
     esp_dir = os.path.normpath(os.path.join(request.target, request.mountpoint.lstrip("/")))
     mount = _check_mount(snapshot, esp_dir, request.device)

@@ -300,21 +300,30 @@ class AddMember:
 
 @dataclass(frozen=True)
 class WaitForSync:
-    """Wait, showing progress, until the array's resync/recovery/check has finished.
+    """Wait, showing progress, until the array's resync/recovery/check has finished and no resync
+    is pending (md's resync_start is "none"). An array that is read-auto (assembled and not
+    written since) is made writable first (``mdadm --readwrite``): md keeps its work pending
+    until then, and ``mdadm --wait`` would wait for it for ever.
 
     ``clean`` also waits until every member in the array is in sync (a member just added is a
     spare until md starts its recovery). A slot nobody fills (a degraded mirror) does not count.
+    ``work`` names what is waited for in the plan (default: recovery when ``clean``, else its check).
     """
 
     device: str
     why: str
     clean: bool = False
+    work: str = ""
+
+    @property
+    def what(self) -> str:
+        return self.work or ("recovery" if self.clean else "its check")
 
     def describe(self) -> str:
-        return f"wait for {self.device} to finish {'recovery' if self.clean else 'its check'} (progress shown)"
+        return f"wait for {self.device} to finish {self.what} (progress shown; mdadm --readwrite if read-auto)"
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "wait-for-sync", "device": self.device, "clean": self.clean, "why": self.why}
+        return {"kind": "wait-for-sync", "device": self.device, "clean": self.clean, "work": self.what, "why": self.why}
 
 
 @dataclass(frozen=True)

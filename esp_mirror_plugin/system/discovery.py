@@ -177,6 +177,7 @@ class ArrayFacts:
     fstype: str = ""
     fs_uuid: str = ""
     sync_action: str = "idle"  # resync, recover, check ... while md copies or compares members
+    resync_owed: bool = False  # md/resync_start is not "none": a resync md has not finished (or started)
 
 
 @dataclass(frozen=True)
@@ -501,11 +502,13 @@ def _array(device: str, host: HostView, runner: Runner, reads: Reads) -> ArrayFa
     except CommandFailed as exc:
         reads.cannot(f"the array {device}", exc.stderr_line)
         fs = {}
+    md = f"/sys/block/{os.path.basename(host.realpath(device))}/md"
     try:  # what md is doing must be known: an unreadable state is not "idle"
-        sync_action = host.attr(f"/sys/block/{os.path.basename(host.realpath(device))}/md/sync_action")
+        sync_action = host.attr(f"{md}/sync_action")
     except Unreadable as exc:
         reads.cannot(f"the array {device}", str(exc))
         sync_action = "idle"
+    resync_owed = (host.read(f"{md}/resync_start") or "none").strip() not in ("none", "")
     return ArrayFacts(
         device=device,
         uuid=info.get("MD_UUID", ""),
@@ -516,4 +519,5 @@ def _array(device: str, host: HostView, runner: Runner, reads: Reads) -> ArrayFa
         fstype=fs.get("TYPE", ""),
         fs_uuid=fs.get("UUID", ""),
         sync_action=sync_action,
+        resync_owed=resync_owed,
     )

@@ -62,6 +62,7 @@ class ArrayState:
     sync_completed: str  # "none" or "done / total" sectors
     mismatch_cnt: int
     members: tuple[MemberState, ...]
+    resync_start: str = "none"  # "none", or where a resync md still owes starts (sectors)
 
     def member(self, disk_or_node: str) -> MemberState | None:
         path = os.path.realpath(disk_or_node)
@@ -128,6 +129,11 @@ class MirrorState:
                 )
         if a.sync_action != "idle":
             out.append(f"{a.device} is busy: {a.sync_action} {a.sync_completed}")
+        elif a.resync_start not in ("none", ""):  # md shows "idle" while a read-auto array owes its resync
+            out.append(
+                f"{a.device} owes a resync md has not started (array {a.array_state}; the members may differ): "
+                f"run `mdadm --readwrite {a.device}`"
+            )
         if a.mismatch_cnt:
             out.append(f"the last check found {a.mismatch_cnt} mismatched sectors: run `esp-mirror check`")
         for node in self.mounted_members:
@@ -285,6 +291,7 @@ def _array_state(runner: Runner, host: HostView, device: str, info: dict[str, st
         sync_completed=host.attr(f"{md}/sync_completed"),
         mismatch_cnt=number("mismatch_cnt"),
         members=tuple(members),
+        resync_start=(host.read(f"{md}/resync_start") or "none").strip(),
     )
 
 

@@ -422,7 +422,25 @@ class Machine:
             node = naming.partition_node(argv[-1], 1)
             if node.startswith(str(self.root)):
                 Path(node).touch()
+        if argv[:2] in (("mdadm", "--create"), ("mdadm", "--assemble")):  # md's sysfs, resync done
+            self.started_array(argv[2])
         return Result(argv, 0)
+
+    def started_array(self, device: str, **attrs: str) -> None:
+        """What md shows of a running array (default: in sync, idle), as the Applier's wait reads
+        it; nothing else of the array is played (a second plan sees the disks as they were)."""
+        kernel_name = os.path.basename(os.path.realpath(self.sysroot / device.lstrip("/")))
+        md = self.sysroot / "sys/block" / kernel_name / "md"
+        md.mkdir(parents=True, exist_ok=True)
+        values = {
+            "sync_action": "idle",
+            "sync_completed": "none",
+            "array_state": "clean",
+            "resync_start": "none",
+            **attrs,
+        }
+        for key, value in values.items():
+            (md / key).write_text(f"{value}\n")
 
     def _answer(self, argv: tuple[str, ...]) -> Result | None:
         match argv:

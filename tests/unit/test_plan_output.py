@@ -14,6 +14,9 @@ FIRST_LINE = {
     "copy-file": lambda s: f"copy {s['source']} -> {s['dest']}",
     "mkdir": lambda s: f"mkdir -p {shlex.quote(s['path'])}",
     "settle": lambda s: f"udevadm settle --timeout={s['timeout']} (where udev runs)",
+    "wait-for-sync": lambda s: (
+        f"wait for {s['device']} to finish {s['work']} (progress shown; mdadm --readwrite if read-auto)"
+    ),
     "attach-image": lambda s: (
         f"losetup --list --associated {s['image']} || losetup --find --show --partscan {s['image']}"
         f"   # -> ${s['binds']}"

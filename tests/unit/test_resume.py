@@ -69,20 +69,34 @@ def test_an_inactive_array_holding_the_members_is_stopped_first(two_disks):
     assert post[:2] == [("mdadm", "--stop", "/dev/md/esp"), starting(post, "mdadm", "--assemble")[0]]
 
 
-def test_a_resync_an_interrupted_run_did_not_wait_for_is_waited_for(two_disks):
+def post_format_waits(plan: dict) -> list[dict]:
+    steps = [step for g in plan["groups"] if g["name"] == "post_format" for step in g["steps"]]
+    return [step for step in steps if step["kind"] == "wait-for-sync"]
+
+
+@pytest.mark.parametrize(
+    ("sync_action", "resync_start", "waits"),
+    [
+        ("resync", "1024", True),  # the resync runs: an interrupted run did not wait for it
+        # a power cut during the resync: the array, assembled again, stays read-auto with the
+        # resync owed, and md shows "idle" meanwhile (found in tests/vm/test_interrupted.py)
+        ("idle", "1024", True),
+        ("idle", "none", False),
+    ],
+)
+def test_a_resync_an_interrupted_run_did_not_wait_for_is_waited_for(two_disks, sync_action, resync_start, waits):
     first = plan_of(two_disks)
     build_members(two_disks, first, inner_fs=True, holders=("md127",))
     two_disks.add_array("/dev/md/esp", "md127", uuid=first["array"]["uuid"], members=("/dev/sda1", "/dev/sdb1"),
                         fs={"TYPE": "vfat", "UUID": first["filesystem"]["uuid"]})  # fmt: skip
-    (two_disks.sysroot / "sys/block/md127/md/sync_action").write_text("resync\n")
+    md = two_disks.sysroot / "sys/block/md127/md"
+    (md / "sync_action").write_text(f"{sync_action}\n")
+    (md / "resync_start").write_text(f"{resync_start}\n")
     again = plan_of(two_disks)
     assert again["array"]["action"] == "keep"
-    waits = [c for c in json_commands(again, "post_format") if c[:2] in (("mdadm", "--readwrite"), ("mdadm", "--wait"))]
-    # a power cut during the resync: the array, assembled again, stays read-auto with the resync
-    # pending until something writes to it (found in tests/vm/test_interrupted.py)
-    assert waits == [("mdadm", "--readwrite", "/dev/md/esp"), ("mdadm", "--wait", "/dev/md/esp")]
-    (two_disks.sysroot / "sys/block/md127/md/sync_action").write_text("idle\n")
-    assert ("mdadm", "--wait", "/dev/md/esp") not in json_commands(plan_of(two_disks), "post_format")
+    assert [s["work"] for s in post_format_waits(again)] == (["its resync"] if waits else [])
+    tools = [c[:2] for c in json_commands(again, "post_format")]
+    assert ("mdadm", "--readwrite") not in tools and ("mdadm", "--wait") not in tools  # the wait does both
 
 
 def test_an_array_whose_sync_state_cannot_be_read_is_not_taken_for_idle(two_disks):
@@ -95,12 +109,15 @@ def test_an_array_whose_sync_state_cannot_be_read_is_not_taken_for_idle(two_disk
     assert outcome.error.startswith("cannot read the array /dev/md/esp (cannot read /sys/block/md127/md/sync_action")
 
 
-def test_members_assembled_again_are_made_writable_before_the_wait(two_disks):
+def test_members_assembled_again_are_waited_for_after_the_mount(two_disks):
     first = plan_of(two_disks)
     build_members(two_disks, first, inner_fs=True)
-    cmds = json_commands(plan_of(two_disks), "post_format")
-    assert cmds.index(("mdadm", "--readwrite", "/dev/md/esp")) == cmds.index(("mdadm", "--wait", "/dev/md/esp")) - 1
-    assert ("mdadm", "--readwrite", "/dev/md/esp") not in json_commands(first)  # a new array is writable
+    again = plan_of(two_disks)
+    assert starting(json_commands(again, "post_format"), "mdadm", "--assemble")
+    kinds = [s["kind"] for g in again["groups"] if g["name"] == "post_format" for s in g["steps"]]
+    assert kinds.index("wait-for-sync") > kinds.index("command")  # after the assemble
+    assert [s["work"] for s in post_format_waits(again)] == ["its resync"]
+    assert [s["work"] for s in post_format_waits(first)] == ["its resync"]  # a new array's first resync too
 
 
 @pytest.mark.parametrize(("array_state", "woken"), [("read-auto", True), ("clean", False)])

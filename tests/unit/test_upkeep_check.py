@@ -33,7 +33,7 @@ def test_check_of_a_healthy_mirror_runs_only_the_md_check_and_exits_0(checked):
     assert [line for line in lines if not re.fullmatch(r"  \[check\]   (done|unchanged) \(.*", line)] == [
         "  [check] sync",
         "  [check] mdadm --misc --action=check /dev/md/esp",
-        "  [check] wait for /dev/md/esp to finish its check (progress shown)",
+        "  [check] wait for /dev/md/esp to finish its check (progress shown; mdadm --readwrite if read-auto)",
         lines[-2],
         "member files: identical",
     ]

@@ -65,6 +65,7 @@ def wait_for_recovery(node: str) -> dict:
         "kind": "wait-for-sync",
         "device": "/dev/md/esp",
         "clean": True,
+        "work": "recovery",
         "why": f"recovery copies the ESP onto {node}",
         "would_change": False,  # told from md as it is before the add: nothing to wait for yet
     }

@@ -273,6 +273,7 @@ def test_repair_from_a_with_the_esp_mounted_plans_a_full_rebuild_of_b(mirror):
         "kind": "wait-for-sync",
         "device": "/dev/md/esp",
         "clean": True,
+        "work": "recovery",
         "why": "the recovery copies the whole source member",
         "would_change": False,  # told from md as it is before the members are taken out
     }
@@ -319,7 +320,7 @@ def test_repair_dry_run_prints_the_plan_after_the_comparison(mirror):
         "# /dev/vdb1 is rebuilt from /dev/vda1\n"
         "mdadm /dev/md/esp --add /dev/vdb1\n"
         "# the recovery copies the whole source member\n"
-        "wait for /dev/md/esp to finish recovery (progress shown)\n"
+        "wait for /dev/md/esp to finish recovery (progress shown; mdadm --readwrite if read-auto)\n"
         "# the ESP back in place\n"
         f"mount -t vfat -o umask=0077 /dev/md/esp {mirror.esp}\n"
         "# the repair is finished\n"
@@ -502,7 +503,10 @@ def test_repair_runs_exactly_the_planned_commands_and_leaves_a_healthy_mounted_m
 
     assert (outcome.code, outcome.err) == (0, "")
     assert upkeep_changes(outcome.calls) == planned == repair_from_a(mirror)
-    assert "  [repair] wait for /dev/md/esp to finish recovery (progress shown)\n" in outcome.out
+    assert (
+        "  [repair] wait for /dev/md/esp to finish recovery (progress shown; mdadm --readwrite if read-auto)\n"
+        in outcome.out
+    )
     status = json.loads(mirror.cli("status", "--json").out)
     assert (status["exit_code"], status["mount"]["device"]) == (0, "/dev/md127")
 

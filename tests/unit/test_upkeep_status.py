@@ -189,6 +189,15 @@ HEALTH = {
         1,
     ),
     "busy-checking": (checking, ["/dev/md/esp is busy: check 524224 / 1048448"], 1),
+    # assembled again after a power cut: read-auto, md shows "idle", the members still differ
+    "resync-owed": (
+        lambda m: m.set_md(array_state="read-auto", resync_start=65536),
+        [
+            "/dev/md/esp owes a resync md has not started (array read-auto; the members may differ): "
+            "run `mdadm --readwrite /dev/md/esp`"
+        ],
+        1,
+    ),
     "mismatches": (
         lambda m: m.set_md(mismatch_cnt=128),
         ["the last check found 128 mismatched sectors: run `esp-mirror check`"],

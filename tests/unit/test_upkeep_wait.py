@@ -13,6 +13,7 @@ from esp_mirror_plugin.errors import StepFailed
 from esp_mirror_plugin.pipeline.execute import Applier
 from esp_mirror_plugin.pipeline.steps import Group, WaitForSync
 from esp_mirror_plugin.system.recording import RecordingRunner
+from esp_mirror_plugin.system.runner import Result
 
 RECOVERY = WaitForSync("/dev/md/esp", clean=True, why="recovery copies the ESP onto /dev/vdc1")
 CHECK = WaitForSync("/dev/md/esp", why="the check reads the whole ESP")
@@ -54,7 +55,7 @@ def test_a_check_is_waited_for_with_progress_every_two_seconds(mirror):
     applier, clock, lines = wait(mirror, CHECK, "check", timeline)
 
     assert lines[:3] == [
-        "  [check] wait for /dev/md/esp to finish its check (progress shown)",
+        "  [check] wait for /dev/md/esp to finish its check (progress shown; mdadm --readwrite if read-auto)",
         "  [check]   check 13% (131072 / 1048448 sectors)",
         "  [check]   check 50% (524224 / 1048448 sectors)",
     ]
@@ -79,7 +80,7 @@ def test_a_recovery_is_waited_for_until_every_member_is_in_sync(mirror):
     _, clock, lines = wait(mirror, RECOVERY, "replace", timeline)
 
     assert lines[:4] == [
-        "  [replace] wait for /dev/md/esp to finish recovery (progress shown)",
+        "  [replace] wait for /dev/md/esp to finish recovery (progress shown; mdadm --readwrite if read-auto)",
         "  [replace]   waiting for md to start the recovery",
         "  [replace]   recover 25% (262112 / 1048448 sectors)",
         "  [replace]   recover 75% (786336 / 1048448 sectors)",
@@ -125,7 +126,7 @@ def test_a_member_not_in_sync_with_no_recovery_fails_after_30_s_saying_where_to_
 
     assert (failure.value.group, failure.value.step) == (
         "replace",
-        "wait for /dev/md/esp to finish recovery (progress shown)",
+        "wait for /dev/md/esp to finish recovery (progress shown; mdadm --readwrite if read-auto)",
     )
     assert failure.value.detail == (
         "vdb1 still not in sync and no recovery runs: see /proc/mdstat and `mdadm --detail`"
@@ -154,3 +155,53 @@ def test_the_wait_follows_the_array_link_to_its_kernel_name(mirror):
     _, clock, lines = wait(mirror, CHECK, "check", timeline)
 
     assert clock.naps == [0.5] and lines[1] == "  [check]   resync 50% (1 / 2 sectors)"
+
+
+RESYNC = WaitForSync("/dev/md/esp", work="its resync", why="let the initial resync finish")
+
+
+def test_a_read_auto_array_that_owes_its_resync_is_made_writable_and_waited_for(mirror):
+    """After a power cut during the resync the array comes back read-auto: md shows "idle" and only
+    resync_start tells that the members still differ (`mdadm --wait` waits for ever there)."""
+    mirror.set_md(array_state="read-auto", sync_action="idle", sync_completed="none", resync_start="65536")
+
+    def readwrite(argv):
+        if argv == ("mdadm", "--readwrite", "/dev/md/esp"):
+            mirror.set_md(array_state="active", sync_action="resync", sync_completed="65536 / 131072")
+        return Result(argv, 0)
+
+    def timeline(elapsed: float) -> None:
+        if elapsed >= 3:
+            mirror.set_md(array_state="clean", sync_action="idle", sync_completed="none", resync_start="none")
+
+    waiter = Waiter(mirror, timeline)
+    waiter.applier.runner = RecordingRunner(responders=[readwrite])
+    lines = waiter.run(RESYNC, "post_format")
+
+    assert waiter.applier.runner.calls == [("mdadm", "--readwrite", "/dev/md/esp")]
+    assert lines[1:3] == [
+        "  [post_format]   /dev/md/esp is read-auto: mdadm --readwrite starts md's work",
+        "  [post_format]   resync 50% (65536 / 131072 sectors)",
+    ]
+    assert DONE.fullmatch(lines[-1]) and waiter.clock.elapsed == 3.0
+
+
+def test_an_owed_resync_md_does_not_start_fails_after_30_s_naming_the_fix(mirror):
+    mirror.set_md(array_state="clean", sync_action="idle", sync_completed="none", resync_start="65536")
+
+    waiter = Waiter(mirror)
+    with pytest.raises(StepFailed) as failure:
+        waiter.run(RESYNC, "post_format")
+
+    assert failure.value.detail == (
+        "md owes /dev/md/esp a resync (from sector 65536) and does not start it (array state clean): "
+        "see /proc/mdstat; `mdadm --readwrite /dev/md/esp` starts it on a read-auto array"
+    )
+    assert waiter.applier.runner.calls == []  # not read-auto: nothing to make writable
+    assert waiter.clock.elapsed == 30.5
+
+
+def test_an_array_in_sync_is_not_waited_for(mirror):
+    mirror.set_md(array_state="clean", sync_action="idle", sync_completed="none", resync_start="none")
+    _, clock, lines = wait(mirror, RESYNC, "post_format", lambda elapsed: None)
+    assert UNCHANGED.fullmatch(lines[1]) and clock.elapsed == 0
