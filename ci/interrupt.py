@@ -179,22 +179,25 @@ def apply_argv(efi_image: str, cli: str = CLI) -> list[str]:
 
 def power_cut_script(efi_image: str, during: str, cut_file: str, cli: str = CLI) -> str:
     """A guest script that runs apply and resets the machine (sysrq ``b``: no sync) ``during``
-    "mkfs" (a wrapper starts the real mkfs.vfat and cuts 0.2 s later) or "resync" (the resync
-    throttled to 500 KB/s, cut 1 s into apply's `mdadm --wait`). What was cut goes to ``cut_file``."""
+    "mkfs" (a wrapper starts the real mkfs.vfat and cuts 0.2 s later) or "resync" (cut 1 s into
+    apply's wait for the resync). md's resync is throttled to 500 KB/s in both, so it runs at
+    either cut and the array owes the rest of it afterwards. What was cut goes to ``cut_file``."""
     apply = shlex.join(apply_argv(efi_image, cli))
     cut = f'cat /proc/mdstat > {cut_file}\necho "POWER-CUT during {during}" >> {cut_file}\necho b > /proc/sysrq-trigger\nsleep 60\n'
+    throttle = (
+        "set -u\nmodprobe raid1\n"  # /proc/sys/dev/raid comes with md
+        "echo 100 > /proc/sys/dev/raid/speed_limit_min\necho 500 > /proc/sys/dev/raid/speed_limit_max\n"
+    )
     if during == "mkfs":
         wrapper = f'#!/bin/sh\n/usr/sbin/mkfs.vfat "$@" &\nsleep 0.2\n{cut}'
         return (
-            f"set -u\ncat > /usr/local/sbin/mkfs.vfat <<'ESPVM_EOF'\n{wrapper}ESPVM_EOF\n"
+            f"{throttle}cat > /usr/local/sbin/mkfs.vfat <<'ESPVM_EOF'\n{wrapper}ESPVM_EOF\n"
             f"chmod 755 /usr/local/sbin/mkfs.vfat\n{apply} 2>&1\nsleep 60\n"
         )
     out = os.path.join(os.path.dirname(cut_file), "apply.out")  # in the share: seen even after the cut
     return (
-        "set -u\nmodprobe raid1\n"  # /proc/sys/dev/raid comes with md
-        "echo 100 > /proc/sys/dev/raid/speed_limit_min\necho 500 > /proc/sys/dev/raid/speed_limit_max\n"
-        f"{apply} > {out} 2>&1 &\n"
-        f"timeout 300 sh -c 'until grep -q \"] mdadm --wait /dev/md/esp\" {out}; do sleep 0.2; done'\n"
+        f"{throttle}{apply} > {out} 2>&1 &\n"
+        f"timeout 300 sh -c 'until grep -q \"] wait for /dev/md/esp to finish its resync\" {out}; do sleep 0.2; done'\n"
         f"sleep 1\n{cut}"
     )
 
