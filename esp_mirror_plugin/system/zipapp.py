@@ -23,7 +23,6 @@ import io
 import os
 import zipfile
 from dataclasses import dataclass
-from importlib import metadata
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
@@ -86,6 +85,8 @@ def _package_root(package: str) -> Traversable:
 
 
 def _version(package: str) -> str:
+    from importlib import metadata  # only when building from a directory: it costs ~20 ms to import
+
     try:
         return metadata.version(DISTRIBUTIONS[package])
     except metadata.PackageNotFoundError:
