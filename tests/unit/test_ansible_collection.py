@@ -136,7 +136,19 @@ def constructor_arguments(name: str, monkeypatch: pytest.MonkeyPatch) -> dict:
 
 
 def documented(name: str) -> dict:
-    return yaml.safe_load(module_text(name, "DOCUMENTATION"))
+    """The module's DOCUMENTATION with the options of the collection's own fragments it extends."""
+    doc = yaml.safe_load(module_text(name, "DOCUMENTATION"))
+    for fragment in doc.get("extends_documentation_fragment", []):
+        if fragment.startswith("esp_mirror.mirror."):
+            text = fragment_text(fragment.rsplit(".", 1)[1])
+            doc["options"] = {**yaml.safe_load(text)["options"], **(doc.get("options") or {})}
+    return doc
+
+
+def fragment_text(name: str) -> str:
+    tree = ast.parse((COLLECTION / f"plugins/doc_fragments/{name}.py").read_text())
+    body = next(node for node in tree.body if isinstance(node, ast.ClassDef)).body
+    return next(node.value.value for node in body if isinstance(node, ast.Assign))  # type: ignore[attr-defined]
 
 
 def module_text(name: str, variable: str) -> str:

@@ -136,12 +136,8 @@ options:
       - "esp-mirror's default when left out: /var/lib/prometheus/node-exporter"
       - An absolute path in the installed system (not relative to where the module runs).
     type: str
-  executable:
-    description:
-      - The esp-mirror program to run.
-      - Left out, C(esp-mirror) is looked up on PATH and in /sbin, /usr/sbin and /usr/local/sbin.
-    type: path
 extends_documentation_fragment:
+  - esp_mirror.mirror.executable
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:

@@ -21,13 +21,8 @@ author:
 requirements:
   - esp-mirror on the managed host (an installed system has C(/usr/local/sbin/esp-mirror)).
   - root on the managed host (C(become)), as status reads md and EFI state.
-options:
-  executable:
-    description:
-      - The esp-mirror program to run.
-      - Left out, C(esp-mirror) is looked up on PATH and in /sbin, /usr/sbin and /usr/local/sbin.
-    type: path
 extends_documentation_fragment:
+  - esp_mirror.mirror.executable
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.facts
 attributes:

@@ -52,12 +52,8 @@ options:
       - Erase an existing partition table on the new disk.
     type: bool
     default: false
-  executable:
-    description:
-      - The esp-mirror program to run.
-      - Left out, C(esp-mirror) is looked up on PATH and in /sbin, /usr/sbin and /usr/local/sbin.
-    type: path
 extends_documentation_fragment:
+  - esp_mirror.mirror.executable
   - ansible.builtin.action_common_attributes
 attributes:
   check_mode:
