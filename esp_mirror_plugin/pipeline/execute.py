@@ -429,21 +429,22 @@ class Applier:
 
     @_apply.register
     def _(self, step: WaitForSync, group: str) -> bool:
-        last_report, started, woken = 0.0, self.clock(), False
+        last_report, started, woken_at = 0.0, self.clock(), None
         if self._done_already(step):
             return False
         while True:
             sync = md_sync(step, self.host)
             if sync.finished:
                 return True
-            if not woken and sync.array_state == "read-auto":
-                # assembled and not written since: md keeps its resync or recovery pending for good
+            if sync.array_state == "read-auto" and (woken_at is None or self.clock() - woken_at >= 5):
+                # assembled and not written since: md keeps its resync or recovery pending for good;
+                # asked again every 5 s while it stays so (exit 1: writable already, md was quicker)
                 print(f"  [{group}]   {step.device} is read-auto: mdadm --readwrite starts md's work", file=self.out)
                 try:
-                    self.runner.run(("mdadm", "--readwrite", step.device))
+                    self.runner.run(("mdadm", "--readwrite", step.device), ok=(0, 1))
                 except CommandFailed as exc:
                     raise StepFailed(group, step.describe(), exc.result.describe()) from None
-                woken = True
+                woken_at = self.clock()
                 continue  # what md does now
             if sync.idle and self.clock() - started > 30:
                 raise StepFailed(group, step.describe(), _not_starting(step.device, sync))

@@ -205,3 +205,26 @@ def test_an_array_in_sync_is_not_waited_for(mirror):
     mirror.set_md(array_state="clean", sync_action="idle", sync_completed="none", resync_start="none")
     _, clock, lines = wait(mirror, RESYNC, "post_format", lambda elapsed: None)
     assert UNCHANGED.fullmatch(lines[1]) and clock.elapsed == 0
+
+
+def test_a_read_auto_array_that_stays_so_is_asked_again_every_5_s(mirror):
+    mirror.set_md(array_state="read-auto", sync_action="idle", sync_completed="none", resync_start="0")
+    calls = []
+
+    def readwrite(argv):
+        calls.append(argv)
+        if len(calls) == 2:  # the first request did not take (exit 1: md says it is writable already)
+            mirror.set_md(array_state="active", sync_action="resync", sync_completed="0 / 131072")
+        return Result(argv, 0 if len(calls) == 2 else 1)
+
+    def timeline(elapsed: float) -> None:
+        if elapsed >= 8:
+            mirror.set_md(array_state="clean", sync_action="idle", sync_completed="none", resync_start="none")
+
+    waiter = Waiter(mirror, timeline)
+    waiter.applier.runner = RecordingRunner(responders=[readwrite])
+    lines = waiter.run(RESYNC, "post_format")
+
+    assert calls == [("mdadm", "--readwrite", "/dev/md/esp")] * 2
+    assert lines.count("  [post_format]   /dev/md/esp is read-auto: mdadm --readwrite starts md's work") == 2
+    assert DONE.fullmatch(lines[-1]) and waiter.clock.elapsed == 8.0
