@@ -46,6 +46,7 @@ LINGERING = ("sgdisk", "wipefs", "mdadm", "mkfs.fat", "mkfs.vfat", "efibootmgr",
 STEP_LINE = re.compile(r"^  \[[^\]]+\] (?!note: )\S")
 KILL_AFTER = 0.3
 SAVED = ("/etc/fstab", "/etc/mdadm/mdadm.conf")
+INSTALLED = ("/usr/local/sbin/esp-mirror", "/etc/udev/rules.d/65-esp-mirror-heal.rules")  # written by apply
 
 
 def sh(*argv: str, ok: Sequence[int] = (0,)) -> subprocess.CompletedProcess[str]:
@@ -133,7 +134,8 @@ def checks(disks: Sequence[str], efi_image: str) -> list[str]:
 
 
 def blank(disks: Sequence[str]) -> None:
-    """Back to blank disks, the files apply writes as they were, and no entries of ours."""
+    """Back to blank disks, the files apply writes as they were (or gone), and no entries of ours:
+    every apply starts from the same state, so its plan has the same steps each time."""
     sh("umount", ESP, ok=(0, 32))
     sh("mdadm", "--stop", "--scan", ok=(0, 1))
     for disk in disks:
@@ -143,7 +145,13 @@ def blank(disks: Sequence[str]) -> None:
         sh("partx", "--delete", disk, ok=(0, 1))
     for path in SAVED:
         Path(path).write_bytes(Path(f"/run/espvm-saved{path.replace('/', '-')}").read_bytes())
-    sh("rm", "-rf", "/etc/esp-mirror", "/var/lib/esp-mirror")
+    sh("rm", "-rf", "/etc/esp-mirror", "/var/lib/esp-mirror", *INSTALLED)
+    # the units apply writes and the links `systemctl enable` makes: with a link in place the plan
+    # has no enable step, and the steps would no longer be numbered as in the first plan
+    for where, _, names in os.walk("/etc/systemd/system"):
+        for name in names:
+            if name.startswith("esp-mirror"):
+                os.unlink(os.path.join(where, name))
     for number in re.findall(r"^Boot([0-9A-F]{4})\*? .*\(esp-mirror ", sh("efibootmgr").stdout, re.M):
         sh("efibootmgr", "--quiet", "--bootnum", number, "--delete-bootnum")
 
