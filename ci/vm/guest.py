@@ -13,15 +13,18 @@ prints the EFI variables, decoded here into a BootResult.
 from __future__ import annotations
 
 import re
+import shutil
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ci.vm.assets import Assets
+from ci.vm.command import run_command
 from ci.vm.efivars import LoadOption, boot_number, boot_order, load_option, serial_variables, ucs2
 from ci.vm.initrd import DONE_MARKER, GUEST_WORK_DIR, HOSTROOT_TAG, WORK_TAG, installer_initrd
-from ci.vm.qemu import QemuRun, VmError, qemu_option, run_qemu
+from ci.vm.qemu import GuestFroze, QemuRun, VmError, qemu_option, run_qemu
 
 INSTALLER_CMDLINE = "console=ttyS0 panic=-1 loglevel=4"
 _BOOT_ENTRY = re.compile(r"Boot[0-9A-F]{4}")
@@ -102,25 +105,55 @@ def run_in_guest(
     # The guest prints what each process waits for a minute before the host gives up (initrd.py).
     dump_at = int(max(timeout - 60, timeout / 2))
     try:
-        run = run_qemu(
-            assets,
-            disks=disks,
-            vars_file=vars_file,
-            serial_log=run_dir / "serial.log",
-            timeout=timeout,
-            extra_args=[
-                "-kernel",
-                str(assets.vmlinuz),
-                "-initrd",
-                str(initrd),
-                "-append",
-                f"{INSTALLER_CMDLINE} espvm.dump_at={dump_at}",
-                *_share_args(share),
-            ],
+        run = _again_if_frozen(
+            lambda: run_qemu(
+                assets,
+                disks=disks,
+                vars_file=vars_file,
+                serial_log=run_dir / "serial.log",
+                timeout=timeout,
+                extra_args=[
+                    "-kernel",
+                    str(assets.vmlinuz),
+                    "-initrd",
+                    str(initrd),
+                    "-append",
+                    f"{INSTALLER_CMDLINE} espvm.dump_at={dump_at}",
+                    *_share_args(share),
+                ],
+            ),
+            [*disks, vars_file],
+            share,
         )
     except VmError as error:
         raise VmError(f"{error}\n{_output_tail(share)}") from None
     return _guest_result(share, run, power_cut)
+
+
+def _again_if_frozen(run: Callable[[], QemuRun], images: Sequence[Path], share: Path) -> QemuRun:
+    """``run()``; when the guest froze (its heartbeat stopped: qemu or the guest kernel, seen under
+    TCG now and then, never a script that hangs), put ``images`` (disks, NVRAM) and the share back
+    as they were before and run it once more. A second freeze is an error."""
+    before = share.parent / "before"
+    before.mkdir()
+    saved = [(image, before / f"{n}-{image.name}") for n, image in enumerate(images)]
+    for image, copy in saved:
+        run_command(["cp", "--sparse=always", "--", str(image), str(copy)])
+    try:
+        return run()
+    except GuestFroze as froze:
+        print(
+            f"esp-mirror CI: {froze}\nthe disks, NVRAM and share are put back; the guest runs once more",
+            file=sys.stderr,
+        )
+        for image, copy in saved:
+            run_command(["cp", "--sparse=always", "--", str(copy), str(image)])
+        for leftover in share.iterdir():
+            if leftover.name != "guest.sh":
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        return run()
+    finally:
+        shutil.rmtree(before, ignore_errors=True)
 
 
 def _output_tail(share: Path, lines: int = 30) -> str:
@@ -150,14 +183,18 @@ def run_after_firmware_boot(
     assets = assets or Assets.ensure()
     run_dir = _run_dir(log_dir or vars_file.parent, "booted")
     share = _share(run_dir, script)
-    run = run_qemu(
-        assets,
-        disks=disks,
-        vars_file=vars_file,
-        serial_log=run_dir / "serial.log",
-        timeout=timeout,
-        extra_args=_share_args(share),
-        give_up_on=_NOTHING_BOOTED,
+    run = _again_if_frozen(
+        lambda: run_qemu(
+            assets,
+            disks=disks,
+            vars_file=vars_file,
+            serial_log=run_dir / "serial.log",
+            timeout=timeout,
+            extra_args=_share_args(share),
+            give_up_on=_NOTHING_BOOTED,
+        ),
+        [*disks, vars_file],
+        share,
     )
     return _boot_result(run.serial_log, run.seconds), _guest_result(share, run)
 

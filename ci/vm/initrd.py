@@ -112,6 +112,9 @@ done
         [ "$3" = D ] && sed 's/^/    /' $p/stack 2>/dev/null
     done
 ) > /dev/ttyS0 2>&1 &
+# A heartbeat on the second serial port (qemu.py) every 10 s: a guest whose heartbeat stops froze
+# (qemu or the kernel), which the host tells apart from a script that hangs.
+( while echo "$(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS1; do sleep 10; done ) 2>/dev/null &
 echo "ESPVM-SCRIPT-START"
 read up _ < /proc/uptime
 chroot /newroot /usr/bin/env -i PATH={path} HOME=/root LANG=C.UTF-8 TERM=dumb \\

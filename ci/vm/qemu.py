@@ -22,6 +22,14 @@ class VmError(RuntimeError):
     """qemu failed, timed out, or the guest did not report; the message names the serial log."""
 
 
+class GuestFroze(VmError):
+    """The guest's heartbeat stopped: qemu or the guest kernel froze (not a script that hangs,
+    which keeps the heartbeat going and prints what it waits for, see initrd.py)."""
+
+
+FROZEN_AFTER = 120  # seconds without a heartbeat (the guest writes one every 10 s)
+
+
 @dataclass(frozen=True)
 class QemuRun:
     """A finished qemu process."""
@@ -72,6 +80,7 @@ def run_qemu(
         "qemu-system-x86_64",
         "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot",
         "-serial", f"file:{serial_log}",
+        "-serial", f"file:{heartbeat_log(serial_log)}",  # ttyS1: the installer initrd's heartbeat
         "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2", "-m", str(memory_mib),
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_option(assets.ovmf_code)}",
         "-drive", f"if=pflash,format=raw,unit=1,file={qemu_option(vars_file)}",
@@ -95,9 +104,15 @@ def run_qemu(
             env={"PATH": HOST_PATH, "LANG": "C.UTF-8"},
             start_new_session=True,
         )
+    heartbeat = _Heartbeat(heartbeat_log(serial_log))
     try:
         while proc.poll() is None:
             _check_serial(serial_log, give_up_on or {})
+            if heartbeat.stopped():
+                raise GuestFroze(
+                    f"the guest froze: no heartbeat for {FROZEN_AFTER} s (qemu or the guest kernel stopped, "
+                    f"not a script); serial log: {serial_log}, ending with:\n" + _tail(serial_log)
+                )
             if time.monotonic() > deadline:
                 raise VmError(
                     f"qemu did not finish within {timeout:.0f} s; serial log: {serial_log}, ending with:\n"
@@ -116,6 +131,23 @@ def run_qemu(
             f"serial log: {serial_log}\ncommand: {shlex.join(argv)}"
         )
     return QemuRun(seconds=seconds, serial_log=serial_log)
+
+
+def heartbeat_log(serial_log: Path) -> Path:
+    return serial_log.with_name(serial_log.stem + ".heartbeat")
+
+
+class _Heartbeat:
+    """When the guest's heartbeat file last grew; it counts only once the guest has started one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.size, self.grew = path, 0, time.monotonic()
+
+    def stopped(self) -> bool:
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size != self.size:
+            self.size, self.grew = size, time.monotonic()
+        return self.size > 0 and time.monotonic() - self.grew > FROZEN_AFTER
 
 
 def _tail(serial_log: Path, lines: int = 100) -> str:
