@@ -439,7 +439,8 @@ class Applier:
             if sync.array_state == "read-auto" and (woken_at is None or self.clock() - woken_at >= 5):
                 # assembled and not written since: md keeps its resync or recovery pending for good;
                 # asked again every 5 s while it stays so (exit 1: writable already, md was quicker)
-                print(f"  [{group}]   {step.device} is read-auto: mdadm --readwrite starts md's work", file=self.out)
+                woken = f"  [{group}]   {step.device} is read-auto: mdadm --readwrite starts md's work"
+                print(woken, file=self.out, flush=True)
                 try:
                     self.runner.run(("mdadm", "--readwrite", step.device), ok=(0, 1))
                 except CommandFailed as exc:
