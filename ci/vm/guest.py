@@ -12,6 +12,7 @@ prints the EFI variables, decoded here into a BootResult.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -130,10 +131,16 @@ def run_in_guest(
     return _guest_result(share, run, power_cut)
 
 
+COPIED_AT_MOST = 1 << 30  # bytes of disk images copied before a run so that a frozen one can run again
+
+
 def _again_if_frozen(run: Callable[[], QemuRun], images: Sequence[Path], share: Path) -> QemuRun:
     """``run()``; when the guest froze (its heartbeat stopped: qemu or the guest kernel, seen under
     TCG now and then, never a script that hangs), put ``images`` (disks, NVRAM) and the share back
-    as they were before and run it once more. A second freeze is an error."""
+    as they were before and run it once more. A second freeze is an error, and so is the first
+    where the images hold more than :data:`COPIED_AT_MOST` (the copy would cost more than it saves)."""
+    if sum(os.stat(image).st_blocks * 512 for image in images) > COPIED_AT_MOST:
+        return run()
     before = share.parent / "before"
     before.mkdir()
     saved = [(image, before / f"{n}-{image.name}") for n, image in enumerate(images)]
