@@ -17,7 +17,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,25 +106,21 @@ def run_in_guest(
     # The guest prints what each process waits for a minute before the host gives up (initrd.py).
     dump_at = int(max(timeout - 60, timeout / 2))
     try:
-        run = _again_if_frozen(
-            lambda: run_qemu(
-                assets,
-                disks=disks,
-                vars_file=vars_file,
-                serial_log=run_dir / "serial.log",
-                timeout=timeout,
-                extra_args=[
-                    "-kernel",
-                    str(assets.vmlinuz),
-                    "-initrd",
-                    str(initrd),
-                    "-append",
-                    f"{INSTALLER_CMDLINE} espvm.dump_at={dump_at}",
-                    *_share_args(share),
-                ],
-            ),
-            [*disks, vars_file],
+        run = _run_qemu_again_if_frozen(
+            assets,
+            disks,
+            vars_file,
             share,
+            timeout,
+            [
+                "-kernel",
+                str(assets.vmlinuz),
+                "-initrd",
+                str(initrd),
+                "-append",
+                f"{INSTALLER_CMDLINE} espvm.dump_at={dump_at}",
+                *_share_args(share),
+            ],
         )
     except VmError as error:
         raise VmError(f"{error}\n{_output_tail(share)}") from None
@@ -134,11 +130,33 @@ def run_in_guest(
 COPIED_AT_MOST = 1 << 30  # bytes of disk images copied before a run so that a frozen one can run again
 
 
-def _again_if_frozen(run: Callable[[], QemuRun], images: Sequence[Path], share: Path) -> QemuRun:
-    """``run()``; when the guest froze (its heartbeat stopped: qemu or the guest kernel, seen under
-    TCG now and then, never a script that hangs), put ``images`` (disks, NVRAM) and the share back
-    as they were before and run it once more. A second freeze is an error, and so is the first
-    where the images hold more than :data:`COPIED_AT_MOST` (the copy would cost more than it saves)."""
+def _run_qemu_again_if_frozen(
+    assets: Assets,
+    disks: Sequence[Path],
+    vars_file: Path,
+    share: Path,
+    timeout: float,
+    extra_args: Sequence[str],
+    give_up_on: dict[str, str] | None = None,
+) -> QemuRun:
+    """:func:`run_qemu` with the run's serial log beside ``share``; when the guest froze (its
+    heartbeat stopped: qemu or the guest kernel, seen under TCG now and then, never a script that
+    hangs), put the disks, the NVRAM and the share back as they were and run it once more. A
+    second freeze is an error, and so is the first where the images hold more than
+    :data:`COPIED_AT_MOST` (the copy would cost more than it saves)."""
+
+    def run() -> QemuRun:
+        return run_qemu(
+            assets,
+            disks=disks,
+            vars_file=vars_file,
+            serial_log=share.parent / "serial.log",
+            timeout=timeout,
+            extra_args=extra_args,
+            give_up_on=give_up_on,
+        )
+
+    images = [*disks, vars_file]
     if sum(os.stat(image).st_blocks * 512 for image in images) > COPIED_AT_MOST:
         return run()
     before = share.parent / "before"
@@ -156,8 +174,10 @@ def _again_if_frozen(run: Callable[[], QemuRun], images: Sequence[Path], share: 
         for image, copy in saved:
             run_command(["cp", "--sparse=always", "--", str(copy), str(image)])
         for leftover in share.iterdir():
-            if leftover.name != "guest.sh":
-                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            elif leftover.name != "guest.sh":
+                leftover.unlink()
         return run()
     finally:
         shutil.rmtree(before, ignore_errors=True)
@@ -190,18 +210,8 @@ def run_after_firmware_boot(
     assets = assets or Assets.ensure()
     run_dir = _run_dir(log_dir or vars_file.parent, "booted")
     share = _share(run_dir, script)
-    run = _again_if_frozen(
-        lambda: run_qemu(
-            assets,
-            disks=disks,
-            vars_file=vars_file,
-            serial_log=run_dir / "serial.log",
-            timeout=timeout,
-            extra_args=_share_args(share),
-            give_up_on=_NOTHING_BOOTED,
-        ),
-        [*disks, vars_file],
-        share,
+    run = _run_qemu_again_if_frozen(
+        assets, disks, vars_file, share, timeout, _share_args(share), give_up_on=_NOTHING_BOOTED
     )
     return _boot_result(run.serial_log, run.seconds), _guest_result(share, run)
 
