@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -28,6 +29,11 @@ class GuestFroze(VmError):
 
 
 FROZEN_AFTER = 120  # seconds without a heartbeat (the guest writes one every 10 s)
+# qemu's default for a drive's write errors is werror=enospc: a write the host's file system has
+# no room for PAUSES the guest, silently, until someone resumes it. A run with less room than its
+# sparse images may still take is refused up front, and a guest that stops while the host's disk
+# is (nearly) full is reported as that, not as a freeze.
+NEARLY_FULL = 256 << 20  # bytes free
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,7 @@ def run_qemu(
     """
     if "," in str(serial_log):
         raise VmError(f"qemu cannot log to a path with a comma: {serial_log}; choose another directory")
+    _check_room([*disks, vars_file])
     argv = [
         "qemu-system-x86_64",
         "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot",
@@ -109,11 +116,13 @@ def run_qemu(
         while proc.poll() is None:
             _check_serial(serial_log, give_up_on or {})
             if heartbeat.stopped():
+                _check_not_full([*disks, vars_file], f"the guest's heartbeat stopped {FROZEN_AFTER} s ago")
                 raise GuestFroze(
                     f"the guest froze: no heartbeat for {FROZEN_AFTER} s (qemu or the guest kernel stopped, "
                     f"not a script); serial log: {serial_log}, ending with:\n" + _tail(serial_log)
                 )
             if time.monotonic() > deadline:
+                _check_not_full([*disks, vars_file], f"qemu did not finish within {timeout:.0f} s")
                 raise VmError(
                     f"qemu did not finish within {timeout:.0f} s; serial log: {serial_log}, ending with:\n"
                     + _tail(serial_log)
@@ -131,6 +140,35 @@ def run_qemu(
             f"serial log: {serial_log}\ncommand: {shlex.join(argv)}"
         )
     return QemuRun(seconds=seconds, serial_log=serial_log)
+
+
+def _check_room(images: Sequence[Path]) -> None:
+    """Refuse a run whose sparse images may grow by more than their file system has free."""
+    growth: dict[int, tuple[Path, int]] = {}  # st_dev -> (an image there, what its images may grow by)
+    for image in images:
+        stat = os.stat(image)
+        _, grows = growth.get(stat.st_dev, (image, 0))
+        growth[stat.st_dev] = (image, grows + max(0, stat.st_size - stat.st_blocks * 512))
+    for image, grows in growth.values():
+        free = shutil.disk_usage(image.parent).free
+        if free < grows:
+            raise VmError(
+                f"the guest's disk images in {image.parent} may grow by {grows >> 20} MiB, and their file "
+                f"system has {free >> 20} MiB free: qemu would pause the guest when it fills; free some "
+                "space (a whole ci/test needs about 6 GB in /tmp) and run again"
+            )
+
+
+def _check_not_full(images: Sequence[Path], what: str) -> None:
+    """Raise VmError naming the host's full disk if an image's file system is (nearly) full."""
+    for image in images:
+        free = shutil.disk_usage(image.parent).free
+        if free < NEARLY_FULL:
+            raise VmError(
+                f"{what}: the host's file system holding {image} has {free >> 20} MiB free, and qemu "
+                "pauses a guest whose disk write finds no room (werror=enospc); free some space (a whole "
+                "ci/test needs about 6 GB in /tmp) and run again"
+            )
 
 
 def heartbeat_log(serial_log: Path) -> Path:

@@ -7,6 +7,8 @@ set ESP_MIRROR_VM_SKIP_OK=1 to skip them instead (e.g. on a laptop without qemu)
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,5 +35,19 @@ def payload_efi(vm_assets: Assets) -> Path:
 
 @pytest.fixture
 def vm_workdir(tmp_path: Path) -> Path:
-    """A directory for this test's disk images, NVRAM files and serial logs (kept by pytest)."""
+    """A directory for this test's disk images, NVRAM files and serial logs (kept by pytest only
+    if the test fails: ``tmp_path_retention_policy`` in pyproject.toml)."""
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def module_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A directory for the disks one test module's tests share, removed when they are done unless
+    one of them failed. pytest keeps a module's ``mktemp`` directories to the end of the session,
+    and a whole run's images hold ~9.5 GB: more than CI's disk has free (a full disk pauses qemu's
+    guest, which then looks frozen)."""
+    failed_before = request.session.testsfailed
+    path = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    yield path
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path)

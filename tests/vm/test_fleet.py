@@ -103,8 +103,8 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(vm_assets: Assets, payload_efi: Path, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
-    work = tmp_path_factory.mktemp("fleet")
+def fleet(vm_assets: Assets, payload_efi: Path, module_dir: Path) -> Fleet:
+    work = module_dir
     disks = [blank_disk(work / f"disk-{n}.img", 100) for n in "abc"]  # small: the play hashes them
     nvram = fresh_vars(work / "vars.fd", vm_assets)
     cli = work / "esp-mirror"  # the zip application apply installs: what a managed host runs

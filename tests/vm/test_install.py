@@ -29,9 +29,9 @@ def _loader(payload: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def two_disks(vm_assets: Assets, payload_efi: Path, tmp_path_factory: pytest.TempPathFactory):
+def two_disks(vm_assets: Assets, payload_efi: Path, module_dir: Path):
     """Two blank disks, esp-mirror applied twice in one guest; the disks and install NVRAM."""
-    work = tmp_path_factory.mktemp("two-disks")
+    work = module_dir
     disks = [blank_disk(work / f"disk-{n}.img", 1024) for n in "ab"]
     nvram = fresh_vars(work / "install-vars.fd", vm_assets)
     result = install(disks, nvram, payload_efi, applies=2, assets=vm_assets, timeout=1200)

@@ -60,7 +60,7 @@ class Scenario:
 
 
 @pytest.fixture(scope="module")
-def installed(vm_assets: Assets, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Scenario:
+def installed(vm_assets: Assets, module_dir: Path, request: pytest.FixtureRequest) -> Scenario:
     measured = measurements(request.config)
     root = roots.ensure_root(roots.INITRAMFS_TOOLS)
     measured.record(
@@ -69,7 +69,7 @@ def installed(vm_assets: Assets, tmp_path_factory: pytest.TempPathFactory, reque
         root.build_seconds,
         "built now" if root.built_now else "cached, built earlier",
     )
-    work = tmp_path_factory.mktemp("installed")
+    work = module_dir
     archives = build_target_archives(root, work)
     measured.record("installed system", "the root split into two archives (host)", archives.seconds)
     nvram = fresh_vars(work / "install-vars.fd", vm_assets)

@@ -29,9 +29,9 @@ pytestmark = pytest.mark.vm
 
 
 @pytest.fixture(scope="module")
-def interruptions(vm_assets: Assets, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+def interruptions(vm_assets: Assets, module_dir: Path) -> list[dict]:
     """Both halves of ci/interrupt.py's work, in two guests at once (each keeps one core busy)."""
-    work = tmp_path_factory.mktemp("interrupted")
+    work = module_dir
     # what apply installs is only copied here, never booted: a small EFI binary keeps the copies short
     efi = vm_assets.efi_stub
     # the zip application apply installs, run by the guest's python3: one file over 9p instead of

@@ -40,8 +40,8 @@ SEED = "loader/random-seed"
 
 
 @pytest.fixture(scope="module")
-def target_image(tmp_path_factory: pytest.TempPathFactory) -> TargetImage:
-    return build_target_image(roots.ensure_root(roots.INITRAMFS_TOOLS), tmp_path_factory.mktemp("sd-boot-root"))
+def target_image(module_dir: Path) -> TargetImage:
+    return build_target_image(roots.ensure_root(roots.INITRAMFS_TOOLS), module_dir)
 
 
 def _install_and_boot_disk_a(image: TargetImage, payload: Path, work: Path, assets: Assets, *, seed_after: bool):

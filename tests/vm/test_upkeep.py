@@ -60,8 +60,8 @@ class Installed:
 
 
 @pytest.fixture(scope="module")
-def installed(vm_assets: Assets, payload_efi: Path, tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    work = tmp_path_factory.mktemp("upkeep-install")
+def installed(vm_assets: Assets, payload_efi: Path, module_dir: Path) -> Installed:
+    work = module_dir
     disks = [blank_disk(work / f"disk-{n}.img", 1024) for n in "ab"]
     nvram = fresh_vars(work / "install-vars.fd", vm_assets)
     # a 100 MiB ESP: every check, recovery and member read here is of the whole ESP, under TCG
