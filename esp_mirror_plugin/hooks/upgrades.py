@@ -20,8 +20,6 @@
 
 from __future__ import annotations
 
-import configparser
-
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind, Init
 from esp_mirror_plugin.pipeline.profiles import Profile
@@ -123,6 +121,8 @@ def _set_outside_block(text: str, section: str, key: str, shown: str) -> str | N
         rest = files.without_block(text)
     except ValueError as exc:
         raise BadInput(f"{shown} {exc}") from None
+    import configparser  # only where fwupd is installed: plan loads no more than it needs
+
     parser = configparser.ConfigParser(strict=False, interpolation=None, comment_prefixes=("#", ";"))
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # fwupd's keys are case-sensitive
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import enum
 import functools
 import os
-import platform
 import re
 import typing
 from dataclasses import dataclass, field, fields
@@ -92,7 +91,7 @@ class Request:
         "there when it exists",
         metavar="DIR",
     )
-    arch: str = field(default_factory=platform.machine)  # the machine's, not a setting
+    arch: str = field(default_factory=lambda: os.uname().machine)  # the machine's (platform.machine()), not a setting
 
     def __post_init__(self) -> None:
         """Installers may write ``bootloader="grub"``; the choices become their enums here."""

@@ -93,11 +93,13 @@ def module(name: str):
 
 def run(name: str, args: dict, tmp_path: Path, capsys, *, check: bool = False, diff: bool = False) -> dict:
     """Run module NAME with ARGS as Ansible does; return its result (``failed`` set on failure)."""
+    module_tmp = tmp_path / "module-tmp"  # given, as Ansible's action plugins do: the module then
+    module_tmp.mkdir(exist_ok=True)  # leaves no atexit rmtree of a dir pytest removes first
     internal = {
         "_ansible_module_name": f"esp_mirror.mirror.{name}",
         "_ansible_check_mode": check,
         "_ansible_diff": diff,
-        "_ansible_remote_tmp": str(tmp_path / "remote"),
+        "_ansible_tmpdir": str(module_tmp),
     }
     capsys.readouterr()
     with patch_module_args({**args, **internal}), pytest.raises(SystemExit) as exited:
