@@ -12,16 +12,20 @@ prints the EFI variables, decoded here into a BootResult.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ci.vm.assets import Assets
+from ci.vm.command import run_command
 from ci.vm.efivars import LoadOption, boot_number, boot_order, load_option, serial_variables, ucs2
 from ci.vm.initrd import DONE_MARKER, GUEST_WORK_DIR, HOSTROOT_TAG, WORK_TAG, installer_initrd
-from ci.vm.qemu import QemuRun, VmError, qemu_option, run_qemu
+from ci.vm.qemu import GuestFroze, QemuRun, VmError, qemu_option, run_qemu
 
 INSTALLER_CMDLINE = "console=ttyS0 panic=-1 loglevel=4"
 _BOOT_ENTRY = re.compile(r"Boot[0-9A-F]{4}")
@@ -102,13 +106,13 @@ def run_in_guest(
     # The guest prints what each process waits for a minute before the host gives up (initrd.py).
     dump_at = int(max(timeout - 60, timeout / 2))
     try:
-        run = run_qemu(
+        run = _run_qemu_again_if_frozen(
             assets,
-            disks=disks,
-            vars_file=vars_file,
-            serial_log=run_dir / "serial.log",
-            timeout=timeout,
-            extra_args=[
+            disks,
+            vars_file,
+            share,
+            timeout,
+            [
                 "-kernel",
                 str(assets.vmlinuz),
                 "-initrd",
@@ -121,6 +125,64 @@ def run_in_guest(
     except VmError as error:
         raise VmError(f"{error}\n{_output_tail(share)}") from None
     return _guest_result(share, run, power_cut)
+
+
+COPIED_AT_MOST = 1 << 30  # bytes of disk images copied before a run so that a frozen one can run again
+
+
+def _run_qemu_again_if_frozen(
+    assets: Assets,
+    disks: Sequence[Path],
+    vars_file: Path,
+    share: Path,
+    timeout: float,
+    extra_args: Sequence[str],
+    give_up_on: dict[str, str] | None = None,
+) -> QemuRun:
+    """:func:`run_qemu` with the run's serial log beside ``share``; when the guest froze (its
+    heartbeat stopped: qemu or the guest kernel, never a script that hangs; seen under TCG now and
+    then, inside ``efibootmgr --create``'s EFI variable write), put the disks, the NVRAM and the
+    share back as they were and run it once more. A second freeze is an error, and so is the first
+    where the images hold more than :data:`COPIED_AT_MOST` (the copy would cost more than it
+    saves). A guest that stopped because the host's disk is full is not run again (run_qemu
+    raises a plain VmError that says so)."""
+
+    def run() -> QemuRun:
+        return run_qemu(
+            assets,
+            disks=disks,
+            vars_file=vars_file,
+            serial_log=share.parent / "serial.log",
+            timeout=timeout,
+            extra_args=extra_args,
+            give_up_on=give_up_on,
+        )
+
+    images = [*disks, vars_file]
+    if sum(os.stat(image).st_blocks * 512 for image in images) > COPIED_AT_MOST:
+        return run()
+    before = share.parent / "before"
+    before.mkdir()
+    saved = [(image, before / f"{n}-{image.name}") for n, image in enumerate(images)]
+    for image, copy in saved:
+        run_command(["cp", "--sparse=always", "--", str(image), str(copy)])
+    try:
+        return run()
+    except GuestFroze as froze:
+        print(
+            f"esp-mirror CI: {froze}\nthe disks, NVRAM and share are put back; the guest runs once more",
+            file=sys.stderr,
+        )
+        for image, copy in saved:
+            run_command(["cp", "--sparse=always", "--", str(copy), str(image)])
+        for leftover in share.iterdir():
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            elif leftover.name != "guest.sh":
+                leftover.unlink()
+        return run()
+    finally:
+        shutil.rmtree(before, ignore_errors=True)
 
 
 def _output_tail(share: Path, lines: int = 30) -> str:
@@ -150,14 +212,8 @@ def run_after_firmware_boot(
     assets = assets or Assets.ensure()
     run_dir = _run_dir(log_dir or vars_file.parent, "booted")
     share = _share(run_dir, script)
-    run = run_qemu(
-        assets,
-        disks=disks,
-        vars_file=vars_file,
-        serial_log=run_dir / "serial.log",
-        timeout=timeout,
-        extra_args=_share_args(share),
-        give_up_on=_NOTHING_BOOTED,
+    run = _run_qemu_again_if_frozen(
+        assets, disks, vars_file, share, timeout, _share_args(share), give_up_on=_NOTHING_BOOTED
     )
     return _boot_result(run.serial_log, run.seconds), _guest_result(share, run)
 

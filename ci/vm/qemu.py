@@ -24,8 +24,9 @@ class VmError(RuntimeError):
 
 
 class GuestFroze(VmError):
-    """The guest's heartbeat stopped: qemu or the guest kernel froze (not a script that hangs,
-    which keeps the heartbeat going and prints what it waits for, see initrd.py)."""
+    """The guest's heartbeat stopped while the host's disk had room: qemu or the guest kernel froze
+    (not a script that hangs, which keeps the heartbeat going and prints what it waits for, see
+    initrd.py)."""
 
 
 FROZEN_AFTER = 120  # seconds without a heartbeat (the guest writes one every 10 s)
