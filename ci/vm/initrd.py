@@ -33,6 +33,7 @@ GUEST_WORK_DIR = "/run/espvm-work"
 VAR_MARKER = "ESPVM-VAR"
 DONE_MARKER = "ESPVM-DONE"
 HANG_MARKER = "ESPVM-HANG-DUMP"
+BEAT_MARKER = "ESPVM-BEAT"  # each heartbeat line on ttyS1 (qemu.py)
 EFI_GLOBAL_GUID = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 LOADER_GUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 
@@ -113,8 +114,9 @@ done
     done
 ) > /dev/ttyS0 2>&1 &
 # A heartbeat on the second serial port (qemu.py) every 10 s: a guest whose heartbeat stops froze
-# (qemu or the kernel), which the host tells apart from a script that hangs.
-( while echo "$(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS1; do sleep 10; done ) 2>/dev/null &
+# (qemu or the kernel), which the host tells apart from a script that hangs. Each beat carries
+# {beat}: OVMF and GRUB write their console to every serial port, so bytes alone prove nothing.
+( while echo "{beat} $(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS1; do sleep 10; done ) 2>/dev/null &
 echo "ESPVM-SCRIPT-START"
 read up _ < /proc/uptime
 chroot /newroot /usr/bin/env -i PATH={path} HOME=/root LANG=C.UTF-8 TERM=dumb \\
@@ -221,4 +223,5 @@ def _installer_body(assets: Assets) -> str:
         modules=assets.modules_dir,
         path=_GUEST_PATH,
         hang_marker=HANG_MARKER,
+        beat=BEAT_MARKER,
     )

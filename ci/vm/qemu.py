@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ci.vm.assets import Assets
 from ci.vm.command import HOST_PATH
+from ci.vm.initrd import BEAT_MARKER
 
 _POLL_SECONDS = 0.5
 
@@ -177,16 +178,18 @@ def heartbeat_log(serial_log: Path) -> Path:
 
 
 class _Heartbeat:
-    """When the guest's heartbeat file last grew; it counts only once the guest has started one."""
+    """When the guest last beat (a line with :data:`BEAT_MARKER` on ttyS1). It counts only once the
+    installer initrd has started beating: OVMF and GRUB also write their console to that port, and
+    an installed system booted to its end never beats."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.size, self.grew = path, 0, time.monotonic()
+        self.path, self.beats, self.beat_at = path, 0, time.monotonic()
 
     def stopped(self) -> bool:
-        size = self.path.stat().st_size if self.path.exists() else 0
-        if size != self.size:
-            self.size, self.grew = size, time.monotonic()
-        return self.size > 0 and time.monotonic() - self.grew > FROZEN_AFTER
+        beats = self.path.read_bytes().count(BEAT_MARKER.encode()) if self.path.exists() else 0
+        if beats != self.beats:
+            self.beats, self.beat_at = beats, time.monotonic()
+        return self.beats > 0 and time.monotonic() - self.beat_at > FROZEN_AFTER
 
 
 def _tail(serial_log: Path, lines: int = 100) -> str:
