@@ -36,6 +36,7 @@ FROZEN_AFTER = 120  # seconds without a heartbeat (the guest writes one every 10
 # sparse images may still take is refused up front, and a guest that stops while the host's disk
 # is (nearly) full is reported as that, not as a freeze.
 NEARLY_FULL = 256 << 20  # bytes free
+_FREE_SOME = "free some space (a whole ci/test peaks at about 4 GB in /tmp, measured) and run again"
 
 
 @dataclass(frozen=True)
@@ -156,8 +157,7 @@ def _check_room(images: Sequence[Path]) -> None:
         if free < grows:
             raise VmError(
                 f"the guest's disk images in {image.parent} may grow by {grows >> 20} MiB, and their file "
-                f"system has {free >> 20} MiB free: qemu would pause the guest when it fills; free some "
-                "space (a whole ci/test needs about 6 GB in /tmp) and run again"
+                f"system has {free >> 20} MiB free: qemu would pause the guest when it fills; {_FREE_SOME}"
             )
 
 
@@ -168,8 +168,7 @@ def _check_not_full(images: Sequence[Path], what: str) -> None:
         if free < NEARLY_FULL:
             raise VmError(
                 f"{what}: the host's file system holding {image} has {free >> 20} MiB free, and qemu "
-                "pauses a guest whose disk write finds no room (werror=enospc); free some space (a whole "
-                "ci/test needs about 6 GB in /tmp) and run again"
+                f"pauses a guest whose disk write finds no room (werror=enospc); {_FREE_SOME}"
             )
 
 
