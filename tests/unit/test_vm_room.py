@@ -13,6 +13,7 @@ from typing import NamedTuple
 import pytest
 
 from ci.vm import qemu
+from ci.vm.images import blank_disk
 from ci.vm.qemu import VmError
 
 MIB = 1 << 20
@@ -28,23 +29,17 @@ def _free(monkeypatch: pytest.MonkeyPatch, free: int) -> None:
     monkeypatch.setattr(shutil, "disk_usage", lambda path: _Usage(10 * free + 1, 0, free))
 
 
-def _sparse(path: Path, size: int) -> Path:
-    with path.open("wb") as image:
-        image.truncate(size)
-    return path
-
-
 def test_a_run_whose_sparse_images_may_outgrow_the_free_space_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    images = [_sparse(tmp_path / "disk-a.img", 100 * MIB), _sparse(tmp_path / "disk-b.img", 100 * MIB)]
+    images = [blank_disk(tmp_path / "disk-a.img", 100), blank_disk(tmp_path / "disk-b.img", 100)]
     _free(monkeypatch, 150 * MIB)
     with pytest.raises(VmError, match=r"may grow by 200 MiB, and their file system has 150 MiB free"):
         qemu._check_room(images)
 
 
 def test_a_run_with_room_for_its_images_goes_ahead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    images = [_sparse(tmp_path / "disk-a.img", 100 * MIB), _sparse(tmp_path / "disk-b.img", 100 * MIB)]
+    images = [blank_disk(tmp_path / "disk-a.img", 100), blank_disk(tmp_path / "disk-b.img", 100)]
     _free(monkeypatch, 200 * MIB)
     qemu._check_room(images)
 
@@ -52,7 +47,7 @@ def test_a_run_with_room_for_its_images_goes_ahead(tmp_path: Path, monkeypatch: 
 def test_a_guest_that_stops_on_a_full_host_disk_is_reported_as_that(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    image = _sparse(tmp_path / "disk-a.img", MIB)
+    image = blank_disk(tmp_path / "disk-a.img", 1)
     _free(monkeypatch, qemu.NEARLY_FULL - 1)
     with pytest.raises(VmError, match=r"^the heartbeat stopped: the host's file system holding .* has 255 MiB free"):
         qemu._check_not_full([image], "the heartbeat stopped")
