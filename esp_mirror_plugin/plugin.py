@@ -7,19 +7,30 @@ installer installs the kernel, mdadm and shim between the hooks.
 from __future__ import annotations
 
 from esp_mirror_plugin import hookimpl
+from esp_mirror_plugin.hooks import adopt, initramfs, installed, partition, raid
 from esp_mirror_plugin.hooks import bootloader as boot
-from esp_mirror_plugin.hooks import initramfs, installed, partition, raid
+from esp_mirror_plugin.pipeline.adoption import NEW
 from esp_mirror_plugin.pipeline.context import Context
 
 
 @hookimpl
 def pre_partition(ctx: Context) -> None:
-    ctx.execute("pre_partition", partition.plan(ctx.layout))
+    adoption = ctx.layout.adoption
+    if adoption is not None and adoption.phase == NEW:
+        ctx.execute(adopt.BACKUP, adopt.backup_steps(ctx.request, ctx.layout))
+    if adoption is not None and not adoption.switched:
+        ctx.execute("pre_partition", adopt.partition_steps(ctx.layout))
+    else:
+        ctx.execute("pre_partition", partition.plan(ctx.layout))
 
 
 @hookimpl
 def post_format(ctx: Context) -> None:
-    ctx.execute("post_format", raid.plan(ctx.request, ctx.profile, ctx.layout, ctx.target))
+    adoption = ctx.layout.adoption
+    if adoption is not None and not adoption.switched:
+        ctx.execute("post_format", adopt.switch_steps(ctx.request, ctx.profile, ctx.layout, ctx.target))
+    else:
+        ctx.execute("post_format", raid.plan(ctx.request, ctx.profile, ctx.layout, ctx.target))
 
 
 @hookimpl
@@ -43,3 +54,5 @@ def bootloader(ctx: Context) -> None:
         request.metrics_dir,
     )
     ctx.execute(installed.GROUP, *installed.plan(setup))
+    if ctx.layout.adoption is not None:
+        ctx.execute(adopt.FINISH, *adopt.finish_steps(request, ctx.profile, ctx.layout, ctx.snapshot, ctx.target))

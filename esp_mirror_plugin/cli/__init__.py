@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 BACKUP_DIR = "/var/lib/esp-mirror"
 UPKEEP = ("status", "check", "repair", "replace", "add", "entries", "heal", "refresh")
+ADOPT_BACKUPS = "var/lib/esp-mirror/adopt"
 AFTER_FAILURE = {
     "check": "The mirror was not changed; run `esp-mirror check` again once the cause is fixed.",
 }
@@ -67,6 +68,7 @@ def _changing(parser: argparse.ArgumentParser) -> None:
 _COMMANDS: dict[str, str] = {
     "plan": "print every command and file write, change nothing",
     "apply": "carry out the plan",
+    "adopt": "take a running system's ESP into the mirror: no reinstall, no moment without a bootable ESP",
     "profiles": "list the built-in profiles, or show one",
     "status": "the mirror's health: array, members, mount, boot entries",
     "check": "md consistency check, then compare the members' files (read-only); the result is kept for status",
@@ -81,7 +83,7 @@ _COMMANDS: dict[str, str] = {
 
 def _options(name: str, p: argparse.ArgumentParser) -> None:
     """The options of one command."""
-    if name in ("plan", "apply"):
+    if name in ("plan", "apply", "adopt"):
         install_options(p)
     if name == "plan":
         p.add_argument("--json", action="store_true", help="the plan as JSON")
@@ -95,6 +97,12 @@ def _options(name: str, p: argparse.ArgumentParser) -> None:
             "--expect-plan", metavar="DIGEST",
             help="refuse unless the plan is still the one with this digest (from plan --json)",
         )  # fmt: skip
+    elif name == "adopt":
+        p.add_argument(
+            "--esp", metavar="PARTITION",
+            help="the live ESP, when nothing is mounted at the mount point and fstab does not name it",
+        )  # fmt: skip
+        _changing(p)
     elif name == "profiles":
         p.add_argument("name", nargs="?")
     elif name in ("status", "check"):
@@ -190,12 +198,12 @@ def main(
     except StepFailed as exc:
         print(
             f"esp-mirror: error: [{exc.group}] step failed: {exc.step}\n{exc.detail}\n"
-            f"Nothing after this step was done. {_after_failure(args.command)}",
+            f"Nothing after this step was done. {_after_failure(args)}",
             file=err,
         )
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"esp-mirror: interrupted. {_after_failure(args.command)}", file=err)
+        print(f"esp-mirror: interrupted. {_after_failure(args)}", file=err)
         return 130
     except Exception as exc:  # a bug: one line, the traceback only when asked for
         if args.debug:
@@ -208,8 +216,15 @@ def main(
         return 1
 
 
-def _after_failure(command: str) -> str:
-    return AFTER_FAILURE.get(command, AGAIN.format(command=command))
+def _after_failure(args: argparse.Namespace) -> str:
+    if args.command == "adopt":
+        backups = os.path.join(getattr(args, "target", None) or "/", ADOPT_BACKUPS)
+        return (
+            f"Run the same command again, it continues from here: {args.command_line}\n"
+            f"What the ESPs held before the adoption is in {backups}: esp-<partition>.tar (the files), "
+            "gpt-<disk>.bin (`sgdisk --load-backup=FILE DISK`), efibootmgr-v.txt and fstab.lines."
+        )
+    return AFTER_FAILURE.get(args.command, AGAIN.format(command=args.command))
 
 
 def _run(
@@ -220,7 +235,7 @@ def _run(
             raise BadInput(f"{args.command} reads md and EFI state and must run as root: run it with sudo")
         module = importlib.import_module("esp_mirror_plugin.cli.upkeep")
         return int(module.run(args, out, stdin, runner, host_view))
-    if args.command == "apply" and not is_root():
-        raise BadInput("apply changes disks and must run as root: run it with sudo")
+    if args.command in ("apply", "adopt") and not is_root():
+        raise BadInput(f"{args.command} changes disks and must run as root: run it with sudo")
     module = importlib.import_module("esp_mirror_plugin.cli.install")
     return int(module.run(args, out, stdin, runner, host_view, lenient=not is_root()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shlex
 import time
 from dataclasses import asdict
 from typing import Any, TextIO
@@ -13,7 +14,8 @@ from esp_mirror_plugin import host
 from esp_mirror_plugin.cli.interact import confirmed
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline import profiles
-from esp_mirror_plugin.pipeline.context import Context, prepare
+from esp_mirror_plugin.pipeline.adoption import NothingToDo
+from esp_mirror_plugin.pipeline.context import Adopt, Context, prepare
 from esp_mirror_plugin.pipeline.digest import plan_digest
 from esp_mirror_plugin.pipeline.execute import counts, forecast
 from esp_mirror_plugin.pipeline.request import Request, coerce, load_config, settings
@@ -34,6 +36,8 @@ def run(
 ) -> int:
     if args.command == "profiles":
         return _profiles(args.name, out)
+    if args.command == "adopt":
+        return _adopt(args, out, stdin, runner, host_view)
     if args.command == "plan":
         ctx = prepare(request_from_args(args), runner=runner, host=host_view, lenient=lenient)
         groups = host.plan(ctx, host.get_plugin_manager())
@@ -60,6 +64,40 @@ def run(
         return _apply(groups, ctx, out, as_json=args.json)
 
 
+def _adopt(
+    args: argparse.Namespace, out: TextIO, stdin: TextIO, runner: Runner | None, host_view: HostView | None
+) -> int:
+    """adopt: plan the adoption (or say there is nothing to adopt), show it, confirm, carry it out."""
+    with lock.held(args.command_line):
+        try:
+            ctx = prepare(
+                request_from_args(args),
+                runner=runner,
+                host=host_view,
+                adopt=Adopt(args.esp, shlex.join(a for a in shlex.split(args.command_line) if a != "--dry-run")),
+            )
+        except NothingToDo as done:
+            if args.json:
+                json.dump({"nothing_to_do": True, "message": str(done)}, out, indent=2)
+                print(file=out)
+            else:
+                print(f"esp-mirror adopt: {done}", file=out)
+            return 0
+        groups = host.plan(ctx, host.get_plugin_manager())
+        if args.dry_run:
+            if args.json:
+                json.dump(plan_json(groups, ctx), out, indent=2)
+                print(file=out)
+            else:
+                render(groups, ctx, out)
+            return 0
+        if not args.yes and stdin.isatty():
+            render(groups, ctx, out)
+        if not confirmed("adopt", args.yes, stdin, out, dry_run_hint=True):
+            return 2
+        return _apply(groups, ctx, out, as_json=args.json, command="adopt")
+
+
 def request_from_args(args: argparse.Namespace) -> Request:
     """The Request from ``--config`` overlaid with the options given on the command line."""
     values = load_config(args.config) if args.config else {}
@@ -80,7 +118,20 @@ def render(groups: list[Group], ctx: Context, out: TextIO) -> None:
         f"# bootloader {r.bootloader}, initramfs {r.initramfs}, boot entries: {'yes' if ctx.layout.nvram else 'no'}",
         file=out,
     )
-    print(f"# digest {plan_digest(ctx, groups)} (apply --expect-plan takes it)", file=out)
+    adoption = ctx.layout.adoption
+    if adoption is not None:
+        live = adoption.live
+        print(
+            f"# adopt: the live ESP {live.node} ({live.disk.given}) joins last; "
+            + {
+                "new": f"backups in {adoption.backup_dir}",
+                "copy": "an earlier run stopped before the switch: the array is made and filled again",
+                "switched": "an earlier run switched to the array: it goes on from there",
+            }[adoption.phase],
+            file=out,
+        )
+    else:
+        print(f"# digest {plan_digest(ctx, groups)} (apply --expect-plan takes it)", file=out)
     for group in groups:
         print(f"\n{group.render()}", end="", file=out)
 
@@ -106,7 +157,7 @@ def plan_json(groups: list[Group], ctx: Context) -> dict[str, Any]:
     }
 
 
-def _apply(groups: list[Group], ctx: Context, out: TextIO, *, as_json: bool) -> int:
+def _apply(groups: list[Group], ctx: Context, out: TextIO, *, as_json: bool, command: str = "apply") -> int:
     """Carry the plan out with progress lines; with ``as_json`` they go into the report instead,
     which is the plan (as ``plan --json``, told before the first step) and what each step did."""
     started = time.monotonic()
@@ -114,13 +165,14 @@ def _apply(groups: list[Group], ctx: Context, out: TextIO, *, as_json: bool) -> 
     log = io.StringIO()
     shown = log if as_json else out
     print(
-        f"esp-mirror apply: profile {ctx.profile.name}, {len(ctx.request.disks)} disks, target {ctx.request.target}",
+        f"esp-mirror {command}: profile {ctx.profile.name}, {len(ctx.request.disks)} disks, "
+        f"target {ctx.request.target}",
         file=shown,
     )
     applier = host.apply(groups, ctx, shown)
     seconds = time.monotonic() - started
     print(
-        f"esp-mirror apply: done in {seconds:.1f} s: {applier.done} steps, "
+        f"esp-mirror {command}: done in {seconds:.1f} s: {applier.done} steps, "
         f"{applier.changed} changed; {ctx.request.device} mirrored on {', '.join(ctx.request.disks)}, "
         f"mounted at {ctx.layout.esp_dir}",
         file=shown,

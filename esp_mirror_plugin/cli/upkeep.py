@@ -136,6 +136,8 @@ def _show_status(args: argparse.Namespace, state: MirrorState, out: TextIO) -> N
         return
     if state.record is None and state.array is None:
         print("esp-mirror: not set up here (no /etc/esp-mirror/esp-mirror.yaml, no /dev/md/esp)", file=out)
+        if state.unfinished:
+            print("problems:\n" + "\n".join(f"  - {p}" for p in state.unfinished), file=out)
         return
     a = state.array
     if a is None:

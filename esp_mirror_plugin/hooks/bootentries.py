@@ -37,13 +37,29 @@ def is_ours(entry: BootEntry, entry_label: str, partuuids: set[str]) -> bool:
     return tagged and (entry.partuuid in partuuids or entry.label.startswith(f"{entry_label} ({TAG} "))
 
 
-def plan(state: BootState, members: list[Member], entry_label: str, loader: str) -> tuple[Command, ...]:
-    """The efibootmgr commands that make NVRAM hold exactly one entry of ours per member."""
+def duplicates(entry: BootEntry, partuuids: set[str], loader: str) -> bool:
+    """An entry someone else made (the distribution's installer, shim's fallback) that starts our
+    loader from one of our partitions: it does what an entry of ours does, so it is folded into
+    ours (removed), never kept beside it."""
+    return entry.partuuid in partuuids and entry.loader.lower() == loader.lower()
+
+
+@dataclass(frozen=True)
+class _Entries:
+    kept: dict[str, str]  # partuuid -> the number of a matching entry of ours
+    delete: tuple[BootEntry, ...]  # stale entries of ours, and others' entries folded into ours
+    numbers: dict[str, str]  # partuuid -> the number of its entry of ours, kept or to be created
+
+
+def _entries(state: BootState, members: list[Member], entry_label: str, loader: str) -> _Entries:
     partuuids = {m.partuuid for m in members}
-    ours = [e for e in state.entries if is_ours(e, entry_label, partuuids)]
-    kept: dict[str, str] = {}  # partuuid -> boot number
+    kept: dict[str, str] = {}
     delete: list[BootEntry] = []
-    for entry in ours:
+    for entry in state.entries:
+        if not is_ours(entry, entry_label, partuuids):
+            if duplicates(entry, partuuids, loader):
+                delete.append(entry)
+            continue
         wanted = next(
             (m for m in members if m.partuuid == entry.partuuid and label_for(entry_label, m) == entry.label), None
         )
@@ -53,20 +69,35 @@ def plan(state: BootState, members: list[Member], entry_label: str, loader: str)
             delete.append(entry)
     used = {e.number for e in state.entries} | set(state.order)  # a dangling BootOrder number too
     free = (f"{n:04X}" for n in range(0x10000) if f"{n:04X}" not in used)
-    numbers, commands = {}, []
-    for entry in delete:
+    numbers = {m.partuuid: kept.get(m.partuuid) or next(free) for m in members}  # numbers in disk order
+    return _Entries(kept, tuple(delete), numbers)
+
+
+def plan(
+    state: BootState,
+    members: list[Member],
+    entry_label: str,
+    loader: str,
+    first: tuple[str, ...] | None = None,
+) -> tuple[Command, ...]:
+    """The efibootmgr commands that make NVRAM hold exactly one entry of ours per member.
+
+    :param first: the members' partition GUIDs in the order their entries lead BootOrder
+        (default: disk order).
+    """
+    planned = _entries(state, members, entry_label, loader)
+    commands = []
+    for entry in planned.delete:
+        what = "stale entry" if f" ({TAG} " in entry.label else "entry that duplicates ours (same partition and loader)"
         commands.append(
             Command(
                 ("efibootmgr", "--quiet", "--bootnum", entry.number, "--delete-bootnum"),
-                why=f"remove stale entry {entry.number} {entry.label!r}",
+                why=f"remove {what} {entry.number} {entry.label!r}",
             )
         )
-    for member in members:  # numbers in disk order
-        numbers[member.partuuid] = kept.get(member.partuuid) or next(free)
     for member in reversed(members):  # each create goes first in BootOrder: last disk first
-        if member.partuuid in kept:
+        if member.partuuid in planned.kept:
             continue
-        number = numbers[member.partuuid]
         commands.append(
             Command(
                 (
@@ -74,7 +105,7 @@ def plan(state: BootState, members: list[Member], entry_label: str, loader: str)
                     "--quiet",
                     "--create",
                     "--bootnum",
-                    number,
+                    planned.numbers[member.partuuid],
                     "--disk",
                     member.disk,
                     "--part",
@@ -87,19 +118,35 @@ def plan(state: BootState, members: list[Member], entry_label: str, loader: str)
                 why=f"boot entry for {member.tag} (partition {member.partuuid})",
             )
         )
-    deleted = {e.number for e in delete}
-    first = [numbers[m.partuuid] for m in members]
-    present = {e.number for e in state.entries}  # a BootOrder number without its Boot#### is dropped
-    rest = [n for n in state.order if n not in first and n not in deleted and n in present]
-    desired = tuple(first + rest)
+    desired = _desired(state, planned, first or tuple(m.partuuid for m in members))
     if _order_after(state.order, commands) != desired:
         commands.append(
             Command(
                 ("efibootmgr", "--quiet", "--bootorder", ",".join(desired)),
-                why="ours first, in disk order; the other entries keep their order",
+                why="ours first, in disk order; the other entries keep their order"
+                if first is None
+                else "ours first; the other entries keep their order",
             )
         )
     return tuple(commands)
+
+
+def disk_order(state: BootState, members: list[Member], entry_label: str, loader: str) -> Command:
+    """Once :func:`plan`'s commands ran (with another ``first``): ours first in disk order."""
+    planned = _entries(state, members, entry_label, loader)
+    desired = _desired(state, planned, tuple(m.partuuid for m in members))
+    return Command(
+        ("efibootmgr", "--quiet", "--bootorder", ",".join(desired)),
+        why="ours first, in disk order; the other entries keep their order",
+    )
+
+
+def _desired(state: BootState, planned: _Entries, first: tuple[str, ...]) -> tuple[str, ...]:
+    ours = [planned.numbers[p] for p in first]
+    deleted = {e.number for e in planned.delete}
+    present = {e.number for e in state.entries}  # a BootOrder number without its Boot#### is dropped
+    rest = [n for n in state.order if n not in ours and n not in deleted and n in present]
+    return tuple(ours + rest)
 
 
 def _order_after(order: tuple[str, ...], commands: list[Command]) -> tuple[str, ...]:

@@ -144,7 +144,7 @@ def payload_steps(request: Resolved, profile: Profile, layout: Layout) -> tuple[
     return tuple(steps)
 
 
-def record_step(request: Resolved, profile: Profile, loader: str, members: int) -> WriteFile:
+def record_step(request: Resolved, profile: Profile, loader: str, layout: Layout) -> WriteFile:
     rec = Record(
         profile=profile.name,
         array=request.device,
@@ -152,8 +152,8 @@ def record_step(request: Resolved, profile: Profile, loader: str, members: int) 
         loader=loader,
         entry_label=request.entry_label,
         esp_start=request.esp_start,
-        esp_size=request.esp_size,
-        members=members,
+        esp_size=layout.esp_size,
+        members=layout.raid_devices,
         metrics_dir=request.metrics_dir,
     )
     return WriteFile(
@@ -169,12 +169,21 @@ def plan(
 ) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     """(steps, notes) for the bootloader hook; shim is looked for in the target now."""
     loader = loader_path(request, profile, target.has_shim())
-    steps = (*payload_steps(request, profile, layout), record_step(request, profile, loader, layout.raid_devices))
+    steps = (*payload_steps(request, profile, layout), record_step(request, profile, loader, layout))
     if not layout.nvram:
         return steps, (
             "no NVRAM boot entries (--no-nvram or no EFI variables): the firmware boots "
             f"each disk through \\EFI\\BOOT\\{fallback_name(request.arch)}",
         )
-    members = [bootentries.Member(disk=m.disk.path, tag=m.tag, part=1, partuuid=m.guid) for m in layout.members]
+    members = entry_members(layout)
     state = snapshot.boot or nvram.BootState(None, (), ())
-    return steps + bootentries.plan(state, members, request.entry_label, loader), ()
+    first = None
+    if layout.adoption is not None:  # the live ESP is wiped and rebuilt after this: its disk boots last until then
+        live = layout.adoption.live.guid
+        first = (*(m.partuuid for m in members if m.partuuid != live), live)
+    return steps + bootentries.plan(state, members, request.entry_label, loader, first), ()
+
+
+def entry_members(layout: Layout) -> list[bootentries.Member]:
+    """The members as their boot entries name them: disk, tag, partition number and GUID."""
+    return [bootentries.Member(disk=m.disk.path, tag=m.tag, part=m.number, partuuid=m.guid) for m in layout.members]

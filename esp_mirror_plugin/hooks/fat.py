@@ -64,6 +64,12 @@ def sectors_per_cluster(size: int, sector: int) -> int | None:
     return None
 
 
+def capacity(size: int, sector: int) -> int:
+    """Bytes of file data a FAT32 made by :func:`mkfs` on an array of ``size`` holds (0: none fits)."""
+    per_cluster = sectors_per_cluster(size, sector)
+    return _clusters(size, sector, per_cluster) * per_cluster * sector if per_cluster else 0
+
+
 def minimum_size(sector: int) -> int:
     """The smallest ESP (whole MiB) that holds a FAT32 at this logical sector size."""
     mib = 1

@@ -7,7 +7,7 @@ from esp_mirror_plugin.hooks import fat, fstab
 from esp_mirror_plugin.pipeline.layout import Layout
 from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.request import Resolved
-from esp_mirror_plugin.pipeline.steps import Command, EditBlock, MakeDir, Settle, Step, WaitForSync
+from esp_mirror_plugin.pipeline.steps import Arg, Command, EditBlock, MakeDir, Settle, Step, WaitForSync
 from esp_mirror_plugin.system.files import without_block
 from esp_mirror_plugin.system.target import Target
 
@@ -46,25 +46,7 @@ def plan(request: Resolved, profile: Profile, layout: Layout, target: Target) ->
         )
     if layout.array_action == "create":
         missing = ("missing",) * (layout.raid_devices - len(nodes))
-        steps.append(
-            Command(
-                (
-                    "mdadm",
-                    "--create",
-                    request.device,
-                    "--run",
-                    "--level=1",
-                    f"--raid-devices={layout.raid_devices}",
-                    "--metadata=1.0",
-                    "--homehost=any",
-                    f"--name={request.array_name}",
-                    f"--uuid={layout.array_uuid}",
-                    *nodes,
-                    *missing,
-                ),
-                why="RAID1 over the ESP partitions; metadata 1.0 keeps each member a plain FAT32",
-            )
-        )
+        steps.append(create(request, layout, (*nodes, *missing)))
     elif layout.array_action == "assemble":
         steps.append(
             Command(
@@ -110,6 +92,29 @@ def plan(request: Resolved, profile: Profile, layout: Layout, target: Target) ->
             )
         )
     return tuple(steps)
+
+
+def create(request: Resolved, layout: Layout, devices: tuple[Arg, ...], size_kib: int | None = None) -> Command:
+    """``mdadm --create`` of the ESP's RAID1 over ``devices`` (a "missing" one leaves its slot
+    empty); ``size_kib`` limits what each member gives (mdadm --size), so a smaller member added
+    later fits."""
+    return Command(
+        (
+            "mdadm",
+            "--create",
+            request.device,
+            "--run",
+            "--level=1",
+            f"--raid-devices={len(devices)}",
+            "--metadata=1.0",
+            "--homehost=any",
+            f"--name={request.array_name}",
+            f"--uuid={layout.array_uuid}",
+            *((f"--size={size_kib}",) if size_kib else ()),
+            *devices,
+        ),
+        why="RAID1 over the ESP partitions; metadata 1.0 keeps each member a plain FAT32",
+    )
 
 
 def mdadm_conf_edit(request: Resolved, profile: Profile, layout: Layout, target: Target) -> EditBlock | None:

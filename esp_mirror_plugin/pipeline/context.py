@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline import adoption
 from esp_mirror_plugin.pipeline.execute import Executor, PlanRecorder
 from esp_mirror_plugin.pipeline.layout import Layout, build, check_settings
 from esp_mirror_plugin.pipeline.preflight import Preflight
@@ -20,6 +21,14 @@ from esp_mirror_plugin.system.runner import NOT_INSTALLED, CommandFailed, Runner
 from esp_mirror_plugin.system.target import Target
 
 CHROOT_FILESYSTEMS = ("proc", "sys", "dev")
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """`esp-mirror adopt`'s own arguments, besides the settings apply takes too."""
+
+    esp: str | None  # --esp: the live ESP's partition, when fstab and the mount do not say
+    command: str  # the command line, kept in the journal for status and a run again
 
 
 @dataclass
@@ -100,6 +109,7 @@ def prepare(
     executor: Executor | None = None,
     host: HostView | None = None,
     lenient: bool = False,
+    adopt: Adopt | None = None,
 ) -> Context:
     """Load the profile, look at the machine's disks (read-only) and decide the layout.
 
@@ -108,7 +118,10 @@ def prepare(
 
     :param lenient: list facts that cannot be read as unverified instead of refusing (``plan``
         by a user who is not root); apply always reads strictly.
+    :param adopt: take the running system's ESP into the mirror (`esp-mirror adopt`): the layout
+        is the adoption's (:mod:`.adoption`), which also reads the target's fstab and journal now.
     :raises BadInput: anything unsafe or wrong, before anything is changed.
+    :raises NothingToDo: ``adopt`` was asked of a target that is a mirror already.
     """
     runner = runner or ShRunner()
     host = host or HostView()
@@ -125,7 +138,17 @@ def prepare(
             f"cannot look at the disks: `{' '.join(exc.result.argv)}` failed ({exc.stderr_line}): "
             "run esp-mirror as root"
         ) from None
-    layout = build(request, profile, snapshot)
+    if adopt is None:
+        unfinished = adoption.load_journal(request.target)
+        if unfinished is not None:
+            raise BadInput(
+                f"an adoption of this system's ESP is not finished ({adoption.journal_path(request.target)}): "
+                f"finish it first by running it again: {unfinished.command}"
+            )
+        layout = build(request, profile, snapshot)
+    else:
+        facts = adoption.gather(request, snapshot, runner, Target(request.target), adopt.command)
+        layout = adoption.build(request, profile, snapshot, facts, adopt.esp, host)
     notes = list(layout.notes)
     if snapshot.unread:
         notes.insert(

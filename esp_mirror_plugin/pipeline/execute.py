@@ -36,6 +36,7 @@ from esp_mirror_plugin.pipeline.steps import (
     MakeDir,
     Settle,
     Step,
+    VerifyCopy,
     WaitForPartition,
     WaitForSync,
     WriteFile,
@@ -114,7 +115,12 @@ def _(step: CopyFile, now: Now) -> bool:
 @would_change.register
 def _(step: EditBlock, now: Now) -> bool:
     path = files.resolve_in_root(step.root, step.path)
-    return files.differs(path, files.block_edited(path, step.block))
+    return files.differs(path, files.block_edited(path, step.block, step.retire))
+
+
+@would_change.register
+def _(step: VerifyCopy, now: Now) -> bool:
+    return False  # it only reads
 
 
 @would_change.register
@@ -315,7 +321,20 @@ class Applier:
     def _(self, step: EditBlock, group: str) -> bool:
         if self._done_already(step):
             return False
-        return files.edit_block(files.resolve_in_root(step.root, step.path), step.block, step.mode)
+        return files.edit_block(files.resolve_in_root(step.root, step.path), step.block, step.mode, step.retire)
+
+    @_apply.register
+    def _(self, step: VerifyCopy, group: str) -> bool:
+        different = files.tree_differences(Path(step.source), Path(step.dest))
+        if different:
+            raise StepFailed(
+                group,
+                step.describe(),
+                f"the copy is not whole: {'; '.join(different[:5])}"
+                + (f" (and {len(different) - 5} more)" if len(different) > 5 else ""),
+            )
+        print(f"  [{group}]   every file of {step.source} is in {step.dest}, byte for byte", file=self.out)
+        return False
 
     @_apply.register
     def _(self, step: CopyFile, group: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import fat
@@ -14,6 +15,9 @@ from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.request import METRICS_DIR, MIB, Request, Resolved, metrics_dir_problem
 from esp_mirror_plugin.pipeline.steps import Arg, Var
 from esp_mirror_plugin.system.discovery import DiskFacts, Partition, Snapshot
+
+if TYPE_CHECKING:
+    from esp_mirror_plugin.pipeline.adoption import Adoption
 
 MAX_DISKS = 8
 GPT_BACKUP = 34 * 4096  # backup GPT at the end of the disk (generous for 4Kn)
@@ -30,16 +34,22 @@ class Member:
     exists: bool  # our ESP partition is already there
     wipe: bool  # wipe the disk's old signatures first (only with --wipe)
     loop_var: str | None  # the variable holding the loop device, for image files
+    number: int = 1  # the partition's number: 1 where esp-mirror made it, any for an adopted ESP
+    size: int = 0  # the partition's size in bytes (existing, or the one sgdisk will make)
 
     @property
     def tag(self) -> str:
         return disk_tag(self.disk)
 
     @property
+    def partition(self) -> Partition | None:
+        return self.disk.partition(self.number) if self.exists else None
+
+    @property
     def superblock(self) -> str:
         """The array UUID in our existing ESP partition's md superblock, "" when none."""
-        part = self.disk.partition(1)
-        return part.md_uuid if self.exists and part is not None else ""
+        part = self.partition
+        return part.md_uuid if part is not None else ""
 
 
 def disk_tag(disk: DiskFacts) -> str:
@@ -67,10 +77,38 @@ class Layout:
     notes: tuple[str, ...] = ()
     stop_first: str = ""  # an array device that exists but is not running: stopped before it is made
     resyncing: bool = False  # the running array is still copying onto a member: wait for it
+    esp_size: int = 0  # what a new member's partition gets (the record keeps it for replace and add)
+    adoption: Adoption | None = None  # `esp-mirror adopt`: the live ESP and how far its adoption got
 
 
-def check_disks(request: Request, disks: tuple[DiskFacts, ...]) -> None:
-    """Refuse disk arguments that are wrong or unsafe. Runs before anything else."""
+def record_size(members: tuple[Member, ...]) -> int:
+    """The partition size a new member gets: the smallest member's, in whole MiB, rounded up (a
+    partition of it holds the array, whose members are no larger than the smallest)."""
+    return -(-min(m.size for m in members) // MIB) * MIB
+
+
+def esp_partition(disk: DiskFacts, array_uuid: str) -> Partition | None:
+    """The disk's ESP partition of the mirror whose (mdadm) UUID is ``array_uuid``: partition 1
+    as esp-mirror makes it, or an ESP partition that carries a member of that array (one that
+    `esp-mirror adopt` took in where it was)."""
+    first = disk.partition(1)
+    if _is_our_partition(first):
+        return first
+    return next(
+        (
+            p
+            for p in disk.partitions
+            if p.is_esp
+            and p.fstype == "linux_raid_member"
+            and naming.mdadm_uuid(p.md_uuid) == naming.mdadm_uuid(array_uuid)
+        ),
+        None,
+    )
+
+
+def check_disks(request: Request, disks: tuple[DiskFacts, ...], array_uuid: str = "") -> None:
+    """Refuse disk arguments that are wrong or unsafe. Runs before anything else. With
+    ``array_uuid``, an ESP partition that carries a member of that array is ours, wherever it is."""
     count = len(request.disks)
     if count == 0:
         raise BadInput("no disks given: pass --disk DISK at least twice (one per mirror member)")
@@ -102,10 +140,11 @@ def check_disks(request: Request, disks: tuple[DiskFacts, ...]) -> None:
             if key in seen:
                 raise BadInput(f"disk {disk.given} is the same storage as {seen[key]} ({_same(key)}): {_same_fix(key)}")
             seen[key] = disk.given
-        ours = _has_our_esp(disk)
+        mine = esp_partition(disk, array_uuid) if array_uuid else disk.partition(1)
+        ours = mine is not None and (bool(array_uuid) or _is_our_partition(mine))
         # On a disk that already carries our ESP nothing is partitioned or wiped: only the disk
         # itself and the ESP partition matter (the installed system's root may share the disk).
-        esp_node = disk.name + ("p1" if disk.name[-1:].isdigit() else "1")
+        esp_node = disk.name + ("p" if disk.name[-1:].isdigit() else "") + str(mine.number if mine else 1)
         busy = [why for node, why in disk.busy if not ours or node in (disk.name, esp_node)]
         if busy:
             raise BadInput(f"disk {disk.given} is in use: {busy[0]}; choose a disk that nothing uses")
@@ -245,14 +284,11 @@ def holds_data(disk: DiskFacts) -> bool:
     return bool(disk.pttype and not empty_gpt) or bool(set(disk.signatures) - {"gpt", "PMBR"})
 
 
-def _has_our_esp(disk: DiskFacts) -> bool:
-    return _is_our_partition(disk.partition(1))
-
-
 def build(request: Resolved, profile: Profile, snapshot: Snapshot) -> Layout:
     """Decide every action from the snapshot; refuse unsafe or inconsistent states."""
     check_settings(request)
-    check_disks(request, snapshot.disks)
+    derived = derived_uuid(request, snapshot.disks)
+    check_disks(request, snapshot.disks, derived)
     sector = snapshot.disks[0].sector_size
     first = request.esp_start // sector
     last = first + request.esp_size // sector - 1
@@ -264,31 +300,37 @@ def build(request: Resolved, profile: Profile, snapshot: Snapshot) -> Layout:
     for index, disk in enumerate(snapshot.disks, start=1):
         loop_var = f"LOOP_{index}" if image_mode else None
         device: Arg = Var(loop_var) if loop_var else disk.path
-        existing = disk.partition(1)
-        ours = existing is not None and _is_our_partition(existing)
-        if existing is not None and ours and (existing.start, existing.start + existing.size - 1) != (first, last):
+        existing = esp_partition(disk, derived)
+        adopted = existing is not None and not _is_our_partition(existing)  # `esp-mirror adopt` took it in
+        if (
+            existing is not None
+            and not adopted
+            and (existing.start, existing.start + existing.size - 1) != (first, last)
+        ):
             raise BadInput(
                 f"disk {disk.given} already has an esp-mirror ESP of "
                 f"{existing.size * sector // MIB} MiB at sector {existing.start}: re-run with "
                 f"--esp-size {existing.size * sector // MIB}M, or --wipe to start over"
             )
-        foreign = not ours and holds_data(disk)
+        foreign = existing is None and holds_data(disk)
         if foreign and not request.wipe:
             raise BadInput(
                 f"disk {disk.given} already has a partition table or data "
                 f"({disk.pttype or ', '.join(disk.signatures)}): esp-mirror never wipes "
                 "silently; pass --wipe to erase it"
             )
-        guid = existing.guid if existing is not None and ours else naming.partition_guid(disk.identity)
+        number = existing.number if existing is not None else 1
         members.append(
             Member(
                 disk=disk,
                 device=device,
-                node=naming.partition_node(device, 1),
-                guid=guid,
-                exists=ours,
+                node=naming.partition_node(device, number),
+                guid=existing.guid if existing is not None else naming.partition_guid(disk.identity),
+                exists=existing is not None,
                 wipe=foreign,
                 loop_var=loop_var,
+                number=number,
+                size=existing.size * sector if existing is not None else request.esp_size,
             )
         )
 
@@ -331,7 +373,13 @@ def build(request: Resolved, profile: Profile, snapshot: Snapshot) -> Layout:
         notes=tuple(notes),
         stop_first=snapshot.inactive if action != "keep" else "",
         resyncing=resyncing,
+        esp_size=record_size(tuple(members)),
     )
+
+
+def derived_uuid(request: Request, disks: tuple[DiskFacts, ...]) -> str:
+    """The array UUID (mdadm form) esp-mirror gives the mirror of these disks under this name."""
+    return naming.mdadm_uuid(naming.array_uuid([d.identity for d in disks], request.array_name))
 
 
 def _check_size(request: Resolved, snapshot: Snapshot, sector: int) -> None:
@@ -379,8 +427,7 @@ def _array_state(request: Resolved, snapshot: Snapshot, members: list[Member]) -
         if array.fstype not in ("", "vfat"):
             raise BadInput(f"{array.device} holds {array.fstype}, not FAT: refusing to format it; check what it is")
         return naming.mdadm_uuid(array.uuid), "keep", array.fs_uuid, array.fstype == ""
-    identities = [m.disk.identity for m in members]
-    derived = naming.mdadm_uuid(naming.array_uuid(identities, request.array_name))
+    derived = derived_uuid(request, tuple(m.disk for m in members))
     half_made = any(not m.superblock for m in members) and not any(_holds_fat(m) for m in members)
     if supers and {naming.mdadm_uuid(s) for s in supers} == {derived} and half_made:
         # an array this very apply began to create on some members only (a run interrupted in
@@ -390,7 +437,7 @@ def _array_state(request: Resolved, snapshot: Snapshot, members: list[Member]) -
     if len(supers) > 1:
         raise BadInput("the ESP partitions carry superblocks of different arrays: pass --wipe to start over")
     if supers:
-        part = next(p for m in members if m.superblock and (p := m.disk.partition(1)) is not None)
+        part = next(p for m in members if m.superblock and (p := m.partition) is not None)
         without = [m.disk.given for m in members if not m.superblock]
         if without:
             raise BadInput(
@@ -403,7 +450,7 @@ def _array_state(request: Resolved, snapshot: Snapshot, members: list[Member]) -
 
 
 def _holds_fat(member: Member) -> bool:
-    part = member.disk.partition(1)
+    part = member.partition
     return part is not None and part.inner_fstype == "vfat"
 
 

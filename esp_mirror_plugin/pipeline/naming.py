@@ -12,9 +12,9 @@ import os
 import uuid
 
 from esp_mirror_plugin.pipeline.steps import Arg, Var
+from esp_mirror_plugin.system.discovery import ESP_TYPE_GUID as ESP_TYPE_GUID  # the type names its partitions
 
 _NAMESPACE = uuid.UUID("6f0c1b2e-6a35-4b55-9d1e-5e8f2a9c0e51")
-ESP_TYPE_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"  # sgdisk type code EF00
 PARTITION_NAME = "esp-mirror"
 
 

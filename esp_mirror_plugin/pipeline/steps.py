@@ -144,7 +144,9 @@ class EditBlock:
     """Own one marked block inside a file someone else owns; the rest of the file is untouched.
 
     The block is replaced in place when present, appended otherwise; the file is created with
-    ``mode`` when missing.
+    ``mode`` when missing. ``retire`` names lines of the file (outside the block, compared without
+    their surrounding blanks) that the block takes over: they are commented out in the same write
+    (an adoption's old fstab line for the ESP), so the file never holds both or neither.
     """
 
     path: str
@@ -152,12 +154,20 @@ class EditBlock:
     why: str
     mode: int = 0o644
     root: str = "/"
+    retire: tuple[str, ...] = ()
 
     def describe(self) -> str:
-        return f"edit {self.path}: managed block\n" + _indent(self.block)
+        retired = "".join(f"\n  and comment out: {line}" for line in self.retire)
+        return f"edit {self.path}: managed block{retired}\n" + _indent(self.block)
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "edit-block", "path": self.path, "block": self.block, "why": self.why}
+        return {
+            "kind": "edit-block",
+            "path": self.path,
+            "block": self.block,
+            **({"retire": list(self.retire)} if self.retire else {}),
+            "why": self.why,
+        }
 
 
 @dataclass(frozen=True)
@@ -175,6 +185,23 @@ class CopyFile:
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "copy-file", "source": self.source, "dest": self.dest, "why": self.why}
+
+
+@dataclass(frozen=True)
+class VerifyCopy:
+    """Check that ``dest`` holds what ``source`` holds: the same directories and files, every file
+    with the same sha256. Changes nothing; a difference stops the run before anything relies on
+    the copy."""
+
+    source: str
+    dest: str
+    why: str
+
+    def describe(self) -> str:
+        return f"verify: every directory and file of {self.source} is in {self.dest}, each file with the same sha256"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "verify-copy", "source": self.source, "dest": self.dest, "why": self.why}
 
 
 @dataclass(frozen=True)
@@ -348,6 +375,7 @@ Step = (
     | InstallProgram
     | EditBlock
     | CopyFile
+    | VerifyCopy
     | MakeDir
     | WaitForPartition
     | EnsureFat

@@ -20,6 +20,7 @@ from esp_mirror_plugin.system import nvram
 from esp_mirror_plugin.system.runner import NOT_INSTALLED, CommandFailed, Result, Runner
 
 EFIVARS = "/sys/firmware/efi/efivars"
+ESP_TYPE_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"  # the GPT type of an EFI System Partition (sgdisk EF00)
 
 
 class HostView:
@@ -141,6 +142,16 @@ class Partition:
     md_name: str = ""  # for linux_raid_member: the array name ("any:esp")
     inner_fstype: str = ""  # for linux_raid_member: the filesystem at offset 0 (metadata 1.0)
     inner_uuid: str = ""
+    fs_uuid: str = ""  # blkid UUID of the file system on it (a FAT's XXXX-XXXX); "" for md members
+    label: str = ""  # blkid LABEL of the file system on it; "" for md members
+    devnum: str = ""  # maj:min, for a partition of a block device ("" for an image file)
+    holders: tuple[str, ...] = ()  # kernel names of what holds it (an md array, device-mapper)
+    mountpoints: tuple[str, ...] = ()  # where it is mounted now
+
+    @property
+    def is_esp(self) -> bool:
+        """GPT type EF00, the EFI System Partition."""
+        return self.type_guid == ESP_TYPE_GUID
 
 
 @dataclass(frozen=True)
@@ -204,6 +215,7 @@ class Snapshot:
     boot: nvram.BootState | None  # None when NVRAM is not read
     unread: tuple[str, ...] = ()  # facts that could not be read (a lenient plan only)
     inactive: str = ""  # the array's device exists but is not running (assembled in part, never started)
+    boot_text: str = ""  # what efibootmgr -v printed (an adoption keeps it as its backup of the entries)
 
     def mounted_at(self, path: str) -> Mount | None:
         norm = os.path.normpath(path)
@@ -226,10 +238,11 @@ def discover(request: Request, runner: Runner, host: HostView | None = None, *, 
     array = _array(request.device, host, runner, reads)
     inactive = request.device if array is None and ours and host.exists(f"/sys/block/{ours}/md") else ""
     efivars = bool(host.listdir(EFIVARS))
-    boot = None
+    boot, boot_text = None, ""
     if efivars and not request.no_nvram and not any(d.kind == "image" for d in disks):
         try:
-            boot = nvram.parse(runner.run(("efibootmgr", "-v")).stdout)
+            boot_text = runner.run(("efibootmgr", "-v")).stdout
+            boot = nvram.parse(boot_text)
         except CommandFailed as exc:
             reads.cannot(
                 "the firmware's boot entries (efibootmgr -v)",
@@ -244,6 +257,7 @@ def discover(request: Request, runner: Runner, host: HostView | None = None, *, 
         boot=boot,
         unread=tuple(reads.unread),
         inactive=inactive,
+        boot_text=boot_text,
     )
 
 
@@ -368,7 +382,24 @@ def _disk(
         busy=tuple(dict.fromkeys(busy)),
         storage=tuple(storage),
     )
-    return _with_table(facts, runner, host, reads)
+    facts = _with_table(facts, runner, host, reads)
+    by_number = {(host.read(f"{sys}/{c}/partition") or "").strip(): c for c in children}
+    partitions = []
+    for part in facts.partitions:
+        child = by_number.get(str(part.number))
+        if child is None:  # in the table, not (yet) known to the kernel
+            partitions.append(part)
+            continue
+        devnum = (host.read(f"{sys}/{child}/dev") or "").strip()
+        partitions.append(
+            replace(
+                part,
+                devnum=devnum,
+                holders=tuple(host.listdir(f"{sys}/{child}/holders")),
+                mountpoints=tuple(m.mountpoint for m in mounts if m.source == devnum),
+            )
+        )
+    return replace(facts, partitions=tuple(partitions))
 
 
 def _with_table(disk: DiskFacts, runner: Runner, host: HostView, reads: Reads) -> DiskFacts:
@@ -424,6 +455,8 @@ def _with_table(disk: DiskFacts, runner: Runner, host: HostView, reads: Reads) -
                 md_name=found.get("LABEL", "") if is_md else "",
                 inner_fstype=inner.get("TYPE", ""),
                 inner_uuid=inner.get("UUID", ""),
+                fs_uuid="" if is_md else found.get("UUID", ""),
+                label="" if is_md else found.get("LABEL", ""),
             )
         )
     return replace(

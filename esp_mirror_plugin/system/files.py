@@ -156,14 +156,58 @@ def sync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def edit_block(path: Path, block: str, mode: int = 0o644) -> bool:
-    return write_atomic(path, block_edited(path, block), mode)
+RETIRED = "# esp-mirror: "  # what a line our block took over starts with once it is commented out
 
 
-def block_edited(path: Path, block: str) -> str:
-    """What :func:`edit_block` makes of ``path``: its text (none when missing) with our block."""
+def edit_block(path: Path, block: str, mode: int = 0o644, retire: tuple[str, ...] = ()) -> bool:
+    return write_atomic(path, block_edited(path, block, retire), mode)
+
+
+def block_edited(path: Path, block: str, retire: tuple[str, ...] = ()) -> str:
+    """What :func:`edit_block` makes of ``path``: its text (none when missing) with our block, and
+    each line in ``retire`` (outside the block) commented out."""
     current = path.read_text() if path.exists() else ""
+    if retire:
+        before, found, after = split_block(current)
+        before, after = (_retired(part, retire) for part in (before, after))
+        current = before + (f"{BEGIN}\n{found}{END}\n" if found is not None else "") + after
     return with_block(current, block)
+
+
+def _retired(text: str, retire: tuple[str, ...]) -> str:
+    wanted = {line.strip() for line in retire}
+    return "".join(
+        f"{RETIRED}{line.lstrip()}" if line.strip() in wanted else line for line in text.splitlines(keepends=True)
+    )
+
+
+def tree_differences(source: Path, dest: Path) -> list[str]:
+    """What ``dest`` lacks or holds differently from ``source``: directories and files (by path
+    relative to each, file contents by sha256), and what ``dest`` holds beyond ``source``. Symbolic
+    links are not followed (FAT has none)."""
+    import hashlib
+
+    def walk(top: Path) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for where, dirs, names in os.walk(top):
+            rel = os.path.relpath(where, top)
+            for name in dirs:
+                found[os.path.normpath(os.path.join(rel, name))] = "directory"
+            for name in names:
+                with open(os.path.join(where, name), "rb") as handle:
+                    found[os.path.normpath(os.path.join(rel, name))] = hashlib.file_digest(handle, "sha256").hexdigest()
+        return found
+
+    have, copied = walk(source), walk(dest)
+    out = []
+    for rel in sorted(set(have) | set(copied)):
+        if rel not in copied:
+            out.append(f"{rel} is missing")
+        elif rel not in have:
+            out.append(f"{rel} is not in {source}")
+        elif have[rel] != copied[rel]:
+            out.append(f"{rel} differs (sha256 {have[rel][:12]} there, {copied[rel][:12]} here)")
+    return out
 
 
 def debconf_values(text: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import bootentries
+from esp_mirror_plugin.pipeline import adoption
 from esp_mirror_plugin.system import nvram
 from esp_mirror_plugin.system.discovery import (
     EFIVARS,
@@ -113,7 +114,7 @@ class MirrorState:
                 [f"{self.record.array} is not running: assemble it (`mdadm --assemble --scan --run`)"]
                 if self.record
                 else []
-            )
+            ) + list(self.unfinished)
         out = []
         a = self.array
         replace = "`esp-mirror replace --old missing --new DISK`"
@@ -160,8 +161,8 @@ class MirrorState:
         return out
 
     def exit_code(self) -> int:
-        """0 healthy, 1 degraded or entries missing, 2 not set up."""
-        if self.record is None and self.array is None:
+        """0 healthy, 1 degraded or entries missing (or a command left unfinished), 2 not set up."""
+        if self.record is None and self.array is None and not self.unfinished:
             return 2
         return 1 if self.array is None or self.problems() else 0
 
@@ -192,15 +193,23 @@ def read_mirror(
             settings = drift(record, array.uuid, host.sysroot)
         except OSError as exc:
             settings = [f"cannot compare the installed system's settings ({exc}): run esp-mirror as root"]
+    unfinished = []
     try:
         journal = journal_file.load(host.sysroot)
-        unfinished = (
-            [f"a repair from {journal.source} was interrupted: run `esp-mirror repair --source auto`"]
-            if journal
-            else []
-        )
+        if journal:
+            unfinished.append(f"a repair from {journal.source} was interrupted: run `esp-mirror repair --source auto`")
     except BadInput as exc:
-        unfinished = [str(exc)]
+        unfinished.append(str(exc))
+    try:
+        adopting = adoption.load_journal(host.sysroot)
+        if adopting:
+            unfinished.append(
+                f"an adoption of the ESP on partition {adopting.live} was interrupted "
+                f"({'after' if adopting.phase == adoption.SWITCHED else 'before'} the switch to the array): "
+                f"run it again to finish it: {adopting.command}"
+            )
+    except BadInput as exc:
+        unfinished.append(str(exc))
     last_check, last_check_error = None, None
     try:
         last_check = lastcheck.load(host.sysroot)

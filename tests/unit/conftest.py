@@ -570,7 +570,12 @@ def is_read_only(argv: tuple[str, ...]) -> bool:
     match argv:
         case ("blkid", "-p", *_):
             return "-o" in argv and "export" in argv
-        case ("sfdisk", "--json", _) | ("mdadm", "--detail" | "--examine", "--export", _) | ("efibootmgr", "-v"):
+        case (
+            ("sfdisk", "--json", _)
+            | ("mdadm", "--detail" | "--examine", "--export", _)
+            | ("efibootmgr", "-v")
+            | ("fsck.fat", "-n", _)
+        ):
             return True
     return False
 

@@ -1,0 +1,746 @@
+"""`esp-mirror adopt`: a running system's ESP taken into the mirror, with no reinstall and no
+moment without a bootable ESP.
+
+The ESP the system boots from now (the *live* ESP: what the target's fstab mounts at the
+profile's mount point, or ``--esp``) stays untouched until the mirror holds a verified copy
+of it and the system uses the mirror. In order (:mod:`esp_mirror_plugin.hooks.adopt` plans it):
+
+1. backups under /var/lib/esp-mirror/adopt/: a tar of every ESP involved, each disk's GPT
+   (``sgdisk --backup``), the firmware entries (``efibootmgr -v``) and the fstab lines the mirror
+   takes over; then the journal /var/lib/esp-mirror/adopt.json (phase "copy");
+2. the array made degraded on the other members: a blank disk gets partition 1 as apply makes
+   it, an ESP partition another disk has already becomes a member where it is (nothing else on
+   that disk changes); FAT32 with the live ESP's label, the live ESP's files copied onto it and
+   checked (every directory, every file's sha256);
+3. the switch: mdadm.conf lists the array, fstab mounts it (the old line commented out in the
+   same write), the live ESP unmounted and the array mounted in its place; journal phase
+   "switched";
+4. what apply does next (the initramfs, the bootloader on the array, one boot entry per disk,
+   the disk of the live ESP last in BootOrder, the installed system's group);
+5. only then the live ESP's partition is wiped and added, md copies the array onto it, BootOrder
+   gets the disk order, and the journal goes.
+
+Run again after an interruption, the same command finds where it stopped: before the switch
+(the array does not hold the system's ESP yet) it makes the array's FAT again and copies again;
+after it (the array is mounted at the mount point) it goes on from step 4. What it looks at is the
+machine itself (what is mounted where, which partitions are in the array); the journal says
+which partition was the live ESP once fstab no longer names it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.hooks import fat
+from esp_mirror_plugin.pipeline import naming
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind, Init
+from esp_mirror_plugin.pipeline.layout import (
+    GPT_BACKUP,
+    Layout,
+    Member,
+    check_settings,
+    derived_uuid,
+    fat_label_problem,
+    holds_data,
+    record_size,
+)
+from esp_mirror_plugin.pipeline.profiles import Profile
+from esp_mirror_plugin.pipeline.request import MIB, Resolved
+from esp_mirror_plugin.system.discovery import DiskFacts, HostView, Mount, Partition, Snapshot
+from esp_mirror_plugin.system.runner import CommandFailed, Runner
+from esp_mirror_plugin.system.target import Target
+
+STATE_DIR = "var/lib/esp-mirror"
+JOURNAL = f"{STATE_DIR}/adopt.json"
+BACKUP_DIR = f"{STATE_DIR}/adopt"
+STAGING = "/run/esp-mirror/adopt"  # the new array while the files are copied onto it
+READING = "/run/esp-mirror/adopt-read"  # another disk's ESP, mounted read-only for its backup
+NEW, COPY, SWITCHED = "new", "copy", "switched"
+# Where distributions and boot managers keep scripts that copy one ESP onto the others.
+SYNC_HOOK_DIRS = (
+    "etc/zfsbootmenu/generate-zbm.post.d",
+    "etc/kernel/postinst.d",
+    "etc/kernel/postrm.d",
+    "etc/kernel/install.d",
+    "etc/initramfs/post-update.d",
+    "etc/initramfs-tools/hooks",
+    "etc/grub.d",
+)
+PROXMOX_UUIDS = "etc/kernel/proxmox-boot-uuids"
+_FSCK_COUNT = re.compile(r"(\d+) files, (\d+)/(\d+) clusters")
+
+
+class NothingToDo(Exception):
+    """The target is an esp-mirror mirror already: adopt has nothing to do (exit code 0)."""
+
+
+@dataclass(frozen=True)
+class AdoptJournal:
+    """What an adoption that has begun to change the machine is doing (/var/lib/esp-mirror/adopt.json)."""
+
+    command: str  # the command line, for status and the message after a failure
+    live: str  # the partition GUID of the live ESP (lower case)
+    disks: tuple[str, ...]  # the disks as given
+    phase: str = COPY  # COPY: the array may be made again; SWITCHED: the array is the ESP now
+
+    def text(self) -> str:
+        body = {"command": self.command, "live": self.live, "disks": list(self.disks), "phase": self.phase}
+        return json.dumps(body, indent=2) + "\n"
+
+
+def journal_path(root: str) -> str:
+    return os.path.join(root, JOURNAL)
+
+
+def load_journal(root: str) -> AdoptJournal | None:
+    """The journal of an adoption that has not finished, or None.
+
+    :raises BadInput: it exists but cannot be read (naming the file and what to do).
+    """
+    path = journal_path(root)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            body = json.load(handle)
+        journal = AdoptJournal(
+            command=str(body["command"]),
+            live=str(body["live"]).lower(),
+            disks=tuple(str(d) for d in body["disks"]),
+            phase=str(body["phase"]),
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BadInput(
+            f"cannot read the journal of an interrupted adoption {path} ({exc}): see `esp-mirror status` and "
+            f"the backups in {os.path.join(root, BACKUP_DIR)}, then remove the file and run adopt again"
+        ) from None
+    if journal.phase not in (COPY, SWITCHED):
+        raise BadInput(f"{path} has an unknown phase {journal.phase!r}: remove it and run adopt again")
+    return journal
+
+
+@dataclass(frozen=True)
+class FatUse:
+    """What ``fsck.fat -n`` says of a FAT: damage (lines), and how much of it is in use."""
+
+    problems: tuple[str, ...]
+    files: int = 0
+    used_clusters: int = 0
+    clusters: int = 0
+
+    def used_bytes(self, size: int) -> int:
+        """At most this many bytes are in use (a cluster is at most ``size`` / clusters)."""
+        return -(-self.used_clusters * size // self.clusters) if self.clusters else size
+
+
+def read_fat(runner: Runner, node: str) -> FatUse:
+    """``fsck.fat -n`` of ``node`` (read-only; the dirty bit of a mounted FAT is no damage)."""
+    try:
+        result = runner.run(("fsck.fat", "-n", node), ok=(0, 1))
+    except CommandFailed as exc:
+        text = exc.result.stdout + exc.result.stderr
+        return FatUse(tuple(fat.fsck_problems(text) or [exc.stderr_line]))
+    text = result.stdout + result.stderr
+    count = _FSCK_COUNT.search(text)
+    problems = tuple(fat.fsck_problems(text)) if result.returncode else ()
+    if count is None:
+        return FatUse(problems or ("fsck.fat printed no file count",))
+    files, used, total = (int(n) for n in count.groups())
+    return FatUse(problems, files, used, total)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What an adoption reads besides the snapshot: the target's fstab and journal, whether
+    esp-mirror set the target up already, each ESP's FAT, free space for the backups and the
+    scripts that keep ESPs in step."""
+
+    fstab: str
+    journal: AdoptJournal | None
+    record: bool  # /etc/esp-mirror/esp-mirror.yaml exists
+    fats: dict[str, FatUse]  # partition node -> its FAT
+    free: int  # bytes free where the backups go
+    sync_hooks: tuple[str, ...]  # files that copy between ESPs (made unnecessary by the mirror)
+    shim: bool  # the target has Debian's signed shim (GRUB's entries start shimx64.efi)
+    command: str  # this command line
+
+
+@dataclass(frozen=True)
+class Backup:
+    """One ESP's files, kept as a tar before the first change."""
+
+    node: str
+    source: str  # the directory its files are read from (a mount point)
+    mount: bool  # it has to be mounted read-only at ``source`` first
+    tar: str
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """How a live ESP is taken into the mirror, and how far an earlier run of it got."""
+
+    live: Member  # the live ESP's partition: it joins the array last
+    label: str  # the FAT label the array gets (the live ESP's)
+    phase: str  # NEW (nothing changed yet), COPY (the array is not the ESP yet), SWITCHED
+    journal: AdoptJournal  # what the journal says, or will say
+    component_kib: int  # what each member gives the array (mdadm --size): fits the smallest
+    retire: tuple[str, ...] = ()  # fstab lines that mount an ESP involved: the mirror's line replaces them
+    live_mounted: bool = True  # the live ESP is mounted at the mount point now
+    staged: bool = False  # the array is mounted at STAGING (a run stopped while copying)
+    stop: tuple[str, ...] = ()  # md arrays holding the other members' partitions: stopped before the create
+    unmount: tuple[str, ...] = ()  # other ESPs' mount points, taken down before they are wiped
+    joined: bool = False  # the live partition is in the array already
+    backups: tuple[Backup, ...] = ()
+    gpt_backups: tuple[tuple[str, str], ...] = ()  # (disk, file)
+    backup_dir: str = ""
+    fstab_lines: str = ""  # what is kept of fstab (the lines that mount an ESP involved)
+    boot_text: str = ""  # efibootmgr -v as read
+    notes: tuple[str, ...] = ()
+    others: tuple[Member, ...] = field(default=())  # every member but the live one, in disk order
+    reload_systemd: bool = False  # the running system's systemd reads fstab again after the switch
+    staging: str = STAGING  # where the new array is mounted while the files are copied onto it
+
+    @property
+    def switched(self) -> bool:
+        return self.phase == SWITCHED
+
+
+def gather(
+    request: Resolved,
+    snapshot: Snapshot,
+    runner: Runner,
+    target: Target,
+    command: str,
+) -> Facts:
+    """Read what :func:`build` decides from (read-only)."""
+    journal = load_journal(target.root)
+    fats: dict[str, FatUse] = {}
+    if journal is None or journal.phase != SWITCHED:  # the FATs whose files are backed up and copied
+        for disk in snapshot.disks:
+            for part in disk.partitions:
+                if part.fstype == "vfat":
+                    fats[_node(disk, part)] = read_fat(runner, _node(disk, part))
+    backup_parent = target.resolve(STATE_DIR)
+    while not backup_parent.exists():
+        backup_parent = backup_parent.parent
+    stat = os.statvfs(backup_parent)
+    hooks: list[str] = []
+    for directory in SYNC_HOOK_DIRS:
+        where = target.resolve(directory)
+        if where.is_dir():
+            for entry in sorted(where.iterdir()):
+                if entry.is_file() and _copies_esps(entry.read_bytes(), directory):
+                    hooks.append(target.path(f"{directory}/{entry.name}"))
+    if target.exists(PROXMOX_UUIDS):
+        hooks.append(target.path(PROXMOX_UUIDS))
+    return Facts(
+        fstab=target.text("etc/fstab"),
+        journal=journal,
+        record=target.exists("etc/esp-mirror/esp-mirror.yaml"),
+        fats=fats,
+        free=stat.f_bavail * stat.f_frsize,
+        sync_hooks=tuple(hooks),
+        shim=target.has_shim(),
+        command=command,
+    )
+
+
+def _copies_esps(text: bytes, directory: str) -> bool:
+    """A script that copies onto ESPs: a ZFSBootMenu post-generation hook, or a kernel/initramfs
+    hook that names an EFI directory and a copy tool."""
+    if directory.startswith("etc/zfsbootmenu"):
+        return True
+    body = text.decode("utf-8", "replace").lower()
+    return ("efi" in body) and any(tool in body for tool in ("rsync", "cp ", "cp -", "mcopy", "proxmox-boot-tool"))
+
+
+def _node(disk: DiskFacts, part: Partition) -> str:
+    return str(naming.partition_node(disk.path, part.number))
+
+
+def _size_name(size: int) -> str:
+    return f"{size // MIB} MiB"
+
+
+def build(
+    request: Resolved, profile: Profile, snapshot: Snapshot, facts: Facts, live_arg: str | None, host: HostView
+) -> Layout:
+    """The layout of the mirror the adoption makes, with its :class:`Adoption`.
+
+    :raises NothingToDo: the target is an esp-mirror mirror already.
+    :raises BadInput: anything that makes the adoption unsafe, before anything changed.
+    """
+    check_settings(request)
+    disks = snapshot.disks
+    esp_dir = os.path.normpath(os.path.join(request.target, request.mountpoint.lstrip("/")))
+    journal = facts.journal
+    array = snapshot.array
+    mounted = snapshot.mounted_at(esp_dir)
+    on_array = mounted is not None and array is not None and mounted.device in (array.device, array.kernel_device)
+    if journal is None and facts.record:
+        raise NothingToDo(
+            f"nothing to adopt: esp-mirror set this system up already ({request.device} "
+            f"{'is mounted at ' + esp_dir if on_array else 'is recorded in /etc/esp-mirror/esp-mirror.yaml'}); "
+            "`esp-mirror status` shows its health"
+        )
+    _check_request(request, disks)
+    if journal is not None and set(journal.disks) != set(request.disks):
+        raise BadInput(
+            f"an adoption of {', '.join(journal.disks)} is not finished ({journal_path(request.target)}): "
+            f"run it again as it was started: {journal.command}"
+        )
+    live_disk, live_part = _live(request, disks, snapshot, facts, live_arg, esp_dir, host)
+    derived = derived_uuid(request, disks)
+    phase = SWITCHED if on_array else (COPY if journal is not None else NEW)
+    joined = array is not None and (array.kernel_device.rsplit("/", 1)[-1] in live_part.holders)
+    if not joined and live_part.holders:
+        raise BadInput(
+            f"the live ESP {_node(live_disk, live_part)} is held by {', '.join(live_part.holders)} (another md array "
+            f"or device-mapper): stop that first (`mdadm --stop /dev/{live_part.holders[0]}`), then run adopt again"
+        )
+    if phase != SWITCHED:
+        _check_live_fat(request, live_disk, live_part, facts, esp_dir, mounted)
+    sector = disks[0].sector_size
+    live = _member(live_disk, live_part, sector)
+    members: list[Member] = []
+    others: list[Member] = []
+    stop: set[str] = set()
+    unmount: list[str] = []
+    for disk in disks:
+        if disk is live_disk:
+            members.append(live)
+            continue
+        member, held, mounts = _other(request, disk, derived, sector, phase, facts)
+        stop |= set(held)
+        unmount += mounts
+        others.append(member)
+        members.append(member)
+    if phase != SWITCHED:  # the array is made again: whatever of it runs is stopped first
+        if array is not None:
+            stop.add(array.device)
+        if snapshot.inactive:
+            stop.add(snapshot.inactive)
+    smallest = min(m.size for m in members)
+    if phase != SWITCHED:
+        _check_room_for_files(live, facts.fats[str(live.node)], smallest, sector, request)
+    retire = _retire(facts.fstab, request.mountpoint, disks, members, host)
+    label = live_part.label if live_part.label and not fat_label_problem(live_part.label) else request.label
+    backup_dir = os.path.join(request.target, BACKUP_DIR)
+    backups: list[Backup] = []
+    notes: list[str] = []
+    if phase == NEW:
+        backups, need = _backups(members, live, facts, esp_dir, backup_dir)
+        if need > facts.free:
+            raise BadInput(
+                f"no room for the backups: {backup_dir} needs about {_size_name(need)} (the ESPs' files "
+                f"and each disk's GPT) and its file system has {_size_name(facts.free)} free: free space "
+                f"there, then run adopt again"
+            )
+    if label != live_part.label:
+        notes.append(
+            f"the live ESP has no FAT label esp-mirror can keep ({live_part.label!r}): the mirror's is {label}"
+        )
+    notes += [
+        f"{hook} copies between ESPs or names them: with the mirror it is no longer needed (remove or disable it "
+        "once the adoption is done; esp-mirror leaves it as it is)"
+        for hook in facts.sync_hooks
+    ]
+    staged = snapshot.mounted_at(STAGING) is not None  # (the module's value: tests point it elsewhere)
+    nvram = not request.no_nvram and snapshot.efivars
+    adoption = Adoption(
+        live=live,
+        label=label,
+        phase=phase,
+        journal=journal or AdoptJournal(facts.command, live.guid, request.disks),
+        component_kib=(smallest - fat.MD_RESERVE) // MIB * 1024,
+        retire=retire,
+        live_mounted=mounted is not None and mounted.source == live_part.devnum,
+        staged=staged,
+        stop=tuple(sorted({host.realpath(device) for device in stop})),
+        unmount=tuple(dict.fromkeys(unmount)),
+        joined=joined,
+        backups=tuple(backups),
+        gpt_backups=tuple((d.path, os.path.join(backup_dir, f"gpt-{d.name}.bin")) for d in disks if d.pttype == "gpt")
+        if phase == NEW
+        else (),
+        backup_dir=backup_dir,
+        fstab_lines="".join(f"{line}\n" for line in retire),
+        boot_text=snapshot.boot_text,
+        notes=tuple(notes),
+        others=tuple(others),
+        staging=STAGING,
+        reload_systemd=os.path.normpath(request.target) == "/"
+        and profile.init is Init.SYSTEMD
+        and host.exists("/run/systemd/system"),
+    )
+    switched = phase == SWITCHED
+    volume = array.fs_uuid.replace("-", "") if switched and array is not None and array.fs_uuid else None
+    volume = volume or naming.volume_id(derived)
+    return Layout(
+        members=tuple(members),
+        raid_devices=len(members),
+        array_uuid=derived,
+        array_action="keep" if switched else "create",
+        fs_uuid=naming.fstab_uuid(volume),
+        volume_id=volume,
+        make_fs=not switched,
+        esp_dir=esp_dir,
+        mount=False,
+        image_mode=False,
+        nvram=nvram,
+        first_sector=request.esp_start // sector,
+        last_sector=request.esp_start // sector + request.esp_size // sector - 1,
+        sector_size=sector,
+        notes=() if nvram or request.no_nvram else (_NO_EFIVARS,),
+        resyncing=switched and array is not None and (array.sync_action in ("resync", "recover") or array.resync_owed),
+        esp_size=record_size(tuple(members)),
+        adoption=adoption,
+    )
+
+
+_NO_EFIVARS = (
+    "WARNING: no EFI variables here (/sys/firmware/efi/efivars is empty): no boot entries are made; "
+    "run `esp-mirror entries` on the booted system afterwards"
+)
+
+
+def _check_request(request: Resolved, disks: tuple[DiskFacts, ...]) -> None:
+    if request.wipe:
+        raise BadInput("adopt never wipes a disk: leave out --wipe (a blank disk gets its ESP partition as it is)")
+    if len(disks) < 2:
+        raise BadInput(
+            "adopt needs the disk of the live ESP and at least one more: pass --disk for each disk of the mirror"
+        )
+    seen: dict[str, str] = {}
+    for disk in disks:
+        if disk.kind == "missing":
+            raise BadInput(f"disk {disk.given} does not exist: check the path (lsblk lists disks)")
+        if disk.kind == "partition":
+            raise BadInput(
+                f"{disk.given} is a partition, not a whole disk: pass the disk it is on "
+                "(name the live ESP with --esp if fstab does not)"
+            )
+        if disk.kind != "block":
+            raise BadInput(
+                f"disk {disk.given} is not a block device: adopt works on a running machine's disks "
+                "(attach an image with `losetup --find --show --partscan` and pass the loop device)"
+            )
+        for key in (disk.key, *disk.storage):
+            if key in seen:
+                raise BadInput(f"disk {disk.given} is the same storage as {seen[key]}: list each disk once")
+            seen[key] = disk.given
+        if disk.pttype == "dos":
+            raise BadInput(
+                f"disk {disk.given} has an MBR (dos) partition table: esp-mirror mirrors ESPs on GPT disks; "
+                f"convert it first (`sgdisk --mbrtogpt {disk.path}`, then check the boot) or leave it out"
+            )
+    sizes = {d.sector_size for d in disks}
+    if len(sizes) > 1:
+        listing = ", ".join(f"{d.given}={d.sector_size}" for d in disks)
+        raise BadInput(
+            f"disks have different logical sector sizes ({listing}): a RAID1 ESP needs members with one "
+            "sector size; pick matching disks"
+        )
+
+
+def _live(
+    request: Resolved,
+    disks: tuple[DiskFacts, ...],
+    snapshot: Snapshot,
+    facts: Facts,
+    live_arg: str | None,
+    esp_dir: str,
+    host: HostView,
+) -> tuple[DiskFacts, Partition]:
+    """The live ESP: the journal's (an adoption under way), ``--esp``, what is mounted at the
+    mount point, or what fstab mounts there."""
+    found = [(d, p) for d in disks for p in d.partitions]
+    if facts.journal is not None:
+        match = next(((d, p) for d, p in found if p.guid == facts.journal.live), None)
+        if match is None:
+            raise BadInput(
+                f"the interrupted adoption's live ESP (partition {facts.journal.live}) is on none of the disks "
+                f"given: run it again as it was started: {facts.journal.command}"
+            )
+        return match
+    mounted = snapshot.mounted_at(esp_dir)
+    if live_arg is not None:
+        node = host.realpath(live_arg)
+        match = next(((d, p) for d, p in found if _node(d, p) == node), None)
+        if match is None:
+            raise BadInput(f"--esp {live_arg} is not a partition of the disks given: pass one of theirs")
+        if mounted is not None and mounted.source != match[1].devnum:
+            raise BadInput(
+                f"{esp_dir} is mounted from {mounted.device}, not from {live_arg}: name the ESP mounted there, "
+                f"or unmount it first (umount {esp_dir})"
+            )
+        return match
+    if mounted is not None:
+        if mounted.fstype == "autofs":
+            raise BadInput(
+                f"{esp_dir} is an automount point: mount the ESP (`ls {esp_dir}` triggers it) or stop the "
+                "automount, then run adopt again"
+            )
+        match = next(((d, p) for d, p in found if p.devnum and p.devnum == mounted.source), None)
+        if match is None:
+            raise BadInput(
+                f"{esp_dir} is mounted from {mounted.device}, which is on none of the disks given: "
+                "pass its disk with --disk too"
+            )
+        return match
+    lines = _mounting(facts.fstab, request.mountpoint)
+    if not lines:
+        raise BadInput(
+            f"no ESP to adopt: nothing is mounted at {esp_dir} and the target's fstab mounts nothing there: "
+            "name the ESP with --esp PARTITION (or give --mountpoint)"
+        )
+    spec = lines[0].split()[0]
+    match = next(((d, p) for d, p in found if _names(spec, d, p, host)), None)
+    if match is None:
+        raise BadInput(
+            f"fstab mounts {spec} at {request.mountpoint}, which is on none of the disks given: "
+            "pass its disk with --disk too, or name the ESP with --esp"
+        )
+    return match
+
+
+def _check_room_for_files(live: Member, use: FatUse, smallest: int, sector: int, request: Resolved) -> None:
+    """The live ESP's files fit on the mirror's FAT (whose members are no larger than the smallest)."""
+    used, room = use.used_bytes(live.size), fat.capacity(smallest, sector)
+    if used + MIB <= room:
+        return
+    fix = (
+        f"pass a larger --esp-size (at least {-(-(used + 2 * MIB + smallest - room) // MIB)}M) for the new partitions"
+        if smallest == request.esp_size and smallest < live.size
+        else "free space on the ESP first, or leave out the disk with the smallest ESP partition"
+    )
+    raise BadInput(
+        f"the live ESP {live.node} holds up to {_size_name(used)} of files, and a FAT32 on the mirror (its smallest "
+        f"member: {_size_name(smallest)}) holds {_size_name(room)}: {fix}"
+    )
+
+
+def _check_live_fat(
+    request: Resolved, disk: DiskFacts, part: Partition, facts: Facts, esp_dir: str, mounted: Mount | None
+) -> None:
+    node = _node(disk, part)
+    if part.fstype != "vfat":
+        what = part.fstype or "no file system blkid knows"
+        raise BadInput(f"the live ESP {node} holds {what}, not FAT: esp-mirror adopts a FAT ESP only")
+    problems = facts.fats[node].problems
+    if problems:
+        raise BadInput(
+            f"fsck.fat -n finds damage on the live ESP {node} ({problems[0].strip()}): repair it first "
+            f"(`umount {esp_dir}; fsck.fat -a {node}; mount {esp_dir}`), then run adopt again"
+        )
+    elsewhere = [m for m in part.mountpoints if m != esp_dir]
+    if elsewhere:
+        raise BadInput(
+            f"the live ESP {node} is mounted twice ({esp_dir} and {elsewhere[0]}): unmount the second "
+            f"(`umount {elsewhere[0]}`) and remove its fstab line, then run adopt again"
+        )
+    if not part.is_esp:
+        raise BadInput(
+            f"{node} is not an EFI System Partition (its GPT type is {part.type_guid}): the firmware does not "
+            f"boot from it; name the ESP with --esp, or set its type first (`sgdisk --typecode=N:EF00`)"
+        )
+    _fits(node, part.size * disk.sector_size, disk.sector_size)
+    if request.bootloader.runs_in_target and mounted is not None:
+        _check_loader(request, esp_dir, facts)
+
+
+def _check_loader(request: Resolved, esp_dir: str, facts: Facts) -> None:
+    """The live ESP holds the bootloader the request names: adopt keeps the machine's bootloader,
+    it never switches it behind the administrator's back."""
+    if request.bootloader is BootloaderKind.SYSTEMD_BOOT:
+        wanted = ["EFI/systemd/systemd-bootx64.efi", "EFI/systemd/systemd-bootaa64.efi"]
+    else:
+        wanted = [
+            f"EFI/{request.loader_id}/{n}" for n in ("grubx64.efi", "grubaa64.efi", "shimx64.efi", "shimaa64.efi")
+        ]
+    if any(os.path.isfile(os.path.join(esp_dir, w)) for w in wanted):
+        return
+    there = sorted(os.listdir(os.path.join(esp_dir, "EFI"))) if os.path.isdir(os.path.join(esp_dir, "EFI")) else []
+    raise BadInput(
+        f"the live ESP holds no {request.bootloader} at \\{wanted[0].rsplit('/', 1)[0].replace('/', chr(92))}\\ "
+        f"(its \\EFI\\ holds {', '.join(there) or 'nothing'}): pass the bootloader it boots "
+        "(--bootloader and --loader-id), adopt does not switch bootloaders"
+    )
+
+
+def _fits(node: str, size: int, sector: int) -> None:
+    if fat.sectors_per_cluster(size, sector) is None:
+        raise BadInput(
+            f"the ESP partition {node} ({_size_name(size)}) is too small for FAT32 plus the md superblock "
+            f"with {sector}-byte sectors: it needs {_size_name(fat.minimum_size(sector))}; leave that disk out "
+            "or make its ESP larger first"
+        )
+
+
+def _member(disk: DiskFacts, part: Partition, sector: int) -> Member:
+    return Member(
+        disk=disk,
+        device=disk.path,
+        node=_node(disk, part),
+        guid=part.guid,
+        exists=True,
+        wipe=False,
+        loop_var=None,
+        number=part.number,
+        size=part.size * sector,
+    )
+
+
+def _other(
+    request: Resolved, disk: DiskFacts, derived: str, sector: int, phase: str, facts: Facts
+) -> tuple[Member, tuple[str, ...], list[str]]:
+    """Another disk's member: its ESP partition where it is, or partition 1 on a disk with room.
+    Also the md arrays that hold it (stopped before the array is made) and where it is mounted."""
+    esps = [p for p in disk.partitions if p.is_esp]
+    if len(esps) > 1:
+        names = ", ".join(_node(disk, p) for p in esps)
+        raise BadInput(
+            f"disk {disk.given} has {len(esps)} ESP partitions ({names}): adopt takes one per disk; change the "
+            "type of the one that is not an ESP, or leave the disk out"
+        )
+    if esps:
+        part = esps[0]
+        node = _node(disk, part)
+        ours = part.fstype == "linux_raid_member" and naming.mdadm_uuid(part.md_uuid) == derived
+        if part.fstype == "linux_raid_member" and not ours:
+            raise BadInput(
+                f"the ESP partition {node} carries a member of another md array ({part.md_name or part.md_uuid}): "
+                f"stop and take it apart first (`mdadm --detail --scan`), or leave {disk.given} out"
+            )
+        if part.fstype not in ("", "vfat", "linux_raid_member"):
+            raise BadInput(
+                f"the ESP partition {node} holds {part.fstype}, not FAT: check what it is; wipe it "
+                f"(`wipefs --all {node}`) if it is not needed, then run adopt again"
+            )
+        if phase != SWITCHED and part.fstype == "vfat" and facts.fats[node].problems:
+            raise BadInput(
+                f"fsck.fat -n finds damage on {node} ({facts.fats[node].problems[0].strip()}), whose files adopt "
+                f"keeps in a backup before it becomes a member: repair it (`fsck.fat -a {node}`) or, if its files "
+                f"are not needed, wipe it (`wipefs --all {node}`), then run adopt again"
+            )
+        _fits(node, part.size * sector, sector)
+        held = tuple(f"/dev/{h}" for h in part.holders if h.startswith("md")) if ours and phase != SWITCHED else ()
+        if part.holders and not held and phase != SWITCHED:
+            raise BadInput(
+                f"the ESP partition {node} is held by {', '.join(part.holders)}: stop that first, then run adopt again"
+            )
+        mounts = [m for m in part.mountpoints if m != STAGING and not m.startswith(f"{READING}-")]
+        return _member(disk, part, sector), held, mounts
+    first, size = request.esp_start // sector, request.esp_size // sector
+    if holds_data(disk) and not _room_at_start(disk, first, size):
+        taken = disk.partition(1)
+        why = (
+            f"its partition 1 ({_node(disk, taken)}) starts at sector {taken.start}"
+            if taken is not None
+            else f"sectors {first}-{first + size - 1} are in use"
+            if disk.partitions
+            else f"it holds {disk.pttype or ', '.join(disk.signatures)}"
+        )
+        raise BadInput(
+            f"disk {disk.given} has no ESP partition and no room for one at {request.esp_start // MIB} MiB ({why}): "
+            f"give it an EF00 partition of at least {_size_name(fat.minimum_size(sector))} "
+            f"(sgdisk --new=N:START:+SIZE --typecode=N:EF00 {disk.path}), or leave it out"
+        )
+    if request.esp_start + request.esp_size + GPT_BACKUP > disk.size:
+        raise BadInput(
+            f"the {request.esp_size // MIB} MiB ESP does not fit on {disk.given} ({disk.size // MIB} MiB): "
+            "use a smaller --esp-size"
+        )
+    _fits(f"to be made on {disk.given}", request.esp_size, sector)
+    member = Member(
+        disk=disk,
+        device=disk.path,
+        node=naming.partition_node(disk.path, 1),
+        guid=naming.partition_guid(disk.identity),
+        exists=False,
+        wipe=False,
+        loop_var=None,
+        number=1,
+        size=request.esp_size,
+    )
+    return member, (), []
+
+
+def _room_at_start(disk: DiskFacts, first: int, size: int) -> bool:
+    """A GPT whose partition 1 is free and whose partitions leave ``first``.. free: partition 1 can be added."""
+    if disk.pttype != "gpt" or set(disk.signatures) - {"gpt", "PMBR"} or disk.partition(1) is not None:
+        return False
+    last = first + size - 1
+    return all(p.start + p.size - 1 < first or p.start > last for p in disk.partitions)
+
+
+def _mounting(fstab: str, mountpoint: str) -> list[str]:
+    """The fstab lines (not comments) that mount something at ``mountpoint``."""
+    out = []
+    for raw in fstab.splitlines():
+        words = raw.split()
+        if len(words) >= 2 and not words[0].startswith("#") and os.path.normpath(words[1]) == mountpoint:
+            out.append(raw.strip())
+    return out
+
+
+def _names(spec: str, disk: DiskFacts, part: Partition, host: HostView) -> bool:
+    """Whether an fstab device field names this partition."""
+    key, _, value = spec.partition("=")
+    value = value.strip("\"'")
+    if key == "UUID" and value:
+        return value.lower() in (part.fs_uuid.lower(), part.md_uuid.lower()) and bool(part.fs_uuid or part.md_uuid)
+    if key == "LABEL" and value:
+        return value == part.label
+    if key == "PARTUUID" and value:
+        return value.lower() == part.guid
+    if key == "PARTLABEL" and value:
+        return value == part.name
+    if spec.startswith("/dev/"):
+        return host.realpath(spec) == _node(disk, part)
+    return False
+
+
+def _retire(
+    fstab: str, mountpoint: str, disks: tuple[DiskFacts, ...], members: list[Member], host: HostView
+) -> tuple[str, ...]:
+    """The fstab lines the mirror's line replaces: every line that mounts an ESP partition of the
+    mirror (the live one at the mount point, other disks' copies anywhere) and any other line for
+    the mount point."""
+    parts = [(m.disk, m.partition) for m in members if m.partition is not None]
+    out = []
+    for raw in fstab.splitlines():
+        words = raw.split()
+        if len(words) < 2 or words[0].startswith("#"):
+            continue
+        at_mountpoint = os.path.normpath(words[1]) == mountpoint
+        if at_mountpoint or any(_names(words[0], d, p, host) for d, p in parts if p is not None):
+            out.append(raw.strip())
+    return tuple(out)
+
+
+def _backups(
+    members: list[Member], live: Member, facts: Facts, esp_dir: str, backup_dir: str
+) -> tuple[list[Backup], int]:
+    """A tar for each ESP that holds a FAT, and how many bytes the backups take at most."""
+    out = []
+    need = MIB + sum(GPT_BACKUP for _ in members)
+    for member in members:
+        part = member.partition
+        node = str(member.node)
+        if part is None or (part.fstype != "vfat" and member is not live):
+            continue
+        name = os.path.basename(node)
+        if member is live:
+            source, mount = esp_dir, False
+        elif part.mountpoints:
+            source, mount = part.mountpoints[0], False
+        else:
+            source, mount = f"{READING}-{name}", True
+        out.append(Backup(node, source, mount, os.path.join(backup_dir, f"esp-{name}.tar")))
+        need += facts.fats[node].used_bytes(member.size) + 64 * 1024
+    return out, need
