@@ -138,6 +138,9 @@ def blank(disks: Sequence[str]) -> None:
     every apply starts from the same state, so its plan has the same steps each time."""
     sh("umount", ESP, ok=(0, 32))
     sh("mdadm", "--stop", "--scan", ok=(0, 1))
+    # without udev nothing removes the link mdadm made: left, the next plan finds the stopped
+    # array's device and stops it first, one step more than the first plan (numbers shifted)
+    sh("rm", "-f", "/dev/md/esp")
     for disk in disks:
         if os.path.exists(f"{disk}1"):
             sh("wipefs", "--all", "--quiet", f"{disk}1")

@@ -511,16 +511,19 @@ def _export(text: str) -> dict[str, str]:
 def md_detail(runner: Runner, host: HostView, device: str, reads: Reads | None = None) -> dict[str, str] | None:
     """``mdadm --detail --export`` of a running array as a dict; None when it is not running.
 
-    An array that exists but cannot be read is not "no array": strict reads refuse.
+    md's array_state says "clear" or "inactive" for an array that exists but was never started
+    (an ``mdadm --create`` or ``--assemble`` killed half way) or was stopped: mdadm --detail may
+    answer for it all the same, but it is not running. An array that exists but cannot be read
+    is not "no array": strict reads refuse.
     """
     if not host.exists(device) or not host.exists(host.realpath(device)):
+        return None
+    state = host.read(f"/sys/block/{os.path.basename(host.realpath(device))}/md/array_state")
+    if state is not None and state.strip() in ("clear", "inactive"):
         return None
     try:
         return _export(runner.run(("mdadm", "--detail", "--export", device)).stdout)
     except CommandFailed as exc:
-        state = host.read(f"/sys/block/{os.path.basename(host.realpath(device))}/md/array_state")
-        if state is not None and state.strip() in ("clear", "inactive"):
-            return None  # assembled from nothing or stopped: not running
         (reads or Reads()).cannot(f"the array {device}", exc.stderr_line)
         return None
 

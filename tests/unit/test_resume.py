@@ -54,19 +54,43 @@ def test_members_whose_array_was_never_started_are_assembled_and_checked(two_dis
     assert kinds(again, "post_format")[:3] == ["mdadm --assemble", "settle", "ensure-fat"]
 
 
-def test_an_inactive_array_holding_the_members_is_stopped_first(two_disks):
-    """udev's incremental assembly (or a killed run) left /dev/md/esp inactive on the members."""
+@pytest.mark.parametrize("detail_answers", [False, True], ids=["detail-fails", "detail-answers"])
+def test_an_inactive_array_holding_the_members_is_stopped_first(two_disks, detail_answers):
+    """udev's incremental assembly (or a killed run) left /dev/md/esp inactive on the members.
+    mdadm --detail may answer for such an array (an mdadm --create killed 0.3 s in, in the VM:
+    the run again stopped on md's missing sync_action before)."""
     first = plan_of(two_disks)
     build_members(two_disks, first, inner_fs=True, holders=("md127",))
+    md = two_disks.sysroot / "sys/block/md127/md"
+    if detail_answers:
+        two_disks.add_array("/dev/md/esp", "md127", uuid=first["array"]["uuid"], members=("/dev/sda1", "/dev/sdb1"))
+        (md / "sync_action").unlink()  # only a running array has one
+    else:
+        two_disks.link("/dev/md/esp", "/dev/md127")
+        (two_disks.sysroot / "dev/md127").touch()
+        md.mkdir(parents=True)
+        two_disks.fail(("mdadm", "--detail", "--export", "/dev/md/esp"), 1, "mdadm: cannot open /dev/md/esp\n")
+    (md / "array_state").write_text("inactive\n")
+    again = plan_of(two_disks)
+    post = json_commands(again, "post_format")
+    assert post[:2] == [("mdadm", "--stop", "/dev/md/esp"), starting(post, "mdadm", "--assemble")[0]]
+
+
+def test_an_inactive_array_a_create_left_before_any_superblock_is_stopped_and_made_again(two_disks):
+    """Killed inside mdadm --create before it wrote a superblock: /dev/md/esp names an md device
+    that never started, and the members carry nothing."""
+    first = plan_of(two_disks)
+    build_members(two_disks, first, inner_fs=False)
+    for disk in ("/dev/sda", "/dev/sdb"):
+        two_disks.disks[disk].partitions[0].probe.clear()
     two_disks.link("/dev/md/esp", "/dev/md127")
     (two_disks.sysroot / "dev/md127").touch()
     md = two_disks.sysroot / "sys/block/md127/md"
     md.mkdir(parents=True)
-    (md / "array_state").write_text("inactive\n")
-    two_disks.fail(("mdadm", "--detail", "--export", "/dev/md/esp"), 1, "mdadm: cannot open /dev/md/esp\n")
+    (md / "array_state").write_text("clear\n")
     again = plan_of(two_disks)
     post = json_commands(again, "post_format")
-    assert post[:2] == [("mdadm", "--stop", "/dev/md/esp"), starting(post, "mdadm", "--assemble")[0]]
+    assert post[0] == ("mdadm", "--stop", "/dev/md/esp") and post[1][:2] == ("mdadm", "--create")
 
 
 def post_format_waits(plan: dict) -> list[dict]:
