@@ -47,10 +47,12 @@ def plan(request: Resolved, profile: Profile, layout: Layout, target: Target) ->
     if layout.array_action == "create":
         missing = ("missing",) * (layout.raid_devices - len(nodes))
         steps.append(create(request, layout, (*nodes, *missing)))
-    elif layout.array_action == "assemble":
+    elif layout.array_action == "assemble":  # the members that carry its superblock (an adoption's
+        # live ESP joins last, and may not yet)
+        carrying = tuple(m.node for m in layout.members if m.superblock)
         steps.append(
             Command(
-                ("mdadm", "--assemble", request.device, "--run", f"--uuid={layout.array_uuid}", *nodes),
+                ("mdadm", "--assemble", request.device, "--run", f"--uuid={layout.array_uuid}", *carrying),
                 why="the array exists on the disks but is not running",
             )
         )

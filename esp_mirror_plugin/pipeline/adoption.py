@@ -295,8 +295,23 @@ def build(
         )
     live_disk, live_part = _live(request, disks, snapshot, facts, live_arg, esp_dir, host)
     derived = derived_uuid(request, disks)
-    phase = SWITCHED if on_array else (COPY if journal is not None else NEW)
-    joined = array is not None and (array.kernel_device.rsplit("/", 1)[-1] in live_part.holders)
+    # Once the journal says "switched", the array is the ESP, whether it runs and is mounted yet or
+    # not (after a power cut it is neither until the system assembles and mounts it): it is never
+    # made again. Before that, an array mounted at the mount point holds a verified copy: the
+    # switch happened, the journal's rewrite did not.
+    phase = (
+        SWITCHED
+        if on_array or (journal is not None and journal.phase == SWITCHED)
+        else (COPY if journal is not None else NEW)
+    )
+    joined = (live_part.fstype == "linux_raid_member" and naming.mdadm_uuid(live_part.md_uuid) == derived) or (
+        array is not None and array.kernel_device.rsplit("/", 1)[-1] in live_part.holders
+    )
+    if phase == SWITCHED and mounted is not None and not on_array:
+        raise BadInput(
+            f"{esp_dir} is mounted from {mounted.device}, but the adoption had switched the ESP to {request.device}: "
+            f"unmount it (umount {esp_dir}), then run adopt again"
+        )
     if not joined and live_part.holders:
         raise BadInput(
             f"the live ESP {_node(live_disk, live_part)} is held by {', '.join(live_part.holders)} (another md array "
@@ -380,16 +395,18 @@ def build(
     switched = phase == SWITCHED
     volume = array.fs_uuid.replace("-", "") if switched and array is not None and array.fs_uuid else None
     volume = volume or naming.volume_id(derived)
+    action = "create" if not switched else "keep" if array is not None else "assemble"
     return Layout(
         members=tuple(members),
         raid_devices=len(members),
         array_uuid=derived,
-        array_action="keep" if switched else "create",
+        array_action=action,
         fs_uuid=naming.fstab_uuid(volume),
         volume_id=volume,
         make_fs=not switched,
         esp_dir=esp_dir,
-        mount=False,
+        mount=switched and mounted is None,  # after a reboot, before the system mounted the array
+        stop_first=snapshot.inactive if action == "assemble" else "",
         image_mode=False,
         nvram=nvram,
         first_sector=request.esp_start // sector,

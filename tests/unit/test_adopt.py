@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -569,3 +570,31 @@ def test_apply_takes_adopted_members_as_they_are(live: LiveEsp) -> None:
     assert not starting(argv, "sgdisk") and not starting(argv, "wipefs") and not starting(argv, "mdadm", "--create")
     assert [m["partition_guid"] for m in plan["members"]] == [LIVE_GUID, naming.partition_guid("serial:espvm-B")]
     assert plan["array"]["action"] == "keep"
+
+
+@pytest.mark.parametrize("live_added", [False, True], ids=["live-not-added", "live-added-during-the-resync"])
+def test_after_a_power_cut_past_the_switch_the_array_is_assembled_and_mounted_never_made_again(
+    live: LiveEsp, live_added: bool
+) -> None:
+    """The machine was reset after the switch (or during the final resync): nothing assembled the
+    array or mounted anything yet; the journal says "switched"."""
+    _interrupted(live, "switched")
+    (live.sysroot / "dev/md/esp").unlink()
+    del live.arrays["/dev/md/esp"]
+    shutil.rmtree(live.sysroot / "sys/block/md127")
+    (live.sysroot / "sys/class/block/vdb/vdb1/holders/md127").unlink()
+    live.mountinfo = [line for line in live.mountinfo if str(live.esp) not in line]
+    live._write_proc()
+    if live_added:
+        part = live.disks["/dev/vda"].partitions[0]
+        part.probe = dict(live.disks["/dev/vdb"].partitions[0].probe)
+    plan = _plan(live)
+    argv = _argv(plan)
+    for forbidden in ("mkfs.vfat", "cp", "tar"):
+        assert not starting(argv, forbidden), forbidden
+    (assemble,) = starting(argv, "mdadm", "--assemble")
+    assert assemble[-2 if live_added else -1 :] == (("/dev/vda1", "/dev/vdb1") if live_added else ("/dev/vdb1",))
+    post = [s["kind"] for g in plan["groups"] if g["name"] == "post_format" for s in g["steps"]]
+    assert post[:5] == ["command", "settle", "ensure-fat", "mkdir", "command"], post  # assemble, check, mount
+    finish = _argv(plan, "adopt-finish")
+    assert bool(starting(finish, "wipefs")) is not live_added and bool(starting(finish, "mdadm")) is not live_added
