@@ -55,6 +55,7 @@ STATE = "ESPVM-STATE"
 END = "ESPVM-STATE-END"
 UPGRADE_ACTION = "espvm-action=upgrade"  # SMBIOS OEM strings (type 11) the test unit reads
 HEAL_ACTION = "espvm-action=heal"
+ADOPT_ACTION = "espvm-action=adopt"  # ci/adopted.py
 SECTION = "@@@ "
 
 # What boots this system: GRUB with no menu delay, the kernel's console on the serial port, and
@@ -178,7 +179,38 @@ for name in sys.argv[1:]:
     echo "kernel files: $(find /boot/efi -path "*/$kver/*" -type f | sort | tr '\n' ' ')"
     echo "entries: $(ls /boot/efi/loader/entries | tr '\n' ' ')"
 }
+adopt() {
+    # What an administrator runs on a machine Debian's installer set up: esp-mirror, fetched as one
+    # file (the zip application) since the system has none yet, adopts the ESP with the disks.
+    cli=/root/esp-mirror
+    [ -x /usr/local/sbin/esp-mirror ] && cli=/usr/local/sbin/esp-mirror
+    echo "program: $cli"
+    start=$(now)
+    "$cli" adopt --yes --disk /dev/vda --disk /dev/vdb --initramfs skip > /tmp/adopt.log 2>&1
+    echo "exit $?"
+    echo "seconds $(since "$start")"
+    cat /tmp/adopt.log
+}
+adopted_again() {
+    /usr/local/sbin/esp-mirror adopt --yes --disk /dev/vda --disk /dev/vdb --initramfs skip; echo "adopt exit $?"
+    /usr/local/sbin/esp-mirror apply --yes --json --disk /dev/vda --disk /dev/vdb --initramfs skip > /tmp/apply.json
+    echo "apply exit $?"
+    python3 -c 'import json, sys; r = json.load(open("/tmp/apply.json")); print("changed", r["changed"]); [print("changed:", s["group"], s["step"]) for s in r["steps"] if s["changed"]]'
+}
+disks() { for d in /sys/block/vd*; do echo "$(basename "$d") $(cat "$d/serial") $(readlink -f "$d")"; done; }
 report
+section disks disks
+section efibootmgr-v efibootmgr -v
+if action adopt; then
+    section adopt adopt
+    section adopted-again adopted_again
+    section status sh -c "/usr/local/sbin/esp-mirror status; echo \"exit \$?\""
+    section old-files sh -c "cd /boot/efi && sha256sum --check --quiet /root/esp-before.sha256; echo \"exit \$?\""
+    section efibootmgr-after efibootmgr -v
+    section fstab-after cat /etc/fstab
+    section backups sh -c "ls /var/lib/esp-mirror/adopt; tar -tf /var/lib/esp-mirror/adopt/esp-vda1.tar | sort"
+    section mdstat-after cat /proc/mdstat
+fi
 if action upgrade; then
     section upgrade upgrade
     section installed-version "$esp_mirror" --version

@@ -9,7 +9,10 @@ apply's odd steps and replace (three blank disks), half 2 apply's even steps and
   0.3 s after apply printed the start of step N, run the same apply again, check the result;
 - replace: the same for each step of `replace --old X --new Y --wipe` (X and Y swap each time, so
   every run starts from a healthy mirror without an install in between);
-- repair: the same for each step of `repair --source /dev/vda`.
+- repair: the same for each step of `repair --source /dev/vda`;
+- adopt (ci/adoptable.py's machine, made again before each run): half 1 with a blank second disk,
+  half 2 with a stale copy of the ESP on it, adopted where it is; the check adds the live ESP's
+  files on the array byte for byte and every byte outside the ESP partitions unchanged.
 
 From step N on, the changing tools linger 0.5 s after they did their work (wrappers in
 /usr/local/sbin, which esp-mirror's PATH searches first; the guest's root is a throw-away overlay),
@@ -33,6 +36,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ci import adoptable
 from esp_mirror_plugin.hooks.fat import fsck_problems
 from esp_mirror_plugin.system.discovery import HostView
 from esp_mirror_plugin.system.runner import ShRunner
@@ -159,7 +163,9 @@ def blank(disks: Sequence[str]) -> None:
         sh("efibootmgr", "--quiet", "--bootnum", number, "--delete-bootnum")
 
 
-def loop(name: str, argv_of, before, disks_of, efi_image: str, steps: list[int]) -> list[dict[str, object]]:
+def loop(name: str, argv_of, before, check, steps: list[int]) -> list[dict[str, object]]:
+    """For each step n: ``before(n)``, run ``argv_of(n)`` killed at step n, run it again, and
+    ``check(n)`` (what is wrong; empty when all is right)."""
     results = []
     for n in steps:
         argv = argv_of(n)
@@ -170,9 +176,11 @@ def loop(name: str, argv_of, before, disks_of, efi_image: str, steps: list[int])
         again = subprocess.run(argv, capture_output=True, text=True, check=False)
         ran = time.monotonic()
         wrong = (
-            [f"re-run exit {again.returncode}: {again.stdout.strip().splitlines()[-3:]}"] if again.returncode else []
+            [f"re-run exit {again.returncode}: {(again.stdout + again.stderr).strip().splitlines()[-6:]}"]
+            if again.returncode
+            else []
         )
-        wrong = wrong or checks(disks_of(n), efi_image)
+        wrong = wrong or check(n)
         result = {"command": name, "step": n, "killed_in": line, "converged": not wrong, "wrong": wrong}
         result["seconds"] = round(time.monotonic() - started, 1)
         # the killed run, the run again, the check
@@ -213,6 +221,136 @@ def power_cut_script(efi_image: str, during: str, cut_file: str, cli: str = CLI)
     )
 
 
+def adopt_loop(efi_image: str, cli: str, *, stale: bool) -> list[dict[str, object]]:
+    """adopt killed at each step (ci/adoptable.py's machine): vda holds the live ESP, vdb a stale
+    copy of it (``stale``: adopted where it is) or nothing (it gets partition 1)."""
+    blank(["/dev/vda", "/dev/vdb", "/dev/vdc"][: 2 if stale else 3])
+    pair = ["/dev/vda", "/dev/vdb"]
+    argv = adoptable.argv(cli, pair, efi_image)
+    outside: dict[str, str] = {}
+
+    def before(n: int) -> None:
+        adoptable.reset(pair)
+        outside.update(adoptable.make(*pair, stale=stale))
+
+    before(0)
+    steps = list(range(1, steps_of(argv) + 1))
+    name = "adopt (stale ESP in place)" if stale else "adopt (blank disk)"
+    return loop(name, lambda n: argv, before, lambda n: adoptable.checks(pair, efi_image, outside), steps)
+
+
+# Bad input for adopt on ci/adoptable.py's machine: (name, shell lines that make it, the adopt
+# arguments beyond the machine's, shell lines that undo it). Each must exit 2 with one line.
+ADOPT_REFUSALS = (
+    ("not-fat", "umount /target/boot/efi", ["--esp", "/dev/vda2"], "mount /dev/vda1 /target/boot/efi"),
+    (
+        "damaged",  # the second FAT differs from the first: fsck.fat -n reports it
+        "umount /target/boot/efi; dd if=/dev/urandom of=/dev/vda1 bs=512 seek=2000 count=8 conv=notrunc status=none",
+        [],
+        "",  # put back by the restore of the whole disk below
+    ),
+    (
+        "too-small",
+        "sgdisk --new=1:2048:+20M --typecode=1:EF00 /dev/vdd >/dev/null; partx --add /dev/vdd 2>/dev/null || true",
+        ["--disk", "/dev/vdd"],
+        "sgdisk --zap-all /dev/vdd >/dev/null; partx --delete /dev/vdd 2>/dev/null || true",
+    ),
+    (
+        "sector-sizes",
+        "truncate -s 128M /tmp/4k.img; loop=$(losetup --find --show --sector-size 4096 /tmp/4k.img)",
+        ["--disk", "$loop"],
+        'losetup --detach "$loop"',
+    ),
+    ("mounted-twice", "mkdir -p /mnt/twice; mount /dev/vda1 /mnt/twice", [], "umount /mnt/twice"),
+    (
+        "held-by-an-array",  # a superblock-less md over the live ESP: it writes nothing
+        "umount /target/boot/efi; mdadm --build /dev/md/held --level=1 --raid-devices=2 --run /dev/vda1 missing",
+        [],
+        "mdadm --stop /dev/md/held; mount /dev/vda1 /target/boot/efi",
+    ),
+    ("not-root", "", [], ""),
+)
+
+
+def adopt_refusals(cli: str, efi_image: str) -> str:
+    """Shell lines that try each of :data:`ADOPT_REFUSALS` and print, per case, the exit code, the
+    error's line count and line, and whether the disks and the target are as they were."""
+    base = adoptable.argv(cli, ["/dev/vda", "/dev/vdb"], efi_image)
+    state = "{ sha256sum /dev/vda /dev/vdb; find /target -type f -exec sha256sum {} + | sort; efibootmgr; }"
+    out = ["dd if=/dev/vda of=/run/espvm-vda.img bs=4M status=none  # the live ESP's disk, for the damaged case"]
+    for name, make, extra, undo in ADOPT_REFUSALS:
+        argv = " ".join([shlex.quote(a) for a in base] + [a if a.startswith("$") else shlex.quote(a) for a in extra])
+        if name == "not-root":
+            argv = f"setpriv --reuid=65534 --regid=65534 --clear-groups {argv}"
+        out += [
+            f"echo '@@@ refusal {name}'",
+            make or ":",
+            f"before=$({state} 2>&1)",
+            f"rc=0; {argv} >/tmp/refusal.out 2>/tmp/refusal.err || rc=$?",
+            f"after=$({state} 2>&1)",
+            'echo "exit $rc lines $(wc -l < /tmp/refusal.err)"; cat /tmp/refusal.err /tmp/refusal.out',
+            '[ "$before" = "$after" ] && echo unchanged || echo CHANGED',
+            undo or ":",
+        ]
+        if name == "damaged":
+            out.append(
+                "dd if=/run/espvm-vda.img of=/dev/vda bs=4M conv=fsync status=none; mount /dev/vda1 /target/boot/efi"
+            )
+    return "\n".join(out)
+
+
+def adopt_power_cut_script(efi_image: str, boot: int, cut_file: str, cli: str = CLI) -> str:
+    """A guest script for boot 1, 2 or 3 of the adoption cut twice (ci/adoptable.py's machine, its
+    target on /dev/vdc, which survives the resets). Each boot first does what the installed system
+    does when it starts: the arrays mdadm.conf lists are assembled and fstab's ESP is mounted.
+
+    1. makes the machine, tries the bad input of :data:`ADOPT_REFUSALS` (each refused, nothing
+       changed), adopts, and cuts the power (sysrq ``b``: no sync) right after the copy on the
+       degraded array is verified and unmounted;
+    2. adopts again and cuts 1 s into the final recovery onto the live ESP's partition (md's
+       resync throttled to 500 KB/s, so it runs then);
+    3. adopts again, to the end, and prints what ci.adoptable.checks finds wrong, as JSON.
+    """
+    adopt = shlex.join(adoptable.argv(cli, ["/dev/vda", "/dev/vdb"], efi_image))
+    python = shlex.quote(sys.executable)
+    cut = f'cat /proc/mdstat > {cut_file}\necho "POWER-CUT at boot {boot}" >> {cut_file}\necho b > /proc/sysrq-trigger\nsleep 60\n'
+    lines = ["set -eu", f"cd {shlex.quote(str(Path(__file__).resolve().parents[1]))}", "mkdir -p /target"]
+    if boot == 1:
+        lines += [
+            "mkfs.ext4 -q -F /dev/vdc && mount /dev/vdc /target",
+            f"{python} -c 'import json; from ci import adoptable; "
+            'json.dump(adoptable.make("/dev/vda", "/dev/vdb", stale=True), open("/target/outside.json", "w"))\'',
+        ]
+    else:
+        lines += [
+            "mount /dev/vdc /target",
+            "mdadm --assemble --scan --config=/target/etc/mdadm/mdadm.conf || true",
+            "mount --fstab /target/etc/fstab --target-prefix /target /boot/efi",
+        ]
+    lines += [
+        "modprobe raid1",
+        "echo 100 > /proc/sys/dev/raid/speed_limit_min",
+        "echo 500 > /proc/sys/dev/raid/speed_limit_max",
+    ]
+    if boot == 1:  # after the copy is on the degraded array and unmounted from the staging directory
+        wrapper = f'#!/bin/sh\n/usr/bin/umount "$@"\nrc=$?\n[ "$1" = /run/esp-mirror/adopt ] && {{\n{cut}}}\nexit $rc\n'
+        lines.append(
+            f"cat > /usr/local/sbin/umount <<'ESPVM_EOF'\n{wrapper}ESPVM_EOF\nchmod 755 /usr/local/sbin/umount"
+        )
+    elif boot == 2:  # 1 s into the recovery onto the live ESP's partition
+        wrapper = f'#!/bin/sh\n/usr/sbin/mdadm "$@"\nrc=$?\ncase "$*" in *" --add "*) sleep 1\n{cut};; esac\nexit $rc\n'
+        lines.append(f"cat > /usr/local/sbin/mdadm <<'ESPVM_EOF'\n{wrapper}ESPVM_EOF\nchmod 755 /usr/local/sbin/mdadm")
+    lines.append(f"{adopt} 2>&1")
+    if boot < 3:
+        lines.append("sleep 60")
+    else:
+        lines.append(
+            f'{python} -c \'import json; from ci import adoptable; print(json.dumps({{"wrong": adoptable.checks('
+            f'["/dev/vda", "/dev/vdb"], {efi_image!r}, json.load(open("/target/outside.json")))}}))\''
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(efi_image: str, half: int, cli: str = CLI) -> int:
     """Half 1 of the work: apply's odd steps, then replace's; half 2: apply's even steps, then
     repair's (the two halves run in two guests at once). ``cli`` is the esp-mirror to run (the
@@ -224,7 +362,7 @@ def main(efi_image: str, half: int, cli: str = CLI) -> int:
     apply = apply_argv(efi_image, cli)
     blank([*pair, "/dev/vdc"] if half == 1 else pair)
     steps = [n for n in range(1, steps_of(apply) + 1) if n % 2 == half % 2]
-    results = loop("apply", lambda n: apply, lambda n: blank(pair), lambda n: pair, efi_image, steps)
+    results = loop("apply", lambda n: apply, lambda n: blank(pair), lambda n: checks(pair, efi_image), steps)
     sh(*apply)  # the mirror every replace and repair starts from
     if half == 1:
 
@@ -236,11 +374,14 @@ def main(efi_image: str, half: int, cli: str = CLI) -> int:
             return [cli, "replace", "--yes", "--old", old, "--new", new, "--wipe"]
 
         steps = list(range(1, steps_of(replace(1)) + 1))
-        results += loop("replace", replace, lambda n: None, lambda n: ["/dev/vda", swap(n)[1]], efi_image, steps)
+        results += loop(
+            "replace", replace, lambda n: None, lambda n: checks(["/dev/vda", swap(n)[1]], efi_image), steps
+        )
     else:
         repair = [cli, "repair", "--yes", "--source", "/dev/vda"]
         steps = list(range(1, steps_of(repair) + 1))
-        results += loop("repair", lambda n: repair, lambda n: None, lambda n: pair, efi_image, steps)
+        results += loop("repair", lambda n: repair, lambda n: None, lambda n: checks(pair, efi_image), steps)
+    results += adopt_loop(efi_image, cli, stale=half == 2)
     print(json.dumps({"half": half, "steps": len(results)}), flush=True)
     return 0
 

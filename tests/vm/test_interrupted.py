@@ -56,7 +56,8 @@ def interruptions(vm_assets: Assets, module_dir: Path) -> list[dict]:
 @pytest.mark.killloop
 def test_every_interrupted_apply_replace_and_repair_converges_when_run_again(interruptions, request):
     results = [r for r in interruptions if "command" in r]
-    for name in ("apply", "replace", "repair"):
+    names = ("apply", "replace", "repair", "adopt (blank disk)", "adopt (stale ESP in place)")
+    for name in names:
         mine = [r for r in results if r["command"] == name]
         converged = sum(1 for r in mine if r["converged"])
         measurements(request.config).record(
@@ -65,9 +66,7 @@ def test_every_interrupted_apply_replace_and_repair_converges_when_run_again(int
             sum(r["seconds"] for r in mine),
             "kill at each step, run again, check",
         )
-    steps = {
-        name: sorted(r["step"] for r in results if r["command"] == name) for name in ("apply", "replace", "repair")
-    }
+    steps = {name: sorted(r["step"] for r in results if r["command"] == name) for name in names}
     assert all(numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 8 for numbers in steps.values()), steps
     assert [r for r in results if not r["converged"]] == []
     # every step was really interrupted: the kill came while the command ran, not after it ended
@@ -108,4 +107,67 @@ def test_power_cut_during_mkfs_then_during_the_resync_and_the_same_apply_still_e
 
     assert guest.rc == 0, guest.stdout + guest.stderr
     assert guest.stdout.splitlines()[0].split() == ["State", ":", "active"], guest.stdout
+    assert json.loads(guest.stdout.splitlines()[-1]) == {"wrong": []}, guest.stdout
+
+
+REFUSED = {
+    "not-fat": "the live ESP /dev/vda2 holds no file system blkid knows, not FAT: esp-mirror adopts a FAT ESP only",
+    "damaged": "fsck.fat -n finds damage on the live ESP /dev/vda1 (",
+    "too-small": "the ESP partition /dev/vdd1 (20 MiB) is too small for FAT32 plus the md superblock",
+    "sector-sizes": "disks have different logical sector sizes (/dev/vda=512, /dev/vdb=512, /dev/loop",
+    "mounted-twice": "the live ESP /dev/vda1 is mounted twice (/target/boot/efi and /mnt/twice): unmount the second",
+    "held-by-an-array": "the live ESP /dev/vda1 is held by md",
+    "not-root": "adopt changes disks and must run as root: run it with sudo",
+}
+
+
+def _assert_refused(stdout: str) -> None:
+    """Each bad input of ci/interrupt.py's ADOPT_REFUSALS: exit 2, one line naming it, nothing changed."""
+    cases = dict(re.findall(r"^@@@ refusal (\S+)\n(.*?)(?=^@@@ |\Z)", stdout, re.MULTILINE | re.DOTALL))
+    assert sorted(cases) == sorted(REFUSED), stdout
+    for name, text in cases.items():
+        lines = text.strip().splitlines()
+        assert lines[0] == "exit 2 lines 1", (name, text)
+        assert lines[1].startswith(f"esp-mirror: error: {REFUSED[name]}"), (name, text)
+        assert lines[-1] == "unchanged", (name, text)
+
+
+def test_adopt_cut_after_the_copy_then_during_the_final_recovery_still_ends_right(
+    vm_assets: Assets, tmp_path: Path, request
+):
+    """ci/adoptable.py's machine (a live ESP and a stale copy on two disks, data beside them, the
+    target on a third disk): first each bad input is refused with nothing changed; then the power
+    is cut once right after the degraded array holds the verified copy and once 1 s into the
+    recovery onto the live ESP's partition; each boot assembles and mounts what the target's
+    files say, as a system starting up does, and runs the same adopt, which ends with the live
+    ESP's files on every member and every byte outside the ESP partitions as it was."""
+    disks = [blank_disk(tmp_path / f"disk-{n}.img", 160) for n in "ab"]
+    disks += [blank_disk(tmp_path / "target.img", 64), blank_disk(tmp_path / "disk-d.img", 32)]
+    nvram = fresh_vars(tmp_path / "vars.fd", vm_assets)
+    efi = str(vm_assets.efi_stub)
+    cut_file = f"{GUEST_WORK_DIR}/cut"
+    started = time.monotonic()
+    for boot in (1, 2):
+        guest = run_in_guest(
+            interrupt.adopt_power_cut_script(efi, boot, cut_file), disks, nvram, timeout=600, assets=vm_assets,
+            power_cut=True,
+        )  # fmt: skip
+        cut = guest.serial_log.parent / "share" / "cut"
+        assert cut.exists(), f"adopt ended before the power cut at boot {boot}:\n{guest.stdout}{guest.stderr}"
+        assert f"POWER-CUT at boot {boot}" in cut.read_text()
+        if boot == 1:
+            _assert_refused(guest.stdout)
+        if boot == 1:  # the degraded array holds the copy: vdb1 alone, the live ESP's slot empty
+            assert re.search(r"md\d+ : active raid1 vdb1\[1\]\n.*\[2/1\] \[_U\]", cut.read_text()), cut.read_text()
+            assert "] umount /run/esp-mirror/adopt" in guest.stdout and "] mdadm /dev/md/esp --add" not in guest.stdout
+        else:  # md was copying the array onto the live ESP's partition
+            assert re.search(r"recovery\s*=\s*[0-9.]+%", cut.read_text()), cut.read_text()
+    guest = run_in_guest(
+        interrupt.adopt_power_cut_script(efi, 3, cut_file), disks, nvram, timeout=600, assets=vm_assets
+    )
+    measurements(request.config).record(
+        "interrupted", "adopt: power cut twice, then adopt to the end", time.monotonic() - started
+    )
+    assert guest.rc == 0, guest.stdout + guest.stderr
+    assert "esp-mirror adopt: done in" in guest.stdout, guest.stdout
     assert json.loads(guest.stdout.splitlines()[-1]) == {"wrong": []}, guest.stdout
