@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ESP_MIB = 64
-DATA_MIB = 64
+DATA_MIB = 8
 LABEL = "EFI_SYSPART"
 LIVE_FILES = {
     "EFI/debian/grubx64.efi": b"MZ the live GRUB\n" * 512,

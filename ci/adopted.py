@@ -63,7 +63,7 @@ cp {zipapp} /target/root/esp-mirror && chmod 755 /target/root/esp-mirror
 echo '@@@ efibootmgr'; efibootmgr -v
 echo '@@@ fstab'; cat /target/etc/fstab
 echo '@@@ esp-files'; cat /target/root/esp-before.sha256
-echo '@@@ gpt'; for d in vda vdb; do sgdisk --print /dev/$d; done
+echo '@@@ gpt'; for d in vda vdb; do sfdisk --json /dev/$d; done
 phase unmount
 umount -R /target/dev /target/proc /target/sys 2>/dev/null || umount -l /target/dev /target/proc /target/sys
 umount /target/boot/efi && umount /target && mdadm --stop /dev/md/root && sync

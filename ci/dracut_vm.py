@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ci.installed import root_image
 from ci.roots import Root, writable_view
-from ci.vm.scripts import ESP_MIRROR_CLI
+from ci.vm.scripts import esp_mirror_cli
 
 # openSUSE's dracut base configuration (dracut-ng dracut.conf.d/opensuse/01-dist.conf).
 OPENSUSE_DIST_CONF = 'hostonly="yes"\nhostonly_cmdline="yes"\n'
@@ -30,7 +30,7 @@ def dracut_root_image(root: Root, workdir: Path) -> Path:
 
 def guest_script(payload: Path, kver: str, target_disk: str = "/dev/vdc") -> str:
     apply = [
-        str(ESP_MIRROR_CLI),
+        str(esp_mirror_cli()),
         "apply",
         "--yes",
         "--profile",

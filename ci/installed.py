@@ -1,8 +1,8 @@
-"""The installed-system scenario: a Debian 12 installed onto two VM disks by the README's
-installer example boots from either disk alone.
+"""Installed Debian systems in the guest: the README installer's install, and the test unit that
+reports each firmware boot of an installed system.
 
-How the install goes, the way a real installer does it (all of it inside a qemu guest, since only
-the guest kernel has md):
+The README install (tests/vm/test_readme_installer.py), the way a real installer does it, all of
+it inside a qemu guest, since only the guest kernel has md:
 
 1. On the host: the cached initramfs-tools root (ci/roots.py) gets what an installed machine
    has (/etc/default/grub with a serial console, the root's fstab line, a machine id) plus a test
@@ -17,15 +17,17 @@ the guest kernel has md):
    unpacked and the root array listed in mdadm.conf; ``initramfs_config`` (one
    update-initramfs); ``bootloader`` (grub-install with the fallback path, one NVRAM entry per
    disk). Then what the installer does last: ``update-grub`` in the target.
-3. Firmware boots of the installed disks (:func:`boot_installed`): OVMF, GRUB from the ESP,
-   the kernel and initramfs from the RAID1 root, systemd up to multi-user, where the test unit
-   prints the state (mdstat, what /boot/efi is mounted from, boot timings) and powers off.
 
-The test unit does more when the boot carries an SMBIOS OEM string: :data:`UPGRADE_ACTION` runs
-what a grub-efi-amd64 upgrade runs (its postinst, through dpkg-reconfigure) and the installed
-esp-mirror's check; :data:`HEAL_ACTION` waits, running nothing, until the installed system's
-``esp-mirror status`` says healthy (heal brings the stale member back), then switches the live
-system to systemd-boot and runs what systemd-boot's and a kernel's packages run on their own.
+Firmware boots of an installed system (:func:`boot_installed`; the machine is ci/adopted.py's,
+tests/vm/test_installed_system.py): OVMF, GRUB from the ESP, the kernel and initramfs from the
+RAID1 root, systemd up to multi-user, where the test unit prints the state (mdstat, what
+/boot/efi is mounted from, boot timings) and, as the boot's SMBIOS OEM strings ask, acts:
+:data:`ADOPT_ACTION` runs ``esp-mirror adopt`` from the single-file program in /root, then adopt
+again and apply with the same settings; :data:`UPGRADE_ACTION` runs what a grub-efi-amd64
+upgrade runs (its postinst, through dpkg-reconfigure) and the installed esp-mirror's check;
+:data:`HEAL_ACTION` waits, running nothing, until the installed system's ``esp-mirror status``
+says healthy (heal brings the stale member back), then switches the live system to systemd-boot
+and runs what systemd-boot's and a kernel's packages run on their own. Then it powers off.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from ci.readme_installer import SystemArchives, run_readme_install, split_system
 from ci.roots import Root, writable_view
 from ci.vm import Assets, GuestResult, VmError, blank_disk, run_in_guest
 from ci.vm.qemu import run_qemu
-from ci.vm.scripts import ESP_MIRROR_CLI, REPO_ROOT
+from ci.vm.scripts import REPO_ROOT, esp_mirror_cli
 
 DISK_MIB = 2048  # 1 MiB + 512 MiB ESP + the root partition (~1.5 GiB) + the backup GPT
 ROOT_FS_MIB = 1280  # the root ext4; the partition leaves room for md's 1.2 data offset
@@ -403,7 +405,7 @@ def _refused_apply(name: str, disks: Sequence[str]) -> str:
     whether every byte of the disks is as it was."""
     argv = shlex.join(
         [
-            str(ESP_MIRROR_CLI),
+            str(esp_mirror_cli()),
             "apply",
             "--yes",
             "--target",
@@ -508,7 +510,7 @@ def systemd_boot_script(payload: Path, *, seed_after: bool = False, target_disk:
     the md ESP only with relaxed checks), to show what the loader does with it on the next boot.
     """
     apply = [
-        str(ESP_MIRROR_CLI),
+        str(esp_mirror_cli()),
         "apply",
         "--yes",
         "--profile",
@@ -599,13 +601,14 @@ def boot_installed(
     *,
     name: str,
     assets: Assets | None = None,
-    action: str | None = None,
+    action: str | Sequence[str] = (),
     snapshot: bool = False,
     timeout: float = 600,
 ) -> InstalledBoot:
     """Power on with only ``disks`` and the NVRAM ``vars_file`` and wait for the test unit's report.
 
-    :param action: an SMBIOS OEM string for the test unit (:data:`UPGRADE_ACTION`, :data:`HEAL_ACTION`).
+    :param action: SMBIOS OEM strings for the test unit (:data:`ADOPT_ACTION`, :data:`UPGRADE_ACTION`,
+        :data:`HEAL_ACTION`): what it does after its report.
     :param snapshot: write nothing to the disk images or the NVRAM file (qemu -snapshot).
     :raises VmError: when the system did not report within ``timeout``, or showed a boot failure.
     """
@@ -613,7 +616,10 @@ def boot_installed(
     run_dir = log_dir / f"boot-{name}"
     run_dir.mkdir(parents=True, exist_ok=True)
     serial_log = run_dir / "serial.log"
-    extra = (["-smbios", f"type=11,value={action}"] if action else []) + (["-snapshot"] if snapshot else [])
+    actions = (action,) if isinstance(action, str) else tuple(action)
+    extra = (["-smbios", "type=11," + ",".join(f"value={a}" for a in actions)] if actions else []) + (
+        ["-snapshot"] if snapshot else []
+    )
     run = run_qemu(
         assets,
         disks=disks,

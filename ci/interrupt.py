@@ -332,6 +332,8 @@ def adopt_power_cut_script(efi_image: str, boot: int, cut_file: str, cli: str = 
         "echo 100 > /proc/sys/dev/raid/speed_limit_min",
         "echo 500 > /proc/sys/dev/raid/speed_limit_max",
     ]
+    if boot == 1:
+        lines.append(adopt_refusals(cli, efi_image))
     if boot == 1:  # after the copy is on the degraded array and unmounted from the staging directory
         wrapper = f'#!/bin/sh\n/usr/bin/umount "$@"\nrc=$?\n[ "$1" = /run/esp-mirror/adopt ] && {{\n{cut}}}\nexit $rc\n'
         lines.append(

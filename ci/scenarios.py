@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ci.vm import Assets, BootResult, GuestResult, boot_firmware, fresh_vars, partition_uuid, run_in_guest
 from ci.vm.initrd import GUEST_WORK_DIR
-from ci.vm.scripts import ESP_MIRROR_CLI, guest_device
+from ci.vm.scripts import esp_mirror_cli, guest_device
 
 SECTION = "@@@ "
 # What the guest reports after each apply: the array, its members, the target's files, NVRAM.
@@ -59,7 +59,7 @@ class Install:
 
 
 def apply_argv(devices: Sequence[str], efi_image: Path, *extra: str) -> list[str]:
-    argv = [str(ESP_MIRROR_CLI), "apply", "--yes", "--profile", "debian"]
+    argv = [str(esp_mirror_cli()), "apply", "--yes", "--profile", "debian"]
     for device in devices:
         argv += ["--disk", device]
     return [*argv, "--bootloader", "efi", "--efi-image", str(efi_image), "--initramfs", "skip", *extra]
@@ -107,7 +107,7 @@ def _keep_installed_files() -> str:
         'print("\\n".join(s["path"].lstrip("/") for g in plan for s in g["steps"] if "path" in s))'
     )
     return (
-        f"{shlex.quote(str(ESP_MIRROR_CLI))} refresh --dry-run --json | {shlex.quote(sys.executable)} -c "
+        f"{shlex.quote(str(esp_mirror_cli()))} refresh --dry-run --json | {shlex.quote(sys.executable)} -c "
         f"{shlex.quote(paths)} > /tmp/installed.list\n"
         f"tar -C / -cpf {GUEST_WORK_DIR}/{INSTALLED_TAR} -T /tmp/installed.list\n"
     )
@@ -155,7 +155,7 @@ def image_build_script(efi_image: Path, names: Sequence[str], size_mib: int = 16
     so these images carry a 100 MiB ESP (FAT32 needs 33 MiB at 512-byte sectors).
     """
     images = [f"{GUEST_WORK_DIR}/{n}" for n in names]
-    argv = [str(ESP_MIRROR_CLI), "apply", "--yes", "--profile", "debian"]
+    argv = [str(esp_mirror_cli()), "apply", "--yes", "--profile", "debian"]
     for image in images:
         argv += ["--disk", image]
     argv += [

@@ -91,7 +91,7 @@ def run_qemu(
         "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot",
         "-serial", f"file:{serial_log}",
         "-serial", f"file:{heartbeat_log(serial_log)}",  # ttyS1: the installer initrd's heartbeat
-        "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", "2", "-m", str(memory_mib),
+        "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", os.environ.get("ESP_MIRROR_VM_SMP", "2"), "-m", str(memory_mib),
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_option(assets.ovmf_code)}",
         "-drive", f"if=pflash,format=raw,unit=1,file={qemu_option(vars_file)}",
     ]  # fmt: skip

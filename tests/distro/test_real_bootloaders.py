@@ -3,8 +3,9 @@
 A tmpfs at target/boot/efi stands in for the mounted array (mounted after prepare(), where
 post_format would mount the array; bootctl wants the root of a file system there, and the host
 has no md and no vfat). Image files as disks mean no NVRAM entries. GRUB needs its prefix on a
-real block device, so GRUB is tested in the installed system (tests/vm/test_installed_system.py),
-and systemd-boot's firmware-side behaviour in tests/vm/test_systemd_boot.py.
+real block device, so GRUB is tested in the guests of tests/vm/test_readme_installer.py and
+tests/vm/test_installed_system.py, and systemd-boot's firmware-side behaviour in
+tests/vm/test_systemd_boot.py.
 """
 
 from __future__ import annotations

@@ -102,6 +102,9 @@ def test_each_member_read_alone_on_the_host_is_a_fat32_with_identical_files(two_
         assert read_member(disks[0], ESP_OFFSET, path) == read_member(disks[1], ESP_OFFSET, path), path
 
 
+# A mirror of three boots from each of them: tests/vm/test_upkeep.py boots a third member that
+# add made, tests/vm/test_fleet.py the one replace made; this install of three is extended only.
+@pytest.mark.extended
 def test_three_disks_each_boots_alone(vm_assets: Assets, payload_efi: Path, tmp_path: Path) -> None:
     disks = [blank_disk(tmp_path / f"disk-{n}.img", 1024) for n in "abc"]
     nvram = fresh_vars(tmp_path / "install-vars.fd", vm_assets)
