@@ -302,7 +302,7 @@ def adopt_refusals(cli: str, efi_image: str) -> str:
 def adopt_power_cut_script(efi_image: str, boot: int, cut_file: str, cli: str = CLI) -> str:
     """A guest script for boot 1, 2 or 3 of the adoption cut twice (ci/adoptable.py's machine, its
     target on /dev/vdc, which survives the resets). Each boot first does what the installed system
-    does when it starts: the arrays mdadm.conf lists are assembled and fstab's ESP is mounted.
+    does when it starts: the arrays mdadm.conf lists are assembled, fstab's ESP checked (pass 2) and mounted.
 
     1. makes the machine, tries the bad input of :data:`ADOPT_REFUSALS` (each refused, nothing
        changed), adopts, and cuts the power (sysrq ``b``: no sync) right after the copy on the
@@ -325,13 +325,14 @@ def adopt_power_cut_script(efi_image: str, boot: int, cut_file: str, cli: str = 
         lines += [
             "mount /dev/vdc /target",
             "mdadm --assemble --scan --config=/target/etc/mdadm/mdadm.conf || true",
+            # fstab's pass 2: systemd-fsck repairs what the cut left half written (exit 1: corrected)
+            "esp=$(findmnt --fstab --tab-file /target/etc/fstab --evaluate -n -o SOURCE --mountpoint /boot/efi)",
+            'fsck -a "$esp" || [ $? -le 1 ]',
             "mount --fstab /target/etc/fstab --target-prefix /target /boot/efi",
         ]
-    lines += [
-        "modprobe raid1",
-        "echo 100 > /proc/sys/dev/raid/speed_limit_min",
-        "echo 500 > /proc/sys/dev/raid/speed_limit_max",
-    ]
+    lines.append("modprobe raid1")
+    if boot == 2:  # md's recovery slowed down so that the cut falls into it
+        lines += ["echo 100 > /proc/sys/dev/raid/speed_limit_min", "echo 500 > /proc/sys/dev/raid/speed_limit_max"]
     if boot == 1:
         lines.append(adopt_refusals(cli, efi_image))
     if boot == 1:  # after the copy is on the degraded array and unmounted from the staging directory
@@ -348,7 +349,7 @@ def adopt_power_cut_script(efi_image: str, boot: int, cut_file: str, cli: str = 
     else:
         lines.append(
             f'{python} -c \'import json; from ci import adoptable; print(json.dumps({{"wrong": adoptable.checks('
-            f'["/dev/vda", "/dev/vdb"], {efi_image!r}, json.load(open("/target/outside.json")))}}))\''
+            f'["/dev/vda", "/dev/vdb"], {json.dumps(efi_image)}, json.load(open("/target/outside.json")))}}))\''
         )
     return "\n".join(lines) + "\n"
 

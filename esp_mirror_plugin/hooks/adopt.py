@@ -177,6 +177,10 @@ def finish_steps(
     if not adoption.joined:
         steps += [
             Command(
+                ("sync", "--file-system", layout.esp_dir),
+                why="what the array holds reaches its disks before the other copy goes (a power cut may follow)",
+            ),
+            Command(
                 ("wipefs", "--all", str(live.node)),
                 why=f"the old ESP's FAT on {live.node} goes (its files are on the array and in the backup)",
             ),

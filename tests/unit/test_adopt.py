@@ -179,6 +179,8 @@ def test_backups_come_before_the_first_change_and_the_live_esp_is_wiped_last(liv
     wipe = _index(steps, r"^wipefs --all /dev/vda1$")
     add = _index(steps, r"^mdadm /dev/md/esp --add /dev/vda1$")
     assert journal[1] < min(creates) and max(creates) < wipe < add
+    # the array's files are on its disk before the only other copy goes: a power cut may follow
+    assert steps[wipe - 1] == ("adopt-finish", f"sync --file-system {live.target}/boot/efi")
     assert steps[add + 1 : add + 4] == [
         ("adopt-finish", "wait-for-sync "),
         ("adopt-finish", "efibootmgr --quiet --bootorder 0002,0003,0000,0001"),  # now A, the first disk, leads
@@ -498,7 +500,8 @@ def test_run_again_after_the_switch_goes_on_without_touching_the_array_or_its_fi
     for forbidden in ("mkfs.vfat", "cp", "tar", "sgdisk"):
         assert not starting(argv, forbidden), forbidden
     assert not starting(argv, "mdadm", "--create") and not starting(argv, "mdadm", "--stop")
-    assert _argv(plan, "adopt-finish")[:2] == [
+    assert _argv(plan, "adopt-finish")[:3] == [
+        ("sync", "--file-system", f"{live.target}/boot/efi"),
         ("wipefs", "--all", "/dev/vda1"),
         ("mdadm", "/dev/md/esp", "--add", "/dev/vda1"),
     ]
@@ -510,7 +513,7 @@ def test_run_again_after_the_live_partition_joined_only_waits_and_finishes(live:
     _interrupted(live, "switched")
     (live.sysroot / "sys/class/block/vda/vda1/holders/md127").touch()
     finish = _argv(_plan(live), "adopt-finish")
-    assert not starting(finish, "wipefs") and not starting(finish, "mdadm")
+    assert not starting(finish, "wipefs") and not starting(finish, "mdadm") and not starting(finish, "sync")
     assert finish[-1] == ("rm", "--", f"{live.target}/var/lib/esp-mirror/adopt.json")
 
 
