@@ -203,8 +203,8 @@ def test_the_machine_starts_as_debians_installer_left_it(scene: Scene) -> None:
 def test_adopt_runs_on_the_live_system_in_the_order_that_keeps_a_bootable_esp(scene: Scene) -> None:
     log = scene.adopt.section("adopt")
     assert log.startswith("program: /root/esp-mirror\nexit 0\n"), log[-3000:]
-    # the files copied and checked before the switch, every entry made before the old ESP is
-    # wiped, the wipe before the add
+    # the files copied and checked before the switch, every entry made and the array's files on
+    # its disks before the old ESP is wiped, the wipe before the add
     order = [
         "] tar --create",
         "] mdadm --create /dev/md/esp",
@@ -212,6 +212,7 @@ def test_adopt_runs_on_the_live_system_in_the_order_that_keeps_a_bootable_esp(sc
         "] umount /boot/efi",
         "] mount -t vfat -o umask=0077 /dev/md/esp /boot/efi",
         "] efibootmgr --quiet --create",
+        "] sync --file-system /boot/efi",
         "] wipefs --all /dev/vda1",
         "] mdadm /dev/md/esp --add /dev/vda1",
     ]
