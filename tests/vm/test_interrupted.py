@@ -45,7 +45,7 @@ def interruptions(vm_assets: Assets, module_dir: Path) -> list[dict]:
         nvram = fresh_vars(work / f"half{number}-vars.fd", vm_assets)
         driver = shlex.join([sys.executable, "-m", "ci.interrupt", str(efi), str(number), str(cli)])
         script = f"cd {shlex.quote(str(REPO_ROOT))}\nexec {driver}\n"
-        guest = run_in_guest(script, disks, nvram, timeout=3600, assets=vm_assets, log_dir=work)
+        guest = run_in_guest(script, disks, nvram, timeout=7200, assets=vm_assets, log_dir=work)  # a half: ~1 h
         assert guest.rc == 0, guest.stdout + guest.stderr
         return [json.loads(line) for line in guest.stdout.splitlines() if line.startswith("{")]
 
