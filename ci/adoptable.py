@@ -2,9 +2,11 @@
 
 Disk A: partition 1 the live ESP (FAT32 labelled EFI_SYSPART, with files, mounted at the target's
 /boot/efi, named in its fstab by UUID, started by a "debian" firmware entry), partition 2 data.
-Disk B, as asked: the same layout with a stale copy of the ESP (``stale``: the in-place case), or
-blank. The ESPs are 64 MiB, quick to copy and to sync. What is not an ESP partition (the GPT
-areas, the data partitions) is hashed, so a check can show that no byte of it changed.
+Disk B, as asked: the same layout with a stale copy of the ESP (``stale``: the in-place case, as
+ZFSBootMenu's, Proxmox's and grub-multi-install's machines have one ESP per disk), whose
+partitions 2 are then the members of an md RAID1 root (metadata 1.2, the data written through
+it); or blank. The ESPs are 64 MiB, quick to copy and to sync. What is not an ESP partition (the
+GPT areas, the data partitions) is hashed, so a check can show that no byte of it changed.
 
 The target is a directory of its own (/target): the machine's fstab and mdadm.conf, and what
 adopt writes there (its journal, backups, record). The kill loop (ci/interrupt.py) keeps it in the
@@ -57,7 +59,9 @@ def _write_files(where: str, files: dict[str, bytes]) -> None:
         path.write_bytes(data)
 
 
-def _layout(disk: str, files: dict[str, bytes], scratch: str) -> None:
+def _layout(disk: str, files: dict[str, bytes], scratch: str, *, data: bool = True) -> None:
+    """Partition 1 an ESP with ``files``, partition 2 (8300, or FD00 for an md member) with data
+    written to it unless ``data`` is false (the md root's member: its data goes through md)."""
     sh("sgdisk", "--zap-all", disk, ok=(0, 2))
     sh(
         "sgdisk",
@@ -65,14 +69,15 @@ def _layout(disk: str, files: dict[str, bytes], scratch: str) -> None:
         "--typecode=1:EF00",
         "--change-name=1:EFI System Partition",
         f"--new=2:0:+{DATA_MIB}M",
-        "--typecode=2:8300",
-        "--change-name=2:data",
+        f"--typecode=2:{'8300' if data else 'FD00'}",
+        f"--change-name=2:{'data' if data else 'root'}",
         disk,
     )
     sh("partx", "--add", disk, ok=(0, 1))
     sh("mkfs.vfat", "-F", "32", "-n", LABEL, f"{disk}1")
-    with open(f"{disk}2", "wb") as data:
-        data.write(hashlib.sha256(disk.encode()).digest() * (DATA_MIB * 1024 * 1024 // 32))
+    if data:
+        with open(f"{disk}2", "wb") as out:
+            out.write(hashlib.sha256(disk.encode()).digest() * (DATA_MIB * 1024 * 1024 // 32))
     os.makedirs(scratch, exist_ok=True)
     sh("mount", f"{disk}1", scratch)
     _write_files(scratch, files)
@@ -97,15 +102,29 @@ def outside_hashes(disks: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _root_array(*members: str) -> None:
+    """The machine's md RAID1 root on ``members``, data written through it, then stopped (what md
+    writes when the array stops is in place before the hashes are taken)."""
+    sh("modprobe", "raid1")
+    sh("mdadm", "--create", "/dev/md/espvm-root", "--run", "--level=1", f"--raid-devices={len(members)}",
+       "--metadata=1.2", "--homehost=any", "--name=root", "--assume-clean", *members)  # fmt: skip
+    with open("/dev/md/espvm-root", "r+b") as array:
+        size = array.seek(0, os.SEEK_END)
+        array.seek(0)
+        array.write(hashlib.sha256(b"root").digest() * (size // 32))
+    sh("mdadm", "--stop", "/dev/md/espvm-root")
+
+
 def make(live: str, other: str, *, stale: bool, target: str = TARGET) -> dict[str, str]:
     """The machine before esp-mirror: live ESP on ``live``, ``other`` with a stale copy or blank.
     Returns the hashes of what is outside the ESP partitions (:func:`outside_hashes`)."""
     for disk in (other,):
         sh("wipefs", "--all", "--quiet", disk)
         sh("sgdisk", "--zap-all", disk, ok=(0, 2))
-    _layout(live, LIVE_FILES, "/run/espvm-scratch")
+    _layout(live, LIVE_FILES, "/run/espvm-scratch", data=not stale)
     if stale:
-        _layout(other, STALE_FILES, "/run/espvm-scratch")
+        _layout(other, STALE_FILES, "/run/espvm-scratch", data=False)
+        _root_array(f"{live}2", f"{other}2")
     for rel in ("etc/mdadm", "boot/efi"):
         os.makedirs(os.path.join(target, rel), exist_ok=True)
     uuid = sh("blkid", "-s", "UUID", "-o", "value", f"{live}1").stdout.strip()

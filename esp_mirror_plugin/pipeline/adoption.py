@@ -249,13 +249,18 @@ def gather(
     )
 
 
+# An ESP's path in a script: /efi, /boot/efi, /boot/efi2, /efi-b, ... (not "defined", "efibootmgr")
+_ESP_PATH = re.compile(r"(?:^|[\s'\"=:(])/(?:boot/)?efi[\w.-]*(?=/|\s|'|\"|$)", re.IGNORECASE | re.MULTILINE)
+_COPY_TOOL = re.compile(r"\b(?:rsync|cp|mcopy|proxmox-boot-tool)\b")
+
+
 def _copies_esps(text: bytes, directory: str) -> bool:
-    """A script that copies onto ESPs: a ZFSBootMenu post-generation hook, or a kernel/initramfs
-    hook that names an EFI directory and a copy tool."""
+    """A script that copies onto ESPs: a ZFSBootMenu post-generation hook, proxmox-boot-tool, or a
+    kernel/initramfs/GRUB hook that names an ESP's path and runs a copy tool."""
     if directory.startswith("etc/zfsbootmenu"):
         return True
-    body = text.decode("utf-8", "replace").lower()
-    return ("efi" in body) and any(tool in body for tool in ("rsync", "cp ", "cp -", "mcopy", "proxmox-boot-tool"))
+    body = text.decode("utf-8", "replace")
+    return "proxmox-boot-tool" in body or bool(_ESP_PATH.search(body) and _COPY_TOOL.search(body))
 
 
 def _node(disk: DiskFacts, part: Partition) -> str:

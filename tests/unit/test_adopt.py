@@ -261,6 +261,22 @@ def test_a_script_that_copies_between_esps_gets_a_note(live: LiveEsp) -> None:
     assert any(str(hook) in n and "no longer needed" in n for n in notes), notes
 
 
+def test_only_hooks_that_copy_onto_an_esp_path_get_the_note(live: LiveEsp) -> None:
+    """A kernel hook that copies onto a second ESP gets the note; Debian's own GRUB theme script
+    (a cp, and "user-defined" with "efi" in it) and a hook that only runs efibootmgr do not."""
+    scripts = {
+        "etc/kernel/postinst.d/zz-sync-esp": "#!/bin/sh\nfor esp in /efi /efi2; do cp -r /boot/EFI $esp/; done\n",
+        "etc/grub.d/05_debian_theme": '#!/bin/sh\n# desktop-base specified. If user-defined, use\nelif cp "${1}" x\n',
+        "etc/kernel/postinst.d/entries": "#!/bin/sh\nefibootmgr --create --label x\ncp /etc/a /etc/b\n",
+    }
+    for rel, text in scripts.items():
+        (live.target / rel).parent.mkdir(parents=True, exist_ok=True)
+        (live.target / rel).write_text(text)
+    notes = [n for g in _plan(live)["groups"] if g["name"] == "adopt-finish" for n in g["notes"]]
+    named = [rel for rel in scripts if any(f"{live.target}/{rel} " in n for n in notes)]
+    assert named == ["etc/kernel/postinst.d/zz-sync-esp"], notes
+
+
 # -- an ESP partition on every disk, the rest in use ----------------------------------------------
 
 

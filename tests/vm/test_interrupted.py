@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ import pytest
 
 from ci import interrupt
 from ci.measure import measurements
-from ci.vm import Assets, blank_disk, fresh_vars, run_in_guest
+from ci.vm import Assets, blank_disk, boot_firmware, fresh_vars, partition_uuid, run_in_guest
 from ci.vm.initrd import GUEST_WORK_DIR
 from ci.vm.scripts import REPO_ROOT
 from esp_mirror_plugin.system import zipapp
@@ -111,7 +112,7 @@ def test_power_cut_during_mkfs_then_during_the_resync_and_the_same_apply_still_e
 
 
 REFUSED = {
-    "not-fat": "the live ESP /dev/vda2 holds no file system blkid knows, not FAT: esp-mirror adopts a FAT ESP only",
+    "not-fat": "the live ESP /dev/vda2 holds linux_raid_member, not FAT: esp-mirror adopts a FAT ESP only",
     "damaged": "fsck.fat -n finds damage on the live ESP /dev/vda1 (",
     "too-small": "the ESP partition /dev/vdd1 (20 MiB) is too small for FAT32 plus the md superblock",
     "sector-sizes": "disks have different logical sector sizes (/dev/vda=512, /dev/vdb=512, /dev/loop",
@@ -133,18 +134,19 @@ def _assert_refused(stdout: str) -> None:
 
 
 def test_adopt_cut_after_the_copy_then_during_the_final_recovery_still_ends_right(
-    vm_assets: Assets, tmp_path: Path, request
+    vm_assets: Assets, payload_efi: Path, tmp_path: Path, request
 ):
-    """ci/adoptable.py's machine (a live ESP and a stale copy on two disks, data beside them, the
-    target on a third disk): first each bad input is refused with nothing changed; then the power
-    is cut once right after the degraded array holds the verified copy and once 1 s into the
-    recovery onto the live ESP's partition; each boot assembles and mounts what the target's
-    files say, as a system starting up does, and runs the same adopt, which ends with the live
-    ESP's files on every member and every byte outside the ESP partitions as it was."""
+    """ci/adoptable.py's machine (a live ESP and a stale copy on two disks, partitions 2 an md
+    RAID1 root, the target on a third disk): first each bad input is refused with nothing changed;
+    then the power is cut once right after the degraded array holds the verified copy and once
+    1 s into the recovery onto the live ESP's partition; each boot assembles, checks and mounts
+    what the target's files say, as a system starting up does, and runs the same adopt, which
+    ends with the live ESP's files on every member and every byte outside the ESP partitions as
+    it was. Then the firmware boots each disk alone."""
     disks = [blank_disk(tmp_path / f"disk-{n}.img", 80) for n in "ab"]
     disks += [blank_disk(tmp_path / "target.img", 64), blank_disk(tmp_path / "disk-d.img", 32)]
     nvram = fresh_vars(tmp_path / "vars.fd", vm_assets)
-    efi = str(vm_assets.efi_stub)
+    efi = str(payload_efi)  # what the mirror boots: the payload reports the disk it started from
     cut_file = f"{GUEST_WORK_DIR}/cut"
     started = time.monotonic()
     for boot in (1, 2):
@@ -171,3 +173,10 @@ def test_adopt_cut_after_the_copy_then_during_the_final_recovery_still_ends_righ
     assert guest.rc == 0, guest.stdout + guest.stderr
     assert "esp-mirror adopt: done in" in guest.stdout, guest.stdout
     assert json.loads(guest.stdout.splitlines()[-1]) == {"wrong": []}, guest.stdout
+    # the firmware boots each disk alone through its entry, from the ESP partition of that disk
+    for disk in disks[:2]:
+        boot = boot_firmware([disk], shutil.copyfile(nvram, tmp_path / f"alone-{disk.stem}.fd"), assets=vm_assets,
+                             log_dir=tmp_path)  # fmt: skip
+        assert boot.loader_device_partuuid == partition_uuid(disk, 1), (disk, boot)
+        assert boot.boot_entry_partuuid == partition_uuid(disk, 1), (disk, boot)
+        assert "(esp-mirror " in (boot.boot_entry_description or ""), (disk, boot)
