@@ -354,20 +354,28 @@ def adopt_power_cut_script(efi_image: str, boot: int, cut_file: str, cli: str = 
     return "\n".join(lines) + "\n"
 
 
-def main(efi_image: str, half: int, cli: str = CLI) -> int:
-    """Half 1 of the work: apply's odd steps, then replace's; half 2: apply's even steps, then
-    repair's (the two halves run in two guests at once). ``cli`` is the esp-mirror to run (the
-    test gives the zip application apply installs: one file to read over 9p, not hundreds)."""
+COMMANDS = ("apply", "replace", "repair", "adopt")
+
+
+def main(efi_image: str, half: int, cli: str = CLI, only: Sequence[str] = COMMANDS) -> int:
+    """Half 1 of the work: apply's odd steps, then replace's, then adopt's onto a blank disk; half
+    2: apply's even steps, then repair's, then adopt's of a stale ESP in place (the two halves run
+    in two guests at once). ``cli`` is the esp-mirror to run (the test gives the zip application
+    apply installs: one file to read over 9p, not hundreds). ``only``: the commands whose loops
+    run (the others are skipped, to try one command's loop again)."""
     for path in SAVED:
         Path(f"/run/espvm-saved{path.replace('/', '-')}").write_bytes(Path(path).read_bytes())
     install_wrappers()
     pair = ["/dev/vda", "/dev/vdb"]
     apply = apply_argv(efi_image, cli)
     blank([*pair, "/dev/vdc"] if half == 1 else pair)
-    steps = [n for n in range(1, steps_of(apply) + 1) if n % 2 == half % 2]
-    results = loop("apply", lambda n: apply, lambda n: blank(pair), lambda n: checks(pair, efi_image), steps)
-    sh(*apply)  # the mirror every replace and repair starts from
-    if half == 1:
+    results: list[dict] = []
+    if "apply" in only:
+        steps = [n for n in range(1, steps_of(apply) + 1) if n % 2 == half % 2]
+        results += loop("apply", lambda n: apply, lambda n: blank(pair), lambda n: checks(pair, efi_image), steps)
+    if "replace" in only or "repair" in only:
+        sh(*apply)  # the mirror every replace and repair starts from
+    if half == 1 and "replace" in only:
 
         def swap(n: int) -> tuple[str, str]:  # replace B by C, then C by B, ...
             return ("/dev/vdb", "/dev/vdc") if n % 2 else ("/dev/vdc", "/dev/vdb")
@@ -380,11 +388,12 @@ def main(efi_image: str, half: int, cli: str = CLI) -> int:
         results += loop(
             "replace", replace, lambda n: None, lambda n: checks(["/dev/vda", swap(n)[1]], efi_image), steps
         )
-    else:
+    elif half == 2 and "repair" in only:
         repair = [cli, "repair", "--yes", "--source", "/dev/vda"]
         steps = list(range(1, steps_of(repair) + 1))
         results += loop("repair", lambda n: repair, lambda n: None, lambda n: checks(pair, efi_image), steps)
-    results += adopt_loop(efi_image, cli, stale=half == 2)
+    if "adopt" in only:
+        results += adopt_loop(efi_image, cli, stale=half == 2)
     print(json.dumps({"half": half, "steps": len(results)}), flush=True)
     return 0
 
@@ -393,4 +402,5 @@ if __name__ == "__main__":
     if sys.argv[1] == "check":  # check EFI_IMAGE DISK...: what is wrong, as JSON
         print(json.dumps({"wrong": checks(sys.argv[3:], sys.argv[2])}))
         sys.exit(0)
-    sys.exit(main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:4]))
+    only = tuple(sys.argv[4].split(",")) if len(sys.argv) > 4 else COMMANDS
+    sys.exit(main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:4], only=only))

@@ -655,7 +655,9 @@ def _other(
             raise BadInput(
                 f"the ESP partition {node} is held by {', '.join(part.holders)}: stop that first, then run adopt again"
             )
-        mounts = [m for m in part.mountpoints if m != STAGING and not m.startswith(f"{READING}-")]
+        # where it is mounted goes before it is wiped; also the read-only mount an interrupted
+        # backup left (a run again reads the backup from there and does not mount it again)
+        mounts = [m for m in part.mountpoints if m != STAGING]
         return _member(disk, part, sector), held, mounts
     first, size = request.esp_start // sector, request.esp_size // sector
     if holds_data(disk) and not _room_at_start(disk, first, size):

@@ -316,6 +316,23 @@ def test_esps_on_every_disk_become_members_where_they_are_and_nothing_else_is_to
     assert {c[c.index("--disk") + 1]: c[c.index("--part") + 1] for c in creates} == {"/dev/vda": "1", "/dev/vdb": "1"}
 
 
+def test_a_backup_killed_while_the_stale_copy_was_mounted_for_it_is_unmounted_before_the_wipe(
+    every_disk: LiveEsp,
+) -> None:
+    """The kill loop's finding: killed during the tar of vdb1 (mounted read-only for it), the run
+    again read the backup from that mount, never unmounted it, and wipefs found vdb1 busy."""
+    reading = "/run/esp-mirror/adopt-read-vdb1"
+    every_disk.mount(every_disk.partition_devnum(every_disk.disks["/dev/vdb"], 1), reading, "vfat", "/dev/vdb1")
+    plan = _plan(every_disk)
+    backup = _argv(plan, "adopt-backup")
+    assert ("tar", "--create", f"--file={every_disk.target}/var/lib/esp-mirror/adopt/esp-vdb1.tar",
+            f"--directory={reading}", ".") in backup  # fmt: skip
+    assert not starting(backup, "mount")  # it is mounted already
+    argv = _argv(plan)
+    assert ("umount", reading) in argv
+    assert argv.index(("umount", reading)) < argv.index(("wipefs", "--all", "/dev/vdb1"))
+
+
 def test_dry_run_plan_of_one_live_esp_and_a_blank_disk(live: LiveEsp) -> None:
     done = live.adopt("--dry-run")
     assert done.code == 0, done.err
