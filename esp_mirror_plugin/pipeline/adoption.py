@@ -251,7 +251,7 @@ def gather(
 
 # An ESP's path in a script: /efi, /boot/efi, /boot/efi2, /efi-b, ... (not "defined", "efibootmgr")
 _ESP_PATH = re.compile(r"(?:^|[\s'\"=:(])/(?:boot/)?efi[\w.-]*(?=/|\s|'|\"|$)", re.IGNORECASE | re.MULTILINE)
-_COPY_TOOL = re.compile(r"\b(?:rsync|cp|mcopy|proxmox-boot-tool)\b")
+_COPY_TOOL = re.compile(r"\b(?:rsync|cp|mcopy)\b")
 
 
 def _copies_esps(text: bytes, directory: str) -> bool:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ci import roots
+from ci.measure import measurements
 from ci.vm import Assets, build_payload, preflight
 
 
@@ -25,6 +27,20 @@ def vm_assets() -> Assets:
             pytest.skip(reason)
         pytest.fail(f"{reason} (or set ESP_MIRROR_VM_SKIP_OK=1 to skip the VM tests)", pytrace=False)
     return Assets.ensure()
+
+
+@pytest.fixture(scope="session")
+def initramfs_tools_root(request: pytest.FixtureRequest) -> roots.Root:
+    """The cached initramfs-tools target root (ci/roots.py), built if missing; its build time is
+    recorded once per session."""
+    root = roots.ensure_root(roots.INITRAMFS_TOOLS)
+    measurements(request.config).record(
+        "root build",
+        "initramfs-tools (mmdebstrap)",
+        root.build_seconds,
+        "built now" if root.built_now else "cached, built earlier",
+    )
+    return root
 
 
 @pytest.fixture(scope="session")

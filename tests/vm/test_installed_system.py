@@ -55,16 +55,12 @@ class Scene:
 
 
 @pytest.fixture(scope="module")
-def scene(vm_assets: Assets, module_dir: Path, request: pytest.FixtureRequest) -> Scene:
+def scene(
+    vm_assets: Assets, initramfs_tools_root: roots.Root, module_dir: Path, request: pytest.FixtureRequest
+) -> Scene:
     measured = measurements(request.config)
     work = module_dir
-    root = roots.ensure_root(roots.INITRAMFS_TOOLS)
-    measured.record(
-        "root build",
-        "initramfs-tools (mmdebstrap)",
-        root.build_seconds,
-        "built now" if root.built_now else "cached, built earlier",
-    )
+    root = initramfs_tools_root
     archives = build_target_archives(root, work)
     program = work / "esp-mirror"
     program.write_bytes(zipapp.build().data)

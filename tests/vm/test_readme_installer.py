@@ -34,15 +34,11 @@ class Scenario:
 
 
 @pytest.fixture(scope="module")
-def installed(vm_assets: Assets, module_dir: Path, request: pytest.FixtureRequest) -> Scenario:
+def installed(
+    vm_assets: Assets, initramfs_tools_root: roots.Root, module_dir: Path, request: pytest.FixtureRequest
+) -> Scenario:
     measured = measurements(request.config)
-    root = roots.ensure_root(roots.INITRAMFS_TOOLS)
-    measured.record(
-        "root build",
-        "initramfs-tools (mmdebstrap)",
-        root.build_seconds,
-        "built now" if root.built_now else "cached, built earlier",
-    )
+    root = initramfs_tools_root
     work = module_dir
     archives = build_target_archives(root, work)
     measured.record("installed system", "the root split into two archives (host)", archives.seconds)
