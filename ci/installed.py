@@ -109,12 +109,13 @@ report() {
     section failed systemctl --failed --no-legend --plain
     section mdstat cat /proc/mdstat
     section esp-mount findmnt -n -o SOURCE,FSTYPE,OPTIONS /boot/efi
-    section root-mount findmnt -n -o SOURCE,FSTYPE /
+    section root-mount findmnt -n -o SOURCE,FSTYPE,OPTIONS /
     section esp-detail mdadm --detail --export /dev/md/esp
     section root-detail mdadm --detail --export /dev/md/root
     section analyze systemd-analyze
     section times boot_times
     section md-kernel sh -c "dmesg | grep -E 'md/raid1|md: |kicking'"
+    section fs-kernel sh -c "dmesg | grep -E 'EXT4-fs|FAT-fs|I/O error|remount|device role|md12[0-9]'"
     section md-journal sh -c "journalctl -b -o short-monotonic --no-pager | grep -iE 'mdadm|last-resort|boot-efi|efi.mount' | head -40"
     section efibootmgr efibootmgr
     section cmdline cat /proc/cmdline
