@@ -11,9 +11,9 @@ starts from the NVRAM the adoption left, or fresh NVRAM):
 1. both disks: the administrator runs the single-file esp-mirror's ``adopt``, then adopt again
    and apply with the same settings; then what a grub-efi-amd64 upgrade runs, and the installed
    esp-mirror's check;
-2. disk A alone (its disk's writes discarded) and 3. disk B alone, side by side, through their own
-   entries (the ESP array and the root run degraded); 4. disk B alone with fresh NVRAM, through
-   the fallback path;
+2. disk A alone (its disk's writes discarded), 3. disk B alone, through their own entries (the
+   ESP array and the root run degraded); 4. disk B alone with fresh NVRAM, through the fallback
+   path;
 5. both again, where nobody runs a command: heal brings the stale ESP member back; then the live
    system moves to systemd-boot and runs what systemd-boot's and a kernel's packages run.
 
@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,37 +105,25 @@ def _boot(scene: Scene, name: str, disks: list[Path], *, fresh: bool = False, **
     return boot_installed(disks, vars_file, scene.work, name=name, **kwargs)
 
 
-def _at_once(*boots: Callable[[], InstalledBoot]) -> list[InstalledBoot]:
-    """Boots whose disks and NVRAM files are apart, run side by side: each TCG guest is slower on
-    the shared cores, together they end sooner than one after the other."""
-    with ThreadPoolExecutor(max_workers=len(boots)) as pool:
-        return [future.result() for future in [pool.submit(boot) for boot in boots]]
+@pytest.fixture(scope="module")
+def disk_a_alone(scene: Scene, vm_assets: Assets, request: pytest.FixtureRequest) -> InstalledBoot:
+    # qemu -snapshot: disk A's members stay as the adoption left them, only behind, while B's
+    # boot moves B ahead for real. Were A's boot kept, A and B would each have moved on alone (a
+    # split brain), and md takes a diverged member back as in step, with no copy, when its event
+    # count is not below the array's: the root's ext4 then reads two histories (CI saw it go
+    # read-only). (Two TCG guests side by side each take twice as long: no time is won.)
+    boot = _boot(scene, "a-alone", scene.machine.disks[:1], assets=vm_assets, snapshot=True)
+    _record(request, "disk A alone", boot, scene.adopt)
+    return boot
 
 
 @pytest.fixture(scope="module")
-def each_disk_alone(scene: Scene, vm_assets: Assets, request: pytest.FixtureRequest) -> dict[str, InstalledBoot]:
-    # Disk A's boot runs with qemu -snapshot: its members stay as the adoption left them, only
-    # behind, while B's boot moves B ahead for real. Were A's boot kept, A and B would each have
-    # moved on alone (a split brain), and md takes a diverged member back as in step, with no
-    # copy, when its event count is not below the array's: the root's ext4 then reads two
-    # histories (CI saw it go read-only). The two boots share nothing, so they run at once.
-    a, b = _at_once(
-        lambda: _boot(scene, "a-alone", scene.machine.disks[:1], assets=vm_assets, snapshot=True),
-        lambda: _boot(scene, "b-alone", scene.machine.disks[1:], assets=vm_assets),
-    )
-    _record(request, "disk A alone (beside B's)", a, scene.adopt)
-    _record(request, "disk B alone (beside A's)", b, scene.adopt)
-    return {"A": a, "B": b}
-
-
-@pytest.fixture(scope="module")
-def disk_a_alone(each_disk_alone: dict[str, InstalledBoot]) -> InstalledBoot:
-    return each_disk_alone["A"]
-
-
-@pytest.fixture(scope="module")
-def disk_b_alone(each_disk_alone: dict[str, InstalledBoot]) -> InstalledBoot:
-    return each_disk_alone["B"]
+def disk_b_alone(
+    scene: Scene, disk_a_alone: InstalledBoot, vm_assets: Assets, request: pytest.FixtureRequest
+) -> InstalledBoot:
+    boot = _boot(scene, "b-alone", scene.machine.disks[1:], assets=vm_assets)  # for real: B moves ahead
+    _record(request, "disk B alone", boot, scene.adopt)
+    return boot
 
 
 @pytest.fixture(scope="module")
