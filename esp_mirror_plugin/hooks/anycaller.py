@@ -19,9 +19,11 @@ variable bootctl refuses the md ESP, the hook exits 0, and the new kernel never 
 - **Loud when the ESP is not there:** one guard script, /usr/local/lib/esp-mirror/esp-mounted,
   exits 1 naming esp-mirror and the fix unless the mirror's FAT is mounted at the mount point. The
   hooks that put kernels on the ESP run it first: the kernel's and the initramfs' post-update
-  hooks (Debian), a kernel-install plugin (every distribution with kernel-install); and apt runs
-  it before it unpacks a package whose scripts write to the ESP (GRUB and shim, or a kernel and
-  systemd-boot), which would otherwise skip the ESP and exit 0.
+  hooks (Debian), a kernel-install plugin (every distribution with kernel-install: Fedora's,
+  RHEL's and openSUSE's dracut runs from it); apt runs it before it unpacks a package whose
+  scripts write to the ESP (GRUB and shim, or a kernel and systemd-boot), which would otherwise
+  skip the ESP and exit 0; pacman before a transaction that changes a kernel, mkinitcpio or
+  systemd (mkinitcpio's hook writes where its presets say).
 
 ``esp-mirror refresh`` writes all of it again; the README's "Undoing esp-mirror" says what to
 remove.
@@ -43,6 +45,7 @@ INSTALL_CONF = "/etc/kernel/install.conf"
 DEFAULT_INSTALL_CONF = "/usr/lib/kernel/install.conf"
 DIVERSIONS = "var/lib/dpkg/diversions"
 APT_HOOK = "/etc/apt/apt.conf.d/90esp-mirror"
+RANDOM_SEED = "loader/random-seed"
 # What apt unpacks whose maintainer scripts or hooks write to the ESP, by bootloader: GRUB's and
 # shim's run grub-install; a kernel's put it there with systemd-boot, whose own package updates it.
 ESP_PACKAGES = {
@@ -53,6 +56,11 @@ ESP_PACKAGES = {
 HOOK_DIRS = ("/etc/kernel/postinst.d", "/etc/kernel/postrm.d", "/etc/initramfs/post-update.d")
 KERNEL_INSTALL_PLUGIN = "/etc/kernel/install.d/00-esp-mirror.install"
 HOOK_NAME = "00-esp-mirror"  # before initramfs-tools, systemd-boot and zz-systemd-boot
+# pacman runs it before a transaction that installs, upgrades or removes a kernel or what makes
+# its initramfs (mkinitcpio's hook then writes kernel and initramfs where the presets say).
+PACMAN_HOOK = "/etc/pacman.d/hooks/00-esp-mirror.hook"
+PACMAN_TARGETS = ("linux*", "mkinitcpio", "systemd")
+APT = ("apt-get", "apt")
 
 
 def guard(mountpoint: str, fs_uuid: str, device: str, packages: tuple[str, ...]) -> str:
@@ -86,13 +94,19 @@ exit 1
 
 def wrapper(real: str, mountpoint: str) -> str:
     """bootctl as every caller gets it."""
+    seed = f"{mountpoint.rstrip('/')}/{RANDOM_SEED}"
     return f"""#!/bin/sh
 # esp-mirror: bootctl on the mirrored ESP ({mountpoint}, an md RAID1 array), whoever runs it.
 # bootctl refuses an ESP on md unless SYSTEMD_RELAX_ESP_CHECKS=1 is in its environment, which
 # cron, rescue chroots and agents without PAM do not give it. esp-mirror makes one boot entry
-# per disk: --no-variables keeps bootctl from adding one that names no partition.
+# per disk: --no-variables keeps bootctl from adding one that names no partition. The random
+# seed `bootctl install` writes goes: systemd-boot would rewrite it at every boot on the one
+# disk it started from, behind md's back.
 # Written by esp-mirror apply and refresh (the real bootctl is {real}).
-SYSTEMD_RELAX_ESP_CHECKS=1 exec {real} --esp-path={mountpoint} --no-variables "$@"
+SYSTEMD_RELAX_ESP_CHECKS=1 {real} --esp-path={mountpoint} --no-variables "$@"
+rc=$?
+rm -f {seed}
+exit $rc
 """
 
 
@@ -183,15 +197,31 @@ def notes(target: Target, mountpoint: str, bootloader: BootloaderKind) -> tuple[
     return tuple(out)
 
 
+def _pacman_hook() -> str:
+    targets = "".join(f"Target = {t}\n" for t in PACMAN_TARGETS)
+    return (
+        "# esp-mirror: before pacman changes a kernel or what writes it and its initramfs to the ESP,\n"
+        "# the mirrored ESP must be mounted, or they land in the empty mount point.\n"
+        "[Trigger]\nType = Package\nOperation = Install\nOperation = Upgrade\nOperation = Remove\n"
+        f"{targets}\n"
+        "[Action]\nDescription = esp-mirror: is the mirrored ESP mounted?\nWhen = PreTransaction\n"
+        f"Exec = {GUARD}\nAbortOnFail\n"
+    )
+
+
 def plan(
-    target: Target, mountpoint: str, bootloader: BootloaderKind, fs_uuid: str, device: str, apt: bool
+    target: Target, mountpoint: str, bootloader: BootloaderKind, fs_uuid: str, device: str, manager: str
 ) -> tuple[Step, ...]:
     """The steps of this module for the installed system ``target``.
 
-    :param apt: the distribution's package manager is apt (its hook and the dpkg hooks are used).
+    :param manager: the distribution's package manager (the profile's install command): apt's
+        and pacman's hooks stop a transaction that would miss the ESP; dpkg's kernel hooks run
+        the guard.
     """
     steps: list[Step] = list(_bootctl(target, mountpoint))
     sd_boot = bootloader is BootloaderKind.SYSTEMD_BOOT
+    apt = manager in APT
+    pacman = manager == "pacman" and sd_boot
     packages = ESP_PACKAGES.get(bootloader, ()) if apt else ()
     if sd_boot or packages:
         steps.append(
@@ -214,6 +244,15 @@ def plan(
                 "// the mirrored ESP must be mounted, or its scripts skip it silently.\n"
                 f'DPkg::Pre-Install-Pkgs {{"{GUARD} --apt";}};\n',
                 why="apt stops before an upgrade that would miss the unmounted ESP, and says why",
+                root=target.root,
+            )
+        )
+    if pacman:
+        steps.append(
+            WriteFile(
+                target.path(PACMAN_HOOK),
+                _pacman_hook(),
+                why="pacman stops before a kernel upgrade that would miss the unmounted ESP, and says why",
                 root=target.root,
             )
         )

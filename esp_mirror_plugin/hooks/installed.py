@@ -104,7 +104,7 @@ def plan(setup: Setup) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     upgrade_steps, upgrade_notes = upgrades.plan(
         profile, target, setup.array_uuid, setup.mountpoint, setup.bootloader, setup.loader_id
     )
-    apt = profile.packages.install[0] in ("apt-get", "apt")
-    callers = anycaller.plan(target, setup.mountpoint, setup.bootloader, setup.fs_uuid, setup.device, apt)
+    manager = profile.packages.install[0]
+    callers = anycaller.plan(target, setup.mountpoint, setup.bootloader, setup.fs_uuid, setup.device, manager)
     caller_notes = anycaller.notes(target, setup.mountpoint, setup.bootloader)
     return (*steps, *upgrade_steps, *callers), (*notes, *upgrade_notes, *caller_notes)

@@ -41,6 +41,7 @@ def ours(machine: Machine, steps: list[dict]) -> list[tuple[str, ...]]:
         anycaller.INSTALL_CONF,
         anycaller.APT_HOOK,
         anycaller.KERNEL_INSTALL_PLUGIN,
+        anycaller.PACMAN_HOOK,
         *(f"{d}/{anycaller.HOOK_NAME}" for d in anycaller.HOOK_DIRS),
     }
     out: list[tuple[str, ...]] = []
@@ -82,6 +83,28 @@ def test_with_systemd_boot_every_profile_gets_bootctl_wrapped_boot_root_and_the_
         *(GUARDED_KERNEL if apt else []),  # dracut's, mkinitcpio's and Fedora's go through kernel-install
         ("write-file", anycaller.KERNEL_INSTALL_PLUGIN),
         *([("write-file", anycaller.APT_HOOK)] if apt else []),
+        *([("write-file", anycaller.PACMAN_HOOK)] if load_profile(profile).packages.install[0] == "pacman" else []),
+    ]
+
+
+def test_pacman_stops_a_kernel_transaction_before_it_when_the_esp_is_not_mounted(two_disks):
+    with_bootctl(two_disks, dpkg=False)
+    [hook] = [
+        s
+        for s in installed_steps(plan_of(two_disks, "--profile", "arch", "--bootloader", "systemd-boot"))
+        if s.get("path", "").endswith(anycaller.PACMAN_HOOK)
+    ]
+    text = hook["content"]
+    assert "When = PreTransaction\n" in text and "\nAbortOnFail\n" in text
+    assert f"Exec = {anycaller.GUARD}\n" in text
+    assert [line for line in text.splitlines() if line.startswith("Target = ")] == [
+        "Target = linux*",
+        "Target = mkinitcpio",
+        "Target = systemd",
+    ]
+    # with GRUB nothing of pacman's writes to the ESP: no hook
+    assert not [
+        s for s in installed_steps(plan_of(two_disks, "--profile", "arch")) if s.get("path", "").endswith(".hook")
     ]
 
 
@@ -93,9 +116,12 @@ def test_the_wrapper_gives_bootctl_the_relaxed_checks_the_esp_and_no_variables(t
         if s.get("path", "").endswith("/usr/bin/bootctl")
     ]
     assert wrapper["mode"] == "0755"
-    assert wrapper["content"].splitlines()[-1] == (
-        'SYSTEMD_RELAX_ESP_CHECKS=1 exec /usr/bin/bootctl.esp-mirror --esp-path=/boot/efi --no-variables "$@"'
-    )
+    assert wrapper["content"].splitlines()[-4:] == [
+        'SYSTEMD_RELAX_ESP_CHECKS=1 /usr/bin/bootctl.esp-mirror --esp-path=/boot/efi --no-variables "$@"',
+        "rc=$?",
+        "rm -f /boot/efi/loader/random-seed",  # one boot would rewrite it on one member only
+        "exit $rc",
+    ]
 
 
 def test_a_bootctl_diverted_already_is_not_diverted_again(two_disks):
@@ -126,12 +152,12 @@ def test_kernel_install_keeps_the_settings_of_its_default_file(tmp_path):
     (tmp_path / "usr/lib/kernel").mkdir(parents=True)
     (tmp_path / "usr/lib/kernel/install.conf").write_text("# Fedora's\nlayout=bls\n#initrd_generator=dracut\n")
     [edit] = [s for s in anycaller.plan(target, "/boot/efi", BootloaderKind.SYSTEMD_BOOT, "C982-96CB", "/dev/md/esp",
-                                          apt=False) if s.path.endswith("install.conf")]  # type: ignore[union-attr]  # fmt: skip
+                                          manager="dnf") if s.path.endswith("install.conf")]  # type: ignore[union-attr]  # fmt: skip
     assert edit.block == "layout=bls\nBOOT_ROOT=/boot/efi"  # /etc's file replaces /usr/lib's: carried over
     (tmp_path / "etc/kernel").mkdir(parents=True)
     (tmp_path / "etc/kernel/install.conf").write_text("layout=other\n")
     [edit] = [s for s in anycaller.plan(target, "/boot/efi", BootloaderKind.SYSTEMD_BOOT, "C982-96CB", "/dev/md/esp",
-                                          apt=False) if s.path.endswith("install.conf")]  # type: ignore[union-attr]  # fmt: skip
+                                          manager="dnf") if s.path.endswith("install.conf")]  # type: ignore[union-attr]  # fmt: skip
     assert edit.block == "BOOT_ROOT=/boot/efi"  # /etc's own layout is the administrator's
 
 
