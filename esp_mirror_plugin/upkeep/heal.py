@@ -97,9 +97,10 @@ def array_uuid(host: HostView, record: Record) -> str | None:
 def waiting_arrays(runner: Runner, host: HostView, record: Record) -> tuple[str, ...]:
     """md devices that hold members of our array without running it: incremental assembly
     gathered the members present and waits for the rest. At boot with a disk gone, mdadm's
-    last-resort timer should start such an array degraded after 30 s; it does not always (seen
-    when the initramfs did not need to wait for the root: mdadm #263), and then nothing mounts
-    the ESP."""
+    last-resort timer should start such an array degraded after 30 s; when the initramfs's udev
+    attached the member, the real root's udev never sees MD_STARTED=unsafe again and no timer is
+    made (systemd #25617, mdadm #263: seen here when the initramfs did not wait for a degraded
+    root), and then nothing mounts the ESP."""
     uuid = array_uuid(host, record)
     if uuid is None:
         return ()
