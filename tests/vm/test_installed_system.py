@@ -18,7 +18,7 @@ starts from the NVRAM the adoption left, or fresh NVRAM):
    system moves to systemd-boot, runs what systemd-boot's package runs, installs a second kernel
    with apt from a login shell, removes it, installs it again from ``env -i chroot``, and tries a
    kernel's hooks and apt with the ESP's array stopped;
-6. disk A alone, 7. disk B alone: systemd-boot starts the second kernel.
+6. disk A alone and 7. disk B alone, side by side: systemd-boot starts the second kernel.
 
 The power cuts during an adoption, a stale ESP adopted where it is, the bytes outside the ESP
 partitions and the bad input are tests/vm/test_interrupted.py's (ci/adoptable.py).
@@ -170,23 +170,23 @@ def reattached(
 
 
 @pytest.fixture(scope="module")
-def sdboot_a_alone(
+def sdboot_each_disk_alone(
     scene: Scene, reattached: InstalledBoot, vm_assets: Assets, request: pytest.FixtureRequest
-) -> InstalledBoot:
-    switched = scene.work / "reattached-vars.fd"  # boot 5's NVRAM: each disk's entry starts systemd-boot
-    boot = _boot(scene, "sdboot-a-alone", scene.machine.disks[:1], nvram=switched, assets=vm_assets)
-    _record(request, "systemd-boot, disk A alone", boot)
-    return boot
-
-
-@pytest.fixture(scope="module")
-def sdboot_b_alone(
-    scene: Scene, sdboot_a_alone: InstalledBoot, vm_assets: Assets, request: pytest.FixtureRequest
-) -> InstalledBoot:
+) -> dict[str, InstalledBoot]:
+    # boot 5's NVRAM: each disk's entry starts systemd-boot; the last boots: nothing after them
+    # reads the disks, so both discard their writes and run at once
     switched = scene.work / "reattached-vars.fd"
-    boot = _boot(scene, "sdboot-b-alone", scene.machine.disks[1:], nvram=switched, assets=vm_assets)
-    _record(request, "systemd-boot, disk B alone", boot)
-    return boot
+    a, b = _at_once(
+        lambda: _boot(
+            scene, "sdboot-a-alone", scene.machine.disks[:1], nvram=switched, assets=vm_assets, snapshot=True
+        ),
+        lambda: _boot(
+            scene, "sdboot-b-alone", scene.machine.disks[1:], nvram=switched, assets=vm_assets, snapshot=True
+        ),
+    )
+    _record(request, "systemd-boot, disk A alone (beside B's)", a)
+    _record(request, "systemd-boot, disk B alone (beside A's)", b)
+    return {"a": a, "b": b}
 
 
 def _record(
@@ -456,9 +456,9 @@ def test_status_names_a_zero_path_entry_and_entries_removes_it_once(reattached: 
 
 @pytest.mark.parametrize("disk", ["a", "b"])
 def test_the_new_kernel_boots_through_systemd_boot_from_each_disk_alone(
-    request: pytest.FixtureRequest, reattached: InstalledBoot, disk: str
+    sdboot_each_disk_alone: dict[str, InstalledBoot], reattached: InstalledBoot, disk: str
 ) -> None:
-    boot: InstalledBoot = request.getfixturevalue(f"sdboot_{disk}_alone")
+    boot = sdboot_each_disk_alone[disk]
     second = re.search(r"^kernel files: \S*/([^/\s]+-cloud-amd64)/", reattached.section("kernel-clean"), re.MULTILINE)
     assert second and boot.section("kernel").strip() == second.group(1), (boot.section("kernel"), boot.serial_log)
     assert "BOOT_IMAGE=" not in boot.section("cmdline"), boot.section("cmdline")  # systemd-boot, not GRUB
