@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 from conftest import PROFILES, Machine
@@ -204,3 +205,62 @@ def test_arch_with_systemd_boot_is_told_when_mkinitcpio_puts_kernels_outside_the
     notes = next(g for g in plan_of(two_disks, "--profile", "arch", "--bootloader", "systemd-boot")["groups"]
                  if g["name"] == installed.GROUP)["notes"]  # fmt: skip
     assert not any("mkinitcpio" in n for n in notes)
+
+
+FINDMNT = """#!/bin/sh
+# findmnt as the guard asks it: the UUID of what is mounted at the mount point, if anything
+[ "$*" = "-n -o UUID --mountpoint $ESP_MOUNT" ] && [ -n "$FAT_UUID" ] && echo "$FAT_UUID"
+exit 0
+"""
+
+
+@pytest.mark.real_processes  # sh runs the generated scripts
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profiles_kernel_paths_stop_loudly_without_the_esp_and_go_on_with_it(two_disks, profile, tmp_path):
+    """What the kernel paths of each distribution run, run here with the generated files: dpkg's
+    kernel and initramfs hooks (initramfs-tools' and dracut's kernels on Debian and Ubuntu),
+    kernel-install's plugin (dracut's path on Fedora, RHEL, openSUSE), pacman's hook (mkinitcpio on
+    Arch), and install.conf sourced as kernel-install reads it. Only ``findmnt`` is a stand-in."""
+    with_bootctl(two_disks, dpkg=profile in APT)
+    steps = installed_steps(plan_of(two_disks, "--profile", profile, "--bootloader", "systemd-boot"))
+    files = {"/" + os.path.relpath(s["path"], two_disks.target): s for s in steps if "path" in s}
+    mountpoint = load_profile(profile).esp_mountpoint
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "findmnt").write_text(FINDMNT)
+    guard = tmp_path / "esp-mounted"
+    guard.write_text(files[anycaller.GUARD]["content"])
+    for script in (bin_dir / "findmnt", guard):
+        script.chmod(0o755)
+    callers = [
+        [anycaller.KERNEL_INSTALL_PLUGIN, "add", "6.1.0-99-amd64", f"{mountpoint}/x/6.1.0-99-amd64", "/boot/vmlinuz"]
+    ]
+    if profile in APT:
+        callers += [
+            [f"{d}/{anycaller.HOOK_NAME}", "6.1.0-99-amd64", "/boot/vmlinuz-6.1.0-99-amd64"]
+            for d in anycaller.HOOK_DIRS
+        ]
+    if anycaller.PACMAN_HOOK in files:
+        exec_line = next(x for x in files[anycaller.PACMAN_HOOK]["content"].splitlines() if x.startswith("Exec = "))
+        callers.append([exec_line.removeprefix("Exec = ")])
+    assert len(callers) == {"apt-get": 4, "pacman": 2}.get(load_profile(profile).packages.install[0], 1)
+    for mounted, code in (("", 1), ("0000-0000", 1), ("C982-96CB", 0)):
+        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "ESP_MOUNT": mountpoint, "FAT_UUID": mounted}  # env -i
+        for path, *args in callers:
+            text = files[path]["content"] if path in files else f"#!/bin/sh\nexec {anycaller.GUARD}\n"
+            script = tmp_path / "caller"
+            script.write_text(text.replace(anycaller.GUARD, str(guard)))
+            script.chmod(0o755)
+            run = subprocess.run([str(script), *args], env=env, capture_output=True, text=True)
+            assert run.returncode == code, (profile, path, mounted, run.stderr)
+            if code:
+                assert run.stderr.startswith(
+                    f"esp-mirror: the mirrored ESP (/dev/md/esp, FAT UUID C982-96CB) is not mounted at {mountpoint}"
+                )
+                assert f"`mdadm --assemble --scan; mount {mountpoint}`" in run.stderr, run.stderr
+                assert run.stderr.count("\n") == 1, run.stderr  # one line
+    # kernel-install reads install.conf as shell assignments: BOOT_ROOT is the mirror, whatever the caller's environment
+    conf = tmp_path / "install.conf"
+    conf.write_text(files[anycaller.INSTALL_CONF]["block"] + "\n")
+    read = subprocess.run(["sh", "-c", '. "$0"; echo "$BOOT_ROOT"', str(conf)], env={}, capture_output=True, text=True)
+    assert read.stdout == f"{mountpoint}\n", read
