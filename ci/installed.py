@@ -164,6 +164,13 @@ heal_wait() {
     echo "healthy after multi-user: $(awk -v m="$multi" '{printf "%.1f", $1 - m / 1e6}' /proc/uptime) s"
     echo "heal service exited after multi-user: $(systemctl show -P ExecMainExitTimestampMonotonic esp-mirror-heal.service | awk -v m="$multi" '{printf "%.1f", ($1 - m) / 1e6}') s"
 }
+older_sd_boot() {
+    # an older systemd-boot on the ESP, as a package upgrade finds it
+    python3 -c 'import sys, pathlib
+for name in sys.argv[1:]:
+    f = pathlib.Path(name); f.write_bytes(f.read_bytes().replace(b"systemd-boot 252.", b"systemd-boot 251.", 1))' \
+        /boot/efi/EFI/systemd/systemd-bootx64.efi /boot/efi/EFI/BOOT/BOOTX64.EFI
+}
 sdboot() {
     # systemd-boot on the live system, then what its package and a kernel package run on their own.
     echo "environment: SYSTEMD_RELAX_ESP_CHECKS=${SYSTEMD_RELAX_ESP_CHECKS:-unset}"
@@ -172,11 +179,7 @@ sdboot() {
         --bootloader systemd-boot --initramfs skip > /tmp/apply.log 2>&1
     echo "apply exit $? seconds $(since "$start")"
     tail -n 5 /tmp/apply.log
-    # an older systemd-boot on the ESP, as a package upgrade finds it
-    python3 -c 'import sys, pathlib
-for name in sys.argv[1:]:
-    f = pathlib.Path(name); f.write_bytes(f.read_bytes().replace(b"systemd-boot 252.", b"systemd-boot 251.", 1))' \
-        /boot/efi/EFI/systemd/systemd-bootx64.efi /boot/efi/EFI/BOOT/BOOTX64.EFI
+    older_sd_boot
     start=$(now)
     systemctl restart systemd-boot-update.service
     echo "update exit $? seconds $(since "$start")"
@@ -210,7 +213,9 @@ kernel() {
 }
 stray() {
     # the real bootctl, run by hand without the wrapper (no --no-variables): it adds "Linux Boot
-    # Manager", whose device path names no partition, first in BootOrder
+    # Manager", whose device path names no partition, first in BootOrder (update copies, and so
+    # writes the entry, only over an older systemd-boot)
+    older_sd_boot
     SYSTEMD_RELAX_ESP_CHECKS=1 /usr/bin/bootctl.esp-mirror --esp-path=/boot/efi update > /tmp/bootctl.log 2>&1
     echo "bootctl update exit $?"
     echo "made: $(efibootmgr -v | grep -c 'Linux Boot Manager')"
