@@ -116,7 +116,8 @@ report() {
     section times boot_times
     section md-kernel sh -c "dmesg | grep -E 'md/raid1|md: |kicking'"
     section fs-kernel sh -c "dmesg | grep -E 'EXT4-fs|FAT-fs|I/O error|remount|device role|md12[0-9]'"
-    section md-journal sh -c "journalctl -b -o short-monotonic --no-pager | grep -iE 'mdadm|last-resort|boot-efi|efi.mount' | head -40"
+    section md-journal sh -c "journalctl -b -o short-monotonic --no-pager | grep -iE 'mdadm|last-resort|boot-efi|efi.mount|boot/efi|fat-fs' | head -40"
+    section heal-boot sh -c "journalctl -b -o cat --no-pager -u esp-mirror-heal.service | tail -n 12"
     section efibootmgr efibootmgr
     section cmdline cat /proc/cmdline
     section kernel uname -r

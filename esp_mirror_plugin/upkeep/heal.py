@@ -204,7 +204,10 @@ def find(runner: Runner, host: HostView, array: ArrayState, device: str | None =
 
 
 def started_line(record: Record, waiting: tuple[str, ...]) -> str:
-    """The history line for an array heal started at boot without its missing members."""
+    """The history line for an array heal started at boot without its missing members, or for
+    the ESP heal mounted at boot (its mount unit had not)."""
+    if not waiting:
+        return f"mounted at boot: {record.array} at {record.mountpoint} (its mount had not happened)"
     where = ", ".join(waiting)
     return f"started at boot: {record.array} ({where}) without its missing members, mounted at {record.mountpoint}"
 

@@ -288,3 +288,30 @@ def test_an_inactive_array_of_another_uuid_is_not_started(mirror, monkeypatch):
     mirror.superblocks["/dev/vda1"] = superblock(OTHER_ARRAY, events=120)
     outcome = mirror.cli("heal", "--why", "boot")
     assert outcome.code == 2 and upkeep_changes(outcome.calls) == []
+
+
+def test_at_boot_a_running_array_that_nothing_mounted_is_mounted(mirror, monkeypatch):
+    """The array runs (degraded) but its mount unit failed or gave up before it was ready (seen
+    with systemd-boot starting a disk alone): heal, at boot, mounts it from fstab and says so."""
+    saved = list(mirror.mountinfo)
+    mirror.mountinfo = [m for m in mirror.mountinfo if " /boot/efi " not in m]
+    mirror._write_proc()
+    fast_applier(mirror, monkeypatch)
+
+    def mount(argv: tuple[str, ...]):
+        if argv == ("mount", "/boot/efi"):
+            mirror.mountinfo = saved
+            mirror._write_proc()
+            return Result(argv, 0)
+        return None
+
+    mirror.runner.responders.insert(0, mount)
+    outcome = mirror.cli("heal", "--why", "boot")
+    assert outcome.code == 0, outcome.error
+    assert upkeep_changes(outcome.calls) == [("mount", "/boot/efi")]
+    [line] = history.read(str(mirror.sysroot))
+    assert line.endswith("mounted at boot: /dev/md/esp at /boot/efi (its mount had not happened)"), line
+    # by hand or on hot-plug, an unmounted ESP is the administrator's choice: heal leaves it
+    mirror.mountinfo = [m for m in saved if " /boot/efi " not in m]
+    mirror._write_proc()
+    assert upkeep_changes(mirror.cli("heal", "--why", "hand").calls) == []

@@ -208,7 +208,9 @@ def _booted_entry(boot: InstalledBoot) -> str:
 
 def _assert_multi_user_with_esp_from_md(boot: InstalledBoot) -> None:
     assert boot.section("multi-user").strip() == "active", boot.serial_log
-    source, fstype, _options = boot.section("esp-mount").split()
+    mount = boot.section("esp-mount").split()
+    assert len(mount) == 3, ("/boot/efi is not mounted", boot.section("md-journal"), boot.section("heal-boot"))
+    source, fstype, _options = mount
     assert re.fullmatch(r"/dev/md\d+", source) and fstype == "vfat", f"/boot/efi from {source}: {boot.serial_log}"
     root_source, _root_type, root_options = boot.section("root-mount").split()
     assert root_source.startswith("/dev/md"), boot.section("root-mount")
