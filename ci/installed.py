@@ -188,6 +188,7 @@ sdboot() {
     cmp /boot/efi/EFI/systemd/systemd-bootx64.efi /usr/lib/systemd/boot/efi/systemd-bootx64.efi && echo "sd-boot updated"
     cmp /boot/efi/EFI/BOOT/BOOTX64.EFI /usr/lib/systemd/boot/efi/systemd-bootx64.efi && echo "fallback updated"
     echo "diversion: $(dpkg-divert --list /usr/bin/bootctl)"
+    echo "seed writer: $(readlink /etc/systemd/system/systemd-boot-random-seed.service)"
     # GRUB no longer starts this system: its kernel hooks (update-grub, ~30 s each under TCG) are
     # switched off, as removing GRUB's packages would
     chmod a-x /etc/kernel/postinst.d/zz-update-grub /etc/kernel/postrm.d/zz-update-grub

@@ -43,7 +43,7 @@ from ci.installed import (
     build_target_archives,
 )
 from ci.measure import measurements
-from ci.vm import ESP_OFFSET, Assets, fresh_vars, list_member, partition_uuid, read_member
+from ci.vm import ESP_OFFSET, Assets, fresh_vars, list_member, member_files, partition_uuid, read_member
 from ci.vm.assets import package_file, second_kernel_package
 from esp_mirror_plugin import __version__
 from esp_mirror_plugin.system import zipapp
@@ -173,10 +173,10 @@ def reattached(
 def sdboot_each_disk_alone(
     scene: Scene, reattached: InstalledBoot, vm_assets: Assets, request: pytest.FixtureRequest
 ) -> dict[str, InstalledBoot]:
-    # boot 5's NVRAM: each disk's entry starts systemd-boot; the last boots: nothing after them
-    # reads the disks, so both discard their writes
+    # boot 5's NVRAM: each disk's entry starts systemd-boot. Disk A's boot is kept, for the
+    # members compared after it; B's discards its writes (nothing boots after it)
     switched = scene.work / "reattached-vars.fd"
-    a = _boot(scene, "sdboot-a-alone", scene.machine.disks[:1], nvram=switched, assets=vm_assets, snapshot=True)
+    a = _boot(scene, "sdboot-a-alone", scene.machine.disks[:1], nvram=switched, assets=vm_assets)
     _record(request, "systemd-boot, disk A alone", a)
     b = _boot(scene, "sdboot-b-alone", scene.machine.disks[1:], nvram=switched, assets=vm_assets, snapshot=True)
     _record(request, "systemd-boot, disk B alone", b)
@@ -396,6 +396,7 @@ def test_systemd_boot_updates_work_on_the_md_esp_and_bootctl_is_wrapped(reattach
     assert "sd-boot updated" in sdboot and "fallback updated" in sdboot, sdboot
     # packages put the real bootctl beside the wrapper, which every caller runs
     assert "local diversion of /usr/bin/bootctl to /usr/bin/bootctl.esp-mirror" in sdboot, sdboot
+    assert "seed writer: /dev/null" in sdboot, sdboot  # systemd-boot-random-seed.service masked
 
 
 def _kernel_on_the_esp(section: str) -> tuple[list[str], list[str]]:
@@ -461,3 +462,17 @@ def test_the_new_kernel_boots_through_systemd_boot_from_each_disk_alone(
     assert "(esp-mirror " in _booted_entry(boot), boot.section("efibootmgr")
     _assert_multi_user_with_esp_from_md(boot)
     assert "[2/1]" in boot.mdstat_line("esp"), boot.section("mdstat")
+
+
+def test_systemd_boot_starting_disk_a_alone_wrote_nothing_on_its_member_behind_md(
+    sdboot_each_disk_alone: dict[str, InstalledBoot], scene: Scene
+) -> None:
+    """systemd-boot writes \\loader\\random-seed from UEFI when it exists, on the one disk it
+    started from; esp-mirror keeps the file away (tests/vm/test_systemd_boot.py, extended, shows
+    what it would do). After a whole boot of disk A alone through systemd-boot and the new kernel,
+    the members, read on the host as the firmware reads them, hold the same files."""
+    a, b = (member_files(disk, ESP_OFFSET) for disk in scene.machine.disks)
+    assert sorted(a) == sorted(b), (sorted(a), sorted(b))
+    assert "loader/random-seed" not in a
+    assert any(path.endswith("-cloud-amd64/linux") for path in a), sorted(a)  # the kernel systemd-boot started
+    assert [path for path in a if a[path] != b[path]] == []
