@@ -172,6 +172,20 @@ for name in sys.argv[1:]:
     f = pathlib.Path(name); f.write_bytes(f.read_bytes().replace(b"systemd-boot 252.", b"systemd-boot 251.", 1))' \
         /boot/efi/EFI/systemd/systemd-bootx64.efi /boot/efi/EFI/BOOT/BOOTX64.EFI
 }
+root_back() {
+    # The installer's root array is not esp-mirror's: its member that stayed behind (md left it
+    # out at this boot) comes back by hand, as a new member (mdadm will not turn a member that
+    # says it is active into a spare), before a kernel is installed: its modules live on the
+    # root, and systemd-boot later starts that kernel from each disk alone.
+    for member in /dev/vda2 /dev/vdb2; do
+        grep -q "${member#/dev/}\[" /proc/mdstat && continue
+        mdadm --zero-superblock "$member" && mdadm /dev/md/root --add "$member"
+    done
+    start=$(now)
+    mdadm --wait /dev/md/root
+    echo "root in sync after $(since "$start") s"
+    grep -A2 '^md.*vd.2' /proc/mdstat
+}
 sdboot() {
     # systemd-boot on the live system, then what its package and a kernel package run on their own.
     echo "environment: SYSTEMD_RELAX_ESP_CHECKS=${SYSTEMD_RELAX_ESP_CHECKS:-unset}"
@@ -293,6 +307,7 @@ if action heal; then
     section heal-journal sh -c "journalctl -b -o short-monotonic --no-pager -u esp-mirror-heal.service -u 'esp-mirror-heal@*' | tail -n 20"
     section mdstat-after cat /proc/mdstat
     section esp-detail-after mdadm --detail --export /dev/md/esp
+    section root-back root_back
     section sdboot sdboot
     section stray stray
     section kernel-login kernel login install "$second_deb"

@@ -388,6 +388,12 @@ def test_a_stale_member_is_healed_by_itself_within_a_minute_of_multi_user(reatta
     assert "/dev/md/esp" in journal and "md/root" not in journal and "vda2" not in journal, journal
 
 
+def test_the_roots_member_left_behind_is_back_before_the_kernels(reattached: InstalledBoot) -> None:
+    # not esp-mirror's business (the test does it by hand): without it disk A's root lacks the
+    # new kernel's modules (its boot alone then found no vfat)
+    assert "[2/2] [UU]" in reattached.section("root-back"), reattached.section("root-back")
+
+
 def test_systemd_boot_updates_work_on_the_md_esp_and_bootctl_is_wrapped(reattached: InstalledBoot) -> None:
     sdboot = reattached.section("sdboot")
     assert "environment: SYSTEMD_RELAX_ESP_CHECKS=1" in sdboot, sdboot  # services get it (system.conf.d)
