@@ -60,6 +60,7 @@ printf 'grubx64.efi,debian,,This is the boot entry for debian\n' > /target/boot/
 (cd /target/boot/efi && find . -type f -exec sha256sum {{}} +) > /target/root/esp-before.sha256
 (cd /target/boot/efi && sha256sum {extra}) > /target/root/esp-extra.sha256
 cp {zipapp} /target/root/esp-mirror && chmod 755 /target/root/esp-mirror
+cp {second_kernel} /target/root/  # installed with apt later, from a login and from a clean chroot
 echo '@@@ efibootmgr'; efibootmgr -v
 echo '@@@ fstab'; cat /target/etc/fstab
 echo '@@@ esp-files'; cat /target/root/esp-before.sha256
@@ -78,8 +79,11 @@ class Machine:
     result: Installed
 
 
-def install(workdir: Path, archives: SystemArchives, zipapp: Path, vars_file: Path, *, assets: Assets) -> Machine:
-    """Set the machine up in a guest: Debian on a RAID1 root, the ESP on disk A only."""
+def install(
+    workdir: Path, archives: SystemArchives, zipapp: Path, second_kernel: Path, vars_file: Path, *, assets: Assets
+) -> Machine:
+    """Set the machine up in a guest: Debian on a RAID1 root, the ESP on disk A only, in /root the
+    single-file esp-mirror and ``second_kernel``, a kernel package's .deb (the tests install it)."""
     disks = [blank_disk(workdir / f"disk-{name}.img", DISK_MIB) for name in "ab"]
     script = INSTALL.format(
         root_uuid=ROOT_FS_UUID,
@@ -87,6 +91,7 @@ def install(workdir: Path, archives: SystemArchives, zipapp: Path, vars_file: Pa
         root_line=shlex.quote(ROOT_FSTAB_LINE.rstrip("\n")),
         extra=" ".join(shlex.quote(f"./{f}") for f in EXTRA_FILES),
         zipapp=shlex.quote(str(zipapp)),
+        second_kernel=shlex.quote(str(second_kernel)),
     )
     guest = run_in_guest(
         script, [*disks, archives.base, archives.kernel_and_mdadm], vars_file, timeout=900, assets=assets,

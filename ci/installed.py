@@ -116,24 +116,33 @@ report() {
     section times boot_times
     section md-kernel sh -c "dmesg | grep -E 'md/raid1|md: |kicking'"
     section fs-kernel sh -c "dmesg | grep -E 'EXT4-fs|FAT-fs|I/O error|remount|device role|md12[0-9]'"
-    section md-journal sh -c "journalctl -b -o short-monotonic --no-pager | grep -iE 'mdadm|last-resort|boot-efi|efi.mount' | head -40"
+    section md-journal sh -c "journalctl -b -o short-monotonic --no-pager | grep -iE 'mdadm|last-resort|boot-efi|efi.mount|boot/efi|fat-fs' | head -40"
+    section heal-boot sh -c "journalctl -b -o cat --no-pager -u esp-mirror-heal.service | tail -n 12"
     section efibootmgr efibootmgr
     section cmdline cat /proc/cmdline
+    section kernel uname -r
 }
 action() { cat /sys/firmware/dmi/entries/11-*/raw 2>/dev/null | tr '\0' '\n' | grep -q "espvm-action=$1"; }
 now() { cut -d' ' -f1 /proc/uptime; }
 since() { awk -v s="$1" '{printf "%.1f\n", $1 - s}' /proc/uptime; }
 esp_mirror=/usr/local/sbin/esp-mirror  # the copy apply put on the installed system
+# A rescue system's chroot, an agent without PAM: nothing in the environment but a PATH.
+clean() { env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive /usr/sbin/chroot / "$@"; }
+# A login shell: pam_env gives it /etc/environment.
+login() { su --login root --command "$*"; }
 upgrade() {
     # What an upgrade of grub-efi-amd64 runs (its postinst, as dpkg-reconfigure runs it), with an
-    # old loader at the fallback path as a previous GRUB would have left it.
+    # old loader at the fallback path as a previous GRUB would have left it; then update-grub. Both
+    # from a rescue system's clean chroot: no variable of a login, of systemd or of this unit.
     efibootmgr -v | grep -v '^BootCurrent' > /tmp/nvram-before
     printf 'a stale loader from an older GRUB\n' > /boot/efi/EFI/BOOT/BOOTX64.EFI
     start=$(now)
-    dpkg-reconfigure -f noninteractive grub-efi-amd64 > /tmp/reconfigure.log 2>&1
+    clean dpkg-reconfigure -f noninteractive grub-efi-amd64 > /tmp/reconfigure.log 2>&1
     echo "exit $?"
     echo "seconds $(since "$start")"
     tail -n 20 /tmp/reconfigure.log
+    clean update-grub > /tmp/update-grub.log 2>&1
+    echo "update-grub exit $?"
     efibootmgr -v | grep -v '^BootCurrent' > /tmp/nvram-after
     diff /tmp/nvram-before /tmp/nvram-after && echo "nvram unchanged"
     cmp /boot/efi/EFI/BOOT/BOOTX64.EFI /boot/efi/EFI/debian/grubx64.efi && echo "fallback is the loader"
@@ -156,6 +165,27 @@ heal_wait() {
     echo "healthy after multi-user: $(awk -v m="$multi" '{printf "%.1f", $1 - m / 1e6}' /proc/uptime) s"
     echo "heal service exited after multi-user: $(systemctl show -P ExecMainExitTimestampMonotonic esp-mirror-heal.service | awk -v m="$multi" '{printf "%.1f", ($1 - m) / 1e6}') s"
 }
+older_sd_boot() {
+    # an older systemd-boot on the ESP, as a package upgrade finds it
+    python3 -c 'import sys, pathlib
+for name in sys.argv[1:]:
+    f = pathlib.Path(name); f.write_bytes(f.read_bytes().replace(b"systemd-boot 252.", b"systemd-boot 251.", 1))' \
+        /boot/efi/EFI/systemd/systemd-bootx64.efi /boot/efi/EFI/BOOT/BOOTX64.EFI
+}
+root_back() {
+    # The installer's root array is not esp-mirror's: its member that stayed behind (md left it
+    # out at this boot) comes back by hand, as a new member (mdadm will not turn a member that
+    # says it is active into a spare), before a kernel is installed: its modules live on the
+    # root, and systemd-boot later starts that kernel from each disk alone.
+    for member in /dev/vda2 /dev/vdb2; do
+        grep -q "${member#/dev/}\[" /proc/mdstat && continue
+        mdadm --zero-superblock "$member" && mdadm /dev/md/root --add "$member"
+    done
+    start=$(now)
+    mdadm --wait /dev/md/root
+    echo "root in sync after $(since "$start") s"
+    grep -A2 '^md.*vd.2' /proc/mdstat
+}
 sdboot() {
     # systemd-boot on the live system, then what its package and a kernel package run on their own.
     echo "environment: SYSTEMD_RELAX_ESP_CHECKS=${SYSTEMD_RELAX_ESP_CHECKS:-unset}"
@@ -164,23 +194,74 @@ sdboot() {
         --bootloader systemd-boot --initramfs skip > /tmp/apply.log 2>&1
     echo "apply exit $? seconds $(since "$start")"
     tail -n 5 /tmp/apply.log
-    # an older systemd-boot on the ESP, as a package upgrade finds it
-    python3 -c 'import sys, pathlib
-for name in sys.argv[1:]:
-    f = pathlib.Path(name); f.write_bytes(f.read_bytes().replace(b"systemd-boot 252.", b"systemd-boot 251.", 1))' \
-        /boot/efi/EFI/systemd/systemd-bootx64.efi /boot/efi/EFI/BOOT/BOOTX64.EFI
+    older_sd_boot
     start=$(now)
     systemctl restart systemd-boot-update.service
     echo "update exit $? seconds $(since "$start")"
     journalctl -b -u systemd-boot-update.service -o cat | tail -n 5
     cmp /boot/efi/EFI/systemd/systemd-bootx64.efi /usr/lib/systemd/boot/efi/systemd-bootx64.efi && echo "sd-boot updated"
     cmp /boot/efi/EFI/BOOT/BOOTX64.EFI /usr/lib/systemd/boot/efi/systemd-bootx64.efi && echo "fallback updated"
-    kver=$(uname -r)
+    echo "diversion: $(dpkg-divert --list /usr/bin/bootctl)"
+    echo "seed writer: $(readlink /etc/systemd/system/systemd-boot-random-seed.service)"
+    # GRUB no longer starts this system: its kernel hooks (update-grub, ~30 s each under TCG) are
+    # switched off, as removing GRUB's packages would
+    chmod a-x /etc/kernel/postinst.d/zz-update-grub /etc/kernel/postrm.d/zz-update-grub
+    # initramfs images for this machine's own drivers, as many servers build them: under TCG
+    # mkinitramfs with MODULES=most takes most of a kernel install's time
+    sed -i 's/^MODULES=.*/MODULES=dep/' /etc/initramfs-tools/initramfs.conf
+}
+# The second kernel (linux-image-*-cloud-amd64) that ci/adopted.py put in /root.
+second_deb=$(ls /root/linux-image-*-cloud-amd64_*.deb 2>/dev/null)
+second=$(dpkg-deb -f "$second_deb" Package 2>/dev/null)
+second_kver=${second#linux-image-}
+on_esp() {
+    echo "kernel files: $(find /boot/efi -path "*/$second_kver/*" -type f | sort | tr '\n' ' ')"
+    echo "entries: $(grep -l -- "$second_kver" /boot/efi/loader/entries/*.conf 2>/dev/null | tr '\n' ' ')"
+}
+kernel() {
+    # $1: login or clean; the rest: apt-get's arguments
+    how=$1; shift
     start=$(now)
-    /etc/kernel/postinst.d/zz-systemd-boot "$kver" "/boot/vmlinuz-$kver"
-    echo "kernel hook exit $? seconds $(since "$start")"
-    echo "kernel files: $(find /boot/efi -path "*/$kver/*" -type f | sort | tr '\n' ' ')"
-    echo "entries: $(ls /boot/efi/loader/entries | tr '\n' ' ')"
+    $how apt-get --yes --no-install-recommends "$@" > /tmp/kernel.log 2>&1
+    echo "exit $? seconds $(since "$start")"
+    grep -iE "esp|systemd-boot|error|warn" /tmp/kernel.log | tail -n 12
+    on_esp
+}
+stray() {
+    # the real bootctl, run by hand without the wrapper (no --no-variables): it adds "Linux Boot
+    # Manager", whose device path names no partition, first in BootOrder (update copies, and so
+    # writes the entry, only over an older systemd-boot)
+    older_sd_boot
+    SYSTEMD_RELAX_ESP_CHECKS=1 /usr/bin/bootctl.esp-mirror --esp-path=/boot/efi update > /tmp/bootctl.log 2>&1
+    echo "bootctl update exit $?"
+    echo "made: $(efibootmgr -v | grep -c 'Linux Boot Manager')"
+    "$esp_mirror" status > /tmp/status.log 2>&1
+    echo "status exit $?"
+    grep -i "stray\|linux boot manager" /tmp/status.log
+    "$esp_mirror" entries --yes --json > /tmp/entries.json 2>&1
+    echo "entries exit $? changed $(python3 -c 'import json; print(json.load(open("/tmp/entries.json"))["changed"])')"
+    "$esp_mirror" entries --yes --json > /tmp/entries.json 2>&1
+    echo "entries again exit $? changed $(python3 -c 'import json; print(json.load(open("/tmp/entries.json"))["changed"])')"
+    echo "left: $(efibootmgr -v | grep -c 'Linux Boot Manager')"
+    efibootmgr
+}
+stopped() {
+    # the ESP's array stopped: a kernel's hooks and apt must stop with esp-mirror's message, and
+    # leave what the ESP and NVRAM hold alone
+    ls /boot/efi/loader/entries > /tmp/entries-before
+    efibootmgr -v | grep -v '^BootCurrent' > /tmp/nvram-before
+    umount /boot/efi && mdadm --stop /dev/md/esp
+    run-parts --report --exit-on-error --arg="$second_kver" --arg="/boot/vmlinuz-$second_kver" /etc/kernel/postinst.d
+    echo "kernel hooks exit $?"
+    clean apt-get --yes --reinstall install "$second_deb" > /tmp/apt.log 2>&1
+    echo "apt exit $?"
+    grep esp-mirror /tmp/apt.log
+    echo "package: $(dpkg-query -W -f '${db:Status-Abbrev}' "$second")"
+    mdadm --assemble --scan 2>&1
+    mount /boot/efi
+    echo "mounted: $(findmnt -n -o SOURCE /boot/efi)"
+    ls /boot/efi/loader/entries | diff /tmp/entries-before - && echo "entries untouched"
+    efibootmgr -v | grep -v '^BootCurrent' | diff /tmp/nvram-before - && echo "nvram untouched"
 }
 adopt() {
     # What an administrator runs on a machine Debian's installer set up: esp-mirror, fetched as one
@@ -226,8 +307,15 @@ if action heal; then
     section heal-journal sh -c "journalctl -b -o short-monotonic --no-pager -u esp-mirror-heal.service -u 'esp-mirror-heal@*' | tail -n 20"
     section mdstat-after cat /proc/mdstat
     section esp-detail-after mdadm --detail --export /dev/md/esp
+    section root-back root_back
     section sdboot sdboot
+    section stray stray
+    section kernel-login kernel login install "$second_deb"
+    section kernel-login-check installed_check
+    section kernel-remove kernel login remove "$second"
+    section kernel-clean kernel clean install "$second_deb"
     section sdboot-check installed_check
+    section stopped stopped
 fi
 echo "ESPVM-STATE-END"
 systemctl poweroff --no-block

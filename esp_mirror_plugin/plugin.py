@@ -52,6 +52,8 @@ def bootloader(ctx: Context) -> None:
         request.bootloader,
         request.loader_id,
         request.metrics_dir,
+        request.device,
+        ctx.layout.fs_uuid,
     )
     ctx.execute(installed.GROUP, *installed.plan(setup))
     if ctx.layout.adoption is not None:

@@ -16,7 +16,7 @@ from ci.vm.assets import AssetError, Assets, default_cache_dir, preflight
 from ci.vm.command import CommandError
 from ci.vm.efivars import LoadOption
 from ci.vm.guest import BootResult, GuestResult, boot_firmware, run_after_firmware_boot, run_in_guest
-from ci.vm.images import ESP_OFFSET, blank_disk, fresh_vars, list_member, partition_uuid, read_member
+from ci.vm.images import ESP_OFFSET, blank_disk, fresh_vars, list_member, member_files, partition_uuid, read_member
 from ci.vm.payload import PAYLOAD_CMDLINE, build_payload
 from ci.vm.qemu import VmError
 
@@ -36,6 +36,7 @@ __all__ = [
     "default_cache_dir",
     "fresh_vars",
     "list_member",
+    "member_files",
     "partition_uuid",
     "preflight",
     "read_member",

@@ -75,6 +75,26 @@ def kernel_package() -> str:
     raise CommandError(f"apt-cache depends {KERNEL_METAPACKAGE} names no linux-image-* package; run: apt-get update")
 
 
+def second_kernel_package() -> str:
+    """The cloud flavour of the kernel :func:`kernel_package` names (linux-image-6.1.0-56-cloud-amd64):
+    a second kernel an installed system can install with apt."""
+    return kernel_package().removesuffix("-amd64") + "-cloud-amd64"
+
+
+def package_file(package: str, cache_dir: Path) -> Path:
+    """The .deb of ``package``, downloaded into ``cache_dir/deb/`` once."""
+    debs = cache_dir / "deb"
+    found = sorted(debs.glob(f"{package}_*.deb"))
+    if found:
+        return found[-1]
+    debs.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"espvm-{package}-", dir=debs) as tmp:
+        Path(tmp).chmod(0o777)  # apt drops to the _apt user to download
+        run_command(["apt-get", "download", package], cwd=Path(tmp), hint=_APT_HINT)
+        (deb,) = Path(tmp).glob("*.deb")
+        return deb.rename(debs / deb.name)
+
+
 def _unpack(package: str, cache_dir: Path) -> Path:
     """Download ``package`` and unpack it into ``cache_dir/pkg/<package>``, unless already done."""
     root = cache_dir / "pkg" / package
@@ -83,11 +103,7 @@ def _unpack(package: str, cache_dir: Path) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"espvm-{package}-", dir=root.parent) as tmp:
         tmp_dir = Path(tmp)
-        download_dir = tmp_dir / "deb"
-        download_dir.mkdir()
-        download_dir.chmod(0o777)  # apt drops to the _apt user to download
-        run_command(["apt-get", "download", package], cwd=download_dir, hint=_APT_HINT)
-        (deb,) = download_dir.glob("*.deb")
+        deb = package_file(package, tmp_dir)
         unpacked = tmp_dir / "root"
         run_command(["dpkg", "-x", str(deb), str(unpacked)])
         (unpacked / _COMPLETE_STAMP).write_text(deb.name + "\n")

@@ -47,6 +47,14 @@ def list_member(image: Path, offset: int) -> list[str]:
     return sorted(line.removeprefix("::/").rstrip("/") for line in out.decode().splitlines() if line.strip())
 
 
+def member_files(image: Path, offset: int) -> dict[str, bytes]:
+    """Every regular file in the FAT at ``offset`` of ``image`` (path: bytes), as the firmware
+    reads that disk."""
+    out = run_command(["mdir", "-/", "-b", "-i", _mtools_image(image, offset), "::/"], env=_MTOOLS_ENV)
+    paths = [line.removeprefix("::/") for line in out.decode().splitlines() if line.strip()]
+    return {p: read_member(image, offset, p) for p in sorted(paths) if not p.endswith("/")}
+
+
 def partition_uuid(image: Path, number: int = 1) -> str:
     """Return the GPT partition GUID (lowercase) of partition ``number`` of ``image``, read with sfdisk."""
     table = json.loads(run_command(["sfdisk", "--json", str(image)]))["partitiontable"]

@@ -22,13 +22,13 @@ from esp_mirror_plugin.pipeline.execute import Applier, counts, forecast
 from esp_mirror_plugin.pipeline.preflight import Preflight
 from esp_mirror_plugin.pipeline.steps import Group
 from esp_mirror_plugin.system import lock
-from esp_mirror_plugin.system.discovery import HostView
+from esp_mirror_plugin.system.discovery import HostView, read_mounts
 from esp_mirror_plugin.system.runner import Runner, ShRunner
 from esp_mirror_plugin.upkeep import commands, compare, heal, history, metrics, plans
 from esp_mirror_plugin.upkeep import journal as journal_file
 from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.lastcheck import LastCheck
-from esp_mirror_plugin.upkeep.mirror import MirrorState, read_mirror
+from esp_mirror_plugin.upkeep.mirror import ArrayState, MirrorState, read_mirror
 
 HEAL_LOCK_WAIT = 300.0  # at boot, heal may queue behind a check or another heal's recovery
 
@@ -244,7 +244,26 @@ def _heal(args: argparse.Namespace, runner: Runner, host: HostView, out: TextIO)
     record = records.load(host.sysroot)
     if record is None:
         raise BadInput("no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): nothing to heal")
-    array = heal.wait_for_array(runner, host, record, args.wait)
+    at_boot = args.why == "boot" and not args.dry_run
+    waiting: tuple[str, ...] = ()
+    try:
+        array: ArrayState | None = heal.wait_for_array(runner, host, record, args.wait)
+    except BadInput:
+        waiting = heal.waiting_arrays(runner, host, record) if at_boot else ()
+        if not waiting:
+            raise
+        array = None
+    mounted = any(m.mountpoint == record.mountpoint for m in read_mounts(host))
+    if at_boot and (waiting or not mounted):
+        # the boot left the ESP unmounted: its array waits for a missing disk, or its mount unit
+        # gave up or failed before the array was ready
+        start = Group("heal", heal.start_steps(waiting, record, mounted))
+        Preflight(runner, commands.install_hint_of(record)).check(start)
+        Applier(runner, io.StringIO() if args.json else out, host=host, exists=host.exists).execute(start)
+        event = history.append(host.sysroot, heal.started_line(record, waiting))
+        print(event, file=io.StringIO() if args.json else out)
+    if array is None:
+        array = heal.wait_for_array(runner, host, record, 10.0)
     found = heal.find(runner, host, array, args.device)
     group = Group("heal", found.steps(), found.left_out)
     Preflight(runner, commands.install_hint_of(record)).check(group)

@@ -9,6 +9,8 @@ stale ones of ours deleted, BootOrder set explicitly (ours first, in disk order,
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from esp_mirror_plugin.pipeline.steps import Command
@@ -37,6 +39,25 @@ def is_ours(entry: BootEntry, entry_label: str, partuuids: set[str]) -> bool:
     return tagged and (entry.partuuid in partuuids or entry.label.startswith(f"{entry_label} ({TAG} "))
 
 
+NO_PARTITION = "00000000-0000-0000-0000-000000000000"
+
+
+def on_esp(esp_dir: str, loader: str) -> str:
+    """Where the file an entry starts (``\\EFI\\x\\y.efi``) is on the ESP mounted at ``esp_dir``."""
+    return os.path.join(esp_dir, *loader.strip("\\").split("\\"))
+
+
+def strays(state: BootState, exists: Callable[[str], bool], esp_dir: str) -> tuple[BootEntry, ...]:
+    """Entries someone else made that start a loader on the mirrored ESP (mounted at ``esp_dir``;
+    ``exists`` says whether a path is there) but name no partition (``HD(0,GPT,00000000-...)``):
+    what ``bootctl`` writes when it registers itself on an ESP it cannot tell the partition of,
+    an md array. The firmware cannot start them; they are removed. An entry for another disk's
+    partition is never one, whatever file it starts."""
+    return tuple(
+        e for e in state.entries if e.partuuid == NO_PARTITION and e.loader and exists(on_esp(esp_dir, e.loader))
+    )
+
+
 def duplicates(entry: BootEntry, partuuids: set[str], loader: str) -> bool:
     """An entry someone else made (the distribution's installer, shim's fallback) that starts our
     loader from one of our partitions: it does what an entry of ours does, so it is folded into
@@ -51,13 +72,15 @@ class _Entries:
     numbers: dict[str, str]  # partuuid -> the number of its entry of ours, kept or to be created
 
 
-def _entries(state: BootState, members: list[Member], entry_label: str, loader: str) -> _Entries:
+def _entries(
+    state: BootState, members: list[Member], entry_label: str, loader: str, stray: tuple[BootEntry, ...] = ()
+) -> _Entries:
     partuuids = {m.partuuid for m in members}
     kept: dict[str, str] = {}
     delete: list[BootEntry] = []
     for entry in state.entries:
         if not is_ours(entry, entry_label, partuuids):
-            if duplicates(entry, partuuids, loader):
+            if duplicates(entry, partuuids, loader) or entry in stray:
                 delete.append(entry)
             continue
         wanted = next(
@@ -79,16 +102,24 @@ def plan(
     entry_label: str,
     loader: str,
     first: tuple[str, ...] | None = None,
+    stray: tuple[BootEntry, ...] = (),
 ) -> tuple[Command, ...]:
     """The efibootmgr commands that make NVRAM hold exactly one entry of ours per member.
 
     :param first: the members' partition GUIDs in the order their entries lead BootOrder
         (default: disk order).
+    :param stray: entries of a loader on the ESP that name no partition (:func:`strays`): removed.
     """
-    planned = _entries(state, members, entry_label, loader)
+    planned = _entries(state, members, entry_label, loader, stray)
     commands = []
     for entry in planned.delete:
-        what = "stale entry" if f" ({TAG} " in entry.label else "entry that duplicates ours (same partition and loader)"
+        what = (
+            "stale entry"
+            if f" ({TAG} " in entry.label
+            else "entry that names no partition (HD(0,GPT,00000000-...)): the firmware cannot start it"
+            if entry in stray
+            else "entry that duplicates ours (same partition and loader)"
+        )
         commands.append(
             Command(
                 ("efibootmgr", "--quiet", "--bootnum", entry.number, "--delete-bootnum"),

@@ -155,6 +155,7 @@ def record_step(request: Resolved, profile: Profile, loader: str, layout: Layout
         esp_size=layout.esp_size,
         members=layout.raid_devices,
         metrics_dir=request.metrics_dir,
+        fs_uuid=layout.fs_uuid,
     )
     return WriteFile(
         records.path_in(request.target),
@@ -181,7 +182,8 @@ def plan(
     if layout.adoption is not None:  # the live ESP is wiped and rebuilt after this: its disk boots last until then
         live = layout.adoption.live.guid
         first = (*(m.partuuid for m in members if m.partuuid != live), live)
-    return steps + bootentries.plan(state, members, request.entry_label, loader, first), ()
+    stray = bootentries.strays(state, os.path.isfile, layout.esp_dir)
+    return steps + bootentries.plan(state, members, request.entry_label, loader, first, stray), ()
 
 
 def entry_members(layout: Layout) -> list[bootentries.Member]:

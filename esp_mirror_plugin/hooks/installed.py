@@ -10,7 +10,8 @@ the base system, the kernel, mdadm, Python and the bootloader packages there by 
 - md assembly at boot, where the init needs it enabled (OpenRC);
 - the weekly check and the refresh of the metrics every few minutes (:mod:`.periodic`);
 - heal at boot and on hot-plug (:mod:`.heal`);
-- the settings package upgrades read (:mod:`.upgrades`).
+- the settings package upgrades read (:mod:`.upgrades`), and what makes every path that writes
+  to the ESP find it whoever runs it, or stop loudly (:mod:`.anycaller`).
 
 ``esp-mirror refresh`` plans this same group on the running system from what apply recorded, and
 ``status`` reports when a file of it differs from what it would write.
@@ -21,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.hooks import heal, periodic, upgrades
+from esp_mirror_plugin.hooks import anycaller, heal, periodic, upgrades
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind, OwnCheck
 from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.steps import Command, InstallProgram, Step
@@ -45,6 +46,8 @@ class Setup:
     bootloader: BootloaderKind
     loader_id: str  # \EFI\<loader_id>\ holds the loader the boot entries start
     metrics_dir: str  # the node_exporter textfile directory the weekly check writes to, when it exists
+    device: str  # /dev/md/<name>
+    fs_uuid: str  # the FAT's on the array (XXXX-XXXX): what is mounted at the mount point
 
 
 def program_step(target: Target) -> InstallProgram:
@@ -101,4 +104,7 @@ def plan(setup: Setup) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     upgrade_steps, upgrade_notes = upgrades.plan(
         profile, target, setup.array_uuid, setup.mountpoint, setup.bootloader, setup.loader_id
     )
-    return (*steps, *upgrade_steps), (*notes, *upgrade_notes)
+    manager = profile.packages.install[0]
+    callers = anycaller.plan(target, setup.mountpoint, setup.bootloader, setup.fs_uuid, setup.device, manager)
+    caller_notes = anycaller.notes(target, setup.mountpoint, setup.bootloader)
+    return (*steps, *upgrade_steps, *callers), (*notes, *upgrade_notes, *caller_notes)

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline import naming
-from esp_mirror_plugin.pipeline.steps import AddMember, Step, WaitForSync
+from esp_mirror_plugin.pipeline.profiles import load_profile
+from esp_mirror_plugin.pipeline.steps import AddMember, Command, Step, WaitForSync
 from esp_mirror_plugin.system.discovery import HostView
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
 from esp_mirror_plugin.upkeep.mirror import ArrayState, read_array
@@ -81,6 +82,53 @@ def wait_for_array(
                 "(`mdadm --assemble --scan --run`), then run `esp-mirror heal`"
             )
         sleep(1.0)
+
+
+def array_uuid(host: HostView, record: Record) -> str | None:
+    """The array's UUID as mdadm.conf lists it (esp-mirror's ARRAY line), None when it is not there."""
+    conf = load_profile(record.profile).mdadm_conf
+    for line in (host.read(conf) or "").splitlines():
+        fields = line.split()
+        if fields[:2] == ["ARRAY", record.array]:
+            return next((f.split("=", 1)[1] for f in fields[2:] if f.startswith("UUID=")), None)
+    return None
+
+
+def waiting_arrays(runner: Runner, host: HostView, record: Record) -> tuple[str, ...]:
+    """md devices that hold members of our array without running it: incremental assembly
+    gathered the members present and waits for the rest. At boot with a disk gone, mdadm's
+    last-resort timer should start such an array degraded after 30 s; when the initramfs's udev
+    attached the member, the real root's udev never sees MD_STARTED=unsafe again and no timer is
+    made (systemd #25617, mdadm #263: seen here when the initramfs did not wait for a degraded
+    root), and then nothing mounts the ESP."""
+    uuid = array_uuid(host, record)
+    if uuid is None:
+        return ()
+    found = []
+    for name in host.listdir("/sys/block"):
+        md = f"/sys/block/{name}/md"
+        if (
+            not name.startswith("md")
+            or not host.exists(f"{md}/array_state")
+            or host.attr(f"{md}/array_state") != "inactive"
+        ):
+            continue
+        members = [entry[4:] for entry in host.listdir(md) if entry.startswith("dev-")]
+        uuids = {(_examine(runner, f"/dev/{member}") or {}).get("MD_UUID") for member in members}
+        if members and uuids == {uuid}:
+            found.append(f"/dev/{name}")
+    return tuple(found)
+
+
+def start_steps(devices: tuple[str, ...], record: Record, mounted: bool) -> tuple[Step, ...]:
+    """What mdadm's last-resort timer would have run, and the mount that waited for it."""
+    steps: list[Step] = [
+        Command(("mdadm", "--run", device), why="the array waits for a member that is not there: it runs without it")
+        for device in devices
+    ]
+    if not mounted:
+        steps.append(Command(("mount", record.mountpoint), why="fstab's ESP line, which waited for the array"))
+    return tuple(steps)
 
 
 def _examine(runner: Runner, node: str) -> dict[str, str] | None:
@@ -153,6 +201,15 @@ def find(runner: Runner, host: HostView, array: ArrayState, device: str | None =
         else:
             add.append(Returning(node, disk, events))
     return HealPlan(array, tuple(add), tuple(left_out))
+
+
+def started_line(record: Record, waiting: tuple[str, ...]) -> str:
+    """The history line for an array heal started at boot without its missing members, or for
+    the ESP heal mounted at boot (its mount unit had not)."""
+    if not waiting:
+        return f"mounted at boot: {record.array} at {record.mountpoint} (its mount had not happened)"
+    where = ", ".join(waiting)
+    return f"started at boot: {record.array} ({where}) without its missing members, mounted at {record.mountpoint}"
 
 
 def event_line(plan: HealPlan, why: str, seconds: float) -> str:

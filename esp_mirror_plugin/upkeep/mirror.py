@@ -95,6 +95,7 @@ class MirrorState:
     last_check: LastCheck | None = None  # what the last `esp-mirror check` found; None: none ran here
     last_check_error: str | None = None  # why the last check's result cannot be read, and what to do
     record_time: float | None = None  # when the record was last written (its mtime); None: no record
+    strays: tuple[nvram.BootEntry, ...] = ()  # entries of a loader on the ESP that name no partition
 
     @property
     def booted_member(self) -> MemberState | None:
@@ -149,6 +150,12 @@ class MirrorState:
         out += self.unfinished
         if self.last_check_error:
             out.append(self.last_check_error)
+        for stray in self.strays:
+            out.append(
+                f"boot entry {stray.number} {stray.label!r} starts {stray.loader} on the ESP but names no partition "
+                "(HD(0,GPT,00000000-...), made by a bootctl that could not tell the array's partition): "
+                "run `esp-mirror entries` to remove it"
+            )
         if self.efivars:
             for e in self.entries:
                 if e.entry is None:
@@ -242,6 +249,7 @@ def read_mirror(
         last_check=last_check,
         last_check_error=last_check_error,
         record_time=record_time,
+        strays=bootentries.strays(boot, host.exists, mount.mountpoint) if boot is not None and mount else (),
     )
 
 
@@ -310,7 +318,7 @@ def _entry_state(member: MemberState, boot: nvram.BootState, mount: Mount | None
     )
     exists = None
     if entry is not None and mount is not None:
-        exists = host.exists(os.path.join(mount.mountpoint, *entry.loader.strip("\\").split("\\")))
+        exists = host.exists(bootentries.on_esp(mount.mountpoint, entry.loader))
     return EntryState(member, entry, exists)
 
 

@@ -240,7 +240,7 @@ def entry_steps(state: MirrorState, members: list[bootentries.Member]) -> tuple[
         )
     record = state.record
     assert record is not None  # require_array checked it
-    return bootentries.plan(state.boot, members, record.entry_label, record.loader)
+    return bootentries.plan(state.boot, members, record.entry_label, record.loader, stray=state.strays)
 
 
 def entry_members(

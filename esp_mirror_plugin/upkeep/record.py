@@ -3,7 +3,8 @@ replace, add, entries, refresh): /etc/esp-mirror/esp-mirror.yaml. Written by the
 hook; ``add`` keeps its member count.
 
 Keys added after the first release have defaults, so a record an older esp-mirror wrote still
-loads: its ``members`` is then unknown (None), its ``metrics_dir`` the setting's default.
+loads: its ``members`` is then unknown (None), its ``metrics_dir`` the setting's default, its
+``fs_uuid`` the one esp-mirror derives from the array's UUID.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Record:
     esp_size: int  # bytes
     members: int | None = None  # md raid devices (add grows it); None: an older record does not say
     metrics_dir: str = METRICS_DIR  # where the weekly check writes esp_mirror.prom, when it exists
+    fs_uuid: str | None = None  # the FAT's on the array (XXXX-XXXX); None: an older record does not say
 
     def render(self) -> str:
         return (

@@ -30,6 +30,8 @@ def setup(record: Record, array_uuid: str, root: str) -> installed.Setup:
         kind_of_loader(record.loader),
         loader_id_of(record.loader),
         record.metrics_dir,
+        record.array,
+        record.fs_uuid or naming.fstab_uuid(naming.volume_id(array_uuid)),  # an older record does not say
     )
 
 

@@ -46,6 +46,7 @@ OWN_TIMER = [
     ("run", "systemctl", "enable", "esp-mirror-metrics.timer"),
 ]
 MDCHECK = [("run", "systemctl", "enable", "mdcheck_start.timer", "mdcheck_continue.timer")]
+APT_GUARD = [("write", "usr/local/lib/esp-mirror/esp-mounted"), ("write", "etc/apt/apt.conf.d/90esp-mirror")]
 RAID_CHECK = [("run", "systemctl", "enable", "raid-check.timer")]
 CRON = [("write", "etc/cron.weekly/esp-mirror-check"), ("write", "etc/cron.hourly/esp-mirror-metrics")]
 # The installed-system group of each profile (with --bootloader grub, no bootctl in the target). The
@@ -53,8 +54,8 @@ CRON = [("write", "etc/cron.weekly/esp-mirror-check"), ("write", "etc/cron.hourl
 # has none (opensuse), with --no-md-check beside the distribution's (hooks/periodic.py); the
 # metrics are refreshed beside it (esp-mirror-metrics.timer, or a cron.hourly/periodic 15min script).
 GROUP = {
-    "debian": PROGRAM + OWN_TIMER + SYSTEMD_HEAL + DEBCONF,
-    "ubuntu": PROGRAM + MDCHECK + OWN_TIMER + SYSTEMD_HEAL + DEBCONF,
+    "debian": PROGRAM + OWN_TIMER + SYSTEMD_HEAL + DEBCONF + APT_GUARD,
+    "ubuntu": PROGRAM + MDCHECK + OWN_TIMER + SYSTEMD_HEAL + DEBCONF + APT_GUARD,
     "fedora": PROGRAM + RAID_CHECK + OWN_TIMER + SYSTEMD_HEAL,
     "rhel": PROGRAM + RAID_CHECK + OWN_TIMER + SYSTEMD_HEAL,
     "opensuse": PROGRAM + OWN_TIMER + SYSTEMD_HEAL,
@@ -194,7 +195,7 @@ def remove_python(machine: Machine) -> None:
 def test_without_python_the_plan_says_upkeep_runs_from_outside_and_installs_no_program(two_disks):
     remove_python(two_disks)
     steps = group(plan_of(two_disks))
-    assert described(two_disks, steps["steps"]) == DEBCONF  # no program, no heal units, no weekly timer
+    assert described(two_disks, steps["steps"]) == DEBCONF + APT_GUARD  # no program, no heal units, no timer
     assert steps["notes"][0] == (
         "the target has no python3: esp-mirror is not put on the installed system, so nothing heals a "
         "member that comes back, no weekly esp-mirror check compares the members and nothing writes metrics; run "
@@ -426,9 +427,15 @@ def test_without_fwupd_the_plan_says_what_to_run_when_it_comes(two_disks):
 def test_the_group_is_planned_from_a_setup_the_record_can_give_too(tmp_path):
     target = Target(str(tmp_path))
     setup = installed.Setup(load_profile("debian"), target, naming.mdadm_uuid(ARRAY_UUID), "/boot/efi",
-                            BootloaderKind.GRUB, "debian", "/var/lib/prometheus/node-exporter")  # fmt: skip
+                            BootloaderKind.GRUB, "debian", "/var/lib/prometheus/node-exporter", "/dev/md/esp",
+                            "C982-96CB")  # fmt: skip
     steps, notes = installed.plan(setup)
-    assert [type(s).__name__ for s in steps] == ["WriteFile"]  # no python3, no debconf there: the preseed only
+    # no python3, no debconf there: the preseed, and apt's guard of the ESP (a shell script)
+    assert [os.path.relpath(s.path, tmp_path) for s in steps] == [  # type: ignore[union-attr]
+        "etc/esp-mirror/debconf.preseed",
+        "usr/local/lib/esp-mirror/esp-mounted",
+        "etc/apt/apt.conf.d/90esp-mirror",
+    ]
     assert notes[0].startswith("the target has no python3")
 
 

@@ -106,3 +106,35 @@ def test_entries_needs_efi_variables(mirror):
         "entries can only be made on a system booted through UEFI",
     )
     assert_upkeep_only_read(outcome.calls)
+
+
+# What `bootctl update` (systemd 252, without --no-variables) left on the md ESP in the VM.
+ZERO_PATH = "HD(0,GPT,00000000-0000-0000-0000-000000000000,0x0,0x0)/File(\\EFI\\systemd\\systemd-bootx64.efi)"
+
+
+def test_an_entry_of_a_loader_on_the_esp_that_names_no_partition_is_named_by_status_and_removed_by_entries(mirror):
+    (mirror.esp_dir / "EFI/systemd").mkdir(parents=True)
+    (mirror.esp_dir / "EFI/systemd/systemd-bootx64.efi").write_bytes(b"MZ sd-boot")
+    stray = mirror.create_entry("Linux Boot Manager", ZERO_PATH)  # bootctl appends it; the order matters not
+    # not ours and not strays: another disk's removable path, and a zero path to a file not on the ESP
+    other_disk = mirror.create_entry(
+        "UEFI disk C", hd_path("3c7d1f2e-5a6b-4c8d-9e0f-1a2b3c4d5e6f", "\\EFI\\BOOT\\BOOTX64.EFI")
+    )
+    elsewhere = mirror.create_entry("Elsewhere", ZERO_PATH.replace("systemd\\systemd-bootx64", "other\\x"))
+    mirror.accept_changes()
+
+    status = json.loads(mirror.cli("status", "--json").out)
+    assert [p for p in status["problems"] if "names no partition" in p] == [
+        f"boot entry {stray} 'Linux Boot Manager' starts \\EFI\\systemd\\systemd-bootx64.efi on the ESP but names no "
+        "partition (HD(0,GPT,00000000-...), made by a bootctl that could not tell the array's partition): "
+        "run `esp-mirror entries` to remove it"
+    ]
+    assert status["exit_code"] == 1
+
+    done = mirror.cli("entries", "--yes")
+    assert done.code == 0, done.err
+    assert ("efibootmgr", "--quiet", "--bootnum", stray, "--delete-bootnum") in upkeep_changes(done.calls)
+    numbers = [e[0] for e in mirror.nvram()[1]]
+    assert stray not in numbers and other_disk in numbers and elsewhere in numbers
+    assert json.loads(mirror.cli("entries", "--dry-run", "--json").out)["would_change"] == 0
+    assert json.loads(mirror.cli("status", "--json").out)["exit_code"] == 0

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 from conftest import ARRAY_UUID, Mirror, assert_only_read, fast_applier, superblock, upkeep_changes
 
+from esp_mirror_plugin.system.runner import Result
 from esp_mirror_plugin.upkeep import history
 from esp_mirror_plugin.upkeep import record as records
 
@@ -221,3 +223,95 @@ def test_refresh_writes_the_weekly_run_and_the_metrics_refresh_with_the_recorded
     assert "ExecStart=/usr/local/sbin/esp-mirror check --no-md-check --metrics-dir /srv/textfile\n" in check.read_text()
     assert "ExecStart=/usr/local/sbin/esp-mirror status --metrics-dir /srv/textfile\n" in refresh.read_text()
     assert mirror.cli("status").code == 0
+
+
+def _waiting_after_a_boot_without_vdb(mirror: Mirror, monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
+    """The machine booted with disk B gone: incremental assembly holds vda1 in md126, inactive,
+    waiting for vdb1; /dev/md/esp does not exist and nothing is mounted at /boot/efi. ``mdadm
+    --run /dev/md126`` starts it (degraded) and ``mount /boot/efi`` mounts it, as the
+    machine would have them; returns the calls that started and mounted it."""
+    saved = (mirror.arrays["/dev/md/esp"], list(mirror.mountinfo))
+    md_copy = mirror.root / "md-copy"
+    shutil.copytree(mirror.md, md_copy)
+    (mirror.sysroot / "etc/mdadm").mkdir(parents=True, exist_ok=True)
+    (mirror.sysroot / "etc/mdadm/mdadm.conf").write_text(
+        f"HOMEHOST <system>\nARRAY /dev/md/esp metadata=1.0 UUID={ARRAY_UUID} name=any:esp\n"
+    )
+    mirror.stop_array()
+    waiting = mirror.sysroot / "sys/block/md126/md"
+    (waiting / "dev-vda1").mkdir(parents=True)
+    (waiting / "array_state").write_text("inactive\n")
+    fast_applier(mirror, monkeypatch)
+
+    def start(argv: tuple[str, ...]):
+        if argv == ("mdadm", "--run", "/dev/md126"):
+            shutil.rmtree(waiting.parent)
+            shutil.copytree(md_copy, mirror.md)
+            mirror.arrays["/dev/md/esp"] = saved[0]
+            (mirror.sysroot / "dev/md").mkdir(parents=True, exist_ok=True)
+            (mirror.sysroot / "dev/md/esp").symlink_to("../md127")
+            return Result(argv, 0)
+        if argv == ("mount", "/boot/efi"):
+            mirror.mountinfo = saved[1]
+            mirror._write_proc()
+            return Result(argv, 0)
+        return None
+
+    mirror.runner.responders.insert(0, start)
+    return ("mdadm", "--run", "/dev/md126"), ("mount", "/boot/efi")
+
+
+def test_at_boot_an_array_left_waiting_for_a_missing_disk_is_started_and_mounted(mirror, monkeypatch):
+    """mdadm's last-resort timer should start it after 30 s and did not (mdadm #263): heal,
+    which runs at boot anyway, does what the timer would have, and says so in the history."""
+    started = _waiting_after_a_boot_without_vdb(mirror, monkeypatch)
+    outcome = mirror.cli("heal", "--why", "boot")
+    assert outcome.code == 0, outcome.error
+    assert [c for c in upkeep_changes(outcome.calls) if c in started] == list(started)
+    assert "] mdadm --run /dev/md126" in outcome.out and "] mount /boot/efi" in outcome.out  # shown as it runs
+    [line] = history.read(str(mirror.sysroot))
+    assert line.endswith("started at boot: /dev/md/esp (/dev/md126) without its missing members, mounted at /boot/efi")
+    assert line in outcome.out
+
+
+@pytest.mark.parametrize("why", ["hand", "hot-plug"])
+def test_an_array_waiting_for_a_member_is_started_only_at_boot(mirror, monkeypatch, why):
+    """By hand or on hot-plug the disk may be on its way: heal says how to start it, and runs nothing."""
+    _waiting_after_a_boot_without_vdb(mirror, monkeypatch)
+    outcome = mirror.cli("heal", "--why", why)
+    assert outcome.code == 2 and "is not running" in outcome.error
+    assert upkeep_changes(outcome.calls) == []
+
+
+def test_an_inactive_array_of_another_uuid_is_not_started(mirror, monkeypatch):
+    _waiting_after_a_boot_without_vdb(mirror, monkeypatch)
+    mirror.superblocks["/dev/vda1"] = superblock(OTHER_ARRAY, events=120)
+    outcome = mirror.cli("heal", "--why", "boot")
+    assert outcome.code == 2 and upkeep_changes(outcome.calls) == []
+
+
+def test_at_boot_a_running_array_that_nothing_mounted_is_mounted(mirror, monkeypatch):
+    """The array runs (degraded) but its mount unit failed or gave up before it was ready (seen
+    with systemd-boot starting a disk alone): heal, at boot, mounts it from fstab and says so."""
+    saved = list(mirror.mountinfo)
+    mirror.mountinfo = [m for m in mirror.mountinfo if " /boot/efi " not in m]
+    mirror._write_proc()
+    fast_applier(mirror, monkeypatch)
+
+    def mount(argv: tuple[str, ...]):
+        if argv == ("mount", "/boot/efi"):
+            mirror.mountinfo = saved
+            mirror._write_proc()
+            return Result(argv, 0)
+        return None
+
+    mirror.runner.responders.insert(0, mount)
+    outcome = mirror.cli("heal", "--why", "boot")
+    assert outcome.code == 0, outcome.error
+    assert upkeep_changes(outcome.calls) == [("mount", "/boot/efi")]
+    [line] = history.read(str(mirror.sysroot))
+    assert line.endswith("mounted at boot: /dev/md/esp at /boot/efi (its mount had not happened)"), line
+    # by hand or on hot-plug, an unmounted ESP is the administrator's choice: heal leaves it
+    mirror.mountinfo = [m for m in saved if " /boot/efi " not in m]
+    mirror._write_proc()
+    assert upkeep_changes(mirror.cli("heal", "--why", "hand").calls) == []
