@@ -62,13 +62,15 @@ def loader_path(request: Resolved, profile: Profile, has_shim: bool) -> str:
 
 
 def kind_of_loader(loader: str) -> BootloaderKind:
-    """The bootloader kind a recorded loader path belongs to (systemd-boot, ZFSBootMenu; GRUB and
-    plain images are told apart by nothing that matters after install)."""
+    """The bootloader kind of a record older than its ``bootloader`` field, from its loader path:
+    GRUB's and shim's files are named so; any other file is an image given by path."""
     if loader.lower().startswith("\\efi\\systemd\\"):
         return BootloaderKind.SYSTEMD_BOOT
     if loader.upper().startswith("\\EFI\\ZBM\\"):
         return BootloaderKind.ZFSBOOTMENU
-    return BootloaderKind.GRUB
+    if loader.lower().rsplit("\\", 1)[-1].startswith(("grub", "shim")):
+        return BootloaderKind.GRUB
+    return BootloaderKind.EFI
 
 
 def loader_id_of(loader: str) -> str:
@@ -156,6 +158,7 @@ def record_step(request: Resolved, profile: Profile, loader: str, layout: Layout
         members=layout.raid_devices,
         metrics_dir=request.metrics_dir,
         fs_uuid=layout.fs_uuid,
+        bootloader=request.bootloader.value,
     )
     return WriteFile(
         records.path_in(request.target),

@@ -33,6 +33,7 @@ class Record:
     members: int | None = None  # md raid devices (add grows it); None: an older record does not say
     metrics_dir: str = METRICS_DIR  # where the weekly check writes esp_mirror.prom, when it exists
     fs_uuid: str | None = None  # the FAT's on the array (XXXX-XXXX); None: an older record does not say
+    bootloader: str | None = None  # grub, systemd-boot, efi, zfsbootmenu; None: an older record does not say
 
     def render(self) -> str:
         return (

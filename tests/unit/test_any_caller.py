@@ -264,3 +264,46 @@ def test_every_profiles_kernel_paths_stop_loudly_without_the_esp_and_go_on_with_
     conf.write_text(files[anycaller.INSTALL_CONF]["block"] + "\n")
     read = subprocess.run(["sh", "-c", '. "$0"; echo "$BOOT_ROOT"', str(conf)], env={}, capture_output=True, text=True)
     assert read.stdout == f"{mountpoint}\n", read
+
+
+@pytest.mark.parametrize(
+    ("loader", "bootloader"),
+    [("\\EFI\\debian\\uki.efi", "efi"), ("\\EFI\\ZBM\\VMLINUZ.EFI", "zfsbootmenu"), ("\\EFI\\debian\\uki.efi", None)],
+)
+def test_refresh_plans_no_guard_for_an_image_given_by_path_as_apply_did(tmp_path, loader, bootloader):
+    """refresh and status plan the group again from the record: for an image given by path they
+    must not plan GRUB's guard and apt hook, which apply never wrote (the VM test of the installed
+    files found refresh listing them, from a loader path taken for GRUB's); a record older than
+    its bootloader field is read by its loader path."""
+    from esp_mirror_plugin.upkeep import settings
+    from esp_mirror_plugin.upkeep.record import Record
+
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    for program in ("apt-get", "dpkg-divert"):
+        (tmp_path / "usr/bin" / program).write_text("#!/bin/sh\n")
+        (tmp_path / "usr/bin" / program).chmod(0o755)
+    record = Record("debian", "/dev/md/esp", "/boot/efi", loader, "Debian", 1 << 20, 512 << 20, bootloader=bootloader)
+    steps, _ = installed.plan(settings.setup(record, "a2824bdc:e2f95aef:83df651f:bf2ea709", str(tmp_path)))
+    paths = {"/" + os.path.relpath(s.path, tmp_path) for s in steps if hasattr(s, "path")}
+    assert not paths & {anycaller.GUARD, anycaller.APT_HOOK}, paths
+    grub = Record("debian", "/dev/md/esp", "/boot/efi", "\\EFI\\debian\\grubx64.efi", "Debian", 1 << 20, 512 << 20)
+    steps, _ = installed.plan(settings.setup(grub, "a2824bdc:e2f95aef:83df651f:bf2ea709", str(tmp_path)))
+    assert {anycaller.GUARD, anycaller.APT_HOOK} <= {
+        "/" + os.path.relpath(s.path, tmp_path) for s in steps if hasattr(s, "path")
+    }
+
+
+@pytest.mark.parametrize(
+    ("loader", "kind"),
+    [
+        ("\\EFI\\debian\\grubx64.efi", BootloaderKind.GRUB),
+        ("\\EFI\\fedora\\shimx64.efi", BootloaderKind.GRUB),
+        ("\\EFI\\systemd\\systemd-bootx64.efi", BootloaderKind.SYSTEMD_BOOT),
+        ("\\EFI\\ZBM\\VMLINUZ.EFI", BootloaderKind.ZFSBOOTMENU),
+        ("\\EFI\\debian\\espvm-payload.efi", BootloaderKind.EFI),
+    ],
+)
+def test_a_record_older_than_its_bootloader_field_is_read_by_its_loader_path(loader, kind):
+    from esp_mirror_plugin.hooks.bootloader import kind_of_loader
+
+    assert kind_of_loader(loader) is kind

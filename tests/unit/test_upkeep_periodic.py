@@ -370,6 +370,7 @@ def test_the_record_apply_writes_loads_back_as_what_was_set_up(images):
         members=2,
         metrics_dir=METRICS_DIR,
         fs_uuid=fat,
+        bootloader="grub",
     )
     text = (images.target / records.PATH).read_text()
     assert text.startswith("# Written by esp-mirror apply: what it set up.")
@@ -445,7 +446,7 @@ def test_a_record_with_a_metrics_dir_no_unit_can_hold_is_bad_input(tmp_path):
         (
             "profile: debian\narray: /dev/md/esp\n",
             "is not an esp-mirror record (keys array, entry_label, esp_size, "
-            "esp_start, loader, mountpoint, profile; optional fs_uuid, members, metrics_dir): run `esp-mirror apply` "
+            "esp_start, loader, mountpoint, profile; optional bootloader, fs_uuid, members, metrics_dir): run `esp-mirror apply` "
             "again to rewrite it",
         ),
         ("- a list\n", "is not an esp-mirror record"),
