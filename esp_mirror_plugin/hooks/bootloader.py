@@ -85,10 +85,6 @@ def _fill(arg: str, values: dict[str, str]) -> str:
     return arg
 
 
-def _on_esp(layout: Layout, efi_path: str) -> str:
-    return os.path.join(layout.esp_dir, *efi_path.strip("\\").split("\\"))
-
-
 def payload_steps(request: Resolved, profile: Profile, layout: Layout) -> tuple[Step, ...]:
     kind = request.bootloader
     fallback = f"\\EFI\\BOOT\\{fallback_name(request.arch)}"
@@ -103,7 +99,7 @@ def payload_steps(request: Resolved, profile: Profile, layout: Layout) -> tuple[
             else ["\\EFI\\ZBM\\VMLINUZ.EFI", "\\EFI\\ZBM\\VMLINUZ-BACKUP.EFI"]
         )
         for efi_path in (*copies, fallback):
-            dest = _on_esp(layout, efi_path)
+            dest = bootentries.on_esp(layout.esp_dir, efi_path)
             directory = MakeDir(os.path.dirname(dest), why="directory on the ESP", root=request.target)
             if directory not in steps:
                 steps.append(directory)
