@@ -25,8 +25,8 @@ variable bootctl refuses the md ESP, the hook exits 0, and the new kernel never 
   skip the ESP and exit 0; pacman before a transaction that changes a kernel, mkinitcpio or
   systemd (mkinitcpio's hook writes where its presets say).
 
-``esp-mirror refresh`` writes all of it again; the README's "Undoing esp-mirror" says what to
-remove.
+``esp-mirror refresh`` writes all of it again; the README ("Whoever runs the upgrade") says what
+to remove to undo it.
 """
 
 from __future__ import annotations

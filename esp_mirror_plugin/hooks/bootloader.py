@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.hooks import bootentries
+from esp_mirror_plugin.hooks import anycaller, bootentries
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind
 from esp_mirror_plugin.pipeline.layout import Layout
 from esp_mirror_plugin.pipeline.profiles import Profile
@@ -115,7 +115,7 @@ def payload_steps(request: Resolved, profile: Profile, layout: Layout) -> tuple[
         )
         steps.append(
             Command(
-                ("rm", "-f", os.path.join(request.mountpoint, "loader/random-seed")),
+                ("rm", "-f", os.path.join(request.mountpoint, anycaller.RANDOM_SEED)),
                 root=request.target,
                 why="no seed file: sd-boot then never writes to one member from UEFI",
             )
