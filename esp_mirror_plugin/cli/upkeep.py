@@ -24,7 +24,7 @@ from esp_mirror_plugin.pipeline.steps import Group
 from esp_mirror_plugin.system import lock
 from esp_mirror_plugin.system.discovery import HostView, read_mounts
 from esp_mirror_plugin.system.runner import Runner, ShRunner
-from esp_mirror_plugin.upkeep import commands, compare, heal, history, metrics, plans
+from esp_mirror_plugin.upkeep import commands, compare, heal, history, loaders, metrics, plans
 from esp_mirror_plugin.upkeep import journal as journal_file
 from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.lastcheck import LastCheck
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace, out: TextIO, stdin: TextIO, runner: Runner | N
     with lock.held(args.command_line, wait=HEAL_LOCK_WAIT if args.command == "heal" else None):
         if args.command == "heal":
             return _heal(args, runner, host, out)
-        state = read_mirror(runner, records.load(host.sysroot), host)
+        state = read_mirror(runner, records.load(host.sysroot), host, read_loaders=False)
         if args.command == "check":
             return _check(args, state, runner, host, out)
         if args.command == "repair":
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace, out: TextIO, stdin: TextIO, runner: Runner | N
 def status_json(state: MirrorState) -> dict[str, Any]:
     a = state.array
     booted = state.booted_member
+    chains = {m.node: [f.to_json() for f in m.files] for m in state.loaders}
     return {
         "setup": state.record is not None,
         "exit_code": state.exit_code(),
@@ -81,7 +82,14 @@ def status_json(state: MirrorState) -> dict[str, Any]:
             "sync_completed": a.sync_completed,
             "mismatch_cnt": a.mismatch_cnt,
             "members": [
-                {"node": m.node, "disk": m.disk, "slot": m.slot, "state": m.state, "partuuid": m.partuuid}
+                {
+                    "node": m.node,
+                    "disk": m.disk,
+                    "slot": m.slot,
+                    "state": m.state,
+                    "partuuid": m.partuuid,
+                    "loaders": chains.get(m.node, []),
+                }
                 for m in a.members
             ],
         },
@@ -98,7 +106,18 @@ def status_json(state: MirrorState) -> dict[str, Any]:
             }
             for e in state.entries
         ],
+        "foreign_entries": [
+            {
+                "entry": e.number,
+                "label": e.label,
+                "loader": e.loader,
+                "partuuid": e.partuuid,
+                "duplicates_ours": state.duplicate(e) is not None,
+            }
+            for e in state.foreign
+        ],
         "efivars": state.efivars,
+        "secure_boot": state.secure_boot,
         "boot_current": state.boot_current,
         "loader_device_partuuid": state.loader_partuuid,
         "booted_disk": booted.disk if booted else None,
@@ -169,6 +188,10 @@ def _show_status(args: argparse.Namespace, state: MirrorState, out: TextIO) -> N
             + (f" from {booted.disk}" if booted else " (not from a member of ours)"),
             file=out,
         )
+    if a is not None:
+        print(f"Secure Boot: {_secure_boot(state)}", file=out)
+    _show_loaders(state, out)
+    _show_foreign(state, out)
     if state.last_event:
         print(f"last event: {state.last_event}", file=out)
     if state.last_check:
@@ -178,6 +201,34 @@ def _show_status(args: argparse.Namespace, state: MirrorState, out: TextIO) -> N
         print(f"busy: {busy} (the state above may be changing)", file=out)
     problems = state.problems()
     print("healthy" if not problems else "problems:\n" + "\n".join(f"  - {p}" for p in problems), file=out)
+
+
+def _secure_boot(state: MirrorState) -> str:
+    if state.secure_boot is not None:
+        return "on" if state.secure_boot else "off"
+    return "unknown (no EFI variables)" if not state.efivars else "unknown (the firmware has no SecureBoot variable)"
+
+
+def _show_loaders(state: MirrorState, out: TextIO) -> None:
+    """Each in-sync member's loader files and their signatures, as read from that member."""
+    if not state.loaders:
+        return
+    print("loader files, read from each member:", file=out)
+    rows = [(m.node if i == 0 else "", f.path, f.describe()) for m in state.loaders for i, f in enumerate(m.files)]
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    for node, path, desc in rows:
+        print(f"  {node.ljust(widths[0])}  {path.ljust(widths[1])}  {desc}", file=out)
+
+
+def _show_foreign(state: MirrorState, out: TextIO) -> None:
+    """Boot entries on a member's partition that esp-mirror did not make."""
+    if not state.foreign:
+        return
+    print("boot entries on the members' partitions not made by esp-mirror:", file=out)
+    members = {m.partuuid: m.node for m in state.array.members} if state.array else {}
+    for e in state.foreign:
+        same = " (duplicates ours)" if state.duplicate(e) is not None else ""
+        print(f"  Boot{e.number} {e.label!r} {e.loader} on {members.get(e.partuuid, e.partuuid)}{same}", file=out)
 
 
 # -- check -------------------------------------------------------------------------------------
@@ -196,6 +247,7 @@ def _check(args: argparse.Namespace, state: MirrorState, runner: Runner, host: H
                 "mismatch_cnt": result.mismatch_cnt,
                 "md_check": md_check,
                 "differences": [d.to_json() for d in result.differences],
+                "signature_differences": [d.to_json() for d in result.signature_differences],
                 "members": result.members,
                 "seconds": round(result.seconds, 1),
             },
@@ -211,8 +263,27 @@ def _check(args: argparse.Namespace, state: MirrorState, runner: Runner, host: H
         )
         print(f"md check of {array.device}: {found} ({result.seconds:.1f} s)", file=out)
         _print_differences(result.differences, out)
+        _print_signature_differences(result.signature_differences, out)
     _write_metrics(file, result.state, result.last)
-    return 0 if result.last.success else 1
+    return 0 if result.last.success and not result.signature_differences else 1
+
+
+def _print_signature_differences(diffs: list[loaders.SignatureDifference], out: TextIO) -> None:
+    """The loader files the members hold signed differently: those disks do not boot alike."""
+    if not diffs:
+        return
+    print(f"loader signatures: {len(diffs)} differ between the members (the disks do not boot alike)", file=out)
+    for d in diffs:
+        print(f"  {d.path}", file=out)
+        for node, f in d.versions:
+            digest = f" (certificates sha256 {f.signature.digest[:12]})" if f.signature and f.signature.signed else ""
+            print(f"    {node}: {f.describe()}{digest}", file=out)
+    right = next((d.right for d in diffs if d.right), None)
+    print(
+        f"  run `esp-mirror repair --source {right or 'DISK'}`"
+        + ("" if right else " with the disk whose copies are right"),
+        file=out,
+    )
 
 
 def _print_differences(diffs: list[compare.Difference], out: TextIO) -> None:

@@ -20,6 +20,7 @@ from esp_mirror_plugin.system import nvram
 from esp_mirror_plugin.system.runner import NOT_INSTALLED, CommandFailed, Result, Runner
 
 EFIVARS = "/sys/firmware/efi/efivars"
+EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"  # the UEFI specification's global variables
 ESP_TYPE_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"  # the GPT type of an EFI System Partition (sgdisk EF00)
 
 
@@ -216,6 +217,7 @@ class Snapshot:
     unread: tuple[str, ...] = ()  # facts that could not be read (a lenient plan only)
     inactive: str = ""  # the array's device exists but is not running (assembled in part, never started)
     boot_text: str = ""  # what efibootmgr -v printed (an adoption keeps it as its backup of the entries)
+    secure_boot: bool | None = None  # the firmware enforces Secure Boot; None: it cannot say (secure_boot())
 
     def mounted_at(self, path: str) -> Mount | None:
         norm = os.path.normpath(path)
@@ -258,7 +260,25 @@ def discover(request: Request, runner: Runner, host: HostView | None = None, *, 
         unread=tuple(reads.unread),
         inactive=inactive,
         boot_text=boot_text,
+        secure_boot=secure_boot(host),
     )
+
+
+def efivar(host: HostView, name: str) -> bytes | None:
+    """An EFI variable's value (its 4 attribute bytes left off), or None when it is not there."""
+    data = host.read_bytes(f"{EFIVARS}/{name}")
+    return data[4:] if data and len(data) > 4 else None
+
+
+def secure_boot(host: HostView) -> bool | None:
+    """Whether the firmware enforces Secure Boot: SecureBoot is 1 and SetupMode is not (in setup
+    mode nothing is checked). None when there are no EFI variables (a BIOS boot, a container) or
+    no SecureBoot variable (firmware without Secure Boot): unknown, never guessed "off"."""
+    value = efivar(host, f"SecureBoot-{EFI_GLOBAL}")
+    if value is None:
+        return None
+    setup = efivar(host, f"SetupMode-{EFI_GLOBAL}") or b""
+    return value[:1] == b"\x01" and setup[:1] != b"\x01"
 
 
 def describe_disks(

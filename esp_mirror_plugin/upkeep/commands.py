@@ -25,7 +25,7 @@ from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.pipeline.steps import Group
 from esp_mirror_plugin.system.discovery import DiskFacts, HostView, describe_disks, read_mounts
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
-from esp_mirror_plugin.upkeep import compare, lastcheck, plans, settings
+from esp_mirror_plugin.upkeep import compare, lastcheck, loaders, plans, settings
 from esp_mirror_plugin.upkeep import journal as journal_file
 from esp_mirror_plugin.upkeep.journal import RepairJournal
 from esp_mirror_plugin.upkeep.lastcheck import LastCheck
@@ -50,8 +50,9 @@ class CheckResult:
     differences: list[compare.Difference]
     members: list[str]
     seconds: float
-    state: MirrorState  # the mirror as the check left it (mismatch_cnt, sync progress)
+    state: MirrorState  # the mirror as the check left it (mismatch_cnt, sync progress, loaders)
     last: LastCheck  # what was kept in /var/lib/esp-mirror/last-check.json
+    signature_differences: list[loaders.SignatureDifference] = field(default_factory=list)
 
 
 def install_hint_of(record: Record | None) -> Callable[[str], str]:
@@ -103,11 +104,12 @@ def check(
     array = plans.require_array(state)
     started = time.monotonic()
     Applier(runner, progress, host=host, exists=host.exists).execute(Group("check", plans.check_steps(array, md_check)))
-    after = read_mirror(runner, state.record, host) if md_check else state
+    after = read_mirror(runner, state.record, host, read_loaders=False) if md_check else state
     if after.array is None:  # never a count of 0 for an array that could not be read
         raise BadInput(f"{array.device} stopped running during the check: see `esp-mirror status`")
     with scratch("check-") as workdir:
-        _, diffs = compare_members(runner, state, workdir)
+        copies, diffs = compare_members(runner, state, workdir)
+        chains = member_loaders(state, copies)
     mismatch_cnt = after.array.mismatch_cnt
     last = LastCheck(now(), mismatch_cnt, len(diffs), md_check)
     try:
@@ -122,9 +124,21 @@ def check(
         diffs,
         [m.node for m in array.members if m.usable],
         time.monotonic() - started,
-        replace(after, last_check=last, last_check_error=None),
+        replace(after, last_check=last, last_check_error=None, loaders=chains),
         last,
+        loaders.differences(chains),
     )
+
+
+def member_loaders(state: MirrorState, copies: dict[str, Path]) -> tuple[loaders.MemberLoaders, ...]:
+    """The loader chain of each copied member (as status reads it from the members), with shim's
+    MokManager and fallback where any member has them."""
+    array = plans.require_array(state)
+    assert state.record is not None  # require_array checked it
+    loader = state.record.loader
+    paths = (*loaders.chain(loader), *loaders.present(copies, loaders.shim_helpers(loader)))
+    disks = {m.node: m.disk for m in array.members}
+    return loaders.from_copies(copies, disks, tuple(dict.fromkeys(paths)))
 
 
 def check_source_fat(runner: Runner, source: MemberState) -> None:

@@ -5,7 +5,8 @@ the Prometheus text format, every family with ``# HELP`` and ``# TYPE``, every s
 with the array (``array="/dev/md/esp"``), member series also with ``member`` (the partition) and
 ``disk``. What cannot be read is left out rather than guessed, and says so where an alert must
 see it: an array that is not running is ``esp_mirror_array_running 0``, NVRAM that cannot be
-read ``esp_mirror_efivars_readable 0``.
+read ``esp_mirror_efivars_readable 0``; an unknown Secure Boot state leaves
+``esp_mirror_secure_boot`` out (an alert on it then sees no series, not a wrong "off").
 
 :func:`write` puts the text in place the way the textfile collector needs: a temporary file in
 the same directory, synced, renamed over the file (:func:`esp_mirror_plugin.system.files.write_atomic`),
@@ -44,6 +45,13 @@ FAMILIES: dict[str, str] = {
     "esp_mirror_efivars_readable": "1 when the firmware's boot entries could be read, else 0.",
     "esp_mirror_boot_entry_missing": "1 when the member has no firmware boot entry of esp-mirror's, else 0.",
     "esp_mirror_boot_disk_info": "The member this boot came from (LoaderDevicePartUUID or BootCurrent).",
+    "esp_mirror_secure_boot": (
+        "1 when the firmware enforces Secure Boot, 0 when it does not; absent when no EFI variable says."
+    ),
+    "esp_mirror_member_loader_signed": (
+        "1 when the member's copy of the loader file (path) carries a signature, 0 when it is unsigned, "
+        "missing or not an EFI image; absent when the member could not be read."
+    ),
     "esp_mirror_last_check_timestamp_seconds": "When the last esp-mirror check finished, seconds since the epoch.",
     "esp_mirror_last_check_success": "1 when the last esp-mirror check found no mismatch and no file drift, else 0.",
     "esp_mirror_record_timestamp_seconds": (
@@ -100,6 +108,14 @@ def samples(state: MirrorState, last_check: LastCheck | None, now: float) -> lis
     booted = state.booted_member
     if booted is not None:
         add("esp_mirror_boot_disk_info", 1, *_member(booted))
+    if state.secure_boot is not None:  # unknown is left out, never reported as off
+        add("esp_mirror_secure_boot", int(state.secure_boot))
+    members = {m.node: m for m in a.members} if a is not None else {}
+    for chain in state.loaders:
+        for f in chain.files:
+            if not f.unreadable and chain.node in members:
+                signed = int(f.boots_under_secure_boot)
+                add("esp_mirror_member_loader_signed", signed, *_member(members[chain.node]), ("path", f.path))
     if last_check is not None:
         add("esp_mirror_files_differing", last_check.files_differing)
         add("esp_mirror_last_check_timestamp_seconds", last_check.timestamp)

@@ -8,26 +8,31 @@ from dataclasses import dataclass
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import bootentries
+from esp_mirror_plugin.hooks.bootloader import kind_of_loader
 from esp_mirror_plugin.pipeline import adoption
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind
 from esp_mirror_plugin.system import nvram
 from esp_mirror_plugin.system.discovery import (
+    EFI_GLOBAL,
     EFIVARS,
     HostView,
     Mount,
     Unreadable,
     blkid_export,
+    efivar,
     md_detail,
     read_mounts,
+    secure_boot,
 )
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
-from esp_mirror_plugin.upkeep import history, lastcheck
+from esp_mirror_plugin.upkeep import history, lastcheck, loaders
 from esp_mirror_plugin.upkeep import journal as journal_file
 from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.lastcheck import LastCheck
+from esp_mirror_plugin.upkeep.loaders import MemberLoaders
 from esp_mirror_plugin.upkeep.record import Record
 from esp_mirror_plugin.upkeep.settings import drift
 
-EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
 LOADER_VENDOR = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 
 
@@ -96,6 +101,26 @@ class MirrorState:
     last_check_error: str | None = None  # why the last check's result cannot be read, and what to do
     record_time: float | None = None  # when the record was last written (its mtime); None: no record
     strays: tuple[nvram.BootEntry, ...] = ()  # entries of a loader on the ESP that name no partition
+    secure_boot: bool | None = None  # the firmware enforces Secure Boot; None: no EFI variables say
+    loaders: tuple[MemberLoaders, ...] = ()  # the loader chain as each in-sync member holds it
+    foreign: tuple[nvram.BootEntry, ...] = ()  # entries on a member's partition esp-mirror did not make
+
+    @property
+    def kind(self) -> BootloaderKind | None:
+        """The recorded bootloader kind (from the loader's name for an older record)."""
+        if self.record is None:
+            return None
+        return BootloaderKind(self.record.bootloader) if self.record.bootloader else kind_of_loader(self.record.loader)
+
+    def duplicate(self, entry: nvram.BootEntry) -> MemberState | None:
+        """The member whose partition a foreign ``entry`` starts our loader from: it does what
+        ours does (shim's fallback fbx64.efi makes one after a boot with empty NVRAM)."""
+        if self.array is None or self.record is None:
+            return None
+        partuuids = {m.partuuid for m in self.array.members}
+        if not bootentries.duplicates(entry, partuuids, self.record.loader):
+            return None
+        return next(m for m in self.array.members if m.partuuid == entry.partuuid)
 
     @property
     def booted_member(self) -> MemberState | None:
@@ -156,6 +181,17 @@ class MirrorState:
                 "(HD(0,GPT,00000000-...), made by a bootctl that could not tell the array's partition): "
                 "run `esp-mirror entries` to remove it"
             )
+        for entry in self.foreign:
+            member = self.duplicate(entry)
+            if member is not None:
+                out.append(
+                    f"boot entry {entry.number} {entry.label!r} starts {entry.loader} from member {member.node} "
+                    "but was not made by esp-mirror (shim's fallback makes one after a boot with no entry): "
+                    "run `esp-mirror entries` to fold it into ours"
+                )
+        if self.kind is not None:
+            out += loaders.unsigned_problems(self.secure_boot, self.loaders, self.kind)
+        out += [d.problem() for d in loaders.differences(self.loaders)]
         if self.efivars:
             for e in self.entries:
                 if e.entry is None:
@@ -175,8 +211,14 @@ class MirrorState:
 
 
 def read_mirror(
-    runner: Runner, record: Record | None, host: HostView | None = None, array_device: str = "/dev/md/esp"
+    runner: Runner,
+    record: Record | None,
+    host: HostView | None = None,
+    array_device: str = "/dev/md/esp",
+    read_loaders: bool = True,
 ) -> MirrorState:
+    """The mirror's state. ``read_loaders``: also read the loader chain from each in-sync member
+    (mtools; what status shows): the commands that change things do not need it."""
     host = host or HostView()
     device = record.array if record else array_device
     array = read_array(runner, host, device)
@@ -194,6 +236,15 @@ def read_mirror(
     entries: tuple[EntryState, ...] = ()
     if array and record and boot is not None:
         entries = tuple(_entry_state(m, boot, mount, host) for m in array.members if m.usable)
+    foreign: tuple[nvram.BootEntry, ...] = ()
+    if array and record and boot is not None:
+        partuuids = {m.partuuid for m in array.members}
+        ours = [e for e in boot.entries if bootentries.is_ours(e, record.entry_label, partuuids)]
+        foreign = tuple(e for e in boot.entries if e.partuuid in partuuids and e not in ours)
+    chains: tuple[MemberLoaders, ...] = ()
+    if array and record and read_loaders:
+        active = [(m.node, m.disk) for m in array.members if m.active]
+        chains = loaders.read_members(runner, active, loaders.chain(record.loader))
     settings: list[str] = []
     if array and record:
         try:
@@ -250,6 +301,9 @@ def read_mirror(
         last_check_error=last_check_error,
         record_time=record_time,
         strays=bootentries.strays(boot, host.exists, mount.mountpoint) if boot is not None and mount else (),
+        secure_boot=secure_boot(host),
+        loaders=chains,
+        foreign=foreign,
     )
 
 
@@ -322,16 +376,11 @@ def _entry_state(member: MemberState, boot: nvram.BootState, mount: Mount | None
     return EntryState(member, entry, exists)
 
 
-def _efivar(host: HostView, name: str) -> bytes | None:
-    data = host.read_bytes(f"{EFIVARS}/{name}")
-    return data[4:] if data and len(data) > 4 else None  # the first 4 bytes are attributes
-
-
 def _boot_current(host: HostView) -> str | None:
-    data = _efivar(host, f"BootCurrent-{EFI_GLOBAL}")
+    data = efivar(host, f"BootCurrent-{EFI_GLOBAL}")
     return f"{int.from_bytes(data[:2], 'little'):04X}" if data else None
 
 
 def _loader_partuuid(host: HostView) -> str | None:
-    data = _efivar(host, f"LoaderDevicePartUUID-{LOADER_VENDOR}")
+    data = efivar(host, f"LoaderDevicePartUUID-{LOADER_VENDOR}")
     return data.decode("utf-16-le").rstrip("\0").lower() if data else None

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import uuid as _uuid
 from dataclasses import dataclass, field
@@ -359,6 +360,13 @@ class Machine:
             var.unlink()
         self.efibootmgr = efibootmgr
 
+    def secure_boot(self, on: bool, setup_mode: bool | None = None) -> None:
+        """The firmware's SecureBoot (and SetupMode) variables: attributes, then one byte."""
+        efivars = self.sysroot / "sys/firmware/efi/efivars"
+        (efivars / f"SecureBoot-{EFI_GLOBAL}").write_bytes(b"\x06\x00\x00\x00" + bytes([on]))
+        if setup_mode is not None:
+            (efivars / f"SetupMode-{EFI_GLOBAL}").write_bytes(b"\x06\x00\x00\x00" + bytes([setup_mode]))
+
     def add_array(
         self,
         device: str,
@@ -575,6 +583,8 @@ def is_read_only(argv: tuple[str, ...]) -> bool:
             | ("mdadm", "--detail" | "--examine", "--export", _)
             | ("efibootmgr", "-v")
             | ("fsck.fat", "-n", _)
+            | ("blockdev", "--flushbufs", _)
+            | ("mtype", "-i", _, _)
         ):
             return True
     return False
@@ -686,6 +696,45 @@ def two_disks(machine: Machine) -> Machine:
 @pytest.fixture
 def efi_image(tmp_path: Path) -> Path:
     return make_efi_image(tmp_path)
+
+
+# -- EFI images (PE/COFF), built by hand ---------------------------------------------------------
+
+
+def der_cn(name: str, tag: int = 0x0C) -> bytes:
+    """DER of a commonName attribute: OID 2.5.4.3, then a string (UTF8String unless ``tag`` says)."""
+    value = name.encode()
+    return b"\x30" + bytes([len(value) + 7]) + b"\x06\x03\x55\x04\x03" + bytes([tag, len(value)]) + value
+
+
+def pkcs7(*names: str) -> bytes:
+    """A stand-in PKCS#7 SignedData blob: a SEQUENCE header, then the names' DER commonNames as the
+    signer's and its issuer's certificates carry them."""
+    return b"\x30\x82\x00\x00\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x07\x02" + b"".join(der_cn(n) for n in names)
+
+
+def make_pe(signed_by: tuple[str, ...] | None = None, *, plus: bool = True, code: bytes = b"\xc3" * 16) -> bytes:
+    """A tiny PE image (PE32+ unless ``plus`` is False): DOS stub, PE header, an optional header
+    with 16 data directories, ``code``; with ``signed_by``, a WIN_CERTIFICATE (PKCS signed data)
+    holding :func:`pkcs7` of those names at the file offset directory 4 names."""
+    dos = bytearray(64)
+    dos[:2] = b"MZ"
+    struct.pack_into("<I", dos, 0x3C, 64)
+    directories = 112 if plus else 96
+    optional = bytearray(directories + 16 * 8)
+    struct.pack_into("<H", optional, 0, 0x20B if plus else 0x10B)
+    struct.pack_into("<I", optional, directories - 4, 16)
+    coff = struct.pack("<HHIIIHH", 0x8664, 0, 0, 0, 0, len(optional), 0x22)
+    body = bytes(dos) + b"PE\0\0" + coff
+    image = body + bytes(optional) + code
+    image += b"\0" * (-len(image) % 8)
+    if signed_by is None:
+        return image
+    blob = pkcs7(*signed_by)
+    entry = struct.pack("<IHH", 8 + len(blob), 0x0200, 0x0002) + blob
+    entry += b"\0" * (-len(entry) % 8)
+    struct.pack_into("<II", optional, directories + 8 * 4, len(image), len(entry))
+    return body + bytes(optional) + image[len(body) + len(optional) :] + entry
 
 
 # -- an installed mirror after boot, for the upkeep commands ------------------------------------
@@ -996,6 +1045,12 @@ class Mirror(Machine):
                     where.write_bytes(data)
                     os.utime(where, (FAT_MTIME, FAT_MTIME))
                 return Result(argv, 0)
+            case ("mtype", "-i", node, path) if node in self.members:
+                files = {p.lower(): data for p, data in self.members[node].items()}  # FAT ignores case
+                data = files.get(path.removeprefix("::/").lower())
+                if data is None:  # mtools 4.0
+                    return Result(argv, 1, "", f'File "{path}" not found\n')
+                return Result(argv, 0, data.decode("utf-8", "replace"), "", data)
             case ("fsck.fat", "-n", node) if node in self.members:
                 code, text = self.fsck.get(node, (0, FSCK_CLEAN))
                 return Result(argv, code, text.format(node=node))
@@ -1125,7 +1180,7 @@ def fast_applier(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> FakeClock
     return clock
 
 
-UPKEEP_READS = ("blockdev", "--flushbufs"), ("mdir",), ("mcopy",), ("fsck.fat", "-n")
+UPKEEP_READS = ("blockdev", "--flushbufs"), ("mdir",), ("mcopy",), ("mtype",), ("fsck.fat", "-n")
 
 
 def upkeep_changes(calls: list[tuple[str, ...]]) -> list[tuple[str, ...]]:

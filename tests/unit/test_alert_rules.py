@@ -36,6 +36,7 @@ def emitted(mirror) -> set[str]:
     """Every metric name the renderer writes, from a booted healthy mirror with a last check and
     from the same mirror with its array stopped (the two together give every family)."""
     mirror.boot(number="0001", loader_partuuid=guid_of("vda"))
+    mirror.secure_boot(False)
     texts = [metrics.render(read_mirror(mirror.runner, mirror.record, mirror.host), LastCheck(1.0, 0, 0, True), 2.0)]
     mirror.stop_array()
     texts.append(metrics.render(read_mirror(mirror.runner, mirror.record, mirror.host), None, 2.0))

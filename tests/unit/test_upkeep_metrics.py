@@ -70,6 +70,18 @@ def per_member(name: str, *members: tuple[tuple[tuple[str, str], ...], float]) -
     return {(f"esp_mirror_{name}", tuple(sorted(labels))): value for labels, value in members}
 
 
+LOADERS = ("\\EFI\\debian\\grubx64.efi", "\\EFI\\BOOT\\BOOTX64.EFI")  # the record's loader, the fallback
+
+
+def loader_signed(member: tuple[tuple[str, str], ...], value: float = 0) -> dict:
+    """The member's loader series; the test mirror's stand-in files carry no signature."""
+    return per_member("member_loader_signed", *(((*member, ("path", p)), value) for p in LOADERS))
+
+
+def loader_series(member: tuple[tuple[str, str], ...]) -> tuple[tuple[str, tuple[tuple[str, str], ...]], ...]:
+    return tuple(("esp_mirror_member_loader_signed", (*member, ("path", p))) for p in LOADERS)
+
+
 HEALTHY = {
     **by_array(
         array_running=1,
@@ -89,6 +101,8 @@ HEALTHY = {
     ),
     **per_member("boot_entry_missing", (VDA, 0), (VDB, 0)),
     **per_member("boot_disk_info", (VDA, 1)),
+    **loader_signed(VDA),
+    **loader_signed(VDB),
 }
 
 
@@ -113,7 +127,7 @@ def test_a_degraded_mirror_with_a_member_missing(mirror):
     mirror.take_out("/dev/vdb1")
 
     assert rendered(mirror) == {
-        **without(HEALTHY, ("esp_mirror_boot_entry_missing", VDB)),  # member series: the array's members
+        **without(HEALTHY, ("esp_mirror_boot_entry_missing", VDB), *loader_series(VDB)),  # the array's members
         **by_array(members_active=1, members_missing=1, status_exit_code=1),
     }
 
@@ -126,7 +140,8 @@ def test_a_degraded_mirror_with_a_faulty_member(mirror):
     found = rendered(mirror)
 
     assert found == {
-        **without(HEALTHY, ("esp_mirror_boot_entry_missing", VDB)),  # a faulty member gets no entry series
+        # a faulty member gets no entry series, and is not read
+        **without(HEALTHY, ("esp_mirror_boot_entry_missing", VDB), *loader_series(VDB)),
         **by_array(members_active=1, members_faulty=1, members_missing=0, status_exit_code=1),
     }
 
@@ -165,7 +180,7 @@ def test_a_mirror_mid_recovery(mirror):
     mirror.set_md(degraded=1, array_state="active", sync_action="recover", sync_completed="131072 / 1048448")
 
     assert rendered(mirror) == {
-        **HEALTHY,
+        **without(HEALTHY, *loader_series(VDB)),  # half copied: its loaders are not read
         **by_array(members_active=1, members_missing=0, sync_progress_ratio=131072 / 1048448, status_exit_code=1),
     }
 
@@ -273,6 +288,7 @@ def test_the_record_time_is_when_apply_last_wrote_the_record_and_status_carries_
 
 def test_every_family_has_help_and_type_once_and_every_family_is_rendered_somewhere(mirror):
     mirror.boot(number="0001", loader_partuuid=A)
+    mirror.secure_boot(True)
     text = metrics.render(read_mirror(mirror.runner, mirror.record, mirror.host), CLEAN, NOW)
     lines = text.splitlines()
 

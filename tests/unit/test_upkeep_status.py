@@ -257,6 +257,7 @@ def test_every_problem_line_says_what_to_run(mirror, case):
 
 def test_status_of_a_healthy_mirror_as_text(mirror):
     mirror.boot(number="0001", loader_partuuid=A)
+    mirror.secure_boot(False)
 
     outcome = mirror.cli("status")
 
@@ -268,6 +269,12 @@ def test_status_of_a_healthy_mirror_as_text(mirror):
         f"  /dev/vdb1  /dev/vdb  in_sync  {B}  Boot0002    ok\n"
         f"ESP: {mirror.esp} mounted from /dev/md127\n"
         "this boot: Boot0001 from /dev/vda\n"
+        "Secure Boot: off\n"
+        "loader files, read from each member:\n"
+        "  /dev/vda1  \\EFI\\debian\\grubx64.efi  not an EFI image\n"
+        "             \\EFI\\BOOT\\BOOTX64.EFI    not an EFI image\n"
+        "  /dev/vdb1  \\EFI\\debian\\grubx64.efi  not an EFI image\n"
+        "             \\EFI\\BOOT\\BOOTX64.EFI    not an EFI image\n"
         "healthy\n"
     )
     assert_only_read(outcome.calls)
@@ -286,6 +293,10 @@ def test_status_of_a_degraded_mirror_as_text(mirror):
         f"  /dev/vda1  /dev/vda  in_sync  {A}  Boot0001    ok\n"
         f"ESP: {mirror.esp} mounted from /dev/md127\n"
         "this boot: Boot0003 (not from a member of ours)\n"
+        "Secure Boot: unknown (the firmware has no SecureBoot variable)\n"
+        "loader files, read from each member:\n"
+        "  /dev/vda1  \\EFI\\debian\\grubx64.efi  not an EFI image\n"
+        "             \\EFI\\BOOT\\BOOTX64.EFI    not an EFI image\n"
         "problems:\n"
         "  - /dev/md/esp is degraded: 1 of 2 members missing or failed; put in a new disk and run "
         "`esp-mirror replace --old missing --new DISK`\n"
@@ -307,8 +318,20 @@ def test_status_shows_recovery_progress_and_missing_entries_in_the_table(mirror)
     ]
 
 
+NOT_PE = {"present": True, "pe": False, "signed": False, "signers": [], "digest": "", "unreadable": None}
+FAKE_LOADERS = [{"path": GRUB_LOADER, **NOT_PE}, {"path": "\\EFI\\BOOT\\BOOTX64.EFI", **NOT_PE}]
+
+
 def member_json(node: str, slot: int, guid: str, state: str = "in_sync") -> dict:
-    return {"node": node, "disk": node[:-1], "slot": slot, "state": state, "partuuid": guid}
+    """A member in status --json; its loaders as the test mirror's stand-in files read."""
+    return {
+        "node": node,
+        "disk": node[:-1],
+        "slot": slot,
+        "state": state,
+        "partuuid": guid,
+        "loaders": FAKE_LOADERS if state == "in_sync" else [],
+    }
 
 
 def entry_json(disk: str, guid: str, number: str, serial: str) -> dict:
@@ -349,7 +372,9 @@ def test_status_json_of_a_healthy_mirror(mirror):
         "mount": {"mountpoint": str(mirror.esp), "device": "/dev/md127"},
         "mounted_members": [],
         "entries": [entry_json("/dev/vda", A, "0001", "espvm-A"), entry_json("/dev/vdb", B, "0002", "espvm-B")],
+        "foreign_entries": [],
         "efivars": True,
+        "secure_boot": None,
         "boot_current": "0002",
         "loader_device_partuuid": None,
         "booted_disk": "/dev/vdb",
@@ -395,7 +420,9 @@ def test_status_says_not_set_up_and_exits_2_without_record_or_array(machine, mon
         "mount": None,
         "mounted_members": [],
         "entries": [],
+        "foreign_entries": [],
         "efivars": False,
+        "secure_boot": None,
         "boot_current": None,
         "loader_device_partuuid": None,
         "booted_disk": None,
