@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.hooks import anycaller, bootentries
+from esp_mirror_plugin.hooks import anycaller, bootentries, secureboot
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind
 from esp_mirror_plugin.pipeline.layout import Layout
 from esp_mirror_plugin.pipeline.profiles import Profile
@@ -142,6 +142,23 @@ def payload_steps(request: Resolved, profile: Profile, layout: Layout) -> tuple[
     return tuple(steps)
 
 
+def shim_fallback_steps(request: Resolved, profile: Profile, layout: Layout, target: Target) -> tuple[Step, ...]:
+    """Shim's fallback (fb<arch>.efi, signed) beside shim at \\EFI\\BOOT\\, for GRUB through
+    Debian's shim. Started with no boot entry (fresh NVRAM, a new machine), shim runs it; it
+    makes an entry from \\EFI\\<loader_id>\\BOOT<ARCH>.CSV for the disk it started from and
+    resets, and ``esp-mirror entries`` folds that entry into ours. Debian's ``grub-install
+    --removable`` puts shim, GRUB and MokManager there but leaves the fallback out."""
+    if request.bootloader is not BootloaderKind.GRUB or profile.grub.loader != "auto" or not target.has_shim():
+        return ()
+    suffix, _ = arch_names(request.arch)
+    source = f"usr/lib/shim/fb{suffix}.efi.signed"
+    if not target.exists(source):
+        return ()
+    dest = bootentries.on_esp(layout.esp_dir, f"\\EFI\\BOOT\\fb{suffix}.efi")
+    why = "shim's fallback: with no boot entry it makes one for the disk it started from"
+    return (CopyFile(str(target.resolve(source)), dest, why=why, root=request.target),)
+
+
 def record_step(request: Resolved, profile: Profile, loader: str, layout: Layout) -> WriteFile:
     rec = Record(
         profile=profile.name,
@@ -169,11 +186,17 @@ def plan(
 ) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     """(steps, notes) for the bootloader hook; shim is looked for in the target now."""
     loader = loader_path(request, profile, target.has_shim())
-    steps = (*payload_steps(request, profile, layout), record_step(request, profile, loader, layout))
+    steps = (
+        *payload_steps(request, profile, layout),
+        *shim_fallback_steps(request, profile, layout, target),
+        record_step(request, profile, loader, layout),
+    )
+    signing = secureboot.notes(request, snapshot, target, loader, arch_names(request.arch)[0])
     if not layout.nvram:
         return steps, (
             "no NVRAM boot entries (--no-nvram or no EFI variables): the firmware boots "
             f"each disk through \\EFI\\BOOT\\{fallback_name(request.arch)}",
+            *signing,
         )
     members = entry_members(layout)
     state = snapshot.boot or nvram.BootState(None, (), ())
@@ -182,7 +205,7 @@ def plan(
         live = layout.adoption.live.guid
         first = (*(m.partuuid for m in members if m.partuuid != live), live)
     stray = bootentries.strays(state, os.path.isfile, layout.esp_dir)
-    return steps + bootentries.plan(state, members, request.entry_label, loader, first, stray), ()
+    return steps + bootentries.plan(state, members, request.entry_label, loader, first, stray), signing
 
 
 def entry_members(layout: Layout) -> list[bootentries.Member]:

@@ -202,6 +202,40 @@ def test_with_shim_in_the_target_the_entries_start_shim(two_disks):
     assert {c[-1] for c in creates} == {"\\EFI\\debian\\shimx64.efi"}
 
 
+def _shim_in(target, *names):
+    for name in names:
+        path = target / "usr/lib/shim" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"MZ " + name.encode())
+
+
+def _copies(plan):
+    return [(s["source"], s["dest"]) for g in plan["groups"] for s in g["steps"] if s["kind"] == "copy-file"]
+
+
+@pytest.mark.parametrize("profile", ["debian", "ubuntu"])
+def test_with_shim_its_fallback_goes_beside_it_at_the_removable_path(two_disks, profile):
+    """Debian's grub-install --removable puts shim, GRUB and MokManager at \\EFI\\BOOT\\ but not
+    fbx64.efi, which makes an entry when the firmware starts shim with none."""
+    _shim_in(two_disks.target, "shimx64.efi.signed", "fbx64.efi.signed")
+    copies = _copies(plan_of(two_disks, "--profile", profile))
+    assert copies == [
+        (str(two_disks.target / "usr/lib/shim/fbx64.efi.signed"), str(two_disks.target / "boot/efi/EFI/BOOT/fbx64.efi"))
+    ]
+
+
+def test_without_shim_or_its_fallback_nothing_is_copied_beside_grub(two_disks):
+    assert _copies(plan_of(two_disks)) == []
+    _shim_in(two_disks.target, "shimx64.efi.signed")  # a shim package without the fallback
+    assert _copies(plan_of(two_disks)) == []
+
+
+@pytest.mark.parametrize("profile", ["fedora", "rhel"])
+def test_fedoras_shim_package_brings_its_own_fallback(two_disks, profile):
+    _shim_in(two_disks.target, "shimx64.efi.signed", "fbx64.efi.signed")
+    assert _copies(plan_of(two_disks, "--profile", profile)) == []
+
+
 @pytest.mark.parametrize("profile", ["fedora", "rhel", "opensuse"])
 def test_grub_is_installed_with_a_tool_the_distribution_ships(two_disks, profile):
     cmds = json_commands(plan_of(two_disks, "--profile", profile))
