@@ -57,6 +57,7 @@ STATE = "ESPVM-STATE"
 END = "ESPVM-STATE-END"
 UPGRADE_ACTION = "espvm-action=upgrade"  # SMBIOS OEM strings (type 11) the test unit reads
 HEAL_ACTION = "espvm-action=heal"
+FALLBACK_ACTION = "espvm-action=fallback"
 ADOPT_ACTION = "espvm-action=adopt"  # ci/adopted.py
 SECTION = "@@@ "
 
@@ -121,6 +122,7 @@ report() {
     section efibootmgr efibootmgr
     section cmdline cat /proc/cmdline
     section kernel uname -r
+    section secure-boot sh -c "mokutil --sb-state; dmesg | grep -iE 'secure ?boot' | head -n 3"
 }
 action() { cat /sys/firmware/dmi/entries/11-*/raw 2>/dev/null | tr '\0' '\n' | grep -q "espvm-action=$1"; }
 now() { cut -d' ' -f1 /proc/uptime; }
@@ -141,11 +143,25 @@ upgrade() {
     echo "exit $?"
     echo "seconds $(since "$start")"
     tail -n 20 /tmp/reconfigure.log
+    # and what upgrades of the signed chain run: shim's postinst (grub-install again), and the
+    # signed GRUB's (it has no maintainer script: its upgrades come with grub-efi-amd64's)
+    printf 'a stale shim\n' > /boot/efi/EFI/BOOT/BOOTX64.EFI
+    for package in shim-signed grub-efi-amd64-signed; do
+        clean dpkg-reconfigure -f noninteractive $package > /tmp/reconfigure.log 2>&1
+        echo "$package exit $?"
+        tail -n 4 /tmp/reconfigure.log
+    done
     clean update-grub > /tmp/update-grub.log 2>&1
     echo "update-grub exit $?"
     efibootmgr -v | grep -v '^BootCurrent' > /tmp/nvram-after
     diff /tmp/nvram-before /tmp/nvram-after && echo "nvram unchanged"
-    cmp /boot/efi/EFI/BOOT/BOOTX64.EFI /boot/efi/EFI/debian/grubx64.efi && echo "fallback is the loader"
+    cmp /boot/efi/EFI/BOOT/BOOTX64.EFI /boot/efi/EFI/debian/shimx64.efi && echo "fallback is shim"
+    for f in grubx64.efi mmx64.efi fbx64.efi; do
+        cmp "/boot/efi/EFI/BOOT/$f" "/usr/lib/shim/$f.signed" 2>/dev/null && echo "fallback has $f (shim's)"
+        cmp "/boot/efi/EFI/BOOT/$f" "/boot/efi/EFI/debian/$f" 2>/dev/null && echo "fallback has $f (the loader's)"
+    done
+    echo "csv: $(iconv -f UTF-16LE -t UTF-8 /boot/efi/EFI/debian/BOOTX64.CSV 2>/dev/null | tr -d '\r\n\357\273\277')"
+    echo "files:"; (cd /boot/efi/EFI && find BOOT debian -type f | sort)
 }
 installed_check() {
     start=$(now)
@@ -281,6 +297,18 @@ adopted_again() {
     echo "apply exit $?"
     python3 -c 'import json, sys; r = json.load(open("/tmp/apply.json")); print("changed", r["changed"]); [print("changed:", s["group"], s["step"]) for s in r["steps"] if s["changed"]]'
 }
+fallback() {
+    # after a boot through shim's fallback (fbx64.efi), with NVRAM that had no entry before
+    echo "entries before: $(efibootmgr -v | grep -E '^Boot[0-9A-F]{4}' | grep -v -E 'UiApp|EFI Internal Shell|UEFI ' | tr '\t' ' ' | tr '\n' ';')"
+    "$esp_mirror" status > /tmp/status.log 2>&1
+    echo "status exit $?"
+    cat /tmp/status.log
+    "$esp_mirror" entries --yes --json > /tmp/entries.json 2>&1
+    echo "entries exit $? changed $(python3 -c 'import json; print(json.load(open("/tmp/entries.json"))["changed"])')"
+    "$esp_mirror" entries --yes --json > /tmp/entries.json 2>&1
+    echo "entries again exit $? changed $(python3 -c 'import json; print(json.load(open("/tmp/entries.json"))["changed"])')"
+    efibootmgr -v
+}
 disks() { for d in /sys/block/vd*; do echo "$(basename "$d") $(cat "$d/serial") $(readlink -f "$d")"; done; }
 report
 section disks disks
@@ -294,6 +322,9 @@ if action adopt; then
     section fstab-after cat /etc/fstab
     section backups sh -c "ls /var/lib/esp-mirror/adopt; tar -tf /var/lib/esp-mirror/adopt/esp-vda1.tar | sort"
     section mdstat-after cat /proc/mdstat
+fi
+if action fallback; then
+    section fallback fallback
 fi
 if action upgrade; then
     section upgrade upgrade
@@ -657,8 +688,9 @@ class InstalledBoot:
     """What the installed system reported on the serial port after a firmware boot."""
 
     sections: dict[str, str]
-    seconds: float  # power on to power off, measured on the host
+    seconds: float  # power on to power off, measured on the host (every run, with resets)
     serial_log: Path
+    resets: int = 0  # the firmware reset before the system came up (shim's fallback)
 
     def section(self, name: str) -> str:
         return self.sections.get(name, "")
@@ -693,12 +725,18 @@ def boot_installed(
     action: str | Sequence[str] = (),
     snapshot: bool = False,
     timeout: float = 600,
+    secure_boot: bool = False,
+    resets: int = 0,
 ) -> InstalledBoot:
     """Power on with only ``disks`` and the NVRAM ``vars_file`` and wait for the test unit's report.
 
     :param action: SMBIOS OEM strings for the test unit (:data:`ADOPT_ACTION`, :data:`UPGRADE_ACTION`,
         :data:`HEAL_ACTION`): what it does after its report.
     :param snapshot: write nothing to the disk images or the NVRAM file (qemu -snapshot).
+    :param secure_boot: OVMF's Secure Boot build (enforcing with an NVRAM that has keys).
+    :param resets: how many times the machine may reset before the system comes up (shim's
+        fallback makes an entry and resets): qemu stops at a reset (-no-reboot) and is started
+        again with the same disks and NVRAM; each earlier run's serial log is kept beside.
     :raises VmError: when the system did not report within ``timeout``, or showed a boot failure.
     """
     assets = assets or Assets.ensure()
@@ -709,20 +747,28 @@ def boot_installed(
     extra = (["-smbios", "type=11," + ",".join(f"value={a}" for a in actions)] if actions else []) + (
         ["-snapshot"] if snapshot else []
     )
-    run = run_qemu(
-        assets,
-        disks=disks,
-        vars_file=vars_file,
-        serial_log=serial_log,
-        timeout=timeout,
-        extra_args=extra,
-        give_up_on=_BOOT_FAILED,
-    )
-    text = serial_log.read_text(errors="replace")
+    seconds, reset = 0.0, 0
+    while True:
+        run = run_qemu(
+            assets,
+            disks=disks,
+            vars_file=vars_file,
+            serial_log=serial_log,
+            timeout=timeout,
+            extra_args=extra,
+            give_up_on=_BOOT_FAILED,
+            secure_boot=secure_boot,
+        )
+        seconds += run.seconds
+        text = serial_log.read_text(errors="replace")
+        if END in text or reset >= resets or STATE in text:  # the system came up: no firmware reset
+            break
+        reset += 1
+        serial_log.rename(run_dir / f"serial-before-reset-{reset}.log")
     if END not in text:
         raise VmError(f"the installed system powered off without its {END} report; serial log: {serial_log}")
     sections, _ = parse_sections(text, prefix=STATE)
-    return InstalledBoot(sections, run.seconds, serial_log)
+    return InstalledBoot(sections, seconds, serial_log, reset)
 
 
 def copy_sparse(source: Path, dest: Path) -> Path:
@@ -747,6 +793,7 @@ if __name__ == "__main__":
 
 
 __all__ = [
+    "FALLBACK_ACTION",
     "HEAL_ACTION",
     "UPGRADE_ACTION",
     "Installed",

@@ -87,13 +87,18 @@ class RootSpec:
 
 INITRAMFS_TOOLS = RootSpec(
     "initramfs-tools",
-    # grub-efi-amd64: the package whose postinst runs grub-install on upgrades; python3 and mtools:
-    # what the esp-mirror apply puts on the installed system runs with (its check reads members)
+    # grub-efi-amd64: the package whose postinst runs grub-install on upgrades; shim-signed and
+    # grub-efi-amd64-signed: the chain Debian's installer sets up for Secure Boot (the kernel is
+    # signed already); python3 and mtools: what the esp-mirror apply puts on the installed system
+    # runs with (its check reads members)
     (
         *COMMON_PACKAGES,
         "initramfs-tools",
         "grub-efi-amd64",
         "grub-efi-amd64-bin",
+        "grub-efi-amd64-signed",
+        "shim-signed",
+        "mokutil",
         "grub2-common",
         "systemd-boot",
         "python3",

@@ -129,15 +129,23 @@ def parse_sections(stdout: str, runs: int) -> tuple[dict[str, str], ...]:
 
 
 def boot_alone(
-    disk: Path, nvram_from: Path | None, workdir: Path, name: str, assets: Assets | None = None
+    disk: Path,
+    nvram_from: Path | None,
+    workdir: Path,
+    name: str,
+    assets: Assets | None = None,
+    *,
+    secure_boot: bool = False,
+    keys: str = "",
 ) -> BootResult:
-    """Power on a machine with only ``disk``: with a copy of ``nvram_from``, or fresh NVRAM."""
+    """Power on a machine with only ``disk``: with a copy of ``nvram_from``, or fresh NVRAM
+    (with ``keys``, see images.fresh_vars); ``secure_boot``: OVMF's Secure Boot build."""
     vars_file = workdir / f"{name}-vars.fd"
     if nvram_from is None:
-        fresh_vars(vars_file, assets)
+        fresh_vars(vars_file, assets, keys=keys)
     else:
         shutil.copyfile(nvram_from, vars_file)
-    return boot_firmware([disk], vars_file, assets=assets, log_dir=workdir)
+    return boot_firmware([disk], vars_file, assets=assets, log_dir=workdir, secure_boot=secure_boot)
 
 
 def detail(install_result: Install, run: int = 0) -> dict[str, str]:

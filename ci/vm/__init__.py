@@ -17,7 +17,7 @@ from ci.vm.command import CommandError
 from ci.vm.efivars import LoadOption
 from ci.vm.guest import BootResult, GuestResult, boot_firmware, run_after_firmware_boot, run_in_guest
 from ci.vm.images import ESP_OFFSET, blank_disk, fresh_vars, list_member, member_files, partition_uuid, read_member
-from ci.vm.payload import PAYLOAD_CMDLINE, build_payload
+from ci.vm.payload import PAYLOAD_CMDLINE, build_payload, snakeoil_signed
 from ci.vm.qemu import VmError
 
 __all__ = [
@@ -42,4 +42,5 @@ __all__ = [
     "read_member",
     "run_after_firmware_boot",
     "run_in_guest",
+    "snakeoil_signed",
 ]

@@ -133,6 +133,23 @@ class Assets:
     efi_stub: Path
     ovmf_code: Path
     ovmf_vars: Path
+    ovmf_secboot_code: Path  # Secure Boot and SMM (qemu.run_qemu's secure_boot)
+
+    @property
+    def ovmf_vars_ms(self) -> Path:
+        """NVRAM with Microsoft's keys enrolled and Secure Boot on: shim (signed by Microsoft) boots."""
+        return self.ovmf_vars.with_name("OVMF_VARS_4M.ms.fd")
+
+    @property
+    def ovmf_vars_snakeoil(self) -> Path:
+        """NVRAM whose only key is the snakeoil pair (:attr:`snakeoil_key`), Secure Boot on."""
+        return self.ovmf_vars.with_name("OVMF_VARS_4M.snakeoil.fd")
+
+    @property
+    def snakeoil_key(self) -> tuple[Path, Path]:
+        """(private key, certificate) of the snakeoil NVRAM's key; the key's passphrase is "snakeoil"."""
+        share = self.ovmf_vars.parent.parent / "ovmf"
+        return share / "PkKek-1-snakeoil.key", share / "PkKek-1-snakeoil.pem"
 
     @classmethod
     def ensure(cls, cache_dir: Path | None = None) -> Assets:
@@ -157,4 +174,5 @@ class Assets:
             efi_stub=stub_root / "usr" / "lib" / "systemd" / "boot" / "efi" / "linuxx64.efi.stub",
             ovmf_code=ovmf_root / "usr" / "share" / "OVMF" / "OVMF_CODE_4M.fd",
             ovmf_vars=ovmf_root / "usr" / "share" / "OVMF" / "OVMF_VARS_4M.fd",
+            ovmf_secboot_code=ovmf_root / "usr" / "share" / "OVMF" / "OVMF_CODE_4M.secboot.fd",
         )

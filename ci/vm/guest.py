@@ -17,7 +17,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +56,7 @@ class BootResult:
     loader_image_identifier: str | None  # set by systemd-stub: its path on that partition
     seconds: float
     serial_log: Path
+    secure_boot: bool | None = None  # the firmware's SecureBoot variable: on, off, or not there
 
     @property
     def boot_entry(self) -> LoadOption | None:
@@ -265,15 +266,25 @@ def boot_firmware(
     *,
     assets: Assets | None = None,
     log_dir: Path | None = None,
+    secure_boot: bool = False,
+    give_up_on: Mapping[str, str] | None = None,
 ) -> BootResult:
     """Power on a machine with only ``disks`` and the NVRAM ``vars_file``, and report what booted.
 
+    :param secure_boot: OVMF's Secure Boot build (see qemu.run_qemu).
+    :param give_up_on: serial output that ends the run as a failure (default: nothing booted).
     :raises VmError: when the payload's marker is not on the serial port before ``timeout``.
     """
     assets = assets or Assets.ensure()
     serial_log = _run_dir(log_dir or vars_file.parent, "boot") / "serial.log"
     run = run_qemu(
-        assets, disks=disks, vars_file=vars_file, serial_log=serial_log, timeout=timeout, give_up_on=_NOTHING_BOOTED
+        assets,
+        disks=disks,
+        vars_file=vars_file,
+        serial_log=serial_log,
+        timeout=timeout,
+        give_up_on=_NOTHING_BOOTED if give_up_on is None else give_up_on,
+        secure_boot=secure_boot,
     )
     return _boot_result(serial_log, run.seconds)
 
@@ -298,6 +309,7 @@ def _boot_result(serial_log: Path, seconds: float) -> BootResult:
         },
         loader_device_partuuid=partuuid.lower() if partuuid else None,
         loader_image_identifier=text("LoaderImageIdentifier"),
+        secure_boot=variables["SecureBoot"][:1] == b"\x01" if "SecureBoot" in variables else None,
         seconds=seconds,
         serial_log=serial_log,
     )

@@ -21,9 +21,17 @@ def blank_disk(path: Path, size_mib: int) -> Path:
     return path
 
 
-def fresh_vars(path: Path, assets: Assets | None = None) -> Path:
-    """Copy OVMF's pristine NVRAM template to ``path``: a machine that has never seen any disk."""
-    shutil.copyfile((assets or Assets.ensure()).ovmf_vars, path)
+def fresh_vars(path: Path, assets: Assets | None = None, keys: str = "") -> Path:
+    """Copy OVMF's pristine NVRAM template to ``path``: a machine that has never seen any disk.
+
+    :param keys: "" no Secure Boot keys; "ms" Microsoft's keys enrolled, "snakeoil" the snakeoil
+        key: Secure Boot on once the firmware that supports it (``secure_boot``) boots with it.
+        OVMF's plain build keeps these variables without acting on them, so one NVRAM file
+        serves a guest started with ``-kernel`` first and a Secure Boot firmware later.
+    """
+    assets = assets or Assets.ensure()
+    template = {"": assets.ovmf_vars, "ms": assets.ovmf_vars_ms, "snakeoil": assets.ovmf_vars_snakeoil}[keys]
+    shutil.copyfile(template, path)
     return path
 
 

@@ -130,10 +130,10 @@ echo "ESPVM-SCRIPT-END rc=$rc"
 poweroff -f
 """
 
-# Prints every Boot####, BootCurrent, BootOrder and systemd's Loader* variables as hex.
+# Prints every Boot####, BootCurrent, BootOrder, SecureBoot and systemd's Loader* variables as hex.
 _PAYLOAD_BODY = """\
 cd /sys/firmware/efi/efivars
-for var in Boot[0-9A-F][0-9A-F][0-9A-F][0-9A-F]-{efi} BootCurrent-{efi} BootOrder-{efi} \\
+for var in Boot[0-9A-F][0-9A-F][0-9A-F][0-9A-F]-{efi} BootCurrent-{efi} BootOrder-{efi} SecureBoot-{efi} \\
         LoaderDevicePartUUID-{loader} LoaderImageIdentifier-{loader}; do
     [ -e "$var" ] && echo "{var_marker} $var $(hexdump -ve '1/1 "%.2x"' "$var")" > /dev/ttyS0
 done

@@ -87,3 +87,14 @@ def build_payload(assets: Assets, output: Path) -> Path:
         run_command(argv)
         staged.replace(output)
     return output
+
+
+def snakeoil_signed(assets: Assets, image: Path, output: Path) -> Path:
+    """``image`` signed with OVMF's snakeoil key (sbsign), written to ``output``: the one image
+    OVMF's Secure Boot build starts with the snakeoil NVRAM (images.fresh_vars ``keys``)."""
+    key, cert = assets.snakeoil_key
+    with tempfile.TemporaryDirectory(prefix="espvm-snakeoil-") as tmp:
+        plain_key = Path(tmp) / "key.pem"  # sbsign asks for a passphrase on a terminal; openssl takes it
+        run_command(["openssl", "pkey", "-in", str(key), "-passin", "pass:snakeoil", "-out", str(plain_key)])
+        run_command(["sbsign", "--key", str(plain_key), "--cert", str(cert), "--output", str(output), str(image)])
+    return output

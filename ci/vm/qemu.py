@@ -71,6 +71,7 @@ def run_qemu(
     extra_args: Sequence[str] = (),
     memory_mib: int = 2048,
     give_up_on: Mapping[str, str] | None = None,
+    secure_boot: bool = False,
 ) -> QemuRun:
     """Boot OVMF with ``disks`` (virtio, serial espvm-A, -B, ... in order) and wait for qemu to exit.
 
@@ -81,20 +82,26 @@ def run_qemu(
 
     :param give_up_on: serial output that means the run has failed (text → what it means); qemu is
         stopped as soon as it appears instead of at the timeout.
+    :param secure_boot: OVMF's Secure Boot build (it needs SMM and a flash only SMM may write):
+        it enforces Secure Boot when ``vars_file`` has keys enrolled (images.fresh_vars ``keys``).
     :raises VmError: on timeout, on a ``give_up_on`` text, or when qemu exits non-zero.
     """
     if "," in str(serial_log):
         raise VmError(f"qemu cannot log to a path with a comma: {serial_log}; choose another directory")
     _check_room([*disks, vars_file])
+    code = assets.ovmf_secboot_code if secure_boot else assets.ovmf_code
     argv = [
         "qemu-system-x86_64",
         "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot",
         "-serial", f"file:{serial_log}",
         "-serial", f"file:{heartbeat_log(serial_log)}",  # ttyS1: the installer initrd's heartbeat
-        "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", os.environ.get("ESP_MIRROR_VM_SMP", "2"), "-m", str(memory_mib),
-        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_option(assets.ovmf_code)}",
+        "-machine", "q35,accel=tcg" + (",smm=on" if secure_boot else ""),
+        "-cpu", "max", "-smp", os.environ.get("ESP_MIRROR_VM_SMP", "2"), "-m", str(memory_mib),
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_option(code)}",
         "-drive", f"if=pflash,format=raw,unit=1,file={qemu_option(vars_file)}",
     ]  # fmt: skip
+    if secure_boot:
+        argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
     for index, disk in enumerate(disks):
         drive_id = f"d{index}"
         argv += [

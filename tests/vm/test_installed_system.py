@@ -36,6 +36,7 @@ import pytest
 from ci import adopted, roots
 from ci.installed import (
     ADOPT_ACTION,
+    FALLBACK_ACTION,
     HEAL_ACTION,
     UPGRADE_ACTION,
     InstalledBoot,
@@ -69,7 +70,8 @@ def scene(
     archives = build_target_archives(root, work)
     program = work / "esp-mirror"
     program.write_bytes(zipapp.build().data)
-    nvram = fresh_vars(work / "install-vars.fd", vm_assets)
+    # Microsoft's keys enrolled, as on a server: the boots with OVMF's Secure Boot build enforce it
+    nvram = fresh_vars(work / "install-vars.fd", vm_assets, keys="ms")
     second_kernel = package_file(second_kernel_package(), vm_assets.cache_dir)
     machine = adopted.install(work, archives, program, second_kernel, nvram, assets=vm_assets)
     guest = machine.result.guest
@@ -107,7 +109,7 @@ def _boot(
     """Boot with a copy of ``nvram`` (default: what the adoption left), or fresh NVRAM."""
     vars_file = scene.work / f"{name}-vars.fd"
     if fresh:
-        fresh_vars(vars_file)
+        fresh_vars(vars_file, keys="ms")
     else:
         shutil.copyfile(nvram or scene.nvram, vars_file)
     return boot_installed(disks, vars_file, scene.work, name=name, **kwargs)
@@ -120,7 +122,7 @@ def disk_a_alone(scene: Scene, vm_assets: Assets, request: pytest.FixtureRequest
     # split brain), and md takes a diverged member back as in step, with no copy, when its event
     # count is not below the array's: the root's ext4 then reads two histories (CI saw it go
     # read-only). (Two TCG guests side by side each take twice as long: no time is won.)
-    boot = _boot(scene, "a-alone", scene.machine.disks[:1], assets=vm_assets, snapshot=True)
+    boot = _boot(scene, "a-alone", scene.machine.disks[:1], assets=vm_assets, snapshot=True, secure_boot=True)
     _record(request, "disk A alone", boot, scene.adopt)
     return boot
 
@@ -129,7 +131,7 @@ def disk_a_alone(scene: Scene, vm_assets: Assets, request: pytest.FixtureRequest
 def disk_b_alone(
     scene: Scene, disk_a_alone: InstalledBoot, vm_assets: Assets, request: pytest.FixtureRequest
 ) -> InstalledBoot:
-    boot = _boot(scene, "b-alone", scene.machine.disks[1:], assets=vm_assets)  # for real: B moves ahead
+    boot = _boot(scene, "b-alone", scene.machine.disks[1:], assets=vm_assets, secure_boot=True)  # B moves ahead
     _record(request, "disk B alone", boot, scene.adopt)
     return boot
 
@@ -138,7 +140,11 @@ def disk_b_alone(
 def disk_b_fresh(
     scene: Scene, disk_b_alone: InstalledBoot, vm_assets: Assets, request: pytest.FixtureRequest
 ) -> InstalledBoot:
-    boot = _boot(scene, "b-fresh", scene.machine.disks[1:], fresh=True, assets=vm_assets)
+    # shim's fallback (fbx64.efi) makes an entry and resets the machine; then esp-mirror entries
+    boot = _boot(
+        scene, "b-fresh", scene.machine.disks[1:], fresh=True, assets=vm_assets, secure_boot=True, resets=1,
+        action=FALLBACK_ACTION,
+    )  # fmt: skip
     _record(request, "disk B alone, fresh NVRAM", boot, scene.adopt)
     return boot
 
@@ -206,6 +212,16 @@ def _booted_entry(boot: InstalledBoot) -> str:
     return re.search(rf"^Boot{current}\*? (.+?)(\t.*)?$", text, re.MULTILINE).group(1)
 
 
+def _assert_secure_boot(boot: InstalledBoot) -> None:
+    """The firmware enforced Secure Boot (OVMF's Secure Boot build with Microsoft's keys) and the
+    chain shim → signed GRUB → signed kernel started this system: the kernel says so too."""
+    section = boot.section("secure-boot")
+    assert "SecureBoot enabled" in section and "secureboot: Secure boot enabled" in section, section
+    status = boot.section("status") or boot.section("fallback")
+    if status:
+        assert "Secure Boot: on" in status, status
+
+
 def _assert_multi_user_with_esp_from_md(boot: InstalledBoot) -> None:
     assert boot.section("multi-user").strip() == "active", boot.serial_log
     mount = boot.section("esp-mount").split()
@@ -230,6 +246,8 @@ def test_the_machine_starts_as_debians_installer_left_it(scene: Scene) -> None:
     (esp_line,) = [line for line in sections["fstab"].splitlines() if "/boot/efi" in line]
     assert re.match(r"UUID=[0-9A-F]{4}-[0-9A-F]{4}\s", esp_line), esp_line
     assert "EFI/debian/grubx64.efi" in sections["esp-files"]
+    # Debian's installer sets up the signed chain: its entry starts shim
+    assert re.search(r"^Boot[0-9A-F]{4}\* debian\t.*\\EFI\\debian\\shimx64\.efi", sections["efibootmgr"], re.MULTILINE)
     # booted, before the adoption: /boot/efi is disk A's partition, no esp-mirror anywhere
     assert scene.adopt.section("esp-mount").split()[0] == "/dev/vda1", scene.adopt.section("esp-mount")
 
@@ -329,7 +347,19 @@ def test_a_grub_upgrade_keeps_nvram_refreshes_the_fallback_and_members_stay_equa
     # from env -i chroot: no variable of a login or of systemd reached it
     assert "update-grub exit 0" in upgrade, upgrade
     assert "nvram unchanged" in upgrade, upgrade  # the entry set and BootOrder as esp-mirror made them
-    assert "fallback is the loader" in upgrade, upgrade  # \EFI\BOOT\BOOTX64.EFI is the new GRUB
+    # shim's postinst too (what its upgrades run), and the signed GRUB's package
+    assert "shim-signed exit 0" in upgrade and "grub-efi-amd64-signed exit 0" in upgrade, upgrade
+    # \EFI\BOOT holds what a boot with no entry needs: shim as BOOTX64.EFI (refreshed over a stale
+    # one), its GRUB, MokManager and the fallback (fbx64.efi, put there by esp-mirror); the vendor
+    # directory's BOOTX64.CSV names shim, for the entry the fallback makes
+    assert "fallback is shim" in upgrade, upgrade
+    for line in (
+        "fallback has grubx64.efi (the loader's)",
+        "fallback has mmx64.efi (shim's)",
+        "fallback has fbx64.efi (shim's)",
+        "csv: shimx64.efi,debian,,This is the boot entry for debian",
+    ):
+        assert line in upgrade, (line, upgrade)
     debconf = scene.adopt.section("debconf")
     assert re.search(r"grub2/update_nvram: false", debconf) and re.search(r"force_efi_extra_removable: true", debconf)
     check = scene.adopt.section("installed-check")
@@ -345,6 +375,7 @@ def test_each_disk_alone_boots_to_multi_user_through_its_own_entry_with_the_esp_
 ) -> None:
     boot = {"A": disk_a_alone, "B": disk_b_alone}[name]
     _assert_multi_user_with_esp_from_md(boot)
+    _assert_secure_boot(boot)
     assert _booted_entry(boot) == f"Debian (esp-mirror espvm-{name})", boot.section("efibootmgr")
     for array in ("esp", "root"):
         assert "[2/1]" in boot.mdstat_line(array), boot.section("mdstat")
@@ -354,13 +385,38 @@ def test_each_disk_alone_boots_to_multi_user_through_its_own_entry_with_the_esp_
     assert boot.times()["MultiUser"] - baseline < 45 + 20 + 15, (boot.times(), baseline)
 
 
-def test_the_new_disk_alone_boots_with_fresh_nvram_through_the_fallback_path(disk_b_fresh: InstalledBoot) -> None:
-    _assert_multi_user_with_esp_from_md(disk_b_fresh)
-    # no entry of ours in a fresh NVRAM: the firmware made its own for the disk and started
-    # \EFI\BOOT\BOOTX64.EFI from disk B's member
-    entry = _booted_entry(disk_b_fresh)
-    assert "esp-mirror" not in entry and entry.startswith("UEFI Misc Device"), disk_b_fresh.section("efibootmgr")
-    assert "[2/1]" in disk_b_fresh.mdstat_line("esp"), disk_b_fresh.section("mdstat")
+def test_the_new_disk_alone_boots_with_fresh_secure_boot_nvram_through_shims_fallback(
+    disk_b_fresh: InstalledBoot, scene: Scene
+) -> None:
+    """No entry in NVRAM: the firmware starts \\EFI\\BOOT\\BOOTX64.EFI (shim) from disk B's member,
+    shim its fallback, which makes an entry from \\EFI\\debian\\BOOTX64.CSV for that partition
+    and resets; then the firmware starts that entry, with Secure Boot enforced all along."""
+    boot = disk_b_fresh
+    _assert_multi_user_with_esp_from_md(boot)
+    _assert_secure_boot(boot)
+    assert boot.resets == 1, boot.serial_log
+    before = (boot.serial_log.parent / "serial-before-reset-1.log").read_text(errors="replace")
+    assert re.search(r'BdsDxe: starting Boot\w{4} "UEFI Misc Device', before), before[-3000:]
+    assert _booted_entry(boot) == "debian", boot.section("efibootmgr")  # the label BOOTX64.CSV gives
+    made = re.search(r"^Boot(\w{4})\* debian\t(.*)$", boot.section("efibootmgr-v"), re.MULTILINE)
+    assert made and "\\EFI\\debian\\shimx64.efi" in made.group(2), boot.section("efibootmgr-v")
+    assert partition_uuid(scene.machine.disks[1], 1) in made.group(2).lower(), made.group(2)
+    assert "[2/1]" in boot.mdstat_line("esp"), boot.section("mdstat")
+
+
+def test_after_the_fallback_status_names_its_entry_and_entries_folds_it_into_ours(disk_b_fresh: InstalledBoot) -> None:
+    section = disk_b_fresh.section("fallback")
+    assert re.search(r"^status exit 1$", section, re.MULTILINE), section
+    assert "'debian'" in section and "not made by esp-mirror" in section, section
+    assert re.search(r"^entries exit 0 changed [1-9]", section, re.MULTILINE), section
+    assert "entries again exit 0 changed 0" in section, section
+    after = section[section.index("entries again") :]
+    labels = re.findall(r"^Boot([0-9A-F]{4})\* (.+?)\t", after, re.MULTILINE)
+    ours = [n for n, label in labels if "(esp-mirror " in label]
+    assert [label for _, label in labels if label == "debian"] == [], after  # folded: same partition and loader
+    assert [label for _, label in labels if "(esp-mirror " in label] == ["Debian (esp-mirror espvm-B)"], after
+    order = re.search(r"^BootOrder: (.*)$", after, re.MULTILINE).group(1).split(",")
+    assert order[0] == ours[0], after
 
 
 def test_a_stale_member_is_healed_by_itself_within_a_minute_of_multi_user(reattached: InstalledBoot) -> None:
