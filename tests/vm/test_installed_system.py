@@ -394,8 +394,10 @@ def test_the_new_disk_alone_boots_with_fresh_secure_boot_nvram_through_shims_fal
     boot = disk_b_fresh
     _assert_multi_user_with_esp_from_md(boot)
     _assert_secure_boot(boot)
-    assert boot.resets == 1, boot.serial_log
-    before = (boot.serial_log.parent / "serial-before-reset-1.log").read_text(errors="replace")
+    # the fallback resets the machine after it made the entry (shim 16 may also start it at once)
+    assert boot.resets in (0, 1), boot.serial_log
+    first = boot.serial_log.parent / ("serial-before-reset-1.log" if boot.resets else "serial.log")
+    before = first.read_text(errors="replace")
     assert re.search(r'BdsDxe: starting Boot\w{4} "UEFI Misc Device', before), before[-3000:]
     assert _booted_entry(boot) == "debian", boot.section("efibootmgr")  # the label BOOTX64.CSV gives
     made = re.search(r"^Boot(\w{4})\* debian\t(.*)$", boot.section("efibootmgr-v"), re.MULTILINE)
