@@ -29,6 +29,7 @@ from esp_mirror_plugin.upkeep import journal as journal_file
 from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.lastcheck import LastCheck
 from esp_mirror_plugin.upkeep.mirror import ArrayState, MirrorState, read_mirror
+from esp_mirror_plugin.upkeep.record import Record
 
 HEAL_LOCK_WAIT = 300.0  # at boot, heal may queue behind a check or another heal's recovery
 
@@ -362,10 +363,30 @@ def _heal(args: argparse.Namespace, runner: Runner, host: HostView, out: TextIO)
             + (" and no partition here carries a missing one" if missing else ""),
             file=shown,
         )
+    if at_boot:
+        report["entries"] = _entries_after_the_fallback(runner, host, record, shown)
     if args.json:
         json.dump(report, out, indent=2)
         print(file=out)
     return 1 if found.left_out else 0
+
+
+def _entries_after_the_fallback(runner: Runner, host: HostView, record: Record, shown: TextIO) -> str | None:
+    """At boot, when shim's fallback made an entry of its own for a member (the firmware found
+    none: a new main board, cleared NVRAM), the entries are set as ``esp-mirror entries`` sets
+    them: one of ours per member, first, the fallback's folded in; else the next disk failure
+    finds the other disks without an entry. Only then: an ordinary boot writes no EFI variable.
+    Returns the history line, or None when nothing was done."""
+    state = read_mirror(runner, record, host, read_loaders=False)
+    folded = tuple(e for e in state.foreign if state.duplicate(e) is not None)
+    if not folded or state.boot is None:
+        return None
+    for group in commands.plan_entries(runner, host, state).groups:
+        Preflight(runner, commands.install_hint_of(record)).check(group)
+        Applier(runner, shown, host=host, exists=host.exists).execute(group)
+    event = history.append(host.sysroot, heal.entries_line(folded))
+    print(event, file=shown)
+    return event
 
 
 # -- changing commands -------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from esp_mirror_plugin.pipeline import naming
 from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.pipeline.steps import AddMember, Command, Step, WaitForSync
 from esp_mirror_plugin.system.discovery import HostView
+from esp_mirror_plugin.system.nvram import BootEntry
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
 from esp_mirror_plugin.upkeep.mirror import ArrayState, read_array
 from esp_mirror_plugin.upkeep.record import Record
@@ -220,3 +221,9 @@ def event_line(plan: HealPlan, why: str, seconds: float) -> str:
     back = ", ".join(f"{r.node} ({r.disk})" for r in plan.add)
     line = f"healed {where}: {back} back in {plan.array.device}, in sync after {seconds:.1f} s"
     return line + ("; left out: " + "; ".join(plan.left_out) if plan.left_out else "")
+
+
+def entries_line(folded: tuple[BootEntry, ...]) -> str:
+    """The history line for boot entries heal set at boot after shim's fallback made its own."""
+    made = ", ".join(f"{e.number} {e.label!r}" for e in folded)
+    return f"boot entries set at boot: {made} (made by shim's fallback) folded into ours, one per member"

@@ -26,7 +26,7 @@ from conftest import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from esp_mirror_plugin.upkeep import commands, metrics
+from esp_mirror_plugin.upkeep import commands, history, metrics
 from esp_mirror_plugin.upkeep.mirror import read_mirror
 
 A, B = guid_of("vda"), guid_of("vdb")
@@ -501,3 +501,38 @@ def test_every_profile_prints_the_note_for_an_unsigned_efi_image_under_secure_bo
 
     assert outcome.code == 0, outcome.err
     assert f"# note: Secure Boot is on and {image} carries no signature: the firmware will refuse" in outcome.out
+
+
+def test_heal_at_boot_folds_the_fallbacks_entry_and_says_so(shim, monkeypatch):
+    """After a boot with no entry (fbx64 made "debian" for B), heal at boot sets the entries as
+    `esp-mirror entries` does, and the history says why."""
+    number = fbx64_made_an_entry(shim)
+    shim.accept_changes()
+    fast_applier(shim, monkeypatch)
+
+    outcome = shim.cli("heal", "--why", "boot")
+
+    assert (outcome.code, outcome.err) == (0, "")
+    changes = upkeep_changes(outcome.calls)
+    assert changes[0] == ("efibootmgr", "--quiet", "--bootnum", number, "--delete-bootnum")
+    order, entries = shim.nvram()
+    ours = {e[0]: e[2] for e in entries if "esp-mirror" in e[1]}
+    assert [ours.get(n) for n in order[:2]] == [hd_path(A, SHIM), hd_path(B, SHIM)]
+    assert not any(e[1] == "debian" for e in entries)
+    [line] = history.read(str(shim.sysroot))
+    assert line.endswith(
+        f"boot entries set at boot: {number} 'debian' (made by shim's fallback) folded into ours, one per member"
+    ), line
+    assert line in outcome.out
+    # the next boot finds nothing to do and writes no EFI variable
+    again = shim.cli("heal", "--why", "boot")
+    assert again.code == 0 and upkeep_changes(again.calls) == []
+
+
+def test_heal_by_hand_or_on_hot_plug_leaves_nvram_to_entries(shim, monkeypatch):
+    fbx64_made_an_entry(shim)
+    shim.accept_changes()
+    fast_applier(shim, monkeypatch)
+    for why in ("hand", "hot-plug"):
+        outcome = shim.cli("heal", "--why", why)
+        assert outcome.code == 0 and upkeep_changes(outcome.calls) == [], (why, outcome.calls)
