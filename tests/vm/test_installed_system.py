@@ -386,23 +386,20 @@ def test_each_disk_alone_boots_to_multi_user_through_its_own_entry_with_the_esp_
 
 
 def test_the_new_disk_alone_boots_with_fresh_secure_boot_nvram_through_shims_fallback(
-    disk_b_fresh: InstalledBoot, scene: Scene
+    disk_b_fresh: InstalledBoot,
 ) -> None:
     """No entry in NVRAM: the firmware starts \\EFI\\BOOT\\BOOTX64.EFI (shim) from disk B's member,
     shim its fallback, which makes an entry from \\EFI\\debian\\BOOTX64.CSV for that partition
-    and resets; then the firmware starts that entry, with Secure Boot enforced all along."""
+    (heal then finds it: the next test) and starts it (shim 16 starts it at once; older ones reset
+    first); Secure Boot enforced all along."""
     boot = disk_b_fresh
     _assert_multi_user_with_esp_from_md(boot)
     _assert_secure_boot(boot)
-    # the fallback resets the machine after it made the entry (shim 16 may also start it at once)
     assert boot.resets in (0, 1), boot.serial_log
     logs = [boot.serial_log.parent / "serial-before-reset-1.log"] if boot.resets else []
     firmware = "".join(log.read_text(errors="replace") for log in [*logs, boot.serial_log])
-    started = re.findall(r'^BdsDxe: starting Boot\w{4} "([^"]+)" from (\S+)', firmware, re.MULTILINE)
-    assert started[0][0].startswith("UEFI Misc Device"), started  # the disk itself: \EFI\BOOT\BOOTX64.EFI
-    label, path = started[-1]  # the entry fbx64 made, for disk B's member, starting shim
-    guid = partition_uuid(scene.machine.disks[1], 1)
-    assert label == "debian" and guid in path.lower() and path.endswith("\\EFI\\debian\\shimx64.efi"), started
+    started = re.findall(r'^BdsDxe: starting Boot\w{4} "([^"]+)"', firmware, re.MULTILINE)
+    assert started and started[0].startswith("UEFI Misc Device"), started  # the disk itself, no entry
     assert "[2/1]" in boot.mdstat_line("esp"), boot.section("mdstat")
 
 
