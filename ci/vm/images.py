@@ -25,9 +25,10 @@ def fresh_vars(path: Path, assets: Assets | None = None, keys: str = "") -> Path
     """Copy OVMF's pristine NVRAM template to ``path``: a machine that has never seen any disk.
 
     :param keys: "" no Secure Boot keys; "ms" Microsoft's keys enrolled, "snakeoil" the snakeoil
-        key: Secure Boot on once the firmware that supports it (``secure_boot``) boots with it.
-        OVMF's plain build keeps these variables without acting on them, so one NVRAM file
-        serves a guest started with ``-kernel`` first and a Secure Boot firmware later.
+        key: Secure Boot on. OVMF's plain build enforces it too (without SMM to guard the
+        variables; seen: it refuses an unsigned systemd-boot), but starts qemu's ``-kernel``
+        image all the same, so one NVRAM file serves the installer guest first and the firmware
+        boots of the disks later.
     """
     assets = assets or Assets.ensure()
     template = {"": assets.ovmf_vars, "ms": assets.ovmf_vars_ms, "snakeoil": assets.ovmf_vars_snakeoil}[keys]
