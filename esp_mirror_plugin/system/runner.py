@@ -40,12 +40,6 @@ class Result:
     returncode: int
     stdout: str = ""
     stderr: str = ""
-    raw_stdout: bytes | None = None  # stdout as the program wrote it (an EFI image from ``mtype``)
-
-    @property
-    def stdout_bytes(self) -> bytes:
-        """stdout as bytes: binary output (``mtype`` of an EFI image) must not go through a decode."""
-        return self.raw_stdout if self.raw_stdout is not None else self.stdout.encode()
 
     @property
     def ok(self) -> bool:
@@ -167,8 +161,7 @@ class ShRunner(CheckedRunner):
             return Result(real, 124, "", f"timed out after {timeout} s")
         except sh.SignalException as exc:
             return Result(real, 128 + abs(exc.exit_code), _text(exc.stdout), _text(exc.stderr))
-        raw = proc.stdout if isinstance(proc.stdout, bytes) else None
-        return Result(real, proc.exit_code, _text(proc.stdout), _text(proc.stderr), raw)
+        return Result(real, proc.exit_code, _text(proc.stdout), _text(proc.stderr))
 
     def which(self, tool: str, root: str = "/") -> str | None:
         return which_in_root(tool, root)

@@ -4,7 +4,7 @@ md keeps the members equal only for what is written through the array. A firmwar
 tool or a package installed while a disk was out can leave one member with an unsigned or
 differently signed loader: with Secure Boot on, that disk alone no longer boots, and nothing else
 shows it until the day it is the only disk left. So status (read straight from each member with
-``mtype``, read-only, as the firmware sees it) and check (from its copies of the members) look at
+``mcopy``, read-only, as the firmware sees it) and check (from its copies of the members) look at
 the chain: the entry's loader, shim's second stage, the removable fallback path, and for check
 shim's helpers (MokManager, fallback) where any member has them.
 """
@@ -12,6 +12,7 @@ shim's helpers (MokManager, fallback) where any member has them.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,29 +136,38 @@ def _mtools_path(efi_path: str) -> str:
 def read_members(runner: Runner, members: Iterable[tuple[str, str]], paths: Sequence[str]) -> tuple[MemberLoaders, ...]:
     """Each member's (node, disk) copy of ``paths``, read with mtools from the member partition
     (read-only, after dropping its cache as compare.fresh_view does). A member that cannot be read
-    is said so per file, never taken for one that lacks the files."""
+    is said so per file, never taken for one that lacks the files.
+
+    ``mcopy`` writes each file into a private directory, read from there: an EFI image is
+    megabytes (a UKI tens), which through a pipe into Python cost seconds per file in a slow VM."""
     out = []
-    for node, disk in members:
-        try:
-            runner.run(("blockdev", "--flushbufs", node))
-        except CommandFailed as exc:
-            why = f"blockdev --flushbufs: {exc.stderr_line}"
-            out.append(MemberLoaders(node, disk, tuple(LoaderFile(p, None, why) for p in paths)))
-            continue
-        out.append(MemberLoaders(node, disk, tuple(_read(runner, node, p) for p in paths)))
+    with tempfile.TemporaryDirectory(prefix="esp-mirror-loaders-") as scratch:
+        for number, (node, disk) in enumerate(members):
+            try:
+                runner.run(("blockdev", "--flushbufs", node))
+            except CommandFailed as exc:
+                why = f"blockdev --flushbufs: {exc.stderr_line}"
+                out.append(MemberLoaders(node, disk, tuple(LoaderFile(p, None, why) for p in paths)))
+                continue
+            files = (_read(runner, node, p, Path(scratch, f"{number}-{i}.efi")) for i, p in enumerate(paths))
+            out.append(MemberLoaders(node, disk, tuple(files)))
     return tuple(out)
 
 
-def _read(runner: Runner, node: str, path: str) -> LoaderFile:
+def _read(runner: Runner, node: str, path: str, dest: Path) -> LoaderFile:
     try:
-        result = runner.run(("mtype", "-i", node, _mtools_path(path)), env=MTOOLS_ENV, ok=(0, 1))
+        result = runner.run(("mcopy", "-n", "-i", node, _mtools_path(path), str(dest)), env=MTOOLS_ENV, ok=(0, 1))
     except CommandFailed as exc:
-        return LoaderFile(path, None, f"mtype: {exc.stderr_line}")
+        return LoaderFile(path, None, f"mcopy: {exc.stderr_line}")
     if result.returncode == 1:
         if "not found" in result.stderr:
             return LoaderFile(path, None)
-        return LoaderFile(path, None, f"mtype: {CommandFailed(result).stderr_line}")
-    return LoaderFile(path, pe.signature(result.stdout_bytes))
+        return LoaderFile(path, None, f"mcopy: {CommandFailed(result).stderr_line}")
+    try:
+        data = dest.read_bytes()
+    except OSError as exc:
+        return LoaderFile(path, None, f"mcopy wrote no {dest.name}: {exc.strerror}")
+    return LoaderFile(path, pe.signature(data))
 
 
 def from_copies(copies: dict[str, Path], disks: dict[str, str], paths: Sequence[str]) -> tuple[MemberLoaders, ...]:

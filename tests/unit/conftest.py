@@ -584,7 +584,7 @@ def is_read_only(argv: tuple[str, ...]) -> bool:
             | ("efibootmgr", "-v")
             | ("fsck.fat", "-n", _)
             | ("blockdev", "--flushbufs", _)
-            | ("mtype", "-i", _, _)
+            | ("mcopy", "-n", "-i", _, _, _)
         ):
             return True
     return False
@@ -1045,12 +1045,13 @@ class Mirror(Machine):
                     where.write_bytes(data)
                     os.utime(where, (FAT_MTIME, FAT_MTIME))
                 return Result(argv, 0)
-            case ("mtype", "-i", node, path) if node in self.members:
+            case ("mcopy", "-n", "-i", node, path, dest) if node in self.members:
                 files = {p.lower(): data for p, data in self.members[node].items()}  # FAT ignores case
                 data = files.get(path.removeprefix("::/").lower())
                 if data is None:  # mtools 4.0
                     return Result(argv, 1, "", f'File "{path}" not found\n')
-                return Result(argv, 0, data.decode("utf-8", "replace"), "", data)
+                Path(dest).write_bytes(data)
+                return Result(argv, 0)
             case ("fsck.fat", "-n", node) if node in self.members:
                 code, text = self.fsck.get(node, (0, FSCK_CLEAN))
                 return Result(argv, code, text.format(node=node))
@@ -1180,7 +1181,7 @@ def fast_applier(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> FakeClock
     return clock
 
 
-UPKEEP_READS = ("blockdev", "--flushbufs"), ("mdir",), ("mcopy",), ("mtype",), ("fsck.fat", "-n")
+UPKEEP_READS = ("blockdev", "--flushbufs"), ("mdir",), ("mcopy",), ("fsck.fat", "-n")
 
 
 def upkeep_changes(calls: list[tuple[str, ...]]) -> list[tuple[str, ...]]:

@@ -106,17 +106,19 @@ def test_status_reads_the_loader_chain_from_each_member_read_only(shim):
     outcome = shim.cli("status")
 
     assert (outcome.code, outcome.err) == (0, "")
-    reads = [c for c in outcome.calls if c[0] in ("blockdev", "mtype")]
+    reads = [c[:5] for c in outcome.calls if c[0] in ("blockdev", "mcopy")]
     assert reads == [
         call
         for node in ("/dev/vda1", "/dev/vdb1")
         for call in (
             ("blockdev", "--flushbufs", node),
-            ("mtype", "-i", node, "::/EFI/debian/shimx64.efi"),
-            ("mtype", "-i", node, "::/EFI/debian/grubx64.efi"),
-            ("mtype", "-i", node, "::/EFI/BOOT/BOOTX64.EFI"),
+            ("mcopy", "-n", "-i", node, "::/EFI/debian/shimx64.efi"),
+            ("mcopy", "-n", "-i", node, "::/EFI/debian/grubx64.efi"),
+            ("mcopy", "-n", "-i", node, "::/EFI/BOOT/BOOTX64.EFI"),
         )
     ]
+    dests = [c[5] for c in outcome.calls if c[0] == "mcopy"]
+    assert len(set(dests)) == 6 and all("/esp-mirror-loaders-" in d for d in dests), dests
     assert upkeep_changes(outcome.calls) == []
     shim_line = "signed (Microsoft Corporation UEFI CA 2011, Microsoft Windows UEFI Driver Publisher)"
     grub_line = f"signed ({CA}, Debian Secure Boot Signer 2022 - grub2)"
@@ -243,11 +245,11 @@ def test_an_aarch64_loader_brings_the_aarch64_fallback_and_second_stage(shim):
 
 def test_a_member_that_cannot_be_read_is_said_not_taken_for_missing_files(shim):
     shim.secure_boot(True)
-    shim.fail(("mtype", "-i", "/dev/vdb1"), 127, "mtype: command not found")
+    shim.fail(("mcopy", "-n", "-i", "/dev/vdb1"), 127, "mcopy: command not found")
 
     state = read(shim)
 
-    assert {f.describe() for f in state.loaders[1].files} == {"cannot be read (mtype: mtype: command not found)"}
+    assert {f.describe() for f in state.loaders[1].files} == {"cannot be read (mcopy: mcopy: command not found)"}
     assert state.problems() == []
 
 
