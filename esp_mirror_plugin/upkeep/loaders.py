@@ -138,8 +138,9 @@ def read_members(runner: Runner, members: Iterable[tuple[str, str]], paths: Sequ
     (read-only, after dropping its cache as compare.fresh_view does). A member that cannot be read
     is said so per file, never taken for one that lacks the files.
 
-    ``mcopy`` writes each file into a private directory, read from there: an EFI image is
-    megabytes (a UKI tens), which through a pipe into Python cost seconds per file in a slow VM."""
+    One ``mcopy`` per member writes the files into a private directory, read from there: an EFI
+    image is megabytes (a UKI tens), which piped into Python cost seconds per file in a slow VM,
+    and every process counts there too."""
     out = []
     with tempfile.TemporaryDirectory(prefix="esp-mirror-loaders-") as scratch:
         for number, (node, disk) in enumerate(members):
@@ -149,25 +150,31 @@ def read_members(runner: Runner, members: Iterable[tuple[str, str]], paths: Sequ
                 why = f"blockdev --flushbufs: {exc.stderr_line}"
                 out.append(MemberLoaders(node, disk, tuple(LoaderFile(p, None, why) for p in paths)))
                 continue
-            files = (_read(runner, node, p, Path(scratch, f"{number}-{i}.efi")) for i, p in enumerate(paths))
-            out.append(MemberLoaders(node, disk, tuple(files)))
+            out.append(MemberLoaders(node, disk, _read(runner, node, paths, Path(scratch, str(number)))))
     return tuple(out)
 
 
-def _read(runner: Runner, node: str, path: str, dest: Path) -> LoaderFile:
+def _read(runner: Runner, node: str, paths: Sequence[str], dest: Path) -> tuple[LoaderFile, ...]:
+    """``paths`` (whose file names differ) from ``node`` into the directory ``dest``."""
+    names = [p.rsplit("\\", 1)[-1].lower() for p in paths]
+    if len(set(names)) < len(names):  # two files of one name: one directory each
+        return tuple(f for i, p in enumerate(paths) for f in _read(runner, node, [p], dest / str(i)))
+    dest.mkdir(parents=True)
+    sources = [_mtools_path(p) for p in paths]
     try:
-        result = runner.run(("mcopy", "-n", "-i", node, _mtools_path(path), str(dest)), env=MTOOLS_ENV, ok=(0, 1))
+        result = runner.run(("mcopy", "-n", "-i", node, *sources, f"{dest}/"), env=MTOOLS_ENV, ok=(0, 1))
     except CommandFailed as exc:
-        return LoaderFile(path, None, f"mcopy: {exc.stderr_line}")
-    if result.returncode == 1:
-        if "not found" in result.stderr:
-            return LoaderFile(path, None)
-        return LoaderFile(path, None, f"mcopy: {CommandFailed(result).stderr_line}")
-    try:
-        data = dest.read_bytes()
-    except OSError as exc:
-        return LoaderFile(path, None, f"mcopy wrote no {dest.name}: {exc.strerror}")
-    return LoaderFile(path, pe.signature(data))
+        return tuple(LoaderFile(p, None, f"mcopy: {exc.stderr_line}") for p in paths)
+    copied = {f.name.lower(): f for f in dest.iterdir()}
+    out = []
+    for path, name, source in zip(paths, names, sources, strict=True):
+        if name in copied:
+            out.append(LoaderFile(path, pe.signature(copied[name].read_bytes())))
+        elif f'"{source.lower()}" not found' in result.stderr.lower():
+            out.append(LoaderFile(path, None))
+        else:
+            out.append(LoaderFile(path, None, f"mcopy: {CommandFailed(result).stderr_line or 'copied nothing'}"))
+    return tuple(out)
 
 
 def from_copies(copies: dict[str, Path], disks: dict[str, str], paths: Sequence[str]) -> tuple[MemberLoaders, ...]:

@@ -584,7 +584,7 @@ def is_read_only(argv: tuple[str, ...]) -> bool:
             | ("efibootmgr", "-v")
             | ("fsck.fat", "-n", _)
             | ("blockdev", "--flushbufs", _)
-            | ("mcopy", "-n", "-i", _, _, _)
+            | ("mcopy", "-n", "-i", _, *_)
         ):
             return True
     return False
@@ -1045,13 +1045,16 @@ class Mirror(Machine):
                     where.write_bytes(data)
                     os.utime(where, (FAT_MTIME, FAT_MTIME))
                 return Result(argv, 0)
-            case ("mcopy", "-n", "-i", node, path, dest) if node in self.members:
+            case ("mcopy", "-n", "-i", node, *sources, dest) if node in self.members and dest.endswith("/"):
                 files = {p.lower(): data for p, data in self.members[node].items()}  # FAT ignores case
-                data = files.get(path.removeprefix("::/").lower())
-                if data is None:  # mtools 4.0
-                    return Result(argv, 1, "", f'File "{path}" not found\n')
-                Path(dest).write_bytes(data)
-                return Result(argv, 0)
+                missing = ""
+                for path in sources:
+                    data = files.get(path.removeprefix("::/").lower())
+                    if data is None:  # mtools 4.0
+                        missing += f'mcopy: File "{path}" not found\n'
+                    else:
+                        Path(dest, path.rsplit("/", 1)[-1]).write_bytes(data)
+                return Result(argv, 1 if missing else 0, "", missing)
             case ("fsck.fat", "-n", node) if node in self.members:
                 code, text = self.fsck.get(node, (0, FSCK_CLEAN))
                 return Result(argv, code, text.format(node=node))

@@ -106,19 +106,15 @@ def test_status_reads_the_loader_chain_from_each_member_read_only(shim):
     outcome = shim.cli("status")
 
     assert (outcome.code, outcome.err) == (0, "")
-    reads = [c[:5] for c in outcome.calls if c[0] in ("blockdev", "mcopy")]
+    reads = [c[:-1] for c in outcome.calls if c[0] in ("blockdev", "mcopy")]
+    chain = ("::/EFI/debian/shimx64.efi", "::/EFI/debian/grubx64.efi", "::/EFI/BOOT/BOOTX64.EFI")
     assert reads == [
         call
         for node in ("/dev/vda1", "/dev/vdb1")
-        for call in (
-            ("blockdev", "--flushbufs", node),
-            ("mcopy", "-n", "-i", node, "::/EFI/debian/shimx64.efi"),
-            ("mcopy", "-n", "-i", node, "::/EFI/debian/grubx64.efi"),
-            ("mcopy", "-n", "-i", node, "::/EFI/BOOT/BOOTX64.EFI"),
-        )
+        for call in (("blockdev", "--flushbufs"), ("mcopy", "-n", "-i", node, *chain))
     ]
-    dests = [c[5] for c in outcome.calls if c[0] == "mcopy"]
-    assert len(set(dests)) == 6 and all("/esp-mirror-loaders-" in d for d in dests), dests
+    dests = [c[-1] for c in outcome.calls if c[0] == "mcopy"]
+    assert len(set(dests)) == 2 and all("/esp-mirror-loaders-" in d and d.endswith("/") for d in dests), dests
     assert upkeep_changes(outcome.calls) == []
     shim_line = "signed (Microsoft Corporation UEFI CA 2011, Microsoft Windows UEFI Driver Publisher)"
     grub_line = f"signed ({CA}, Debian Secure Boot Signer 2022 - grub2)"
