@@ -73,6 +73,11 @@ def kind_of_loader(loader: str) -> BootloaderKind:
     return BootloaderKind.EFI
 
 
+def recorded_kind(record: Record) -> BootloaderKind:
+    """The bootloader kind apply recorded; for a record older than that field, its loader path's."""
+    return BootloaderKind(record.bootloader) if record.bootloader else kind_of_loader(record.loader)
+
+
 def loader_id_of(loader: str) -> str:
     """``debian`` of ``\\EFI\\debian\\grubx64.efi``: the directory a recorded loader is in."""
     parts = loader.strip("\\").split("\\")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import bootentries
-from esp_mirror_plugin.hooks.bootloader import kind_of_loader
+from esp_mirror_plugin.hooks.bootloader import recorded_kind
 from esp_mirror_plugin.pipeline import adoption
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind
 from esp_mirror_plugin.system import nvram
@@ -110,7 +110,7 @@ class MirrorState:
         """The recorded bootloader kind (from the loader's name for an older record)."""
         if self.record is None:
             return None
-        return BootloaderKind(self.record.bootloader) if self.record.bootloader else kind_of_loader(self.record.loader)
+        return recorded_kind(self.record)
 
     def duplicate(self, entry: nvram.BootEntry) -> MemberState | None:
         """The member whose partition a foreign ``entry`` starts our loader from: it does what

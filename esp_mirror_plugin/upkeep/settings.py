@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import installed
-from esp_mirror_plugin.hooks.bootloader import kind_of_loader, loader_id_of
+from esp_mirror_plugin.hooks.bootloader import loader_id_of, recorded_kind
 from esp_mirror_plugin.pipeline import naming
-from esp_mirror_plugin.pipeline.kinds import BootloaderKind
 from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.pipeline.steps import EditBlock, InstallProgram, Step, WriteFile
 from esp_mirror_plugin.system import files
@@ -28,7 +27,7 @@ def setup(record: Record, array_uuid: str, root: str) -> installed.Setup:
         Target(root),
         naming.mdadm_uuid(array_uuid),
         record.mountpoint,
-        BootloaderKind(record.bootloader) if record.bootloader else kind_of_loader(record.loader),
+        recorded_kind(record),
         loader_id_of(record.loader),
         record.metrics_dir,
         record.array,
