@@ -25,7 +25,7 @@ variable bootctl refuses the md ESP, the hook exits 0, and the new kernel never 
   skip the ESP and exit 0; pacman before a transaction that changes a kernel, mkinitcpio or
   systemd (mkinitcpio's hook writes where its presets say).
 
-``esp-mirror refresh`` writes all of it again; the README ("Whoever runs the upgrade") says what
+``esp-mirror refresh`` writes all of it again; docs/operating.md ("Whoever runs the upgrade") says what
 to remove to undo it.
 """
 
