@@ -6,7 +6,7 @@ playbook on localhost through Ansible itself.
 ``ansible-test sanity`` runs each test in a virtual environment of its own, and installs the
 requirements of validate-modules, yamllint, ansible-doc, import, pep8, pylint and
 runtime-metadata there with pip, which it bootstraps from a download (ci-files.testing.ansible.com);
-those run by hand (README, "Ansible"), not here. The checks here stand in for what they cover.
+those run by hand (docs/testing.md, "Ansible"), not here. The checks here stand in for what they cover.
 """
 
 from __future__ import annotations
