@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ci import adoptable
-from esp_mirror_plugin.hooks.fat import fsck_problems
+from esp_mirror_plugin.pipeline.fat import fsck_problems
 from esp_mirror_plugin.system.discovery import HostView
 from esp_mirror_plugin.system.runner import ShRunner
 from esp_mirror_plugin.upkeep import record

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 
-from esp_mirror_plugin.hooks import bootentries, fat, fstab, partition, raid
+from esp_mirror_plugin.hooks import bootentries, fstab, partition, raid
 from esp_mirror_plugin.hooks.bootloader import entry_members, loader_path
 from esp_mirror_plugin.pipeline import adoption as adoptions
+from esp_mirror_plugin.pipeline import fat
 from esp_mirror_plugin.pipeline.adoption import COPY, SWITCHED, Adoption
 from esp_mirror_plugin.pipeline.layout import Layout
 from esp_mirror_plugin.pipeline.profiles import Profile

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from esp_mirror_plugin.hooks.fat import MOUNT_OPTIONS
+from esp_mirror_plugin.pipeline.fat import MOUNT_OPTIONS
 
 OPTIONS = f"{MOUNT_OPTIONS},nofail,x-systemd.device-timeout=45s"
 

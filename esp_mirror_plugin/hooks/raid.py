@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.hooks import fat, fstab
+from esp_mirror_plugin.hooks import fstab
+from esp_mirror_plugin.pipeline import fat
 from esp_mirror_plugin.pipeline.layout import Layout
 from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.request import Resolved

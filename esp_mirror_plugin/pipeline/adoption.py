@@ -35,8 +35,7 @@ import re
 from dataclasses import dataclass, field
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.hooks import fat
-from esp_mirror_plugin.pipeline import naming
+from esp_mirror_plugin.pipeline import fat, naming
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind, Init
 from esp_mirror_plugin.pipeline.layout import (
     GPT_BACKUP,

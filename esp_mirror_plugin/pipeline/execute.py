@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from esp_mirror_plugin.errors import StepFailed
-from esp_mirror_plugin.hooks import fat
+from esp_mirror_plugin.pipeline import fat
 from esp_mirror_plugin.pipeline.steps import (
     AddMember,
     AttachImage,

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.hooks import fat
-from esp_mirror_plugin.pipeline import naming
+from esp_mirror_plugin.pipeline import fat, naming
 from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.request import METRICS_DIR, MIB, Request, Resolved, metrics_dir_problem
 from esp_mirror_plugin.pipeline.steps import Arg, Var

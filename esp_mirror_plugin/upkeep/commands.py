@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.hooks import bootentries, fat, installed
+from esp_mirror_plugin.hooks import bootentries, installed
+from esp_mirror_plugin.pipeline import fat
 from esp_mirror_plugin.pipeline.execute import Applier
 from esp_mirror_plugin.pipeline.layout import MAX_DISKS, disk_tag
 from esp_mirror_plugin.pipeline.profiles import load_profile

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.hooks import bootentries, fat, partition
-from esp_mirror_plugin.pipeline import naming
+from esp_mirror_plugin.hooks import bootentries, partition
+from esp_mirror_plugin.pipeline import fat, naming
 from esp_mirror_plugin.pipeline.layout import GPT_BACKUP, Member, check_disks, disk_tag, holds_data
 from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import Command, Step, WaitForSync, WriteFile

@@ -9,8 +9,7 @@ import re
 import pytest
 from conftest import DATA, ESP_TYPE, MIB, Machine, assert_only_read, json_commands, starting
 
-from esp_mirror_plugin.hooks import fat
-from esp_mirror_plugin.pipeline import naming
+from esp_mirror_plugin.pipeline import fat, naming
 from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import Var

@@ -13,7 +13,7 @@ from conftest import FakeHost, json_commands, starting
 from test_idempotency import build_members, finish, plan_of
 
 from esp_mirror_plugin.errors import StepFailed
-from esp_mirror_plugin.hooks import fat
+from esp_mirror_plugin.pipeline import fat
 from esp_mirror_plugin.pipeline.execute import Applier
 from esp_mirror_plugin.system.recording import RecordingRunner
 from esp_mirror_plugin.system.runner import Result

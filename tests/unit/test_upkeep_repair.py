@@ -25,7 +25,7 @@ from conftest import (
 )
 
 from esp_mirror_plugin.errors import StepFailed
-from esp_mirror_plugin.hooks import fat
+from esp_mirror_plugin.pipeline import fat
 from esp_mirror_plugin.system.recording import RecordingRunner
 from esp_mirror_plugin.system.runner import Result
 from esp_mirror_plugin.upkeep import compare
