@@ -37,10 +37,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ci import adoptable
+from esp_mirror_plugin.pipeline import record
 from esp_mirror_plugin.pipeline.fat import fsck_problems
 from esp_mirror_plugin.system.discovery import HostView
 from esp_mirror_plugin.system.runner import ShRunner
-from esp_mirror_plugin.upkeep import record
 from esp_mirror_plugin.upkeep.mirror import read_mirror
 
 CLI = str(Path(sys.prefix) / "bin" / "esp-mirror")

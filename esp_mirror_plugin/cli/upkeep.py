@@ -18,18 +18,18 @@ from typing import Any, TextIO
 
 from esp_mirror_plugin.cli.interact import confirmed
 from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline import record as records
 from esp_mirror_plugin.pipeline.execute import Applier, counts, forecast
 from esp_mirror_plugin.pipeline.preflight import Preflight
+from esp_mirror_plugin.pipeline.record import Record
 from esp_mirror_plugin.pipeline.steps import Group
 from esp_mirror_plugin.system import lock
 from esp_mirror_plugin.system.discovery import HostView, read_mounts
 from esp_mirror_plugin.system.runner import Runner, ShRunner
 from esp_mirror_plugin.upkeep import commands, compare, heal, history, loaders, metrics, plans
 from esp_mirror_plugin.upkeep import journal as journal_file
-from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.lastcheck import LastCheck
 from esp_mirror_plugin.upkeep.mirror import ArrayState, MirrorState, read_mirror
-from esp_mirror_plugin.upkeep.record import Record
 
 HEAL_LOCK_WAIT = 300.0  # at boot, heal may queue behind a check or another heal's recovery
 

@@ -17,16 +17,16 @@ import os
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import anycaller, bootentries, secureboot
+from esp_mirror_plugin.pipeline import record as records
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind
 from esp_mirror_plugin.pipeline.layout import Layout
 from esp_mirror_plugin.pipeline.profiles import Profile
+from esp_mirror_plugin.pipeline.record import Record
 from esp_mirror_plugin.pipeline.request import Resolved
 from esp_mirror_plugin.pipeline.steps import Command, CopyFile, MakeDir, Step, WriteFile
 from esp_mirror_plugin.system import nvram
 from esp_mirror_plugin.system.discovery import Snapshot
 from esp_mirror_plugin.system.target import Target
-from esp_mirror_plugin.upkeep import record as records
-from esp_mirror_plugin.upkeep.record import Record
 
 _ARCH = {
     "x86_64": ("x64", "x86_64-efi"),
@@ -59,29 +59,6 @@ def loader_path(request: Resolved, profile: Profile, has_shim: bool) -> str:
     if name == "auto":
         name = f"{'shim' if has_shim else 'grub'}{suffix}.efi"
     return f"\\EFI\\{request.loader_id}\\{name}"
-
-
-def kind_of_loader(loader: str) -> BootloaderKind:
-    """The bootloader kind of a record older than its ``bootloader`` field, from its loader path:
-    GRUB's and shim's files are named so; any other file is an image given by path."""
-    if loader.lower().startswith("\\efi\\systemd\\"):
-        return BootloaderKind.SYSTEMD_BOOT
-    if loader.upper().startswith("\\EFI\\ZBM\\"):
-        return BootloaderKind.ZFSBOOTMENU
-    if loader.lower().rsplit("\\", 1)[-1].startswith(("grub", "shim")):
-        return BootloaderKind.GRUB
-    return BootloaderKind.EFI
-
-
-def recorded_kind(record: Record) -> BootloaderKind:
-    """The bootloader kind apply recorded; for a record older than that field, its loader path's."""
-    return BootloaderKind(record.bootloader) if record.bootloader else kind_of_loader(record.loader)
-
-
-def loader_id_of(loader: str) -> str:
-    """``debian`` of ``\\EFI\\debian\\grubx64.efi``: the directory a recorded loader is in."""
-    parts = loader.strip("\\").split("\\")
-    return parts[1] if len(parts) > 2 else ""
 
 
 def _fill(arg: str, values: dict[str, str]) -> str:
@@ -177,6 +154,7 @@ def record_step(request: Resolved, profile: Profile, loader: str, layout: Layout
         metrics_dir=request.metrics_dir,
         fs_uuid=layout.fs_uuid,
         bootloader=request.bootloader.value,
+        loader_id=request.loader_id,
     )
     return WriteFile(
         records.path_in(request.target),

@@ -23,6 +23,7 @@ from esp_mirror_plugin.pipeline import fat
 from esp_mirror_plugin.pipeline.execute import Applier
 from esp_mirror_plugin.pipeline.layout import MAX_DISKS, disk_tag
 from esp_mirror_plugin.pipeline.profiles import load_profile
+from esp_mirror_plugin.pipeline.record import Record
 from esp_mirror_plugin.pipeline.steps import Group
 from esp_mirror_plugin.system.discovery import DiskFacts, HostView, describe_disks, read_mounts
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
@@ -31,7 +32,6 @@ from esp_mirror_plugin.upkeep import journal as journal_file
 from esp_mirror_plugin.upkeep.journal import RepairJournal
 from esp_mirror_plugin.upkeep.lastcheck import LastCheck
 from esp_mirror_plugin.upkeep.mirror import MemberState, MirrorState, read_mirror
-from esp_mirror_plugin.upkeep.record import Record
 
 WORK_DIR = "/run/esp-mirror"
 

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline import naming
 from esp_mirror_plugin.pipeline.profiles import load_profile
+from esp_mirror_plugin.pipeline.record import Record
 from esp_mirror_plugin.pipeline.steps import AddMember, Command, Step, WaitForSync
 from esp_mirror_plugin.system.discovery import HostView
 from esp_mirror_plugin.system.nvram import BootEntry
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
 from esp_mirror_plugin.upkeep.mirror import ArrayState, read_array
-from esp_mirror_plugin.upkeep.record import Record
 
 NO_SUPERBLOCK = "No md superblock detected"
 REASONS = {"boot": "at boot", "hot-plug": "on hot-plug", "hand": "by hand"}

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import bootentries
-from esp_mirror_plugin.hooks.bootloader import recorded_kind
 from esp_mirror_plugin.pipeline import adoption
+from esp_mirror_plugin.pipeline import record as records
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind
+from esp_mirror_plugin.pipeline.record import Record, recorded_kind
 from esp_mirror_plugin.system import nvram
 from esp_mirror_plugin.system.discovery import (
     EFI_GLOBAL,
@@ -27,10 +28,8 @@ from esp_mirror_plugin.system.discovery import (
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
 from esp_mirror_plugin.upkeep import history, lastcheck, loaders
 from esp_mirror_plugin.upkeep import journal as journal_file
-from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.lastcheck import LastCheck
 from esp_mirror_plugin.upkeep.loaders import MemberLoaders
-from esp_mirror_plugin.upkeep.record import Record
 from esp_mirror_plugin.upkeep.settings import drift
 
 LOADER_VENDOR = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"

@@ -12,15 +12,15 @@ from dataclasses import replace
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import bootentries, partition
 from esp_mirror_plugin.pipeline import fat, naming
+from esp_mirror_plugin.pipeline import record as records
 from esp_mirror_plugin.pipeline.layout import GPT_BACKUP, Member, check_disks, disk_tag, holds_data
+from esp_mirror_plugin.pipeline.record import Record
 from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import Command, Step, WaitForSync, WriteFile
 from esp_mirror_plugin.system.discovery import DiskFacts, Partition
 from esp_mirror_plugin.upkeep import journal as journal_file
-from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.journal import RepairJournal
 from esp_mirror_plugin.upkeep.mirror import ArrayState, MemberState, MirrorState
-from esp_mirror_plugin.upkeep.record import Record
 
 
 def require_array(state: MirrorState) -> ArrayState:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import installed
-from esp_mirror_plugin.hooks.bootloader import loader_id_of, recorded_kind
 from esp_mirror_plugin.pipeline import naming
 from esp_mirror_plugin.pipeline.profiles import load_profile
+from esp_mirror_plugin.pipeline.record import Record, recorded_kind, recorded_loader_id
 from esp_mirror_plugin.pipeline.steps import EditBlock, InstallProgram, Step, WriteFile
 from esp_mirror_plugin.system import files
 from esp_mirror_plugin.system.target import Target
-from esp_mirror_plugin.upkeep.record import Record
 
 
 def setup(record: Record, array_uuid: str, root: str) -> installed.Setup:
@@ -28,7 +27,7 @@ def setup(record: Record, array_uuid: str, root: str) -> installed.Setup:
         naming.mdadm_uuid(array_uuid),
         record.mountpoint,
         recorded_kind(record),
-        loader_id_of(record.loader),
+        recorded_loader_id(record),
         record.metrics_dir,
         record.array,
         record.fs_uuid or naming.fstab_uuid(naming.volume_id(array_uuid)),  # an older record does not say

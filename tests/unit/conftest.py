@@ -35,6 +35,7 @@ from esp_mirror_plugin.cli import upkeep as cli_upkeep
 from esp_mirror_plugin.hooks import installed
 from esp_mirror_plugin.pipeline import naming
 from esp_mirror_plugin.pipeline.execute import Applier
+from esp_mirror_plugin.pipeline.record import Record
 from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import Command, Group
 from esp_mirror_plugin.system import lock
@@ -43,7 +44,6 @@ from esp_mirror_plugin.system.recording import RecordingRunner, UnexpectedComman
 from esp_mirror_plugin.system.runner import Result, ShRunner, full_argv
 from esp_mirror_plugin.upkeep import commands as upkeep_commands
 from esp_mirror_plugin.upkeep import settings
-from esp_mirror_plugin.upkeep.record import Record
 
 DATA = Path(__file__).parent / "data"
 MIB = 1024 * 1024

@@ -164,7 +164,7 @@ def test_kernel_install_keeps_the_settings_of_its_default_file(tmp_path):
 
 def test_refresh_plans_the_same_from_an_older_record_without_the_fat_uuid(tmp_path):
     from esp_mirror_plugin.upkeep import settings
-    from esp_mirror_plugin.upkeep.record import Record
+    from esp_mirror_plugin.pipeline.record import Record
 
     record = Record("debian", "/dev/md/esp", "/boot/efi", "\\EFI\\systemd\\systemd-bootx64.efi", "Debian",
                     1 << 20, 512 << 20)  # fmt: skip
@@ -276,7 +276,7 @@ def test_refresh_plans_no_guard_for_an_image_given_by_path_as_apply_did(tmp_path
     files found refresh listing them, from a loader path taken for GRUB's); a record older than
     its bootloader field is read by its loader path."""
     from esp_mirror_plugin.upkeep import settings
-    from esp_mirror_plugin.upkeep.record import Record
+    from esp_mirror_plugin.pipeline.record import Record
 
     (tmp_path / "usr/bin").mkdir(parents=True)
     for program in ("apt-get", "dpkg-divert"):
@@ -304,6 +304,34 @@ def test_refresh_plans_no_guard_for_an_image_given_by_path_as_apply_did(tmp_path
     ],
 )
 def test_a_record_older_than_its_bootloader_field_is_read_by_its_loader_path(loader, kind):
-    from esp_mirror_plugin.hooks.bootloader import kind_of_loader
+    from esp_mirror_plugin.pipeline.record import kind_of_loader
 
     assert kind_of_loader(loader) is kind
+
+
+@pytest.mark.parametrize(
+    ("loader_id", "expected"),
+    [("debian", "debian"), (None, "systemd")],  # None: a record older than its loader_id field
+)
+def test_the_settings_comparison_reads_the_recorded_loader_id(tmp_path, loader_id, expected):
+    from esp_mirror_plugin.pipeline.record import Record
+    from esp_mirror_plugin.upkeep import settings
+
+    record = Record("debian", "/dev/md/esp", "/boot/efi", "\\EFI\\systemd\\systemd-bootx64.efi", "Debian",
+                    1 << 20, 512 << 20, bootloader="systemd-boot", loader_id=loader_id)  # fmt: skip
+    setup = settings.setup(record, "a2824bdc:e2f95aef:83df651f:bf2ea709", str(tmp_path))
+    assert (setup.bootloader, setup.loader_id) == (BootloaderKind.SYSTEMD_BOOT, expected)
+
+
+def test_the_record_apply_writes_keeps_the_bootloader_kind_and_loader_id(tmp_path):
+    from esp_mirror_plugin.pipeline import record as records
+
+    written = records.Record("debian", "/dev/md/esp", "/boot/efi", "\\EFI\\systemd\\systemd-bootx64.efi", "Debian",
+                             1 << 20, 512 << 20, bootloader="systemd-boot", loader_id="debian")  # fmt: skip
+    path = tmp_path / records.PATH
+    path.parent.mkdir(parents=True)
+    path.write_text(written.render())
+    loaded = records.load(str(tmp_path))
+    assert loaded == written
+    assert records.recorded_kind(loaded) is BootloaderKind.SYSTEMD_BOOT
+    assert records.recorded_loader_id(loaded) == "debian"

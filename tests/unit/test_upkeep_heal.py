@@ -14,9 +14,9 @@ import shutil
 import pytest
 from conftest import ARRAY_UUID, Mirror, assert_only_read, fast_applier, superblock, upkeep_changes
 
+from esp_mirror_plugin.pipeline import record as records
 from esp_mirror_plugin.system.runner import Result
 from esp_mirror_plugin.upkeep import history
-from esp_mirror_plugin.upkeep import record as records
 
 OTHER_ARRAY = "0f0e0d0c:0b0a0908:07060504:03020100"
 

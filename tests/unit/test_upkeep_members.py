@@ -23,10 +23,10 @@ from conftest import (
 )
 
 from esp_mirror_plugin.pipeline import naming
+from esp_mirror_plugin.pipeline import record as records
 from esp_mirror_plugin.pipeline.steps import Command
 from esp_mirror_plugin.system.discovery import describe_disks, read_mounts
 from esp_mirror_plugin.upkeep import plans as upkeep
-from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.mirror import read_mirror
 
 C = guid_of("vdc")

@@ -18,8 +18,8 @@ from conftest import Mirror, fast_applier, guid_of, isolate_upkeep, upkeep_chang
 from prometheus_client.parser import text_string_to_metric_families
 
 from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline import record as records
 from esp_mirror_plugin.upkeep import lastcheck, metrics
-from esp_mirror_plugin.upkeep import record as records
 from esp_mirror_plugin.upkeep.lastcheck import LastCheck
 from esp_mirror_plugin.upkeep.mirror import read_mirror
 

@@ -17,14 +17,14 @@ from conftest import MIB, PROFILES, Machine, isolate_upkeep, json_commands
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import periodic
 from esp_mirror_plugin.pipeline import profiles
+from esp_mirror_plugin.pipeline import record as records
 from esp_mirror_plugin.pipeline.execute import Applier
 from esp_mirror_plugin.pipeline.kinds import Init
+from esp_mirror_plugin.pipeline.record import Record
 from esp_mirror_plugin.pipeline.steps import Command, Group, WriteFile
 from esp_mirror_plugin.system.recording import RecordingRunner
 from esp_mirror_plugin.system.runner import Result
 from esp_mirror_plugin.system.target import Target
-from esp_mirror_plugin.upkeep import record as records
-from esp_mirror_plugin.upkeep.record import Record
 
 METRICS_DIR = "/var/lib/prometheus/node-exporter"
 SERVICE = """\
@@ -371,6 +371,7 @@ def test_the_record_apply_writes_loads_back_as_what_was_set_up(images):
         metrics_dir=METRICS_DIR,
         fs_uuid=fat,
         bootloader="grub",
+        loader_id="debian",
     )
     text = (images.target / records.PATH).read_text()
     assert text.startswith("# Written by esp-mirror apply: what it set up.")
@@ -446,7 +447,7 @@ def test_a_record_with_a_metrics_dir_no_unit_can_hold_is_bad_input(tmp_path):
         (
             "profile: debian\narray: /dev/md/esp\n",
             "is not an esp-mirror record (keys array, entry_label, esp_size, "
-            "esp_start, loader, mountpoint, profile; optional bootloader, fs_uuid, members, metrics_dir): "
+            "esp_start, loader, mountpoint, profile; optional bootloader, fs_uuid, loader_id, members, metrics_dir): "
             "run `esp-mirror apply` again to rewrite it",
         ),
         ("- a list\n", "is not an esp-mirror record"),

@@ -4,7 +4,8 @@ hook; ``add`` keeps its member count.
 
 Keys added after the first release have defaults, so a record an older esp-mirror wrote still
 loads: its ``members`` is then unknown (None), its ``metrics_dir`` the setting's default, its
-``fs_uuid`` the one esp-mirror derives from the array's UUID.
+``fs_uuid`` the one esp-mirror derives from the array's UUID, its bootloader kind and loader id
+the ones its loader path names (:func:`recorded_kind`, :func:`recorded_loader_id`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 import yaml
 
 from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind
 from esp_mirror_plugin.pipeline.request import METRICS_DIR, metrics_dir_problem
 
 PATH = "etc/esp-mirror/esp-mirror.yaml"
@@ -34,6 +36,7 @@ class Record:
     metrics_dir: str = METRICS_DIR  # where the weekly check writes esp_mirror.prom, when it exists
     fs_uuid: str | None = None  # the FAT's on the array (XXXX-XXXX); None: an older record does not say
     bootloader: str | None = None  # grub, systemd-boot, efi, zfsbootmenu; None: an older record does not say
+    loader_id: str | None = None  # the loader id apply used (\EFI\<loader_id>\); None: an older record does not say
 
     def render(self) -> str:
         return (
@@ -41,6 +44,32 @@ class Record:
             "# repair, replace, add, entries) read it; re-running apply rewrites it.\n"
             + yaml.safe_dump(asdict(self), sort_keys=False)
         )
+
+
+def kind_of_loader(loader: str) -> BootloaderKind:
+    """The bootloader kind of a record older than its ``bootloader`` field, from its loader path:
+    GRUB's and shim's files are named so; any other file is an image given by path."""
+    if loader.lower().startswith("\\efi\\systemd\\"):
+        return BootloaderKind.SYSTEMD_BOOT
+    if loader.upper().startswith("\\EFI\\ZBM\\"):
+        return BootloaderKind.ZFSBOOTMENU
+    if loader.lower().rsplit("\\", 1)[-1].startswith(("grub", "shim")):
+        return BootloaderKind.GRUB
+    return BootloaderKind.EFI
+
+
+def recorded_kind(record: Record) -> BootloaderKind:
+    """The bootloader kind apply recorded; for a record older than that field, its loader path's."""
+    return BootloaderKind(record.bootloader) if record.bootloader else kind_of_loader(record.loader)
+
+
+def recorded_loader_id(record: Record) -> str:
+    """The loader id apply recorded; for a record older than that field, the directory its loader
+    is in (``debian`` of ``\\EFI\\debian\\grubx64.efi``)."""
+    if record.loader_id is not None:
+        return record.loader_id
+    parts = record.loader.strip("\\").split("\\")
+    return parts[1] if len(parts) > 2 else ""
 
 
 def path_in(root: str) -> str:
