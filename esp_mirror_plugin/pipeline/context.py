@@ -129,7 +129,9 @@ def prepare(
     request = request.resolve(profile)
     check_settings(request)
     try:
-        snapshot = discover(request, runner, host, lenient=lenient)
+        snapshot = discover(
+            request.disks, request.device, runner, host, read_nvram=not request.no_nvram, lenient=lenient
+        )
     except CommandFailed as exc:
         tool = exc.result.program
         if exc.result.returncode == NOT_INSTALLED:

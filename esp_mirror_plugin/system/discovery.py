@@ -15,7 +15,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.system import nvram
 from esp_mirror_plugin.system.runner import NOT_INSTALLED, CommandFailed, Result, Runner
 
@@ -224,9 +223,20 @@ class Snapshot:
         return next((m for m in reversed(self.mounts) if m.mountpoint == norm), None)
 
 
-def discover(request: Request, runner: Runner, host: HostView | None = None, *, lenient: bool = False) -> Snapshot:
+def discover(
+    disks: tuple[str, ...],
+    device: str,
+    runner: Runner,
+    host: HostView | None = None,
+    *,
+    read_nvram: bool = True,
+    lenient: bool = False,
+) -> Snapshot:
     """Read everything planning needs about the machine. Runs only read-only commands.
 
+    :param disks: the disks to mirror on (``--disk``).
+    :param device: the array's device (``--device``, /dev/md/<name>).
+    :param read_nvram: read the firmware's boot entries (not with ``--no-nvram``).
     :param lenient: list facts that cannot be read instead of refusing (``plan`` by a non-root user).
     :raises BadInput: a fact that cannot be read, in strict mode.
     """
@@ -235,13 +245,13 @@ def discover(request: Request, runner: Runner, host: HostView | None = None, *, 
     mounts = read_mounts(host)
     # Our own array holding our partitions is not "in use" (a re-run); whether it really is ours
     # is decided by the layout from the superblocks' UUIDs.
-    ours = os.path.basename(host.realpath(request.device)) if host.exists(request.device) else ""
-    disks = describe_disks(request.disks, runner, host, mounts, ours, reads)
-    array = _array(request.device, host, runner, reads)
-    inactive = request.device if array is None and ours and host.exists(f"/sys/block/{ours}/md") else ""
+    ours = os.path.basename(host.realpath(device)) if host.exists(device) else ""
+    described = describe_disks(disks, runner, host, mounts, ours, reads)
+    array = _array(device, host, runner, reads)
+    inactive = device if array is None and ours and host.exists(f"/sys/block/{ours}/md") else ""
     efivars = bool(host.listdir(EFIVARS))
     boot, boot_text = None, ""
-    if efivars and not request.no_nvram and not any(d.kind == "image" for d in disks):
+    if efivars and read_nvram and not any(d.kind == "image" for d in described):
         try:
             boot_text = runner.run(("efibootmgr", "-v")).stdout
             boot = nvram.parse(boot_text)
@@ -252,7 +262,7 @@ def discover(request: Request, runner: Runner, host: HostView | None = None, *, 
                 "boot entries cannot be planned; fix access to EFI variables, or pass --no-nvram",
             )
     return Snapshot(
-        disks=disks,
+        disks=described,
         array=array,
         mounts=mounts,
         efivars=efivars,

@@ -90,7 +90,7 @@ def test_smallest_fat32_esp_per_sector_size(sector, minimum_mib):
 
 def discovered(machine: Machine, *disks: str):
     request = Request(disks=disks, target=str(machine.target), arch="x86_64").resolve(load_profile("debian"))
-    return discover(request, machine.runner, machine.host)
+    return discover(request.disks, request.device, machine.runner, machine.host)
 
 
 @pytest.mark.parametrize(
