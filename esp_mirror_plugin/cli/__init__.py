@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 from esp_mirror_plugin import __version__
 from esp_mirror_plugin.errors import BadInput, StepFailed
 from esp_mirror_plugin.pipeline.request import Kind, choices, default_of, settings
+from esp_mirror_plugin.system.state import ADOPT_BACKUPS
+from esp_mirror_plugin.system.state import REPAIR_BACKUPS as BACKUP_DIR
 
 if TYPE_CHECKING:
     from esp_mirror_plugin.system.discovery import HostView
     from esp_mirror_plugin.system.runner import Runner
 
-BACKUP_DIR = "/var/lib/esp-mirror"
 UPKEEP = ("status", "check", "repair", "replace", "add", "entries", "heal", "refresh")
-ADOPT_BACKUPS = "var/lib/esp-mirror/adopt"
 AFTER_FAILURE = {
     "check": "The mirror was not changed; run `esp-mirror check` again once the cause is fixed.",
 }

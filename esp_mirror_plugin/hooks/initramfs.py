@@ -27,6 +27,7 @@ from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.request import Resolved
 from esp_mirror_plugin.pipeline.steps import Command, EditBlock, Step, WriteFile
 from esp_mirror_plugin.system.files import with_block
+from esp_mirror_plugin.system.state import INITRAMFS_STAMP as STAMP
 from esp_mirror_plugin.system.target import Target
 
 DRACUT_DROPIN = "etc/dracut.conf.d/90-esp-mirror.conf"
@@ -44,7 +45,6 @@ MKINITCPIO_CONF = "etc/mkinitcpio.conf"
 MKINITCPIO_DROPIN = "etc/mkinitcpio.conf.d/90-esp-mirror.conf"
 MKINITFS_CONF = "etc/mkinitfs/mkinitfs.conf"
 # The sha256 of the inputs of the last rebuild esp-mirror completed (line 1), then its commands.
-STAMP = "var/lib/esp-mirror/initramfs.sha256"
 
 # Sourced by bash after the HOOKS of mkinitcpio.conf: mdadm_udev after block and before
 # filesystems, exactly once, every other hook kept in place (the old "mdadm" alias is dropped).

@@ -51,11 +51,11 @@ from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.request import MIB, Resolved
 from esp_mirror_plugin.system.discovery import DiskFacts, HostView, Mount, Partition, Snapshot
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
+from esp_mirror_plugin.system.state import ADOPT_BACKUPS as BACKUP_DIR
+from esp_mirror_plugin.system.state import ADOPT_JOURNAL as JOURNAL
+from esp_mirror_plugin.system.state import STATE_DIR
 from esp_mirror_plugin.system.target import Target
 
-STATE_DIR = "var/lib/esp-mirror"
-JOURNAL = f"{STATE_DIR}/adopt.json"
-BACKUP_DIR = f"{STATE_DIR}/adopt"
 STAGING = "/run/esp-mirror/adopt"  # the new array while the files are copied onto it
 READING = "/run/esp-mirror/adopt-read"  # another disk's ESP, mounted read-only for its backup
 NEW, COPY, SWITCHED = "new", "copy", "switched"

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from esp_mirror_plugin.system import files
+from esp_mirror_plugin.system.state import HISTORY as PATH
 
-PATH = "var/lib/esp-mirror/history"
 KEEP = 200  # lines; older ones are dropped when a new one is written
 
 

@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 
 from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.system.state import REPAIR_JOURNAL as PATH
 
-PATH = "var/lib/esp-mirror/repair.json"
 TAKE_OUT, REBUILD = "take-out", "rebuild"
 
 

@@ -15,8 +15,7 @@ from typing import Any
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.system import files
-
-PATH = "var/lib/esp-mirror/last-check.json"
+from esp_mirror_plugin.system.state import LAST_CHECK as PATH
 
 
 def path_in(root: str) -> str:
