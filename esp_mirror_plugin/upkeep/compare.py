@@ -8,6 +8,7 @@ Anything written to one member behind md's back (firmware, an EFI tool) shows up
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tarfile
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from esp_mirror_plugin.errors import StepFailed
+from esp_mirror_plugin.system.files import write_atomic
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
 
 MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
@@ -87,8 +89,10 @@ def differences(trees: dict[str, dict[str, FileInfo]]) -> list[Difference]:
 
 
 def backup(copies: dict[str, Path], diffs: list[Difference], keep: set[str], directory: Path, stamp: str) -> list[Path]:
-    """Tar, per member not in ``keep``, its versions of the differing files. Returns the tar paths."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Tar, per member not in ``keep``, its versions of the differing files. Returns the tar paths.
+
+    Each tar is made in memory (the files of an ESP) and written like every other file esp-mirror
+    writes (:func:`esp_mirror_plugin.system.files.write_atomic`): a cut write leaves no half tar."""
     written = []
     for node, root in copies.items():
         if node in keep:
@@ -97,8 +101,10 @@ def backup(copies: dict[str, Path], diffs: list[Difference], keep: set[str], dir
         if not mine:
             continue
         target = directory / f"repair-{stamp}-{os.path.basename(node)}.tar"
-        with tarfile.open(target, "w") as tar:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
             for path in mine:
                 tar.add(root / path, arcname=path)
+        write_atomic(target, buffer.getvalue(), 0o644, preserve=False)
         written.append(target)
     return written
