@@ -18,7 +18,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 PROJECT = "esp_mirror"
-__version__ = "0.1.0"  # keep equal to pyproject.toml's version
+__version__ = "0.1.0"  # the one version: pyproject.toml reads it, tests/unit/test_version.py ties galaxy.yml to it
 
 if TYPE_CHECKING:
     import pluggy
