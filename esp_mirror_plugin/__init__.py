@@ -9,7 +9,9 @@ name and the entry-point group are the same string, :data:`PROJECT`.
 What an installer uses is importable from here: :mod:`host` (the PluginManager and
 ``attached``), :func:`prepare`, :class:`Request`, the executors :class:`Applier` and
 :class:`PlanRecorder`, and :mod:`hookspecs`. They are imported on first use, so that
-``esp-mirror --version`` loads none of them.
+``esp-mirror --version`` loads none of them. This module is the bottom layer (ARCHITECTURE.md):
+it imports no module of the package, the public API being looked up by name, so a type checker
+sees those names as ``Any``; an installer that wants their types imports them from their modules.
 """
 
 from __future__ import annotations
@@ -20,13 +22,8 @@ from typing import TYPE_CHECKING, Any
 PROJECT = "esp_mirror"
 __version__ = "0.1.0"  # the one version: pyproject.toml reads it, tests/unit/test_version.py ties galaxy.yml to it
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the markers' types; the package's modules are never imported from here
     import pluggy
-
-    from esp_mirror_plugin import hookspecs, host
-    from esp_mirror_plugin.pipeline.context import prepare
-    from esp_mirror_plugin.pipeline.execute import Applier, PlanRecorder
-    from esp_mirror_plugin.pipeline.request import Request
 
     hookspec: pluggy.HookspecMarker
     hookimpl: pluggy.HookimplMarker
