@@ -611,6 +611,19 @@ def commands(groups: list[Group], group: str | None = None) -> list[tuple[str, .
     return out
 
 
+def plan_of(machine: Machine, *argv: str) -> dict:
+    """``esp-mirror plan --json`` on ``machine`` (its disks and target, then ``argv``), which must succeed."""
+    outcome = machine.cli("plan", "--json", *machine.args(), *argv)
+    assert outcome.code == 0, outcome.err
+    return json.loads(outcome.out)
+
+
+@pytest.fixture(params=PROFILES)
+def profile(request: pytest.FixtureRequest) -> str:
+    """Each built-in profile in turn."""
+    return str(request.param)
+
+
 def json_commands(plan: dict, group: str | None = None) -> list[tuple[str, ...]]:
     """Like :func:`commands`, from ``plan --json`` output (with the loads of debconf answers, which
     run unless the target's debconf database holds them already)."""

@@ -8,12 +8,11 @@ profile's package manager is apt) the way the packages install them.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 
 import pytest
-from conftest import PROFILES, Machine
+from conftest import PROFILES, Machine, plan_of
 
 from esp_mirror_plugin.hooks import anycaller, installed
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind
@@ -21,12 +20,6 @@ from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.system.target import Target
 
 APT = {p for p in PROFILES if load_profile(p).packages.install[0] == "apt-get"}
-
-
-def plan_of(machine: Machine, *argv: str) -> dict:
-    outcome = machine.cli("plan", "--json", *machine.args(), *argv)
-    assert outcome.code == 0, outcome.err
-    return json.loads(outcome.out)
 
 
 def installed_steps(plan: dict) -> list[dict]:
@@ -163,8 +156,8 @@ def test_kernel_install_keeps_the_settings_of_its_default_file(tmp_path):
 
 
 def test_refresh_plans_the_same_from_an_older_record_without_the_fat_uuid(tmp_path):
-    from esp_mirror_plugin.upkeep import settings
     from esp_mirror_plugin.pipeline.record import Record
+    from esp_mirror_plugin.upkeep import settings
 
     record = Record("debian", "/dev/md/esp", "/boot/efi", "\\EFI\\systemd\\systemd-bootx64.efi", "Debian",
                     1 << 20, 512 << 20)  # fmt: skip
@@ -275,8 +268,8 @@ def test_refresh_plans_no_guard_for_an_image_given_by_path_as_apply_did(tmp_path
     must not plan GRUB's guard and apt hook, which apply never wrote (the VM test of the installed
     files found refresh listing them, from a loader path taken for GRUB's); a record older than
     its bootloader field is read by its loader path."""
-    from esp_mirror_plugin.upkeep import settings
     from esp_mirror_plugin.pipeline.record import Record
+    from esp_mirror_plugin.upkeep import settings
 
     (tmp_path / "usr/bin").mkdir(parents=True)
     for program in ("apt-get", "dpkg-divert"):

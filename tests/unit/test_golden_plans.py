@@ -10,7 +10,6 @@ by the tests: change them deliberately when the plan is meant to change).
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 from pathlib import Path
@@ -25,6 +24,7 @@ from conftest import (
     equip_two_disks,
     json_commands,
     make_efi_image,
+    plan_of,
     starting,
 )
 
@@ -59,12 +59,6 @@ def image_args(kind: str, efi_image) -> list[str]:
     return ["--efi-image", str(efi_image)] if kind in ("efi", "zfsbootmenu") else []
 
 
-def plan_of(machine: Machine, *argv: str) -> dict:
-    outcome = machine.cli("plan", "--json", *machine.args(), *argv)
-    assert outcome.code == 0, outcome.err
-    return json.loads(outcome.out)
-
-
 # -- the full text ---------------------------------------------------------------------------
 
 GOLDEN_CASES = [pytest.param(p, "grub") for p in PROFILES]
@@ -90,11 +84,6 @@ def test_every_builtin_profile_has_a_golden_grub_plan():
 
 
 # -- key commands for every profile x bootloader ----------------------------------------------
-
-
-@pytest.fixture(params=PROFILES)
-def profile(request) -> str:
-    return request.param
 
 
 @pytest.fixture(params=BOOTLOADERS)

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import ESP_TYPE, Machine, bootorder_after, json_commands, starting
+from conftest import ESP_TYPE, Machine, bootorder_after, json_commands, plan_of, starting
 
 from esp_mirror_plugin.system import files, nvram
 
@@ -80,12 +80,6 @@ def test_edit_block_creates_a_missing_file_with_the_given_mode(tmp_path):
 def dashed(mdadm_uuid: str) -> str:
     h = mdadm_uuid.replace(":", "")
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def plan_of(machine: Machine, *argv: str) -> dict:
-    outcome = machine.cli("plan", "--json", *machine.args(), *argv)
-    assert outcome.code == 0, outcome.err
-    return json.loads(outcome.out)
 
 
 def build_members(machine: Machine, plan: dict, *, inner_fs: bool, holders: tuple[str, ...] = ()) -> None:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import KVER, PROFILES, Machine, json_commands, starting
+from conftest import KVER, Machine, json_commands, plan_of, starting
 
 from esp_mirror_plugin.hooks.initramfs import STAMP
 
@@ -33,12 +33,6 @@ REGENERATE = {
     "gentoo": [("dracut", "--regenerate-all", "--force")],
     "void": [("xbps-reconfigure", "--force", "--all")],
 }
-
-
-def plan_of(machine: Machine, *argv: str) -> dict:
-    outcome = machine.cli("plan", "--json", *machine.args(), *argv)
-    assert outcome.code == 0, outcome.err
-    return json.loads(outcome.out)
 
 
 def apply(machine: Machine, *argv: str) -> dict:
@@ -63,11 +57,6 @@ def stamp_steps(plan: dict) -> list[dict]:
 def digest(files: list[tuple[str, str]], argvs: list[tuple[str, ...]]) -> str:
     data = {"files": [list(f) for f in files], "argv": [list(a) for a in argvs]}
     return hashlib.sha256(json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
-
-
-@pytest.fixture(params=PROFILES)
-def profile(request) -> str:
-    return request.param
 
 
 def test_a_first_apply_rebuilds_then_writes_the_digest_of_the_planned_mdadm_conf_and_the_command(images):

@@ -19,7 +19,7 @@ import sys
 import zipfile
 
 import pytest
-from conftest import ARRAY_UUID, PROFILES, Machine, assert_only_read
+from conftest import ARRAY_UUID, PROFILES, Machine, assert_only_read, plan_of
 
 from esp_mirror_plugin.hooks import heal, installed, upgrades
 from esp_mirror_plugin.pipeline import naming
@@ -70,12 +70,6 @@ GROUP = {
     ],
     "void": [*PROGRAM, *CRON, ("edit", "etc/rc.local")],
 }
-
-
-def plan_of(machine: Machine, *argv: str) -> dict:
-    outcome = machine.cli("plan", "--json", *machine.args(), *argv)
-    assert outcome.code == 0, outcome.err
-    return json.loads(outcome.out)
 
 
 def group(plan: dict, name: str = installed.GROUP) -> dict:

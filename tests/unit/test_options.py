@@ -6,19 +6,13 @@ import io
 import json
 
 import pytest
-from conftest import ToolsExcept, assert_only_read, json_commands, starting
+from conftest import ToolsExcept, assert_only_read, json_commands, plan_of, starting
 
 from esp_mirror_plugin import cli, host
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline.context import prepare
 from esp_mirror_plugin.pipeline.kinds import InitramfsMode
 from esp_mirror_plugin.pipeline.request import Request
-
-
-def plan_of(machine, *argv: str) -> dict:
-    outcome = machine.cli("plan", "--json", *machine.args(), *argv)
-    assert outcome.code == 0, outcome.err
-    return json.loads(outcome.out)
 
 
 def group_names(plan: dict) -> list[str]:
