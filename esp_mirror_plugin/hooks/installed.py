@@ -4,7 +4,8 @@ Planned by the bootloader hook, last, when the target is fully installed (an ins
 the base system, the kernel, mdadm, Python and the bootloader packages there by then):
 
 - esp-mirror itself at /usr/local/sbin/esp-mirror: one zip application of this very version
-  (:mod:`esp_mirror_plugin.system.zipapp`), run by the target's python3. Without a usable
+  (:mod:`esp_mirror_plugin.system.zipapp`), run by the target's python3, and its manual page
+  esp-mirror(8) at /usr/local/share/man/man8 (:mod:`esp_mirror_plugin.man`). Without a usable
   Python the plan says that upkeep runs from outside (a chroot from a rescue system), and a
   profile whose periodic check is esp-mirror's own refuses: that check would fail every week.
 - md assembly at boot, where the init needs it enabled (OpenRC);
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from esp_mirror_plugin import __version__, man
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import anycaller, heal, periodic, upgrades
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind, OwnCheck
@@ -30,6 +32,7 @@ from esp_mirror_plugin.system import zipapp
 from esp_mirror_plugin.system.target import Target
 
 GROUP = "installed-system"
+MANUAL = f"/usr/local/share/man/man8/{man.FILE}"  # /usr/local/share/man: in man-db's manpath.config everywhere
 # what the installed esp-mirror runs: status and heal (mdadm, blkid), check (mdir, mcopy), repair
 # (fsck.fat, wipefs), replace and add (sgdisk, partx), entries (efibootmgr)
 UPKEEP_PROGRAMS = ("mdadm", "blkid", "mdir", "mcopy", "fsck.fat", "wipefs", "sgdisk", "partx", "efibootmgr")
@@ -61,6 +64,18 @@ def program_step(target: Target) -> InstallProgram:
     )
 
 
+def manual_step(target: Target) -> InstallProgram:
+    """The manual page of the installed esp-mirror, the one this esp-mirror carries."""
+    return InstallProgram(
+        target.path(MANUAL),
+        man.page(),
+        f"the manual page esp-mirror(8) (esp-mirror {__version__})",
+        why="`man esp-mirror` on the installed system: its commands, exit status and files",
+        mode=0o644,
+        root=target.root,
+    )
+
+
 def plan(setup: Setup) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     """(steps, notes) of the group.
 
@@ -73,7 +88,7 @@ def plan(setup: Setup) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     python = target.python()
     usable = python is not None and python.usable
     if usable:
-        steps.append(program_step(target))
+        steps += [program_step(target), manual_step(target)]
         missing = [p for p in UPKEEP_PROGRAMS if not target.has_program(p)]
         if missing:
             packages = " ".join(dict.fromkeys(profile.package_for(p) for p in missing))

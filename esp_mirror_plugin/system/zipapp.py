@@ -37,7 +37,7 @@ SHEBANG = b"#!/usr/bin/env python3\n"
 MAIN = "import sys\n\nfrom esp_mirror_plugin.cli import main\n\nsys.exit(main())\n"
 VERSIONS = "ESP_MIRROR_VERSIONS"  # what is inside, one "distribution version" per line
 _WHEN = (1980, 1, 1, 0, 0, 0)  # zip's earliest time: the same bytes on every build
-_KEEP = (".py", ".yaml", ".typed")
+_KEEP = (".py", ".yaml", ".typed", ".8")  # .8: the manual page (esp_mirror_plugin/man)
 
 
 @dataclass(frozen=True)

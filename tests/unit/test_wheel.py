@@ -120,3 +120,9 @@ def test_the_cli_runs_from_the_wheel(installed, tmp_path):
     done = run([sys.executable, "-S", "-m", "esp_mirror_plugin", "profiles", "ubuntu"], cwd=tmp_path, env=env)
     assert "extends: debian" in done.stdout
     assert done.stdout.splitlines()[0].startswith("# ubuntu: ") and "/installed/" in done.stdout.splitlines()[0]
+
+@pytest.mark.real_processes
+def test_the_manual_page_ships_in_the_wheel(installed):
+    target, _ = installed
+    shipped = REPO / "esp_mirror_plugin" / "man" / "esp-mirror.8"
+    assert (target / "esp_mirror_plugin" / "man" / "esp-mirror.8").read_bytes() == shipped.read_bytes()
