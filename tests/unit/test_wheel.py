@@ -121,6 +121,7 @@ def test_the_cli_runs_from_the_wheel(installed, tmp_path):
     assert "extends: debian" in done.stdout
     assert done.stdout.splitlines()[0].startswith("# ubuntu: ") and "/installed/" in done.stdout.splitlines()[0]
 
+
 @pytest.mark.real_processes
 def test_the_manual_page_ships_in_the_wheel(installed):
     target, _ = installed
