@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ci import adoptable
+from esp_mirror_plugin.hooks.installed import MANUAL
 from esp_mirror_plugin.pipeline import record
 from esp_mirror_plugin.pipeline.fat import fsck_problems
 from esp_mirror_plugin.system.discovery import HostView
@@ -50,7 +51,11 @@ LINGERING = ("sgdisk", "wipefs", "mdadm", "mkfs.fat", "mkfs.vfat", "efibootmgr",
 STEP_LINE = re.compile(r"^  \[[^\]]+\] (?!note: )\S")
 KILL_AFTER = 0.3
 SAVED = ("/etc/fstab", "/etc/mdadm/mdadm.conf")
-INSTALLED = ("/usr/local/sbin/esp-mirror", "/etc/udev/rules.d/65-esp-mirror-heal.rules")  # written by apply
+INSTALLED = (  # written by apply
+    "/usr/local/sbin/esp-mirror",
+    MANUAL,
+    "/etc/udev/rules.d/65-esp-mirror-heal.rules",
+)
 
 
 def sh(*argv: str, ok: Sequence[int] = (0,)) -> subprocess.CompletedProcess[str]:
