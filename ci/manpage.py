@@ -146,7 +146,7 @@ def epilog_blocks(epilog: str) -> dict[str, list[tuple[str, str]]]:
     its text on the lines below, indented deeper (as --help shows examples and exit codes).
     """
     blocks: dict[str, list[tuple[str, str]]] = {}
-    for chunk in epilog.strip("\n").split("\n\n"):
+    for chunk in filter(None, epilog.strip("\n").split("\n\n")):
         heading, *lines = chunk.splitlines()
         if not heading.endswith(":") or heading.startswith(" "):
             raise EpilogError(f"the epilog's block {heading!r} does not start with a 'heading:' line")

@@ -140,6 +140,7 @@ def test_the_epilog_blocks_become_terms_with_their_text():
         "examples": [("esp-mirror status", "the health")],
         "exit codes": [("0", "done"), ("1", "a step failed")],
     }
+    assert manpage.epilog_blocks("") == {}
 
 
 @pytest.mark.parametrize(
