@@ -24,3 +24,18 @@ class StepFailed(Exception):
         self.step = step
         self.detail = detail
         super().__init__(f"[{group}] step failed: {step}\n{detail}")
+
+
+_UNITS = (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
+
+
+def size_text(size: int) -> str:
+    """A size as a message shows it: in the largest binary unit it is at least one of, whole
+    when it is, else with one decimal rounded down (a disk of 20 GiB less a little is "19.9 GiB",
+    never "20 GiB"): 512 MiB, 1.5 GiB, 100 TiB, 300 bytes."""
+    for unit, factor in _UNITS:
+        if size >= factor:
+            tenths = size * 10 // factor
+            whole = size % factor == 0
+            return f"{size // factor} {unit}" if whole else f"{tenths // 10}.{tenths % 10} {unit}"
+    return f"{size} bytes"

@@ -1,7 +1,6 @@
 """esp-mirror command line: plan, apply, profiles and the upkeep commands.
 
-Exit codes: 0 done, 1 a step failed (running the same command again continues) or an internal
-error, 2 bad input (nothing changed). This module only parses: the module that carries a
+The exit codes are :data:`EPILOG`'s. This module only parses: the module that carries a
 command out (:mod:`.install` or :mod:`.upkeep`) is imported once the command is known, so
 ``--version`` or ``plan`` load no more than they need.
 """
@@ -31,6 +30,31 @@ AFTER_FAILURE = {
     "check": "The mirror was not changed; run `esp-mirror check` again once the cause is fixed.",
 }
 AGAIN = "Fix the cause and run the same `esp-mirror {command}` again: it continues from here."
+DESCRIPTION = """\
+esp-mirror puts an EFI System Partition on every disk it is given and mirrors
+them with md RAID1 (metadata 1.0: the superblock at the end, so the firmware
+sees a plain FAT32 on each disk), with one firmware boot entry per disk: the
+machine boots from any of its disks alone. plan shows every command and file
+write; apply carries out the very same steps."""
+EPILOG = """\
+examples:
+  esp-mirror plan --disk /dev/sda --disk /dev/sdb
+      what would be done (changes nothing; root is not needed)
+  sudo esp-mirror apply --disk /dev/sda --disk /dev/sdb
+      do it (shows the plan and asks first)
+  sudo esp-mirror status
+      the mirror's health
+
+exit codes:
+  0    done; status, check: the mirror is healthy
+  1    a step failed: fix the cause and run the same command again, it
+       continues from there; status, check: problems found (they are
+       listed); heal: a member of the mirror was left out; or an internal
+       error (a bug: --debug shows the traceback)
+  2    bad input, or the confirmation was not given: nothing was changed;
+       status: esp-mirror is not set up here
+  130  interrupted (Ctrl-C): run the same command again, it continues from
+       where it stopped"""
 
 
 def is_root() -> bool:
@@ -66,10 +90,11 @@ def _changing(parser: argparse.ArgumentParser) -> None:
 
 
 _COMMANDS: dict[str, str] = {
-    "plan": "print every command and file write, change nothing",
-    "apply": "carry out the plan",
+    "plan": "print every command and file write apply would make, change nothing (root is not needed)",
+    "apply": "carry out the plan: partition the disks, build the mirror, install the bootloader, make the "
+    "boot entries (shows the plan and asks first, unless --yes)",
     "adopt": "take a running system's ESP into the mirror: no reinstall, no moment without a bootable ESP",
-    "profiles": "list the built-in profiles, or show one",
+    "profiles": "list the built-in profiles, or show one (a built-in name or a YAML file) as the planner uses it",
     "status": "the mirror's health: array, members, mount, boot entries",
     "check": "md consistency check, then compare the members' files (read-only); the result is kept for status",
     "repair": "make every member equal to the chosen one (full rebuild from it)",
@@ -95,7 +120,8 @@ def _options(name: str, p: argparse.ArgumentParser) -> None:
         )  # fmt: skip
         p.add_argument(
             "--expect-plan", metavar="DIGEST",
-            help="refuse unless the plan is still the one with this digest (from plan --json)",
+            help="refuse unless the plan is still the one with this digest (the `# digest` line of plan, or "
+            "plan --json's digest)",
         )  # fmt: skip
     elif name == "adopt":
         p.add_argument(
@@ -104,7 +130,7 @@ def _options(name: str, p: argparse.ArgumentParser) -> None:
         )  # fmt: skip
         _changing(p)
     elif name == "profiles":
-        p.add_argument("name", nargs="?")
+        p.add_argument("name", nargs="?", help="a built-in profile name or a YAML file")
     elif name in ("status", "check"):
         p.add_argument("--json", action="store_true", help="machine-readable output")
         where = p.add_mutually_exclusive_group()
@@ -159,10 +185,18 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     """The parser, with only the options of the command in ``argv`` when it names one (argparse
     builds every option object up front; one command's are enough to parse one command line).
     The commands' parsers are of the same class (argparse makes them so)."""
-    parser = _Parser(prog="esp-mirror", description=(__doc__ or "").splitlines()[0])
+    parser = _Parser(
+        prog="esp-mirror",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"esp-mirror {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", title="commands",
+        help="`esp-mirror COMMAND --help` shows its options",
+    )  # fmt: skip
     named = next((a for a in argv if not a.startswith("-")), None)
     for name, text in _COMMANDS.items():
         p = sub.add_parser(name, help=text, description=text)

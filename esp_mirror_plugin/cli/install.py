@@ -16,7 +16,7 @@ from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline import profiles
 from esp_mirror_plugin.pipeline.adoption import NothingToDo
 from esp_mirror_plugin.pipeline.context import Adopt, Context, prepare
-from esp_mirror_plugin.pipeline.digest import plan_digest
+from esp_mirror_plugin.pipeline.digest import is_plan_digest, plan_digest
 from esp_mirror_plugin.pipeline.execute import counts, forecast
 from esp_mirror_plugin.pipeline.request import Request, coerce, load_config, settings
 from esp_mirror_plugin.pipeline.steps import Group
@@ -47,6 +47,11 @@ def run(
         else:
             render(groups, ctx, out)
         return 0
+    if args.expect_plan is not None and not is_plan_digest(args.expect_plan):
+        raise BadInput(
+            f"--expect-plan {args.expect_plan!r} is not a plan digest (64 hexadecimal digits): copy the digest "
+            "line of `esp-mirror plan` (or plan --json's digest)"
+        )
     with lock.held(args.command_line):
         ctx = prepare(request_from_args(args), runner=runner, host=host_view)
         groups = host.plan(ctx, host.get_plugin_manager())
@@ -54,8 +59,8 @@ def run(
         if args.expect_plan and args.expect_plan != digest:
             raise BadInput(
                 f"the plan is no longer the one with digest {args.expect_plan} (now {digest}): the "
-                "disks, the boot entries or a file it edits changed since; review a new "
-                "`esp-mirror plan` and apply that"
+                "disks, the boot entries or a file it edits changed since, or the options differ from the "
+                "plan's; review a new `esp-mirror plan` and apply that"
             )
         if not args.yes and stdin.isatty():
             render(groups, ctx, out)
@@ -130,6 +135,12 @@ def render(groups: list[Group], ctx: Context, out: TextIO) -> None:
             }[adoption.phase],
             file=out,
         )
+    elif ctx.snapshot.unread:
+        print(
+            "# no digest: this plan could not read everything (UNVERIFIED below), so apply --expect-plan "
+            "cannot be given one; run plan as root for a plan with a digest",
+            file=out,
+        )
     else:
         print(f"# digest {plan_digest(ctx, groups)} (apply --expect-plan takes it)", file=out)
     for group in groups:
@@ -137,8 +148,9 @@ def render(groups: list[Group], ctx: Context, out: TextIO) -> None:
 
 
 def plan_json(groups: list[Group], ctx: Context) -> dict[str, Any]:
-    """``plan --json``: the layout, the digest, the plan's text and its groups, each step with
-    ``would_change`` (what apply would find done already), and how many steps would change."""
+    """``plan --json``: the layout, the digest (null when the plan could not read everything), the
+    plan's text and its groups, each step with ``would_change`` (what apply would find done
+    already), and how many steps would change."""
     shown = forecast(groups, host.applier_for(ctx).now)
     text = io.StringIO()
     render(groups, ctx, text)
@@ -150,7 +162,7 @@ def plan_json(groups: list[Group], ctx: Context) -> dict[str, Any]:
         "members": [{"disk": m.disk.given, "partition_guid": m.guid, "exists": m.exists} for m in ctx.layout.members],
         "nvram": ctx.layout.nvram,
         "unverified": list(ctx.snapshot.unread),
-        "digest": plan_digest(ctx, groups),
+        "digest": None if ctx.snapshot.unread else plan_digest(ctx, groups),
         **counts(shown),
         "text": text.getvalue(),
         "groups": shown,
@@ -196,10 +208,18 @@ def _apply(groups: list[Group], ctx: Context, out: TextIO, *, as_json: bool, com
 
 
 def _profiles(name: str | None, out: TextIO) -> int:
+    """The built-in profiles, or one profile (a built-in name or a YAML file) as the planner uses
+    it: a profile that extends none is its file, comments and all; one that extends others is
+    shown merged, every key, laid out as the built-in files are."""
     if name:
         prof = profiles.load_profile(name)
+        chain = profiles.extends_chain(name)
         print(f"# {prof.name}: {prof.source}", file=out)
-        print(profiles.raw_profile_text(name), file=out)
+        if not chain:
+            print(profiles.raw_profile_text(name), file=out)
+            return 0
+        print(f"# merged with {' and '.join(chain)} (extends): the profile as the planner uses it", file=out)
+        print(profiles.profile_text(prof), file=out)
         return 0
     for n in profiles.builtin_names():
         print(f"{n:10} {profiles.load_profile(n).description}", file=out)

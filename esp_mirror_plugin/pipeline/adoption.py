@@ -34,7 +34,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.errors import BadInput, size_text
 from esp_mirror_plugin.pipeline import fat, naming
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind, Init
 from esp_mirror_plugin.pipeline.layout import (
@@ -266,10 +266,6 @@ def _node(disk: DiskFacts, part: Partition) -> str:
     return str(naming.partition_node(disk.path, part.number))
 
 
-def _size_name(size: int) -> str:
-    return f"{size // MIB} MiB"
-
-
 def build(
     request: Resolved, profile: Profile, snapshot: Snapshot, facts: Facts, live_arg: str | None, host: HostView
 ) -> Layout:
@@ -355,8 +351,8 @@ def build(
         backups, need = _backups(members, live, facts, esp_dir, backup_dir)
         if need > facts.free:
             raise BadInput(
-                f"no room for the backups: {backup_dir} needs about {_size_name(need)} (the ESPs' files "
-                f"and each disk's GPT) and its file system has {_size_name(facts.free)} free: free space "
+                f"no room for the backups: {backup_dir} needs about {size_text(need)} (the ESPs' files "
+                f"and each disk's GPT) and its file system has {size_text(facts.free)} free: free space "
                 f"there, then run adopt again"
             )
     if label != live_part.label:
@@ -540,8 +536,8 @@ def _check_room_for_files(live: Member, use: FatUse, smallest: int, sector: int,
         else "free space on the ESP first, or leave out the disk with the smallest ESP partition"
     )
     raise BadInput(
-        f"the live ESP {live.node} holds up to {_size_name(used)} of files, and a FAT32 on the mirror (its smallest "
-        f"member: {_size_name(smallest)}) holds {_size_name(room)}: {fix}"
+        f"the live ESP {live.node} holds up to {size_text(used)} of files, and a FAT32 on the mirror (its smallest "
+        f"member: {size_text(smallest)}) holds {size_text(room)}: {fix}"
     )
 
 
@@ -596,8 +592,8 @@ def _check_loader(request: Resolved, esp_dir: str, facts: Facts) -> None:
 def _fits(node: str, size: int, sector: int) -> None:
     if fat.sectors_per_cluster(size, sector) is None:
         raise BadInput(
-            f"the ESP partition {node} ({_size_name(size)}) is too small for FAT32 plus the md superblock "
-            f"with {sector}-byte sectors: it needs {_size_name(fat.minimum_size(sector))}; leave that disk out "
+            f"the ESP partition {node} ({size_text(size)}) is too small for FAT32 plus the md superblock "
+            f"with {sector}-byte sectors: it needs {size_text(fat.minimum_size(sector))}; leave that disk out "
             "or make its ESP larger first"
         )
 
@@ -669,13 +665,13 @@ def _other(
             else f"it holds {disk.pttype or ', '.join(disk.signatures)}"
         )
         raise BadInput(
-            f"disk {disk.given} has no ESP partition and no room for one at {request.esp_start // MIB} MiB ({why}): "
-            f"give it an EF00 partition of at least {_size_name(fat.minimum_size(sector))} "
+            f"disk {disk.given} has no ESP partition and no room for one at {size_text(request.esp_start)} ({why}): "
+            f"give it an EF00 partition of at least {size_text(fat.minimum_size(sector))} "
             f"(sgdisk --new=N:START:+SIZE --typecode=N:EF00 {disk.path}), or leave it out"
         )
     if request.esp_start + request.esp_size + GPT_BACKUP > disk.size:
         raise BadInput(
-            f"the {request.esp_size // MIB} MiB ESP does not fit on {disk.given} ({disk.size // MIB} MiB): "
+            f"the {size_text(request.esp_size)} ESP does not fit on {disk.given} ({size_text(disk.size)}): "
             "use a smaller --esp-size"
         )
     _fits(f"to be made on {disk.given}", request.esp_size, sector)

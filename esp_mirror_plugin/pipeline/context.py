@@ -48,7 +48,7 @@ class Context:
 
     def __post_init__(self) -> None:
         if self.preflight is None:
-            self.preflight = Preflight(self.runner, self.profile.install_hint)
+            self.preflight = Preflight(self.runner, self.profile.install_fix)
 
     @property
     def target(self) -> Target:
@@ -135,7 +135,7 @@ def prepare(
     except CommandFailed as exc:
         tool = exc.result.program
         if exc.result.returncode == NOT_INSTALLED:
-            raise BadInput(f"{tool} is not installed: install it with `{profile.install_hint(tool)}`") from None
+            raise BadInput(f"{tool} is not installed: {profile.install_fix(tool)}") from None
         raise BadInput(
             f"cannot look at the disks: `{' '.join(exc.result.argv)}` failed ({exc.stderr_line}): "
             "run esp-mirror as root"

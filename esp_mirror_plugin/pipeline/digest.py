@@ -1,8 +1,10 @@
 """A digest that binds a reviewed plan to the machine it was made on.
 
-``plan --json`` carries it; ``apply --expect-plan DIGEST`` recomputes it from what apply sees
-and refuses when it differs: a disk, the array, the boot entries or a file that the plan edits
-changed since the plan was reviewed, or the plan itself would be different.
+``plan`` shows it and ``plan --json`` carries it; ``apply --expect-plan DIGEST`` recomputes it
+from what apply sees and refuses when it differs: a disk, the array, the boot entries or a file
+that the plan edits changed since the plan was reviewed, or the plan itself would be different.
+A plan that could not read everything (``plan`` by a user who is not root) has none: apply,
+which reads everything, could never compute the same one.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 from esp_mirror_plugin.pipeline.steps import CopyFile, EditBlock, Group, InstallProgram, WriteFile
@@ -17,6 +20,14 @@ from esp_mirror_plugin.system import files
 
 if TYPE_CHECKING:
     from esp_mirror_plugin.pipeline.context import Context
+
+
+_FORMAT = re.compile(r"[0-9a-f]{64}")
+
+
+def is_plan_digest(text: str) -> bool:
+    """Is ``text`` written as :func:`plan_digest` writes one (sha256, 64 lower-case hex digits)?"""
+    return _FORMAT.fullmatch(text) is not None
 
 
 def _facts(value: Any) -> Any:

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.errors import BadInput, size_text
 from esp_mirror_plugin.pipeline import fat, naming
 from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.request import METRICS_DIR, MIB, Request, Resolved, metrics_dir_problem
@@ -235,7 +235,10 @@ def check_settings(request: Resolved) -> None:
             "(superblock at the end, so firmware sees a plain FAT32); drop --metadata"
         )
     if not request.array_name or "/" in request.array_name or " " in request.array_name:
-        raise BadInput(f"array name {request.array_name!r} is not valid: use a short word like esp")
+        raise BadInput(
+            f"array name {request.array_name!r} is not valid: it names /dev/md/NAME, so it cannot be empty or "
+            "hold a / or a space; use a short word like esp"
+        )
     if (
         not request.mountpoint
         or not request.mountpoint.startswith("/")
@@ -257,14 +260,36 @@ def check_settings(request: Resolved) -> None:
     if request.bootloader is not None and request.bootloader.needs_image:
         if not request.efi_image:
             raise BadInput(f"bootloader {request.bootloader} needs the EFI image to install: pass --efi-image PATH")
-        if not os.path.isfile(request.efi_image):
-            raise BadInput(f"EFI image {request.efi_image} does not exist: pass the path of an EFI binary")
+        problem = _file_problem(request.efi_image)
+        if problem:
+            raise BadInput(f"EFI image {request.efi_image} {problem}")
     if not os.path.isdir(request.target):
         raise BadInput(
             f"target {request.target} is not a directory: pass the root of the system being installed (default /)"
         )
-    if request.esp_start % MIB or request.esp_size % MIB:
-        raise BadInput("--esp-size and the ESP start must be whole MiB: use e.g. 512M")
+    if request.esp_size % MIB:
+        raise BadInput(
+            f"--esp-size {request.esp_size // 1024}K is not a whole number of MiB (partitions are aligned "
+            "to 1 MiB): use e.g. 512M"
+        )
+    if request.esp_start % MIB:
+        raise BadInput(
+            f"esp_start {request.esp_start // 1024}K is not a whole number of MiB (partitions are aligned "
+            "to 1 MiB): use e.g. 1M"
+        )
+
+
+def _file_problem(path: str) -> str | None:
+    """What keeps ``path`` from being an EFI image esp-mirror can copy, and the fix; None when nothing."""
+    if os.path.isdir(path):
+        return "is a directory, not an EFI image: give the file"
+    if not os.path.exists(path):
+        return "does not exist: pass the path of an EFI binary"
+    if not os.path.isfile(path):
+        return "is not a regular file: pass the path of an EFI binary"
+    if not os.access(path, os.R_OK):
+        return "cannot be read: run esp-mirror as root, or make the file readable"
+    return None
 
 
 def _is_our_partition(part: Partition | None) -> bool:
@@ -308,7 +333,7 @@ def build(request: Resolved, profile: Profile, snapshot: Snapshot) -> Layout:
         ):
             raise BadInput(
                 f"disk {disk.given} already has an esp-mirror ESP of "
-                f"{existing.size * sector // MIB} MiB at sector {existing.start}: re-run with "
+                f"{size_text(existing.size * sector)} at sector {existing.start}: re-run with "
                 f"--esp-size {existing.size * sector // MIB}M, or --wipe to start over"
             )
         foreign = existing is None and holds_data(disk)
@@ -385,14 +410,19 @@ def _check_size(request: Resolved, snapshot: Snapshot, sector: int) -> None:
     if fat.sectors_per_cluster(request.esp_size, sector) is None:
         minimum = fat.minimum_size(sector) // MIB
         raise BadInput(
-            f"ESP size {request.esp_size // MIB} MiB is too small for FAT32 with "
+            f"ESP size {size_text(request.esp_size)} is too small for FAT32 with "
             f"{sector}-byte sectors: use --esp-size {minimum}M or more"
         )
     for disk in snapshot.disks:
         if request.esp_start + request.esp_size + GPT_BACKUP > disk.size:
+            room = (disk.size - request.esp_start - GPT_BACKUP) // MIB
+            fix = (
+                f"use --esp-size {room}M or less"
+                if fat.sectors_per_cluster(room * MIB, sector) is not None
+                else "use a larger disk"
+            )
             raise BadInput(
-                f"ESP of {request.esp_size // MIB} MiB does not fit on {disk.given} "
-                f"({disk.size // MIB} MiB): use a smaller --esp-size"
+                f"ESP of {size_text(request.esp_size)} does not fit on {disk.given} ({size_text(disk.size)}): {fix}"
             )
 
 
@@ -412,7 +442,10 @@ def _array_state(request: Resolved, snapshot: Snapshot, members: list[Member]) -
                 "pass --array-name NAME to choose another name"
             )
         if array.level != "raid1":
-            raise BadInput(f"{array.device} is {array.level}, not raid1: the ESP must be a RAID1 mirror")
+            raise BadInput(
+                f"{array.device} is {array.level}, not raid1: the ESP must be a RAID1 mirror; if that array "
+                f"is not needed, stop it (`mdadm --stop {array.device}`) and pass --wipe to start over"
+            )
         strangers = [
             m.disk.given
             for m in members

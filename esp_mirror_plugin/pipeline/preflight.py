@@ -39,7 +39,7 @@ class Preflight:
     """Checks groups of steps in order, remembering what earlier steps will write."""
 
     runner: Runner
-    hint: Callable[[str], str]  # how to install a program: "apt-get install --yes mdadm"
+    hint: Callable[[str], str]  # the fix for a missing program: "install it with `apt-get install --yes mdadm`"
     written: set[str] = field(default_factory=set)  # host paths earlier steps write
 
     def check(self, group: Group) -> None:
@@ -76,6 +76,8 @@ class Preflight:
             if path.is_dir():
                 raise BadInput(f"{dest} is a directory: move it away; esp-mirror writes a file there")
             self._parents_are_dirs(path, dest)
+            if isinstance(step, CopyFile) and os.path.isdir(step.source):
+                raise BadInput(f"{step.source} is a directory, not a file: give the file to install")
             if isinstance(step, CopyFile) and not (os.path.isfile(step.source) and os.access(step.source, os.R_OK)):
                 raise BadInput(f"{step.source} is not a readable file: pass the path of the file to install")
             self.written.add(str(path))
@@ -100,7 +102,7 @@ class Preflight:
     def _program(self, program: str, root: str) -> None:
         if self.runner.which(program, root) is None:
             where = "" if os.path.normpath(root) == "/" else f" in the target {root}"
-            raise BadInput(f"{program} is not installed{where}: install it with `{self.hint(program)}`")
+            raise BadInput(f"{program} is not installed{where}: {self.hint(program)}")
 
     def _command(self, step: Command) -> None:
         program = step.argv[0]

@@ -49,7 +49,7 @@ class Grub:
 @dataclass(frozen=True)
 class Packages:
     install: Argv  # the package manager's install command
-    names: Mapping[str, str]  # program -> the package that has it
+    names: Mapping[str, str]  # program -> the package that has it ("": none here, see install_fix)
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,14 @@ class Profile:
     def install_hint(self, tool: str) -> str:
         return " ".join((*self.packages.install, self.package_for(tool)))
 
+    def install_fix(self, tool: str) -> str:
+        """What a message tells the user who lacks ``tool``: the command that installs the package
+        that ships it, or, when ``packages.names`` does not say which package that is (or names
+        it "": the distribution ships none, as a profile that extends another may say), no guess."""
+        if self.packages.names.get(tool):
+            return f"install it with `{self.install_hint(tool)}`"
+        return f"install the package that ships it (the {self.name or 'given'} profile does not name it)"
+
 
 def builtin_names() -> list[str]:
     return sorted(p.name[:-5] for p in _builtin_dir().iterdir() if p.name.endswith(".yaml"))
@@ -96,7 +104,58 @@ def load_profile(name_or_path: str) -> Profile:
 
 
 def raw_profile_text(name_or_path: str) -> str:
-    return _locate(name_or_path).read_text()
+    return _read(_locate(name_or_path))
+
+
+def extends_chain(name_or_path: str) -> list[str]:
+    """The profiles a profile's ``extends:`` names, nearest first (empty when it extends none)."""
+    chain: list[str] = []
+    location = _locate(name_or_path)
+    while True:
+        data = _yaml_load(_read(location))
+        parent = data.get("extends") if isinstance(data, dict) else None
+        if not isinstance(parent, str) or parent in chain:
+            return chain
+        chain.append(parent)
+        location = _locate(parent)
+
+
+def profile_text(profile: Profile) -> str:
+    """The profile as the planner uses it, every key (defaults included), as YAML laid out as the
+    built-in files are: a block per mapping, an argv as a flow list. :func:`load_profile` of it
+    gives the same profile."""
+    return "\n".join(_yaml_lines(_as_data(profile), ""))
+
+
+def _as_data(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {name: _as_data(getattr(value, name)) for name in _yaml_fields(type(value))}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [_as_data(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _as_data(v) for k, v in value.items()}
+    return value
+
+
+def _yaml_lines(data: dict[str, Any], pad: str) -> list[str]:
+    lines = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            lines += [f"{pad}{_flow(key)}:", *_yaml_lines(value, pad + "  ")]
+        elif isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+            lines += [f"{pad}{_flow(key)}:", *(f"{pad}  - {_flow(v)}" for v in value)]
+        else:
+            lines.append(f"{pad}{_flow(key)}: {_flow(value)}")
+    return lines
+
+
+def _flow(value: Any) -> str:
+    import yaml
+
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, allow_unicode=True)
+    return str(text).removesuffix("\n").removesuffix("\n...")
 
 
 def _builtin_dir() -> Traversable:
@@ -110,6 +169,8 @@ def _is_path(name_or_path: str) -> bool:
 def _locate(name_or_path: str) -> Traversable:
     if _is_path(name_or_path):
         path = Path(name_or_path)
+        if path.is_dir():
+            raise BadInput(f"profile file {name_or_path} is a directory, not a YAML file: give the file")
         if not path.is_file():
             raise BadInput(
                 f"profile file {name_or_path} does not exist: give an existing YAML file "
@@ -123,6 +184,17 @@ def _locate(name_or_path: str) -> Traversable:
             f"or a path to a YAML file (see `esp-mirror profiles`)"
         )
     return candidate
+
+
+def _read(location: Traversable) -> str:
+    try:
+        return location.read_text()
+    except OSError as exc:
+        raise BadInput(
+            f"profile file {location} cannot be read ({exc.strerror}): make it readable, or run esp-mirror as root"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"profile file {location} is not UTF-8 text (byte {exc.start}): give a YAML file") from None
 
 
 def _yaml_load(text: str) -> Any:
@@ -139,14 +211,20 @@ def _load_merged(name_or_path: str, seen: tuple[str, ...]) -> tuple[dict[str, An
     if source in seen:
         raise BadInput(f"profile {source}: `extends` loops back to itself: remove the cycle")
     try:
-        data = _yaml_load(location.read_text()) or {}
+        data = _yaml_load(_read(location)) or {}
     except yaml.YAMLError as exc:
         raise BadInput(f"profile {source}: not valid YAML ({_one_line(exc)}): fix the syntax") from None
     if not isinstance(data, dict):
-        raise BadInput(f"profile {source}: must be a mapping of keys, got {type(data).__name__}")
+        raise BadInput(
+            f"profile {source}: must be a mapping of keys, got {type(data).__name__}: write `key: value` lines "
+            "(`esp-mirror profiles debian` shows one)"
+        )
     parent = data.pop("extends", None)
     if parent is not None and not isinstance(parent, str):
-        raise BadInput(f"profile {source}: 'extends' must be a string, got {type(parent).__name__} {parent!r}")
+        raise BadInput(
+            f"profile {source}: 'extends' must be a string, got {type(parent).__name__} {parent!r}: "
+            "name a built-in profile or a YAML file"
+        )
     _check(data, Profile, source, prefix="", require=False, extra=("extends",))
     if parent is None:
         return data, source

@@ -173,10 +173,18 @@ def load_config(path: str) -> dict[str, Any]:
     import yaml
 
     file = Path(path)
+    if file.is_dir():
+        raise BadInput(f"config file {path} is a directory, not a YAML file: give the file")
     if not file.is_file():
         raise BadInput(f"config file {path} does not exist: give the path of a YAML file")
     try:
         data = yaml.safe_load(file.read_text()) or {}
+    except OSError as exc:
+        raise BadInput(
+            f"config file {path} cannot be read ({exc.strerror}): make it readable, or run esp-mirror as root"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"config file {path} is not UTF-8 text (byte {exc.start}): give a YAML file") from None
     except yaml.YAMLError as exc:
         raise BadInput(f"config file {path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(data, dict):

@@ -60,10 +60,10 @@ def install_hint_of(record: Record | None) -> Callable[[str], str]:
     """How to install a missing program, from the profile apply recorded."""
     if record is not None:
         try:
-            return load_profile(record.profile).install_hint
+            return load_profile(record.profile).install_fix
         except BadInput:
             pass
-    return lambda tool: f"your package manager (the package that has {tool})"
+    return lambda tool: "install the package that ships it"
 
 
 @contextmanager
@@ -252,7 +252,7 @@ def plan_new_member(
     joined = array.member(new)  # in the array: an earlier run of this command added it, or a mistake
     if joined is not None and old not in (None, "missing") and array.member(old or "") is not None:
         # the old member is still in: no run of this command added the new disk (it takes the old out first)
-        raise BadInput(f"{new} is already a member of {array.device}")
+        raise BadInput(f"{new} is already a member of {array.device}: give a disk that is not in the mirror")
     old_member = None
     if old == "missing":
         if not array.degraded and joined is None:
@@ -265,7 +265,10 @@ def plan_new_member(
                 f"{', '.join(m.disk for m in array.members)}; use --old missing for a disk that is gone"
             )
     elif array.raid_disks >= MAX_DISKS and joined is None:
-        raise BadInput(f"{array.device} already has {MAX_DISKS} members, the most esp-mirror mirrors")
+        raise BadInput(
+            f"{array.device} already has {MAX_DISKS} members, the most esp-mirror mirrors: replace one instead "
+            "(`esp-mirror replace --old DISK --new DISK`)"
+        )
     facts = member_facts(runner, host, state, (new,))
     disk = facts[new]
     sector = next((facts[m.disk].sector_size for m in array.members if m.disk in facts and m.disk != disk.path), 512)

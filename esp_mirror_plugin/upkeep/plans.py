@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.errors import BadInput, size_text
 from esp_mirror_plugin.hooks import bootentries, partition
 from esp_mirror_plugin.pipeline import fat, naming
 from esp_mirror_plugin.pipeline import record as records
@@ -66,10 +66,14 @@ def source_member(state: MirrorState, source: str) -> MemberState:
         member = array.member(source)
     if member is None:
         raise BadInput(
-            f"{source} is not a member of {array.device}: members are {', '.join(m.disk for m in array.members)}"
+            f"{source} is not a member of {array.device}: pass one of its members, "
+            f"{', '.join(m.disk for m in array.members)}, to --source"
         )
     if not member.active:
-        raise BadInput(f"{member.node} is {member.state}, not an in-sync member: it cannot be the source")
+        raise BadInput(
+            f"{member.node} is {member.state}, not an in-sync member: it cannot be the source; pass an in-sync "
+            "member to --source (`esp-mirror status` shows each member's state)"
+        )
     return member
 
 
@@ -129,14 +133,17 @@ def new_disk_checks(disk: DiskFacts, array: ArrayState, record: Record, sector: 
     if disk.kind != "block":
         raise BadInput(f"{disk.given} is not a block device: give the new disk, e.g. /dev/sdc")
     if array.member(disk.path) is not None:
-        raise BadInput(f"{disk.given} is already a member of {array.device}")
+        raise BadInput(f"{disk.given} is already a member of {array.device}: give a disk that is not in the mirror")
     if disk.sector_size != sector:
         raise BadInput(
             f"{disk.given} has {disk.sector_size}-byte sectors, the members {sector}: "
             "a RAID1 ESP needs one sector size; use a matching disk"
         )
     if record.esp_start + record.esp_size + GPT_BACKUP > disk.size:
-        raise BadInput(f"{disk.given} ({disk.size >> 20} MiB) is too small for the {record.esp_size >> 20} MiB ESP")
+        raise BadInput(
+            f"{disk.given} ({size_text(disk.size)}) is too small for the {size_text(record.esp_size)} ESP: "
+            "use a larger disk"
+        )
     if holds_data(disk) and not wipe:
         raise BadInput(
             f"disk {disk.given} already has a partition table or data "

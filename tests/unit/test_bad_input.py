@@ -10,7 +10,7 @@ import io
 import json
 
 import pytest
-from conftest import GIB, USER_FSTAB, Machine, ToolsExcept, assert_only_read, json_commands, starting
+from conftest import GIB, MIB, USER_FSTAB, Machine, ToolsExcept, assert_only_read, json_commands, starting
 
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 
@@ -166,8 +166,27 @@ def esp_too_small_for_fat32_at_4096(m):
 def esp_larger_than_the_disk(m):
     two(m, size=1 * GIB)
     return [*m.args(), "--esp-size", "1G"], (
-        "ESP of 1024 MiB does not fit on /dev/sda (1024 MiB): use a smaller --esp-size"
+        "ESP of 1 GiB does not fit on /dev/sda (1 GiB): use --esp-size 1022M or less"
     )
+
+
+def esp_size_in_terabytes(m):
+    two(m)
+    return [*m.args(), "--esp-size", "100T"], (
+        "ESP of 100 TiB does not fit on /dev/sda (20 GiB): use --esp-size 20478M or less"
+    )
+
+
+def esp_size_not_in_whole_mib(m):
+    two(m)
+    return [*m.args(), "--esp-size", "1537K"], (
+        "--esp-size 1537K is not a whole number of MiB (partitions are aligned to 1 MiB): use e.g. 512M"
+    )
+
+
+def disk_too_small_for_any_esp(m):
+    two(m, size=16 * MIB)
+    return [*m.args(), "--esp-size", "34M"], "ESP of 34 MiB does not fit on /dev/sda (16 MiB): use a larger disk"
 
 
 def metadata(version):
@@ -216,6 +235,36 @@ def efi_image_that_does_not_exist(m):
     two(m)
     return [*m.args(), "--bootloader", "efi", "--efi-image", "/nonexistent/linux.efi"], (
         "EFI image /nonexistent/linux.efi does not exist: pass the path of an EFI binary"
+    )
+
+
+def efi_image_that_is_a_directory(m):
+    two(m)
+    (m.root / "payload").mkdir()
+    return [*m.args(), "--bootloader", "efi", "--efi-image", str(m.root / "payload")], (
+        f"EFI image {m.root}/payload is a directory, not an EFI image: give the file"
+    )
+
+
+def config_file_that_is_a_directory(m):
+    two(m)
+    return [*m.args(), "--config", str(m.target / "etc")], (
+        f"config file {m.target}/etc is a directory, not a YAML file: give the file"
+    )
+
+
+def profile_file_that_is_a_directory(m):
+    two(m)
+    return [*m.args(), "--profile", str(m.target / "etc")], (
+        f"profile file {m.target}/etc is a directory, not a YAML file: give the file"
+    )
+
+
+def expect_plan_that_is_not_a_digest(m):
+    two(m)
+    return ["--expect-plan", "abc", *m.args()], (
+        "--expect-plan 'abc' is not a plan digest (64 hexadecimal digits): copy the digest line of "
+        "`esp-mirror plan` (or plan --json's digest)"
     )
 
 
@@ -491,6 +540,13 @@ CASES = [
     (missing_efi_image("efi"), BOTH),
     (missing_efi_image("zfsbootmenu"), BOTH),
     (efi_image_that_does_not_exist, BOTH),
+    (efi_image_that_is_a_directory, BOTH),
+    (config_file_that_is_a_directory, BOTH),
+    (profile_file_that_is_a_directory, BOTH),
+    (expect_plan_that_is_not_a_digest, ("apply",)),
+    (esp_size_in_terabytes, BOTH),
+    (esp_size_not_in_whole_mib, BOTH),
+    (disk_too_small_for_any_esp, BOTH),
     (existing_partition_table_without_wipe, BOTH),
     (fstab_already_mounting_the_esp, BOTH),
     (esp_mountpoint_mounted_from_elsewhere, BOTH),

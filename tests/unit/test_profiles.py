@@ -160,7 +160,11 @@ INVALID = [
         "'bootloader' is 'lilo': allowed are efi, zfsbootmenu, systemd-boot, grub",
         id="bad-bootloader",
     ),
-    pytest.param("- just\n- a list\n", "must be a mapping of keys, got list", id="not-a-mapping"),
+    pytest.param(
+        "- just\n- a list\n",
+        "must be a mapping of keys, got list: write `key: value` lines (`esp-mirror profiles debian` shows one)",
+        id="not-a-mapping",
+    ),
 ]
 
 
@@ -237,4 +241,8 @@ def test_profiles_command_lists_every_builtin_with_its_description(machine):
 def test_profiles_command_shows_one_profile_as_its_yaml(machine):
     outcome = machine.cli("profiles", "ubuntu")
     assert outcome.code == 0
-    assert outcome.out.splitlines()[0].startswith("# ubuntu: ") and "extends: debian\n" in outcome.out
+    assert outcome.out.splitlines()[:2] == [
+        f"# ubuntu: {profiles.load_profile('ubuntu').source}",
+        "# merged with debian (extends): the profile as the planner uses it",
+    ]
+    assert "loader_id: ubuntu\n" in outcome.out and "esp_mountpoint: /boot/efi\n" in outcome.out  # debian's

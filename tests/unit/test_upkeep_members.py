@@ -317,7 +317,7 @@ REFUSALS = {
     "replacement-is-a-member": (
         lambda m: None,
         ("replace", "--old", "/dev/vdb", "--new", "/dev/vda"),
-        "/dev/vda is already a member of /dev/md/esp",
+        "/dev/vda is already a member of /dev/md/esp: give a disk that is not in the mirror",
     ),
     "other-sector-size": (
         lambda m: m.add_new_disk("vdc", sector=4096),
@@ -327,7 +327,7 @@ REFUSALS = {
     "too-small": (
         lambda m: m.add_new_disk("vdc", size=256 * MIB),
         ("add", "--disk", "/dev/vdc"),
-        "/dev/vdc (256 MiB) is too small for the 512 MiB ESP",
+        "/dev/vdc (256 MiB) is too small for the 512 MiB ESP: use a larger disk",
     ),
     "existing-table": (
         lambda m: m.add_partition(m.add_new_disk("vdc", pttype="gpt"), 1, 2048, 100_000, type_guid=LINUX_TYPE),
@@ -383,7 +383,11 @@ def test_add_refuses_a_ninth_member(mirror_of):
 
     outcome = mirror.cli("add", "--disk", "/dev/vdi", "--yes")
 
-    assert (outcome.code, outcome.error) == (2, "/dev/md/esp already has 8 members, the most esp-mirror mirrors")
+    assert (outcome.code, outcome.error) == (
+        2,
+        "/dev/md/esp already has 8 members, the most esp-mirror mirrors: replace one instead "
+        "(`esp-mirror replace --old DISK --new DISK`)",
+    )
     assert outcome.calls == [
         ("mdadm", "--detail", "--export", "/dev/md/esp"),
         *(("blkid", "-p", "-o", "export", f"/dev/vd{c}1") for c in "abcdefgh"),

@@ -391,7 +391,7 @@ def test_a_source_that_is_not_a_member_is_refused(mirror):
     outcome = mirror.cli("repair", "--source", "/dev/vdc", "--yes")
     assert (outcome.code, outcome.error) == (
         2,
-        "/dev/vdc is not a member of /dev/md/esp: members are /dev/vda, /dev/vdb",
+        "/dev/vdc is not a member of /dev/md/esp: pass one of its members, /dev/vda, /dev/vdb, to --source",
     )
     assert_upkeep_only_read(outcome.calls)
 
@@ -400,7 +400,11 @@ def test_a_member_that_is_not_in_sync_cannot_be_the_source(mirror):
     mirror.set_member("/dev/vdb1", "spare", 1)
     mirror.set_md(degraded=1, sync_action="recover", sync_completed="131072 / 1048448")
     outcome = mirror.cli("repair", "--source", "/dev/vdb", "--yes")
-    assert (outcome.code, outcome.error) == (2, "/dev/vdb1 is spare, not an in-sync member: it cannot be the source")
+    assert (outcome.code, outcome.error) == (
+        2,
+        "/dev/vdb1 is spare, not an in-sync member: it cannot be the source; pass an in-sync member to "
+        "--source (`esp-mirror status` shows each member's state)",
+    )
     assert_upkeep_only_read(outcome.calls)
 
 
@@ -411,7 +415,11 @@ def test_source_auto_refuses_a_booted_member_that_is_not_in_sync(mirror):
 
     outcome = mirror.cli("repair", "--source", "auto", "--dry-run", "--json")
 
-    assert (outcome.code, outcome.error) == (2, "/dev/vdb1 is faulty, not an in-sync member: it cannot be the source")
+    assert (outcome.code, outcome.error) == (
+        2,
+        "/dev/vdb1 is faulty, not an in-sync member: it cannot be the source; pass an in-sync member to "
+        "--source (`esp-mirror status` shows each member's state)",
+    )
 
 
 def test_a_damaged_source_fat_is_refused_and_nothing_is_changed(mirror):

@@ -118,7 +118,7 @@ def test_entry_point_from_the_wheel_registers_the_plugin_and_profiles_ship_insid
 def test_the_cli_runs_from_the_wheel(installed, tmp_path):
     _, env = installed
     done = run([sys.executable, "-S", "-m", "esp_mirror_plugin", "profiles", "ubuntu"], cwd=tmp_path, env=env)
-    assert "extends: debian" in done.stdout
+    assert "# merged with debian (extends)" in done.stdout and "loader_id: ubuntu\n" in done.stdout
     assert done.stdout.splitlines()[0].startswith("# ubuntu: ") and "/installed/" in done.stdout.splitlines()[0]
 
 
