@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 
-from esp_mirror_plugin.pipeline.kinds import BootloaderKind
+from esp_mirror_plugin.pipeline.bootloaders import RANDOM_SEED, BootloaderKind
 from esp_mirror_plugin.pipeline.steps import Command, EditBlock, Step, WriteFile
 from esp_mirror_plugin.system.target import Target
 
@@ -45,13 +45,6 @@ INSTALL_CONF = "/etc/kernel/install.conf"
 DEFAULT_INSTALL_CONF = "/usr/lib/kernel/install.conf"
 DIVERSIONS = "var/lib/dpkg/diversions"
 APT_HOOK = "/etc/apt/apt.conf.d/90esp-mirror"
-RANDOM_SEED = "loader/random-seed"
-# What apt unpacks whose maintainer scripts or hooks write to the ESP, by bootloader: GRUB's and
-# shim's run grub-install; a kernel's put it there with systemd-boot, whose own package updates it.
-ESP_PACKAGES = {
-    BootloaderKind.GRUB: ("grub-efi", "shim-"),
-    BootloaderKind.SYSTEMD_BOOT: ("linux-image-", "systemd-boot"),
-}
 # Hooks that put a kernel or initramfs on the ESP (with systemd-boot), by when they run.
 HOOK_DIRS = ("/etc/kernel/postinst.d", "/etc/kernel/postrm.d", "/etc/initramfs/post-update.d")
 KERNEL_INSTALL_PLUGIN = "/etc/kernel/install.d/00-esp-mirror.install"
@@ -176,7 +169,7 @@ def notes(target: Target, mountpoint: str, bootloader: BootloaderKind) -> tuple[
     mkinitcpio's presets (Arch: its pacman hook runs ``mkinitcpio -P``) name where each kernel and
     initramfs go. dracut's kernel hook on Fedora and openSUSE is a kernel-install plugin, which
     BOOT_ROOT and the guard cover."""
-    if bootloader is not BootloaderKind.SYSTEMD_BOOT:
+    if not bootloader.spec.kernels_on_esp:
         return ()
     out = []
     presets = target.resolve(PRESETS)
@@ -219,11 +212,11 @@ def plan(
         the guard.
     """
     steps: list[Step] = list(_bootctl(target, mountpoint))
-    sd_boot = bootloader is BootloaderKind.SYSTEMD_BOOT
+    kernels = bootloader.spec.kernels_on_esp  # systemd-boot: kernel updates write to the ESP
     apt = manager in APT
-    pacman = manager == "pacman" and sd_boot
-    packages = ESP_PACKAGES.get(bootloader, ()) if apt else ()
-    if sd_boot or packages:
+    pacman = manager == "pacman" and kernels
+    packages = bootloader.spec.apt_packages if apt else ()
+    if kernels or packages:
         steps.append(
             WriteFile(
                 target.path(GUARD),
@@ -233,7 +226,7 @@ def plan(
                 root=target.root,
             )
         )
-    if sd_boot:
+    if kernels:
         steps.append(_install_conf(target, mountpoint))
         steps += _hooks(target, kernel_hooks=apt)
     if packages:

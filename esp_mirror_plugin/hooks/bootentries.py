@@ -9,10 +9,10 @@ stale ones of ours deleted, BootOrder set explicitly (ours first, in disk order,
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from esp_mirror_plugin.pipeline.bootloaders import on_esp
 from esp_mirror_plugin.pipeline.steps import Command
 from esp_mirror_plugin.system.nvram import BootEntry, BootState
 
@@ -40,11 +40,6 @@ def is_ours(entry: BootEntry, entry_label: str, partuuids: set[str]) -> bool:
 
 
 NO_PARTITION = "00000000-0000-0000-0000-000000000000"
-
-
-def on_esp(esp_dir: str, loader: str) -> str:
-    """Where the file an entry starts (``\\EFI\\x\\y.efi``) is on the ESP mounted at ``esp_dir``."""
-    return os.path.join(esp_dir, *loader.strip("\\").split("\\"))
 
 
 def strays(state: BootState, exists: Callable[[str], bool], esp_dir: str) -> tuple[BootEntry, ...]:

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 from esp_mirror_plugin.errors import BadInput, size_text
 from esp_mirror_plugin.pipeline import fat, naming
-from esp_mirror_plugin.pipeline.kinds import BootloaderKind, Init
+from esp_mirror_plugin.pipeline.kinds import Init
 from esp_mirror_plugin.pipeline.layout import (
     GPT_BACKUP,
     Layout,
@@ -566,19 +566,14 @@ def _check_live_fat(
             f"boot from it; name the ESP with --esp, or set its type first (`sgdisk --typecode=N:EF00`)"
         )
     _fits(node, part.size * disk.sector_size, disk.sector_size)
-    if request.bootloader.runs_in_target and mounted is not None:
+    if request.bootloader.spec.live_files and mounted is not None:
         _check_loader(request, esp_dir, facts)
 
 
 def _check_loader(request: Resolved, esp_dir: str, facts: Facts) -> None:
     """The live ESP holds the bootloader the request names: adopt keeps the machine's bootloader,
     it never switches it behind the administrator's back."""
-    if request.bootloader is BootloaderKind.SYSTEMD_BOOT:
-        wanted = ["EFI/systemd/systemd-bootx64.efi", "EFI/systemd/systemd-bootaa64.efi"]
-    else:
-        wanted = [
-            f"EFI/{request.loader_id}/{n}" for n in ("grubx64.efi", "grubaa64.efi", "shimx64.efi", "shimaa64.efi")
-        ]
+    wanted = [w.replace("{loader_id}", request.loader_id) for w in request.bootloader.spec.live_files]
     if any(os.path.isfile(os.path.join(esp_dir, w)) for w in wanted):
         return
     there = sorted(os.listdir(os.path.join(esp_dir, "EFI"))) if os.path.isdir(os.path.join(esp_dir, "EFI")) else []

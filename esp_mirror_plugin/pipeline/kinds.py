@@ -1,4 +1,5 @@
-"""Closed sets of choices, as StrEnums with the predicates callers need."""
+"""Closed sets of choices, as StrEnums with the predicates callers need (the bootloader kinds,
+with their table, are in :mod:`esp_mirror_plugin.pipeline.bootloaders`)."""
 
 from enum import StrEnum
 
@@ -10,25 +11,6 @@ class Generator(StrEnum):
     DRACUT = "dracut"
     MKINITCPIO = "mkinitcpio"
     MKINITFS = "mkinitfs"
-
-
-class BootloaderKind(StrEnum):
-    """What ends up on the ESP and which file the boot entries start."""
-
-    EFI = "efi"  # any EFI binary given by path (a unified kernel image, a ZFSBootMenu image, ...)
-    ZFSBOOTMENU = "zfsbootmenu"  # a ZFSBootMenu image in the conventional \EFI\ZBM\ layout
-    SYSTEMD_BOOT = "systemd-boot"
-    GRUB = "grub"
-
-    @property
-    def needs_image(self) -> bool:
-        """True when the payload is a file the user gives with --efi-image."""
-        return self in (BootloaderKind.EFI, BootloaderKind.ZFSBOOTMENU)
-
-    @property
-    def runs_in_target(self) -> bool:
-        """True when the bootloader's own installer runs inside the target root."""
-        return self in (BootloaderKind.SYSTEMD_BOOT, BootloaderKind.GRUB)
 
 
 class InitramfsMode(StrEnum):

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 import yaml
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.pipeline.kinds import BootloaderKind
+from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
 from esp_mirror_plugin.pipeline.request import METRICS_DIR, metrics_dir_problem
 
 PATH = "etc/esp-mirror/esp-mirror.yaml"
@@ -47,15 +47,10 @@ class Record:
 
 
 def kind_of_loader(loader: str) -> BootloaderKind:
-    """The bootloader kind of a record older than its ``bootloader`` field, from its loader path:
-    GRUB's and shim's files are named so; any other file is an image given by path."""
-    if loader.lower().startswith("\\efi\\systemd\\"):
-        return BootloaderKind.SYSTEMD_BOOT
-    if loader.upper().startswith("\\EFI\\ZBM\\"):
-        return BootloaderKind.ZFSBOOTMENU
-    if loader.lower().rsplit("\\", 1)[-1].startswith(("grub", "shim")):
-        return BootloaderKind.GRUB
-    return BootloaderKind.EFI
+    """The bootloader kind of a record older than its ``bootloader`` field, from its loader path
+    (each kind's ``recognises``: GRUB's and shim's files are named so; any other file is an image
+    given by path)."""
+    return BootloaderKind.of_loader(loader)
 
 
 def recorded_kind(record: Record) -> BootloaderKind:

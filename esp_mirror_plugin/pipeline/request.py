@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.pipeline.kinds import BootloaderKind, InitramfsMode
+from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
+from esp_mirror_plugin.pipeline.kinds import InitramfsMode
 
 if TYPE_CHECKING:
     from esp_mirror_plugin.pipeline.profiles import Profile

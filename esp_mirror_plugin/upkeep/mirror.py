@@ -10,7 +10,7 @@ from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import bootentries
 from esp_mirror_plugin.pipeline import adoption
 from esp_mirror_plugin.pipeline import record as records
-from esp_mirror_plugin.pipeline.kinds import BootloaderKind
+from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind, on_esp
 from esp_mirror_plugin.pipeline.record import Record, recorded_kind
 from esp_mirror_plugin.system import nvram
 from esp_mirror_plugin.system.discovery import (
@@ -371,7 +371,7 @@ def _entry_state(member: MemberState, boot: nvram.BootState, mount: Mount | None
     )
     exists = None
     if entry is not None and mount is not None:
-        exists = host.exists(bootentries.on_esp(mount.mountpoint, entry.loader))
+        exists = host.exists(on_esp(mount.mountpoint, entry.loader))
     return EntryState(member, entry, exists)
 
 

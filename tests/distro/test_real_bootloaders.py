@@ -21,7 +21,8 @@ from ci.installer import prepare_on_images
 from ci.roots import Root, chroot_mounts, writable_view
 from ci.vm import Assets, build_payload
 from ci.vm.command import run_command
-from esp_mirror_plugin.pipeline.kinds import BootloaderKind, InitramfsMode
+from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
+from esp_mirror_plugin.pipeline.kinds import InitramfsMode
 
 pytestmark = pytest.mark.distro
 

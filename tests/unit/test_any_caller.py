@@ -15,7 +15,7 @@ import pytest
 from conftest import PROFILES, Machine, plan_of
 
 from esp_mirror_plugin.hooks import anycaller, installed
-from esp_mirror_plugin.pipeline.kinds import BootloaderKind
+from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
 from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.system.target import Target
 

@@ -23,7 +23,7 @@ from conftest import ARRAY_UUID, PROFILES, Machine, assert_only_read, plan_of
 
 from esp_mirror_plugin.hooks import heal, installed, upgrades
 from esp_mirror_plugin.pipeline import naming
-from esp_mirror_plugin.pipeline.kinds import BootloaderKind
+from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
 from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.system import files, zipapp
 from esp_mirror_plugin.system.target import Target

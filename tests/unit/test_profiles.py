@@ -10,7 +10,8 @@ from conftest import PROFILES, assert_only_read
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline import profiles
-from esp_mirror_plugin.pipeline.kinds import BootloaderKind, Generator
+from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
+from esp_mirror_plugin.pipeline.kinds import Generator
 
 
 def test_builtin_profiles_are_exactly_the_nine_distributions():
@@ -157,7 +158,7 @@ INVALID = [
     ),
     pytest.param(
         {"extends": "debian", "bootloader": "lilo"},
-        "'bootloader' is 'lilo': allowed are efi, zfsbootmenu, systemd-boot, grub",
+        f"'bootloader' is 'lilo': allowed are {', '.join(BootloaderKind)}",  # efi, zfsbootmenu, systemd-boot, grub
         id="bad-bootloader",
     ),
     pytest.param(

@@ -1,0 +1,297 @@
+"""The bootloader kinds, one table: what each puts on the ESP and everything else that differs.
+
+:class:`BootloaderKind` is the closed set of names (``--bootloader``, a profile's ``bootloader``,
+the record's ``bootloader``); :class:`Bootloader` is one kind's row, ``kind.spec`` reads it. Every
+place that does something differently for one kind reads its row, never the kind's name: the
+bootloader hook (:mod:`esp_mirror_plugin.hooks.bootloader`: loader path, payload, shim's
+fallback), the Secure Boot notes, the settings for upgrades and for whoever runs them
+(:mod:`esp_mirror_plugin.hooks.upgrades`, :mod:`esp_mirror_plugin.hooks.anycaller`), adopt's
+check of the live ESP, the layout's refusal without ``--efi-image``, and the upkeep commands
+through the record (:func:`esp_mirror_plugin.pipeline.record.recorded_kind`).
+
+Every kind also puts a copy of its loader at \\EFI\\BOOT\\BOOTX64.EFI (BOOTAA64.EFI on aarch64),
+so a machine that has never seen the disks (fresh NVRAM, a CI image) still boots from any one.
+
+systemd-boot: bootctl refuses an ESP that is not a plain partition, so it runs with
+SYSTEMD_RELAX_ESP_CHECKS=1 and --no-variables (esp-mirror makes the entries). sd-boot refreshes
+``\\loader\\random-seed`` from UEFI on every boot when that file exists; such a write lands on ONE
+member behind md's back. So the seed file is removed and the units that would recreate it are
+masked (systemd-boot-random-seed.service; systemd-boot-system-token.service before systemd 253):
+no file, no firmware-side writes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline.steps import Command, CopyFile, MakeDir, Step
+from esp_mirror_plugin.system import pe
+
+if TYPE_CHECKING:
+    from esp_mirror_plugin.pipeline.layout import Layout
+    from esp_mirror_plugin.pipeline.profiles import Profile
+    from esp_mirror_plugin.pipeline.request import Resolved
+    from esp_mirror_plugin.system.target import Target
+
+
+class BootloaderKind(StrEnum):
+    """What ends up on the ESP and which file the boot entries start (its row: :attr:`spec`)."""
+
+    EFI = "efi"  # any EFI binary given by path (a unified kernel image, a ZFSBootMenu image, ...)
+    ZFSBOOTMENU = "zfsbootmenu"  # a ZFSBootMenu image in the conventional \EFI\ZBM\ layout
+    SYSTEMD_BOOT = "systemd-boot"
+    GRUB = "grub"
+
+    @property
+    def spec(self) -> Bootloader:
+        """This kind's row of the table."""
+        return BOOTLOADERS[self]
+
+    @property
+    def needs_image(self) -> bool:
+        """True when the payload is a file the user gives with --efi-image."""
+        return self.spec.needs_image
+
+    @classmethod
+    def of_loader(cls, loader: str) -> BootloaderKind:
+        """The kind whose loader path ``loader`` is (a record older than its ``bootloader`` field):
+        the first kind that recognises it, else the one that takes any other file."""
+        claimed = (k for k in cls if k.spec.recognises is not None and k.spec.recognises(loader))
+        return next(claimed, None) or next(k for k in cls if k.spec.recognises is None)
+
+
+# Where the file the entries start is on the ESP, from (request, profile, EFI suffix, shim installed).
+LoaderPath = Callable[["Resolved", "Profile", str, bool], str]
+# The steps that put the kind's files on the mounted array, from (request, profile, layout).
+Payload = Callable[["Resolved", "Profile", "Layout"], tuple[Step, ...]]
+# With Secure Boot on: the note when the loader will not start, or None, from
+# (request, target, loader path, EFI suffix).
+Unsigned = Callable[["Resolved", "Target", str, str], "str | None"]
+
+
+@dataclass(frozen=True)
+class Bootloader:
+    """One bootloader kind: everything esp-mirror does differently for it."""
+
+    loader: LoaderPath  # the file every boot entry starts, as an EFI path with backslashes
+    payload: Payload  # what goes on the ESP (the bootloader hook, before the entries)
+    unsigned: Unsigned  # the Secure Boot note: the loader carries no signature the firmware accepts
+    # a record older than its bootloader field names this kind when its loader path passes this;
+    # None: the kind of any loader path no other kind recognises (exactly one kind)
+    recognises: Callable[[str], bool] | None
+    needs_image: bool = False  # the payload is the file given with --efi-image (the layout refuses without)
+    signed_packages: str = ""  # the packages of its signed loader ({arch}: amd64, arm64); "": none ship it
+    live_files: tuple[str, ...] = ()  # adopt: the live ESP holds one of these ({loader_id}); (): not checked
+    shim_fallback: bool = False  # may start through Debian's shim: its fallback goes beside \EFI\BOOT\
+    bootctl: bool = False  # installed by bootctl, which needs SYSTEMD_RELAX_ESP_CHECKS=1 on md (upgrades too)
+    kernels_on_esp: bool = False  # reads kernels from the ESP: kernel-install, kernel hooks, mkinitcpio
+    apt_packages: tuple[str, ...] = ()  # what apt unpacks whose scripts write to the ESP (name prefixes)
+    distributor: bool = False  # Debian's package upgrades install into \EFI\<GRUB_DISTRIBUTOR>\ only
+
+
+_ARCH = {
+    "x86_64": ("x64", "x86_64-efi"),
+    "aarch64": ("aa64", "arm64-efi"),
+}
+RANDOM_SEED = "loader/random-seed"
+SIGN_IMAGE = "sign it (`sbsign --key KEY --cert CERT`) with a key in db or shim's MOK list"
+
+
+def arch_names(arch: str) -> tuple[str, str]:
+    """(EFI suffix, grub target) for the machine architecture."""
+    if arch not in _ARCH:
+        raise BadInput(f"architecture {arch} is not supported: esp-mirror knows x86_64 and aarch64")
+    return _ARCH[arch]
+
+
+def fallback_name(arch: str) -> str:
+    return f"BOOT{arch_names(arch)[0].upper()}.EFI"
+
+
+def on_esp(esp_dir: str, loader: str) -> str:
+    """Where the file an entry starts (``\\EFI\\x\\y.efi``) is on the ESP mounted at ``esp_dir``."""
+    return os.path.join(esp_dir, *loader.strip("\\").split("\\"))
+
+
+def signed_packages(kind: BootloaderKind, suffix: str = "x64") -> str:
+    """The packages of a signed loader of ``kind`` on the distributions that ship them signed
+    (``suffix`` x64 or aa64); "" for an image given by path (whoever builds it signs it)."""
+    return kind.spec.signed_packages.format(arch="arm64" if suffix == "aa64" else "amd64")
+
+
+# -- the loader paths --------------------------------------------------------------------------
+
+
+def _image_loader(request: Resolved, profile: Profile, suffix: str, has_shim: bool) -> str:
+    return f"\\EFI\\{request.loader_id}\\{os.path.basename(request.efi_image or '')}"
+
+
+def _zbm_loader(request: Resolved, profile: Profile, suffix: str, has_shim: bool) -> str:
+    return "\\EFI\\ZBM\\VMLINUZ.EFI"
+
+
+def _sd_boot_loader(request: Resolved, profile: Profile, suffix: str, has_shim: bool) -> str:
+    return f"\\EFI\\systemd\\systemd-boot{suffix}.efi"
+
+
+def _grub_loader(request: Resolved, profile: Profile, suffix: str, has_shim: bool) -> str:
+    name = profile.grub.loader
+    if name == "auto":
+        name = f"{'shim' if has_shim else 'grub'}{suffix}.efi"
+    return f"\\EFI\\{request.loader_id}\\{name}"
+
+
+# -- the payloads ------------------------------------------------------------------------------
+
+
+def _copies(request: Resolved, layout: Layout, efi_paths: list[str]) -> tuple[Step, ...]:
+    """The image given with --efi-image at each of ``efi_paths`` and at the fallback path."""
+    image = request.efi_image
+    assert image is not None  # check_settings refuses the request without one
+    steps: list[Step] = []
+    for efi_path in (*efi_paths, f"\\EFI\\BOOT\\{fallback_name(request.arch)}"):
+        dest = on_esp(layout.esp_dir, efi_path)
+        directory = MakeDir(os.path.dirname(dest), why="directory on the ESP", root=request.target)
+        if directory not in steps:
+            steps.append(directory)
+        steps.append(CopyFile(image, dest, why=f"{request.bootloader} image at {efi_path}", root=request.target))
+    return tuple(steps)
+
+
+def _image_payload(request: Resolved, profile: Profile, layout: Layout) -> tuple[Step, ...]:
+    return _copies(request, layout, [_image_loader(request, profile, "", False)])
+
+
+def _zbm_payload(request: Resolved, profile: Profile, layout: Layout) -> tuple[Step, ...]:
+    return _copies(request, layout, ["\\EFI\\ZBM\\VMLINUZ.EFI", "\\EFI\\ZBM\\VMLINUZ-BACKUP.EFI"])
+
+
+def _sd_boot_payload(request: Resolved, profile: Profile, layout: Layout) -> tuple[Step, ...]:
+    return (
+        Command(
+            ("bootctl", "install", f"--esp-path={request.mountpoint}", "--no-variables"),
+            root=request.target,
+            env=(("SYSTEMD_RELAX_ESP_CHECKS", "1"),),
+            why="systemd-boot (and its own \\EFI\\BOOT copy) onto the array; entries are ours",
+        ),
+        Command(
+            ("rm", "-f", os.path.join(request.mountpoint, RANDOM_SEED)),
+            root=request.target,
+            why="no seed file: sd-boot then never writes to one member from UEFI",
+        ),
+        Command(
+            ("systemctl", "mask", "systemd-boot-random-seed.service", "systemd-boot-system-token.service"),
+            root=request.target,
+            why="they would recreate the seed file (the unit's name before systemd 253: "
+            "systemd-boot-system-token.service)",
+        ),
+    )
+
+
+def _fill(arg: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        arg = arg.replace(key, value)
+    return arg
+
+
+def _grub_payload(request: Resolved, profile: Profile, layout: Layout) -> tuple[Step, ...]:
+    fallback = f"\\EFI\\BOOT\\{fallback_name(request.arch)}"
+    _, grub_target = arch_names(request.arch)
+    values = {"{grub_target}": grub_target, "{esp}": request.mountpoint, "{loader_id}": request.loader_id}
+    return tuple(
+        Command(
+            tuple(_fill(a, values) for a in argv),
+            root=request.target,
+            why=f"GRUB on the array (\\EFI\\{request.loader_id}\\ and {fallback}); "
+            "the NVRAM entries are made per disk below",
+        )
+        for argv in profile.grub.install
+    )
+
+
+# -- the Secure Boot notes ---------------------------------------------------------------------
+
+
+def _image_unsigned(request: Resolved, target: Target, loader: str, suffix: str) -> str | None:
+    image = request.efi_image or ""
+    try:
+        with open(image, "rb") as handle:
+            signed = pe.signature(handle.read()).signed
+    except OSError:  # the layout refuses an image that is not there
+        return None
+    if signed:
+        return None
+    return (
+        f"Secure Boot is on and {image} carries no signature: the firmware will refuse to start it from "
+        f"every disk; {SIGN_IMAGE}"
+    )
+
+
+def _sd_boot_unsigned(request: Resolved, target: Target, loader: str, suffix: str) -> str | None:
+    signed_file = f"usr/lib/systemd/boot/efi/systemd-boot{suffix}.efi.signed"
+    if target.exists(signed_file):
+        return None
+    return (
+        f"Secure Boot is on and the target has no signed systemd-boot ({target.path(signed_file)}): the "
+        f"firmware will refuse to start it from every disk; install {signed_packages(request.bootloader, suffix)}"
+    )
+
+
+def _grub_unsigned(request: Resolved, target: Target, loader: str, suffix: str) -> str | None:
+    if loader.rsplit("\\", 1)[-1].lower().startswith("shim"):
+        return None
+    return (
+        f"Secure Boot is on and the target has no shim (the entries would start GRUB, {loader}, directly): "
+        f"the firmware will refuse to start it from every disk; install "
+        f"{signed_packages(request.bootloader, suffix)}, then plan again"
+    )
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+BOOTLOADERS: dict[BootloaderKind, Bootloader] = {
+    BootloaderKind.EFI: Bootloader(
+        loader=_image_loader,
+        payload=_image_payload,
+        unsigned=_image_unsigned,
+        recognises=None,  # any other file is an image given by path
+        needs_image=True,
+    ),
+    BootloaderKind.ZFSBOOTMENU: Bootloader(
+        loader=_zbm_loader,
+        payload=_zbm_payload,
+        unsigned=_image_unsigned,
+        recognises=lambda loader: loader.upper().startswith("\\EFI\\ZBM\\"),
+        needs_image=True,
+    ),
+    BootloaderKind.SYSTEMD_BOOT: Bootloader(
+        loader=_sd_boot_loader,
+        payload=_sd_boot_payload,
+        unsigned=_sd_boot_unsigned,
+        recognises=lambda loader: loader.lower().startswith("\\efi\\systemd\\"),
+        signed_packages="systemd-boot-efi-{arch}-signed on Debian 13 and later",
+        live_files=("EFI/systemd/systemd-bootx64.efi", "EFI/systemd/systemd-bootaa64.efi"),
+        bootctl=True,
+        kernels_on_esp=True,
+        # a kernel's scripts put it on the ESP with systemd-boot, whose own package updates it
+        apt_packages=("linux-image-", "systemd-boot"),
+    ),
+    BootloaderKind.GRUB: Bootloader(
+        loader=_grub_loader,
+        payload=_grub_payload,
+        unsigned=_grub_unsigned,
+        recognises=lambda loader: loader.lower().rsplit("\\", 1)[-1].startswith(("grub", "shim")),
+        signed_packages="shim-signed and grub-efi-{arch}-signed on Debian and Ubuntu",
+        live_files=tuple(
+            f"EFI/{{loader_id}}/{n}" for n in ("grubx64.efi", "grubaa64.efi", "shimx64.efi", "shimaa64.efi")
+        ),
+        shim_fallback=True,
+        apt_packages=("grub-efi", "shim-"),  # GRUB's and shim's scripts run grub-install
+        distributor=True,
+    ),
+}
