@@ -34,6 +34,7 @@ from esp_mirror_plugin.cli import install as cli_install
 from esp_mirror_plugin.cli import upkeep as cli_upkeep
 from esp_mirror_plugin.hooks import installed
 from esp_mirror_plugin.pipeline import naming
+from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
 from esp_mirror_plugin.pipeline.execute import Applier
 from esp_mirror_plugin.pipeline.record import Record
 from esp_mirror_plugin.pipeline.request import Request
@@ -52,7 +53,7 @@ KVER = "6.1.0-13-amd64"
 ESP_TYPE = naming.ESP_TYPE_GUID
 LINUX_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 PROFILES = ("alpine", "arch", "debian", "fedora", "gentoo", "opensuse", "rhel", "ubuntu", "void")
-BOOTLOADERS = ("efi", "zfsbootmenu", "systemd-boot", "grub")
+BOOTLOADERS = tuple(k.value for k in BootloaderKind)  # every kind of the table
 USER_FSTAB = (
     "# /etc/fstab: static file system information.\n"
     "UUID=0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d /    ext4 errors=remount-ro 0 1\n"

@@ -374,6 +374,15 @@ def shown_default(name: str) -> str | None:
     return str(getattr(value, "value", value))
 
 
+def test_apply_documents_the_choices_of_each_setting_as_the_table_has_them():
+    """DOCUMENTATION's choices (ansible-doc, the collection's docs) are the Request's, e.g. the
+    bootloader kinds of esp_mirror_plugin/pipeline/bootloaders.py; ARGUMENT_SPEC's are checked above."""
+    options = yaml.safe_load(module("apply").DOCUMENTATION)["options"]
+    for name, setting in settings().items():
+        expected = list(choices(name)) if setting.kind is Kind.CHOICE else None
+        assert options[name].get("choices") == expected, name
+
+
 def test_apply_documents_each_setting_with_its_help_and_default():
     options = yaml.safe_load(module("apply").DOCUMENTATION)["options"]
     for name, setting in settings().items():

@@ -12,6 +12,8 @@ import json
 import pytest
 from conftest import GIB, MIB, USER_FSTAB, Machine, ToolsExcept, assert_only_read, json_commands, starting
 
+from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
+
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 
 
@@ -623,9 +625,9 @@ def test_unknown_bootloader_is_a_usage_error_in_one_line_naming_the_help(two_dis
     """argparse's errors are bad input like any other: one line on the error stream, exit 2."""
     outcome = two_disks.cli("plan", *two_disks.args(), "--bootloader", "lilo")
     assert (outcome.code, outcome.out, outcome.calls) == (2, "", [])
+    kinds = ", ".join(f"'{k}'" for k in BootloaderKind)  # 'efi', 'zfsbootmenu', 'systemd-boot', 'grub'
     assert outcome.error == (
-        "argument --bootloader: invalid choice: 'lilo' (choose from 'efi', 'zfsbootmenu', 'systemd-boot', "
-        "'grub') (see `esp-mirror plan --help`)"
+        f"argument --bootloader: invalid choice: 'lilo' (choose from {kinds}) (see `esp-mirror plan --help`)"
     )
 
 

@@ -29,6 +29,7 @@ from conftest import (
 )
 
 from esp_mirror_plugin.hooks.initramfs import STAMP
+from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
 
 GOLDEN = DATA / "golden"
 DRACUT = {"fedora", "rhel", "opensuse", "void", "gentoo"}
@@ -56,13 +57,13 @@ FSTAB_OPTIONS = "umask=0077,nofail,x-systemd.device-timeout=45s"
 
 
 def image_args(kind: str, efi_image) -> list[str]:
-    return ["--efi-image", str(efi_image)] if kind in ("efi", "zfsbootmenu") else []
+    return ["--efi-image", str(efi_image)] if BootloaderKind(kind).needs_image else []
 
 
 # -- the full text ---------------------------------------------------------------------------
 
 GOLDEN_CASES = [pytest.param(p, "grub") for p in PROFILES]
-GOLDEN_CASES += [pytest.param("debian", k) for k in ("efi", "zfsbootmenu", "systemd-boot")]
+GOLDEN_CASES += [pytest.param("debian", k) for k in BOOTLOADERS if k != "grub"]
 
 
 @pytest.mark.parametrize(("profile", "kind"), GOLDEN_CASES)

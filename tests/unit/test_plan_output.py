@@ -8,6 +8,8 @@ import shlex
 import pytest
 from conftest import BOOTLOADERS, PROFILES, assert_only_read
 
+from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
+
 FIRST_LINE = {
     "write-file": lambda s: f"write {s['path']} (mode {s['mode']}):",
     "edit-block": lambda s: f"edit {s['path']}: managed block",
@@ -58,7 +60,7 @@ def unquote_vars(argv: list[str]) -> list[str]:
 @pytest.mark.parametrize("profile", ["debian", "arch"])
 def test_text_and_json_plans_have_the_same_steps(two_disks, efi_image, profile, kind):
     extra = ["--profile", profile, "--bootloader", kind]
-    extra += ["--efi-image", str(efi_image)] if kind in ("efi", "zfsbootmenu") else []
+    extra += ["--efi-image", str(efi_image)] if BootloaderKind(kind).needs_image else []
     text = two_disks.cli("plan", *two_disks.args(), *extra)
     raw = two_disks.cli("plan", "--json", *two_disks.args(), *extra)
     assert (text.code, raw.code) == (0, 0)
@@ -112,7 +114,7 @@ def test_json_plan_of_image_files_renders_loop_variables(machine):
 @pytest.mark.parametrize("profile", PROFILES)
 def test_plan_only_reads_and_writes_nothing(two_disks, efi_image, profile, kind):
     before = two_disks.target_state()
-    extra = ["--efi-image", str(efi_image)] if kind in ("efi", "zfsbootmenu") else []
+    extra = ["--efi-image", str(efi_image)] if BootloaderKind(kind).needs_image else []
     outcome = two_disks.cli("plan", *two_disks.args(), "--profile", profile, "--bootloader", kind, *extra)
     assert outcome.code == 0, outcome.err
     assert_only_read(outcome.calls)
