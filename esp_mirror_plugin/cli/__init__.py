@@ -19,16 +19,12 @@ from esp_mirror_plugin import __version__
 from esp_mirror_plugin.errors import BadInput, StepFailed
 from esp_mirror_plugin.pipeline.request import Kind, choices, default_of, settings
 from esp_mirror_plugin.system.state import ADOPT_BACKUPS
-from esp_mirror_plugin.system.state import REPAIR_BACKUPS as BACKUP_DIR
+from esp_mirror_plugin.upkeep.table import CHANGING, UPKEEP, Option
 
 if TYPE_CHECKING:
     from esp_mirror_plugin.system.discovery import HostView
     from esp_mirror_plugin.system.runner import Runner
 
-UPKEEP = ("status", "check", "repair", "replace", "add", "entries", "heal", "refresh")
-AFTER_FAILURE = {
-    "check": "The mirror was not changed; run `esp-mirror check` again once the cause is fixed.",
-}
 AGAIN = "Fix the cause and run the same `esp-mirror {command}` again: it continues from here."
 DESCRIPTION = """\
 esp-mirror puts an EFI System Partition on every disk it is given and mirrors
@@ -83,26 +79,13 @@ def install_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(setting.option or f"--{name.replace('_', '-')}", **kwargs)
 
 
-def _changing(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--dry-run", action="store_true", help="show what would be done, change nothing")
-    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-
-
 _COMMANDS: dict[str, str] = {
     "plan": "print every command and file write apply would make, change nothing (root is not needed)",
     "apply": "carry out the plan: partition the disks, build the mirror, install the bootloader, make the "
     "boot entries (shows the plan and asks first, unless --yes)",
     "adopt": "take a running system's ESP into the mirror: no reinstall, no moment without a bootable ESP",
     "profiles": "list the built-in profiles, or show one (a built-in name or a YAML file) as the planner uses it",
-    "status": "the mirror's health: array, members, mount, boot entries",
-    "check": "md consistency check, then compare the members' files (read-only); the result is kept for status",
-    "repair": "make every member equal to the chosen one (full rebuild from it)",
-    "replace": "replace a failed or missing member with a new disk",
-    "add": "grow the mirror by one member",
-    "entries": "one firmware boot entry per member, ours first, stale ones removed",
-    "heal": "put members of the array that are present but out of it back in (run at boot and on hot-plug)",
-    "refresh": "write the installed system's esp-mirror, heal units and upgrade settings again",
+    **{name: command.help for name, command in UPKEEP.items()},
 }
 
 
@@ -128,49 +111,37 @@ def _options(name: str, p: argparse.ArgumentParser) -> None:
             "--esp", metavar="PARTITION",
             help="the live ESP, when nothing is mounted at the mount point and fstab does not name it",
         )  # fmt: skip
-        _changing(p)
+        upkeep_options(p, CHANGING)
     elif name == "profiles":
         p.add_argument("name", nargs="?", help="a built-in profile name or a YAML file")
-    elif name in ("status", "check"):
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-        where = p.add_mutually_exclusive_group()
-        where.add_argument(
-            "--metrics", metavar="FILE",
-            help="also write the mirror's health as Prometheus metrics to FILE (atomically; its directory must exist)",
-        )  # fmt: skip
-        where.add_argument(
-            "--metrics-dir", metavar="DIR",
-            help="write DIR/esp_mirror.prom when DIR exists (node_exporter's textfile directory); "
-            "nothing when it does not",
-        )  # fmt: skip
-        if name == "check":
-            p.add_argument(
-                "--no-md-check", action="store_true",
-                help="do not start md's check (the distribution's runs on its own schedule): compare the member "
-                "files, read mismatch_cnt as md's last check left it",
-            )  # fmt: skip
-    elif name == "repair":
-        p.add_argument("--source", required=True, metavar="DISK|auto",
-                       help="the member to keep; auto: the disk the firmware booted from")  # fmt: skip
-        p.add_argument("--backup-dir", default=BACKUP_DIR,
-                       help=f"where overwritten files are kept (default {BACKUP_DIR})")  # fmt: skip
-    elif name == "replace":
-        p.add_argument("--old", required=True, metavar="DISK|missing", help="the member to replace, or missing")
-        p.add_argument("--new", required=True, metavar="DISK", help="the new (blank) disk")
-    elif name == "add":
-        p.add_argument("--disk", required=True, metavar="DISK", help="the new (blank) disk")
-    elif name == "heal":
-        p.add_argument("--why", choices=("boot", "hot-plug", "hand"), default="hand",
-                       help="what started it, for the history line (default: hand)")  # fmt: skip
-        p.add_argument("--device", metavar="PARTITION", help="look at this partition only (hot-plug)")
-        p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                       help="wait this long for the array to be running (at boot; default 0)")  # fmt: skip
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.add_argument("--dry-run", action="store_true", help="show what would be done, change nothing")
-    if name in ("replace", "add"):
-        p.add_argument("--wipe", action="store_true", help="erase an existing partition table on the new disk")
-    if name in ("repair", "replace", "add", "entries", "refresh"):
-        _changing(p)
+    elif name in UPKEEP:
+        upkeep_options(p, UPKEEP[name].options)
+
+
+def upkeep_options(parser: argparse.ArgumentParser, options: tuple[Option, ...]) -> None:
+    """The options of an upkeep command, from its row in :mod:`esp_mirror_plugin.upkeep.table`
+    (and adopt's ``--json``, ``--dry-run`` and ``--yes``, which are a changing upkeep command's)."""
+    groups: dict[str, argparse._ActionsContainer] = {}
+    for option in options:
+        where: argparse._ActionsContainer = parser
+        if option.exclusive is not None:
+            if option.exclusive not in groups:
+                groups[option.exclusive] = parser.add_mutually_exclusive_group()
+            where = groups[option.exclusive]
+        kwargs: dict[str, Any] = {"help": option.help}
+        if option.switch:
+            kwargs["action"] = "store_true"
+        if option.required:
+            kwargs["required"] = True
+        if option.metavar is not None:
+            kwargs["metavar"] = option.metavar
+        if option.choices is not None:
+            kwargs["choices"] = option.choices
+        if option.type is not None:
+            kwargs["type"] = option.type
+        if option.default is not None:
+            kwargs["default"] = option.default
+        where.add_argument(option.flag, **kwargs)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -258,7 +229,10 @@ def _after_failure(args: argparse.Namespace) -> str:
             f"What the ESPs held before the adoption is in {backups}: esp-<partition>.tar (the files), "
             "gpt-<disk>.bin (`sgdisk --load-backup=FILE DISK`), efibootmgr-v.txt and fstab.lines."
         )
-    return AFTER_FAILURE.get(args.command, AGAIN.format(command=args.command))
+    upkeep = UPKEEP.get(args.command)
+    if upkeep is not None and upkeep.after_failure is not None:
+        return upkeep.after_failure
+    return AGAIN.format(command=args.command)
 
 
 def _run(

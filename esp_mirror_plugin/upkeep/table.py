@@ -1,0 +1,152 @@
+"""The upkeep commands, one row each: what ``--help`` says, the options, and what to say after a
+failure.
+
+This is the one place a command is listed: the command line's parser is built from it
+(:mod:`esp_mirror_plugin.cli`). It is data only, so building the parser (``--version``,
+``plan``) loads nothing else of ``upkeep/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from esp_mirror_plugin.system.state import REPAIR_BACKUPS
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a command, as :meth:`argparse.ArgumentParser.add_argument` takes it (a value
+    left at its default here is not passed on)."""
+
+    flag: str
+    help: str
+    metavar: str | None = None
+    required: bool = False
+    default: Any = None
+    choices: tuple[str, ...] | None = None
+    type: type | None = None
+    switch: bool = False  # store_true: given or not
+    exclusive: str | None = None  # options with the same name here exclude each other
+
+
+@dataclass(frozen=True)
+class Command:
+    """One upkeep command."""
+
+    name: str
+    help: str  # the line of ``esp-mirror --help``, and the description of ``esp-mirror NAME --help``
+    options: tuple[Option, ...] = ()
+    after_failure: str | None = None  # after a failed step or Ctrl-C; None: run the same command again
+
+
+JSON = Option("--json", "machine-readable output", switch=True)
+DRY_RUN = Option("--dry-run", "show what would be done, change nothing", switch=True)
+YES = Option("--yes", "do not ask for confirmation", switch=True)
+CHANGING = (JSON, DRY_RUN, YES)  # a command that carries out a plan (commands.carry_out)
+WIPE = Option("--wipe", "erase an existing partition table on the new disk", switch=True)
+METRICS = (
+    Option(
+        "--metrics",
+        "also write the mirror's health as Prometheus metrics to FILE (atomically; its directory must exist)",
+        metavar="FILE",
+        exclusive="metrics",
+    ),
+    Option(
+        "--metrics-dir",
+        "write DIR/esp_mirror.prom when DIR exists (node_exporter's textfile directory); nothing when it does not",
+        metavar="DIR",
+        exclusive="metrics",
+    ),
+)
+
+UPKEEP: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command(
+            "status",
+            "the mirror's health: array, members, mount, boot entries",
+            options=(JSON, *METRICS),
+        ),
+        Command(
+            "check",
+            "md consistency check, then compare the members' files (read-only); the result is kept for status",
+            options=(
+                JSON,
+                *METRICS,
+                Option(
+                    "--no-md-check",
+                    "do not start md's check (the distribution's runs on its own schedule): compare the member "
+                    "files, read mismatch_cnt as md's last check left it",
+                    switch=True,
+                ),
+            ),
+            after_failure="The mirror was not changed; run `esp-mirror check` again once the cause is fixed.",
+        ),
+        Command(
+            "repair",
+            "make every member equal to the chosen one (full rebuild from it)",
+            options=(
+                Option(
+                    "--source",
+                    "the member to keep; auto: the disk the firmware booted from",
+                    metavar="DISK|auto",
+                    required=True,
+                ),
+                Option(
+                    "--backup-dir",
+                    f"where overwritten files are kept (default {REPAIR_BACKUPS})",
+                    default=REPAIR_BACKUPS,
+                ),
+                *CHANGING,
+            ),
+        ),
+        Command(
+            "replace",
+            "replace a failed or missing member with a new disk",
+            options=(
+                Option("--old", "the member to replace, or missing", metavar="DISK|missing", required=True),
+                Option("--new", "the new (blank) disk", metavar="DISK", required=True),
+                WIPE,
+                *CHANGING,
+            ),
+        ),
+        Command(
+            "add",
+            "grow the mirror by one member",
+            options=(Option("--disk", "the new (blank) disk", metavar="DISK", required=True), WIPE, *CHANGING),
+        ),
+        Command(
+            "entries",
+            "one firmware boot entry per member, ours first, stale ones removed",
+            options=CHANGING,
+        ),
+        Command(
+            "heal",
+            "put members of the array that are present but out of it back in (run at boot and on hot-plug)",
+            options=(
+                Option(
+                    "--why",
+                    "what started it, for the history line (default: hand)",
+                    choices=("boot", "hot-plug", "hand"),
+                    default="hand",
+                ),
+                Option("--device", "look at this partition only (hot-plug)", metavar="PARTITION"),
+                Option(
+                    "--wait",
+                    "wait this long for the array to be running (at boot; default 0)",
+                    metavar="SECONDS",
+                    type=float,
+                    default=0.0,
+                ),
+                JSON,
+                DRY_RUN,
+            ),
+        ),
+        Command(
+            "refresh",
+            "write the installed system's esp-mirror, heal units and upgrade settings again",
+            options=CHANGING,
+        ),
+    )
+}

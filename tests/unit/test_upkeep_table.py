@@ -1,0 +1,47 @@
+"""One table lists the upkeep commands (esp_mirror_plugin/upkeep/table.py): the parser is built
+from it, and building the parser (``--version``, ``plan``) loads nothing of upkeep/ but the table.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from esp_mirror_plugin import cli
+from esp_mirror_plugin.upkeep.table import UPKEEP
+
+
+def test_the_parser_has_one_command_per_row_with_the_rows_options():
+    parser = cli._parser([])
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, row in UPKEEP.items():
+        flags = [s for a in sub.choices[name]._actions for s in a.option_strings if s not in ("-h", "--help")]
+        assert flags == [o.flag for o in row.options], name
+        assert sub.choices[name].description == row.help
+
+
+LOADED = """
+import sys
+from esp_mirror_plugin import cli
+try:
+    cli.main(["--version"])
+except SystemExit:
+    pass
+after_version = sorted(sys.modules)
+cli._parser(["plan", "--disk", "/dev/vda"]).parse_args(["plan", "--disk", "/dev/vda"])
+import esp_mirror_plugin.cli.install  # what plan runs
+print(json.dumps([after_version, sorted(sys.modules)]))
+"""
+
+
+@pytest.mark.real_processes  # a fresh Python, to see what it loads
+def test_version_and_plan_load_no_upkeep_module_but_the_table():
+    done = subprocess.run(
+        [sys.executable, "-c", "import json\n" + LOADED], capture_output=True, text=True, check=True, timeout=60
+    )
+    for loaded in json.loads(done.stdout.splitlines()[-1]):
+        ours = [m for m in loaded if m.startswith(("esp_mirror_plugin.upkeep", "esp_mirror_plugin.cli.upkeep"))]
+        assert ours == ["esp_mirror_plugin.upkeep", "esp_mirror_plugin.upkeep.table"]
