@@ -1,10 +1,9 @@
 """The upkeep commands on the command line: status, check, repair, replace, add, entries, heal,
-refresh.
+refresh, as the rows of :mod:`esp_mirror_plugin.upkeep.table` list them.
 
-What each one does is in :mod:`esp_mirror_plugin.upkeep.commands`; here it is shown (text or
-``--json``), confirmed, and carried out through the same executor as apply. All but ``status``
-hold the lock (:mod:`esp_mirror_plugin.system.lock`) throughout, so the weekly check never runs
-into a repair; ``status`` only says who holds it.
+What each one does is in :mod:`esp_mirror_plugin.upkeep.commands` (its row's ``work``, under its
+lock); here each one's result is shown (its row's ``show``: text, or ``--json``), and a plan is
+confirmed.
 """
 
 from __future__ import annotations
@@ -12,49 +11,37 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import time
-from pathlib import Path
 from typing import Any, TextIO
 
 from esp_mirror_plugin.cli.interact import confirmed
-from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.pipeline import record as records
-from esp_mirror_plugin.pipeline.execute import Applier, counts, forecast
-from esp_mirror_plugin.pipeline.preflight import Preflight
-from esp_mirror_plugin.pipeline.record import Record
-from esp_mirror_plugin.pipeline.steps import Group
 from esp_mirror_plugin.system import lock
-from esp_mirror_plugin.system.discovery import HostView, read_mounts
+from esp_mirror_plugin.system.discovery import HostView
 from esp_mirror_plugin.system.runner import Runner, ShRunner
-from esp_mirror_plugin.upkeep import commands, compare, heal, history, loaders, metrics, plans
-from esp_mirror_plugin.upkeep import journal as journal_file
-from esp_mirror_plugin.upkeep.lastcheck import LastCheck
-from esp_mirror_plugin.upkeep.mirror import ArrayState, MirrorState, read_mirror
-
-HEAL_LOCK_WAIT = 300.0  # at boot, heal may queue behind a check or another heal's recovery
+from esp_mirror_plugin.upkeep import commands, compare, loaders, plans
+from esp_mirror_plugin.upkeep.mirror import MirrorState
+from esp_mirror_plugin.upkeep.table import UPKEEP
 
 
 def run(args: argparse.Namespace, out: TextIO, stdin: TextIO, runner: Runner | None, host: HostView | None) -> int:
-    runner = runner or ShRunner()
-    host = host or HostView()
-    if args.command == "status":
-        return _status(args, read_mirror(runner, records.load(host.sysroot), host), out)
-    with lock.held(args.command_line, wait=HEAL_LOCK_WAIT if args.command == "heal" else None):
-        if args.command == "heal":
-            return _heal(args, runner, host, out)
-        state = read_mirror(runner, records.load(host.sysroot), host, read_loaders=False)
-        if args.command == "check":
-            return _check(args, state, runner, host, out)
-        if args.command == "repair":
-            return _repair(args, state, runner, host, out, stdin)
-        if args.command in ("replace", "add"):
-            new, old = (args.new, args.old) if args.command == "replace" else (args.disk, None)
-            planned = commands.plan_new_member(runner, host, state, new, old, args.wipe, args.command)
-        elif args.command == "refresh":
-            planned = commands.plan_refresh(state, host.sysroot)
-        else:
-            planned = commands.plan_entries(runner, host, state)
-        return _carry_out(args, state, planned, runner, host, out, stdin)
+    command = UPKEEP[args.command]
+    show = globals()[command.show]
+    call = commands.Call(
+        options=args,
+        command_line=args.command_line,
+        runner=runner or ShRunner(),
+        host=host or HostView(),
+        progress=io.StringIO() if args.json else out,
+        show=lambda result: show(args, result, out),
+        confirm=lambda: confirmed(args.command, args.yes, stdin, out, dry_run_hint=True),
+    )
+    return commands.run(command, call)
+
+
+def show_report(args: argparse.Namespace, report: dict[str, Any], out: TextIO) -> None:
+    """What a changing command (or heal) did: its report under --json; its text was its progress."""
+    if args.json:
+        json.dump(report, out, indent=2, default=str)
+        print(file=out)
 
 
 # -- status ------------------------------------------------------------------------------------
@@ -128,28 +115,7 @@ def status_json(state: MirrorState) -> dict[str, Any]:
     }
 
 
-def _metrics_file(args: argparse.Namespace) -> Path | None:
-    """Where --metrics or --metrics-dir asks for the metrics, checked before anything runs."""
-    if args.metrics is not None:
-        return metrics.file_for(args.metrics)
-    if args.metrics_dir is not None:
-        return metrics.file_in(args.metrics_dir)
-    return None
-
-
-def _write_metrics(file: Path | None, state: MirrorState, last_check: LastCheck | None) -> None:
-    if file is not None:
-        metrics.write(file, metrics.render(state, last_check, time.time()))
-
-
-def _status(args: argparse.Namespace, state: MirrorState, out: TextIO) -> int:
-    file = _metrics_file(args)
-    _show_status(args, state, out)
-    _write_metrics(file, state, state.last_check)
-    return state.exit_code()
-
-
-def _show_status(args: argparse.Namespace, state: MirrorState, out: TextIO) -> None:
+def show_status(args: argparse.Namespace, state: MirrorState, out: TextIO) -> None:
     if args.json:
         json.dump(status_json(state), out, indent=2)
         print(file=out)
@@ -235,13 +201,8 @@ def _show_foreign(state: MirrorState, out: TextIO) -> None:
 # -- check -------------------------------------------------------------------------------------
 
 
-def _check(args: argparse.Namespace, state: MirrorState, runner: Runner, host: HostView, out: TextIO) -> int:
+def show_check(args: argparse.Namespace, result: commands.CheckResult, out: TextIO) -> None:
     md_check = not args.no_md_check
-    file = _metrics_file(args)
-    if state.record is None or state.array is None:
-        _write_metrics(file, state, state.last_check)  # nothing to check, but the collector learns why
-    result = commands.check(runner, host, state, io.StringIO() if args.json else out, md_check=md_check)
-    array = plans.require_array(state)
     if args.json:
         json.dump(
             {
@@ -256,17 +217,15 @@ def _check(args: argparse.Namespace, state: MirrorState, runner: Runner, host: H
             indent=2,
         )
         print(file=out)
-    else:
-        found = (
-            f"mismatch_cnt {result.mismatch_cnt}"
-            if md_check
-            else f"not started (--no-md-check); mismatch_cnt {result.mismatch_cnt} as md's last check left it"
-        )
-        print(f"md check of {array.device}: {found} ({result.seconds:.1f} s)", file=out)
-        _print_differences(result.differences, out)
-        _print_signature_differences(result.signature_differences, out)
-    _write_metrics(file, result.state, result.last)
-    return 0 if result.last.success and not result.signature_differences else 1
+        return
+    found = (
+        f"mismatch_cnt {result.mismatch_cnt}"
+        if md_check
+        else f"not started (--no-md-check); mismatch_cnt {result.mismatch_cnt} as md's last check left it"
+    )
+    print(f"md check of {plans.require_array(result.state).device}: {found} ({result.seconds:.1f} s)", file=out)
+    print(compare.describe(result.differences), end="", file=out)
+    _print_signature_differences(result.signature_differences, out)
 
 
 def _print_signature_differences(diffs: list[loaders.SignatureDifference], out: TextIO) -> None:
@@ -285,163 +244,3 @@ def _print_signature_differences(diffs: list[loaders.SignatureDifference], out: 
         + ("" if right else " with the disk whose copies are right"),
         file=out,
     )
-
-
-def _print_differences(diffs: list[compare.Difference], out: TextIO) -> None:
-    if not diffs:
-        print("member files: identical", file=out)
-        return
-    print(f"member files: {len(diffs)} differ", file=out)
-    for d in diffs:
-        print(f"  {d.path}", file=out)
-        for node, v in d.versions.items():
-            desc = (
-                "missing"
-                if v is None
-                else (
-                    f"{v.size} bytes, modified {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(v.mtime))} UTC, "
-                    f"sha256 {v.sha256[:12]}"
-                )
-            )
-            print(f"    {node}: {desc}", file=out)
-
-
-# -- heal --------------------------------------------------------------------------------------
-
-
-def _heal(args: argparse.Namespace, runner: Runner, host: HostView, out: TextIO) -> int:
-    """Members of ours that are present but out of the array go back in (no confirmation: it is
-    meant to run unattended, and takes back only what the superblocks say is ours and older).
-    Exit 0 when the array has all it can get, 1 when a member of ours was left out."""
-    record = records.load(host.sysroot)
-    if record is None:
-        raise BadInput("no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): nothing to heal")
-    at_boot = args.why == "boot" and not args.dry_run
-    waiting: tuple[str, ...] = ()
-    try:
-        array: ArrayState | None = heal.wait_for_array(runner, host, record, args.wait)
-    except BadInput:
-        waiting = heal.waiting_arrays(runner, host, record) if at_boot else ()
-        if not waiting:
-            raise
-        array = None
-    mounted = any(m.mountpoint == record.mountpoint for m in read_mounts(host))
-    if at_boot and (waiting or not mounted):
-        # the boot left the ESP unmounted: its array waits for a missing disk, or its mount unit
-        # gave up or failed before the array was ready
-        start = Group("heal", heal.start_steps(waiting, record, mounted))
-        Preflight(runner, commands.install_hint_of(record)).check(start)
-        Applier(runner, io.StringIO() if args.json else out, host=host, exists=host.exists).execute(start)
-        event = history.append(host.sysroot, heal.started_line(record, waiting))
-        print(event, file=io.StringIO() if args.json else out)
-    if array is None:
-        array = heal.wait_for_array(runner, host, record, 10.0)
-    found = heal.find(runner, host, array, args.device)
-    group = Group("heal", found.steps(), found.left_out)
-    Preflight(runner, commands.install_hint_of(record)).check(group)
-    shown = io.StringIO() if args.json else out
-    report: dict[str, Any] = {
-        "array": array.device,
-        "add": [r.node for r in found.add],
-        "left_out": list(found.left_out),
-        "plan": group.to_json(),
-        "applied": False,
-        "event": None,
-    }
-    if args.dry_run:
-        print(group.render(), end="", file=shown)
-    elif found.add or found.left_out:
-        started = time.monotonic()
-        Applier(runner, shown, host=host, exists=host.exists).execute(group)
-        report["applied"] = True
-        report["event"] = history.append(host.sysroot, heal.event_line(found, args.why, time.monotonic() - started))
-        print(report["event"], file=shown)
-    else:
-        missing = array.degraded
-        print(
-            f"nothing to heal: {array.device} has {array.raid_disks - missing} of {array.raid_disks} members"
-            + (" and no partition here carries a missing one" if missing else ""),
-            file=shown,
-        )
-    if at_boot:
-        report["entries"] = _entries_after_the_fallback(runner, host, record, shown)
-    if args.json:
-        json.dump(report, out, indent=2)
-        print(file=out)
-    return 1 if found.left_out else 0
-
-
-def _entries_after_the_fallback(runner: Runner, host: HostView, record: Record, shown: TextIO) -> str | None:
-    """At boot, when shim's fallback made an entry of its own for a member (the firmware found
-    none: a new main board, cleared NVRAM), the entries are set as ``esp-mirror entries`` sets
-    them: one of ours per member, first, the fallback's folded in; else the next disk failure
-    finds the other disks without an entry. Only then: an ordinary boot writes no EFI variable.
-    Returns the history line, or None when nothing was done."""
-    state = read_mirror(runner, record, host, read_loaders=False)
-    folded = tuple(e for e in state.foreign if state.duplicate(e) is not None)
-    if not folded or state.boot is None:
-        return None
-    for group in commands.plan_entries(runner, host, state).groups:
-        Preflight(runner, commands.install_hint_of(record)).check(group)
-        Applier(runner, shown, host=host, exists=host.exists).execute(group)
-    event = history.append(host.sysroot, heal.entries_line(folded))
-    print(event, file=shown)
-    return event
-
-
-# -- changing commands -------------------------------------------------------------------------
-
-
-def _repair(
-    args: argparse.Namespace, state: MirrorState, runner: Runner, host: HostView, out: TextIO, stdin: TextIO
-) -> int:
-    plans.require_array(state)
-    journal = journal_file.load(host.sysroot)
-    with commands.scratch("repair-") as workdir:
-        copies, diffs = commands.compare_members(runner, state, workdir)
-        if not args.json:
-            _print_differences(diffs, out)
-        source = commands.repair_source(state, args.source, journal)
-        planned = commands.plan_repair(
-            runner, state, source, copies, diffs, Path(args.backup_dir), host.sysroot, journal
-        )
-        return _carry_out(args, state, planned, runner, host, out, stdin)
-
-
-def _carry_out(
-    args: argparse.Namespace,
-    state: MirrorState,
-    planned: commands.Planned,
-    runner: Runner,
-    host: HostView,
-    out: TextIO,
-    stdin: TextIO,
-) -> int:
-    """Check the plan (:mod:`~esp_mirror_plugin.pipeline.preflight`); show it; with --dry-run stop;
-    else confirm, run what must come first (keeping backups), and apply. JSON gets the plan too,
-    each step with ``would_change`` (``would_change``: 0 and ``undecided``: 0 mean there is
-    nothing to do), and after applying how many steps ``changed``."""
-    preflight = Preflight(runner, commands.install_hint_of(state.record))
-    for group in planned.groups:
-        preflight.check(group)
-    shown = io.StringIO() if args.json else out
-    for group in planned.groups:
-        print(group.render(), end="", file=shown)
-    applier = Applier(runner, shown, host=host, exists=host.exists)
-    plan = forecast(planned.groups, applier.now)
-    report = {"plan": plan, **counts(plan), "applied": False, **planned.report}
-    if args.dry_run:
-        if args.json:
-            json.dump(report, out, indent=2, default=str)
-            print(file=out)
-        return 0
-    if not confirmed(args.command, args.yes, stdin, out, dry_run_hint=True):
-        return 2
-    for line in planned.before():
-        print(line, file=shown)
-    for group in planned.groups:
-        applier.execute(group)
-    if args.json:
-        json.dump({**report, "applied": True, "changed": applier.changed}, out, indent=2, default=str)
-        print(file=out)
-    return 0

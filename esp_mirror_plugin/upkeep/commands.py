@@ -1,14 +1,19 @@
-"""What check, repair, replace, add and entries do, apart from how the command line shows it.
+"""What the upkeep commands do, apart from how the command line shows it.
 
-The changing ones return a :class:`Planned`: the groups of steps (which the caller shows, checks
-and runs through an executor), what ``--json`` reports about them, and what must happen right
-before the first step (repair keeps the versions of files it will overwrite).
+:func:`run` carries out one row of :mod:`.table`: it takes the lock the row names and calls the
+row's work function here (``run_<command>``), which reads the mirror, plans, and hands its result
+to :attr:`Call.show` (the command line's renderer). The changing ones plan a :class:`Planned`:
+the groups of steps, what ``--json`` reports about them, and what must happen right before the
+first step (repair keeps the versions of files it will overwrite); :func:`carry_out` checks it,
+shows it, asks, and runs it through the same executor as apply.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -20,20 +25,51 @@ from typing import Any, TextIO
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import bootentries, installed
 from esp_mirror_plugin.pipeline import fat
-from esp_mirror_plugin.pipeline.execute import Applier
+from esp_mirror_plugin.pipeline import record as records
+from esp_mirror_plugin.pipeline.execute import Applier, counts, forecast
 from esp_mirror_plugin.pipeline.layout import MAX_DISKS, disk_tag
+from esp_mirror_plugin.pipeline.preflight import Preflight
 from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.pipeline.record import Record
 from esp_mirror_plugin.pipeline.steps import Group
+from esp_mirror_plugin.system import lock
 from esp_mirror_plugin.system.discovery import DiskFacts, HostView, describe_disks, read_mounts
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
-from esp_mirror_plugin.upkeep import compare, lastcheck, loaders, plans, settings
+from esp_mirror_plugin.upkeep import compare, heal, history, lastcheck, loaders, metrics, plans, settings
 from esp_mirror_plugin.upkeep import journal as journal_file
 from esp_mirror_plugin.upkeep.journal import RepairJournal
 from esp_mirror_plugin.upkeep.lastcheck import LastCheck
-from esp_mirror_plugin.upkeep.mirror import MemberState, MirrorState, read_mirror
+from esp_mirror_plugin.upkeep.mirror import ArrayState, MemberState, MirrorState, read_mirror
+from esp_mirror_plugin.upkeep.table import Command
 
 WORK_DIR = "/run/esp-mirror"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One upkeep command line, as :func:`run` carries it out."""
+
+    options: argparse.Namespace  # as parsed (``options.command`` is the command's name)
+    command_line: str  # who holds the lock, for a second run
+    runner: Runner
+    host: HostView
+    progress: TextIO  # steps and what was done, as it happens: the output, or nowhere under --json
+    show: Callable[[Any], None]  # the command's renderer (its row's ``show``): prints a result
+    confirm: Callable[[], bool]  # may a shown plan be carried out? (--yes, or asked on a terminal)
+
+
+def run(command: Command, call: Call) -> int:
+    """Carry out one row of :mod:`.table`: its work function, under its lock. Returns the exit code."""
+    work: Callable[[Call], int] = getattr(sys.modules[__name__], command.work)
+    if command.lock is None:
+        return work(call)
+    with lock.held(call.command_line, wait=command.lock.wait):
+        return work(call)
+
+
+def mirror_of(call: Call, read_loaders: bool = False) -> MirrorState:
+    """The mirror as it is now, from the record apply left."""
+    return read_mirror(call.runner, records.load(call.host.sysroot), call.host, read_loaders=read_loaders)
 
 
 @dataclass
@@ -314,3 +350,184 @@ def plan_refresh(state: MirrorState, root: str) -> Planned:
     assert state.record is not None  # require_array checked it
     steps, notes = installed.plan(settings.setup(state.record, array.uuid, root))
     return Planned([Group(installed.GROUP, steps, notes)])
+
+
+# -- the commands, as their rows in table.py name them ---------------------------------------------
+
+
+def run_status(call: Call) -> int:
+    """The mirror's health, shown; the metrics written when asked for. Takes no lock."""
+    state = mirror_of(call, read_loaders=True)
+    file = metrics_file(call.options)
+    call.show(state)
+    write_metrics(file, state, state.last_check)
+    return state.exit_code()
+
+
+def run_check(call: Call) -> int:
+    """md's check and the member comparison (:func:`check`), shown; the metrics written when asked
+    for. Exit 1 when the check found a problem."""
+    state = mirror_of(call)
+    file = metrics_file(call.options)
+    if state.record is None or state.array is None:
+        write_metrics(file, state, state.last_check)  # nothing to check, but the collector learns why
+    result = check(call.runner, call.host, state, call.progress, md_check=not call.options.no_md_check)
+    call.show(result)
+    write_metrics(file, result.state, result.last)
+    return 0 if result.last.success and not result.signature_differences else 1
+
+
+def run_repair(call: Call) -> int:
+    """The members compared (the differences shown), the source chosen (or the interrupted
+    repair's), every other member rebuilt from it."""
+    state = mirror_of(call)
+    plans.require_array(state)
+    journal = journal_file.load(call.host.sysroot)
+    with scratch("repair-") as workdir:
+        copies, diffs = compare_members(call.runner, state, workdir)
+        print(compare.describe(diffs), end="", file=call.progress)
+        source = repair_source(state, call.options.source, journal)
+        planned = plan_repair(
+            call.runner, state, source, copies, diffs, Path(call.options.backup_dir), call.host.sysroot, journal
+        )
+        return carry_out(call, state, planned)
+
+
+def run_replace(call: Call) -> int:
+    state = mirror_of(call)
+    o = call.options
+    return carry_out(call, state, plan_new_member(call.runner, call.host, state, o.new, o.old, o.wipe, "replace"))
+
+
+def run_add(call: Call) -> int:
+    state = mirror_of(call)
+    o = call.options
+    return carry_out(call, state, plan_new_member(call.runner, call.host, state, o.disk, None, o.wipe, "add"))
+
+
+def run_entries(call: Call) -> int:
+    state = mirror_of(call)
+    return carry_out(call, state, plan_entries(call.runner, call.host, state))
+
+
+def run_refresh(call: Call) -> int:
+    state = mirror_of(call)
+    return carry_out(call, state, plan_refresh(state, call.host.sysroot))
+
+
+def carry_out(call: Call, state: MirrorState, planned: Planned) -> int:
+    """Check the plan (:mod:`~esp_mirror_plugin.pipeline.preflight`); show it; with --dry-run stop;
+    else confirm, run what must come first (keeping backups), and apply. The report (what
+    ``--json`` prints) is the plan, each step with ``would_change`` (``would_change``: 0 and
+    ``undecided``: 0 mean there is nothing to do), and after applying how many steps ``changed``.
+    Exit 2 when the plan was not confirmed."""
+    preflight = Preflight(call.runner, install_hint_of(state.record))
+    for group in planned.groups:
+        preflight.check(group)
+    for group in planned.groups:
+        print(group.render(), end="", file=call.progress)
+    applier = Applier(call.runner, call.progress, host=call.host, exists=call.host.exists)
+    plan = forecast(planned.groups, applier.now)
+    report = {"plan": plan, **counts(plan), "applied": False, **planned.report}
+    if call.options.dry_run:
+        call.show(report)
+        return 0
+    if not call.confirm():
+        return 2
+    for line in planned.before():
+        print(line, file=call.progress)
+    for group in planned.groups:
+        applier.execute(group)
+    call.show({**report, "applied": True, "changed": applier.changed})
+    return 0
+
+
+def metrics_file(options: argparse.Namespace) -> Path | None:
+    """Where --metrics or --metrics-dir asks for the metrics, checked before anything runs."""
+    if options.metrics is not None:
+        return metrics.file_for(options.metrics)
+    if options.metrics_dir is not None:
+        return metrics.file_in(options.metrics_dir)
+    return None
+
+
+def write_metrics(file: Path | None, state: MirrorState, last_check: LastCheck | None) -> None:
+    if file is not None:
+        metrics.write(file, metrics.render(state, last_check, time.time()))
+
+
+def run_heal(call: Call) -> int:
+    """Members of ours that are present but out of the array go back in (no confirmation: it is
+    meant to run unattended, and takes back only what the superblocks say is ours and older).
+    Exit 0 when the array has all it can get, 1 when a member of ours was left out."""
+    runner, host, why, dry_run = call.runner, call.host, call.options.why, call.options.dry_run
+    record = records.load(host.sysroot)
+    if record is None:
+        raise BadInput("no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): nothing to heal")
+    at_boot = why == "boot" and not dry_run
+    waiting: tuple[str, ...] = ()
+    try:
+        array: ArrayState | None = heal.wait_for_array(runner, host, record, call.options.wait)
+    except BadInput:
+        waiting = heal.waiting_arrays(runner, host, record) if at_boot else ()
+        if not waiting:
+            raise
+        array = None
+    mounted = any(m.mountpoint == record.mountpoint for m in read_mounts(host))
+    if at_boot and (waiting or not mounted):
+        # the boot left the ESP unmounted: its array waits for a missing disk, or its mount unit
+        # gave up or failed before the array was ready
+        start = Group("heal", heal.start_steps(waiting, record, mounted))
+        Preflight(runner, install_hint_of(record)).check(start)
+        Applier(runner, call.progress, host=host, exists=host.exists).execute(start)
+        print(history.append(host.sysroot, heal.started_line(record, waiting)), file=call.progress)
+    if array is None:
+        array = heal.wait_for_array(runner, host, record, 10.0)
+    found = heal.find(runner, host, array, call.options.device)
+    group = Group("heal", found.steps(), found.left_out)
+    Preflight(runner, install_hint_of(record)).check(group)
+    report: dict[str, Any] = {
+        "array": array.device,
+        "add": [r.node for r in found.add],
+        "left_out": list(found.left_out),
+        "plan": group.to_json(),
+        "applied": False,
+        "event": None,
+    }
+    if dry_run:
+        print(group.render(), end="", file=call.progress)
+    elif found.add or found.left_out:
+        started = time.monotonic()
+        Applier(runner, call.progress, host=host, exists=host.exists).execute(group)
+        report["applied"] = True
+        report["event"] = history.append(host.sysroot, heal.event_line(found, why, time.monotonic() - started))
+        print(report["event"], file=call.progress)
+    else:
+        missing = array.degraded
+        print(
+            f"nothing to heal: {array.device} has {array.raid_disks - missing} of {array.raid_disks} members"
+            + (" and no partition here carries a missing one" if missing else ""),
+            file=call.progress,
+        )
+    if at_boot:
+        report["entries"] = entries_after_the_fallback(runner, host, record, call.progress)
+    call.show(report)
+    return 1 if found.left_out else 0
+
+
+def entries_after_the_fallback(runner: Runner, host: HostView, record: Record, progress: TextIO) -> str | None:
+    """At boot, when shim's fallback made an entry of its own for a member (the firmware found
+    none: a new main board, cleared NVRAM), the entries are set as ``esp-mirror entries`` sets
+    them: one of ours per member, first, the fallback's folded in; else the next disk failure
+    finds the other disks without an entry. Only then: an ordinary boot writes no EFI variable.
+    Returns the history line, or None when nothing was done."""
+    state = read_mirror(runner, record, host, read_loaders=False)
+    folded = tuple(e for e in state.foreign if state.duplicate(e) is not None)
+    if not folded or state.boot is None:
+        return None
+    for group in plan_entries(runner, host, state).groups:
+        Preflight(runner, install_hint_of(record)).check(group)
+        Applier(runner, progress, host=host, exists=host.exists).execute(group)
+    event = history.append(host.sysroot, heal.entries_line(folded))
+    print(event, file=progress)
+    return event

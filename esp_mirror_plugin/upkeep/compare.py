@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import tarfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,26 @@ class Difference:
                 for node, v in self.versions.items()
             },
         }
+
+
+def describe(diffs: list[Difference]) -> str:
+    """The differences as check and repair show them: each differing path, each member's version."""
+    if not diffs:
+        return "member files: identical\n"
+    lines = [f"member files: {len(diffs)} differ"]
+    for d in diffs:
+        lines.append(f"  {d.path}")
+        for node, v in d.versions.items():
+            desc = (
+                "missing"
+                if v is None
+                else (
+                    f"{v.size} bytes, modified {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(v.mtime))} UTC, "
+                    f"sha256 {v.sha256[:12]}"
+                )
+            )
+            lines.append(f"    {node}: {desc}")
+    return "".join(f"{line}\n" for line in lines)
 
 
 def fresh_view(runner: Runner, node: str) -> None:

@@ -1,9 +1,12 @@
-"""The upkeep commands, one row each: what ``--help`` says, the options, and what to say after a
-failure.
+"""The upkeep commands, one row each: what ``--help`` says, the options, the lock, what to say
+after a failure, and the names of the function that does the work (in
+:mod:`esp_mirror_plugin.upkeep.commands`) and of the one that shows its result (in
+:mod:`esp_mirror_plugin.cli.upkeep`).
 
 This is the one place a command is listed: the command line's parser is built from it
-(:mod:`esp_mirror_plugin.cli`). It is data only, so building the parser (``--version``,
-``plan``) loads nothing else of ``upkeep/``.
+(:mod:`esp_mirror_plugin.cli`), and :func:`esp_mirror_plugin.upkeep.commands.run` carries a row
+out. It is data only, so building the parser (``--version``, ``plan``) loads nothing else of
+``upkeep/``; the two functions are looked up by name once the command is known.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from esp_mirror_plugin.system.state import REPAIR_BACKUPS
+
+HEAL_LOCK_WAIT = 300.0  # at boot, heal may queue behind a check or another heal's recovery
 
 
 @dataclass(frozen=True)
@@ -31,12 +36,23 @@ class Option:
 
 
 @dataclass(frozen=True)
+class Lock:
+    """The command holds the lock (:mod:`esp_mirror_plugin.system.lock`) from before it reads the
+    mirror until it is done; ``wait``: seconds to queue behind another holder (None: refuse at once)."""
+
+    wait: float | None = None
+
+
+@dataclass(frozen=True)
 class Command:
     """One upkeep command."""
 
     name: str
     help: str  # the line of ``esp-mirror --help``, and the description of ``esp-mirror NAME --help``
+    work: str  # a function of upkeep/commands.py: (Call) -> exit code, run under ``lock``
+    show: str  # a function of cli/upkeep.py: (args, result, out) prints what ``work`` hands to Call.show
     options: tuple[Option, ...] = ()
+    lock: Lock | None = Lock()  # None: takes no lock (and only says who holds it)
     after_failure: str | None = None  # after a failed step or Ctrl-C; None: run the same command again
 
 
@@ -66,11 +82,16 @@ UPKEEP: dict[str, Command] = {
         Command(
             "status",
             "the mirror's health: array, members, mount, boot entries",
+            work="run_status",
+            show="show_status",
             options=(JSON, *METRICS),
+            lock=None,
         ),
         Command(
             "check",
             "md consistency check, then compare the members' files (read-only); the result is kept for status",
+            work="run_check",
+            show="show_check",
             options=(
                 JSON,
                 *METRICS,
@@ -86,6 +107,8 @@ UPKEEP: dict[str, Command] = {
         Command(
             "repair",
             "make every member equal to the chosen one (full rebuild from it)",
+            work="run_repair",
+            show="show_report",
             options=(
                 Option(
                     "--source",
@@ -104,6 +127,8 @@ UPKEEP: dict[str, Command] = {
         Command(
             "replace",
             "replace a failed or missing member with a new disk",
+            work="run_replace",
+            show="show_report",
             options=(
                 Option("--old", "the member to replace, or missing", metavar="DISK|missing", required=True),
                 Option("--new", "the new (blank) disk", metavar="DISK", required=True),
@@ -114,16 +139,22 @@ UPKEEP: dict[str, Command] = {
         Command(
             "add",
             "grow the mirror by one member",
+            work="run_add",
+            show="show_report",
             options=(Option("--disk", "the new (blank) disk", metavar="DISK", required=True), WIPE, *CHANGING),
         ),
         Command(
             "entries",
             "one firmware boot entry per member, ours first, stale ones removed",
+            work="run_entries",
+            show="show_report",
             options=CHANGING,
         ),
         Command(
             "heal",
             "put members of the array that are present but out of it back in (run at boot and on hot-plug)",
+            work="run_heal",
+            show="show_report",
             options=(
                 Option(
                     "--why",
@@ -142,10 +173,13 @@ UPKEEP: dict[str, Command] = {
                 JSON,
                 DRY_RUN,
             ),
+            lock=Lock(wait=HEAL_LOCK_WAIT),
         ),
         Command(
             "refresh",
             "write the installed system's esp-mirror, heal units and upgrade settings again",
+            work="run_refresh",
+            show="show_report",
             options=CHANGING,
         ),
     )

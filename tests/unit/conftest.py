@@ -31,7 +31,6 @@ import pytest
 
 from esp_mirror_plugin import cli
 from esp_mirror_plugin.cli import install as cli_install
-from esp_mirror_plugin.cli import upkeep as cli_upkeep
 from esp_mirror_plugin.hooks import installed
 from esp_mirror_plugin.pipeline import naming
 from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
@@ -1195,12 +1194,12 @@ def mirror(mirror_of) -> Mirror:
 
 def fast_applier(machine: Machine, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """Make the Applier that the upkeep CLI builds look for new partitions through the host view and
-    wait on a fake clock. cli.upkeep._carry_out (and upkeep.commands.check) build
+    wait on a fake clock. upkeep.commands (carry_out, check, heal) builds
     ``Applier(runner, out, host=host)``, whose ``exists`` is the real os.path.exists and whose clock
     and sleep are real, whatever is injected."""
     clock = FakeClock()
-    for module in (cli_upkeep, upkeep_commands):
-        monkeypatch.setattr(module, "Applier", functools.partial(module.Applier, clock=clock, sleep=clock.sleep))
+    applier = functools.partial(upkeep_commands.Applier, clock=clock, sleep=clock.sleep)
+    monkeypatch.setattr(upkeep_commands, "Applier", applier)
     return clock
 
 

@@ -1,9 +1,11 @@
 """One table lists the upkeep commands (esp_mirror_plugin/upkeep/table.py): the parser is built
-from it, and building the parser (``--version``, ``plan``) loads nothing of upkeep/ but the table.
+from it, every row names a work function and a renderer that exist, and building the parser
+(``--version``, ``plan``) loads nothing of upkeep/ but the table.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -11,7 +13,17 @@ import sys
 import pytest
 
 from esp_mirror_plugin import cli
+from esp_mirror_plugin.cli import upkeep as cli_upkeep
+from esp_mirror_plugin.upkeep import commands
 from esp_mirror_plugin.upkeep.table import UPKEEP
+
+
+@pytest.mark.parametrize("name", list(UPKEEP))
+def test_each_row_names_its_work_in_upkeep_commands_and_its_output_in_cli_upkeep(name):
+    row = UPKEEP[name]
+    work, show = getattr(commands, row.work), getattr(cli_upkeep, row.show)
+    assert list(inspect.signature(work).parameters) == ["call"]
+    assert len(inspect.signature(show).parameters) == 3  # (args, what work hands to Call.show, out)
 
 
 def test_the_parser_has_one_command_per_row_with_the_rows_options():
