@@ -19,18 +19,19 @@ from esp_mirror_plugin.system.discovery import HostView
 from esp_mirror_plugin.system.runner import Runner, ShRunner
 from esp_mirror_plugin.upkeep import commands, compare, loaders, plans
 from esp_mirror_plugin.upkeep.mirror import MirrorState
-from esp_mirror_plugin.upkeep.table import UPKEEP
+from esp_mirror_plugin.upkeep.table import JSON, UPKEEP
 
 
 def run(args: argparse.Namespace, out: TextIO, stdin: TextIO, runner: Runner | None, host: HostView | None) -> int:
     command = UPKEEP[args.command]
     show = globals()[command.show]
+    as_json = JSON in command.options and args.json  # a command without --json shows text
     call = commands.Call(
         options=args,
         command_line=args.command_line,
         runner=runner or ShRunner(),
         host=host or HostView(),
-        progress=io.StringIO() if args.json else out,
+        progress=io.StringIO() if as_json else out,
         show=lambda result: show(args, result, out),
         confirm=lambda: confirmed(args.command, args.yes, stdin, out, dry_run_hint=True),
     )

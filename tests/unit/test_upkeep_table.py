@@ -14,8 +14,8 @@ import pytest
 
 from esp_mirror_plugin import cli
 from esp_mirror_plugin.cli import upkeep as cli_upkeep
-from esp_mirror_plugin.upkeep import commands
-from esp_mirror_plugin.upkeep.table import UPKEEP
+from esp_mirror_plugin.upkeep import commands, plans
+from esp_mirror_plugin.upkeep.table import UPKEEP, Command
 
 
 @pytest.mark.parametrize("name", list(UPKEEP))
@@ -57,3 +57,19 @@ def test_version_and_plan_load_no_upkeep_module_but_the_table():
     for loaded in json.loads(done.stdout.splitlines()[-1]):
         ours = [m for m in loaded if m.startswith(("esp_mirror_plugin.upkeep", "esp_mirror_plugin.cli.upkeep"))]
         assert ours == ["esp_mirror_plugin.upkeep", "esp_mirror_plugin.upkeep.table"]
+
+
+def test_a_row_is_all_a_command_needs_besides_its_work_and_its_output(mirror, monkeypatch):
+    """A new row (here one without options, not even --json) runs: its work under no lock, its
+    result shown as text."""
+    row = Command("hello", "print the mirror's array name", work="run_hello", show="show_hello", lock=None)
+    monkeypatch.setitem(UPKEEP, "hello", row)
+    monkeypatch.setitem(cli._COMMANDS, "hello", row.help)  # what cli built from the table on import
+    monkeypatch.setattr(
+        commands, "run_hello", lambda call: call.show(plans.require_array(commands.mirror_of(call))) or 0, raising=False
+    )
+    monkeypatch.setattr(cli_upkeep, "show_hello", lambda args, array, out: print(array.device, file=out), raising=False)
+
+    done = mirror.cli("hello")
+
+    assert (done.code, done.out, done.err) == (0, "/dev/md/esp\n", "")
