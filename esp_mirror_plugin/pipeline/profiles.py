@@ -187,15 +187,21 @@ def _locate(name_or_path: str) -> Traversable:
     return candidate
 
 
-def _read(location: Traversable) -> str:
+def read_yaml_text(what: str, location: Traversable | Path) -> str:
+    """The text of a YAML file the user gave (``what``: "profile file", "config file"), or one
+    line naming why it cannot be read."""
     try:
         return location.read_text()
     except OSError as exc:
         raise BadInput(
-            f"profile file {location} cannot be read ({exc.strerror}): make it readable, or run esp-mirror as root"
+            f"{what} {location} cannot be read ({exc.strerror}): make it readable, or run esp-mirror as root"
         ) from None
     except UnicodeDecodeError as exc:
-        raise BadInput(f"profile file {location} is not UTF-8 text (byte {exc.start}): give a YAML file") from None
+        raise BadInput(f"{what} {location} is not UTF-8 text (byte {exc.start}): give a YAML file") from None
+
+
+def _read(location: Traversable) -> str:
+    return read_yaml_text("profile file", location)
 
 
 def _yaml_load(text: str) -> Any:

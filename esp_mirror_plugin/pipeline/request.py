@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
 from esp_mirror_plugin.pipeline.kinds import InitramfsMode
+from esp_mirror_plugin.pipeline.profiles import read_yaml_text
 
 if TYPE_CHECKING:
     from esp_mirror_plugin.pipeline.profiles import Profile
@@ -178,14 +179,9 @@ def load_config(path: str) -> dict[str, Any]:
         raise BadInput(f"config file {path} is a directory, not a YAML file: give the file")
     if not file.is_file():
         raise BadInput(f"config file {path} does not exist: give the path of a YAML file")
+    text = read_yaml_text("config file", file)
     try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except OSError as exc:
-        raise BadInput(
-            f"config file {path} cannot be read ({exc.strerror}): make it readable, or run esp-mirror as root"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise BadInput(f"config file {path} is not UTF-8 text (byte {exc.start}): give a YAML file") from None
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise BadInput(f"config file {path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(data, dict):
