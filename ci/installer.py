@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ci.vm.images import blank_disk
 from esp_mirror_plugin import host
-from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
+from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind, spec
 from esp_mirror_plugin.pipeline.context import Context, prepare
 from esp_mirror_plugin.pipeline.execute import Applier
 from esp_mirror_plugin.pipeline.kinds import InitramfsMode
@@ -156,7 +156,7 @@ def prepare_on_images(
         profile=profile,
         target=str(target),
         bootloader=bootloader,
-        efi_image=str(image) if bootloader.needs_image else None,
+        efi_image=str(image) if spec(bootloader).needs_image else None,
         initramfs=initramfs,
     )
     ctx = prepare(request, runner=runner)

@@ -9,19 +9,19 @@ from __future__ import annotations
 from esp_mirror_plugin import hookimpl
 from esp_mirror_plugin.hooks import adopt, initramfs, installed, partition, raid
 from esp_mirror_plugin.hooks import bootloader as boot
-from esp_mirror_plugin.pipeline.adoption import NEW
 from esp_mirror_plugin.pipeline.context import Context
+from esp_mirror_plugin.pipeline.kinds import AdoptPhase
 
 
 @hookimpl
 def pre_partition(ctx: Context) -> None:
     adoption = ctx.layout.adoption
-    if adoption is not None and adoption.phase == NEW:
+    if adoption is not None and adoption.phase is AdoptPhase.NEW:
         ctx.execute(adopt.BACKUP, adopt.backup_steps(ctx.request, ctx.layout))
     if adoption is not None and not adoption.switched:
-        ctx.execute("pre_partition", adopt.partition_steps(ctx.layout))
+        ctx.execute("pre_partition", adopt.partition_steps(ctx.layout), partition.notes(ctx.layout.members))
     else:
-        ctx.execute("pre_partition", partition.plan(ctx.layout))
+        ctx.execute("pre_partition", *partition.plan(ctx.layout))
 
 
 @hookimpl

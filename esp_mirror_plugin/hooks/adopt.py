@@ -17,6 +17,7 @@ from esp_mirror_plugin.hooks.bootloader import entry_members, loader_path
 from esp_mirror_plugin.pipeline import adoption as adoptions
 from esp_mirror_plugin.pipeline import fat
 from esp_mirror_plugin.pipeline.adoption import COPY, SWITCHED, Adoption
+from esp_mirror_plugin.pipeline.kinds import AdoptPhase
 from esp_mirror_plugin.pipeline.layout import Layout
 from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.request import Resolved
@@ -60,6 +61,13 @@ def backup_steps(request: Resolved, layout: Layout) -> tuple[Step, ...]:
                 ),
             ]
         steps.append(Command(("tar", "--create", f"--file={backup.tar}", f"--directory={backup.source}", "."), why=why))
+        steps.append(
+            VerifyCopy(
+                backup.source,
+                backup.tar,
+                why=f"the backup must hold every file of {backup.node} before anything changes (nothing has yet)",
+            )
+        )
         if backup.mount:
             steps.append(Command(("umount", backup.source), why=f"{backup.node} is backed up"))
     for disk, file in adoption.gpt_backups:
@@ -92,7 +100,7 @@ def backup_steps(request: Resolved, layout: Layout) -> tuple[Step, ...]:
     return tuple(steps)
 
 
-def _journal(request: Resolved, adoption: Adoption, phase: str, why: str) -> WriteFile:
+def _journal(request: Resolved, adoption: Adoption, phase: AdoptPhase, why: str) -> WriteFile:
     journal = adoption.journal
     text = adoptions.AdoptJournal(journal.command, journal.live, journal.disks, phase).text()
     return WriteFile(adoptions.journal_path(request.target), text, why=why, root=request.target)

@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import re
 
-from esp_mirror_plugin.pipeline.bootloaders import RANDOM_SEED, BootloaderKind
+from esp_mirror_plugin.pipeline.bootloaders import RANDOM_SEED, spec
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind
 from esp_mirror_plugin.pipeline.steps import Command, EditBlock, Step, WriteFile
 from esp_mirror_plugin.system.target import Target
 
@@ -169,7 +170,7 @@ def notes(target: Target, mountpoint: str, bootloader: BootloaderKind) -> tuple[
     mkinitcpio's presets (Arch: its pacman hook runs ``mkinitcpio -P``) name where each kernel and
     initramfs go. dracut's kernel hook on Fedora and openSUSE is a kernel-install plugin, which
     BOOT_ROOT and the guard cover."""
-    if not bootloader.spec.kernels_on_esp:
+    if not spec(bootloader).kernels_on_esp:
         return ()
     out = []
     presets = target.resolve(PRESETS)
@@ -212,10 +213,10 @@ def plan(
         the guard.
     """
     steps: list[Step] = list(_bootctl(target, mountpoint))
-    kernels = bootloader.spec.kernels_on_esp  # systemd-boot: kernel updates write to the ESP
+    kernels = spec(bootloader).kernels_on_esp  # systemd-boot: kernel updates write to the ESP
     apt = manager in APT
     pacman = manager == "pacman" and kernels
-    packages = bootloader.spec.apt_packages if apt else ()
+    packages = spec(bootloader).apt_packages if apt else ()
     if kernels or packages:
         steps.append(
             WriteFile(

@@ -10,7 +10,7 @@ import os
 
 from esp_mirror_plugin.hooks import bootentries, secureboot
 from esp_mirror_plugin.pipeline import record as records
-from esp_mirror_plugin.pipeline.bootloaders import arch_names, fallback_name, on_esp
+from esp_mirror_plugin.pipeline.bootloaders import arch_names, fallback_name, on_esp, spec
 from esp_mirror_plugin.pipeline.layout import Layout
 from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.record import Record
@@ -24,12 +24,12 @@ from esp_mirror_plugin.system.target import Target
 def loader_path(request: Resolved, profile: Profile, has_shim: bool) -> str:
     """The file the boot entries start, as an EFI path with backslashes."""
     suffix, _ = arch_names(request.arch)
-    return request.bootloader.spec.loader(request, profile, suffix, has_shim)
+    return spec(request.bootloader).loader(request, profile, suffix, has_shim)
 
 
 def payload_steps(request: Resolved, profile: Profile, layout: Layout) -> tuple[Step, ...]:
     """What goes on the ESP for the kind asked (its loader and the fallback path's copy)."""
-    return request.bootloader.spec.payload(request, profile, layout)
+    return spec(request.bootloader).payload(request, profile, layout.esp_dir)
 
 
 def shim_fallback_steps(request: Resolved, profile: Profile, layout: Layout, target: Target) -> tuple[Step, ...]:
@@ -38,7 +38,7 @@ def shim_fallback_steps(request: Resolved, profile: Profile, layout: Layout, tar
     makes an entry from \\EFI\\<loader_id>\\BOOT<ARCH>.CSV for the disk it started from and
     resets, and ``esp-mirror entries`` folds that entry into ours. Debian's ``grub-install
     --removable`` puts shim, GRUB and MokManager there but leaves the fallback out."""
-    if not request.bootloader.spec.shim_fallback or profile.grub.loader != "auto" or not target.has_shim():
+    if not spec(request.bootloader).shim_fallback or profile.grub.loader != "auto" or not target.has_shim():
         return ()
     suffix, _ = arch_names(request.arch)
     source = f"usr/lib/shim/fb{suffix}.efi.signed"
@@ -91,10 +91,7 @@ def plan(
         )
     members = entry_members(layout)
     state = snapshot.boot or nvram.BootState(None, (), ())
-    first = None
-    if layout.adoption is not None:  # the live ESP is wiped and rebuilt after this: its disk boots last until then
-        live = layout.adoption.live.guid
-        first = (*(m.partuuid for m in members if m.partuuid != live), live)
+    first = layout.entry_order()
     stray = bootentries.strays(state, os.path.isfile, layout.esp_dir)
     return steps + bootentries.plan(state, members, request.entry_label, loader, first, stray), signing
 

@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from esp_mirror_plugin import __version__, man
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import anycaller, heal, periodic, upgrades
-from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
-from esp_mirror_plugin.pipeline.kinds import OwnCheck
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind, OwnCheck
 from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.steps import Command, InstallProgram, Step
 from esp_mirror_plugin.system import zipapp

@@ -59,7 +59,7 @@ def plan(request: Resolved, profile: Profile, layout: Layout, target: Target) ->
         )
     if layout.array_action != "keep":
         steps.append(Settle(why="udev names the new array (/dev/disk/by-id/md-uuid-...) before it is used"))
-    make = fat.mkfs(request.device, request.esp_size, layout.sector_size, request.label, layout.volume_id)
+    make = fat.mkfs(request.device, layout.fat_size, layout.sector_size, request.label, layout.volume_id)
     if layout.make_fs:
         steps.append(make)
     elif layout.mount:  # not mounted yet: a FAT already there may be one an interrupted mkfs left half made

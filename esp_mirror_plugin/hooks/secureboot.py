@@ -10,6 +10,7 @@ What counts as signed, and what to install, is the kind's row
 
 from __future__ import annotations
 
+from esp_mirror_plugin.pipeline.bootloaders import spec
 from esp_mirror_plugin.pipeline.request import Resolved
 from esp_mirror_plugin.system.discovery import Snapshot
 from esp_mirror_plugin.system.target import Target
@@ -20,5 +21,5 @@ def notes(request: Resolved, snapshot: Snapshot, target: Target, loader: str, su
     aa64) carries no signature while the firmware enforces Secure Boot, naming what to do."""
     if not snapshot.secure_boot:
         return ()
-    problem = request.bootloader.spec.unsigned(request, target, loader, suffix)
+    problem = spec(request.bootloader).unsigned(request, target, loader, suffix)
     return (problem,) if problem else ()

@@ -21,8 +21,8 @@
 from __future__ import annotations
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
-from esp_mirror_plugin.pipeline.kinds import Init
+from esp_mirror_plugin.pipeline.bootloaders import spec
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind, Init
 from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.steps import Command, EditBlock, LoadDebconf, Step, WriteFile
 from esp_mirror_plugin.system import files
@@ -83,7 +83,7 @@ def _debconf(profile: Profile, target: Target, array_uuid: str) -> tuple[tuple[S
 
 
 def _relaxed_esp_checks(profile: Profile, target: Target, bootloader: BootloaderKind) -> tuple[Step, ...]:
-    if not bootloader.spec.bootctl and not target.has_program("bootctl"):
+    if not spec(bootloader).bootctl and not target.has_program("bootctl"):
         return ()
     why = f"bootctl accepts the ESP on md only with {RELAX}=1"
     steps: list[Step] = [
@@ -163,7 +163,7 @@ def _fwupd(target: Target, mountpoint: str) -> tuple[tuple[Step, ...], tuple[str
 
 def _grub_distributor(profile: Profile, bootloader: BootloaderKind, loader_id: str) -> tuple[str, ...]:
     """Debian's GRUB postinst installs into \\EFI\\<GRUB_DISTRIBUTOR>\\, and only when that exists."""
-    if not profile.debconf or not bootloader.spec.distributor or loader_id == profile.loader_id:
+    if not profile.debconf or not spec(bootloader).distributor or loader_id == profile.loader_id:
         return ()
     return (
         f"--loader-id {loader_id}: the GRUB packages' upgrades install into \\EFI\\{profile.loader_id}\\ "

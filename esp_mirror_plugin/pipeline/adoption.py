@@ -35,20 +35,13 @@ import re
 from dataclasses import dataclass, field
 
 from esp_mirror_plugin.errors import BadInput, size_text
-from esp_mirror_plugin.pipeline import fat, naming
-from esp_mirror_plugin.pipeline.kinds import Init
-from esp_mirror_plugin.pipeline.layout import (
-    GPT_BACKUP,
-    Layout,
-    Member,
-    check_settings,
-    derived_uuid,
-    fat_label_problem,
-    holds_data,
-    record_size,
-)
+from esp_mirror_plugin.pipeline import checks, fat, members, naming
+from esp_mirror_plugin.pipeline.bootloaders import spec
+from esp_mirror_plugin.pipeline.disks import GPT_BACKUP, MIB, Holds, model
+from esp_mirror_plugin.pipeline.kinds import AdoptPhase, EspFrom, Init
+from esp_mirror_plugin.pipeline.members import ArrayPlan, Member
 from esp_mirror_plugin.pipeline.profiles import Profile
-from esp_mirror_plugin.pipeline.request import MIB, Resolved
+from esp_mirror_plugin.pipeline.request import Resolved
 from esp_mirror_plugin.system.discovery import DiskFacts, HostView, Mount, Partition, Snapshot
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
 from esp_mirror_plugin.system.state import ADOPT_BACKUPS as BACKUP_DIR
@@ -58,7 +51,7 @@ from esp_mirror_plugin.system.target import Target
 
 STAGING = "/run/esp-mirror/adopt"  # the new array while the files are copied onto it
 READING = "/run/esp-mirror/adopt-read"  # another disk's ESP, mounted read-only for its backup
-NEW, COPY, SWITCHED = "new", "copy", "switched"
+NEW, COPY, SWITCHED = AdoptPhase.NEW, AdoptPhase.COPY, AdoptPhase.SWITCHED
 # Where distributions and boot managers keep scripts that copy one ESP onto the others.
 SYNC_HOOK_DIRS = (
     "etc/zfsbootmenu/generate-zbm.post.d",
@@ -84,10 +77,10 @@ class AdoptJournal:
     command: str  # the command line, for status and the message after a failure
     live: str  # the partition GUID of the live ESP (lower case)
     disks: tuple[str, ...]  # the disks as given
-    phase: str = COPY  # COPY: the array may be made again; SWITCHED: the array is the ESP now
+    phase: AdoptPhase = COPY  # COPY: the array may be made again; SWITCHED: the array is the ESP now
 
     def text(self) -> str:
-        body = {"command": self.command, "live": self.live, "disks": list(self.disks), "phase": self.phase}
+        body = {"command": self.command, "live": self.live, "disks": list(self.disks), "phase": str(self.phase)}
         return json.dumps(body, indent=2) + "\n"
 
 
@@ -104,11 +97,12 @@ def load_journal(root: str) -> AdoptJournal | None:
     try:
         with open(path, encoding="utf-8") as handle:
             body = json.load(handle)
+        phase = str(body["phase"])
         journal = AdoptJournal(
             command=str(body["command"]),
             live=str(body["live"]).lower(),
             disks=tuple(str(d) for d in body["disks"]),
-            phase=str(body["phase"]),
+            phase=AdoptPhase(phase) if phase in (COPY, SWITCHED) else COPY,
         )
     except FileNotFoundError:
         return None
@@ -117,8 +111,8 @@ def load_journal(root: str) -> AdoptJournal | None:
             f"cannot read the journal of an interrupted adoption {path} ({exc}): see `esp-mirror status` and "
             f"the backups in {os.path.join(root, BACKUP_DIR)}, then remove the file and run adopt again"
         ) from None
-    if journal.phase not in (COPY, SWITCHED):
-        raise BadInput(f"{path} has an unknown phase {journal.phase!r}: remove it and run adopt again")
+    if phase not in (COPY, SWITCHED):
+        raise BadInput(f"{path} has an unknown phase {phase!r}: remove it and run adopt again")
     return journal
 
 
@@ -130,6 +124,7 @@ class FatUse:
     files: int = 0
     used_clusters: int = 0
     clusters: int = 0
+    missing: bool = False  # the kernel has no node for the partition: nothing could be read
 
     def used_bytes(self, size: int) -> int:
         """At most this many bytes are in use (a cluster is at most ``size`` / clusters)."""
@@ -166,6 +161,7 @@ class Facts:
     sync_hooks: tuple[str, ...]  # files that copy between ESPs (made unnecessary by the mirror)
     shim: bool  # the target has Debian's signed shim (GRUB's entries start shimx64.efi)
     command: str  # this command line
+    esp: str | None = None  # --esp: the live ESP's partition, when the mount and fstab do not say
 
 
 @dataclass(frozen=True)
@@ -184,7 +180,7 @@ class Adoption:
 
     live: Member  # the live ESP's partition: it joins the array last
     label: str  # the FAT label the array gets (the live ESP's)
-    phase: str  # NEW (nothing changed yet), COPY (the array is not the ESP yet), SWITCHED
+    phase: AdoptPhase
     journal: AdoptJournal  # what the journal says, or will say
     component_kib: int  # what each member gives the array (mdadm --size): fits the smallest
     retire: tuple[str, ...] = ()  # fstab lines that mount an ESP involved: the mirror's line replaces them
@@ -214,6 +210,7 @@ def gather(
     runner: Runner,
     target: Target,
     command: str,
+    esp: str | None = None,
 ) -> Facts:
     """Read what :func:`build` decides from (read-only)."""
     journal = load_journal(target.root)
@@ -221,7 +218,11 @@ def gather(
     if journal is None or journal.phase != SWITCHED:  # the FATs whose files are backed up and copied
         for disk in snapshot.disks:
             for part in disk.partitions:
-                if part.fstype == "vfat":
+                if part.fstype != "vfat":
+                    continue
+                if disk.kind == "block" and not part.devnum:  # in the table, unknown to the kernel
+                    fats[_node(disk, part)] = FatUse(("the kernel has no node for it",), missing=True)
+                else:
                     fats[_node(disk, part)] = read_fat(runner, _node(disk, part))
     backup_parent = target.resolve(STATE_DIR)
     while not backup_parent.exists():
@@ -245,6 +246,7 @@ def gather(
         sync_hooks=tuple(hooks),
         shim=target.has_shim(),
         command=command,
+        esp=esp,
     )
 
 
@@ -266,17 +268,15 @@ def _node(disk: DiskFacts, part: Partition) -> str:
     return str(naming.partition_node(disk.path, part.number))
 
 
-def build(
-    request: Resolved, profile: Profile, snapshot: Snapshot, facts: Facts, live_arg: str | None, host: HostView
-) -> Layout:
-    """The layout of the mirror the adoption makes, with its :class:`Adoption`.
+def decide(
+    request: Resolved, profile: Profile, snapshot: Snapshot, facts: Facts, esp_dir: str, host: HostView
+) -> tuple[ArrayPlan, Adoption]:
+    """The array the adoption makes (its members from :mod:`.members`), with its :class:`Adoption`.
 
     :raises NothingToDo: the target is an esp-mirror mirror already.
     :raises BadInput: anything that makes the adoption unsafe, before anything changed.
     """
-    check_settings(request)
     disks = snapshot.disks
-    esp_dir = os.path.normpath(os.path.join(request.target, request.mountpoint.lstrip("/")))
     journal = facts.journal
     array = snapshot.array
     mounted = snapshot.mounted_at(esp_dir)
@@ -293,8 +293,8 @@ def build(
             f"an adoption of {', '.join(journal.disks)} is not finished ({journal_path(request.target)}): "
             f"run it again as it was started: {journal.command}"
         )
-    live_disk, live_part = _live(request, disks, snapshot, facts, live_arg, esp_dir, host)
-    derived = derived_uuid(request, disks)
+    live_disk, live_part = _live(request, disks, snapshot, facts, esp_dir, host)
+    derived = members.derived_uuid(request, disks)
     # Once the journal says "switched", the array is the ESP, whether it runs and is mounted yet or
     # not (after a power cut it is neither until the system assembles and mounts it): it is never
     # made again. Before that, an array mounted at the mount point holds a verified copy: the
@@ -320,35 +320,45 @@ def build(
     if phase != SWITCHED:
         _check_live_fat(request, live_disk, live_part, facts, esp_dir, mounted)
     sector = disks[0].sector_size
-    live = _member(live_disk, live_part, sector)
-    members: list[Member] = []
+    place = members.requested(request.esp_start, request.esp_size, sector)
+    live = Member(
+        disk=live_disk,
+        device=live_disk.path,
+        node=_node(live_disk, live_part),
+        guid=live_part.guid,
+        source=EspFrom.LIVE,
+        number=live_part.number,
+        size=live_part.size * sector,
+        beside=tuple(o.describe() for o in model(live_disk, derived, place.first, place.last).others),
+    )
+    chosen: list[Member] = []
     others: list[Member] = []
     stop: set[str] = set()
     unmount: list[str] = []
     for disk in disks:
         if disk is live_disk:
-            members.append(live)
+            chosen.append(live)
             continue
-        member, held, mounts = _other(request, disk, derived, sector, phase, facts)
+        member, held, mounts = _other(request, disk, derived, place, phase, facts)
         stop |= set(held)
         unmount += mounts
         others.append(member)
-        members.append(member)
+        chosen.append(member)
     if phase != SWITCHED:  # the array is made again: whatever of it runs is stopped first
         if array is not None:
             stop.add(array.device)
         if snapshot.inactive:
             stop.add(snapshot.inactive)
-    smallest = min(m.size for m in members)
+    smallest = min(m.size for m in chosen)
     if phase != SWITCHED:
         _check_room_for_files(live, facts.fats[str(live.node)], smallest, sector, request)
-    retire = _retire(facts.fstab, request.mountpoint, disks, members, host)
-    label = live_part.label if live_part.label and not fat_label_problem(live_part.label) else request.label
+    retire = _retire(facts.fstab, request.mountpoint, disks, chosen, host)
+    label = live_part.label if live_part.label and not checks.fat_label_problem(live_part.label) else request.label
     backup_dir = os.path.join(request.target, BACKUP_DIR)
     backups: list[Backup] = []
     notes: list[str] = []
     if phase == NEW:
-        backups, need = _backups(members, live, facts, esp_dir, backup_dir)
+        backups, need = _backups(chosen, live, facts, esp_dir, mounted, backup_dir)
         if need > facts.free:
             raise BadInput(
                 f"no room for the backups: {backup_dir} needs about {size_text(need)} (the ESPs' files "
@@ -365,7 +375,6 @@ def build(
         for hook in facts.sync_hooks
     ]
     staged = snapshot.mounted_at(STAGING) is not None  # (the module's value: tests point it elsewhere)
-    nvram = not request.no_nvram and snapshot.efivars
     adoption = Adoption(
         live=live,
         label=label,
@@ -393,36 +402,18 @@ def build(
         and host.exists("/run/systemd/system"),
     )
     switched = phase == SWITCHED
-    volume = array.fs_uuid.replace("-", "") if switched and array is not None and array.fs_uuid else None
-    volume = volume or naming.volume_id(derived)
     action = "create" if not switched else "keep" if array is not None else "assemble"
-    return Layout(
-        members=tuple(members),
-        raid_devices=len(members),
-        array_uuid=derived,
-        array_action=action,
-        fs_uuid=naming.fstab_uuid(volume),
-        volume_id=volume,
+    plan = ArrayPlan(
+        members=tuple(chosen),
+        uuid=derived,
+        action=action,
+        fs_uuid=array.fs_uuid if switched and array is not None else "",
         make_fs=not switched,
-        esp_dir=esp_dir,
         mount=switched and mounted is None,  # after a reboot, before the system mounted the array
+        raid_devices=len(chosen),
         stop_first=snapshot.inactive if action == "assemble" else "",
-        image_mode=False,
-        nvram=nvram,
-        first_sector=request.esp_start // sector,
-        last_sector=request.esp_start // sector + request.esp_size // sector - 1,
-        sector_size=sector,
-        notes=() if nvram or request.no_nvram else (_NO_EFIVARS,),
-        resyncing=switched and array is not None and (array.sync_action in ("resync", "recover") or array.resync_owed),
-        esp_size=record_size(tuple(members)),
-        adoption=adoption,
     )
-
-
-_NO_EFIVARS = (
-    "WARNING: no EFI variables here (/sys/firmware/efi/efivars is empty): no boot entries are made; "
-    "run `esp-mirror entries` on the booted system afterwards"
-)
+    return plan, adoption
 
 
 def _check_request(request: Resolved, disks: tuple[DiskFacts, ...]) -> None:
@@ -432,36 +423,18 @@ def _check_request(request: Resolved, disks: tuple[DiskFacts, ...]) -> None:
         raise BadInput(
             "adopt needs the disk of the live ESP and at least one more: pass --disk for each disk of the mirror"
         )
-    seen: dict[str, str] = {}
+    checks.check_disks(disks, partition_hint="name the live ESP with --esp if fstab does not")
     for disk in disks:
-        if disk.kind == "missing":
-            raise BadInput(f"disk {disk.given} does not exist: check the path (lsblk lists disks)")
-        if disk.kind == "partition":
-            raise BadInput(
-                f"{disk.given} is a partition, not a whole disk: pass the disk it is on "
-                "(name the live ESP with --esp if fstab does not)"
-            )
         if disk.kind != "block":
             raise BadInput(
                 f"disk {disk.given} is not a block device: adopt works on a running machine's disks "
                 "(attach an image with `losetup --find --show --partscan` and pass the loop device)"
             )
-        for key in (disk.key, *disk.storage):
-            if key in seen:
-                raise BadInput(f"disk {disk.given} is the same storage as {seen[key]}: list each disk once")
-            seen[key] = disk.given
         if disk.pttype == "dos":
             raise BadInput(
                 f"disk {disk.given} has an MBR (dos) partition table: esp-mirror mirrors ESPs on GPT disks; "
                 f"convert it first (`sgdisk --mbrtogpt {disk.path}`, then check the boot) or leave it out"
             )
-    sizes = {d.sector_size for d in disks}
-    if len(sizes) > 1:
-        listing = ", ".join(f"{d.given}={d.sector_size}" for d in disks)
-        raise BadInput(
-            f"disks have different logical sector sizes ({listing}): a RAID1 ESP needs members with one "
-            "sector size; pick matching disks"
-        )
 
 
 def _live(
@@ -469,7 +442,6 @@ def _live(
     disks: tuple[DiskFacts, ...],
     snapshot: Snapshot,
     facts: Facts,
-    live_arg: str | None,
     esp_dir: str,
     host: HostView,
 ) -> tuple[DiskFacts, Partition]:
@@ -485,6 +457,7 @@ def _live(
             )
         return match
     mounted = snapshot.mounted_at(esp_dir)
+    live_arg = facts.esp
     if live_arg is not None:
         node = host.realpath(live_arg)
         match = next(((d, p) for d, p in found if _node(d, p) == node), None)
@@ -548,6 +521,7 @@ def _check_live_fat(
     if part.fstype != "vfat":
         what = part.fstype or "no file system blkid knows"
         raise BadInput(f"the live ESP {node} holds {what}, not FAT: esp-mirror adopts a FAT ESP only")
+    _check_node(disk, part, facts)
     problems = facts.fats[node].problems
     if problems:
         raise BadInput(
@@ -565,15 +539,15 @@ def _check_live_fat(
             f"{node} is not an EFI System Partition (its GPT type is {part.type_guid}): the firmware does not "
             f"boot from it; name the ESP with --esp, or set its type first (`sgdisk --typecode=N:EF00`)"
         )
-    _fits(node, part.size * disk.sector_size, disk.sector_size)
-    if request.bootloader.spec.live_files and mounted is not None:
+    checks.check_fat32_fits(node, part.size * disk.sector_size, disk.sector_size)
+    if spec(request.bootloader).live_files and mounted is not None:
         _check_loader(request, esp_dir, facts)
 
 
 def _check_loader(request: Resolved, esp_dir: str, facts: Facts) -> None:
     """The live ESP holds the bootloader the request names: adopt keeps the machine's bootloader,
     it never switches it behind the administrator's back."""
-    wanted = [w.replace("{loader_id}", request.loader_id) for w in request.bootloader.spec.live_files]
+    wanted = [w.replace("{loader_id}", request.loader_id) for w in spec(request.bootloader).live_files]
     if any(os.path.isfile(os.path.join(esp_dir, w)) for w in wanted):
         return
     there = sorted(os.listdir(os.path.join(esp_dir, "EFI"))) if os.path.isdir(os.path.join(esp_dir, "EFI")) else []
@@ -584,46 +558,29 @@ def _check_loader(request: Resolved, esp_dir: str, facts: Facts) -> None:
     )
 
 
-def _fits(node: str, size: int, sector: int) -> None:
-    if fat.sectors_per_cluster(size, sector) is None:
+def _check_node(disk: DiskFacts, part: Partition, facts: Facts) -> None:
+    """The partition's node exists: the kernel knows the partition (fsck.fat could read nothing)."""
+    node = _node(disk, part)
+    use = facts.fats.get(node)
+    if use is not None and use.missing:
         raise BadInput(
-            f"the ESP partition {node} ({size_text(size)}) is too small for FAT32 plus the md superblock "
-            f"with {sector}-byte sectors: it needs {size_text(fat.minimum_size(sector))}; leave that disk out "
-            "or make its ESP larger first"
+            f"the partition {node} is in {disk.given}'s table but the kernel has no node for it: let the kernel "
+            f"read it (`partx --add --nr {part.number} {disk.path}`, or reboot), then run adopt again"
         )
-
-
-def _member(disk: DiskFacts, part: Partition, sector: int) -> Member:
-    return Member(
-        disk=disk,
-        device=disk.path,
-        node=_node(disk, part),
-        guid=part.guid,
-        exists=True,
-        wipe=False,
-        loop_var=None,
-        number=part.number,
-        size=part.size * sector,
-    )
 
 
 def _other(
-    request: Resolved, disk: DiskFacts, derived: str, sector: int, phase: str, facts: Facts
+    request: Resolved, disk: DiskFacts, derived: str, place: members.Geometry, phase: AdoptPhase, facts: Facts
 ) -> tuple[Member, tuple[str, ...], list[str]]:
-    """Another disk's member: its ESP partition where it is, or partition 1 on a disk with room.
-    Also the md arrays that hold it (stopped before the array is made) and where it is mounted."""
-    esps = [p for p in disk.partitions if p.is_esp]
-    if len(esps) > 1:
-        names = ", ".join(_node(disk, p) for p in esps)
-        raise BadInput(
-            f"disk {disk.given} has {len(esps)} ESP partitions ({names}): adopt takes one per disk; change the "
-            "type of the one that is not an ESP, or leave the disk out"
-        )
-    if esps:
-        part = esps[0]
-        node = _node(disk, part)
-        ours = part.fstype == "linux_raid_member" and naming.mdadm_uuid(part.md_uuid) == derived
-        if part.fstype == "linux_raid_member" and not ours:
+    """Another disk's member, as :func:`.members.choose` decides it for adopt: its ESP partition
+    where it is (with files: kept in the backup, then made a member), or partition 1 on a disk with
+    room. Also the md arrays that hold it (stopped before the array is made) and where it is mounted."""
+    disk_model = model(disk, derived, place.first, place.last)
+    held: tuple[str, ...] = ()
+    if len(disk_model.esps) == 1:
+        esp = disk_model.esps[0]
+        part, node = esp.part, esp.node
+        if part.fstype == "linux_raid_member" and esp.holds is not Holds.MEMBER:
             raise BadInput(
                 f"the ESP partition {node} carries a member of another md array ({part.md_name or part.md_uuid}): "
                 f"stop and take it apart first (`mdadm --detail --scan`), or leave {disk.given} out"
@@ -633,63 +590,27 @@ def _other(
                 f"the ESP partition {node} holds {part.fstype}, not FAT: check what it is; wipe it "
                 f"(`wipefs --all {node}`) if it is not needed, then run adopt again"
             )
-        if phase != SWITCHED and part.fstype == "vfat" and facts.fats[node].problems:
-            raise BadInput(
-                f"fsck.fat -n finds damage on {node} ({facts.fats[node].problems[0].strip()}), whose files adopt "
-                f"keeps in a backup before it becomes a member: repair it (`fsck.fat -a {node}`) or, if its files "
-                f"are not needed, wipe it (`wipefs --all {node}`), then run adopt again"
-            )
-        _fits(node, part.size * sector, sector)
+        if phase != SWITCHED and part.fstype == "vfat":
+            _check_node(disk, part, facts)
+            if facts.fats[node].problems:
+                raise BadInput(
+                    f"fsck.fat -n finds damage on {node} ({facts.fats[node].problems[0].strip()}), whose files adopt "
+                    f"keeps in a backup before it becomes a member: repair it (`fsck.fat -a {node}`) or, if its "
+                    f"files are not needed, wipe it (`wipefs --all {node}`), then run adopt again"
+                )
+        ours = esp.holds is Holds.MEMBER
         held = tuple(f"/dev/{h}" for h in part.holders if h.startswith("md")) if ours and phase != SWITCHED else ()
         if part.holders and not held and phase != SWITCHED:
             raise BadInput(
                 f"the ESP partition {node} is held by {', '.join(part.holders)}: stop that first, then run adopt again"
             )
-        # where it is mounted goes before it is wiped; also the read-only mount an interrupted
-        # backup left (a run again reads the backup from there and does not mount it again)
-        mounts = [m for m in part.mountpoints if m != STAGING]
-        return _member(disk, part, sector), held, mounts
-    first, size = request.esp_start // sector, request.esp_size // sector
-    if holds_data(disk) and not _room_at_start(disk, first, size):
-        taken = disk.partition(1)
-        why = (
-            f"its partition 1 ({_node(disk, taken)}) starts at sector {taken.start}"
-            if taken is not None
-            else f"sectors {first}-{first + size - 1} are in use"
-            if disk.partitions
-            else f"it holds {disk.pttype or ', '.join(disk.signatures)}"
-        )
-        raise BadInput(
-            f"disk {disk.given} has no ESP partition and no room for one at {size_text(request.esp_start)} ({why}): "
-            f"give it an EF00 partition of at least {size_text(fat.minimum_size(sector))} "
-            f"(sgdisk --new=N:START:+SIZE --typecode=N:EF00 {disk.path}), or leave it out"
-        )
-    if request.esp_start + request.esp_size + GPT_BACKUP > disk.size:
-        raise BadInput(
-            f"the {size_text(request.esp_size)} ESP does not fit on {disk.given} ({size_text(disk.size)}): "
-            "use a smaller --esp-size"
-        )
-    _fits(f"to be made on {disk.given}", request.esp_size, sector)
-    member = Member(
-        disk=disk,
-        device=disk.path,
-        node=naming.partition_node(disk.path, 1),
-        guid=naming.partition_guid(disk.identity),
-        exists=False,
-        wipe=False,
-        loop_var=None,
-        number=1,
-        size=request.esp_size,
-    )
-    return member, (), []
-
-
-def _room_at_start(disk: DiskFacts, first: int, size: int) -> bool:
-    """A GPT whose partition 1 is free and whose partitions leave ``first``.. free: partition 1 can be added."""
-    if disk.pttype != "gpt" or set(disk.signatures) - {"gpt", "PMBR"} or disk.partition(1) is not None:
-        return False
-    last = first + size - 1
-    return all(p.start + p.size - 1 < first or p.start > last for p in disk.partitions)
+    source, esp_found = members.choose(disk_model, place, wipe=False, command="adopt")
+    chosen = members.member(disk_model, source, esp_found, place)
+    if esp_found is None:
+        return chosen, (), []
+    # where it is mounted goes before it is wiped; also the read-only mount an interrupted
+    # backup left (a run again reads the backup from there and does not mount it again)
+    return chosen, held, [m for m in esp_found.part.mountpoints if m != STAGING]
 
 
 def _mounting(fstab: str, mountpoint: str) -> list[str]:
@@ -738,18 +659,20 @@ def _retire(
 
 
 def _backups(
-    members: list[Member], live: Member, facts: Facts, esp_dir: str, backup_dir: str
+    chosen: list[Member], live: Member, facts: Facts, esp_dir: str, mounted: Mount | None, backup_dir: str
 ) -> tuple[list[Backup], int]:
-    """A tar for each ESP that holds a FAT, and how many bytes the backups take at most."""
+    """A tar for each ESP that holds a FAT, read where it is mounted, or from its partition mounted
+    read-only (the live ESP too, when fstab names it and nothing mounts it now); and how many bytes
+    the backups take at most."""
     out = []
-    need = MIB + sum(GPT_BACKUP for _ in members)
-    for member in members:
+    need = MIB + sum(GPT_BACKUP for _ in chosen)
+    for member in chosen:
         part = member.partition
         node = str(member.node)
         if part is None or (part.fstype != "vfat" and member is not live):
             continue
         name = os.path.basename(node)
-        if member is live:
+        if member is live and mounted is not None and mounted.source == part.devnum:
             source, mount = esp_dir, False
         elif part.mountpoints:
             source, mount = part.mountpoints[0], False

@@ -1,7 +1,8 @@
 """The bootloader kinds, one table: what each puts on the ESP and everything else that differs.
 
-:class:`BootloaderKind` is the closed set of names (``--bootloader``, a profile's ``bootloader``,
-the record's ``bootloader``); :class:`Bootloader` is one kind's row, ``kind.spec`` reads it. Every
+:class:`~esp_mirror_plugin.pipeline.kinds.BootloaderKind` is the closed set of names
+(``--bootloader``, a profile's ``bootloader``, the record's ``bootloader``); :class:`Bootloader` is
+one kind's row, :func:`spec` reads it. Every
 place that does something differently for one kind reads its row, never the kind's name: the
 bootloader hook (:mod:`esp_mirror_plugin.hooks.bootloader`: loader path, payload, shim's
 fallback), the Secure Boot notes, the settings for upgrades and for whoever runs them
@@ -25,50 +26,23 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind
 from esp_mirror_plugin.pipeline.steps import Command, CopyFile, MakeDir, Step
 from esp_mirror_plugin.system import pe
 
 if TYPE_CHECKING:
-    from esp_mirror_plugin.pipeline.layout import Layout
     from esp_mirror_plugin.pipeline.profiles import Profile
     from esp_mirror_plugin.pipeline.request import Resolved
     from esp_mirror_plugin.system.target import Target
 
 
-class BootloaderKind(StrEnum):
-    """What ends up on the ESP and which file the boot entries start (its row: :attr:`spec`)."""
-
-    EFI = "efi"  # any EFI binary given by path (a unified kernel image, a ZFSBootMenu image, ...)
-    ZFSBOOTMENU = "zfsbootmenu"  # a ZFSBootMenu image in the conventional \EFI\ZBM\ layout
-    SYSTEMD_BOOT = "systemd-boot"
-    GRUB = "grub"
-
-    @property
-    def spec(self) -> Bootloader:
-        """This kind's row of the table."""
-        return BOOTLOADERS[self]
-
-    @property
-    def needs_image(self) -> bool:
-        """True when the payload is a file the user gives with --efi-image."""
-        return self.spec.needs_image
-
-    @classmethod
-    def of_loader(cls, loader: str) -> BootloaderKind:
-        """The kind whose loader path ``loader`` is (a record older than its ``bootloader`` field):
-        the first kind that recognises it, else the one that takes any other file."""
-        claimed = (k for k in cls if k.spec.recognises is not None and k.spec.recognises(loader))
-        return next(claimed, None) or next(k for k in cls if k.spec.recognises is None)
-
-
 # Where the file the entries start is on the ESP, from (request, profile, EFI suffix, shim installed).
 LoaderPath = Callable[["Resolved", "Profile", str, bool], str]
-# The steps that put the kind's files on the mounted array, from (request, profile, layout).
-Payload = Callable[["Resolved", "Profile", "Layout"], tuple[Step, ...]]
+# The steps that put the kind's files on the mounted array, from (request, profile, where the ESP is mounted).
+Payload = Callable[["Resolved", "Profile", str], tuple[Step, ...]]
 # With Secure Boot on: the note when the loader will not start, or None, from
 # (request, target, loader path, EFI suffix).
 Unsigned = Callable[["Resolved", "Target", str, str], "str | None"]
@@ -121,7 +95,7 @@ def on_esp(esp_dir: str, loader: str) -> str:
 def signed_packages(kind: BootloaderKind, suffix: str = "x64") -> str:
     """The packages of a signed loader of ``kind`` on the distributions that ship them signed
     (``suffix`` x64 or aa64); "" for an image given by path (whoever builds it signs it)."""
-    return kind.spec.signed_packages.format(arch="arm64" if suffix == "aa64" else "amd64")
+    return spec(kind).signed_packages.format(arch="arm64" if suffix == "aa64" else "amd64")
 
 
 # -- the loader paths --------------------------------------------------------------------------
@@ -149,13 +123,13 @@ def _grub_loader(request: Resolved, profile: Profile, suffix: str, has_shim: boo
 # -- the payloads ------------------------------------------------------------------------------
 
 
-def _copies(request: Resolved, layout: Layout, efi_paths: list[str]) -> tuple[Step, ...]:
+def _copies(request: Resolved, esp_dir: str, efi_paths: list[str]) -> tuple[Step, ...]:
     """The image given with --efi-image at each of ``efi_paths`` and at the fallback path."""
     image = request.efi_image
     assert image is not None  # check_settings refuses the request without one
     steps: list[Step] = []
     for efi_path in (*efi_paths, f"\\EFI\\BOOT\\{fallback_name(request.arch)}"):
-        dest = on_esp(layout.esp_dir, efi_path)
+        dest = on_esp(esp_dir, efi_path)
         directory = MakeDir(os.path.dirname(dest), why="directory on the ESP", root=request.target)
         if directory not in steps:
             steps.append(directory)
@@ -163,15 +137,15 @@ def _copies(request: Resolved, layout: Layout, efi_paths: list[str]) -> tuple[St
     return tuple(steps)
 
 
-def _image_payload(request: Resolved, profile: Profile, layout: Layout) -> tuple[Step, ...]:
-    return _copies(request, layout, [_image_loader(request, profile, "", False)])
+def _image_payload(request: Resolved, profile: Profile, esp_dir: str) -> tuple[Step, ...]:
+    return _copies(request, esp_dir, [_image_loader(request, profile, "", False)])
 
 
-def _zbm_payload(request: Resolved, profile: Profile, layout: Layout) -> tuple[Step, ...]:
-    return _copies(request, layout, ["\\EFI\\ZBM\\VMLINUZ.EFI", "\\EFI\\ZBM\\VMLINUZ-BACKUP.EFI"])
+def _zbm_payload(request: Resolved, profile: Profile, esp_dir: str) -> tuple[Step, ...]:
+    return _copies(request, esp_dir, ["\\EFI\\ZBM\\VMLINUZ.EFI", "\\EFI\\ZBM\\VMLINUZ-BACKUP.EFI"])
 
 
-def _sd_boot_payload(request: Resolved, profile: Profile, layout: Layout) -> tuple[Step, ...]:
+def _sd_boot_payload(request: Resolved, profile: Profile, esp_dir: str) -> tuple[Step, ...]:
     return (
         Command(
             ("bootctl", "install", f"--esp-path={request.mountpoint}", "--no-variables"),
@@ -199,7 +173,7 @@ def _fill(arg: str, values: dict[str, str]) -> str:
     return arg
 
 
-def _grub_payload(request: Resolved, profile: Profile, layout: Layout) -> tuple[Step, ...]:
+def _grub_payload(request: Resolved, profile: Profile, esp_dir: str) -> tuple[Step, ...]:
     fallback = f"\\EFI\\BOOT\\{fallback_name(request.arch)}"
     _, grub_target = arch_names(request.arch)
     values = {"{grub_target}": grub_target, "{esp}": request.mountpoint, "{loader_id}": request.loader_id}
@@ -253,6 +227,22 @@ def _grub_unsigned(request: Resolved, target: Target, loader: str, suffix: str) 
 
 
 # -- the table ---------------------------------------------------------------------------------
+
+
+def spec(kind: BootloaderKind) -> Bootloader:
+    """``kind``'s row of the table."""
+    return BOOTLOADERS[kind]
+
+
+def kind_of_loader(loader: str) -> BootloaderKind:
+    """The kind whose loader path ``loader`` is (a record older than its ``bootloader`` field): the
+    first kind that recognises it, else the one that takes any other file."""
+    for kind in BootloaderKind:
+        recognises = BOOTLOADERS[kind].recognises
+        if recognises is not None and recognises(loader):
+            return kind
+    return next(k for k in BootloaderKind if BOOTLOADERS[k].recognises is None)
+
 
 BOOTLOADERS: dict[BootloaderKind, Bootloader] = {
     BootloaderKind.EFI: Bootloader(

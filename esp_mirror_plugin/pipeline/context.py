@@ -10,8 +10,9 @@ from typing import Any
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline import adoption
+from esp_mirror_plugin.pipeline.checks import check_settings
 from esp_mirror_plugin.pipeline.execute import Executor, PlanRecorder
-from esp_mirror_plugin.pipeline.layout import Layout, build, check_settings
+from esp_mirror_plugin.pipeline.layout import Layout, build
 from esp_mirror_plugin.pipeline.preflight import Preflight
 from esp_mirror_plugin.pipeline.profiles import Profile, load_profile
 from esp_mirror_plugin.pipeline.request import Request, Resolved
@@ -126,6 +127,7 @@ def prepare(
     runner = runner or ShRunner()
     host = host or HostView()
     profile = load_profile(request.profile)
+    target_given = request.target is not None
     request = request.resolve(profile)
     check_settings(request)
     try:
@@ -147,10 +149,10 @@ def prepare(
                 f"an adoption of this system's ESP is not finished ({adoption.journal_path(request.target)}): "
                 f"finish it first by running it again: {unfinished.command}"
             )
-        layout = build(request, profile, snapshot)
+        layout = build(request, profile, snapshot, target_given=target_given)
     else:
-        facts = adoption.gather(request, snapshot, runner, Target(request.target), adopt.command)
-        layout = adoption.build(request, profile, snapshot, facts, adopt.esp, host)
+        facts = adoption.gather(request, snapshot, runner, Target(request.target), adopt.command, adopt.esp)
+        layout = build(request, profile, snapshot, adopt=facts, host=host)
     notes = list(layout.notes)
     if snapshot.unread:
         notes.insert(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from esp_mirror_plugin.pipeline.request import MIB
+from esp_mirror_plugin.pipeline.disks import MIB
 from esp_mirror_plugin.pipeline.steps import Command, EnsureFat
 
 # Every mount of the ESP: private to root (bootctl warns about a world-readable random seed).

@@ -1,5 +1,6 @@
-"""Closed sets of choices, as StrEnums with the predicates callers need (the bootloader kinds,
-with their table, are in :mod:`esp_mirror_plugin.pipeline.bootloaders`)."""
+"""Closed sets of choices, as StrEnums with the predicates callers need. Plain names only, at the
+bottom of pipeline/: what a bootloader kind means is its row in
+:mod:`esp_mirror_plugin.pipeline.bootloaders`."""
 
 from enum import StrEnum
 
@@ -56,3 +57,37 @@ class Init(StrEnum):
     SYSTEMD = "systemd"  # units, drop-ins, udev rules with SYSTEMD_WANTS
     OPENRC = "openrc"  # /etc/local.d scripts run by the "local" service
     RUNIT = "runit"  # /etc/rc.local, run by Void's runit core services at boot
+
+
+class BootloaderKind(StrEnum):
+    """What ends up on the ESP and which file the boot entries start. Each kind's row, everything
+    esp-mirror does differently for it, is in :mod:`esp_mirror_plugin.pipeline.bootloaders`."""
+
+    EFI = "efi"  # any EFI binary given by path (a unified kernel image, a ZFSBootMenu image, ...)
+    ZFSBOOTMENU = "zfsbootmenu"  # a ZFSBootMenu image in the conventional \EFI\ZBM\ layout
+    SYSTEMD_BOOT = "systemd-boot"
+    GRUB = "grub"
+
+
+class EspFrom(StrEnum):
+    """Where a member's ESP partition comes from (:mod:`esp_mirror_plugin.pipeline.members` decides)."""
+
+    MADE = "made"  # partition 1 added in the free space at the ESP's start (a blank or --wipe'd disk too)
+    TAKEN = "taken"  # an ESP partition that holds nothing (or a FAT without files), taken where it is
+    MEMBER = "member"  # a member of the mirror's array already (a run again)
+    ADOPTED = "adopted"  # adopt: another disk's ESP with files, kept in the backup, then made a member
+    LIVE = "live"  # adopt: the ESP the system runs from; it joins the array last
+    COPIED = "copied"  # replace --copy-table: the survivor's partition table, with new GUIDs
+
+    @property
+    def exists(self) -> bool:
+        """The partition is in the disk's table before esp-mirror runs."""
+        return self not in (EspFrom.MADE, EspFrom.COPIED)
+
+
+class AdoptPhase(StrEnum):
+    """How far an adoption got (:mod:`esp_mirror_plugin.pipeline.adoption`)."""
+
+    NEW = "new"  # nothing changed yet
+    COPY = "copy"  # the array is not the ESP yet: a run again makes and fills it again
+    SWITCHED = "switched"  # the array is the ESP: a run again goes on from there

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
-from esp_mirror_plugin.pipeline.kinds import Generator, Init, OwnCheck
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind, Generator, Init, OwnCheck
 
 # The YAML mirrors these dataclasses: a key per field, a mapping per nested dataclass. Their type
 # hints ARE the schema (:func:`_check`): str, bool, a StrEnum (one of its values), Argv (a

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, fields
 import yaml
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
+from esp_mirror_plugin.pipeline import bootloaders
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind
 from esp_mirror_plugin.pipeline.request import METRICS_DIR, metrics_dir_problem
 
 PATH = "etc/esp-mirror/esp-mirror.yaml"
@@ -50,7 +51,7 @@ def kind_of_loader(loader: str) -> BootloaderKind:
     """The bootloader kind of a record older than its ``bootloader`` field, from its loader path
     (each kind's ``recognises``: GRUB's and shim's files are named so; any other file is an image
     given by path)."""
-    return BootloaderKind.of_loader(loader)
+    return bootloaders.kind_of_loader(loader)
 
 
 def recorded_kind(record: Record) -> BootloaderKind:

@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
-from esp_mirror_plugin.pipeline.kinds import InitramfsMode
+from esp_mirror_plugin.pipeline.disks import MIB
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind, InitramfsMode
 from esp_mirror_plugin.pipeline.profiles import read_yaml_text
 
 if TYPE_CHECKING:
     from esp_mirror_plugin.pipeline.profiles import Profile
 
-MIB = 1024 * 1024
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?|[KMGT]|)\s*$", re.IGNORECASE)
 METRICS_DIR = "/var/lib/prometheus/node-exporter"  # Debian's node_exporter textfile collector directory
 _PLAIN_PATH = re.compile(r"/[A-Za-z0-9._+,:@=/-]*")
@@ -70,7 +69,12 @@ class Request:
         metavar="DISK",
     )
     profile: str = setting("debian", "built-in profile name or path to a YAML profile")
-    target: str = setting("/", "root of the system being installed", Kind.PATH)
+    target: str | None = setting(
+        None,
+        "root of the system being installed (image files need it: they are not this machine's disks)",
+        Kind.PATH,
+        shown_default="/",
+    )
     esp_size: int = setting(512 * MIB, "size of each ESP partition", Kind.SIZE, shown_default="512M")
     esp_start: int = setting(1 * MIB, "where the ESP starts on each disk", Kind.SIZE, option=None)
     mountpoint: str | None = setting(None, "ESP mount point in the target", shown_default="the profile's")
@@ -107,6 +111,7 @@ class Request:
         """This request with every profile default filled in."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(
+            target=self.target or "/",
             mountpoint=self.mountpoint or profile.esp_mountpoint,
             bootloader=self.bootloader or profile.bootloader,
             loader_id=self.loader_id or profile.loader_id,
@@ -123,6 +128,7 @@ class Request:
 class Resolved(Request):
     """A request whose profile defaults are filled in (:meth:`Request.resolve`): what hooks get."""
 
+    target: str = "/"
     mountpoint: str = ""
     bootloader: BootloaderKind = BootloaderKind.GRUB
     loader_id: str = ""

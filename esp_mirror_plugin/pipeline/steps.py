@@ -189,16 +189,17 @@ class CopyFile:
 
 @dataclass(frozen=True)
 class VerifyCopy:
-    """Check that ``dest`` holds what ``source`` holds: the same directories and files, every file
-    with the same sha256. Changes nothing; a difference stops the run before anything relies on
-    the copy."""
+    """Check that ``dest`` (a directory, or a tar archive of ``source``) holds what ``source``
+    holds: the same directories and files, every file with the same sha256. Changes nothing; a
+    difference stops the run before anything relies on the copy."""
 
     source: str
     dest: str
     why: str
 
     def describe(self) -> str:
-        return f"verify: every directory and file of {self.source} is in {self.dest}, each file with the same sha256"
+        where = f"the archive {self.dest}" if self.dest.endswith(".tar") else self.dest
+        return f"verify: every directory and file of {self.source} is in {where}, each file with the same sha256"
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "verify-copy", "source": self.source, "dest": self.dest, "why": self.why}

@@ -21,6 +21,7 @@ from esp_mirror_plugin.system.runner import NOT_INSTALLED, CommandFailed, Result
 EFIVARS = "/sys/firmware/efi/efivars"
 EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"  # the UEFI specification's global variables
 ESP_TYPE_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"  # the GPT type of an EFI System Partition (sgdisk EF00)
+MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}  # mtools reads a FAT whatever geometry its boot sector claims
 
 
 class HostView:
@@ -144,6 +145,7 @@ class Partition:
     inner_uuid: str = ""
     fs_uuid: str = ""  # blkid UUID of the file system on it (a FAT's XXXX-XXXX); "" for md members
     label: str = ""  # blkid LABEL of the file system on it; "" for md members
+    fat_files: int | None = None  # an ESP partition's FAT: how many files it holds; None when not read
     devnum: str = ""  # maj:min, for a partition of a block device ("" for an image file)
     holders: tuple[str, ...] = ()  # kernel names of what holds it (an md array, device-mapper)
     mountpoints: tuple[str, ...] = ()  # where it is mounted now
@@ -468,6 +470,12 @@ def _with_table(disk: DiskFacts, runner: Runner, host: HostView, reads: Reads) -
         probe = _probe(runner, ("blkid", "-p", "-o", "export", *where), disk.given, reads)
         found = _export(probe.stdout) if probe is not None and probe.ok else {}
         is_md = found.get("TYPE") == "linux_raid_member"
+        is_esp = str(part.get("type", "")).upper() == ESP_TYPE_GUID
+        files = (
+            fat_files(runner, f"{disk.path}@@{part['start'] * sector}")
+            if is_esp and found.get("TYPE") == "vfat"
+            else None
+        )
         inner = {}
         if is_md:
             probe = _probe(runner, ("blkid", "-p", "-u", "filesystem", "-o", "export", *where), disk.given, reads)
@@ -487,11 +495,26 @@ def _with_table(disk: DiskFacts, runner: Runner, host: HostView, reads: Reads) -
                 inner_uuid=inner.get("UUID", ""),
                 fs_uuid="" if is_md else found.get("UUID", ""),
                 label="" if is_md else found.get("LABEL", ""),
+                fat_files=files,
             )
         )
     return replace(
         disk, pttype=data.get("label", whole.get("PTTYPE", "")), signatures=signatures, partitions=tuple(partitions)
     )
+
+
+def fat_files(runner: Runner, where: str) -> int | None:
+    """How many files (directories left out) the FAT at ``where`` holds (a node, or ``PATH@@OFFSET``),
+    read with ``mdir`` (read-only); None when mtools cannot read it as a FAT."""
+    try:
+        listing = runner.run(("mdir", "-/", "-b", "-i", where, "::/"), env=MTOOLS_ENV, ok=(0, 1))
+    except CommandFailed as exc:
+        if exc.result.returncode == NOT_INSTALLED:
+            raise
+        return None
+    if listing.returncode == 1:  # an empty FAT lists as "::" not found; anything else is no FAT mtools reads
+        return 0 if "not found" in listing.stderr else None
+    return sum(1 for line in listing.stdout.splitlines() if line.strip() and not line.endswith("/"))
 
 
 def _probe(

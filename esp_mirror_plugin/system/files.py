@@ -184,21 +184,47 @@ def _retired(text: str, retire: tuple[str, ...]) -> str:
 def tree_differences(source: Path, dest: Path) -> list[str]:
     """What ``dest`` lacks or holds differently from ``source``: directories and files (by path
     relative to each, file contents by sha256), and what ``dest`` holds beyond ``source``. Symbolic
-    links are not followed (FAT has none)."""
+    links are not followed (FAT has none). ``dest`` may be a tar archive of ``source`` (made with
+    ``--directory=SOURCE .``): its members are compared the same way."""
+    return _differences(_walk(source), _archived(dest) if dest.is_file() else _walk(dest), source)
+
+
+def _walk(top: Path) -> dict[str, str]:
     import hashlib
 
-    def walk(top: Path) -> dict[str, str]:
-        found: dict[str, str] = {}
-        for where, dirs, names in os.walk(top):
-            rel = os.path.relpath(where, top)
-            for name in dirs:
-                found[os.path.normpath(os.path.join(rel, name))] = "directory"
-            for name in names:
-                with open(os.path.join(where, name), "rb") as handle:
-                    found[os.path.normpath(os.path.join(rel, name))] = hashlib.file_digest(handle, "sha256").hexdigest()
-        return found
+    found: dict[str, str] = {}
+    for where, dirs, names in os.walk(top):
+        rel = os.path.relpath(where, top)
+        for name in dirs:
+            found[os.path.normpath(os.path.join(rel, name))] = "directory"
+        for name in names:
+            with open(os.path.join(where, name), "rb") as handle:
+                found[os.path.normpath(os.path.join(rel, name))] = hashlib.file_digest(handle, "sha256").hexdigest()
+    return found
 
-    have, copied = walk(source), walk(dest)
+
+def _archived(archive: Path) -> dict[str, str]:
+    """The directories and files of a tar archive, as :func:`_walk` describes a tree."""
+    import hashlib
+    import tarfile
+
+    found: dict[str, str] = {}
+    with tarfile.open(archive) as tar:
+        for info in tar:
+            rel = os.path.normpath(info.name)
+            if rel == ".":
+                continue
+            if info.isdir():
+                found[rel] = "directory"
+            elif info.isfile():
+                data = tar.extractfile(info)
+                found[rel] = hashlib.sha256(data.read()).hexdigest() if data is not None else ""
+            else:
+                found[rel] = f"a {info.type!r} member"
+    return found
+
+
+def _differences(have: dict[str, str], copied: dict[str, str], source: Path) -> list[str]:
     out = []
     for rel in sorted(set(have) | set(copied)):
         if rel not in copied:

@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.hooks import bootentries, installed
-from esp_mirror_plugin.pipeline import fat
+from esp_mirror_plugin.hooks import bootentries, installed, partition
+from esp_mirror_plugin.pipeline import fat, naming
 from esp_mirror_plugin.pipeline import record as records
+from esp_mirror_plugin.pipeline.checks import MAX_DISKS
 from esp_mirror_plugin.pipeline.execute import Applier, counts, forecast
-from esp_mirror_plugin.pipeline.layout import MAX_DISKS, disk_tag
+from esp_mirror_plugin.pipeline.kinds import EspFrom
+from esp_mirror_plugin.pipeline.members import disk_tag
 from esp_mirror_plugin.pipeline.preflight import Preflight
 from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.pipeline.record import Record
@@ -310,19 +312,15 @@ def plan_new_member(
     sector = next((facts[m.disk].sector_size for m in array.members if m.disk in facts and m.disk != disk.path), 512)
     record = state.record
     assert record is not None  # require_array checked it
-    resumed = plans.resumed_member(disk, record, sector, joined)
-    if resumed is None:
-        plans.new_disk_checks(disk, array, record, sector, wipe)
-    steps, member = plans.member_steps(
-        state, disk, sector, wipe, old=old_member, grow=old is None, resumed=resumed, joined=joined, root=host.sysroot
-    )
-    notes = [f"mdadm.conf names {array.device} by UUID: it stays as it is"]
+    member = plans.new_member(disk, array, record, sector, wipe, joined=joined, command=command)
+    steps = plans.member_steps(state, member, old=old_member, grow=old is None, joined=joined, root=host.sysroot)
+    notes = [f"mdadm.conf names {array.device} by UUID: it stays as it is", *partition.notes([member])]
     if joined is not None and joined.active:
         notes.append(f"{disk.given} is an in-sync member already (an earlier {command}?): only the boot entries follow")
-    elif resumed is not None:
+    elif member.source is EspFrom.TAKEN and member.guid == naming.partition_guid(disk.identity):
         notes.append(f"{disk.given} carries the ESP partition an earlier {command} made: continuing from there")
     groups = [Group(command, steps, tuple(notes))]
-    entry = bootentries.Member(disk=disk.path, tag=disk_tag(disk), part=1, partuuid=member.guid)
+    entry = bootentries.Member(disk=disk.path, tag=disk_tag(disk), part=member.number, partuuid=member.guid)
     if state.efivars and state.boot is not None:
         extra = (entry,) if joined is None else ()  # a member already is one of the array's
         members = plans.entry_members(array, facts, without=old_member.node if old_member else None, extra=extra)

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from esp_mirror_plugin.pipeline.bootloaders import SIGN_IMAGE, BootloaderKind, signed_packages
+from esp_mirror_plugin.pipeline.bootloaders import SIGN_IMAGE, signed_packages
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind
 from esp_mirror_plugin.system import pe
 from esp_mirror_plugin.system.pe import Signature
 from esp_mirror_plugin.system.runner import CommandFailed, Runner

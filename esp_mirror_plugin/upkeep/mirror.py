@@ -10,7 +10,8 @@ from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import bootentries
 from esp_mirror_plugin.pipeline import adoption
 from esp_mirror_plugin.pipeline import record as records
-from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind, on_esp
+from esp_mirror_plugin.pipeline.bootloaders import on_esp
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind
 from esp_mirror_plugin.pipeline.record import Record, recorded_kind
 from esp_mirror_plugin.system import nvram
 from esp_mirror_plugin.system.discovery import (
@@ -46,6 +47,12 @@ class MemberState:
     @property
     def active(self) -> bool:
         return "in_sync" in self.state.split(",") and "faulty" not in self.state
+
+    @property
+    def number(self) -> int:
+        """The partition's number on its disk (the digits that end its node)."""
+        digits = self.node[len(self.node.rstrip("0123456789")) :]
+        return int(digits) if digits else 1
 
     @property
     def usable(self) -> bool:

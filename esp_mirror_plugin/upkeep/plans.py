@@ -11,13 +11,14 @@ from dataclasses import replace
 
 from esp_mirror_plugin.errors import BadInput, size_text
 from esp_mirror_plugin.hooks import bootentries, partition
-from esp_mirror_plugin.pipeline import fat, naming
+from esp_mirror_plugin.pipeline import checks, fat, members
 from esp_mirror_plugin.pipeline import record as records
-from esp_mirror_plugin.pipeline.layout import GPT_BACKUP, Member, check_disks, disk_tag, holds_data
+from esp_mirror_plugin.pipeline.disks import GPT_BACKUP, model
+from esp_mirror_plugin.pipeline.kinds import EspFrom
+from esp_mirror_plugin.pipeline.members import Member, disk_tag
 from esp_mirror_plugin.pipeline.record import Record
-from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import Command, Step, WaitForSync, WriteFile
-from esp_mirror_plugin.system.discovery import DiskFacts, Partition
+from esp_mirror_plugin.system.discovery import DiskFacts
 from esp_mirror_plugin.upkeep import journal as journal_file
 from esp_mirror_plugin.upkeep.journal import RepairJournal
 from esp_mirror_plugin.upkeep.mirror import ArrayState, MemberState, MirrorState
@@ -127,12 +128,27 @@ def repair_steps(state: MirrorState, source: MemberState, journal: RepairJournal
     return tuple(steps)
 
 
-def new_disk_checks(disk: DiskFacts, array: ArrayState, record: Record, sector: int, wipe: bool) -> None:
-    """Refuse a new member disk that is unsafe or unfit (apply's own checks for one disk)."""
-    check_disks(Request(disks=(disk.given,), degraded=True, wipe=wipe), (disk,))
+def new_member(
+    disk: DiskFacts,
+    array: ArrayState,
+    record: Record,
+    sector: int,
+    wipe: bool,
+    *,
+    joined: MemberState | None = None,
+    command: str = "add",
+) -> Member:
+    """The new member on ``disk``, as :mod:`~esp_mirror_plugin.pipeline.members` decides it with
+    the recorded place of the ESP: partition 1 on a blank disk (or one erased with ``wipe``), an
+    empty ESP partition there already taken, or the partition an interrupted run of the same
+    command made (in the array already: ``joined``).
+
+    :raises BadInput: the disk is unsafe or unfit (apply's refusals for one disk).
+    """
+    checks.check_disks((disk,))
     if disk.kind != "block":
         raise BadInput(f"{disk.given} is not a block device: give the new disk, e.g. /dev/sdc")
-    if array.member(disk.path) is not None:
+    if joined is None and array.member(disk.path) is not None:
         raise BadInput(f"{disk.given} is already a member of {array.device}: give a disk that is not in the mirror")
     if disk.sector_size != sector:
         raise BadInput(
@@ -144,60 +160,34 @@ def new_disk_checks(disk: DiskFacts, array: ArrayState, record: Record, sector: 
             f"{disk.given} ({size_text(disk.size)}) is too small for the {size_text(record.esp_size)} ESP: "
             "use a larger disk"
         )
-    if holds_data(disk) and not wipe:
+    place = members.requested(record.esp_start, record.esp_size, sector)
+    disk_model = model(disk, array.uuid, place.first, place.last)
+    source, esp = members.choose(disk_model, place, wipe=wipe, command=command)
+    if source is EspFrom.TAKEN and esp is not None and (esp.start, esp.size) != (place.start, place.size):
         raise BadInput(
-            f"disk {disk.given} already has a partition table or data "
-            f"({disk.pttype or ', '.join(disk.signatures)}): esp-mirror never wipes silently; "
-            "pass --wipe to erase it"
+            f"{disk.given}'s ESP partition {esp.describe()} is not where the mirror's are "
+            f"({size_text(place.size)} at {size_text(place.start)}): delete it (esp-mirror makes partition 1), "
+            "or pass --wipe to erase the disk"
         )
-
-
-def resumed_member(disk: DiskFacts, record: Record, sector: int, joined: MemberState | None) -> Partition | None:
-    """The ESP partition an interrupted replace or add already made on ``disk``, or None.
-
-    Ours means: partition 1, the ESP type, our name, the GUID made from this disk's identity, the
-    recorded size, and no superblock of another array in it.
-    """
-    part = disk.partition(1)
-    if part is None or part.guid != naming.partition_guid(disk.identity):
-        return None
-    first, size = record.esp_start // sector, record.esp_size // sector
-    if (part.type_guid, part.name, part.start, part.size) != (naming.ESP_TYPE_GUID, naming.PARTITION_NAME, first, size):
-        return None
-    if part.fstype and part.fstype != "linux_raid_member" and joined is None:
-        return None
-    return part
+    return members.member(disk_model, source, esp, place, wipe=wipe)
 
 
 def member_steps(
     state: MirrorState,
-    disk: DiskFacts,
-    sector: int,
-    wipe: bool,
+    new: Member,
     *,
     old: MemberState | None,
     grow: bool,
-    resumed: Partition | None = None,
     joined: MemberState | None = None,
     root: str = "/",
-) -> tuple[tuple[Step, ...], Member]:
-    """Partition ``disk`` like the others and add it to the array (replacing ``old``, or growing);
-    from where an interrupted run of the same command stopped (``resumed``: its partition is
-    there; ``joined``: it is in the array already). Growing, the record at ``root`` gets the new
-    member count."""
+) -> tuple[Step, ...]:
+    """Partition ``new``'s disk like the others (or take its empty ESP partition) and add it to the
+    array (replacing ``old``, or growing); from where an interrupted run of the same command
+    stopped (its partition is there already; ``joined``: it is in the array already). Growing,
+    the record at ``root`` gets the new member count."""
     array, record = require_array(state), state.record
-    new = Member(
-        disk=disk,
-        device=disk.path,
-        node=naming.partition_node(disk.path, 1),
-        guid=resumed.guid if resumed is not None else naming.partition_guid(disk.identity),
-        exists=resumed is not None,
-        wipe=wipe and resumed is None,
-        loop_var=None,
-    )
     assert record is not None  # require_array checked it
-    first = record.esp_start // sector
-    last = first + record.esp_size // sector - 1
+    place = members.requested(record.esp_start, record.esp_size, new.disk.sector_size)
     steps: list[Step] = []
     if old is not None:
         steps.append(
@@ -214,7 +204,7 @@ def member_steps(
             )
         )
     if joined is None:
-        steps += partition.steps([new], first, last, wipe_all=True)
+        steps += partition.steps([new], place.first, place.last, wipe_all=True)
         steps.append(Command(("mdadm", array.device, "--add", new.node), why=f"{new.node} joins the mirror"))
     more = grow and (joined is None or joined.slot is None)
     if more:
@@ -224,18 +214,18 @@ def member_steps(
                 why="one more active member: the new one is rebuilt",
             )
         )
-    members = array.raid_disks + more
-    if grow and record.members != members:
+    count = array.raid_disks + more
+    if grow and record.members != count:
         steps.append(
             WriteFile(
                 records.path_in(root),
-                replace(record, members=members).render(),
+                replace(record, members=count).render(),
                 root=root,
-                why=f"the record counts {members} members (status and the metrics, while the array is not running)",
+                why=f"the record counts {count} members (status and the metrics, while the array is not running)",
             )
         )
     steps.append(WaitForSync(array.device, clean=True, why=f"recovery copies the ESP onto {new.node}"))
-    return tuple(steps), new
+    return tuple(steps)
 
 
 def entry_steps(state: MirrorState, members: list[bootentries.Member]) -> tuple[Step, ...]:
@@ -260,7 +250,7 @@ def entry_members(
     """Boot-entry members: the array's usable members in slot order (minus ``without``), then
     ``extra``; each named as apply named it (``facts`` maps a disk path to its DiskFacts)."""
     out = [
-        bootentries.Member(disk=m.disk, tag=disk_tag(facts[m.disk]), part=1, partuuid=m.partuuid)
+        bootentries.Member(disk=m.disk, tag=disk_tag(facts[m.disk]), part=m.number, partuuid=m.partuuid)
         for m in array.members
         if m.usable and m.node != without
     ]

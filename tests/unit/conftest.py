@@ -129,6 +129,7 @@ class FakePartition:
     name: str = ""
     probe: dict[str, str] = field(default_factory=dict)  # blkid -p at the partition's offset
     inner: dict[str, str] = field(default_factory=dict)  # blkid -p -u filesystem (md members)
+    files: tuple[str, ...] = ("EFI/debian/grubx64.efi",)  # what mdir lists in its FAT (when it holds one)
 
 
 @dataclass
@@ -298,12 +299,16 @@ class Machine:
         probe: dict[str, str] | None = None,
         inner: dict[str, str] | None = None,
         holders: tuple[str, ...] = (),
+        files: tuple[str, ...] = ("EFI/debian/grubx64.efi",),
     ) -> str:
-        """Partition NUMBER of DISK (in its table, sysfs and /dev); returns its /dev node."""
+        """Partition NUMBER of DISK (in its table, sysfs and /dev); returns its /dev node. ``files``:
+        what its FAT holds, when ``probe`` says it is one (``mdir`` lists them)."""
         disk.pttype = disk.pttype or "gpt"
         uuid = uuid or str(_uuid.uuid5(_uuid.NAMESPACE_URL, f"test-partition:{disk.name}:{number}"))
         disk.partitions.append(
-            FakePartition(number, start, size, type_guid, uuid.upper(), name, dict(probe or {}), dict(inner or {}))
+            FakePartition(
+                number, start, size, type_guid, uuid.upper(), name, dict(probe or {}), dict(inner or {}), tuple(files)
+            )
         )
         if disk.majmin:
             node = disk.node(number)
@@ -462,6 +467,18 @@ class Machine:
                 if values is None:
                     return None
                 return _export(argv, {"DEVNAME": path, **values})
+            case ("mdir", "-/", "-b", "-i", where, "::/") if where.split("@@")[0] in self.disks:
+                path, _, offset = where.partition("@@")
+                disk = self.disks[path]
+                part = next(p for p in disk.partitions if p.start * disk.sector == int(offset or 0))
+                if part.probe.get("TYPE") != "vfat":
+                    return Result(argv, 1, "", "init: non DOS media\nCannot initialize '::'\n")
+                if not part.files:
+                    return Result(argv, 1, "", 'mdir: File "::/" not found\n')
+                listed = sorted(
+                    {f"::/{'/'.join(f.split('/')[:n])}/" for f in part.files for n in range(1, f.count("/") + 1)}
+                )
+                return Result(argv, 0, "".join(f"{line}\n" for line in [*listed, *(f"::/{f}" for f in part.files)]))
             case ("sfdisk", "--json", path) if path in self.disks:
                 return self._sfdisk(argv, self.disks[path])
             case ("mdadm", "--detail", "--export", device) if device in self.arrays:
@@ -591,6 +608,7 @@ def is_read_only(argv: tuple[str, ...]) -> bool:
             | ("fsck.fat", "-n", _)
             | ("blockdev", "--flushbufs", _)
             | ("mcopy", "-n", "-i", _, *_)
+            | ("mdir", "-/", "-b", "-i", _, "::/")
         ):
             return True
     return False

@@ -157,6 +157,8 @@ def _index(steps: list[tuple[str, str]], pattern: str) -> int:
 def test_backups_come_before_the_first_change_and_the_live_esp_is_wiped_last(live: LiveEsp) -> None:
     steps = _kinds(_plan(live))
     tar = _index(steps, r"^tar --create --file=\S+/var/lib/esp-mirror/adopt/esp-vda1.tar --directory=\S+/boot/efi \.$")
+    # the tar is read back and compared with the live ESP, file by file, before the first change
+    assert steps[tar + 1][1].startswith("verify-copy ") and steps[tar + 1][1].endswith("/adopt/esp-vda1.tar")
     gpt = _index(steps, r"^sgdisk --backup=\S+/adopt/gpt-vda.bin /dev/vda$")
     entries = _index(steps, r"^write-file \S+/adopt/efibootmgr-v.txt$")
     fstab_lines = _index(steps, r"^write-file \S+/adopt/fstab.lines$")
@@ -169,7 +171,7 @@ def test_backups_come_before_the_first_change_and_the_live_esp_is_wiped_last(liv
     copy = _index(
         steps, r"^cp --recursive --preserve=timestamps --no-target-directory \S+/boot/efi /run/esp-mirror/adopt$"
     )
-    verify = _index(steps, r"^verify-copy ")
+    verify = _index(steps, r"^verify-copy /run/esp-mirror/adopt$")
     fstab = _index(steps, r"^edit-block \S+/etc/fstab$")
     unmount = _index(steps, r"^umount \S+/target/boot/efi$")
     mount = _index(steps, r"^mount -t vfat -o umask=0077 /dev/md/esp \S+/target/boot/efi$")
@@ -408,8 +410,8 @@ def test_a_disk_without_an_esp_and_no_room_at_1_mib_is_refused_naming_what_is_mi
     disk = machine.add_disk("vdb", size=20 * GIB, serial=serial_of("vdb"))
     machine.add_partition(disk, 1, 2048, 10 * GIB // 512, type_guid=LINUX_TYPE)
     assert _refused(machine) == (
-        "disk /dev/vdb has no ESP partition and no room for one at 1 MiB (its partition 1 (/dev/vdb1) starts at "
-        "sector 2048): give it an EF00 partition of at least 34 MiB (sgdisk --new=N:START:+SIZE --typecode=N:EF00 "
+        "disk /dev/vdb has no ESP partition and no room for one of 512 MiB at 1 MiB (sectors 2048-1050623 are "
+        "vdb1's): give it an EF00 partition of that size there (sgdisk --new=1:2048:+512M --typecode=1:EF00 "
         "/dev/vdb), or leave it out"
     )
 

@@ -80,7 +80,11 @@ def disk_with_mounted_partition(m):
     two(m)
     m.add_partition(m.disks["/dev/sdb"], 1, 2048, 409600)
     m.mount(m.partition_devnum(m.disks["/dev/sdb"], 1), "/srv/data", "xfs", "/dev/sdb1")
-    return m.args(), "disk /dev/sdb is in use: sdb1 is mounted at /srv/data; choose a disk that nothing uses"
+    return m.args(), (
+        "disk /dev/sdb has no ESP partition and no room for one of 512 MiB at 1 MiB: sdb1 (200 MiB, Linux file "
+        "system (8300), no file system blkid knows, mounted at /srv/data) is there, and esp-mirror never moves a "
+        "partition in use; choose another disk"
+    )
 
 
 def active_md_member(m):
@@ -89,8 +93,9 @@ def active_md_member(m):
         m.disks["/dev/sdb"], 1, 2048, 409600, type_guid="A19D880F-05FC-4D3B-A006-743F0F84911E", holders=("md0",)
     )
     return m.args(), (
-        "disk /dev/sdb is in use: sdb1 is in use by md0 (an md array, LVM or dm device); "
-        "choose a disk that nothing uses"
+        "disk /dev/sdb has no ESP partition and no room for one of 512 MiB at 1 MiB: sdb1 (200 MiB, Linux RAID "
+        "(FD00), no file system blkid knows, in use by md0) is there, and esp-mirror never moves a partition in "
+        "use; choose another disk"
     )
 
 
@@ -121,14 +126,21 @@ def active_swap(m):
         probe={"TYPE": "swap", "UUID": "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9"},
     )
     m.add_swap("/dev/sdb2")
-    return m.args(), "disk /dev/sdb is in use: sdb2 is active swap; choose a disk that nothing uses"
+    return m.args(), (
+        "disk /dev/sdb has no ESP partition and no room for one of 512 MiB at 1 MiB: sdb2 (8 GiB, Linux swap "
+        "(8200), swap space, active swap) is there, and esp-mirror never moves a partition in use; choose another disk"
+    )
 
 
 def disk_holding_the_running_root(m):
     two(m)
     m.add_partition(m.disks["/dev/sda"], 2, 2048, 16777216)
     m.set_root(m.partition_devnum(m.disks["/dev/sda"], 2), "/dev/sda2")
-    return m.args(), "disk /dev/sda is in use: sda2 holds the running root filesystem; choose a disk that nothing uses"
+    return m.args(), (
+        "disk /dev/sda has no ESP partition and no room for one of 512 MiB at 1 MiB: sda2 (8 GiB, Linux file "
+        "system (8300), no file system blkid knows, holds the running root filesystem) is there, and esp-mirror "
+        "never moves a partition in use; choose another disk"
+    )
 
 
 def disk_under_the_running_root_on_lvm(m):
@@ -137,8 +149,9 @@ def disk_under_the_running_root_on_lvm(m):
         m.disks["/dev/sda"], 2, 2048, 16777216, type_guid="E6D6D379-F507-44C2-A23C-238F2A3DF928", holders=("dm-0",)
     )
     return m.args(), (
-        "disk /dev/sda is in use: sda2 is in use by dm-0 (an md array, LVM or dm device); "
-        "choose a disk that nothing uses"
+        "disk /dev/sda has no ESP partition and no room for one of 512 MiB at 1 MiB: sda2 (8 GiB, Linux LVM "
+        "(8E00), no file system blkid knows, in use by dm-0) is there, and esp-mirror never moves a partition in "
+        "use; choose another disk"
     )
 
 
@@ -275,8 +288,7 @@ def existing_partition_table_without_wipe(m):
     sdb = m.add_disk("sdb", pttype="dos", whole={"PTUUID": "c3564199", "PTTYPE": "dos"})
     m.add_partition(sdb, 1, 2048, 2097152)
     return m.args(), (
-        "disk /dev/sdb already has a partition table or data (dos): esp-mirror never wipes "
-        "silently; pass --wipe to erase it"
+        "disk /dev/sdb holds an MBR (dos) partition table: make sure it is unused, then pass --wipe to erase it"
     )
 
 

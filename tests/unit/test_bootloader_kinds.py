@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from esp_mirror_plugin.pipeline.bootloaders import BOOTLOADERS, BootloaderKind
+from esp_mirror_plugin.pipeline.bootloaders import BOOTLOADERS, BootloaderKind, spec
 from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.pipeline.record import kind_of_loader
 
@@ -18,7 +18,7 @@ def test_every_kind_has_one_row_of_the_table():
 
 
 def test_exactly_one_kind_takes_the_loader_paths_no_other_kind_recognises():
-    assert [k for k in BootloaderKind if k.spec.recognises is None] == [BootloaderKind.EFI]
+    assert [k for k in BootloaderKind if spec(k).recognises is None] == [BootloaderKind.EFI]
 
 
 @pytest.mark.parametrize("kind", list(BootloaderKind))
@@ -26,5 +26,5 @@ def test_exactly_one_kind_takes_the_loader_paths_no_other_kind_recognises():
 @pytest.mark.parametrize("has_shim", [False, True])
 def test_the_loader_path_apply_records_names_its_kind_again(kind, suffix, has_shim):
     request = SimpleNamespace(loader_id="debian", efi_image="/srv/payload/linux.efi", bootloader=kind)
-    loader = kind.spec.loader(request, load_profile("debian"), suffix, has_shim)  # type: ignore[arg-type]
+    loader = spec(kind).loader(request, load_profile("debian"), suffix, has_shim)  # type: ignore[arg-type]
     assert kind_of_loader(loader) is kind

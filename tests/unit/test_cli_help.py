@@ -17,7 +17,7 @@ from conftest import BOOTLOADERS, GIB, MIB, PROFILES, Machine, ToolsExcept, asse
 from esp_mirror_plugin import cli
 from esp_mirror_plugin.errors import BadInput, StepFailed, size_text
 from esp_mirror_plugin.pipeline import profiles
-from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
+from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind, spec
 
 # -- --help ---------------------------------------------------------------------------------------
 
@@ -291,7 +291,7 @@ def test_every_program_a_plan_checks_for_has_a_package_or_says_it_names_none(two
     asked = Asked()
     two_disks.runner.tools = asked
     for kind in BOOTLOADERS:
-        image = ["--efi-image", str(efi_image)] if BootloaderKind(kind).needs_image else []
+        image = ["--efi-image", str(efi_image)] if spec(BootloaderKind(kind)).needs_image else []
         outcome = two_disks.cli("plan", *two_disks.args(), "--profile", profile, "--bootloader", kind, *image)
         assert outcome.code == 0, outcome.err
     prof = profiles.load_profile(profile)

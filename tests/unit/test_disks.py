@@ -251,15 +251,29 @@ def test_discovery_only_runs_read_only_probes(two_disks):
     assert_only_read(two_disks.runner.calls)
 
 
-def test_an_existing_esp_of_another_size_is_refused_with_the_size_to_use(machine):
+def _empty_esps(machine, sectors: int = 614400) -> None:
     for name in ("sda", "sdb"):
         disk = machine.add_disk(name)
-        machine.add_partition(disk, 1, 2048, 614400, type_guid=ESP_TYPE, name="esp-mirror")
-    outcome = machine.cli("plan", *machine.args(), "--no-nvram")
+        machine.add_partition(disk, 1, 2048, sectors, type_guid=ESP_TYPE, name="EFI system partition")
+
+
+def test_empty_esp_partitions_of_another_size_are_taken_as_they_are(machine):
+    _empty_esps(machine)
+    outcome = machine.cli("plan", "--json", *machine.args(), "--no-nvram")
+    assert outcome.code == 0, outcome.err
+    plan = json.loads(outcome.out)
+    assert starting(json_commands(plan), "sgdisk") == []
+    notes = next(g for g in plan["groups"] if g["name"] == "notes")["notes"]
+    assert "the disks' ESP partitions are 300 MiB at 1 MiB: the mirror uses them" in notes
+
+
+def test_an_esp_size_given_that_differs_from_the_disks_esp_partitions_is_refused_with_the_size_to_use(machine):
+    _empty_esps(machine)
+    outcome = machine.cli("plan", *machine.args(), "--no-nvram", "--esp-size", "1G")
     assert (outcome.code, outcome.error) == (
         2,
-        "disk /dev/sda already has an esp-mirror ESP of 300 MiB at sector "
-        "2048: re-run with --esp-size 300M, or --wipe to start over",
+        "--esp-size 1 GiB differs from the ESP partitions the disks have (sda1 (300 MiB at 1 MiB, no file "
+        "system)): re-run with --esp-size 300M (or leave it out), or --wipe to start over",
     )
 
 

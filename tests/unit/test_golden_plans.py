@@ -29,7 +29,7 @@ from conftest import (
 )
 
 from esp_mirror_plugin.hooks.initramfs import STAMP
-from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
+from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind, spec
 
 GOLDEN = DATA / "golden"
 DRACUT = {"fedora", "rhel", "opensuse", "void", "gentoo"}
@@ -57,7 +57,7 @@ FSTAB_OPTIONS = "umask=0077,nofail,x-systemd.device-timeout=45s"
 
 
 def image_args(kind: str, efi_image) -> list[str]:
-    return ["--efi-image", str(efi_image)] if BootloaderKind(kind).needs_image else []
+    return ["--efi-image", str(efi_image)] if spec(BootloaderKind(kind)).needs_image else []
 
 
 # -- the full text ---------------------------------------------------------------------------

@@ -202,8 +202,7 @@ def test_another_array_holding_a_member_still_makes_the_disk_busy(two_disks):
     outcome = two_disks.cli("plan", *two_disks.args())
     assert (outcome.code, outcome.error) == (
         2,
-        "disk /dev/sda is in use: sda1 is in use by md3 (an md array, LVM "
-        "or dm device); choose a disk that nothing uses",
+        "disk /dev/sda is in use: sda1 is in use by md3; choose a disk that nothing uses",
     )
 
 

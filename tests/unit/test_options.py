@@ -101,7 +101,7 @@ def test_without_efi_variables_nvram_is_off_with_a_warning(two_disks):
     [warning] = next(g for g in plan["groups"] if g["name"] == "notes")["notes"]
     assert warning.startswith(
         "WARNING: no EFI variables here (/sys/firmware/efi/efivars is empty): no boot "
-        "entries are made; the firmware will boot via the \\EFI\\BOOT\\ fallback path."
+        "entries are made; the firmware boots each disk through the \\EFI\\BOOT\\ fallback path."
     )
 
 

@@ -8,7 +8,7 @@ import shlex
 import pytest
 from conftest import BOOTLOADERS, PROFILES, assert_only_read
 
-from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
+from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind, spec
 
 FIRST_LINE = {
     "write-file": lambda s: f"write {s['path']} (mode {s['mode']}):",
@@ -60,7 +60,7 @@ def unquote_vars(argv: list[str]) -> list[str]:
 @pytest.mark.parametrize("profile", ["debian", "arch"])
 def test_text_and_json_plans_have_the_same_steps(two_disks, efi_image, profile, kind):
     extra = ["--profile", profile, "--bootloader", kind]
-    extra += ["--efi-image", str(efi_image)] if BootloaderKind(kind).needs_image else []
+    extra += ["--efi-image", str(efi_image)] if spec(BootloaderKind(kind)).needs_image else []
     text = two_disks.cli("plan", *two_disks.args(), *extra)
     raw = two_disks.cli("plan", "--json", *two_disks.args(), *extra)
     assert (text.code, raw.code) == (0, 0)
@@ -106,7 +106,7 @@ def test_json_plan_of_image_files_renders_loop_variables(machine):
     notes = next(g for g in plan["groups"] if g["name"] == "notes")["notes"]
     assert notes == [
         "image files are not this machine's disks: no firmware boot entries are made (--no-nvram); "
-        "the firmware boots them via \\EFI\\BOOT\\ fallback path"
+        "the firmware boots them via the \\EFI\\BOOT\\ fallback path"
     ]
 
 
@@ -114,7 +114,7 @@ def test_json_plan_of_image_files_renders_loop_variables(machine):
 @pytest.mark.parametrize("profile", PROFILES)
 def test_plan_only_reads_and_writes_nothing(two_disks, efi_image, profile, kind):
     before = two_disks.target_state()
-    extra = ["--efi-image", str(efi_image)] if BootloaderKind(kind).needs_image else []
+    extra = ["--efi-image", str(efi_image)] if spec(BootloaderKind(kind)).needs_image else []
     outcome = two_disks.cli("plan", *two_disks.args(), "--profile", profile, "--bootloader", kind, *extra)
     assert outcome.code == 0, outcome.err
     assert_only_read(outcome.calls)

@@ -26,7 +26,7 @@ from conftest import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
+from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind, spec
 from esp_mirror_plugin.upkeep import commands, history, metrics
 from esp_mirror_plugin.upkeep.mirror import read_mirror
 
@@ -480,7 +480,7 @@ def test_systemd_boot_without_its_signed_binary_under_secure_boot_gets_a_note(ma
 def test_with_secure_boot_off_no_profile_or_bootloader_gets_a_secure_boot_note(machine, tmp_path, profile, bootloader):
     equip_two_disks(machine)
     machine.secure_boot(False)
-    extra = ("--efi-image", str(make_efi_image(tmp_path))) if BootloaderKind(bootloader).needs_image else ()
+    extra = ("--efi-image", str(make_efi_image(tmp_path))) if spec(BootloaderKind(bootloader)).needs_image else ()
 
     outcome = machine.cli("plan", *machine.args(), "--profile", profile, "--bootloader", bootloader, *extra)
 

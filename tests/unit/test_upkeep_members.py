@@ -276,7 +276,8 @@ def test_member_steps_mark_only_the_old_superblock_wipe_as_cleanup(mirror):
     state = read_mirror(mirror.runner, mirror.record, mirror.host)
     [disk] = describe_disks(("/dev/vdc",), mirror.runner, mirror.host, read_mounts(mirror.host), "md127")
 
-    steps, member = upkeep.member_steps(state, disk, 512, False, old=state.array.member("/dev/vdb"), grow=False)
+    member = upkeep.new_member(disk, state.array, state.record, 512, False, command="replace")
+    steps = upkeep.member_steps(state, member, old=state.array.member("/dev/vdb"), grow=False)
 
     assert [s.argv for s in steps if isinstance(s, Command) and s.cleanup] == [
         ("mdadm", "--zero-superblock", "/dev/vdb1")
@@ -332,13 +333,16 @@ REFUSALS = {
     "existing-table": (
         lambda m: m.add_partition(m.add_new_disk("vdc", pttype="gpt"), 1, 2048, 100_000, type_guid=LINUX_TYPE),
         ("replace", "--old", "/dev/vdb", "--new", "/dev/vdc"),
-        "disk /dev/vdc already has a partition table or data (gpt): esp-mirror never wipes "
-        "silently; pass --wipe to erase it",
+        "disk /dev/vdc has no ESP partition and no room for one of 512 MiB at 1 MiB (sectors 2048-1050623 are "
+        "vdc1's): give it an EF00 partition of that size there (sgdisk --new=1:2048:+512M --typecode=1:EF00 "
+        "/dev/vdc), or pass --wipe to erase the whole disk",
     ),
     "member-of-another-array": (
         other_array_member,
         ("add", "--disk", "/dev/vdc"),
-        "disk /dev/vdc holds an md RAID member: make sure it is unused, then pass --wipe to erase it",
+        "disk /dev/vdc has no ESP partition and no room for one of 512 MiB at 1 MiB (sectors 2048-1050623 are "
+        "vdc1's): give it an EF00 partition of that size there (sgdisk --new=1:2048:+512M --typecode=1:EF00 "
+        "/dev/vdc), or pass --wipe to erase the whole disk",
     ),
     "new-disk-missing": (
         lambda m: None,

@@ -51,7 +51,7 @@ options:
     type: str
   target:
     description:
-      - root of the system being installed
+      - "root of the system being installed (image files need it: they are not this machine's disks)"
       - "esp-mirror's default when left out: /"
     type: path
   esp_size:
