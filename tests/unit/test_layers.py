@@ -110,18 +110,17 @@ def upward_imports(package: Path, layers: list[Layer]) -> list[str]:
 
 def test_the_layers_come_from_architecture_md() -> None:
     layers = layers_of(ARCHITECTURE.read_text())
-    assert [layer.name for layer in layers] == [
-        "cli",
-        "host",
-        "plugin",
-        "upkeep",
-        "hooks",
-        "pipeline",
-        "system",
-        "base",
-    ]
-    assert allowed(layers)["upkeep"] == {"upkeep", "hooks", "pipeline", "system", "base"}
+    names = [layer.name for layer in layers]
+    assert names[:6] == ["cli", "host", "plugin", "upkeep", "hooks", "pipeline"]
+    assert names[-2:] == ["system", "base"]
+    assert set(allowed(layers)["upkeep"]) == set(names) - {"cli", "host", "plugin"}
     assert allowed(layers)["system"] == {"system", "base"}
+    # pipeline/ is named file by file, so that a circle among its files runs up a layer
+    pipeline = [p for layer in layers for p in layer.paths if p.startswith("pipeline/")]
+    assert "pipeline/" not in pipeline
+    assert sorted(pipeline) == sorted(p.relative_to(PACKAGE).as_posix() for p in (PACKAGE / "pipeline").glob("*.py")), (
+        "every file of pipeline/ is in one layer of ARCHITECTURE.md"
+    )
 
 
 def test_no_import_runs_up_a_layer() -> None:
@@ -185,7 +184,7 @@ def test_the_real_tree_fails_once_a_layer_no_longer_uses_the_one_below() -> None
     ours = [p for p in upward_imports(PACKAGE, layers) if p.startswith("hooks/")]
     assert any(
         re.fullmatch(
-            r"hooks/fstab\.py:\d+ imports esp_mirror_plugin\.pipeline\.fat \(hooks must not import pipeline\)", p
+            r"hooks/fstab\.py:\d+ imports esp_mirror_plugin\.pipeline\.fat \(hooks must not import fat\)", p
         )
         for p in ours
     )
@@ -218,3 +217,56 @@ def test_the_state_directory_is_spelled_once() -> None:
         if "var/lib/esp-mirror" in value
     ]
     assert spelled == ["system/state.py:11"]
+
+
+def circles(package: Path) -> list[list[str]]:
+    """Every import circle among the package's modules (``TYPE_CHECKING`` and imports in
+    functions included), each as the modules in it, sorted."""
+    paths = {module_name(package, p): p for p in sorted(package.rglob("*.py"))}
+    graph = {name: {m for _, m in imports(package, path) if m != name} for name, path in paths.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for dep in sorted(graph[node]):
+            if dep not in index:
+                visit(dep)
+                low[node] = min(low[node], low[dep])
+            elif dep in stack:
+                low[node] = min(low[node], index[dep])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                top = stack.pop()
+                group.append(top)
+                if top == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for name in sorted(graph):
+        if name not in index:
+            visit(name)
+    return found
+
+
+def test_no_module_of_the_package_imports_itself_through_others() -> None:
+    assert circles(PACKAGE) == []
+
+
+def test_a_circle_is_found_and_named(tree: Path) -> None:
+    (tree / "low" / "deep.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.top\n")
+    assert circles(tree) == [["pkg.low.deep", "pkg.top"]]
+
+
+def test_a_circle_in_pipeline_runs_up_a_layer() -> None:
+    """request.py importing bootloaders.py again (the circle this layout broke) fails the layers."""
+    layers = layers_of(ARCHITECTURE.read_text())
+    request = PACKAGE / "pipeline" / "request.py"
+    assert layer_of(PACKAGE, request, layers) != layer_of(PACKAGE, PACKAGE / "pipeline" / "bootloaders.py", layers)
+    reach = allowed(layers)[layer_of(PACKAGE, request, layers) or ""]
+    assert layer_of(PACKAGE, PACKAGE / "pipeline" / "bootloaders.py", layers) not in reach
