@@ -57,13 +57,14 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-def install_options(parser: argparse.ArgumentParser) -> None:
-    """The options of plan and apply, one per setting of :class:`~esp_mirror_plugin.pipeline.request.Request`."""
+def install_options(parser: argparse.ArgumentParser, command: str = "apply") -> None:
+    """The options of plan, apply and adopt, one per setting of
+    :class:`~esp_mirror_plugin.pipeline.request.Request` (adopt's: those it takes)."""
     parser.add_argument(
         "--config", metavar="FILE.yaml", help="settings file (the same settings as YAML keys, e.g. esp_size: 512M)"
     )
     for name, setting in settings().items():
-        if setting.option is None:
+        if setting.option is None or (command == "adopt" and not setting.adopt):
             continue
         default = setting.shown_default or default_of(name)
         shown = f" (default: {default})" if default not in ((), None, False) and setting.kind is not Kind.FLAG else ""
@@ -92,7 +93,7 @@ _COMMANDS: dict[str, str] = {
 def _options(name: str, p: argparse.ArgumentParser) -> None:
     """The options of one command."""
     if name in ("plan", "apply", "adopt"):
-        install_options(p)
+        install_options(p, name)
     if name == "plan":
         p.add_argument("--json", action="store_true", help="the plan as JSON")
     elif name == "apply":
@@ -101,21 +102,26 @@ def _options(name: str, p: argparse.ArgumentParser) -> None:
             "--json", action="store_true",
             help="print a report instead of progress: the plan (as plan --json) and what each step changed",
         )  # fmt: skip
-        p.add_argument(
-            "--expect-plan", metavar="DIGEST",
-            help="refuse unless the plan is still the one with this digest (the `# digest` line of plan, or "
-            "plan --json's digest)",
-        )  # fmt: skip
+        _expect_plan(p, "the `# digest` line of plan, or plan --json's digest")
     elif name == "adopt":
         p.add_argument(
             "--esp", metavar="PARTITION",
             help="the live ESP, when nothing is mounted at the mount point and fstab does not name it",
         )  # fmt: skip
+        _expect_plan(p, "the `# digest` line of adopt --dry-run, or its --json digest")
         upkeep_options(p, CHANGING)
     elif name == "profiles":
         p.add_argument("name", nargs="?", help="a built-in profile name or a YAML file")
     elif name in UPKEEP:
         upkeep_options(p, UPKEEP[name].options)
+
+
+def _expect_plan(parser: argparse.ArgumentParser, where: str) -> None:
+    parser.add_argument(
+        "--expect-plan",
+        metavar="DIGEST",
+        help=f"refuse unless the plan is still the one with this digest ({where})",
+    )
 
 
 def upkeep_options(parser: argparse.ArgumentParser, options: tuple[Option, ...]) -> None:
@@ -148,8 +154,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse with esp-mirror's bad input: a usage error is one line and exit code 2, on the
     error stream :func:`main` was given (argparse would print the usage and exit by itself)."""
 
+    help_of: str = ""  # the command whose --help lists what it takes ("" when no command is named)
+
     def error(self, message: str) -> NoReturn:
-        raise BadInput(f"{message} (see `{self.prog} --help`)")
+        raise BadInput(f"{message} (see `{self.help_of or self.prog} --help`)")
 
 
 def _parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -169,6 +177,8 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
         help="`esp-mirror COMMAND --help` shows its options",
     )  # fmt: skip
     named = next((a for a in argv if not a.startswith("-")), None)
+    if named in _COMMANDS:
+        parser.help_of = f"esp-mirror {named}"
     for name, text in _COMMANDS.items():
         p = sub.add_parser(name, help=text, description=text)
         if named in (name, None) or named not in _COMMANDS:

@@ -47,21 +47,11 @@ def run(
         else:
             render(groups, ctx, out)
         return 0
-    if args.expect_plan is not None and not is_plan_digest(args.expect_plan):
-        raise BadInput(
-            f"--expect-plan {args.expect_plan!r} is not a plan digest (64 hexadecimal digits): copy the digest "
-            "line of `esp-mirror plan` (or plan --json's digest)"
-        )
+    _check_digest_given(args.expect_plan, "`esp-mirror plan` (or plan --json's digest)")
     with lock.held(args.command_line):
         ctx = prepare(request_from_args(args), runner=runner, host=host_view)
         groups = host.plan(ctx, host.get_plugin_manager())
-        digest = plan_digest(ctx, groups)
-        if args.expect_plan and args.expect_plan != digest:
-            raise BadInput(
-                f"the plan is no longer the one with digest {args.expect_plan} (now {digest}): the "
-                "disks, the boot entries or a file it edits changed since, or the options differ from the "
-                "plan's; review a new `esp-mirror plan` and apply that"
-            )
+        _check_digest(args.expect_plan, plan_digest(ctx, groups), "esp-mirror plan", "apply")
         if not args.yes and stdin.isatty():
             render(groups, ctx, out)
         if not confirmed("apply", args.yes, stdin, out):
@@ -69,17 +59,54 @@ def run(
         return _apply(groups, ctx, out, as_json=args.json)
 
 
+def _check_digest_given(given: str | None, where: str) -> None:
+    if given is not None and not is_plan_digest(given):
+        raise BadInput(
+            f"--expect-plan {given!r} is not a plan digest (64 hexadecimal digits): copy the digest line of {where}"
+        )
+
+
+def _check_digest(given: str | None, digest: str, review: str, command: str) -> None:
+    if given and given != digest:
+        raise BadInput(
+            f"the plan is no longer the one with digest {given} (now {digest}): the "
+            "disks, the boot entries or a file it edits changed since, or the options differ from the "
+            f"plan's; review a new `{review}` and {command} that"
+        )
+
+
+# What adopt keeps of its command line (the journal's "run it again"): the same for --dry-run and
+# the run it reviewed, so both plan the same journal and have the same digest.
+_NOT_KEPT = ("--dry-run", "--yes", "--json")
+
+
+def adopt_command(command_line: str) -> str:
+    """The command line without the words that only say how to run it (--dry-run, --yes, --json,
+    --expect-plan DIGEST)."""
+    words, kept = shlex.split(command_line), []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word == "--expect-plan":
+            skip = True
+        elif word not in _NOT_KEPT and not word.startswith("--expect-plan="):
+            kept.append(word)
+    return shlex.join(kept)
+
+
 def _adopt(
     args: argparse.Namespace, out: TextIO, stdin: TextIO, runner: Runner | None, host_view: HostView | None
 ) -> int:
     """adopt: plan the adoption (or say there is nothing to adopt), show it, confirm, carry it out."""
+    _check_digest_given(args.expect_plan, "`esp-mirror adopt --dry-run` (or its --json digest)")
     with lock.held(args.command_line):
         try:
             ctx = prepare(
                 request_from_args(args),
                 runner=runner,
                 host=host_view,
-                adopt=Adopt(args.esp, shlex.join(a for a in shlex.split(args.command_line) if a != "--dry-run")),
+                adopt=Adopt(args.esp, adopt_command(args.command_line)),
             )
         except NothingToDo as done:
             if args.json:
@@ -89,6 +116,7 @@ def _adopt(
                 print(f"esp-mirror adopt: {done}", file=out)
             return 0
         groups = host.plan(ctx, host.get_plugin_manager())
+        _check_digest(args.expect_plan, plan_digest(ctx, groups), "esp-mirror adopt --dry-run", "adopt")
         if args.dry_run:
             if args.json:
                 json.dump(plan_json(groups, ctx), out, indent=2)
@@ -106,7 +134,7 @@ def _adopt(
 def request_from_args(args: argparse.Namespace) -> Request:
     """The Request from ``--config`` overlaid with the options given on the command line."""
     values = load_config(args.config) if args.config else {}
-    given = {name: getattr(args, name) for name, s in settings().items() if s.option is not None}
+    given = {name: getattr(args, name, None) for name, s in settings().items() if s.option is not None}
     values.update(coerce({k: v for k, v in given.items() if v is not None}, "command line"))
     return Request(**values)
 
@@ -135,14 +163,15 @@ def render(groups: list[Group], ctx: Context, out: TextIO) -> None:
             }[adoption.phase],
             file=out,
         )
-    elif ctx.snapshot.unread:
+    if ctx.snapshot.unread:
         print(
             "# no digest: this plan could not read everything (UNVERIFIED below), so apply --expect-plan "
             "cannot be given one; run plan as root for a plan with a digest",
             file=out,
         )
     else:
-        print(f"# digest {plan_digest(ctx, groups)} (apply --expect-plan takes it)", file=out)
+        command = "adopt" if adoption is not None else "apply"
+        print(f"# digest {plan_digest(ctx, groups)} ({command} --expect-plan takes it)", file=out)
     for group in groups:
         print(f"\n{group.render()}", end="", file=out)
 

@@ -122,7 +122,11 @@ def show_status(args: argparse.Namespace, state: MirrorState, out: TextIO) -> No
         print(file=out)
         return
     if state.record is None and state.array is None:
-        print("esp-mirror: not set up here (no /etc/esp-mirror/esp-mirror.yaml, no /dev/md/esp)", file=out)
+        print(
+            "esp-mirror: not set up here (no /etc/esp-mirror/esp-mirror.yaml, no /dev/md/esp): `esp-mirror apply` "
+            "(new disks) or `esp-mirror adopt` (a running system's ESP) sets it up",
+            file=out,
+        )
         if state.unfinished:
             print("problems:\n" + "\n".join(f"  - {p}" for p in state.unfinished), file=out)
         return

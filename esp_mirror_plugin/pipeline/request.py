@@ -50,6 +50,7 @@ class Setting:
     option: str | None = ""  # "" derives --field-name; None: a config file key only
     metavar: str | None = None
     shown_default: str = ""  # how --help names the default, when the field's default does not say it
+    adopt: bool = True  # `esp-mirror adopt` takes it too (it never wipes, and mirrors two disks or more)
 
 
 def setting(value: Any, help: str, kind: Kind = Kind.TEXT, **extra: Any) -> Any:
@@ -89,8 +90,13 @@ class Request:
     entry_label: str | None = setting(None, "boot entry label prefix", shown_default="the profile's")
     no_nvram: bool = setting(False, "make no firmware boot entries", Kind.FLAG)
     initramfs: InitramfsMode = setting(InitramfsMode.REGENERATE, "what to do with the initramfs", Kind.CHOICE)
-    wipe: bool = setting(False, "erase existing partition tables on the disks", Kind.FLAG)
-    degraded: bool = setting(False, "allow a one-disk mirror", Kind.FLAG)
+    wipe: bool = setting(
+        False,
+        "erase the whole disks first (every partition on them; refused while one is in use)",
+        Kind.FLAG,
+        adopt=False,
+    )
+    degraded: bool = setting(False, "allow a one-disk mirror", Kind.FLAG, adopt=False)
     metrics_dir: str = setting(
         METRICS_DIR,
         "the installed system's node_exporter textfile directory: the weekly check writes esp_mirror.prom "

@@ -461,7 +461,10 @@ def run_heal(call: Call) -> int:
     runner, host, why, dry_run = call.runner, call.host, call.options.why, call.options.dry_run
     record = records.load(host.sysroot)
     if record is None:
-        raise BadInput("no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): nothing to heal")
+        raise BadInput(
+            "no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): nothing to heal; `esp-mirror "
+            "apply` (new disks) or `esp-mirror adopt` (a running system's ESP) sets one up"
+        )
     at_boot = why == "boot" and not dry_run
     waiting: tuple[str, ...] = ()
     try:

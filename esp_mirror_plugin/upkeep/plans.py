@@ -27,7 +27,8 @@ from esp_mirror_plugin.upkeep.mirror import ArrayState, MemberState, MirrorState
 def require_array(state: MirrorState) -> ArrayState:
     if state.record is None:
         raise BadInput(
-            "no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): run `esp-mirror apply` first"
+            "no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): run `esp-mirror apply` (new "
+            "disks) or `esp-mirror adopt` (a running system's ESP) first"
         )
     if state.array is None:
         raise BadInput(

@@ -425,7 +425,11 @@ def test_a_disk_with_room_at_1_mib_gets_partition_1_in_its_table(tmp_path: Path)
 
 
 def test_wipe_one_disk_and_no_esp_at_all_are_refused(live: LiveEsp) -> None:
-    assert _refused(live, "--wipe").startswith("adopt never wipes a disk: leave out --wipe")
+    # adopt takes no --wipe (its --help lists only what it takes); a config file's wipe: true is refused
+    assert _refused(live, "--wipe") == "unrecognized arguments: --wipe (see `esp-mirror adopt --help`)"
+    config = live.root / "wipe.yaml"
+    config.write_text("wipe: true\n")
+    assert _refused(live, "--config", str(config)).startswith("adopt never wipes a disk: leave out --wipe")
     one = live.cli("adopt", "--yes", "--disk", "/dev/vda", "--target", str(live.target))
     assert one.code == 2 and one.error.startswith("adopt needs the disk of the live ESP and at least one more")
     live.mountinfo = [line for line in live.mountinfo if str(live.esp) not in line]

@@ -518,6 +518,68 @@ def array_that_mdadm_cannot_read(m):
     )
 
 
+# -- the disks a server really has: the ESP beside other partitions -----------------------------
+
+RAID = "A19D880F-05FC-4D3B-A006-743F0F84911E"
+
+
+def esp_partitions_of_different_sizes(m):
+    two(m)
+    m.add_partition(m.disks["/dev/sda"], 1, 2048, 1048576, type_guid=ESP, name="EFI system partition")
+    m.add_partition(m.disks["/dev/sdb"], 1, 2048, 524288, type_guid=ESP, name="EFI system partition")
+    return m.args(), (
+        "the ESP partitions differ (/dev/sda: sda1 (512 MiB at 1 MiB, no file system); /dev/sdb: sdb1 (256 MiB at "
+        "1 MiB, no file system)): a mirror takes ESP partitions of one size at one place on every disk; make them "
+        "alike (or erase the odd one with `wipefs --all` and delete it, and esp-mirror makes partition 1), "
+        "then run again"
+    )
+
+
+def no_room_at_1_mib(m):
+    two(m)
+    for path in ("/dev/sda", "/dev/sdb"):
+        m.add_partition(m.disks[path], 1, 2048, 16777216, type_guid=RAID, name="root")
+    return m.args(), (
+        "disk /dev/sda has no ESP partition and no room for one of 512 MiB at 1 MiB (sectors 2048-1050623 are "
+        "sda1's): give it an EF00 partition of that size there (sgdisk --new=1:2048:+512M --typecode=1:EF00 "
+        "/dev/sda), or pass --wipe to erase the whole disk"
+    )
+
+
+def esp_partition_with_files(m):
+    two(m)
+    for path in ("/dev/sda", "/dev/sdb"):
+        m.add_partition(
+            m.disks[path], 1, 2048, 1048576, type_guid=ESP, probe={"TYPE": "vfat", "UUID": "ABCD-1234"},
+            files=("EFI/debian/grubx64.efi", "EFI/debian/grub.cfg"),
+        )  # fmt: skip
+    return m.args(), (
+        "disk /dev/sda's ESP partition sda1 (512 MiB at 1 MiB, a FAT with 2 files) holds files, which apply never "
+        "overwrites: take it into the mirror with its files with `esp-mirror adopt`, or, if they are not needed, "
+        "erase it first (`wipefs --all /dev/sda1`)"
+    )
+
+
+def wipe_while_partition_2_is_mounted(m):
+    two(m)
+    root = m.add_partition(m.disks["/dev/sdb"], 2, 1050624, 16777216, probe={"TYPE": "ext4"})
+    m.mount(m.partition_devnum(m.disks["/dev/sdb"], 2), "/mnt", "ext4", root)
+    return [*m.args(), "--wipe"], (
+        "--wipe would erase all of /dev/sdb, and the running system uses sdb2 (8 GiB, Linux file system (8300), "
+        "ext4, mounted at /mnt): leave out --wipe (esp-mirror adds its ESP beside partitions in use), "
+        "or free them first"
+    )
+
+
+def image_files_without_target(m):
+    m.add_image("a.img")
+    m.add_image("b.img")
+    return m.disk_args("/images/a.img", "/images/b.img"), (
+        "image files are not this machine's disks: pass --target ROOT, the image's root (or --target / to set up "
+        "this machine's own /etc for them)"
+    )
+
+
 CASES = [
     (one_disk_without_degraded, BOTH),
     (nine_disks, BOTH),
@@ -587,6 +649,11 @@ CASES = [
     (disk_that_cannot_be_opened, BOTH),
     (disk_whose_blkid_probe_is_denied, BOTH),
     (array_that_mdadm_cannot_read, BOTH),
+    (esp_partitions_of_different_sizes, BOTH),
+    (no_room_at_1_mib, BOTH),
+    (esp_partition_with_files, BOTH),
+    (wipe_while_partition_2_is_mounted, BOTH),
+    (image_files_without_target, BOTH),
 ]
 PARAMS = [
     pytest.param(case, command, id=f"{command}-{case.__name__}") for case, commands in CASES for command in commands

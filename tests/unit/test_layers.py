@@ -183,9 +183,7 @@ def test_the_real_tree_fails_once_a_layer_no_longer_uses_the_one_below() -> None
     ]
     ours = [p for p in upward_imports(PACKAGE, layers) if p.startswith("hooks/")]
     assert any(
-        re.fullmatch(
-            r"hooks/fstab\.py:\d+ imports esp_mirror_plugin\.pipeline\.fat \(hooks must not import fat\)", p
-        )
+        re.fullmatch(r"hooks/fstab\.py:\d+ imports esp_mirror_plugin\.pipeline\.fat \(hooks must not import fat\)", p)
         for p in ours
     )
     assert all(" imports esp_mirror_plugin.pipeline." in p for p in ours)

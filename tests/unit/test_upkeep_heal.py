@@ -152,7 +152,8 @@ def test_heal_without_a_setup_is_bad_input(machine):
     outcome = machine.cli("heal")
     assert (outcome.code, outcome.error) == (
         2,
-        "no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): nothing to heal",
+        "no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): nothing to heal; `esp-mirror "
+        "apply` (new disks) or `esp-mirror adopt` (a running system's ESP) sets one up",
     )
 
 

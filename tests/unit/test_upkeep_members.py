@@ -412,7 +412,8 @@ def test_replace_or_add_without_a_setup_is_refused(machine, monkeypatch):
     outcome = machine.cli("add", "--disk", "/dev/vdc", "--yes")
     assert (outcome.code, outcome.error) == (
         2,
-        "no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): run `esp-mirror apply` first",
+        "no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): run `esp-mirror apply` (new disks) "
+        "or `esp-mirror adopt` (a running system's ESP) first",
     )
     assert outcome.calls == []
 

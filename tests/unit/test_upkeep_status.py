@@ -409,7 +409,8 @@ def test_status_says_not_set_up_and_exits_2_without_record_or_array(machine, mon
 
     assert (text.code, text.out) == (
         2,
-        "esp-mirror: not set up here (no /etc/esp-mirror/esp-mirror.yaml, no /dev/md/esp)\n",
+        "esp-mirror: not set up here (no /etc/esp-mirror/esp-mirror.yaml, no /dev/md/esp): `esp-mirror apply` "
+        "(new disks) or `esp-mirror adopt` (a running system's ESP) sets it up\n",
     )
     assert as_json.code == 2
     assert json.loads(as_json.out) == {
@@ -470,7 +471,8 @@ def test_changing_commands_refuse_a_system_esp_mirror_never_set_up(machine, monk
     outcome = machine.cli("entries", "--dry-run")
     assert (outcome.code, outcome.error) == (
         2,
-        "no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): run `esp-mirror apply` first",
+        "no esp-mirror setup here (/etc/esp-mirror/esp-mirror.yaml is missing): run `esp-mirror apply` (new disks) "
+        "or `esp-mirror adopt` (a running system's ESP) first",
     )
 
 

@@ -121,7 +121,7 @@ options:
     choices: [regenerate, configure-only, skip]
   wipe:
     description:
-      - erase existing partition tables on the disks
+      - erase the whole disks first (every partition on them; refused while one is in use)
     type: bool
     default: false
   degraded:
