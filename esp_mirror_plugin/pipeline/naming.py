@@ -38,6 +38,17 @@ def partition_guid(identity: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"esp-partition:{identity}"))
 
 
+def table_guids(identity: str, numbers: list[int], esp_number: int) -> tuple[str, dict[int, str]]:
+    """The disk GUID and each partition's GUID of a partition table copied onto the disk with
+    ``identity`` (``replace --copy-table``): new ones, derived like the ESP's, so a run again finds
+    the copy it made; the ESP's partition gets :func:`partition_guid`'s."""
+    guids = {
+        n: partition_guid(identity) if n == esp_number else str(uuid.uuid5(_NAMESPACE, f"partition:{identity}:{n}"))
+        for n in numbers
+    }
+    return str(uuid.uuid5(_NAMESPACE, f"disk:{identity}")), guids
+
+
 def array_uuid(identities: list[str], array_name: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"array:{array_name}:{','.join(sorted(identities))}"))
 

@@ -29,7 +29,7 @@ from esp_mirror_plugin.pipeline import record as records
 from esp_mirror_plugin.pipeline.checks import MAX_DISKS
 from esp_mirror_plugin.pipeline.execute import Applier, counts, forecast
 from esp_mirror_plugin.pipeline.kinds import EspFrom
-from esp_mirror_plugin.pipeline.members import disk_tag
+from esp_mirror_plugin.pipeline.members import Member, disk_tag
 from esp_mirror_plugin.pipeline.preflight import Preflight
 from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.pipeline.record import Record
@@ -81,6 +81,7 @@ class Planned:
     groups: list[Group]
     report: dict[str, Any] = field(default_factory=dict)  # for --json, besides the plan
     before: Callable[[], list[str]] = list  # right before the first step; says what it did
+    after: tuple[str, ...] = ()  # what the administrator runs next, said once the plan is carried out
 
 
 @dataclass(frozen=True)
@@ -277,16 +278,32 @@ def member_facts(
 
 
 def plan_new_member(
-    runner: Runner, host: HostView, state: MirrorState, new: str, old: str | None, wipe: bool, command: str
+    runner: Runner,
+    host: HostView,
+    state: MirrorState,
+    new: str,
+    old: str | None,
+    wipe: bool,
+    command: str,
+    *,
+    copy_table: bool = False,
+    add_others: bool = False,
 ) -> Planned:
     """replace (``old`` a member or "missing") or add (``old`` None): partition ``new`` like the
-    others, add it, wait for the recovery, then its boot entry (and drop the old disk's).
+    others, add it, wait for the recovery, then its boot entry (and drop the old disk's). With
+    ``copy_table`` (replace) the new disk gets a surviving member's whole partition table instead,
+    and the other md arrays on the disks (an md root) get the new disk's partitions, printed as
+    the exact ``mdadm`` lines or, with ``add_others``, run after the ESP's recovery.
 
     The same command run again after an interruption continues: a new disk that already carries
     its ESP partition (the GUID made from its identity) is not partitioned again, one already in
     the array is not added again, an old member already taken out is not taken out again.
     """
     array = plans.require_array(state)
+    if add_others and not copy_table:
+        raise BadInput(
+            "--add-others adds the new disk's other partitions, which only --copy-table makes: pass both, or neither"
+        )
     joined = array.member(new)  # in the array: an earlier run of this command added it, or a mistake
     if joined is not None and old not in (None, "missing") and array.member(old or "") is not None:
         # the old member is still in: no run of this command added the new disk (it takes the old out first)
@@ -312,9 +329,29 @@ def plan_new_member(
     sector = next((facts[m.disk].sector_size for m in array.members if m.disk in facts and m.disk != disk.path), 512)
     record = state.record
     assert record is not None  # require_array checked it
-    member = plans.new_member(disk, array, record, sector, wipe, joined=joined, command=command)
-    steps = plans.member_steps(state, member, old=old_member, grow=old is None, joined=joined, root=host.sysroot)
+    copy = None
+    if copy_table:
+        member, copy = _copied_member(host, state, facts, disk, old_member, joined, wipe, add_others)
+    else:
+        member = plans.new_member(disk, array, record, sector, wipe, joined=joined, command=command)
+    steps = plans.member_steps(
+        state, member, old=old_member, grow=old is None, joined=joined, root=host.sysroot, copy=copy
+    )
     notes = [f"mdadm.conf names {array.device} by UUID: it stays as it is", *partition.notes([member])]
+    after: tuple[str, ...] = ()
+    if copy is not None:
+        notes.append(
+            f"{disk.given} gets the partition table of {copy.survivor.given}"
+            + (" (written by an earlier run: kept)" if not copy.needed else ", with new GUIDs")
+        )
+        notes += copy.notes
+        if copy.lines() and not add_others:
+            after = (
+                "esp-mirror: the ESP is whole; the other arrays on the disks get their members back with:",
+                *(f"  {line}" for line in copy.lines()),
+                "(or run the same replace with --add-others to have esp-mirror run them)",
+            )
+            notes.append("then, for the other arrays on the disks: " + "; ".join(copy.lines()))
     if joined is not None and joined.active:
         notes.append(f"{disk.given} is an in-sync member already (an earlier {command}?): only the boot entries follow")
     elif member.source is EspFrom.TAKEN and member.guid == naming.partition_guid(disk.identity):
@@ -327,9 +364,70 @@ def plan_new_member(
         groups.append(Group("entries", plans.entry_steps(state, members)))
     else:
         groups.append(Group("entries", (), ("no EFI variables: run `esp-mirror entries` on the booted system",)))
-    return Planned(
-        groups, {"new": disk.path, "partition_guid": member.guid, "old": old_member.node if old_member else old}
+    report: dict[str, Any] = {
+        "new": disk.path,
+        "partition_guid": member.guid,
+        "old": old_member.node if old_member else old,
+    }
+    if copy is not None:
+        report["other_arrays"] = [
+            {"device": o.device, "name": o.name, "node": o.node, "commands": [list(c) for c in o.commands()]}
+            for o in copy.others
+        ]
+    return Planned(groups, report, after=after)
+
+
+def _copied_member(
+    host: HostView,
+    state: MirrorState,
+    facts: dict[str, DiskFacts],
+    disk: DiskFacts,
+    old: MemberState | None,
+    joined: MemberState | None,
+    wipe: bool,
+    add_others: bool,
+) -> tuple[Member, plans.TableCopy]:
+    """replace --copy-table: the new disk's member in the partition table of a surviving member's
+    disk (the first in-sync one, not the one replaced)."""
+    array = plans.require_array(state)
+    survivor = next((m for m in array.members if m.active and (old is None or m.node != old.node)), None)
+    if survivor is None or survivor.disk not in facts:
+        raise BadInput(
+            f"no in-sync member of {array.device} is left to copy a partition table from: "
+            "leave out --copy-table, and partition the new disk for the other arrays by hand"
+        )
+    source = facts[survivor.disk]
+    if joined is None:
+        plans.check_new_disk(disk, array, source.sector_size)
+    old_disk = facts.get(old.disk) if old is not None else None
+    copy = plans.table_copy(
+        disk,
+        source,
+        survivor.number,
+        old=old_disk,
+        wipe=wipe,
+        add_others=add_others,
+        host=host,
+        esp_array=array.kernel_name,
     )
+    esp = source.partition(survivor.number)
+    assert esp is not None  # the survivor's member is a partition of its disk
+    guid = dict(copy.guids)[survivor.number]
+    member = Member(
+        disk=disk,
+        device=disk.path,
+        node=naming.partition_node(disk.path, survivor.number),
+        guid=guid,
+        source=EspFrom.COPIED if copy.needed else EspFrom.TAKEN,
+        number=survivor.number,
+        size=esp.size * source.sector_size,
+        beside=tuple(
+            f"{naming.partition_node(disk.path, p.number)} (as {source.given}'s)"
+            for p in source.partitions
+            if p.number != survivor.number
+        ),
+    )
+    return member, copy
 
 
 def plan_entries(runner: Runner, host: HostView, state: MirrorState) -> Planned:
@@ -394,7 +492,18 @@ def run_repair(call: Call) -> int:
 def run_replace(call: Call) -> int:
     state = mirror_of(call)
     o = call.options
-    return carry_out(call, state, plan_new_member(call.runner, call.host, state, o.new, o.old, o.wipe, "replace"))
+    planned = plan_new_member(
+        call.runner,
+        call.host,
+        state,
+        o.new,
+        o.old,
+        o.wipe,
+        "replace",
+        copy_table=o.copy_table,
+        add_others=o.add_others,
+    )
+    return carry_out(call, state, planned)
 
 
 def run_add(call: Call) -> int:
@@ -436,6 +545,8 @@ def carry_out(call: Call, state: MirrorState, planned: Planned) -> int:
         print(line, file=call.progress)
     for group in planned.groups:
         applier.execute(group)
+    for line in planned.after:
+        print(line, file=call.progress)
     call.show({**report, "applied": True, "changed": applier.changed})
     return 0
 

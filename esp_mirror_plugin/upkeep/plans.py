@@ -7,18 +7,19 @@ state (:mod:`.mirror`), so ``--dry-run`` prints exactly what would run.
 
 from __future__ import annotations
 
-from dataclasses import replace
+import shlex
+from dataclasses import dataclass, replace
 
 from esp_mirror_plugin.errors import BadInput, size_text
 from esp_mirror_plugin.hooks import bootentries, partition
-from esp_mirror_plugin.pipeline import checks, fat, members
+from esp_mirror_plugin.pipeline import checks, fat, members, naming
 from esp_mirror_plugin.pipeline import record as records
 from esp_mirror_plugin.pipeline.disks import GPT_BACKUP, model
 from esp_mirror_plugin.pipeline.kinds import EspFrom
 from esp_mirror_plugin.pipeline.members import Member, disk_tag
 from esp_mirror_plugin.pipeline.record import Record
-from esp_mirror_plugin.pipeline.steps import Command, Step, WaitForSync, WriteFile
-from esp_mirror_plugin.system.discovery import DiskFacts
+from esp_mirror_plugin.pipeline.steps import Command, Settle, Step, WaitForPartition, WaitForSync, WriteFile
+from esp_mirror_plugin.system.discovery import DiskFacts, HostView, Partition
 from esp_mirror_plugin.upkeep import journal as journal_file
 from esp_mirror_plugin.upkeep.journal import RepairJournal
 from esp_mirror_plugin.upkeep.mirror import ArrayState, MemberState, MirrorState
@@ -129,6 +130,21 @@ def repair_steps(state: MirrorState, source: MemberState, journal: RepairJournal
     return tuple(steps)
 
 
+def check_new_disk(disk: DiskFacts, array: ArrayState, sector: int) -> None:
+    """A new member's disk exists, is a whole disk, is not in the mirror yet, and has the members'
+    sector size."""
+    checks.check_disks((disk,))
+    if disk.kind != "block":
+        raise BadInput(f"{disk.given} is not a block device: give the new disk, e.g. /dev/sdc")
+    if array.member(disk.path) is not None:
+        raise BadInput(f"{disk.given} is already a member of {array.device}: give a disk that is not in the mirror")
+    if disk.sector_size != sector:
+        raise BadInput(
+            f"{disk.given} has {disk.sector_size}-byte sectors, the members {sector}: "
+            "a RAID1 ESP needs one sector size; use a matching disk"
+        )
+
+
 def new_member(
     disk: DiskFacts,
     array: ArrayState,
@@ -146,16 +162,8 @@ def new_member(
 
     :raises BadInput: the disk is unsafe or unfit (apply's refusals for one disk).
     """
-    checks.check_disks((disk,))
-    if disk.kind != "block":
-        raise BadInput(f"{disk.given} is not a block device: give the new disk, e.g. /dev/sdc")
-    if joined is None and array.member(disk.path) is not None:
-        raise BadInput(f"{disk.given} is already a member of {array.device}: give a disk that is not in the mirror")
-    if disk.sector_size != sector:
-        raise BadInput(
-            f"{disk.given} has {disk.sector_size}-byte sectors, the members {sector}: "
-            "a RAID1 ESP needs one sector size; use a matching disk"
-        )
+    if joined is None:
+        check_new_disk(disk, array, sector)
     if record.esp_start + record.esp_size + GPT_BACKUP > disk.size:
         raise BadInput(
             f"{disk.given} ({size_text(disk.size)}) is too small for the {size_text(record.esp_size)} ESP: "
@@ -181,11 +189,13 @@ def member_steps(
     grow: bool,
     joined: MemberState | None = None,
     root: str = "/",
+    copy: TableCopy | None = None,
 ) -> tuple[Step, ...]:
-    """Partition ``new``'s disk like the others (or take its empty ESP partition) and add it to the
-    array (replacing ``old``, or growing); from where an interrupted run of the same command
-    stopped (its partition is there already; ``joined``: it is in the array already). Growing,
-    the record at ``root`` gets the new member count."""
+    """Partition ``new``'s disk like the others (or take its empty ESP partition, or give it a
+    surviving disk's table: ``copy``) and add it to the array (replacing ``old``, or growing);
+    from where an interrupted run of the same command stopped (its partition is there already;
+    ``joined``: it is in the array already). Growing, the record at ``root`` gets the new member
+    count. With ``copy``, the other arrays' members follow the ESP's recovery when it says so."""
     array, record = require_array(state), state.record
     assert record is not None  # require_array checked it
     place = members.requested(record.esp_start, record.esp_size, new.disk.sector_size)
@@ -204,8 +214,14 @@ def member_steps(
                 why="the old disk must never be assembled again (a dead disk may refuse: fine)",
             )
         )
+    if copy is not None and copy.needed:
+        steps += copy.steps()
     if joined is None:
-        steps += partition.steps([new], place.first, place.last, wipe_all=True)
+        if copy is not None:
+            steps.append(WaitForPartition(new.device, new.number, new.node, why="the kernel must know the partition"))
+            steps.append(Command(("wipefs", "--all", new.node), why="no stale signature inside the ESP partition"))
+        else:
+            steps += partition.steps([new], place.first, place.last, wipe_all=True)
         steps.append(Command(("mdadm", array.device, "--add", new.node), why=f"{new.node} joins the mirror"))
     more = grow and (joined is None or joined.slot is None)
     if more:
@@ -226,7 +242,186 @@ def member_steps(
             )
         )
     steps.append(WaitForSync(array.device, clean=True, why=f"recovery copies the ESP onto {new.node}"))
+    if copy is not None and copy.add_others:
+        for other in copy.others:
+            steps += other.steps()
     return tuple(steps)
+
+
+@dataclass(frozen=True)
+class OtherArray:
+    """An md array beside the ESP's (an md root) with a member on the disk whose table the new disk
+    gets: the new disk's partition of the same number takes the old disk's place in it."""
+
+    device: str  # /dev/md126
+    name: str  # its name as blkid reads it ("any:root"), or ""
+    number: int  # the partition number of its members on the disks
+    node: str  # the new disk's partition
+    old: str = ""  # the old disk's partition, still listed in the array
+    joined: bool = False  # the new partition is in it already (an earlier run added it)
+
+    def commands(self) -> tuple[tuple[str, ...], ...]:
+        """The exact ``mdadm`` lines, in order; none when the new partition is in already."""
+        if self.joined:
+            return ()
+        out: list[tuple[str, ...]] = []
+        if self.old:
+            out.append(("mdadm", self.device, "--fail", self.old, "--remove", self.old))
+        out.append(("mdadm", self.device, "--add", self.node))
+        return tuple(out)
+
+    def steps(self) -> tuple[Step, ...]:
+        what = f"{self.device} ({self.name})" if self.name else self.device
+        return tuple(
+            Command(argv, why=f"{self.node} takes the old disk's place in {what}: md copies it in the background")
+            for argv in self.commands()
+        )
+
+
+@dataclass(frozen=True)
+class TableCopy:
+    """``replace --copy-table``: the new disk gets the partition table of a disk that survived,
+    with new GUIDs, so that every array on the disks (the ESP's, an md root) gets its member back."""
+
+    survivor: DiskFacts
+    new: DiskFacts
+    esp_number: int
+    needed: bool  # the table is still to be written (False: an earlier run wrote it)
+    wipe: bool  # --wipe: the new disk is erased first
+    disk_guid: str
+    guids: tuple[tuple[int, str], ...]  # partition number -> its new GUID
+    others: tuple[OtherArray, ...] = ()
+    add_others: bool = False  # run the other arrays' lines too (else the plan prints them)
+    notes: tuple[str, ...] = ()  # what esp-mirror leaves to the administrator (a ZFS pool, swap ...)
+
+    def steps(self) -> tuple[Step, ...]:
+        new, survivor = self.new.path, self.survivor.path
+        out: list[Step] = []
+        if self.wipe:
+            out.append(Command(("wipefs", "--all", new), why=f"erase old signatures on {self.new.given} (--wipe)"))
+            out.append(
+                Command(("sgdisk", "--zap-all", new), ok_codes=(0, 2), why=f"erase the old tables of {new} (--wipe)")
+            )
+        out.append(
+            Command(
+                ("sgdisk", f"--replicate={new}", survivor),
+                why=f"{new} gets the partition table of {survivor}: every partition at the same place",
+            )
+        )
+        out.append(
+            Command(
+                (
+                    "sgdisk",
+                    f"--disk-guid={self.disk_guid}",
+                    *(f"--partition-guid={n}:{g}" for n, g in self.guids),
+                    new,
+                ),
+                why="new GUIDs: no two disks share one (each boot entry names the partition it starts)",
+            )
+        )
+        for number, _ in self.guids:
+            node = naming.partition_node(new, number)
+            out.append(WaitForPartition(new, number, node, why="the kernel must know the copied partition"))
+        out.append(Settle(why="udev has seen the new partitions before they are used"))
+        return tuple(out)
+
+    def lines(self) -> tuple[str, ...]:
+        """What the administrator runs once the ESP is whole (when the plan does not run it)."""
+        return tuple(shlex.join(argv) for other in self.others for argv in other.commands())
+
+
+def _layout(disk: DiskFacts) -> list[tuple[int, int, int, str]]:
+    return [(p.number, p.start, p.size, p.type_guid) for p in disk.partitions]
+
+
+def table_copy(
+    new: DiskFacts,
+    survivor: DiskFacts,
+    esp_number: int,
+    *,
+    old: DiskFacts | None,
+    wipe: bool,
+    add_others: bool,
+    host: HostView,
+    esp_array: str,
+) -> TableCopy:
+    """How ``new`` gets ``survivor``'s table: written now (a blank disk, or with ``wipe``), or
+    already (an earlier run: the same partitions with this disk's GUIDs); the other arrays with a
+    member on ``survivor`` that lack one (degraded, or still listing ``old``'s partition), and
+    what else the survivor's partitions hold.
+
+    :raises BadInput: a new disk with a table of its own (without ``wipe``), or too small.
+    """
+    numbers = [p.number for p in survivor.partitions]
+    disk_guid, guids = naming.table_guids(new.identity, numbers, esp_number)
+    same = new.pttype == "gpt" and _layout(new) == _layout(survivor)
+    done = same and all(p.guid == guids[p.number] for p in new.partitions)
+    disk_model = model(new, "", 0, 0)
+    if not done and not same and not disk_model.blank:
+        if not wipe:
+            listing = "; ".join(o.describe() for o in disk_model.others) or new.pttype or ", ".join(new.signatures)
+            raise BadInput(
+                f"disk {new.given} is not blank ({listing}): --copy-table writes {survivor.given}'s partition table "
+                "onto a blank disk only; pass --wipe to erase it first"
+            )
+        checks.check_wipe(disk_model)
+    end = max((p.start + p.size for p in survivor.partitions), default=0) * survivor.sector_size
+    if end + GPT_BACKUP > new.size:
+        raise BadInput(
+            f"{new.given} ({size_text(new.size)}) is smaller than {survivor.given}'s partitions need "
+            f"({size_text(end + GPT_BACKUP)}): use a disk at least as large"
+        )
+    others, notes = [], []
+    for part in survivor.partitions:
+        if part.number == esp_number:
+            continue
+        node = str(naming.partition_node(new.path, part.number))
+        arrays = [h for h in part.holders if h.startswith("md") and h != esp_array]
+        for md in arrays:
+            old_part = old.partition(part.number) if old is not None else None
+            old_node = str(naming.partition_node(old.path, part.number)) if old is not None and old_part else ""
+            listed = old_part is not None and md in old_part.holders
+            degraded = (host.read(f"/sys/block/{md}/md/degraded") or "0").strip() not in ("", "0")
+            if not (listed or degraded):
+                continue
+            joined = (new.partition(part.number) is not None) and md in new.partition(part.number).holders  # type: ignore[union-attr]
+            others.append(OtherArray(f"/dev/{md}", part.md_name, part.number, node, old_node if listed else "", joined))
+        if not arrays:
+            note = _left_to_do(part, node, survivor.given)
+            if note:
+                notes.append(note)
+    return TableCopy(
+        survivor=survivor,
+        new=new,
+        esp_number=esp_number,
+        needed=not done,
+        wipe=wipe and not done and not same and not disk_model.blank,
+        disk_guid=disk_guid,
+        guids=tuple(sorted(guids.items())),
+        others=tuple(others),
+        add_others=add_others,
+        notes=tuple(notes),
+    )
+
+
+def _left_to_do(part: Partition, node: str, survivor: str) -> str:
+    """What the new disk's copy of a partition that is in no md array needs, which esp-mirror leaves
+    to the administrator ("" for a partition that holds nothing)."""
+    where = f"partition {part.number} of {survivor}"
+    if part.fstype == "zfs_member":
+        pool = part.label or "POOL"
+        return (
+            f"{where} is a member of the ZFS pool {pool!r}: give the pool {node} in the old disk's place "
+            f"(`zpool status {pool}` names the missing device; `zpool replace {pool} OLD-DEVICE {node}`); "
+            "esp-mirror does not run zpool"
+        )
+    if part.fstype == "LVM2_member":
+        return f"{where} is an LVM physical volume: {node} is empty; make it one again as the volume group needs"
+    if part.fstype == "swap":
+        return f"{where} is swap: `mkswap {node}` and name it in fstab to use it"
+    if part.fstype:
+        return f"{where} holds {part.fstype}: {node} is empty; restore it as it needs"
+    return ""
 
 
 def entry_steps(state: MirrorState, members: list[bootentries.Member]) -> tuple[Step, ...]:

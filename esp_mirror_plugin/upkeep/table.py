@@ -133,6 +133,17 @@ UPKEEP: dict[str, Command] = {
                 Option("--old", "the member to replace, or missing", metavar="DISK|missing", required=True),
                 Option("--new", "the new (blank) disk", metavar="DISK", required=True),
                 WIPE,
+                Option(
+                    "--copy-table",
+                    "give the new disk the partition table of a surviving member's disk (new GUIDs): for an ESP "
+                    "beside an md root or a pool on the same disks; the other arrays' `mdadm --add` lines follow",
+                    switch=True,
+                ),
+                Option(
+                    "--add-others",
+                    "with --copy-table: also run those `mdadm --add` lines once the ESP is whole",
+                    switch=True,
+                ),
                 *CHANGING,
             ),
         ),

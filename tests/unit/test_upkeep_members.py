@@ -427,3 +427,115 @@ def test_adding_a_disk_that_is_a_member_already_changes_no_disk_and_keeps_its_en
     assert not [c for c in upkeep_changes(outcome.calls) if c[0] in ("sgdisk", "wipefs", "mdadm")]
     status = json.loads(mirror.cli("status", "--json").out)
     assert status["exit_code"] == 0
+
+
+# -- replace --copy-table: the ESP beside an md root on the same disks ---------------------------
+
+ROOT = {"TYPE": "linux_raid_member", "UUID": "11111111-2222-3333-4444-555555555555", "LABEL": "any:root"}
+
+
+def _root_beside(mirror, *names: str, degraded: int = 1) -> None:
+    """Partition 2 of each disk NAME (after the ESP) is a member of the md root md126."""
+    for name in names:
+        mirror.add_partition(
+            mirror.disks[f"/dev/{name}"], 2, 1050624, 1000000, type_guid=RAID_TYPE, probe=ROOT, holders=("md126",)
+        )
+    md = mirror.sysroot / "sys/block/md126/md"
+    md.mkdir(parents=True)
+    (md / "degraded").write_text(f"{degraded}\n")
+
+
+RAID_TYPE = "A19D880F-05FC-4D3B-A006-743F0F84911E"
+
+
+def test_replace_with_copy_table_gives_the_new_disk_the_survivors_table_then_prints_the_roots_add(mirror):
+    """B died: its ESP member and its root member are gone. The new disk gets A's table with new
+    GUIDs (partition 1 the one made from its identity), its partition 1 joins the ESP's array, and
+    the root's line is printed for after the recovery."""
+    mirror.lose_disk("vdb")
+    _root_beside(mirror, "vda")
+    mirror.add_new_disk("vdc", size=2 * GIB)
+
+    outcome = mirror.cli("replace", "--old", "missing", "--new", "/dev/vdc", "--copy-table", "--dry-run", "--json")
+
+    assert outcome.code == 0, outcome.err
+    report = json.loads(outcome.out)
+    replace, _ = report["plan"]
+    disk_guid, guids = naming.table_guids(serial_of_disk(mirror, "vdc"), [1, 2], 1)
+    assert commands(replace) == [
+        ("sgdisk", "--replicate=/dev/vdc", "/dev/vda"),
+        (
+            "sgdisk",
+            f"--disk-guid={disk_guid}",
+            f"--partition-guid=1:{guids[1]}",
+            f"--partition-guid=2:{guids[2]}",
+            "/dev/vdc",
+        ),
+        ("wipefs", "--all", "/dev/vdc1"),
+        ("mdadm", "/dev/md/esp", "--add", "/dev/vdc1"),
+    ]
+    assert guids[1] == C  # the ESP's GUID is the one a plain replace gives this disk: a run again finds it
+    assert report["other_arrays"] == [
+        {
+            "device": "/dev/md126",
+            "name": "any:root",
+            "node": "/dev/vdc2",
+            "commands": [["mdadm", "/dev/md126", "--add", "/dev/vdc2"]],
+        }
+    ]
+    assert "then, for the other arrays on the disks: mdadm /dev/md126 --add /dev/vdc2" in replace["notes"]
+    assert_upkeep_only_read(outcome.calls)
+
+
+def test_replace_with_copy_table_and_add_others_runs_the_roots_add_after_the_esps_recovery(mirror):
+    mirror.lose_disk("vdb")
+    _root_beside(mirror, "vda")
+    mirror.add_new_disk("vdc", size=2 * GIB)
+    report = json.loads(
+        mirror.cli(
+            "replace", "--old", "missing", "--new", "/dev/vdc", "--copy-table", "--add-others", "--dry-run", "--json"
+        ).out
+    )
+    replace, _ = report["plan"]
+    kinds = [s["kind"] if s["kind"] != "command" else " ".join(s["argv"][:3]) for s in replace["steps"]]
+    assert kinds.index("wait-for-sync") < kinds.index("mdadm /dev/md126 --add")
+
+
+def test_replace_with_copy_table_refuses_a_disk_that_is_not_blank_or_too_small(mirror):
+    mirror.lose_disk("vdb")
+    _root_beside(mirror, "vda")
+    mirror.add_new_disk("vdc", size=768 * MIB)  # A's partitions end past 1000 MiB
+    outcome = mirror.cli("replace", "--old", "missing", "--new", "/dev/vdc", "--copy-table", "--yes")
+    assert (outcome.code, outcome.error) == (
+        2,
+        "/dev/vdc (768 MiB) is smaller than /dev/vda's partitions need (1001.4 MiB): use a disk at least as large",
+    )
+    mirror.disks.pop("/dev/vdc")
+    other = mirror.add_new_disk("vdd", size=2 * GIB)
+    mirror.add_partition(other, 3, 2048, 100000, type_guid=LINUX_TYPE)
+    outcome = mirror.cli("replace", "--old", "missing", "--new", "/dev/vdd", "--copy-table", "--yes")
+    assert outcome.code == 2 and outcome.error.startswith("disk /dev/vdd is not blank (vdd3 ("), outcome.error
+    assert_upkeep_only_read(outcome.calls)
+
+
+def test_a_run_again_after_the_table_was_copied_does_not_copy_it_again(mirror):
+    mirror.lose_disk("vdb")
+    _root_beside(mirror, "vda")
+    new = mirror.add_new_disk("vdc", size=2 * GIB)
+    _, guids = naming.table_guids(serial_of_disk(mirror, "vdc"), [1, 2], 1)
+    for part in mirror.disks["/dev/vda"].partitions:  # what the killed run's sgdisk left
+        mirror.add_partition(new, part.number, part.start, part.size, type_guid=part.type_guid, uuid=guids[part.number])
+    report = json.loads(
+        mirror.cli("replace", "--old", "missing", "--new", "/dev/vdc", "--copy-table", "--dry-run", "--json").out
+    )
+    assert commands(report["plan"][0]) == [
+        ("wipefs", "--all", "/dev/vdc1"),
+        ("mdadm", "/dev/md/esp", "--add", "/dev/vdc1"),
+    ]
+
+
+def serial_of_disk(mirror, name: str) -> str:
+    from esp_mirror_plugin.system.discovery import describe_disks, read_mounts
+
+    [facts] = describe_disks((f"/dev/{name}",), mirror.runner, mirror.host, read_mounts(mirror.host))
+    return facts.identity
