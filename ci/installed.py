@@ -758,6 +758,7 @@ def boot_installed(
             extra_args=extra,
             give_up_on=_BOOT_FAILED,
             secure_boot=secure_boot,
+            again_if_frozen=lambda: None,
         )
         seconds += run.seconds
         text = serial_log.read_text(errors="replace")

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from ci.vm.images import blank_disk
 from esp_mirror_plugin import host
-from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind, spec
+from esp_mirror_plugin.pipeline.bootloaders import spec
 from esp_mirror_plugin.pipeline.context import Context, prepare
 from esp_mirror_plugin.pipeline.execute import Applier
-from esp_mirror_plugin.pipeline.kinds import InitramfsMode
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind, InitramfsMode
 from esp_mirror_plugin.pipeline.preflight import Preflight
 from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.pipeline.request import Request

@@ -1,4 +1,4 @@
-"""Debian 12 target roots for the real-distribution tests: built once with mmdebstrap, then cached.
+"""Debian target roots for the real-distribution tests: built once with mmdebstrap, then cached.
 
 A target root is what an installer has unpacked before it calls esp-mirror's system hooks: a
 kernel, mdadm, the partitioning and FAT tools, efibootmgr and one initramfs generator. Two kinds:
@@ -37,7 +37,7 @@ from pathlib import Path
 from ci.vm.assets import default_cache_dir
 from ci.vm.command import HOST_PATH, CommandError, run_command
 
-SUITE = "bookworm"
+SUITE = "bookworm"  # Debian 12: the host's own release, and the roots' unless a spec names another
 _STAMP = ".espvm-root.json"
 _BUILD_VERSION = 1  # bump when the build recipe changes in a way the hash below does not see
 
@@ -72,12 +72,13 @@ class RootSpec:
     name: str
     packages: tuple[str, ...]
     customize_hooks: tuple[str, ...] = ()
+    suite: str = SUITE  # bookworm (Debian 12) or trixie (Debian 13)
 
     def key(self, sources: str) -> str:
         """A short hash of everything that decides the root's content."""
         recipe = {
             "version": _BUILD_VERSION,
-            "suite": SUITE,
+            "suite": self.suite,
             "packages": sorted(self.packages),
             "hooks": [_NO_DOCS, *self.customize_hooks],
             "sources": sources,
@@ -109,7 +110,16 @@ INITRAMFS_TOOLS = RootSpec(
 # python3: the installed esp-mirror runs with it, and the profiles whose weekly check is
 # esp-mirror's own (opensuse, void) refuse a target without it
 DRACUT = RootSpec("dracut", (*COMMON_PACKAGES, "dracut", "python3"))
-SPECS = {spec.name: spec for spec in (INITRAMFS_TOOLS, DRACUT)}
+# Debian 13, as its installer sets up a server with Secure Boot: the signed chain shim -> GRUB, and
+# systemd-boot signed by Debian (the pair Debian 13 uses for Secure Boot with systemd-boot), which
+# the installed-system tests move to
+TRIXIE = RootSpec(
+    "trixie",
+    (*INITRAMFS_TOOLS.packages, "systemd-boot-efi-amd64-signed"),
+    customize_hooks=INITRAMFS_TOOLS.customize_hooks,
+    suite="trixie",
+)
+SPECS = {spec.name: spec for spec in (INITRAMFS_TOOLS, DRACUT, TRIXIE)}
 
 
 @dataclass(frozen=True)
@@ -130,8 +140,20 @@ class Root:
 def debian_sources(suite: str = SUITE, etc: Path = Path("/etc/apt")) -> str:
     """The machine's enabled apt sources for ``suite`` (and its -updates/-security), as deb822 text.
 
-    Entries for other suites or other repositories (third-party .list files) are left out.
+    Entries for other suites or other repositories (third-party .list files) are left out. A suite
+    the machine has no entry for (Debian 13 on a Debian 12 host) comes from the same mirrors: the
+    entries of the machine's own release (:data:`SUITE`) with the suite names changed.
     """
+    if suite != SUITE:
+        try:
+            return _stanzas(suite, etc)
+        except CommandError:
+            own = _stanzas(SUITE, etc)
+            return re.sub(rf"\b{SUITE}(?=[-\s])", suite, own)
+    return _stanzas(suite, etc)
+
+
+def _stanzas(suite: str, etc: Path) -> str:
     stanzas: list[str] = []
     files = [etc / "sources.list", *sorted((etc / "sources.list.d").glob("*"))]
     for path in files:
@@ -196,7 +218,7 @@ def cache_dir() -> Path:
 
 def ensure_root(spec: RootSpec, cache: Path | None = None) -> Root:
     """Return the cached root for ``spec``, building it first when it is not there yet."""
-    sources = debian_sources()
+    sources = debian_sources(spec.suite)
     cache = cache or cache_dir()
     path = cache / f"{spec.name}-{spec.key(sources)}"
     if not (path / _STAMP).is_file():
@@ -228,7 +250,7 @@ def _build(spec: RootSpec, sources: str, path: Path) -> None:
             '--aptopt=Acquire::Check-Date "false"',
             f"--essential-hook={_NO_DOCS}",
             *(f"--customize-hook={hook}" for hook in spec.customize_hooks),
-            SUITE,
+            spec.suite,
             str(staging),
             str(sources_file),
         ]

@@ -12,20 +12,17 @@ prints the EFI variables, decoded here into a BootResult.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ci.vm.assets import Assets
-from ci.vm.command import run_command
 from ci.vm.efivars import LoadOption, boot_number, boot_order, load_option, serial_variables, ucs2
 from ci.vm.initrd import DONE_MARKER, GUEST_WORK_DIR, HOSTROOT_TAG, WORK_TAG, installer_initrd
-from ci.vm.qemu import GuestFroze, QemuRun, VmError, qemu_option, run_qemu
+from ci.vm.qemu import QemuRun, VmError, qemu_option, run_qemu
 
 INSTALLER_CMDLINE = "console=ttyS0 panic=-1 loglevel=4"
 _BOOT_ENTRY = re.compile(r"Boot[0-9A-F]{4}")
@@ -128,9 +125,6 @@ def run_in_guest(
     return _guest_result(share, run, power_cut)
 
 
-COPIED_AT_MOST = 1 << 30  # bytes of disk images copied before a run so that a frozen one can run again
-
-
 def _run_qemu_again_if_frozen(
     assets: Assets,
     disks: Sequence[Path],
@@ -140,50 +134,27 @@ def _run_qemu_again_if_frozen(
     extra_args: Sequence[str],
     give_up_on: dict[str, str] | None = None,
 ) -> QemuRun:
-    """:func:`run_qemu` with the run's serial log beside ``share``; when the guest froze (its
-    heartbeat stopped: qemu or the guest kernel, never a script that hangs; seen under TCG now and
-    then, inside ``efibootmgr --create``'s EFI variable write), put the disks, the NVRAM and the
-    share back as they were and run it once more. A second freeze is an error, and so is the first
-    where the images hold more than :data:`COPIED_AT_MOST` (the copy would cost more than it
-    saves). A guest that stopped because the host's disk is full is not run again (run_qemu
-    raises a plain VmError that says so)."""
+    """:func:`run_qemu` with the run's serial log beside ``share``; when the guest froze (qemu
+    puts the disks and NVRAM back, see run_qemu), the share is emptied but for the script before
+    it runs once more."""
 
-    def run() -> QemuRun:
-        return run_qemu(
-            assets,
-            disks=disks,
-            vars_file=vars_file,
-            serial_log=share.parent / "serial.log",
-            timeout=timeout,
-            extra_args=extra_args,
-            give_up_on=give_up_on,
-        )
-
-    images = [*disks, vars_file]
-    if sum(os.stat(image).st_blocks * 512 for image in images) > COPIED_AT_MOST:
-        return run()
-    before = share.parent / "before"
-    before.mkdir()
-    saved = [(image, before / f"{n}-{image.name}") for n, image in enumerate(images)]
-    for image, copy in saved:
-        run_command(["cp", "--sparse=always", "--", str(image), str(copy)])
-    try:
-        return run()
-    except GuestFroze as froze:
-        print(
-            f"esp-mirror CI: {froze}\nthe disks, NVRAM and share are put back; the guest runs once more",
-            file=sys.stderr,
-        )
-        for image, copy in saved:
-            run_command(["cp", "--sparse=always", "--", str(copy), str(image)])
+    def reset_share() -> None:
         for leftover in share.iterdir():
             if leftover.is_dir():
                 shutil.rmtree(leftover)
             elif leftover.name != "guest.sh":
                 leftover.unlink()
-        return run()
-    finally:
-        shutil.rmtree(before, ignore_errors=True)
+
+    return run_qemu(
+        assets,
+        disks=disks,
+        vars_file=vars_file,
+        serial_log=share.parent / "serial.log",
+        timeout=timeout,
+        extra_args=extra_args,
+        give_up_on=give_up_on,
+        again_if_frozen=reset_share,
+    )
 
 
 def _output_tail(share: Path, lines: int = 30) -> str:
@@ -285,6 +256,7 @@ def boot_firmware(
         timeout=timeout,
         give_up_on=_NOTHING_BOOTED if give_up_on is None else give_up_on,
         secure_boot=secure_boot,
+        again_if_frozen=lambda: None,
     )
     return _boot_result(serial_log, run.seconds)
 

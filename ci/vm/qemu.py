@@ -8,13 +8,14 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ci.vm.assets import Assets
-from ci.vm.command import HOST_PATH
+from ci.vm.command import HOST_PATH, run_command
 from ci.vm.initrd import BEAT_MARKER
 
 _POLL_SECONDS = 0.5
@@ -25,12 +26,15 @@ class VmError(RuntimeError):
 
 
 class GuestFroze(VmError):
-    """The guest's heartbeat stopped while the host's disk had room: qemu or the guest kernel froze
-    (not a script that hangs, which keeps the heartbeat going and prints what it waits for, see
-    initrd.py)."""
+    """The guest stopped while the host's disk had room: the installer initrd's heartbeat stopped,
+    or qemu printed nothing and used (almost) no CPU: qemu or the guest kernel froze (not a script
+    that hangs, which keeps the heartbeat going and prints what it waits for, see initrd.py)."""
 
 
-FROZEN_AFTER = 120  # seconds without a heartbeat (the guest writes one every 10 s)
+FROZEN_AFTER = 120  # seconds without a heartbeat (the guest writes one every 10 s), or without output and CPU
+# A guest that prints nothing makes qemu use this much CPU at least (a share of one core): an idle
+# Linux guest under TCG still runs its timers; a frozen one (every vCPU halted) uses next to none.
+IDLE_CPU = 0.01
 # qemu's default for a drive's write errors is werror=enospc: a write the host's file system has
 # no room for PAUSES the guest, silently, until someone resumes it. A run with less room than its
 # sparse images may still take is refused up front, and a guest that stops while the host's disk
@@ -72,8 +76,16 @@ def run_qemu(
     memory_mib: int = 2048,
     give_up_on: Mapping[str, str] | None = None,
     secure_boot: bool = False,
+    again_if_frozen: Callable[[], None] | None = None,
 ) -> QemuRun:
     """Boot OVMF with ``disks`` (virtio, serial espvm-A, -B, ... in order) and wait for qemu to exit.
+
+    A guest that freezes (:class:`GuestFroze`: seen under TCG now and then, inside ``efibootmgr
+    --create``'s EFI variable write and in early kernel init) is caught within
+    :data:`FROZEN_AFTER` seconds, not at the timeout; with ``again_if_frozen`` its disks and NVRAM
+    are put back as they were (its writes went to qcow2 overlays, which are then dropped instead of
+    committed), the function is called (to reset what else the run changed), the fact is said on
+    stderr, and it runs once more. A second freeze is an error.
 
     The firmware's NVRAM is ``vars_file`` (written in place, so boot entries persist across runs).
     No ``bootindex`` is given, so the firmware's own BootOrder decides what boots. The guest's
@@ -86,6 +98,71 @@ def run_qemu(
         it enforces Secure Boot when ``vars_file`` has keys enrolled (images.fresh_vars ``keys``).
     :raises VmError: on timeout, on a ``give_up_on`` text, or when qemu exits non-zero.
     """
+    if again_if_frozen is None:
+        return _run_qemu(assets, disks, vars_file, serial_log, timeout, extra_args, memory_mib, give_up_on, secure_boot)
+    snapshot = "-snapshot" in extra_args  # qemu writes to none of the images: nothing to put back
+    for attempt in (1, 2):
+        saved = vars_file.with_name(vars_file.name + ".before")
+        shutil.copyfile(vars_file, saved)
+        overlays = [] if snapshot else [_overlay(disk) for disk in disks]
+        finished = False
+        try:
+            run = _run_qemu(
+                assets,
+                overlays or disks,
+                vars_file,
+                serial_log,
+                timeout,
+                extra_args,
+                memory_mib,
+                give_up_on,
+                secure_boot,
+                names=disks,
+            )
+            finished = True
+        except GuestFroze as froze:
+            if attempt == 2:
+                raise
+            print(
+                f"esp-mirror CI: {froze}\nthe disks and NVRAM are put back as they were before the boot; "
+                "it runs once more",
+                file=sys.stderr,
+            )
+            shutil.copyfile(saved, vars_file)
+            again_if_frozen()
+        finally:
+            saved.unlink(missing_ok=True)
+            for overlay in overlays:
+                if finished:  # what the boot wrote goes into the raw image; a frozen boot's is dropped
+                    run_command(["qemu-img", "commit", "-q", str(overlay)])
+                overlay.unlink(missing_ok=True)
+        if finished:
+            return run
+    raise AssertionError("unreachable: the second freeze raised")
+
+
+def _overlay(disk: Path) -> Path:
+    """A qcow2 overlay on ``disk`` (raw): the boot writes there; committed after it, dropped after a freeze."""
+    overlay = disk.with_name(f".{disk.name}.boot.qcow2")
+    overlay.unlink(missing_ok=True)
+    run_command(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(disk.resolve()), str(overlay)])
+    return overlay
+
+
+def _run_qemu(
+    assets: Assets,
+    disks: Sequence[Path],
+    vars_file: Path,
+    serial_log: Path,
+    timeout: float,
+    extra_args: Sequence[str],
+    memory_mib: int,
+    give_up_on: Mapping[str, str] | None,
+    secure_boot: bool,
+    names: Sequence[Path] | None = None,
+) -> QemuRun:
+    """One qemu run (:func:`run_qemu` without the run again); ``names``: the images whose names give
+    the disks' serial numbers, when ``disks`` are overlays of them."""
     if "," in str(serial_log):
         raise VmError(f"qemu cannot log to a path with a comma: {serial_log}; choose another directory")
     _check_room([*disks, vars_file])
@@ -102,11 +179,12 @@ def run_qemu(
     ]  # fmt: skip
     if secure_boot:
         argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
-    for index, disk in enumerate(disks):
+    for index, (disk, name) in enumerate(zip(disks, names or disks, strict=True)):
         drive_id = f"d{index}"
+        image = "qcow2" if str(disk).endswith(".qcow2") else "raw"
         argv += [
-            "-drive", f"if=none,id={drive_id},format=raw,file={qemu_option(disk)}",
-            "-device", f"virtio-blk-pci,drive={drive_id},serial={disk_serial(Path(disk))}",
+            "-drive", f"if=none,id={drive_id},format={image},file={qemu_option(disk)}",
+            "-device", f"virtio-blk-pci,drive={drive_id},serial={disk_serial(Path(name))}",
         ]  # fmt: skip
     argv += extra_args
     stderr_log = serial_log.with_name(serial_log.stem + ".qemu-stderr")
@@ -122,13 +200,15 @@ def run_qemu(
             start_new_session=True,
         )
     heartbeat = _Heartbeat(heartbeat_log(serial_log))
+    stall = _Stall(proc.pid, (serial_log, heartbeat_log(serial_log)))
     try:
         while proc.poll() is None:
             _check_serial(serial_log, give_up_on or {})
-            if heartbeat.stopped():
-                _check_not_full([*disks, vars_file], f"the guest's heartbeat stopped {FROZEN_AFTER} s ago")
+            why = "no heartbeat" if heartbeat.stopped() else stall.stopped()
+            if why:
+                _check_not_full([*disks, vars_file], f"the guest stopped ({why} for {FROZEN_AFTER} s)")
                 raise GuestFroze(
-                    f"the guest froze: no heartbeat for {FROZEN_AFTER} s (qemu or the guest kernel stopped, "
+                    f"the guest froze: {why} for {FROZEN_AFTER} s (qemu or the guest kernel stopped, "
                     f"not a script); serial log: {serial_log}, ending with:\n" + _tail(serial_log)
                 )
             if time.monotonic() > deadline:
@@ -196,6 +276,41 @@ class _Heartbeat:
         if beats != self.beats:
             self.beats, self.beat_at = beats, time.monotonic()
         return self.beats > 0 and time.monotonic() - self.beat_at > FROZEN_AFTER
+
+
+class _Stall:
+    """Whether qemu printed nothing on either serial port and used (almost) no CPU for
+    :data:`FROZEN_AFTER` seconds: a frozen guest, whatever it was running (an installed system
+    booted from disk has no heartbeat). A guest that computes without printing moves the window on."""
+
+    def __init__(self, pid: int, logs: Sequence[Path]) -> None:
+        self.pid, self.logs = pid, logs
+        self.mark, self.size, self.cpu = time.monotonic(), self._size(), self._cpu()
+
+    def _size(self) -> int:
+        return sum(log.stat().st_size for log in self.logs if log.exists())
+
+    def _cpu(self) -> float:
+        """qemu's CPU seconds, every thread (user and system), from /proc/PID/stat."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return self.cpu if hasattr(self, "cpu") else 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stopped(self) -> str:
+        """ "" while the guest lives; else what shows it does not."""
+        now, size, cpu = time.monotonic(), self._size(), self._cpu()
+        if size != self.size:
+            self.mark, self.size, self.cpu = now, size, cpu
+            return ""
+        if now - self.mark < FROZEN_AFTER:
+            return ""
+        used = cpu - self.cpu
+        if used > IDLE_CPU * (now - self.mark):
+            self.mark, self.cpu = now, cpu  # busy without output: a window of its own
+            return ""
+        return f"no serial output and {used:.1f} s of qemu CPU"
 
 
 def _tail(serial_log: Path, lines: int = 100) -> str:
