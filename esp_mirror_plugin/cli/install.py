@@ -142,6 +142,7 @@ def request_from_args(args: argparse.Namespace) -> Request:
 def render(groups: list[Group], ctx: Context, out: TextIO) -> None:
     r = ctx.request
     print(f"# esp-mirror plan: profile {ctx.profile.name} ({ctx.profile.description})", file=out)
+    print(f"# {release_line(ctx)}", file=out)
     print(
         f"# {len(r.disks)} disks -> RAID1 {r.device} (metadata 1.0, UUID {ctx.layout.array_uuid}), "
         f"FAT32 UUID={ctx.layout.fs_uuid} at {r.mountpoint} in target {r.target}",
@@ -176,6 +177,21 @@ def render(groups: list[Group], ctx: Context, out: TextIO) -> None:
         print(f"\n{group.render()}", end="", file=out)
 
 
+def release_line(ctx: Context) -> str:
+    """Which release of the distribution the plan is for: the target's os-release, and the entry of
+    the profile's ``releases`` that it picked."""
+    found = ctx.target.os_release()
+    profile = ctx.profile
+    settings = (
+        f"the profile's settings for release {profile.release}" if profile.release else "the profile's own settings"
+    )
+    if not found:
+        return f"planned for: no /etc/os-release in the target {ctx.request.target} yet: {settings}"
+    name = found.get("PRETTY_NAME") or found.get("NAME", "an unnamed system")
+    version = found.get("VERSION_ID", "")
+    return f"planned for: {name}" + (f" (VERSION_ID {version})" if version else " (no VERSION_ID)") + f": {settings}"
+
+
 def plan_json(groups: list[Group], ctx: Context) -> dict[str, Any]:
     """``plan --json``: the layout, the digest (null when the plan could not read everything), the
     plan's text and its groups, each step with ``would_change`` (what apply would find done
@@ -185,6 +201,7 @@ def plan_json(groups: list[Group], ctx: Context) -> dict[str, Any]:
     render(groups, ctx, text)
     return {
         "profile": ctx.profile.name,
+        "release": {"os_release": ctx.target.os_release(), "profile_release": ctx.profile.release or None},
         "request": {k: (v if not isinstance(v, tuple) else list(v)) for k, v in asdict(ctx.request).items()},
         "array": {"device": ctx.request.device, "uuid": ctx.layout.array_uuid, "action": ctx.layout.array_action},
         "filesystem": {"uuid": ctx.layout.fs_uuid, "mkfs": ctx.layout.make_fs},

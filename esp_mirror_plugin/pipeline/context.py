@@ -35,7 +35,7 @@ class Adopt:
 @dataclass
 class Context:
     request: Resolved  # with the profile's defaults filled in
-    profile: Profile
+    base_profile: Profile  # the profile as prepare() loaded it, for the target's release then
     snapshot: Snapshot  # the disks, the array, mounts and NVRAM as prepare() saw them
     layout: Layout
     runner: Runner
@@ -46,15 +46,32 @@ class Context:
     preflight: Preflight | None = None
     _bound: set[str] = field(default_factory=set, repr=False)  # target roots with /proc, /sys, /dev
     _undo: list[Step] = field(default_factory=list, repr=False)  # cleanup for what execute() set up
+    _profiles: dict[str, Profile] = field(default_factory=dict, repr=False)  # by the target's VERSION_ID
 
     def __post_init__(self) -> None:
         if self.preflight is None:
-            self.preflight = Preflight(self.runner, self.profile.install_fix)
+            self.preflight = Preflight(self.runner, self.base_profile.install_fix)
 
     @property
     def target(self) -> Target:
         """The target root, read afresh by each hook (an installer fills it between the hooks)."""
         return Target(self.request.target)
+
+    @property
+    def profile(self) -> Profile:
+        """The profile for the target's release as it is now (its os-release VERSION_ID picks the
+        profile's ``releases`` entry): an installer puts the base system in between the hooks."""
+        version = self.target.os_release().get("VERSION_ID", "")
+        if version not in self._profiles:
+            self._profiles[version] = (
+                self.base_profile if version == self.base_version else load_profile(self.request.profile, version)
+            )
+        return self._profiles[version]
+
+    @property
+    def base_version(self) -> str:
+        """The target's release when prepare() loaded the profile (its VERSION_ID, "" when none)."""
+        return self.base_profile.version
 
     def execute(self, group: str, steps: Iterable[Step], notes: Iterable[str] = ()) -> None:
         """Hand one hook's steps to the executor: recorded for a plan, run for apply.
@@ -126,8 +143,9 @@ def prepare(
     """
     runner = runner or ShRunner()
     host = host or HostView()
-    profile = load_profile(request.profile)
     target_given = request.target is not None
+    version = Target(request.target or "/").os_release().get("VERSION_ID", "")
+    profile = load_profile(request.profile, version)
     request = request.resolve(profile)
     check_settings(request)
     try:

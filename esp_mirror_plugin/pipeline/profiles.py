@@ -3,6 +3,12 @@
 Built-in profiles ship inside the package (``esp_mirror_plugin/profiles/*.yaml``, the top-level
 ``profiles/`` directory of the source tree). A user profile is a path to a YAML file that may
 ``extends:`` a built-in profile (or another file); mappings merge key by key, lists replace.
+
+What differs between releases of one distribution is data too: a profile's ``releases:`` maps a
+release (the target's ``/etc/os-release`` ``VERSION_ID``) to the keys that differ there, merged
+like ``extends:``. A target gets the entry of the highest release not above its own
+(:func:`release_for`); a target without an os-release (an installer's, before the base system is
+in) gets none.
 """
 
 from __future__ import annotations
@@ -47,6 +53,18 @@ class Grub:
 
 
 @dataclass(frozen=True)
+class SystemdBoot:
+    """How a release lays out systemd-boot."""
+
+    # signed by the distribution and started by its signed shim, when the target has both: the
+    # entries start shim with systemd-boot as its argument, \EFI\BOOT\ holds shim and its fallback
+    # (Debian 13's systemd-boot postinst makes this layout)
+    shim: bool = False
+    # the packages of the signed systemd-boot ({arch}: amd64, arm64); "": the release ships none
+    signed_packages: str = ""
+
+
+@dataclass(frozen=True)
 class Packages:
     install: Argv  # the package manager's install command
     names: Mapping[str, str]  # program -> the package that has it ("": none here, see install_fix)
@@ -72,8 +90,13 @@ class Profile:
     # debconf answers for package upgrades ("owner question" -> "type value"; {array_uuid} is
     # filled in): what GRUB's and shim's maintainer scripts read before they run grub-install
     debconf: Mapping[str, str] = field(default_factory=dict)
+    systemd_boot: SystemdBoot = field(default_factory=SystemdBoot)
+    # release -> the keys that differ there (checked like the profile's own); see the module docstring
+    releases: Mapping[str, Any] = field(default_factory=dict)
     name: str = field(default="", metadata=NOT_IN_YAML)
     source: str = field(default="", metadata=NOT_IN_YAML)
+    release: str = field(default="", metadata=NOT_IN_YAML)  # the releases entry merged in ("": none)
+    version: str = field(default="", metadata=NOT_IN_YAML)  # the target's VERSION_ID it was loaded for
 
     def package_for(self, tool: str) -> str:
         return self.packages.names.get(tool, tool)
@@ -94,13 +117,35 @@ def builtin_names() -> list[str]:
     return sorted(p.name[:-5] for p in _builtin_dir().iterdir() if p.name.endswith(".yaml"))
 
 
-def load_profile(name_or_path: str) -> Profile:
-    """Load a built-in profile by name or a user profile by path; raise BadInput when invalid."""
+def load_profile(name_or_path: str, version: str = "") -> Profile:
+    """Load a built-in profile by name or a user profile by path, for a target of release
+    ``version`` (its os-release VERSION_ID; "": none known); raise BadInput when invalid."""
     data, source = _load_merged(name_or_path, seen=())
+    release = release_for(data.get("releases", {}), version)
+    if release:
+        data = _merge(data, data["releases"][release])
     _check(data, Profile, source, prefix="", require=True)
     name = Path(source).stem if _is_path(name_or_path) else name_or_path
-    profile: Profile = _build(Profile, data, source, name=name, source=source)
+    profile: Profile = _build(Profile, data, source, name=name, source=source, release=release, version=version)
     return profile
+
+
+# Keys a release may not change: they decide the Request's defaults, which prepare() fills in
+# before anything of the target is read.
+_NOT_PER_RELEASE = ("releases", "esp_mountpoint", "bootloader", "loader_id", "entry_label", "description")
+
+
+def release_for(releases: Mapping[str, Any], version: str) -> str:
+    """The entry of ``releases`` for a target of ``version``: the highest release not above it
+    (dotted numbers compared as numbers: "24.04" < "24.10"), or "" when none is."""
+
+    def key(text: str) -> tuple[int, ...]:
+        return tuple(int(part) if part.isdigit() else -1 for part in text.split("."))
+
+    if not version:
+        return ""
+    below = [r for r in releases if key(r) <= key(version)]
+    return max(below, key=key) if below else ""
 
 
 def raw_profile_text(name_or_path: str) -> str:
@@ -232,16 +277,31 @@ def _load_merged(name_or_path: str, seen: tuple[str, ...]) -> tuple[dict[str, An
             "name a built-in profile or a YAML file"
         )
     _check(data, Profile, source, prefix="", require=False, extra=("extends",))
+    for release, keys in data.get("releases", {}).items():
+        if not isinstance(keys, dict):
+            raise BadInput(f"profile {source}: 'releases.{release}' must be a mapping of the keys that differ there")
+        fixed = sorted(set(keys) & set(_NOT_PER_RELEASE))
+        if fixed:
+            raise BadInput(
+                f"profile {source}: 'releases.{release}' sets {fixed[0]!r}, which is the same for every release: "
+                "set it at the top of the profile"
+            )
+        _check(keys, Profile, source, prefix=f"releases.{release}.", require=False)
     if parent is None:
         return data, source
     base, _ = _load_merged(parent, (*seen, source))
-    return _merge(base, data), source
+    return _merge(base, data, top=True), source
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def _merge(base: dict[str, Any], over: dict[str, Any], top: bool = False) -> dict[str, Any]:
+    """``over`` merged into ``base``, mappings key by key; at the top a profile's ``releases``
+    replaces its parent's whole (release numbers belong to one distribution: Ubuntu's 24.04 is
+    no Debian release)."""
     out = dict(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if top and key == "releases":
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
@@ -295,6 +355,8 @@ def _type_ok(kind: Any, value: Any) -> bool:
         return isinstance(value, list) and bool(value) and all(isinstance(a, str) for a in value)
     if kind == tuple[Argv, ...]:
         return isinstance(value, list) and all(_type_ok(Argv, v) for v in value)
+    if kind == Mapping[str, Any]:  # releases: each entry is checked by _load_merged
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
     if typing.get_origin(kind) is Mapping:
         return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
@@ -307,6 +369,8 @@ def _type_name(kind: Any) -> str:
         return "a non-empty list of strings (an argv)"
     if kind == tuple[Argv, ...]:
         return "a list of argv lists"
+    if kind == Mapping[str, Any]:
+        return 'a mapping of releases (quoted: "13") to the keys that differ there'
     if typing.get_origin(kind) is Mapping:
         return "a mapping of strings to strings"
     if dataclasses.is_dataclass(kind):

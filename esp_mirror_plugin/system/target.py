@@ -83,6 +83,20 @@ class Target:
         modules = self.resolve("lib/modules")
         return tuple(sorted(p.name for p in modules.glob("*") if p.is_dir())) if modules.is_dir() else ()
 
+    def os_release(self) -> dict[str, str]:
+        """The target's /etc/os-release (else /usr/lib/os-release) as a dict; {} when it has none
+        (an installer's target before the base system is in)."""
+        for rel in ("etc/os-release", "usr/lib/os-release"):
+            text = self.text(rel) if self.resolve(rel).is_file() else ""
+            if text:
+                out = {}
+                for line in text.splitlines():
+                    key, sep, value = line.partition("=")
+                    if sep and key.strip() and not key.lstrip().startswith("#"):
+                        out[key.strip()] = value.strip().strip("\"'")
+                return out
+        return {}
+
     def has_shim(self) -> bool:
         """Debian's signed shim is installed (GRUB's loader is then shimx64.efi)."""
         return self.resolve("usr/lib/shim/shimx64.efi.signed").is_file()

@@ -132,8 +132,19 @@ INVALID = [
     pytest.param(
         {"extends": "debian", "colour": "blue"},
         "unknown key 'colour': allowed here are boot_assembly, bootloader, debconf, description, entry_label, "
-        "esp_mountpoint, extends, grub, init, initramfs, loader_id, mdadm_conf, own_check, packages, periodic_check",
+        "esp_mountpoint, extends, grub, init, initramfs, loader_id, mdadm_conf, own_check, packages, periodic_check, "
+        "releases, systemd_boot",
         id="unknown-key",
+    ),
+    pytest.param(
+        {"extends": "debian", "releases": {"13": {"loader_id": "trixie"}}},
+        "'releases.13' sets 'loader_id', which is the same for every release: set it at the top of the profile",
+        id="release-sets-a-fixed-key",
+    ),
+    pytest.param(
+        {"extends": "debian", "releases": {"13": {"systemd_boot": {"shimm": True}}}},
+        "unknown key 'releases.13.systemd_boot.shimm': allowed here are shim, signed_packages",
+        id="release-unknown-key",
     ),
     pytest.param(
         {"extends": "debian", "initramfs": {"generatr": "dracut"}},
@@ -247,3 +258,41 @@ def test_profiles_command_shows_one_profile_as_its_yaml(machine):
         "# merged with debian (extends): the profile as the planner uses it",
     ]
     assert "loader_id: ubuntu\n" in outcome.out and "esp_mountpoint: /boot/efi\n" in outcome.out  # debian's
+
+
+@pytest.mark.parametrize(
+    ("version", "release"),
+    [("", ""), ("11", ""), ("12", "12"), ("13", "13"), ("13.2", "13"), ("14", "13")],
+)
+def test_the_targets_release_picks_the_highest_entry_not_above_it(version: str, release: str) -> None:
+    profile = profiles.load_profile("debian", version)
+    assert (profile.release, profile.version) == (release, version)
+    assert profile.systemd_boot.shim is (release == "13")
+
+
+def test_a_profile_that_extends_another_distribution_has_its_own_releases() -> None:
+    """Ubuntu extends Debian, but its 24.04 is no Debian release above 13."""
+    assert profiles.load_profile("ubuntu", "24.04").release == "22.04"
+    assert profiles.load_profile("ubuntu", "24.04").systemd_boot.shim is False
+
+
+def test_debian_13_enables_the_mdcheck_timers_and_12_leaves_the_cron_job() -> None:
+    assert profiles.load_profile("debian", "12").periodic_check == ()
+    assert profiles.load_profile("debian", "13").periodic_check == (
+        ("systemctl", "enable", "mdcheck_start.timer", "mdcheck_continue.timer"),
+    )
+
+
+TRIXIE = 'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nNAME="Debian GNU/Linux"\nVERSION_ID="13"\nID=debian\n'
+
+
+def test_the_plan_names_the_release_it_planned_for_from_the_targets_os_release(two_disks) -> None:
+    (two_disks.target / "etc/os-release").write_text(TRIXIE)
+    (two_disks.target / "usr/lib/systemd/system/mdcheck_start.timer").write_text("[Timer]\n")
+    (two_disks.target / "usr/lib/systemd/system/mdcheck_continue.timer").write_text("[Timer]\n")
+    outcome = two_disks.cli("plan", *two_disks.args())
+    assert outcome.code == 0, outcome.err
+    assert outcome.out.splitlines()[1] == (
+        "# planned for: Debian GNU/Linux 13 (trixie) (VERSION_ID 13): the profile's settings for release 13"
+    )
+    assert "systemctl enable mdcheck_start.timer mdcheck_continue.timer" in outcome.out
