@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from esp_mirror_plugin.hooks import bootentries, fstab, partition, raid
-from esp_mirror_plugin.hooks.bootloader import entry_members, loader_path
+from esp_mirror_plugin.hooks.bootloader import entry_members, loader_args, loader_path
 from esp_mirror_plugin.pipeline import adoption as adoptions
 from esp_mirror_plugin.pipeline import fat
 from esp_mirror_plugin.pipeline.adoption import COPY, SWITCHED, Adoption
@@ -200,8 +200,8 @@ def finish_steps(
     )
     if layout.nvram:
         state = snapshot.boot or nvram.BootState(None, (), ())
-        loader = loader_path(request, profile, target.has_shim())
-        steps.append(bootentries.disk_order(state, entry_members(layout), request.entry_label, loader))
+        loader, args = loader_path(request, profile, target), loader_args(request, profile, target)
+        steps.append(bootentries.disk_order(state, entry_members(layout), request.entry_label, loader, args))
     journal = adoptions.journal_path(request.target)
     steps.append(Command(("rm", "--", journal), why="the adoption is finished"))
     notes = (

@@ -68,7 +68,12 @@ class _Entries:
 
 
 def _entries(
-    state: BootState, members: list[Member], entry_label: str, loader: str, stray: tuple[BootEntry, ...] = ()
+    state: BootState,
+    members: list[Member],
+    entry_label: str,
+    loader: str,
+    stray: tuple[BootEntry, ...] = (),
+    args: str = "",
 ) -> _Entries:
     partuuids = {m.partuuid for m in members}
     kept: dict[str, str] = {}
@@ -81,7 +86,8 @@ def _entries(
         wanted = next(
             (m for m in members if m.partuuid == entry.partuuid and label_for(entry_label, m) == entry.label), None
         )
-        if wanted and entry.active and entry.loader.lower() == loader.lower() and wanted.partuuid not in kept:
+        same = entry.loader.lower() == loader.lower() and entry.args == args
+        if wanted and entry.active and same and wanted.partuuid not in kept:
             kept[wanted.partuuid] = entry.number
         else:
             delete.append(entry)
@@ -98,14 +104,16 @@ def plan(
     loader: str,
     first: tuple[str, ...] | None = None,
     stray: tuple[BootEntry, ...] = (),
+    args: str = "",
 ) -> tuple[Command, ...]:
     """The efibootmgr commands that make NVRAM hold exactly one entry of ours per member.
 
     :param first: the members' partition GUIDs in the order their entries lead BootOrder
         (default: disk order).
     :param stray: entries of a loader on the ESP that name no partition (:func:`strays`): removed.
+    :param args: what each entry passes its loader (``efibootmgr --unicode``; shim: its second stage).
     """
-    planned = _entries(state, members, entry_label, loader, stray)
+    planned = _entries(state, members, entry_label, loader, stray, args)
     commands = []
     for entry in planned.delete:
         what = (
@@ -140,6 +148,7 @@ def plan(
                     label_for(entry_label, member),
                     "--loader",
                     loader,
+                    *(("--unicode", args) if args else ()),
                 ),
                 why=f"boot entry for {member.tag} (partition {member.partuuid})",
             )
@@ -157,9 +166,9 @@ def plan(
     return tuple(commands)
 
 
-def disk_order(state: BootState, members: list[Member], entry_label: str, loader: str) -> Command:
+def disk_order(state: BootState, members: list[Member], entry_label: str, loader: str, args: str = "") -> Command:
     """Once :func:`plan`'s commands ran (with another ``first``): ours first in disk order."""
-    planned = _entries(state, members, entry_label, loader)
+    planned = _entries(state, members, entry_label, loader, args=args)
     desired = _desired(state, planned, tuple(m.partuuid for m in members))
     return Command(
         ("efibootmgr", "--quiet", "--bootorder", ",".join(desired)),

@@ -21,15 +21,21 @@ from esp_mirror_plugin.system.discovery import Snapshot
 from esp_mirror_plugin.system.target import Target
 
 
-def loader_path(request: Resolved, profile: Profile, has_shim: bool) -> str:
+def loader_path(request: Resolved, profile: Profile, target: Target) -> str:
     """The file the boot entries start, as an EFI path with backslashes."""
     suffix, _ = arch_names(request.arch)
-    return spec(request.bootloader).loader(request, profile, suffix, has_shim)
+    return spec(request.bootloader).loader(request, profile, suffix, target)
 
 
-def payload_steps(request: Resolved, profile: Profile, layout: Layout) -> tuple[Step, ...]:
+def loader_args(request: Resolved, profile: Profile, target: Target) -> str:
+    """What the boot entries pass their loader ("": nothing): shim's second stage, for systemd-boot."""
+    suffix, _ = arch_names(request.arch)
+    return spec(request.bootloader).args(request, profile, suffix, target)
+
+
+def payload_steps(request: Resolved, profile: Profile, layout: Layout, target: Target) -> tuple[Step, ...]:
     """What goes on the ESP for the kind asked (its loader and the fallback path's copy)."""
-    return spec(request.bootloader).payload(request, profile, layout.esp_dir)
+    return spec(request.bootloader).payload(request, profile, layout.esp_dir, target)
 
 
 def shim_fallback_steps(request: Resolved, profile: Profile, layout: Layout, target: Target) -> tuple[Step, ...]:
@@ -49,20 +55,21 @@ def shim_fallback_steps(request: Resolved, profile: Profile, layout: Layout, tar
     return (CopyFile(str(target.resolve(source)), dest, why=why, root=request.target),)
 
 
-def record_step(request: Resolved, profile: Profile, loader: str, layout: Layout) -> WriteFile:
+def record_step(request: Resolved, profile: Profile, loader: str, layout: Layout, args: str = "") -> WriteFile:
     rec = Record(
         profile=profile.name,
         array=request.device,
         mountpoint=request.mountpoint,
         loader=loader,
         entry_label=request.entry_label,
-        esp_start=request.esp_start,
         esp_size=layout.esp_size,
         members=layout.raid_devices,
         metrics_dir=request.metrics_dir,
         fs_uuid=layout.fs_uuid,
         bootloader=request.bootloader.value,
         loader_id=request.loader_id,
+        loader_args=args,
+        esp_start=layout.esp_start,
     )
     return WriteFile(
         records.path_in(request.target),
@@ -76,13 +83,14 @@ def plan(
     request: Resolved, profile: Profile, layout: Layout, snapshot: Snapshot, target: Target
 ) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     """(steps, notes) for the bootloader hook; shim is looked for in the target now."""
-    loader = loader_path(request, profile, target.has_shim())
+    loader = loader_path(request, profile, target)
+    args = loader_args(request, profile, target)
     steps = (
-        *payload_steps(request, profile, layout),
+        *payload_steps(request, profile, layout, target),
         *shim_fallback_steps(request, profile, layout, target),
-        record_step(request, profile, loader, layout),
+        record_step(request, profile, loader, layout, args),
     )
-    signing = secureboot.notes(request, snapshot, target, loader, arch_names(request.arch)[0])
+    signing = secureboot.notes(request, profile, snapshot, target, loader, arch_names(request.arch)[0])
     if not layout.nvram:
         return steps, (
             "no NVRAM boot entries (--no-nvram or no EFI variables): the firmware boots "
@@ -93,7 +101,7 @@ def plan(
     state = snapshot.boot or nvram.BootState(None, (), ())
     first = layout.entry_order()
     stray = bootentries.strays(state, os.path.isfile, layout.esp_dir)
-    return steps + bootentries.plan(state, members, request.entry_label, loader, first, stray), signing
+    return steps + bootentries.plan(state, members, request.entry_label, loader, first, stray, args), signing
 
 
 def entry_members(layout: Layout) -> list[bootentries.Member]:

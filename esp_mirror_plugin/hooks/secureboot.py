@@ -11,15 +11,18 @@ What counts as signed, and what to install, is the kind's row
 from __future__ import annotations
 
 from esp_mirror_plugin.pipeline.bootloaders import spec
+from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.request import Resolved
 from esp_mirror_plugin.system.discovery import Snapshot
 from esp_mirror_plugin.system.target import Target
 
 
-def notes(request: Resolved, snapshot: Snapshot, target: Target, loader: str, suffix: str) -> tuple[str, ...]:
+def notes(
+    request: Resolved, profile: Profile, snapshot: Snapshot, target: Target, loader: str, suffix: str
+) -> tuple[str, ...]:
     """One line when the loader this plan installs (``loader``, an EFI path; ``suffix`` x64 or
     aa64) carries no signature while the firmware enforces Secure Boot, naming what to do."""
     if not snapshot.secure_boot:
         return ()
-    problem = spec(request.bootloader).unsigned(request, target, loader, suffix)
+    problem = spec(request.bootloader).unsigned(request, profile, target, loader, suffix)
     return (problem,) if problem else ()

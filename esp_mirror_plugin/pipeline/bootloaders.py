@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind
-from esp_mirror_plugin.pipeline.steps import Command, CopyFile, MakeDir, Step
+from esp_mirror_plugin.pipeline.steps import Command, CopyFile, MakeDir, Step, WriteFile
 from esp_mirror_plugin.system import pe
 
 if TYPE_CHECKING:
@@ -39,13 +39,16 @@ if TYPE_CHECKING:
     from esp_mirror_plugin.system.target import Target
 
 
-# Where the file the entries start is on the ESP, from (request, profile, EFI suffix, shim installed).
-LoaderPath = Callable[["Resolved", "Profile", str, bool], str]
-# The steps that put the kind's files on the mounted array, from (request, profile, where the ESP is mounted).
-Payload = Callable[["Resolved", "Profile", str], tuple[Step, ...]]
+# Where the file the entries start is on the ESP, from (request, profile, EFI suffix, the target).
+LoaderPath = Callable[["Resolved", "Profile", str, "Target"], str]
+# What the entries pass the loader (efibootmgr --unicode), from the same; "": nothing.
+LoaderArgs = Callable[["Resolved", "Profile", str, "Target"], str]
+# The steps that put the kind's files on the mounted array, from (request, profile, where the ESP
+# is mounted, the target).
+Payload = Callable[["Resolved", "Profile", str, "Target"], tuple[Step, ...]]
 # With Secure Boot on: the note when the loader will not start, or None, from
 # (request, target, loader path, EFI suffix).
-Unsigned = Callable[["Resolved", "Target", str, str], "str | None"]
+Unsigned = Callable[["Resolved", "Profile", "Target", str, str], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Bootloader:
 
     loader: LoaderPath  # the file every boot entry starts, as an EFI path with backslashes
     payload: Payload  # what goes on the ESP (the bootloader hook, before the entries)
+    args: LoaderArgs  # what every boot entry passes the loader (shim: its second stage)
     unsigned: Unsigned  # the Secure Boot note: the loader carries no signature the firmware accepts
     # a record older than its bootloader field names this kind when its loader path passes this;
     # None: the kind of any loader path no other kind recognises (exactly one kind)
@@ -101,22 +105,46 @@ def signed_packages(kind: BootloaderKind, suffix: str = "x64") -> str:
 # -- the loader paths --------------------------------------------------------------------------
 
 
-def _image_loader(request: Resolved, profile: Profile, suffix: str, has_shim: bool) -> str:
+def _image_loader(request: Resolved, profile: Profile, suffix: str, target: Target) -> str:
     return f"\\EFI\\{request.loader_id}\\{os.path.basename(request.efi_image or '')}"
 
 
-def _zbm_loader(request: Resolved, profile: Profile, suffix: str, has_shim: bool) -> str:
+def _zbm_loader(request: Resolved, profile: Profile, suffix: str, target: Target) -> str:
     return "\\EFI\\ZBM\\VMLINUZ.EFI"
 
 
-def _sd_boot_loader(request: Resolved, profile: Profile, suffix: str, has_shim: bool) -> str:
+def sd_boot_behind_shim(profile: Profile, suffix: str, target: Target) -> bool:
+    """systemd-boot starts through shim: the release lays it out so (its profile says) and the
+    target has both signed builds (Debian 13: shim-signed, systemd-boot-efi-amd64-signed)."""
+    return (
+        profile.systemd_boot.shim
+        and target.exists(f"usr/lib/shim/shim{suffix}.efi.signed")
+        and target.exists(f"usr/lib/systemd/boot/efi/systemd-boot{suffix}.efi.signed")
+    )
+
+
+def _sd_boot_loader(request: Resolved, profile: Profile, suffix: str, target: Target) -> str:
+    if sd_boot_behind_shim(profile, suffix, target):
+        return f"\\EFI\\{request.loader_id}\\shim{suffix}.efi"
     return f"\\EFI\\systemd\\systemd-boot{suffix}.efi"
 
 
-def _grub_loader(request: Resolved, profile: Profile, suffix: str, has_shim: bool) -> str:
+def _sd_boot_args(request: Resolved, profile: Profile, suffix: str, target: Target) -> str:
+    """Behind shim, what the entries pass it: systemd-boot, as Debian 13's systemd-boot postinst
+    writes it (its check for an entry of its own looks for these words)."""
+    if sd_boot_behind_shim(profile, suffix, target):
+        return f"\\EFI\\systemd\\systemd-boot{suffix}.efi \\0"
+    return ""
+
+
+def _no_args(request: Resolved, profile: Profile, suffix: str, target: Target) -> str:
+    return ""
+
+
+def _grub_loader(request: Resolved, profile: Profile, suffix: str, target: Target) -> str:
     name = profile.grub.loader
     if name == "auto":
-        name = f"{'shim' if has_shim else 'grub'}{suffix}.efi"
+        name = f"{'shim' if target.has_shim() else 'grub'}{suffix}.efi"
     return f"\\EFI\\{request.loader_id}\\{name}"
 
 
@@ -137,15 +165,15 @@ def _copies(request: Resolved, esp_dir: str, efi_paths: list[str]) -> tuple[Step
     return tuple(steps)
 
 
-def _image_payload(request: Resolved, profile: Profile, esp_dir: str) -> tuple[Step, ...]:
-    return _copies(request, esp_dir, [_image_loader(request, profile, "", False)])
+def _image_payload(request: Resolved, profile: Profile, esp_dir: str, target: Target) -> tuple[Step, ...]:
+    return _copies(request, esp_dir, [_image_loader(request, profile, "", target)])
 
 
-def _zbm_payload(request: Resolved, profile: Profile, esp_dir: str) -> tuple[Step, ...]:
+def _zbm_payload(request: Resolved, profile: Profile, esp_dir: str, target: Target) -> tuple[Step, ...]:
     return _copies(request, esp_dir, ["\\EFI\\ZBM\\VMLINUZ.EFI", "\\EFI\\ZBM\\VMLINUZ-BACKUP.EFI"])
 
 
-def _sd_boot_payload(request: Resolved, profile: Profile, esp_dir: str) -> tuple[Step, ...]:
+def _sd_boot_payload(request: Resolved, profile: Profile, esp_dir: str, target: Target) -> tuple[Step, ...]:
     return (
         Command(
             ("bootctl", "install", f"--esp-path={request.mountpoint}", "--no-variables"),
@@ -164,7 +192,45 @@ def _sd_boot_payload(request: Resolved, profile: Profile, esp_dir: str) -> tuple
             why="they would recreate the seed file (the unit's name before systemd 253: "
             "systemd-boot-system-token.service)",
         ),
+        *_shim_before_sd_boot(request, profile, esp_dir, target),
     )
+
+
+def _shim_before_sd_boot(request: Resolved, profile: Profile, esp_dir: str, target: Target) -> tuple[Step, ...]:
+    """Behind shim (:func:`sd_boot_behind_shim`), the layout Debian 13's systemd-boot postinst
+    makes: shim, its fallback and MokManager in \\EFI\\<id>\\, shim as the fallback path's loader with
+    its fallback beside it, and the CSV from which the fallback makes an entry for a disk that has
+    none (shim, with systemd-boot as its argument)."""
+    suffix, _ = arch_names(request.arch)
+    if not sd_boot_behind_shim(profile, suffix, target):
+        return ()
+    vendor = f"\\EFI\\{request.loader_id}"
+    steps: list[Step] = [MakeDir(on_esp(esp_dir, vendor), why="shim's directory on the ESP", root=request.target)]
+    for name in ("shim", "fb", "mm"):
+        source = target.resolve(f"usr/lib/shim/{name}{suffix}.efi.signed")
+        if source.is_file():
+            dest = on_esp(esp_dir, f"{vendor}\\{name}{suffix}.efi")
+            steps.append(CopyFile(str(source), dest, why=f"{name}{suffix}.efi, signed", root=request.target))
+    shim = str(target.resolve(f"usr/lib/shim/shim{suffix}.efi.signed"))
+    fallback = f"\\EFI\\BOOT\\{fallback_name(request.arch)}"
+    steps.append(CopyFile(shim, on_esp(esp_dir, fallback), why=f"shim at {fallback}: it starts what the CSV names"))
+    fb = target.resolve(f"usr/lib/shim/fb{suffix}.efi.signed")
+    if fb.is_file():
+        dest = on_esp(esp_dir, f"\\EFI\\BOOT\\fb{suffix}.efi")
+        steps.append(CopyFile(str(fb), dest, why="shim's fallback: with no boot entry it makes one for this disk"))
+    label = request.entry_label
+    csv = f"shim{suffix}.efi,{label},\\EFI\\systemd\\systemd-boot{suffix}.efi \\0,This is the boot entry for {label}\n"
+    steps.append(
+        WriteFile(
+            on_esp(esp_dir, f"{vendor}\\BOOT{suffix.upper()}.CSV"),
+            csv,
+            why="what shim's fallback makes an entry from: shim with systemd-boot as its argument",
+            root=request.target,
+            encoding="utf-16-le",
+            backup=False,
+        )
+    )
+    return tuple(steps)
 
 
 def _fill(arg: str, values: dict[str, str]) -> str:
@@ -173,7 +239,7 @@ def _fill(arg: str, values: dict[str, str]) -> str:
     return arg
 
 
-def _grub_payload(request: Resolved, profile: Profile, esp_dir: str) -> tuple[Step, ...]:
+def _grub_payload(request: Resolved, profile: Profile, esp_dir: str, target: Target) -> tuple[Step, ...]:
     fallback = f"\\EFI\\BOOT\\{fallback_name(request.arch)}"
     _, grub_target = arch_names(request.arch)
     values = {"{grub_target}": grub_target, "{esp}": request.mountpoint, "{loader_id}": request.loader_id}
@@ -191,7 +257,7 @@ def _grub_payload(request: Resolved, profile: Profile, esp_dir: str) -> tuple[St
 # -- the Secure Boot notes ---------------------------------------------------------------------
 
 
-def _image_unsigned(request: Resolved, target: Target, loader: str, suffix: str) -> str | None:
+def _image_unsigned(request: Resolved, profile: Profile, target: Target, loader: str, suffix: str) -> str | None:
     image = request.efi_image or ""
     try:
         with open(image, "rb") as handle:
@@ -206,17 +272,30 @@ def _image_unsigned(request: Resolved, target: Target, loader: str, suffix: str)
     )
 
 
-def _sd_boot_unsigned(request: Resolved, target: Target, loader: str, suffix: str) -> str | None:
-    signed_file = f"usr/lib/systemd/boot/efi/systemd-boot{suffix}.efi.signed"
-    if target.exists(signed_file):
+def _sd_boot_unsigned(request: Resolved, profile: Profile, target: Target, loader: str, suffix: str) -> str | None:
+    """systemd-boot under Secure Boot: signed by the distribution and started by its shim (the
+    firmware trusts Microsoft's keys, shim the distribution's), as the release lays it out."""
+    if sd_boot_behind_shim(profile, suffix, target):
         return None
+    signed_file = f"usr/lib/systemd/boot/efi/systemd-boot{suffix}.efi.signed"
+    packages = profile.systemd_boot.signed_packages.format(arch="arm64" if suffix == "aa64" else "amd64")
+    if not packages:
+        return (
+            f"Secure Boot is on and {profile.name}{' ' + profile.release if profile.release else ''} ships no signed "
+            "systemd-boot: the firmware will refuse to start it from every disk; use --bootloader grub with "
+            f"{signed_packages(BootloaderKind.GRUB, suffix)}"
+        )
+    missing = [] if target.exists(signed_file) else [packages]
+    if profile.systemd_boot.shim and not target.exists(f"usr/lib/shim/shim{suffix}.efi.signed"):
+        missing.append("shim-signed")
     return (
-        f"Secure Boot is on and the target has no signed systemd-boot ({target.path(signed_file)}): the "
-        f"firmware will refuse to start it from every disk; install {signed_packages(request.bootloader, suffix)}"
+        f"Secure Boot is on and the target lacks the signed chain for systemd-boot (shim, then systemd-boot "
+        f"{target.path(signed_file)}): the firmware will refuse to start it from every disk; install "
+        f"{' and '.join(missing) or packages}, then plan again"
     )
 
 
-def _grub_unsigned(request: Resolved, target: Target, loader: str, suffix: str) -> str | None:
+def _grub_unsigned(request: Resolved, profile: Profile, target: Target, loader: str, suffix: str) -> str | None:
     if loader.rsplit("\\", 1)[-1].lower().startswith("shim"):
         return None
     return (
@@ -248,6 +327,7 @@ BOOTLOADERS: dict[BootloaderKind, Bootloader] = {
     BootloaderKind.EFI: Bootloader(
         loader=_image_loader,
         payload=_image_payload,
+        args=_no_args,
         unsigned=_image_unsigned,
         recognises=None,  # any other file is an image given by path
         needs_image=True,
@@ -255,6 +335,7 @@ BOOTLOADERS: dict[BootloaderKind, Bootloader] = {
     BootloaderKind.ZFSBOOTMENU: Bootloader(
         loader=_zbm_loader,
         payload=_zbm_payload,
+        args=_no_args,
         unsigned=_image_unsigned,
         recognises=lambda loader: loader.upper().startswith("\\EFI\\ZBM\\"),
         needs_image=True,
@@ -262,6 +343,7 @@ BOOTLOADERS: dict[BootloaderKind, Bootloader] = {
     BootloaderKind.SYSTEMD_BOOT: Bootloader(
         loader=_sd_boot_loader,
         payload=_sd_boot_payload,
+        args=_sd_boot_args,
         unsigned=_sd_boot_unsigned,
         recognises=lambda loader: loader.lower().startswith("\\efi\\systemd\\"),
         signed_packages="systemd-boot-efi-{arch}-signed on Debian 13 and later",
@@ -274,6 +356,7 @@ BOOTLOADERS: dict[BootloaderKind, Bootloader] = {
     BootloaderKind.GRUB: Bootloader(
         loader=_grub_loader,
         payload=_grub_payload,
+        args=_no_args,
         unsigned=_grub_unsigned,
         recognises=lambda loader: loader.lower().rsplit("\\", 1)[-1].startswith(("grub", "shim")),
         signed_packages="shim-signed and grub-efi-{arch}-signed on Debian and Ubuntu",

@@ -99,7 +99,7 @@ def _(step: AttachImage | EnsureFat, now: Now) -> None:
 
 @would_change.register
 def _(step: WriteFile, now: Now) -> bool:
-    return files.differs(files.resolve_in_root(step.root, step.path), step.content)
+    return files.differs(files.resolve_in_root(step.root, step.path), step.data)
 
 
 @would_change.register
@@ -309,7 +309,8 @@ class Applier:
     def _(self, step: WriteFile, group: str) -> bool:
         if self._done_already(step):
             return False
-        return files.write_atomic(files.resolve_in_root(step.root, step.path), step.content, step.mode)
+        target = files.resolve_in_root(step.root, step.path)
+        return files.write_atomic(target, step.data, step.mode, preserve=step.backup)
 
     @_apply.register
     def _(self, step: InstallProgram, group: str) -> bool:

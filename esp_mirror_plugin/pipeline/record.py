@@ -38,12 +38,14 @@ class Record:
     fs_uuid: str | None = None  # the FAT's on the array (XXXX-XXXX); None: an older record does not say
     bootloader: str | None = None  # grub, systemd-boot, efi, zfsbootmenu; None: an older record does not say
     loader_id: str | None = None  # the loader id apply used (\EFI\<loader_id>\); None: an older record does not say
+    loader_args: str = ""  # what every boot entry passes its loader (shim: systemd-boot); "": nothing
 
     def render(self) -> str:
+        body = {k: v for k, v in asdict(self).items() if not (k == "loader_args" and not v)}
         return (
             "# Written by esp-mirror apply: what it set up. The upkeep commands (status, check,\n"
             "# repair, replace, add, entries) read it; re-running apply rewrites it.\n"
-            + yaml.safe_dump(asdict(self), sort_keys=False)
+            + yaml.safe_dump(body, sort_keys=False)
         )
 
 

@@ -93,9 +93,18 @@ class WriteFile:
     why: str
     mode: int = 0o644
     root: str = "/"
+    encoding: str = "utf-8"  # utf-16-le for what EFI programs read (shim's fallback reads BOOTX64.CSV so)
+    backup: bool = True  # keep the previous content as PATH~ (not on the ESP: FAT keeps no owners, and the
+    # firmware and EFI programs see every file there)
+
+    @property
+    def data(self) -> bytes:
+        """The bytes written."""
+        return self.content.encode(self.encoding)
 
     def describe(self) -> str:
-        return f"write {self.path} (mode {self.mode:04o}):\n" + _indent(self.content)
+        coded = "" if self.encoding == "utf-8" else f", {self.encoding.upper()}"
+        return f"write {self.path} (mode {self.mode:04o}{coded}):\n" + _indent(self.content)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +112,7 @@ class WriteFile:
             "path": self.path,
             "mode": f"{self.mode:04o}",
             "content": self.content,
+            **({"encoding": self.encoding} if self.encoding != "utf-8" else {}),
             "why": self.why,
         }
 

@@ -23,6 +23,7 @@ class BootEntry:
     partuuid: str  # lower case, "" when the entry is not on a GPT partition
     loader: str  # \EFI\...\x.efi, "" when none
     path: str  # the device path text as efibootmgr printed it
+    args: str = ""  # what it passes its loader: the optional data as UCS-2 text ("" when none or not text)
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,39 @@ def parse(text: str) -> BootState:
                 label, path = (rest[:at], rest[at + 1 :]) if at >= 0 else (rest, "")
             hd = _HD.search(path)
             file = _FILE.search(path)
+            loader = (file.group(1) or file.group(2)) if file else ""
+            data = path[file.end() :] if file else ""
+            glued = _GLUED.match(loader)  # efibootmgr 18 prints the optional data right after the path
+            if glued:
+                loader, data = glued.group(1), glued.group(2) + data
+            args = _args(data)
             entries.append(
                 BootEntry(
                     number=match.group(1).upper(),
                     active=bool(match.group(2)),
                     label=label.rstrip(),
                     partuuid=hd.group(2).lower() if hd else "",
-                    loader=(file.group(1) or file.group(2)) if file else "",
+                    loader=loader,
                     path=path.strip(),
+                    args=args,
                 )
             )
     return BootState(current, order, tuple(entries))
+
+
+_GLUED = re.compile(r"^(.*?\.efi)([0-9A-Fa-f]+)$", re.IGNORECASE)
+_HEX = re.compile(r"^\s*([0-9A-Fa-f]{4,})\s*$")
+
+
+def _args(rest: str) -> str:
+    """The optional data after the device path as the text it holds: efibootmgr prints data that is
+    not plain ASCII as hex digits, and what ``--unicode`` wrote is UCS-2 (a NUL at its end)."""
+    found = _HEX.match(rest)
+    if not found or len(found.group(1)) % 4:
+        return ""
+    try:
+        text = bytes.fromhex(found.group(1)).decode("utf-16-le")
+    except UnicodeDecodeError:
+        return ""
+    text = text.rstrip("\0")
+    return text if text.isprintable() else ""

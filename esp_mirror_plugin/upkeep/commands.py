@@ -176,7 +176,7 @@ def member_loaders(state: MirrorState, copies: dict[str, Path]) -> tuple[loaders
     array = plans.require_array(state)
     assert state.record is not None  # require_array checked it
     loader = state.record.loader
-    paths = (*loaders.chain(loader), *loaders.present(copies, loaders.shim_helpers(loader)))
+    paths = (*loaders.chain(loader, state.record.loader_args), *loaders.present(copies, loaders.shim_helpers(loader)))
     disks = {m.node: m.disk for m in array.members}
     return loaders.from_copies(copies, disks, tuple(dict.fromkeys(paths)))
 

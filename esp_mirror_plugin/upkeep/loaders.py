@@ -114,11 +114,13 @@ def fallback(loader: str) -> str:
     return f"\\EFI\\BOOT\\BOOT{efi_suffix(loader).upper()}.EFI"
 
 
-def chain(loader: str) -> tuple[str, ...]:
-    """The files a boot from a member starts: the entry's loader, shim's second stage (GRUB, in
-    the same directory) when the loader is shim, and the fallback path."""
+def chain(loader: str, args: str = "") -> tuple[str, ...]:
+    """The files a boot from a member starts: the entry's loader, shim's second stage when the
+    loader is shim (the one its entry names, systemd-boot on Debian 13; else GRUB in the same
+    directory), and the fallback path."""
     name = loader.rsplit("\\", 1)[-1].lower()
-    second = (f"{_directory(loader)}\\grub{efi_suffix(loader)}.efi",) if name.startswith("shim") else ()
+    named = args.split()[0] if args.split() and args.split()[0].lower().endswith(".efi") else ""
+    second = (named or f"{_directory(loader)}\\grub{efi_suffix(loader)}.efi",) if name.startswith("shim") else ()
     return tuple(dict.fromkeys((loader, *second, fallback(loader))))
 
 

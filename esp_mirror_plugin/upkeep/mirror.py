@@ -250,7 +250,7 @@ def read_mirror(
     chains: tuple[MemberLoaders, ...] = ()
     if array and record and read_loaders:
         active = [(m.node, m.disk) for m in array.members if m.active]
-        chains = loaders.read_members(runner, active, loaders.chain(record.loader))
+        chains = loaders.read_members(runner, active, loaders.chain(record.loader, record.loader_args))
     settings: list[str] = []
     if array and record:
         try:

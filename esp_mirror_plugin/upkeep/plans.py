@@ -433,7 +433,9 @@ def entry_steps(state: MirrorState, members: list[bootentries.Member]) -> tuple[
         )
     record = state.record
     assert record is not None  # require_array checked it
-    return bootentries.plan(state.boot, members, record.entry_label, record.loader, stray=state.strays)
+    return bootentries.plan(
+        state.boot, members, record.entry_label, record.loader, stray=state.strays, args=record.loader_args
+    )
 
 
 def entry_members(

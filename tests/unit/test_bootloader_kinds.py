@@ -26,5 +26,6 @@ def test_exactly_one_kind_takes_the_loader_paths_no_other_kind_recognises():
 @pytest.mark.parametrize("has_shim", [False, True])
 def test_the_loader_path_apply_records_names_its_kind_again(kind, suffix, has_shim):
     request = SimpleNamespace(loader_id="debian", efi_image="/srv/payload/linux.efi", bootloader=kind)
-    loader = spec(kind).loader(request, load_profile("debian"), suffix, has_shim)  # type: ignore[arg-type]
+    target = SimpleNamespace(has_shim=lambda: has_shim, exists=lambda path: False)
+    loader = spec(kind).loader(request, load_profile("debian"), suffix, target)  # type: ignore[arg-type]
     assert kind_of_loader(loader) is kind

@@ -454,25 +454,46 @@ def test_grub_without_shim_under_secure_boot_gets_a_note_naming_the_packages(mac
     )
 
 
-@pytest.mark.parametrize("signed_installed", [True, False], ids=["signed", "unsigned"])
-def test_systemd_boot_without_its_signed_binary_under_secure_boot_gets_a_note(machine, signed_installed):
+@pytest.mark.parametrize(
+    ("release", "installed", "note"),
+    [
+        (
+            "12",
+            ("systemd-boot",),
+            "Secure Boot is on and debian 12 ships no signed systemd-boot: the firmware will refuse to start it "
+            "from every disk; use --bootloader grub with shim-signed and grub-efi-amd64-signed on Debian and Ubuntu",
+        ),
+        ("13", ("systemd-boot", "shim"), None),
+        (
+            "13",
+            ("shim",),
+            "Secure Boot is on and the target lacks the signed chain for systemd-boot (shim, then systemd-boot "
+            "{signed}): the firmware will refuse to start it from every disk; install systemd-boot-efi-amd64-signed, "
+            "then plan again",
+        ),
+        (
+            "13",
+            ("systemd-boot",),
+            "Secure Boot is on and the target lacks the signed chain for systemd-boot (shim, then systemd-boot "
+            "{signed}): the firmware will refuse to start it from every disk; install shim-signed, then plan again",
+        ),
+    ],
+    ids=["debian-12", "debian-13-signed", "debian-13-no-signed-sd-boot", "debian-13-no-shim"],
+)
+def test_systemd_boot_under_secure_boot_needs_the_releases_signed_chain(machine, release, installed, note):
+    """Debian 13 signs systemd-boot and starts it through shim; Debian 12 ships no signed build."""
     equip_two_disks(machine)
     machine.secure_boot(True)
+    (machine.target / "etc/os-release").write_text(f'ID=debian\nVERSION_ID="{release}"\n')
     signed = machine.target / "usr/lib/systemd/boot/efi/systemd-bootx64.efi.signed"
-    if signed_installed:
-        signed.parent.mkdir(parents=True)
-        signed.write_bytes(SIGNED_IMAGE)
+    files = {"systemd-boot": signed, "shim": machine.target / "usr/lib/shim/shimx64.efi.signed"}
+    for name in installed:
+        files[name].parent.mkdir(parents=True, exist_ok=True)
+        files[name].write_bytes(SIGNED_IMAGE)
 
     notes = plan_notes(machine, "--profile", "debian", "--bootloader", "systemd-boot")
 
-    assert notes == (
-        []
-        if signed_installed
-        else [
-            f"Secure Boot is on and the target has no signed systemd-boot ({signed}): the firmware will refuse to "
-            "start it from every disk; install systemd-boot-efi-amd64-signed on Debian 13 and later"
-        ]
-    )
+    assert notes == ([] if note is None else [note.format(signed=signed)])
 
 
 @pytest.mark.parametrize("profile", PROFILES)

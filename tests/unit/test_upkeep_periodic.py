@@ -447,7 +447,8 @@ def test_a_record_with_a_metrics_dir_no_unit_can_hold_is_bad_input(tmp_path):
         (
             "profile: debian\narray: /dev/md/esp\n",
             "is not an esp-mirror record (keys array, entry_label, esp_size, "
-            "esp_start, loader, mountpoint, profile; optional bootloader, fs_uuid, loader_id, members, metrics_dir): "
+            "esp_start, loader, mountpoint, profile; optional bootloader, fs_uuid, loader_args, loader_id, members, "
+            "metrics_dir): "
             "run `esp-mirror apply` again to rewrite it",
         ),
         ("- a list\n", "is not an esp-mirror record"),
