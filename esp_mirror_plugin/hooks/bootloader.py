@@ -91,8 +91,9 @@ def plan(
         record_step(request, profile, loader, layout, args),
     )
     signing = secureboot.notes(request, profile, snapshot, target, loader, arch_names(request.arch)[0])
+    config = spec(request.bootloader).config(request, profile, target)
     if not layout.nvram:
-        return steps, (
+        return steps + config, (
             "no NVRAM boot entries (--no-nvram or no EFI variables): the firmware boots "
             f"each disk through \\EFI\\BOOT\\{fallback_name(request.arch)}",
             *signing,
@@ -101,7 +102,8 @@ def plan(
     state = snapshot.boot or nvram.BootState(None, (), ())
     first = layout.entry_order()
     stray = bootentries.strays(state, os.path.isfile, layout.esp_dir)
-    return steps + bootentries.plan(state, members, request.entry_label, loader, first, stray, args), signing
+    entries = bootentries.plan(state, members, request.entry_label, loader, first, stray, args)
+    return steps + entries + config, signing
 
 
 def entry_members(layout: Layout) -> list[bootentries.Member]:

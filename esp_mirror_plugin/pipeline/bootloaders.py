@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind
-from esp_mirror_plugin.pipeline.steps import Command, CopyFile, MakeDir, Step, WriteFile
+from esp_mirror_plugin.pipeline.steps import Command, CopyFile, MakeDir, Step, UuidLink, WriteFile
 from esp_mirror_plugin.system import pe
 
 if TYPE_CHECKING:
@@ -46,6 +46,9 @@ LoaderArgs = Callable[["Resolved", "Profile", str, "Target"], str]
 # The steps that put the kind's files on the mounted array, from (request, profile, where the ESP
 # is mounted, the target).
 Payload = Callable[["Resolved", "Profile", str, "Target"], tuple[Step, ...]]
+# After the payload, when the target has kernels: what writes the kind's configuration for them
+# (GRUB's grub.cfg), from (request, profile, the target).
+Config = Callable[["Resolved", "Profile", "Target"], tuple[Step, ...]]
 # With Secure Boot on: the note when the loader will not start, or None, from
 # (request, target, loader path, EFI suffix).
 Unsigned = Callable[["Resolved", "Profile", "Target", str, str], "str | None"]
@@ -58,6 +61,7 @@ class Bootloader:
     loader: LoaderPath  # the file every boot entry starts, as an EFI path with backslashes
     payload: Payload  # what goes on the ESP (the bootloader hook, before the entries)
     args: LoaderArgs  # what every boot entry passes the loader (shim: its second stage)
+    config: Config  # the kind's configuration for the target's kernels (the hook's last steps)
     unsigned: Unsigned  # the Secure Boot note: the loader carries no signature the firmware accepts
     # a record older than its bootloader field names this kind when its loader path passes this;
     # None: the kind of any loader path no other kind recognises (exactly one kind)
@@ -233,6 +237,27 @@ def _shim_before_sd_boot(request: Resolved, profile: Profile, esp_dir: str, targ
     return tuple(steps)
 
 
+def _no_config(request: Resolved, profile: Profile, target: Target) -> tuple[Step, ...]:
+    return ()
+
+
+def _grub_config(request: Resolved, profile: Profile, target: Target) -> tuple[Step, ...]:
+    """GRUB's configuration for the kernels in the target, as the distribution writes it
+    (update-grub, grub2-mkconfig -o ...), with the root named by UUID whatever md number an array
+    has now. Nothing when the target has no kernel yet (an installer adds one later and runs it)."""
+    if not target.kernels():
+        return ()
+    return (
+        UuidLink(request.target, why="grub-mkconfig names the root by UUID only when udev's link for it exists"),
+        Command(
+            profile.grub.mkconfig,
+            root=request.target,
+            why="GRUB's configuration for the target's kernels: the installed system boots with no step of "
+            "the installer's own",
+        ),
+    )
+
+
 def _fill(arg: str, values: dict[str, str]) -> str:
     for key, value in values.items():
         arg = arg.replace(key, value)
@@ -328,6 +353,7 @@ BOOTLOADERS: dict[BootloaderKind, Bootloader] = {
         loader=_image_loader,
         payload=_image_payload,
         args=_no_args,
+        config=_no_config,
         unsigned=_image_unsigned,
         recognises=None,  # any other file is an image given by path
         needs_image=True,
@@ -336,6 +362,7 @@ BOOTLOADERS: dict[BootloaderKind, Bootloader] = {
         loader=_zbm_loader,
         payload=_zbm_payload,
         args=_no_args,
+        config=_no_config,
         unsigned=_image_unsigned,
         recognises=lambda loader: loader.upper().startswith("\\EFI\\ZBM\\"),
         needs_image=True,
@@ -344,6 +371,7 @@ BOOTLOADERS: dict[BootloaderKind, Bootloader] = {
         loader=_sd_boot_loader,
         payload=_sd_boot_payload,
         args=_sd_boot_args,
+        config=_no_config,
         unsigned=_sd_boot_unsigned,
         recognises=lambda loader: loader.lower().startswith("\\efi\\systemd\\"),
         signed_packages="systemd-boot-efi-{arch}-signed on Debian 13 and later",
@@ -357,6 +385,7 @@ BOOTLOADERS: dict[BootloaderKind, Bootloader] = {
         loader=_grub_loader,
         payload=_grub_payload,
         args=_no_args,
+        config=_grub_config,
         unsigned=_grub_unsigned,
         recognises=lambda loader: loader.lower().rsplit("\\", 1)[-1].startswith(("grub", "shim")),
         signed_packages="shim-signed and grub-efi-{arch}-signed on Debian and Ubuntu",

@@ -36,6 +36,7 @@ from esp_mirror_plugin.pipeline.steps import (
     MakeDir,
     Settle,
     Step,
+    UuidLink,
     VerifyCopy,
     WaitForPartition,
     WaitForSync,
@@ -43,7 +44,7 @@ from esp_mirror_plugin.pipeline.steps import (
     resolve_arg,
 )
 from esp_mirror_plugin.system import files
-from esp_mirror_plugin.system.discovery import HostView, Unreadable
+from esp_mirror_plugin.system.discovery import HostView, Unreadable, read_mounts
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
 
 UDEV_CONTROL = "/run/udev/control"  # exists while udevd runs
@@ -90,6 +91,11 @@ def _(step: Command | AddMember, now: Now) -> bool:
 @would_change.register
 def _(step: Settle, now: Now) -> bool:
     return False  # waiting for udev changes nothing
+
+
+@would_change.register
+def _(step: UuidLink, now: Now) -> bool | None:
+    return None  # which link is told by blkid while apply runs
 
 
 @would_change.register
@@ -361,6 +367,31 @@ class Applier:
         except CommandFailed as exc:  # a queue that does not drain: say so, the next step may still work
             print(f"  [{group}]   udev did not settle: {exc.stderr_line}", file=self.out)
         return False
+
+    @_apply.register
+    def _(self, step: UuidLink, group: str) -> bool:
+        target = os.path.normpath(step.mountpoint)
+        holding = [
+            m
+            for m in read_mounts(self.host)
+            if target == m.mountpoint or target.startswith(m.mountpoint.rstrip("/") + "/")
+        ]
+        mount = max(holding, key=lambda m: len(m.mountpoint), default=None)  # what holds the target's root
+        if mount is None or not mount.device.startswith("/dev/"):
+            print(f"  [{group}]   {step.mountpoint} is on no block device: no link to make", file=self.out)
+            return False
+        device = self.host.realpath(mount.device)
+        try:
+            uuid = self.runner.run(("blkid", "-s", "UUID", "-o", "value", device), ok=(0, 2)).stdout.strip()
+        except CommandFailed as exc:
+            raise StepFailed(group, step.describe(), exc.result.describe()) from None
+        if not uuid:
+            print(f"  [{group}]   blkid finds no file system UUID on {device}: no link to make", file=self.out)
+            return False
+        made = files.ensure_link(self.host.at(f"/dev/disk/by-uuid/{uuid}"), self.host.at(device))
+        if made:
+            print(f"  [{group}]   /dev/disk/by-uuid/{uuid} -> {device} (udev does not run here)", file=self.out)
+        return made
 
     @_apply.register
     def _(self, step: WaitForPartition, group: str) -> bool:

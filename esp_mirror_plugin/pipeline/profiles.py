@@ -50,6 +50,8 @@ class Initramfs:
 class Grub:
     install: tuple[Argv, ...]  # argv with {grub_target} {esp} {loader_id} placeholders
     loader: str  # the file entries start under \EFI\<loader_id>\; "auto": shim when installed
+    # writes GRUB's configuration for the kernels in the target: the bootloader hook's last step
+    mkconfig: Argv = ("grub-mkconfig", "-o", "/boot/grub/grub.cfg")
 
 
 @dataclass(frozen=True)

@@ -380,6 +380,26 @@ class Settle:
         return {"kind": "settle", "timeout": self.timeout, "why": self.why}
 
 
+@dataclass(frozen=True)
+class UuidLink:
+    """The ``/dev/disk/by-uuid`` link udev makes for the file system mounted at ``mountpoint``,
+    made where udev does not run (an installer's environment, a chroot): grub-mkconfig names the
+    root by ``root=UUID=`` only when that link exists, else by its md device number, which the
+    installed system may give to another array. Nothing to do where the link is there."""
+
+    mountpoint: str
+    why: str
+
+    def describe(self) -> str:
+        return (
+            f"ln -s DEVICE /dev/disk/by-uuid/UUID for the file system mounted at {shlex.quote(self.mountpoint)} "
+            "(blkid gives UUID), unless udev made it"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "uuid-link", "mountpoint": self.mountpoint, "why": self.why}
+
+
 Step = (
     Command
     | WriteFile
@@ -395,6 +415,7 @@ Step = (
     | AddMember
     | WaitForSync
     | Settle
+    | UuidLink
 )
 
 

@@ -33,6 +33,11 @@ class HostView:
     def _p(self, path: str) -> str:
         return os.path.join(self.sysroot, path.lstrip("/"))
 
+    def at(self, path: str) -> Path:
+        """Where ``path`` of the running system is (under ``sysroot`` in tests): for the one
+        link apply makes in /dev (:class:`~esp_mirror_plugin.pipeline.steps.UuidLink`)."""
+        return Path(self._p(path))
+
     def read(self, path: str) -> str | None:
         """The file's text, or None when it does not exist or cannot be read (optional facts)."""
         try:

@@ -245,3 +245,14 @@ def debconf_values(text: str) -> dict[str, str]:
         if "Name" in fields:
             values[fields["Name"]] = fields.get("Value", "")
     return values
+
+
+def ensure_link(link: Path, points_to: Path) -> bool:
+    """A symbolic link ``link`` -> ``points_to`` (relative, as udev makes them); False when a link
+    (or file) is there already. The one link esp-mirror makes: /dev/disk/by-uuid/UUID for the
+    target's root where udev does not run (pipeline/execute.py)."""
+    if os.path.lexists(link):
+        return False
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(os.path.relpath(points_to, link.parent), link)
+    return True

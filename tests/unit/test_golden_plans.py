@@ -208,7 +208,8 @@ def test_bootloader_payload_lands_on_the_array_and_the_fallback_path(plan, profi
     steps = next(g for g in plan["groups"] if g["name"] == "bootloader")["steps"]
     if kind == "grub" and profile in ("fedora", "rhel"):  # signed GRUB and shim come as packages
         assert starting(json_commands(plan, "bootloader"), "chroot", target) == [
-            ("chroot", target, "dnf", "reinstall", "--assumeyes", "shim-x64", "grub2-efi-x64")
+            ("chroot", target, "dnf", "reinstall", "--assumeyes", "shim-x64", "grub2-efi-x64"),
+            ("chroot", target, "grub2-mkconfig", "-o", "/boot/grub2/grub.cfg"),  # the configuration, last
         ]
     elif kind == "grub":
         tool = "grub2-install" if profile == "opensuse" else "grub-install"

@@ -11,7 +11,9 @@ from conftest import BOOTLOADERS, PROFILES, assert_only_read
 from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind, spec
 
 FIRST_LINE = {
-    "write-file": lambda s: f"write {s['path']} (mode {s['mode']}):",
+    "write-file": lambda s: (
+        f"write {s['path']} (mode {s['mode']}{', ' + s['encoding'].upper() if 'encoding' in s else ''}):"
+    ),
     "edit-block": lambda s: f"edit {s['path']}: managed block",
     "copy-file": lambda s: f"copy {s['source']} -> {s['dest']}",
     "mkdir": lambda s: f"mkdir -p {shlex.quote(s['path'])}",
@@ -27,6 +29,10 @@ FIRST_LINE = {
         f"fsck.fat -n {s['device']}; when it finds damage and the FAT holds no files: {shlex.join(s['make']['argv'])}"
     ),
     "load-debconf": lambda s: f"{shlex.join(s['load']['argv'])}   (unless {s['database']} holds these answers already)",
+    "uuid-link": lambda s: (
+        f"ln -s DEVICE /dev/disk/by-uuid/UUID for the file system mounted at {shlex.quote(s['mountpoint'])} "
+        "(blkid gives UUID), unless udev made it"
+    ),
     "install-program": lambda s: (
         f"install {s['path']} (mode {s['mode']}): {s['summary']}; {s['size']} bytes, sha256 {s['sha256']}"
     ),
