@@ -7,10 +7,9 @@ The machine is :class:`conftest.Mirror` (/dev/vda1 and /dev/vdb1 in /dev/md/esp,
 
 from __future__ import annotations
 
-import re
-
 import dataclasses
 import json
+import re
 import shutil
 
 import pytest
