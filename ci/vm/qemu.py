@@ -19,6 +19,9 @@ from ci.vm.command import HOST_PATH, run_command
 from ci.vm.initrd import BEAT_MARKER
 
 _POLL_SECONDS = 0.5
+# KVM breaks OVMF here (its emulation failure), so qemu's own translator runs the guests;
+# ESP_MIRROR_VM_ACCEL, _CPU and _SMP choose others (measured in docs/numbers.md).
+TCG = "tcg"
 
 
 class VmError(RuntimeError):
@@ -172,8 +175,10 @@ def _run_qemu(
         "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot",
         "-serial", f"file:{serial_log}",
         "-serial", f"file:{heartbeat_log(serial_log)}",  # ttyS1: the installer initrd's heartbeat
-        "-machine", "q35,accel=tcg" + (",smm=on" if secure_boot else ""),
-        "-cpu", "max", "-smp", os.environ.get("ESP_MIRROR_VM_SMP", "2"), "-m", str(memory_mib),
+        "-machine", "q35" + (",smm=on" if secure_boot else ""),
+        "-accel", os.environ.get("ESP_MIRROR_VM_ACCEL", TCG),
+        "-cpu", os.environ.get("ESP_MIRROR_VM_CPU", "max"),
+        "-smp", os.environ.get("ESP_MIRROR_VM_SMP", "2"), "-m", str(memory_mib),
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_option(code)}",
         "-drive", f"if=pflash,format=raw,unit=1,file={qemu_option(vars_file)}",
     ]  # fmt: skip
