@@ -15,7 +15,7 @@ import pytest
 
 from ci.readme_installer import readme_example
 from esp_mirror_plugin.cli import _parser
-from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.errors import MEANINGS, BadInput
 from esp_mirror_plugin.pipeline.request import settings
 from esp_mirror_plugin.upkeep.metrics import FAMILIES
 
@@ -288,3 +288,11 @@ def test_the_installer_example_is_found_in_the_readme():
     compile(example, "README.md (installer example)", "exec")
     hooks = re.findall(r"pm\.hook\.(\w+)\(", example)
     assert hooks == ["pre_partition", "post_format", "initramfs_config", "bootloader"]
+
+
+def test_the_readme_says_each_exit_code_in_the_words_of_the_code():
+    """README's table, --help and the manual page say one meaning per exit code: errors.MEANINGS."""
+    rows = table_rows(README, "Exit codes")
+    assert {int(code): meaning.replace("`", "") for code, meaning in rows} == {
+        int(code): meaning for code, meaning in MEANINGS.items()
+    }

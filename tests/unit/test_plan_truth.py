@@ -15,7 +15,7 @@ from conftest import KVER, FakeHost, Machine, assert_only_read, commands
 
 from esp_mirror_plugin import cli, hookimpl, host
 from esp_mirror_plugin.cli import install as cli_install
-from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.errors import BadInput, ExitCode
 from esp_mirror_plugin.pipeline.context import prepare
 from esp_mirror_plugin.pipeline.execute import Applier, PlanRecorder
 from esp_mirror_plugin.pipeline.request import Request
@@ -93,13 +93,13 @@ def test_an_unexpected_exception_is_one_line_and_debug_shows_the_traceback(two_d
 
     monkeypatch.setattr(cli_install, "prepare", broken)
     outcome = two_disks.cli("plan", *two_disks.args())
-    assert outcome.code == 1
+    assert outcome.code == ExitCode.INTERNAL_ERROR == 70
     assert outcome.err == (
         "esp-mirror: internal error: ZeroDivisionError: division by zero (this is a bug; run "
         "again with --debug for the traceback and report it)\n"
     )
     debug = two_disks.cli("--debug", "plan", *two_disks.args())
-    assert debug.code == 1 and "Traceback (most recent call last)" in debug.err and "in broken" in debug.err
+    assert debug.code == 70 and "Traceback (most recent call last)" in debug.err and "in broken" in debug.err
 
 
 # -- a reviewed plan binds apply -----------------------------------------------------------------
