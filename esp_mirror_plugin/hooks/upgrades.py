@@ -31,6 +31,8 @@ from esp_mirror_plugin.system.target import Target
 PRESEED = "/etc/esp-mirror/debconf.preseed"
 DEBCONF_DB = "var/cache/debconf"
 RELAX = "SYSTEMD_RELAX_ESP_CHECKS"
+SYSTEM_CONF_DROPIN = "etc/systemd/system.conf.d/90-esp-mirror.conf"  # systemd's DefaultEnvironment
+BOOT_UPDATE_DROPIN = "etc/systemd/system/systemd-boot-update.service.d/90-esp-mirror.conf"
 
 # (file, section, key) fwupd reads the ESP's mount point from, by the files its version ships
 FWUPD_19 = (("etc/fwupd/fwupd.conf", "fwupd", "EspLocation"),)
@@ -92,13 +94,13 @@ def _relaxed_esp_checks(profile: Profile, target: Target, bootloader: Bootloader
     if profile.init is Init.SYSTEMD:
         steps += [
             WriteFile(
-                target.path("etc/systemd/system.conf.d/90-esp-mirror.conf"),
+                target.path(SYSTEM_CONF_DROPIN),
                 f"# esp-mirror: {why}\n[Manager]\nDefaultEnvironment={RELAX}=1\n",
                 why=why + " (services such as unattended-upgrades)",
                 root=target.root,
             ),
             WriteFile(
-                target.path("etc/systemd/system/systemd-boot-update.service.d/90-esp-mirror.conf"),
+                target.path(BOOT_UPDATE_DROPIN),
                 f"# esp-mirror: {why}\n[Service]\nEnvironment={RELAX}=1\n",
                 why=why + " (bootctl update at boot)",
                 root=target.root,
