@@ -949,8 +949,6 @@ class Mirror(Machine):
         """md left ``node`` out ("kicking non-fresh"): not in the array, nothing holds the partition,
         its superblock still names the array, with the event count it had when it went away."""
         self.take_out(node)
-        for holder in (self._sys(os.path.basename(node)) / "holders").iterdir():
-            holder.unlink()
         self.superblocks[node] = superblock(ARRAY_UUID, events=events)
 
     def set_md(self, **attrs: object) -> None:
@@ -977,10 +975,14 @@ class Mirror(Machine):
         return sorted(f"/dev/{d.name[4:]}" for d in self.md.glob("dev-*"))
 
     def take_out(self, node: str) -> None:
-        """What `mdadm /dev/md/esp --fail NODE --remove NODE` leaves: one member fewer, degraded."""
+        """What `mdadm /dev/md/esp --fail NODE --remove NODE` leaves: one member fewer, degraded, and
+        the partition held by nothing (its superblock still names the array: heal takes it back)."""
         for path in sorted((self.md / f"dev-{os.path.basename(node)}").iterdir()):
             path.unlink()
         (self.md / f"dev-{os.path.basename(node)}").rmdir()
+        holders = self._sys(os.path.basename(node)) / "holders"
+        for holder in holders.iterdir() if holders.is_dir() else ():
+            holder.unlink()
         self.set_md(degraded=int(self.md_attr("degraded")) + 1, array_state="clean")
 
     def lose_disk(self, name: str) -> None:
