@@ -72,6 +72,9 @@ class Profile:
     # debconf answers for package upgrades ("owner question" -> "type value"; {array_uuid} is
     # filled in): what GRUB's and shim's maintainer scripts read before they run grub-install
     debconf: Mapping[str, str] = field(default_factory=dict)
+    # the installed system assembles md with mdadm (its udev rules, its generator hook), so a
+    # target without mdadm is refused; false: the distribution assembles md another way
+    needs_mdadm: bool = True
     name: str = field(default="", metadata=NOT_IN_YAML)
     source: str = field(default="", metadata=NOT_IN_YAML)
 

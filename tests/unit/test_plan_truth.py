@@ -172,6 +172,7 @@ def test_prepare_looks_at_nothing_in_an_empty_target_and_each_hook_reads_it_when
     (target / "lib/modules" / KVER).mkdir(parents=True)  # the installer installs the kernel ...
     (target / "etc/init.d").mkdir(parents=True)
     (target / "etc/init.d/mdadm-raid").write_text("#!/sbin/openrc-run\n")  # ... and mdadm
+    machine.add_target_programs("mdadm", root=target)
     pm.hook.post_format(ctx=ctx)
     pm.hook.initramfs_config(ctx=ctx)
 
@@ -223,6 +224,7 @@ def test_bind_mounts_come_right_before_the_first_command_in_the_target_and_are_u
         pm.hook.post_format(ctx=ctx)  # debian: nothing runs in the target here
         assert not any(argv[:2] == ("mount", "--bind") for argv in commands(recorder.groups))
         (target / "lib/modules" / KVER).mkdir(parents=True)  # the installer installed the system
+        machine.add_target_programs("mdadm", root=target)
         pm.hook.initramfs_config(ctx=ctx)
     initramfs = [g for g in recorder.groups if g.name == "initramfs_config"]
     assert [type(s).__name__ for s in initramfs[0].steps][:6] == ["MakeDir", "Command"] * 3  # no /proc yet
