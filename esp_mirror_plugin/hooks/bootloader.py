@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from esp_mirror_plugin.hooks import bootentries, secureboot
+from esp_mirror_plugin.hooks import bootentries, installed, secureboot
 from esp_mirror_plugin.pipeline import record as records
 from esp_mirror_plugin.pipeline.bootloaders import arch_names, fallback_name, on_esp, spec
 from esp_mirror_plugin.pipeline.layout import Layout
@@ -29,7 +29,7 @@ def loader_path(request: Resolved, profile: Profile, has_shim: bool) -> str:
 
 def payload_steps(request: Resolved, profile: Profile, layout: Layout) -> tuple[Step, ...]:
     """What goes on the ESP for the kind asked (its loader and the fallback path's copy)."""
-    return spec(request.bootloader).payload(request, profile, layout.esp_dir)
+    return spec(request.bootloader).payload(request, profile, layout.esp_dir, layout.nvram)
 
 
 def shim_fallback_steps(request: Resolved, profile: Profile, layout: Layout, target: Target) -> tuple[Step, ...]:
@@ -84,9 +84,14 @@ def plan(
     )
     signing = secureboot.notes(request, snapshot, target, loader, arch_names(request.arch)[0])
     if not layout.nvram:
+        later = (
+            "; `esp-mirror entries` on the installed system makes them, one per disk, once it runs with EFI variables"
+            if installed.puts_esp_mirror(target)
+            else ""  # esp-mirror is not put there: nothing there to make them
+        )
         return steps, (
             "no NVRAM boot entries (--no-nvram or no EFI variables): the firmware boots "
-            f"each disk through \\EFI\\BOOT\\{fallback_name(request.arch)}",
+            f"each disk through \\EFI\\BOOT\\{fallback_name(request.arch)}{later}",
             *signing,
         )
     members = entry_members(layout)

@@ -53,6 +53,13 @@ class Setup:
     fs_uuid: str  # the FAT's on the array (XXXX-XXXX): what is mounted at the mount point
 
 
+def puts_esp_mirror(target: Target) -> bool:
+    """Does this group put esp-mirror on the installed system? Only where a usable python3 runs
+    it: the plan's words about running esp-mirror there depend on this."""
+    python = target.python()
+    return python is not None and python.usable
+
+
 def program_step(target: Target) -> InstallProgram:
     app = zipapp.build()
     return InstallProgram(
@@ -86,7 +93,7 @@ def plan(setup: Setup) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     steps: list[Step] = []
     notes: list[str] = []
     python = target.python()
-    usable = python is not None and python.usable
+    usable = puts_esp_mirror(target)
     if usable:
         steps += [program_step(target), manual_step(target)]
         missing = [p for p in UPKEEP_PROGRAMS if not target.has_program(p)]
@@ -117,9 +124,11 @@ def plan(setup: Setup) -> tuple[tuple[Step, ...], tuple[str, ...]]:
         steps += heal_steps
         notes += heal_notes
     upgrade_steps, upgrade_notes = upgrades.plan(
-        profile, target, setup.array_uuid, setup.mountpoint, setup.bootloader, setup.loader_id
+        profile, target, setup.array_uuid, setup.mountpoint, setup.bootloader, setup.loader_id, esp_mirror=usable
     )
     manager = profile.packages.install[0]
-    callers = anycaller.plan(target, setup.mountpoint, setup.bootloader, setup.fs_uuid, setup.device, manager)
+    callers = anycaller.plan(
+        target, setup.mountpoint, setup.bootloader, setup.fs_uuid, setup.device, manager, esp_mirror=usable
+    )
     caller_notes = anycaller.notes(target, setup.mountpoint, setup.bootloader)
     return (*steps, *upgrade_steps, *callers), (*notes, *upgrade_notes, *caller_notes)
