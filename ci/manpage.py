@@ -32,7 +32,7 @@ from pathlib import Path
 
 from argparse_manpage.manpage import Manpage, _ManpageFormatter
 
-from esp_mirror_plugin import __version__, cli
+from esp_mirror_plugin import __version__, cli, completion
 from esp_mirror_plugin.hooks import anycaller, heal, initramfs, installed, periodic, upgrades
 from esp_mirror_plugin.host import BLOCK_PLUGINS_ENV
 from esp_mirror_plugin.man import FILE
@@ -144,6 +144,11 @@ FILES = _items(
         (
             installed.MANUAL,
             "This manual page, written with it (a pip install has it in its prefix, share/man/man8/esp-mirror.8).",
+        ),
+        (
+            installed.COMPLETION,
+            "esp-mirror's bash completion, written with it (a pip install has it in its prefix, "
+            f"share/bash-completion/completions/{completion.FILE}).",
         ),
         (_root(record.PATH), "What apply set up, which the commands after install read."),
         (

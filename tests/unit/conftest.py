@@ -548,15 +548,21 @@ class Machine:
 
     def normalize(self, text: str) -> str:
         """Output with this test's tmp dir written as @TMP@, the plan digest (which covers that path)
-        as @DIGEST@, esp-mirror's zip application as @ZIPAPP@ and its manual page as @MANPAGE@ (whose
-        bytes tests/unit/test_manpage.py checks), for comparison with fixed files."""
+        as @DIGEST@, esp-mirror's zip application as @ZIPAPP@, its manual page as @MANPAGE@ and its
+        bash completion as @COMPLETION@ (whose bytes tests/unit/test_manpage.py and
+        test_completion.py check), for comparison with fixed files."""
         text = re.sub(r"\bdigest [0-9a-f]{64}\b", "digest @DIGEST@", text.replace(str(self.root), "@TMP@"))
         # the zip application's contents (versions of the packages in this venv), size and checksum
         zipapp = r"zip application \(.*?\), (.*?); \d+ bytes, sha256 [0-9a-f]{64}"
         text = re.sub(zipapp, r"zip application (@ZIPAPP@), \1", text)
-        return re.sub(
+        text = re.sub(
             r"manual page esp-mirror\(8\) \(.*?\); \d+ bytes, sha256 [0-9a-f]{64}",
             "manual page esp-mirror(8) (@MANPAGE@)",
+            text,
+        )
+        return re.sub(  # the bash completion, whose bytes tests/unit/test_completion.py checks
+            r"bash completion of esp-mirror \(.*?\); \d+ bytes, sha256 [0-9a-f]{64}",
+            "bash completion of esp-mirror (@COMPLETION@)",
             text,
         )
 

@@ -169,3 +169,14 @@ def test_man_finds_the_page_of_a_pip_install_from_the_venvs_bin_on_path(venv):
     assert shown.stdout.split(maxsplit=1)[0] == "ESP-MIRROR(8)" and "\nSYNOPSIS\n" in shown.stdout
     elsewhere = man(venv, "-w", "esp-mirror", path="/usr/bin:/bin")  # found through the venv's bin only
     assert str(page) not in elsewhere.stdout
+
+
+@pytest.mark.real_processes
+def test_a_pip_install_puts_the_bash_completion_where_bash_completion_looks_from_the_venvs_bin(venv, installed):
+    """bash-completion looks for a command's script in <prefix>/share/bash-completion/completions,
+    <prefix> being where the command's bin/ is; the package carries it too (apply installs it)."""
+    shipped = (REPO / "esp_mirror_plugin" / "completion" / "esp-mirror").read_bytes()
+    assert (venv / "bin/esp-mirror").is_file()
+    assert (venv / "share/bash-completion/completions/esp-mirror").read_bytes() == shipped
+    target, _ = installed
+    assert (target / "esp_mirror_plugin" / "completion" / "esp-mirror").read_bytes() == shipped
