@@ -198,6 +198,7 @@ class Machine:
         for unit in TARGET_UNITS:
             (units / unit).write_text("[Unit]\n")
         self.add_target_python()
+        # mdadm among them: a target without it is refused (tests/unit/test_bad_input.py)
         self.add_target_programs(*installed.UPKEEP_PROGRAMS, "debconf-set-selections")
         (self.target / "var/cache/debconf").mkdir(parents=True)  # debconf's database
         (self.target / "etc/init.d").mkdir()
