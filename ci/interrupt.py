@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ci import adoptable
-from esp_mirror_plugin.hooks.installed import MANUAL
+from esp_mirror_plugin.hooks.installed import COMPLETION, MANUAL
 from esp_mirror_plugin.pipeline import record
 from esp_mirror_plugin.pipeline.fat import fsck_problems
 from esp_mirror_plugin.system.discovery import HostView
@@ -54,6 +54,7 @@ SAVED = ("/etc/fstab", "/etc/mdadm/mdadm.conf")
 INSTALLED = (  # written by apply
     "/usr/local/sbin/esp-mirror",
     MANUAL,
+    COMPLETION,
     "/etc/udev/rules.d/65-esp-mirror-heal.rules",
 )
 

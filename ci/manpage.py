@@ -7,6 +7,10 @@ SYNOPSIS, DESCRIPTION and every command with its options come from the parser
 files, examples, see also) are written below, once, with the paths taken from the modules that
 write them. tests/unit/test_manpage.py regenerates the page and fails when the shipped one differs.
 
+argparse wraps the text at :data:`WIDTH` columns whatever the terminal, so the page is the same
+wherever it is made; each usage is set without filling (``.nf``), as argparse wraps it, and the
+page has no hyphenation (``.nh``): its words are options, commands and paths.
+
 Regenerate (after changing an option, a help text or a section here)::
 
     ci/manpage            # writes esp_mirror_plugin/man/esp-mirror.8
@@ -19,28 +23,35 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import re
 import sys
 import tomllib
 from pathlib import Path
 
-from argparse_manpage.manpage import Manpage
+from argparse_manpage.manpage import Manpage, _ManpageFormatter
 
-from esp_mirror_plugin import __version__, cli
-from esp_mirror_plugin.hooks import anycaller, heal, installed, periodic, upgrades
+from esp_mirror_plugin import __version__, cli, completion
+from esp_mirror_plugin.hooks import anycaller, heal, initramfs, installed, periodic, upgrades
 from esp_mirror_plugin.host import BLOCK_PLUGINS_ENV
 from esp_mirror_plugin.man import FILE
 from esp_mirror_plugin.pipeline import record
+from esp_mirror_plugin.pipeline.kinds import OwnCheck
 from esp_mirror_plugin.pipeline.profiles import builtin_names, load_profile
 from esp_mirror_plugin.pipeline.request import METRICS_DIR
-from esp_mirror_plugin.system import state
+from esp_mirror_plugin.system import lock, state
 from esp_mirror_plugin.upkeep import metrics
+from esp_mirror_plugin.upkeep.commands import WORK_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 REGENERATE = "ci/manpage"  # the one command that writes the page again
 SECTION = 8
 MANUAL = "System Manager's Manual"
+# argparse wraps the usage lines and help texts at this width, whatever the terminal's: the page
+# is the same wherever it is made, and a usage line (7 columns in, in a command's subsection)
+# fits an 80-column man(1) as argparse wrapped it
+WIDTH = 71
 _TH_DATE = re.compile(r'^\.TH \S+ "[^"]*" "([^"]*)"', re.MULTILINE)
 
 
@@ -53,6 +64,51 @@ def _roff(text: str) -> str:
 def _items(items: list[tuple[str, str]]) -> str:
     """A tagged list: each (term, text) a .TP paragraph, the term in bold."""
     return "\n".join(f".TP\n.B {_roff(term)}\n{_roff(text)}" for term, text in items)
+
+
+def usage(parser: argparse.ArgumentParser) -> str:
+    """The parser's usage as argparse wraps it (at :data:`WIDTH`), without its "usage: " prefix:
+    under the command's heading (or SYNOPSIS) it says nothing, and its 7 columns keep the longest
+    line of apply's usage within an 80-column man(1)."""
+    formatter = argparse.HelpFormatter(parser.prog, width=WIDTH)
+    formatter.add_usage(parser.usage, parser._actions, parser._mutually_exclusive_groups, prefix="")
+    return formatter.format_help().strip("\n")
+
+
+def _no_fill(text: str) -> str:
+    """Lines as they are: no filling, no adjusting, no hyphenation (``.nf`` ... ``.fi``)."""
+    return f".nf\n{text}\n.fi"
+
+
+class _Formatter(_ManpageFormatter):  # type: ignore[misc]
+    """argparse-manpage's formatter, but a command's usage renders as argparse wraps it (its own
+    line breaks and indentation, no filling or hyphenation: :func:`usage`), and a command whose
+    description is its help text says it once."""
+
+    def _format_parser(
+        self,
+        parser: argparse.ArgumentParser,
+        subcommand: str | None = None,
+        aliases: list[str] | None = None,
+        help: str | None = None,
+        extra_description: str | None = None,
+    ) -> list[str]:
+        if subcommand and parser.description == help:
+            parser.description = None  # the help text above the usage says it already
+        lines: list[str] = super()._format_parser(parser, subcommand, aliases, help, extra_description)
+        if subcommand:
+            filled = self.format_text(parser.format_usage())  # what argparse-manpage put there
+            lines[lines.index(filled)] = _no_fill(self.format_text(usage(parser)))
+        return lines
+
+
+def _fixed_width(parser: argparse.ArgumentParser) -> None:
+    """The parser (and its commands' parsers) format at :data:`WIDTH` columns."""
+    parser.formatter_class = functools.partial(parser.formatter_class, width=WIDTH)  # type: ignore[call-arg]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _fixed_width(sub)
 
 
 def _root(path: str) -> str:
@@ -74,11 +130,39 @@ def _mdadm_confs() -> str:
     return " or ".join(sorted(paths))
 
 
+def _cron_files() -> str:
+    """The weekly check's and the metrics' scripts where the profile's own check is cron's."""
+    kinds = [OwnCheck.CRON_WEEKLY, OwnCheck.PERIODIC_WEEKLY]
+    weekly = [_root(f"{periodic.CRON_DIRS[kind]}/{periodic.UNIT}") for kind in kinds]
+    often = [_root(f"{periodic.REFRESH_DIRS[kind][0]}/{periodic.METRICS_UNIT}") for kind in kinds]
+    return f"{' or '.join(weekly)}, and {' or '.join(often)}"
+
+
 FILES = _items(
     [
         (heal.PROGRAM, "esp-mirror on the installed system: one Python zip application, written by apply and refresh."),
-        (installed.MANUAL, "This manual page, written with it."),
+        (
+            installed.MANUAL,
+            "This manual page, written with it (a pip install has it in its prefix, share/man/man8/esp-mirror.8).",
+        ),
+        (
+            installed.COMPLETION,
+            "esp-mirror's bash completion, written with it (a pip install has it in its prefix, "
+            f"share/bash-completion/completions/{completion.FILE}).",
+        ),
         (_root(record.PATH), "What apply set up, which the commands after install read."),
+        (
+            _mdadm_confs(),
+            "The array's ARRAY line, in a block marked as esp-mirror's (the path is the profile's).",
+        ),
+        ("/etc/fstab", "The mount of the array's FAT at the mount point, in a block marked as esp-mirror's."),
+        (
+            f"{_root(initramfs.DRACUT_DROPIN)}, {_root(initramfs.MKINITCPIO_DROPIN)}, {_root(initramfs.MKINITFS_CONF)}",
+            "The initramfs generator's settings for the array, as the profile's generator has them: a dracut "
+            f"drop-in, a mkinitcpio drop-in (a marked block in {_root(initramfs.MKINITCPIO_CONF)} for a "
+            "mkinitcpio before 36, profile key dropin_dir: false), the raid feature in a marked block for "
+            "mkinitfs; initramfs-tools needs none.",
+        ),
         (
             f"/{state.STATE_DIR}/",
             f"State: {_in_state(state.HISTORY)} (one line per heal, replace, add and repair), "
@@ -87,38 +171,69 @@ FILES = _items(
             f"{_in_state(state.ADOPT_BACKUPS)}/ (adopt's backups), the files repair overwrites (its "
             f"--backup-dir), {_in_state(state.INITRAMFS_STAMP)} (what the initramfs was last rebuilt from).",
         ),
-        (_mdadm_confs(), "The array's ARRAY line, in a block marked as esp-mirror's (the path is the profile's)."),
-        ("/etc/fstab", "The mount of the array's FAT at the mount point, in a block marked as esp-mirror's."),
         (
-            "/etc/systemd/system/esp-mirror-heal.service, esp-mirror-heal@.service, "
-            "/etc/udev/rules.d/65-esp-mirror-heal.rules",
-            "heal at boot and when a member's partition appears (systemd); elsewhere "
-            "/etc/local.d/esp-mirror-heal.start (OpenRC) or a block in /etc/rc.local.",
+            "/etc/systemd/system/esp-mirror-heal.service, esp-mirror-heal@.service",
+            "heal at boot, and for a member's partition that appears (systemd); /etc/udev/rules.d/"
+            "65-esp-mirror-heal.rules starts it. Elsewhere heal runs at boot from /etc/local.d/"
+            "esp-mirror-heal.start (OpenRC) or a marked block in /etc/rc.local.",
         ),
         (
-            f"/etc/systemd/system/{periodic.UNIT}.timer, {periodic.METRICS_UNIT}.timer",
+            f"/etc/systemd/system/{periodic.UNIT}.timer, {periodic.UNIT}.service, {periodic.METRICS_UNIT}.timer, "
+            f"{periodic.METRICS_UNIT}.service",
             f"The weekly check and the refresh of the metrics ({metrics.FILE_NAME} in the node_exporter "
-            f"textfile directory, by default {METRICS_DIR}); elsewhere cron or periodic scripts.",
+            f"textfile directory, by default {METRICS_DIR}). Without systemd: {_cron_files()}.",
         ),
         (
             upgrades.PRESEED,
-            "Settings package upgrades read: the debconf answers of GRUB and shim (Debian, Ubuntu); "
-            f"{upgrades.RELAX}=1 in /etc/environment and systemd's environment; the ESP's mount point "
-            "for fwupd.",
+            "The debconf answers of the GRUB and shim packages (Debian, Ubuntu): their upgrades run "
+            "grub-install onto the array without touching NVRAM and refresh the fallback path. Loaded "
+            "with debconf-set-selections by apply and refresh.",
+        ),
+        (
+            f"/etc/environment, {_root(upgrades.SYSTEM_CONF_DROPIN)}, {_root(upgrades.BOOT_UPDATE_DROPIN)}",
+            f"{upgrades.RELAX}=1 where bootctl is installed (systemd-boot): bootctl accepts the ESP on md only "
+            "with it. A marked block for logins and sudo, drop-ins for systemd's services and "
+            "systemd-boot-update.service.",
+        ),
+        (
+            ", ".join(sorted({_root(path) for path, _, _ in (*upgrades.FWUPD_19, *upgrades.FWUPD_18)})),
+            "Where fwupd is installed, the ESP's mount point for its capsules, in a marked block: "
+            + "; ".join(
+                f"{key} in [{section}] of {_root(path).rsplit('/', 1)[1]}"
+                for path, section, key in (*upgrades.FWUPD_19, *upgrades.FWUPD_18)
+            )
+            + " (by the files its version reads).",
         ),
         (
             anycaller.GUARD,
             "Stops kernel and bootloader hooks loudly when the mirror is not mounted; run from "
-            f"{', '.join(anycaller.HOOK_DIRS)}, {anycaller.KERNEL_INSTALL_PLUGIN}, {anycaller.APT_HOOK} "
-            f"and {anycaller.PACMAN_HOOK}, as each distribution has them. bootctl is wrapped "
-            f"({anycaller.BOOTCTL}, its original kept as {anycaller.DIVERTED}, or {anycaller.LOCAL_BOOTCTL}).",
+            f"{', '.join(f'{d}/{anycaller.HOOK_NAME}' for d in anycaller.HOOK_DIRS)}, "
+            f"{anycaller.KERNEL_INSTALL_PLUGIN}, {anycaller.APT_HOOK} and {anycaller.PACMAN_HOOK}, as each "
+            f"distribution has them. kernel-install is told where the ESP is (BOOT_ROOT in a marked block of "
+            f"{anycaller.INSTALL_CONF}). bootctl is wrapped ({anycaller.BOOTCTL}, its original kept as "
+            f"{anycaller.DIVERTED}, or {anycaller.LOCAL_BOOTCTL}).",
+        ),
+        (
+            lock.PATH,
+            "One esp-mirror at a time: apply, adopt and every command after install but status hold a lock "
+            "on it while they run, and write into it who holds it (pid, command line, since when); status "
+            "shows it, and a second command waits for it, then names that holder.",
+        ),
+        (
+            f"{WORK_DIR}/",
+            "Private scratch directories check and repair copy the members' files into, removed afterwards.",
         ),
     ]
 )
 
-# Examples of the commands after install, beside the parser's own (its epilog's "examples:")
+
+# Examples of the commands after install, beside the parser's own (its epilog's "examples:");
+# tests/unit/test_manpage.py parses each and checks what it can of them (adopt: two disks).
 MORE_EXAMPLES = [
-    ("esp-mirror adopt --dry-run --disk /dev/sdb", "how a running system's ESP would be taken into a mirror"),
+    (
+        "sudo esp-mirror adopt --dry-run --disk /dev/sda --disk /dev/sdb",
+        "how this running system's ESP (on /dev/sda) would be taken into a mirror with /dev/sdb (changes nothing)",
+    ),
     ("sudo esp-mirror check", "md's consistency check, then a comparison of the members' files"),
     ("sudo esp-mirror replace --old missing --new /dev/sdc", "a new disk in place of a failed one"),
     ("sudo esp-mirror repair --source auto", "every member made equal to the one the firmware booted from"),
@@ -175,14 +290,18 @@ def render(date: str) -> str:
         raise EpilogError(f"the epilog's {unknown} have no section in the page: add them to EPILOG_SECTIONS")
     parser.epilog = None  # its blocks are sections of their own, not one COMMENTS paragraph
     blocks["examples"] = blocks.get("examples", []) + MORE_EXAMPLES
+    _fixed_width(parser)
     page = Manpage(parser, format="single-commands-section")
+    page.mf = _Formatter(page.prog, page.formatter, format=page.format)
     page.description = _summary()
     page.source = f"esp-mirror {__version__}"
     page.manual = MANUAL
     page.section = SECTION
     page.date = date
     sections = {EPILOG_SECTIONS[heading]: _items(items) for heading, items in blocks.items()}
+    synopsis = _roff(usage(parser)).replace("esp\\-mirror", "\\fBesp\\-mirror\\fR", 1)
     for heading, content in (
+        ("synopsis", _no_fill(synopsis)),
         ("exit status", sections.get("exit status")),
         ("environment", ENVIRONMENT),
         ("files", FILES),
@@ -191,7 +310,9 @@ def render(date: str) -> str:
     ):
         if content:
             page.add_section(heading, "=", content)
-    return str(page)
+    # no hyphenation and a ragged right margin on the whole page: it is made of option names,
+    # commands and paths, which a hyphen or a stretched space would misquote
+    return re.sub(r"^(\.TH .*\n)", r"\1.nh\n.ad l\n", str(page), count=1)
 
 
 def date_of(text: str) -> str | None:

@@ -1,4 +1,30 @@
-"""The two ways esp-mirror stops, each with its own exit code."""
+"""esp-mirror's exit codes, each with its one meaning, and the two ways it stops on purpose."""
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """What esp-mirror exits with. :data:`MEANINGS` says each once: ``--help`` (the parser's
+    epilog), the manual page, README's table and the Ansible modules say the same words
+    (tests/unit/test_cli_help.py, test_docs.py and test_ansible_modules.py hold them to it)."""
+
+    DONE = 0
+    PROBLEMS = 1  # problems found, or a step failed
+    BAD_INPUT = 2
+    INTERNAL_ERROR = 70  # EX_SOFTWARE of sysexits.h: distinct from every code esp-mirror means
+    INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command Ctrl-C stopped
+
+
+MEANINGS = {
+    ExitCode.DONE: "done; status: the mirror is healthy; check: the members are identical",
+    ExitCode.PROBLEMS: "problems found (status, check: they are listed; heal: a member was left out), or a step "
+    "failed (the message names it): fix the cause and run the same command again, it continues from there",
+    ExitCode.BAD_INPUT: "bad input, or the confirmation was not given: nothing was changed (one line names the "
+    "problem and the fix); status: esp-mirror is not set up here",
+    ExitCode.INTERNAL_ERROR: "internal error: a bug in esp-mirror, said in one line; run the command again with "
+    "--debug for the traceback and report it",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C): run the same command again, it continues from where it stopped",
+}
 
 
 class BadInput(Exception):
@@ -7,7 +33,7 @@ class BadInput(Exception):
     The message is one line that names the problem and the fix.
     """
 
-    exit_code = 2
+    exit_code = ExitCode.BAD_INPUT
 
 
 class StepFailed(Exception):
@@ -17,7 +43,7 @@ class StepFailed(Exception):
     so running apply again continues from where this stopped.
     """
 
-    exit_code = 1
+    exit_code = ExitCode.PROBLEMS
 
     def __init__(self, group: str, step: str, detail: str) -> None:
         self.group = group

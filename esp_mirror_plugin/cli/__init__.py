@@ -1,6 +1,7 @@
 """esp-mirror command line: plan, apply, profiles and the upkeep commands.
 
-The exit codes are :data:`EPILOG`'s. This module only parses: the module that carries a
+The exit codes are :class:`~esp_mirror_plugin.errors.ExitCode`'s, as :data:`EPILOG` shows them.
+This module only parses: the module that carries a
 command out (:mod:`.install` or :mod:`.upkeep`) is imported once the command is known, so
 ``--version`` or ``plan`` load no more than they need.
 """
@@ -12,11 +13,12 @@ import importlib
 import os
 import shlex
 import sys
+import textwrap
 import traceback
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from esp_mirror_plugin import __version__
-from esp_mirror_plugin.errors import BadInput, StepFailed
+from esp_mirror_plugin.errors import MEANINGS, BadInput, ExitCode, StepFailed
 from esp_mirror_plugin.pipeline.request import Kind, choices, default_of, settings
 from esp_mirror_plugin.system.state import ADOPT_BACKUPS
 from esp_mirror_plugin.upkeep.table import CHANGING, UPKEEP, Option
@@ -32,25 +34,32 @@ them with md RAID1 (metadata 1.0: the superblock at the end, so the firmware
 sees a plain FAT32 on each disk), with one firmware boot entry per disk: the
 machine boots from any of its disks alone. plan shows every command and file
 write; apply carries out the very same steps."""
-EPILOG = """\
+EXAMPLES = """\
 examples:
   esp-mirror plan --disk /dev/sda --disk /dev/sdb
       what would be done (changes nothing; root is not needed)
   sudo esp-mirror apply --disk /dev/sda --disk /dev/sdb
       do it (shows the plan and asks first)
   sudo esp-mirror status
-      the mirror's health
+      the mirror's health"""
 
-exit codes:
-  0    done; status, check: the mirror is healthy
-  1    a step failed: fix the cause and run the same command again, it
-       continues from there; status, check: problems found (they are
-       listed); heal: a member of the mirror was left out; or an internal
-       error (a bug: --debug shows the traceback)
-  2    bad input, or the confirmation was not given: nothing was changed;
-       status: esp-mirror is not set up here
-  130  interrupted (Ctrl-C): run the same command again, it continues from
-       where it stopped"""
+
+def _exit_codes() -> str:
+    """The epilog's "exit codes:" block: each code with its meaning (errors.MEANINGS), wrapped."""
+    lines = ["exit codes:"]
+    for code, meaning in MEANINGS.items():
+        lines += textwrap.wrap(
+            meaning,
+            width=76,
+            initial_indent=f"  {code:<4} ",
+            subsequent_indent=" " * 7,
+            break_on_hyphens=False,
+            break_long_words=False,
+        )
+    return "\n".join(lines)
+
+
+EPILOG = f"{EXAMPLES}\n\n{_exit_codes()}"
 
 
 def is_root() -> bool:
@@ -209,7 +218,7 @@ def main(
         return exc.exit_code
     except BrokenPipeError:  # `esp-mirror plan ... | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return ExitCode.DONE
     except StepFailed as exc:
         print(
             f"esp-mirror: error: [{exc.group}] step failed: {exc.step}\n{exc.detail}\n"
@@ -219,16 +228,17 @@ def main(
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"esp-mirror: interrupted. {_after_failure(args)}", file=err)
-        return 130
+        return ExitCode.INTERRUPTED
     except Exception as exc:  # a bug: one line, the traceback only when asked for
         if args.debug:
             traceback.print_exc(file=err)
+        said = " ".join(str(exc).split())  # one line, whatever the exception's text holds
         print(
-            f"esp-mirror: internal error: {type(exc).__name__}: {exc} (this is a bug; run again with "
+            f"esp-mirror: internal error: {type(exc).__name__}: {said} (this is a bug; run again with "
             "--debug for the traceback and report it)",
             file=err,
         )
-        return 1
+        return ExitCode.INTERNAL_ERROR
 
 
 def _after_failure(args: argparse.Namespace) -> str:

@@ -57,13 +57,15 @@ PACMAN_TARGETS = ("linux*", "mkinitcpio", "systemd")
 APT = ("apt-get", "apt")
 
 
-def guard(mountpoint: str, fs_uuid: str, device: str, packages: tuple[str, ...]) -> str:
-    """The guard script: exit 0 when the mirror's FAT is mounted at ``mountpoint``, else say so.
+def guard(mountpoint: str, fs_uuid: str, device: str, packages: tuple[str, ...], esp_mirror: bool = True) -> str:
+    """The guard script: exit 0 when the mirror's FAT is mounted at ``mountpoint``, else say so
+    (and that `esp-mirror status` shows the mirror, where ``esp_mirror`` is put there).
 
     With ``--apt`` it reads the package files apt is about to unpack (DPkg::Pre-Install-Pkgs) and
     checks only when one of them is one of ``packages`` (name prefixes).
     """
     names = "|".join(f"{p}*" for p in packages) or "-"
+    status = "; \\`esp-mirror status\\` shows the mirror" if esp_mirror else ""
     return f"""#!/bin/sh
 # esp-mirror: is the mirrored ESP ({device}, FAT UUID {fs_uuid}) mounted at {mountpoint}?
 # Run before an update writes there (a kernel, an initramfs, the bootloader's package): without
@@ -81,7 +83,7 @@ found=$(findmnt -n -o UUID --mountpoint {mountpoint} 2>/dev/null)
 echo "esp-mirror: the mirrored ESP ({device}, FAT UUID {fs_uuid}) is not mounted at {mountpoint}" \\
      "${{found:+(FAT $found is) }}so this update cannot put its files there: assemble and mount it" \\
      "(\\`mdadm --assemble --scan; mount {mountpoint}\\`), then run the update again" \\
-     "(\\`dpkg --configure -a\\` for a package left half configured); \\`esp-mirror status\\` shows the mirror" >&2
+     "(\\`dpkg --configure -a\\` for a package left half configured){status}" >&2
 exit 1
 """
 
@@ -204,13 +206,20 @@ def _pacman_hook() -> str:
 
 
 def plan(
-    target: Target, mountpoint: str, bootloader: BootloaderKind, fs_uuid: str, device: str, manager: str
+    target: Target,
+    mountpoint: str,
+    bootloader: BootloaderKind,
+    fs_uuid: str,
+    device: str,
+    manager: str,
+    esp_mirror: bool = True,
 ) -> tuple[Step, ...]:
     """The steps of this module for the installed system ``target``.
 
     :param manager: the distribution's package manager (the profile's install command): apt's
         and pacman's hooks stop a transaction that would miss the ESP; dpkg's kernel hooks run
         the guard.
+    :param esp_mirror: esp-mirror is put on the installed system (the guard's message names it).
     """
     steps: list[Step] = list(_bootctl(target, mountpoint))
     kernels = spec(bootloader).kernels_on_esp  # systemd-boot: kernel updates write to the ESP
@@ -221,7 +230,7 @@ def plan(
         steps.append(
             WriteFile(
                 target.path(GUARD),
-                guard(mountpoint, fs_uuid, device, packages),
+                guard(mountpoint, fs_uuid, device, packages, esp_mirror),
                 mode=0o755,
                 why="one check of the mirrored ESP for every hook that writes there",
                 root=target.root,

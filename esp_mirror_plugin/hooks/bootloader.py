@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from esp_mirror_plugin.hooks import bootentries, secureboot
+from esp_mirror_plugin.hooks import bootentries, installed, secureboot
 from esp_mirror_plugin.pipeline import record as records
 from esp_mirror_plugin.pipeline.bootloaders import arch_names, fallback_name, on_esp, spec
 from esp_mirror_plugin.pipeline.layout import Layout
@@ -35,7 +35,7 @@ def loader_args(request: Resolved, profile: Profile, target: Target) -> str:
 
 def payload_steps(request: Resolved, profile: Profile, layout: Layout, target: Target) -> tuple[Step, ...]:
     """What goes on the ESP for the kind asked (its loader and the fallback path's copy)."""
-    return spec(request.bootloader).payload(request, profile, layout.esp_dir, target)
+    return spec(request.bootloader).payload(request, profile, layout.esp_dir, target, layout.nvram)
 
 
 def shim_fallback_steps(request: Resolved, profile: Profile, layout: Layout, target: Target) -> tuple[Step, ...]:
@@ -93,9 +93,14 @@ def plan(
     signing = secureboot.notes(request, profile, snapshot, target, loader, arch_names(request.arch)[0])
     config = spec(request.bootloader).config(request, profile, target)
     if not layout.nvram:
+        later = (
+            "; `esp-mirror entries` on the installed system makes them, one per disk, once it runs with EFI variables"
+            if installed.puts_esp_mirror(target)
+            else ""  # esp-mirror is not put there: nothing there to make them
+        )
         return steps + config, (
             "no NVRAM boot entries (--no-nvram or no EFI variables): the firmware boots "
-            f"each disk through \\EFI\\BOOT\\{fallback_name(request.arch)}",
+            f"each disk through \\EFI\\BOOT\\{fallback_name(request.arch)}{later}",
             *signing,
         )
     members = entry_members(layout)

@@ -155,12 +155,33 @@ def planned_inputs(
     return tuple(planned.items())
 
 
+def require_mdadm(profile: Profile, target: Target) -> None:
+    """The installed system assembles the array with mdadm (udev's incremental assembly at boot,
+    the generator's md hook): a target without it would boot with nothing at the ESP's mount
+    point. Checked here, when the installer has put the target's packages there (hookspecs).
+
+    :raises BadInput: mdadm is not in the target, and the profile does not say the distribution
+        assembles md another way (``needs_mdadm: false``).
+    """
+    if not profile.needs_mdadm or target.has_program("mdadm"):
+        return
+    where = "" if os.path.normpath(target.root) == "/" else f" in the target {target.root}"
+    raise BadInput(
+        f"mdadm is not installed{where}, so the installed system could not assemble the mirrored ESP at boot: "
+        f"{profile.install_fix('mdadm')}"
+    )
+
+
 def plan(
     request: Resolved, profile: Profile, layout: Layout, target: Target
 ) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     """The generator's settings and the one regeneration, for the kernels installed now; the
     regeneration only when its inputs changed since the last one esp-mirror completed (a note
-    says so otherwise)."""
+    says so otherwise).
+
+    :raises BadInput: the target has no mdadm (:func:`require_mdadm`).
+    """
+    require_mdadm(profile, target)
     config = config_steps(profile, target) if request.initramfs.configures else ()
     if not request.initramfs.regenerates:
         return config, ()

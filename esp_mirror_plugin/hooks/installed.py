@@ -4,10 +4,12 @@ Planned by the bootloader hook, last, when the target is fully installed (an ins
 the base system, the kernel, mdadm, Python and the bootloader packages there by then):
 
 - esp-mirror itself at /usr/local/sbin/esp-mirror: one zip application of this very version
-  (:mod:`esp_mirror_plugin.system.zipapp`), run by the target's python3, and its manual page
-  esp-mirror(8) at /usr/local/share/man/man8 (:mod:`esp_mirror_plugin.man`). Without a usable
-  Python the plan says that upkeep runs from outside (a chroot from a rescue system), and a
-  profile whose periodic check is esp-mirror's own refuses: that check would fail every week.
+  (:mod:`esp_mirror_plugin.system.zipapp`), run by the target's python3, its manual page
+  esp-mirror(8) at /usr/local/share/man/man8 (:mod:`esp_mirror_plugin.man`) and its bash
+  completion at /usr/local/share/bash-completion/completions (:mod:`esp_mirror_plugin.completion`).
+  Without a usable Python the plan says that upkeep runs from outside (a chroot from a rescue
+  system), and a profile whose periodic check is esp-mirror's own refuses: that check would
+  fail every week.
 - md assembly at boot, where the init needs it enabled (OpenRC);
 - the weekly check and the refresh of the metrics every few minutes (:mod:`.periodic`);
 - heal at boot and on hot-plug (:mod:`.heal`);
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from esp_mirror_plugin import __version__, man
+from esp_mirror_plugin import __version__, completion, man
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import anycaller, heal, periodic, upgrades
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind, OwnCheck
@@ -33,6 +35,9 @@ from esp_mirror_plugin.system.target import Target
 
 GROUP = "installed-system"
 MANUAL = f"/usr/local/share/man/man8/{man.FILE}"  # /usr/local/share/man: in man-db's manpath.config everywhere
+# bash-completion loads a command's completion from bash-completion/completions/<command> under
+# each directory of XDG_DATA_DIRS, /usr/local/share first by default
+COMPLETION = f"/usr/local/share/bash-completion/completions/{completion.FILE}"
 # what the installed esp-mirror runs: status and heal (mdadm, blkid), check (mdir, mcopy), repair
 # (fsck.fat, wipefs), replace and add (sgdisk, partx), entries (efibootmgr)
 UPKEEP_PROGRAMS = ("mdadm", "blkid", "mdir", "mcopy", "fsck.fat", "wipefs", "sgdisk", "partx", "efibootmgr")
@@ -51,6 +56,13 @@ class Setup:
     metrics_dir: str  # the node_exporter textfile directory the weekly check writes to, when it exists
     device: str  # /dev/md/<name>
     fs_uuid: str  # the FAT's on the array (XXXX-XXXX): what is mounted at the mount point
+
+
+def puts_esp_mirror(target: Target) -> bool:
+    """Does this group put esp-mirror on the installed system? Only where a usable python3 runs
+    it: the plan's words about running esp-mirror there depend on this."""
+    python = target.python()
+    return python is not None and python.usable
 
 
 def program_step(target: Target) -> InstallProgram:
@@ -76,6 +88,18 @@ def manual_step(target: Target) -> InstallProgram:
     )
 
 
+def completion_step(target: Target) -> InstallProgram:
+    """The bash completion of the installed esp-mirror, the one this esp-mirror carries."""
+    return InstallProgram(
+        target.path(COMPLETION),
+        completion.script(),
+        f"the bash completion of esp-mirror (esp-mirror {__version__})",
+        why="esp-mirror's commands, options and their values complete in bash on the installed system",
+        mode=0o644,
+        root=target.root,
+    )
+
+
 def plan(setup: Setup) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     """(steps, notes) of the group.
 
@@ -86,9 +110,9 @@ def plan(setup: Setup) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     steps: list[Step] = []
     notes: list[str] = []
     python = target.python()
-    usable = python is not None and python.usable
+    usable = puts_esp_mirror(target)
     if usable:
-        steps += [program_step(target), manual_step(target)]
+        steps += [program_step(target), manual_step(target), completion_step(target)]
         missing = [p for p in UPKEEP_PROGRAMS if not target.has_program(p)]
         if missing:
             packages = " ".join(dict.fromkeys(profile.package_for(p) for p in missing))
@@ -117,9 +141,11 @@ def plan(setup: Setup) -> tuple[tuple[Step, ...], tuple[str, ...]]:
         steps += heal_steps
         notes += heal_notes
     upgrade_steps, upgrade_notes = upgrades.plan(
-        profile, target, setup.array_uuid, setup.mountpoint, setup.bootloader, setup.loader_id
+        profile, target, setup.array_uuid, setup.mountpoint, setup.bootloader, setup.loader_id, esp_mirror=usable
     )
     manager = profile.packages.install[0]
-    callers = anycaller.plan(target, setup.mountpoint, setup.bootloader, setup.fs_uuid, setup.device, manager)
+    callers = anycaller.plan(
+        target, setup.mountpoint, setup.bootloader, setup.fs_uuid, setup.device, manager, esp_mirror=usable
+    )
     caller_notes = anycaller.notes(target, setup.mountpoint, setup.bootloader)
     return (*steps, *upgrade_steps, *callers), (*notes, *upgrade_notes, *caller_notes)

@@ -41,7 +41,7 @@ Persistent=true
 WantedBy=timers.target
 """
 
-_CRON_DIRS = {OwnCheck.CRON_WEEKLY: "etc/cron.weekly", OwnCheck.PERIODIC_WEEKLY: "etc/periodic/weekly"}
+CRON_DIRS = {OwnCheck.CRON_WEEKLY: "etc/cron.weekly", OwnCheck.PERIODIC_WEEKLY: "etc/periodic/weekly"}
 
 METRICS_UNIT = "esp-mirror-metrics"
 
@@ -167,7 +167,7 @@ def plan(
         steps += _timer(target, UNIT, service(argv), TIMER, why)
         steps += _timer(target, METRICS_UNIT, metrics_service(refresh), METRICS_TIMER, _refresh_why("every 5 minutes"))
     else:
-        path = target.path(f"{_CRON_DIRS[profile.own_check]}/{UNIT}")
+        path = target.path(f"{CRON_DIRS[profile.own_check]}/{UNIT}")
         steps.append(WriteFile(path, cron(argv), mode=0o755, why=why, root=target.root))
         directory, how_often = REFRESH_DIRS[profile.own_check]
         path = target.path(f"{directory}/{METRICS_UNIT}")

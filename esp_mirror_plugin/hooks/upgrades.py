@@ -31,6 +31,8 @@ from esp_mirror_plugin.system.target import Target
 PRESEED = "/etc/esp-mirror/debconf.preseed"
 DEBCONF_DB = "var/cache/debconf"
 RELAX = "SYSTEMD_RELAX_ESP_CHECKS"
+SYSTEM_CONF_DROPIN = "etc/systemd/system.conf.d/90-esp-mirror.conf"  # systemd's DefaultEnvironment
+BOOT_UPDATE_DROPIN = "etc/systemd/system/systemd-boot-update.service.d/90-esp-mirror.conf"
 
 # (file, section, key) fwupd reads the ESP's mount point from, by the files its version ships
 FWUPD_19 = (("etc/fwupd/fwupd.conf", "fwupd", "EspLocation"),)
@@ -50,18 +52,25 @@ def debconf_lines(profile: Profile, array_uuid: str) -> str:
     )
 
 
-def _debconf(profile: Profile, target: Target, array_uuid: str) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+def _debconf(
+    profile: Profile, target: Target, array_uuid: str, esp_mirror: bool
+) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     """The preseed file, loaded into the target's debconf database; a target without debconf yet
-    (an image root before its packages) gets the file and a note: `esp-mirror refresh` loads it."""
+    (an image root before its packages) gets the file and a note: `esp-mirror refresh` loads it
+    (``esp_mirror``: esp-mirror is put on the installed system), else debconf-set-selections."""
     if not profile.debconf:
         return (), ()
     why = "package upgrades run grub-install onto the array: no NVRAM change, fallback path refreshed"
     preseed = WriteFile(target.path(PRESEED), debconf_lines(profile, array_uuid), why=why, root=target.root)
     if not target.has_program("debconf-set-selections"):
+        loader = (
+            f"`esp-mirror refresh` there (or `debconf-set-selections {PRESEED}`)"
+            if esp_mirror
+            else f"`debconf-set-selections {PRESEED}` there"
+        )
         return (preseed,), (
             f"debconf is not in the target yet: {PRESEED} is written but not loaded; once the packages are "
-            "installed, run `esp-mirror refresh` there (or `debconf-set-selections "
-            f"{PRESEED}`) before the first GRUB or shim upgrade",
+            f"installed, run {loader} before the first GRUB or shim upgrade",
         )
     problem = target.writable(DEBCONF_DB) if target.exists(DEBCONF_DB) else None
     if problem:
@@ -92,13 +101,13 @@ def _relaxed_esp_checks(profile: Profile, target: Target, bootloader: Bootloader
     if profile.init is Init.SYSTEMD:
         steps += [
             WriteFile(
-                target.path("etc/systemd/system.conf.d/90-esp-mirror.conf"),
+                target.path(SYSTEM_CONF_DROPIN),
                 f"# esp-mirror: {why}\n[Manager]\nDefaultEnvironment={RELAX}=1\n",
                 why=why + " (services such as unattended-upgrades)",
                 root=target.root,
             ),
             WriteFile(
-                target.path("etc/systemd/system/systemd-boot-update.service.d/90-esp-mirror.conf"),
+                target.path(BOOT_UPDATE_DROPIN),
                 f"# esp-mirror: {why}\n[Service]\nEnvironment={RELAX}=1\n",
                 why=why + " (bootctl update at boot)",
                 root=target.root,
@@ -133,12 +142,17 @@ def _set_outside_block(text: str, section: str, key: str, shown: str) -> str | N
     return parser.get(section, key, fallback=None)
 
 
-def _fwupd(target: Target, mountpoint: str) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+def _fwupd(target: Target, mountpoint: str, esp_mirror: bool) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     found = fwupd_files(target)
-    if not found:
+    if not found and esp_mirror:
         return (), (
             "fwupd is not installed: if it is installed later, run `esp-mirror refresh` so it "
             f"finds the ESP at {mountpoint} (status and check report it until then)",
+        )
+    if not found:
+        return (), (
+            "fwupd is not installed: if it is installed later, run this apply again (esp-mirror is not on the "
+            f"installed system to do it) so it finds the ESP at {mountpoint}",
         )
     steps: list[Step] = []
     for rel, section, key in found:
@@ -173,9 +187,18 @@ def _grub_distributor(profile: Profile, bootloader: BootloaderKind, loader_id: s
 
 
 def plan(
-    profile: Profile, target: Target, array_uuid: str, mountpoint: str, bootloader: BootloaderKind, loader_id: str
+    profile: Profile,
+    target: Target,
+    array_uuid: str,
+    mountpoint: str,
+    bootloader: BootloaderKind,
+    loader_id: str,
+    esp_mirror: bool = True,
 ) -> tuple[tuple[Step, ...], tuple[str, ...]]:
-    debconf_steps, notes = _debconf(profile, target, array_uuid)
-    fwupd_steps, fwupd_notes = _fwupd(target, mountpoint)
+    """The steps and notes of this module; ``esp_mirror``: esp-mirror is put on the installed
+    system (:func:`esp_mirror_plugin.hooks.installed.puts_esp_mirror`), so a note may tell to run
+    it there."""
+    debconf_steps, notes = _debconf(profile, target, array_uuid, esp_mirror)
+    fwupd_steps, fwupd_notes = _fwupd(target, mountpoint, esp_mirror)
     notes += fwupd_notes + _grub_distributor(profile, bootloader, loader_id)
     return debconf_steps + _relaxed_esp_checks(profile, target, bootloader) + fwupd_steps, notes

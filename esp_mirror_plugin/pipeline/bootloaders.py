@@ -44,8 +44,9 @@ LoaderPath = Callable[["Resolved", "Profile", str, "Target"], str]
 # What the entries pass the loader (efibootmgr --unicode), from the same; "": nothing.
 LoaderArgs = Callable[["Resolved", "Profile", str, "Target"], str]
 # The steps that put the kind's files on the mounted array, from (request, profile, where the ESP
-# is mounted, the target).
-Payload = Callable[["Resolved", "Profile", str, "Target"], tuple[Step, ...]]
+# is mounted, the target, whether esp-mirror makes NVRAM boot entries: the steps' words say what
+# follows them).
+Payload = Callable[["Resolved", "Profile", str, "Target", bool], tuple[Step, ...]]
 # After the payload, when the target has kernels: what writes the kind's configuration for them
 # (GRUB's grub.cfg), from (request, profile, the target).
 Config = Callable[["Resolved", "Profile", "Target"], tuple[Step, ...]]
@@ -169,21 +170,24 @@ def _copies(request: Resolved, esp_dir: str, efi_paths: list[str]) -> tuple[Step
     return tuple(steps)
 
 
-def _image_payload(request: Resolved, profile: Profile, esp_dir: str, target: Target) -> tuple[Step, ...]:
+def _image_payload(request: Resolved, profile: Profile, esp_dir: str, target: Target, nvram: bool) -> tuple[Step, ...]:
     return _copies(request, esp_dir, [_image_loader(request, profile, "", target)])
 
 
-def _zbm_payload(request: Resolved, profile: Profile, esp_dir: str, target: Target) -> tuple[Step, ...]:
+def _zbm_payload(request: Resolved, profile: Profile, esp_dir: str, target: Target, nvram: bool) -> tuple[Step, ...]:
     return _copies(request, esp_dir, ["\\EFI\\ZBM\\VMLINUZ.EFI", "\\EFI\\ZBM\\VMLINUZ-BACKUP.EFI"])
 
 
-def _sd_boot_payload(request: Resolved, profile: Profile, esp_dir: str, target: Target) -> tuple[Step, ...]:
+def _sd_boot_payload(
+    request: Resolved, profile: Profile, esp_dir: str, target: Target, nvram: bool
+) -> tuple[Step, ...]:
     return (
         Command(
             ("bootctl", "install", f"--esp-path={request.mountpoint}", "--no-variables"),
             root=request.target,
             env=(("SYSTEMD_RELAX_ESP_CHECKS", "1"),),
-            why="systemd-boot (and its own \\EFI\\BOOT copy) onto the array; entries are ours",
+            why="systemd-boot (and its own \\EFI\\BOOT copy) onto the array; "
+            + ("entries are ours" if nvram else "no NVRAM entries: the firmware starts its \\EFI\\BOOT copy"),
         ),
         Command(
             ("rm", "-f", os.path.join(request.mountpoint, RANDOM_SEED)),
@@ -264,7 +268,7 @@ def _fill(arg: str, values: dict[str, str]) -> str:
     return arg
 
 
-def _grub_payload(request: Resolved, profile: Profile, esp_dir: str, target: Target) -> tuple[Step, ...]:
+def _grub_payload(request: Resolved, profile: Profile, esp_dir: str, target: Target, nvram: bool) -> tuple[Step, ...]:
     fallback = f"\\EFI\\BOOT\\{fallback_name(request.arch)}"
     _, grub_target = arch_names(request.arch)
     values = {"{grub_target}": grub_target, "{esp}": request.mountpoint, "{loader_id}": request.loader_id}
@@ -273,7 +277,11 @@ def _grub_payload(request: Resolved, profile: Profile, esp_dir: str, target: Tar
             tuple(_fill(a, values) for a in argv),
             root=request.target,
             why=f"GRUB on the array (\\EFI\\{request.loader_id}\\ and {fallback}); "
-            "the NVRAM entries are made per disk below",
+            + (
+                "the NVRAM entries are made per disk below"
+                if nvram
+                else f"no NVRAM entries: the firmware starts {fallback}"
+            ),
         )
         for argv in profile.grub.install
     )

@@ -26,8 +26,8 @@ from esp_mirror_plugin.system.discovery import ArrayFacts, HostView, Snapshot
 
 NO_EFIVARS = (
     "WARNING: no EFI variables here (/sys/firmware/efi/efivars is empty): no boot entries are made; the "
-    "firmware boots each disk through the \\EFI\\BOOT\\ fallback path. Run `esp-mirror entries` on the booted "
-    "system, or pass --no-nvram to silence this"
+    "firmware boots each disk through the \\EFI\\BOOT\\ fallback path; pass --no-nvram "
+    "to silence this"
 )
 IMAGES = (
     "image files are not this machine's disks: no firmware boot entries are made (--no-nvram); the "

@@ -92,6 +92,9 @@ class Profile:
     # debconf answers for package upgrades ("owner question" -> "type value"; {array_uuid} is
     # filled in): what GRUB's and shim's maintainer scripts read before they run grub-install
     debconf: Mapping[str, str] = field(default_factory=dict)
+    # the installed system assembles md with mdadm (its udev rules, its generator hook), so a
+    # target without mdadm is refused; false: the distribution assembles md another way
+    needs_mdadm: bool = True
     systemd_boot: SystemdBoot = field(default_factory=SystemdBoot)
     # release -> the keys that differ there (checked like the profile's own); see the module docstring
     releases: Mapping[str, Any] = field(default_factory=dict)

@@ -38,6 +38,7 @@ MAIN = "import sys\n\nfrom esp_mirror_plugin.cli import main\n\nsys.exit(main())
 VERSIONS = "ESP_MIRROR_VERSIONS"  # what is inside, one "distribution version" per line
 _WHEN = (1980, 1, 1, 0, 0, 0)  # zip's earliest time: the same bytes on every build
 _KEEP = (".py", ".yaml", ".typed", ".8")  # .8: the manual page (esp_mirror_plugin/man)
+_KEEP_NAMES = ("esp-mirror",)  # the bash completion (esp_mirror_plugin/completion), named after the command
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def _files(package: str) -> list[tuple[str, bytes]]:
             if child.is_dir():
                 if child.name != "__pycache__":
                     walk(child, name)
-            elif child.name.endswith(_KEEP):
+            elif child.name.endswith(_KEEP) or child.name in _KEEP_NAMES:
                 out.append((name, child.read_bytes()))
 
     walk(_package_root(package), package)

@@ -2,7 +2,9 @@
 
 md leaves a member that missed writes out when it returns ("kicking non-fresh"), and mdadm's
 incremental assembly re-adds it only with a bitmap (see :mod:`esp_mirror_plugin.hooks.heal` for
-when this runs). What heal may touch is decided from the superblocks, never from names:
+when this runs). What heal may touch is decided from the superblocks, never from names
+(:func:`esp_mirror_plugin.upkeep.mirror.out_of_array`, which status reads to tell a member heal
+takes back from one that is gone):
 
 - a partition whose md superblock (``mdadm --examine --export``) carries the running ESP array's
   UUID, and nothing else;
@@ -16,32 +18,20 @@ for md's recovery, so the line it adds to the history (:mod:`.history`) says wha
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from esp_mirror_plugin.errors import BadInput
-from esp_mirror_plugin.pipeline import naming
 from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.pipeline.record import Record
 from esp_mirror_plugin.pipeline.steps import AddMember, Command, Step, WaitForSync
 from esp_mirror_plugin.system.discovery import HostView
 from esp_mirror_plugin.system.nvram import BootEntry
-from esp_mirror_plugin.system.runner import CommandFailed, Runner
-from esp_mirror_plugin.upkeep.mirror import ArrayState, read_array
+from esp_mirror_plugin.system.runner import Runner
+from esp_mirror_plugin.upkeep.mirror import ArrayState, Returning, examine, out_of_array, read_array
 
-NO_SUPERBLOCK = "No md superblock detected"
 REASONS = {"boot": "at boot", "hot-plug": "on hot-plug", "hand": "by hand"}
-
-
-@dataclass(frozen=True)
-class Returning:
-    """A partition that carries a member of our array and is not in it."""
-
-    node: str
-    disk: str
-    events: int
 
 
 @dataclass(frozen=True)
@@ -115,7 +105,7 @@ def waiting_arrays(runner: Runner, host: HostView, record: Record) -> tuple[str,
         ):
             continue
         members = [entry[4:] for entry in host.listdir(md) if entry.startswith("dev-")]
-        uuids = {(_examine(runner, f"/dev/{member}") or {}).get("MD_UUID") for member in members}
+        uuids = {(examine(runner, f"/dev/{member}") or {}).get("MD_UUID") for member in members}
         if members and uuids == {uuid}:
             found.append(f"/dev/{name}")
     return tuple(found)
@@ -132,76 +122,11 @@ def start_steps(devices: tuple[str, ...], record: Record, mounted: bool) -> tupl
     return tuple(steps)
 
 
-def _examine(runner: Runner, node: str) -> dict[str, str] | None:
-    """The md superblock of ``node`` (``--examine --export``), None when it has none.
-
-    :raises BadInput: it cannot be read: "cannot tell" is never "no superblock".
-    """
-    try:
-        result = runner.run(("mdadm", "--examine", "--export", node), ok=(0, 1))
-    except CommandFailed as exc:
-        raise BadInput(f"cannot read the md superblock of {node} ({exc.stderr_line}): run esp-mirror as root") from None
-    if result.returncode == 1:
-        if NO_SUPERBLOCK in result.stderr:
-            return None
-        line = (result.stderr.strip().splitlines() or ["mdadm --examine failed"])[-1]
-        raise BadInput(f"cannot read the md superblock of {node} ({line}): run esp-mirror as root")
-    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-
-
-def _events(info: dict[str, str], node: str) -> int:
-    try:
-        return int(info["MD_EVENTS"])
-    except (KeyError, ValueError):
-        raise BadInput(
-            f"mdadm --examine --export {node} shows no event count: is mdadm 3.x or later installed?"
-        ) from None
-
-
-def _partitions(host: HostView, device: str | None) -> list[str]:
-    """Kernel names of the partitions to look at: all, or the one given."""
-    if device is not None:
-        name = os.path.basename(host.realpath(device))
-        if not host.exists(f"/sys/class/block/{name}/partition"):
-            raise BadInput(f"{device} is not a partition: give the partition that came back (e.g. /dev/sdb1)")
-        return [name]
-    return [n for n in host.listdir("/sys/class/block") if host.exists(f"/sys/class/block/{n}/partition")]
-
-
 def find(runner: Runner, host: HostView, array: ArrayState, device: str | None = None) -> HealPlan:
-    """What heal does for ``array``: the partitions of ours to take back, and those it leaves out."""
-    ours = naming.mdadm_uuid(array.uuid)
-    active = next((m for m in array.members if m.active), None)
-    if active is None:
-        raise BadInput(f"{array.device} has no active member to copy from: see `esp-mirror status`")
-    array_events = _events(_examine(runner, active.node) or {}, active.node)
-    members = {os.path.basename(m.node) for m in array.members}
-    add: list[Returning] = []
-    left_out: list[str] = []
-    for name in _partitions(host, device):
-        if name in members:
-            continue
-        node = f"/dev/{name}"
-        info = _examine(runner, node)
-        if info is None or naming.mdadm_uuid(info.get("MD_UUID", "")) != ours:
-            continue  # not ours: another array's member, or no md at all
-        disk = "/dev/" + os.path.basename(os.path.dirname(host.realpath(f"/sys/class/block/{name}")))
-        holders = host.listdir(f"/sys/class/block/{name}/holders")
-        events = _events(info, node)
-        if holders:
-            left_out.append(
-                f"{node} carries a member of {array.device} but {', '.join(holders)} holds it: stop that "
-                f"(`mdadm --stop /dev/{holders[0]}` if it is an array), then run `esp-mirror heal`"
-            )
-        elif events > array_events:
-            left_out.append(
-                f"{node} ({disk}) has newer writes than {array.device} (events {events} > {array_events}) "
-                "and is not overwritten automatically: to keep the running array's copy, run "
-                f"`mdadm {array.device} --add {node}`"
-            )
-        else:
-            add.append(Returning(node, disk, events))
-    return HealPlan(array, tuple(add), tuple(left_out))
+    """What heal does for ``array``: the partitions of ours to take back, and those it leaves out
+    (:func:`~esp_mirror_plugin.upkeep.mirror.out_of_array`, which status reads too)."""
+    outside = out_of_array(runner, host, array, device)
+    return HealPlan(array, outside.add, outside.left_out)
 
 
 def started_line(record: Record, waiting: tuple[str, ...]) -> str:

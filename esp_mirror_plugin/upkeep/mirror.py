@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import bootentries
-from esp_mirror_plugin.pipeline import adoption
+from esp_mirror_plugin.pipeline import adoption, naming
 from esp_mirror_plugin.pipeline import record as records
 from esp_mirror_plugin.pipeline.bootloaders import on_esp
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind
@@ -34,6 +34,7 @@ from esp_mirror_plugin.upkeep.loaders import MemberLoaders
 from esp_mirror_plugin.upkeep.settings import drift
 
 LOADER_VENDOR = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+NO_SUPERBLOCK = "No md superblock detected"
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,23 @@ class ArrayState:
 
 
 @dataclass(frozen=True)
+class Returning:
+    """A partition that carries a member of our array and is not in it, which heal takes back."""
+
+    node: str
+    disk: str
+    events: int
+
+
+@dataclass(frozen=True)
+class OutOfArray:
+    """The partitions of this machine that carry a member of the array and are not in it."""
+
+    add: tuple[Returning, ...]  # heal takes them back
+    left_out: tuple[str, ...]  # heal must not: why, and what to do
+
+
+@dataclass(frozen=True)
 class EntryState:
     member: MemberState
     entry: nvram.BootEntry | None  # our entry on this member's partition
@@ -110,6 +128,10 @@ class MirrorState:
     secure_boot: bool | None = None  # the firmware enforces Secure Boot; None: no EFI variables say
     loaders: tuple[MemberLoaders, ...] = ()  # the loader chain as each in-sync member holds it
     foreign: tuple[nvram.BootEntry, ...] = ()  # entries on a member's partition esp-mirror did not make
+    # a degraded array's members that are still on a disk here but out of it (heal's), or why that
+    # cannot be told; None when the array is not degraded (nothing was looked for)
+    outside: OutOfArray | None = None
+    outside_error: str | None = None
 
     @property
     def kind(self) -> BootloaderKind | None:
@@ -149,14 +171,10 @@ class MirrorState:
             ) + list(self.unfinished)
         out = []
         a = self.array
-        replace = "`esp-mirror replace --old missing --new DISK`"
         if a.degraded:
-            out.append(
-                f"{a.device} is degraded: {a.degraded} of {a.raid_disks} members missing or failed; "
-                f"put in a new disk and run {replace}"
-            )
-        for m in a.members:
-            if not m.active and a.sync_action == "idle":
+            out.append(self._degraded(a))
+        for m in a.members:  # a failed one is in the degraded line, with its fix
+            if not m.active and m.usable and a.sync_action == "idle":
                 out.append(
                     f"member {m.node} is {m.state}: replace it with `esp-mirror replace --old {m.disk} --new DISK`"
                 )
@@ -209,6 +227,33 @@ class MirrorState:
                     )
         return out
 
+    def _degraded(self, a: ArrayState) -> str:
+        """The degraded array, with the fix for each member it lacks: heal for one that is still on
+        a disk here (out of the array), replace for a failed one and for one that is gone."""
+        fixes = []
+        present = self.outside.add if self.outside else ()
+        if present:
+            nodes = ", ".join(f"{r.node} ({r.disk})" for r in present)
+            fixes.append(
+                f"{nodes} {'is' if len(present) == 1 else 'are'} here but out of the array: run `esp-mirror heal`"
+            )
+        fixes += self.outside.left_out if self.outside else ()
+        if self.outside_error:
+            fixes.append(f"whether a member is still here cannot be told: {self.outside_error}")
+        failed = [m for m in a.members if "faulty" in m.state]
+        fixes += [f"{m.node} failed: run `esp-mirror replace --old {m.disk} --new DISK`" for m in failed]
+        rebuilding = [m for m in a.members if m.usable and not m.active and m.slot is not None]
+        if rebuilding and a.sync_action != "idle":
+            nodes = ", ".join(m.node for m in rebuilding)
+            fixes.append(f"md is rebuilding {nodes}: wait for it (`cat /proc/mdstat` shows how far)")
+        else:
+            rebuilding = []
+        found = len(present) + len(self.outside.left_out if self.outside else ()) + len(failed) + len(rebuilding)
+        if a.degraded > found:
+            fixes.append("put in a new disk and run `esp-mirror replace --old missing --new DISK`")
+        lead = f"{a.device} is degraded: {a.degraded} of {a.raid_disks} members missing or failed"
+        return "; ".join([lead, *fixes])
+
     def exit_code(self) -> int:
         """0 healthy, 1 degraded or entries missing (or a command left unfinished), 2 not set up."""
         if self.record is None and self.array is None and not self.unfinished:
@@ -247,6 +292,12 @@ def read_mirror(
         partuuids = {m.partuuid for m in array.members}
         ours = [e for e in boot.entries if bootentries.is_ours(e, record.entry_label, partuuids)]
         foreign = tuple(e for e in boot.entries if e.partuuid in partuuids and e not in ours)
+    outside, outside_error = None, None
+    if array and array.degraded:
+        try:
+            outside = out_of_array(runner, host, array)
+        except BadInput as exc:
+            outside_error = str(exc)
     chains: tuple[MemberLoaders, ...] = ()
     if array and record and read_loaders:
         active = [(m.node, m.disk) for m in array.members if m.active]
@@ -310,6 +361,8 @@ def read_mirror(
         secure_boot=secure_boot(host),
         loaders=chains,
         foreign=foreign,
+        outside=outside,
+        outside_error=outside_error,
     )
 
 
@@ -328,6 +381,83 @@ def read_array(runner: Runner, host: HostView, device: str) -> ArrayState | None
         raise BadInput(f"{exc} while reading {device}: run esp-mirror as root") from None
     except CommandFailed as exc:
         raise BadInput(f"cannot probe a member of {device} ({exc.stderr_line}): run esp-mirror as root") from None
+
+
+def examine(runner: Runner, node: str) -> dict[str, str] | None:
+    """The md superblock of ``node`` (``--examine --export``), None when it has none.
+
+    :raises BadInput: it cannot be read: "cannot tell" is never "no superblock".
+    """
+    try:
+        result = runner.run(("mdadm", "--examine", "--export", node), ok=(0, 1))
+    except CommandFailed as exc:
+        raise BadInput(f"cannot read the md superblock of {node} ({exc.stderr_line}): run esp-mirror as root") from None
+    if result.returncode == 1:
+        if NO_SUPERBLOCK in result.stderr:
+            return None
+        line = (result.stderr.strip().splitlines() or ["mdadm --examine failed"])[-1]
+        raise BadInput(f"cannot read the md superblock of {node} ({line}): run esp-mirror as root")
+    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+
+
+def _events(info: dict[str, str], node: str) -> int:
+    try:
+        return int(info["MD_EVENTS"])
+    except (KeyError, ValueError):
+        raise BadInput(
+            f"mdadm --examine --export {node} shows no event count: is mdadm 3.x or later installed?"
+        ) from None
+
+
+def _partitions(host: HostView, device: str | None) -> list[str]:
+    """Kernel names of the partitions to look at: all, or the one given."""
+    if device is not None:
+        name = os.path.basename(host.realpath(device))
+        if not host.exists(f"/sys/class/block/{name}/partition"):
+            raise BadInput(f"{device} is not a partition: give the partition that came back (e.g. /dev/sdb1)")
+        return [name]
+    return [n for n in host.listdir("/sys/class/block") if host.exists(f"/sys/class/block/{n}/partition")]
+
+
+def out_of_array(runner: Runner, host: HostView, array: ArrayState, device: str | None = None) -> OutOfArray:
+    """The partitions here (or ``device`` alone) that carry a member of ``array`` and are not in
+    it, as heal decides from their superblocks (:mod:`esp_mirror_plugin.upkeep.heal`): those it
+    takes back, and those it must leave out, with why and what to do.
+
+    :raises BadInput: a superblock cannot be read, or the array has no active member.
+    """
+    ours = naming.mdadm_uuid(array.uuid)
+    active = next((m for m in array.members if m.active), None)
+    if active is None:
+        raise BadInput(f"{array.device} has no active member to copy from: see `esp-mirror status`")
+    array_events = _events(examine(runner, active.node) or {}, active.node)
+    members = {os.path.basename(m.node) for m in array.members}
+    add: list[Returning] = []
+    left_out: list[str] = []
+    for name in _partitions(host, device):
+        if name in members:
+            continue
+        node = f"/dev/{name}"
+        info = examine(runner, node)
+        if info is None or naming.mdadm_uuid(info.get("MD_UUID", "")) != ours:
+            continue  # not ours: another array's member, or no md at all
+        disk = "/dev/" + os.path.basename(os.path.dirname(host.realpath(f"/sys/class/block/{name}")))
+        holders = host.listdir(f"/sys/class/block/{name}/holders")
+        events = _events(info, node)
+        if holders:
+            left_out.append(
+                f"{node} carries a member of {array.device} but {', '.join(holders)} holds it: stop that "
+                f"(`mdadm --stop /dev/{holders[0]}` if it is an array), then run `esp-mirror heal`"
+            )
+        elif events > array_events:
+            left_out.append(
+                f"{node} ({disk}) has newer writes than {array.device} (events {events} > {array_events}) "
+                "and is not overwritten automatically: to keep the running array's copy, run "
+                f"`mdadm {array.device} --add {node}`"
+            )
+        else:
+            add.append(Returning(node, disk, events))
+    return OutOfArray(tuple(add), tuple(left_out))
 
 
 def _array_state(runner: Runner, host: HostView, device: str, info: dict[str, str]) -> ArrayState:

@@ -198,6 +198,7 @@ class Machine:
         for unit in TARGET_UNITS:
             (units / unit).write_text("[Unit]\n")
         self.add_target_python()
+        # mdadm among them: a target without it is refused (tests/unit/test_bad_input.py)
         self.add_target_programs(*installed.UPKEEP_PROGRAMS, "debconf-set-selections")
         (self.target / "var/cache/debconf").mkdir(parents=True)  # debconf's database
         (self.target / "etc/init.d").mkdir()
@@ -548,15 +549,21 @@ class Machine:
 
     def normalize(self, text: str) -> str:
         """Output with this test's tmp dir written as @TMP@, the plan digest (which covers that path)
-        as @DIGEST@, esp-mirror's zip application as @ZIPAPP@ and its manual page as @MANPAGE@ (whose
-        bytes tests/unit/test_manpage.py checks), for comparison with fixed files."""
+        as @DIGEST@, esp-mirror's zip application as @ZIPAPP@, its manual page as @MANPAGE@ and its
+        bash completion as @COMPLETION@ (whose bytes tests/unit/test_manpage.py and
+        test_completion.py check), for comparison with fixed files."""
         text = re.sub(r"\bdigest [0-9a-f]{64}\b", "digest @DIGEST@", text.replace(str(self.root), "@TMP@"))
         # the zip application's contents (versions of the packages in this venv), size and checksum
         zipapp = r"zip application \(.*?\), (.*?); \d+ bytes, sha256 [0-9a-f]{64}"
         text = re.sub(zipapp, r"zip application (@ZIPAPP@), \1", text)
-        return re.sub(
+        text = re.sub(
             r"manual page esp-mirror\(8\) \(.*?\); \d+ bytes, sha256 [0-9a-f]{64}",
             "manual page esp-mirror(8) (@MANPAGE@)",
+            text,
+        )
+        return re.sub(  # the bash completion, whose bytes tests/unit/test_completion.py checks
+            r"bash completion of esp-mirror \(.*?\); \d+ bytes, sha256 [0-9a-f]{64}",
+            "bash completion of esp-mirror (@COMPLETION@)",
             text,
         )
 
@@ -949,8 +956,6 @@ class Mirror(Machine):
         """md left ``node`` out ("kicking non-fresh"): not in the array, nothing holds the partition,
         its superblock still names the array, with the event count it had when it went away."""
         self.take_out(node)
-        for holder in (self._sys(os.path.basename(node)) / "holders").iterdir():
-            holder.unlink()
         self.superblocks[node] = superblock(ARRAY_UUID, events=events)
 
     def set_md(self, **attrs: object) -> None:
@@ -977,10 +982,14 @@ class Mirror(Machine):
         return sorted(f"/dev/{d.name[4:]}" for d in self.md.glob("dev-*"))
 
     def take_out(self, node: str) -> None:
-        """What `mdadm /dev/md/esp --fail NODE --remove NODE` leaves: one member fewer, degraded."""
+        """What `mdadm /dev/md/esp --fail NODE --remove NODE` leaves: one member fewer, degraded, and
+        the partition held by nothing (its superblock still names the array: heal takes it back)."""
         for path in sorted((self.md / f"dev-{os.path.basename(node)}").iterdir()):
             path.unlink()
         (self.md / f"dev-{os.path.basename(node)}").rmdir()
+        holders = self._sys(os.path.basename(node)) / "holders"
+        for holder in holders.iterdir() if holders.is_dir() else ():
+            holder.unlink()
         self.set_md(degraded=int(self.md_attr("degraded")) + 1, array_state="clean")
 
     def lose_disk(self, name: str) -> None:

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from conftest import fast_applier
 
+from esp_mirror_plugin.errors import MEANINGS, ExitCode
 from esp_mirror_plugin.pipeline.request import Kind, choices, default_of, settings
 
 pytest.importorskip("ansible")
@@ -443,6 +444,43 @@ def test_info_fails_only_on_an_esp_mirror_error_with_its_line(fake, tmp_path, ca
     fake.answer("status", 2, stderr=line)
     result = run("info", with_fake(fake), tmp_path, capsys)
     assert (result["failed"], result["msg"], result["rc"]) == (True, line.rstrip("\n"), 2)
+
+
+def test_an_internal_error_of_esp_mirror_fails_the_task_with_its_line(fake, tmp_path, capsys):
+    line = (
+        "esp-mirror: internal error: KeyError: 'md' (this is a bug; run again with --debug for the traceback "
+        "and report it)\n"
+    )
+    fake.answer("status", 70, stderr=line)
+    fake.answer("apply", 70, stderr=line)
+    for name, args in (("info", {}), ("apply", {"disks": DISKS})):
+        result = run(name, with_fake(fake, **args), tmp_path, capsys)
+        assert (result["failed"], result["msg"], result["rc"]) == (True, line.rstrip("\n"), 70)
+
+
+def test_an_exit_code_without_a_message_is_said_in_esp_mirrors_words(fake, tmp_path, capsys):
+    fake.answer("apply", 130)
+    result = run("apply", with_fake(fake, disks=DISKS), tmp_path, capsys)
+    assert result["failed"] is True and result["msg"].endswith(
+        " exited with 130 (interrupted (Ctrl-C): run the same command again, it continues from where it stopped) "
+        "and printed nothing on stderr"
+    )
+
+
+def test_the_modules_know_esp_mirrors_exit_codes_as_esp_mirror_says_them():
+    """The modules cannot import esp_mirror_plugin (they run on the managed host): their copy of
+    the exit codes is held to esp-mirror's here."""
+    runner = importlib.import_module("ansible_collections.esp_mirror.mirror.plugins.module_utils.runner")
+    assert {int(code): meaning for code, meaning in MEANINGS.items()} == runner.EXIT_CODES
+    assert tuple(ExitCode) == (
+        runner.DONE,
+        runner.PROBLEMS,
+        runner.BAD_INPUT,
+        runner.INTERNAL_ERROR,
+        runner.INTERRUPTED,
+    )
+    info = module("info")
+    assert (info.HEALTHY, info.PROBLEMS, info.NOT_SET_UP) == (0, 1, 2)
 
 
 # -- member ----------------------------------------------------------------------------------------

@@ -432,6 +432,19 @@ def two_disks_reporting_one_serial(m):
 # -- what apply would trip on after the disks were changed ----------------------------------------
 
 
+def target_without_mdadm(profile, fix):
+    def case(m):
+        two(m)
+        (m.target / "usr/sbin/mdadm").unlink()
+        return [*m.args(), "--profile", profile], (
+            f"mdadm is not installed in the target {m.target}, so the installed system could not assemble the "
+            f"mirrored ESP at boot: install it with `{fix}`"
+        )
+
+    case.__name__ = f"{profile}_target_without_mdadm"
+    return case
+
+
 def fedora_target_without_raid_check_timer(m):
     two(m)
     (m.target / "usr/lib/systemd/system/raid-check.timer").unlink()
@@ -640,6 +653,8 @@ CASES = [
     (an_image_file_and_its_own_loop_device, BOTH),
     (two_paths_to_one_sas_disk, BOTH),
     (two_disks_reporting_one_serial, BOTH),
+    (target_without_mdadm("debian", "apt-get install --yes mdadm"), BOTH),
+    (target_without_mdadm("fedora", "dnf install --assumeyes mdadm"), BOTH),
     (fedora_target_without_raid_check_timer, BOTH),
     (gentoo_target_without_the_mdraid_service, BOTH),
     (broken_block_in_mkinitfs_conf, BOTH),

@@ -69,13 +69,13 @@ def test_top_level_help_says_what_esp_mirror_does_with_examples_and_exit_codes(c
     assert "\n  sudo esp-mirror apply --disk /dev/sda --disk /dev/sdb\n" in text
     assert "\n  sudo esp-mirror status\n" in text
     codes = re.findall(r"^  (\d+) +\S", text.split("exit codes:\n", 1)[1], re.MULTILINE)
-    assert codes == ["0", "1", "2", "130"]
+    assert codes == ["0", "1", "2", "70", "130"]
     assert "--debug" in text and "interrupted" in text
 
 
 def test_the_exit_codes_in_the_help_are_the_ones_main_returns(two_disks, monkeypatch):
     assert (BadInput.exit_code, StepFailed.exit_code) == (2, 1)
-    assert "  2    bad input" in cli.EPILOG and "  1    a step failed" in cli.EPILOG
+    assert "  2    bad input" in cli.EPILOG and "  1    problems found" in cli.EPILOG
     assert two_disks.cli("plan", "--disk").code == 2
 
     def interrupted(*args, **kwargs):

@@ -15,7 +15,9 @@ import pytest
 
 from ci.readme_installer import readme_example
 from esp_mirror_plugin.cli import _parser
-from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.errors import MEANINGS, BadInput
+from esp_mirror_plugin.hooks.installed import UPKEEP_PROGRAMS
+from esp_mirror_plugin.pipeline.profiles import builtin_names, load_profile
 from esp_mirror_plugin.pipeline.request import settings
 from esp_mirror_plugin.upkeep.metrics import FAMILIES
 
@@ -288,3 +290,34 @@ def test_the_installer_example_is_found_in_the_readme():
     compile(example, "README.md (installer example)", "exec")
     hooks = re.findall(r"pm\.hook\.(\w+)\(", example)
     assert hooks == ["pre_partition", "post_format", "initramfs_config", "bootloader"]
+
+
+def test_the_readme_says_each_exit_code_in_the_words_of_the_code():
+    """README's table, --help and the manual page say one meaning per exit code: errors.MEANINGS."""
+    rows = table_rows(README, "Exit codes")
+    assert {int(code): meaning.replace("`", "") for code, meaning in rows} == {
+        int(code): meaning for code, meaning in MEANINGS.items()
+    }
+
+
+# What the README's host-packages block installs: the programs esp-mirror runs on the machine it
+# runs on, but for util-linux (and Debian's mount), which those distributions' base systems hold
+HOST_PROGRAMS = ("mdadm", "sgdisk", "mkfs.vfat", "fsck.fat", "mdir", "mcopy", "efibootmgr", "wipefs", "blkid", "partx")
+BASE_PACKAGES = {"util-linux", "sys-apps/util-linux", "mount"}
+
+
+def test_the_readme_names_the_host_packages_of_every_profile_as_the_profiles_do():
+    text = README.read_text()
+    block = text.split("<!-- host-packages:", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    named: dict[str, list[str]] = {}
+    for line in block.splitlines():
+        command, _, names = line.partition("#")
+        for name in (n.strip() for n in names.split(",")):
+            named[name] = command.split()
+    assert sorted(named) == builtin_names()
+    for name, words in named.items():
+        profile = load_profile(name)
+        packages = dict.fromkeys(profile.package_for(program) for program in HOST_PROGRAMS)
+        expected = [*profile.packages.install, *(p for p in packages if p not in BASE_PACKAGES)]
+        assert words == expected, name
+    assert set(HOST_PROGRAMS) >= set(UPKEEP_PROGRAMS)  # the installed esp-mirror's programs among them

@@ -36,7 +36,11 @@ SYSTEMD_HEAL = [
 ]
 OPENRC_HEAL = [("write", "etc/local.d/esp-mirror-heal.start"), ("run", "rc-update", "add", "local", "default")]
 DEBCONF = [("write", "etc/esp-mirror/debconf.preseed"), ("run", "debconf-set-selections", PRESEED := upgrades.PRESEED)]
-PROGRAM = [("install", "usr/local/sbin/esp-mirror"), ("install", "usr/local/share/man/man8/esp-mirror.8")]
+PROGRAM = [
+    ("install", "usr/local/sbin/esp-mirror"),
+    ("install", "usr/local/share/man/man8/esp-mirror.8"),
+    ("install", "usr/local/share/bash-completion/completions/esp-mirror"),
+]
 OWN_TIMER = [
     ("write", "etc/systemd/system/esp-mirror-check.service"),
     ("write", "etc/systemd/system/esp-mirror-check.timer"),
@@ -109,7 +113,7 @@ def test_the_installed_system_group_per_profile(two_disks, profile):
 
 
 def test_the_program_is_this_esp_mirror_as_one_zip_application_shown_with_its_checksum(two_disks):
-    [step, _] = [s for s in group(plan_of(two_disks))["steps"] if s["kind"] == "install-program"]
+    [step, _, _] = [s for s in group(plan_of(two_disks))["steps"] if s["kind"] == "install-program"]
     app = zipapp.build()
     assert (step["path"], step["mode"]) == (f"{two_disks.target}/usr/local/sbin/esp-mirror", "0755")
     assert (step["size"], step["sha256"]) == (len(app.data), hashlib.sha256(app.data).hexdigest())

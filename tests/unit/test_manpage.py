@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -21,12 +22,19 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import Mirror, fast_applier
+from conftest import BOOTLOADERS, PROFILES, Machine, Mirror, equip_two_disks, fast_applier, make_efi_image, plan_of
 
 from ci import manpage
 from esp_mirror_plugin import cli, man
-from esp_mirror_plugin.hooks import heal, installed
+from esp_mirror_plugin.cli import install as cli_install
+from esp_mirror_plugin.errors import ExitCode
+from esp_mirror_plugin.hooks import heal, installed, upgrades
+from esp_mirror_plugin.pipeline import checks
+from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind, spec
+from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.system import zipapp
+from esp_mirror_plugin.upkeep import commands as upkeep_commands
+from esp_mirror_plugin.upkeep.table import UPKEEP
 
 SHIPPED = Path(man.__file__).parent / man.FILE
 TOP = "(top)"  # the options before the command
@@ -93,9 +101,128 @@ def test_the_page_renders_and_lists_every_command_and_each_of_its_options():
             assert set(options) <= tags(page[command]), (command, set(options) - tags(page[command]))
     assert list(page)[:3] == ["NAME", "SYNOPSIS", "DESCRIPTION"]
     assert {"EXIT STATUS", "ENVIRONMENT", "FILES", "EXAMPLES", "SEE ALSO"} <= set(page)
-    assert {"0", "1", "2", "130"} <= tags(page["EXIT STATUS"])
+    assert {str(int(code)) for code in ExitCode} <= tags(page["EXIT STATUS"])
     assert {heal.PROGRAM, installed.MANUAL, "/etc/fstab"} <= tags(page["FILES"])
     assert "COMMENTS" not in page  # the epilog's blocks are sections of their own
+
+
+def commands() -> dict[str, argparse.ArgumentParser]:
+    parser = cli._parser([])
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+@pytest.mark.real_processes
+def test_each_usage_renders_as_argparse_wraps_it_and_every_line_fits_80_columns():
+    """No filling and no hyphenation: each usage line is argparse's line (a command's subsection
+    is 7 columns in), never `{efi,zfsbootmenu,sys-` / `temd-boot,grub}` or a lone `[--wipe]`."""
+    text = rendered()
+    for name, sub in commands().items():
+        lines = "\n".join(f"       {line}" for line in manpage.usage(sub).splitlines())
+        assert f"\n{lines}\n" in text, f"esp-mirror {name}'s usage is not rendered as argparse wraps it"
+    top = manpage.usage(cli._parser([]))
+    assert f"SYNOPSIS\n       {top}\n" in text
+    assert [line for line in text.splitlines() if len(line) > 80] == []
+    assert not re.search(r"\w-\n", text)  # nothing is hyphenated at a line's end
+
+
+@pytest.mark.real_processes
+def test_each_command_says_its_description_once():
+    page = sections(rendered())
+    for name, help_text in cli._COMMANDS.items():
+        flat = " ".join(page[name].split())
+        assert flat.count(" ".join(help_text.split())) == 1, name
+
+
+def test_the_page_lists_exactly_the_options_of_each_command():
+    """The page's options (its roff source, command by command) are the parser's, no more, no less."""
+    source = SHIPPED.read_text()
+    listed: dict[str, set[str]] = {}
+    where = TOP
+    for line_number, line in enumerate(source.splitlines()):
+        heading = re.fullmatch(r"\.SS \\fBesp\\-mirror (\S+)\\fR", line)
+        if heading:
+            where = heading.group(1)
+        elif line.startswith(".SH") and where != TOP:
+            where = "(after the commands)"
+        if line == ".TP" and where not in ("(after the commands)",):
+            term = source.splitlines()[line_number + 1]
+            found = re.match(r"\\fB(.+?)\\fR", term)
+            if found:
+                listed.setdefault(where, set()).add(found.group(1).replace("\\-", "-"))
+    expected = {name: set(options) for name, options in options_by_command().items()}
+    assert listed == {name: options for name, options in expected.items() if options}
+
+
+def examples() -> list[str]:
+    """The EXAMPLES section's command lines, as the page's source has them."""
+    source = SHIPPED.read_text().split(".SH EXAMPLES\n", 1)[1].split("\n.SH ", 1)[0]
+    return [m.replace("\\-", "-") for m in re.findall(r"^\.B (.*)$", source, re.MULTILINE)]
+
+
+def test_every_example_in_the_page_is_a_command_line_that_works():
+    """Each example parses, and is not bad input where that can be told without a machine: plan
+    and apply get 2 to 8 disks (checks.check_count), adopt the live ESP's disk and another."""
+    found = examples()
+    assert len(found) >= 8 and {shlex.split(e)[1 if e.startswith("sudo ") else 0] for e in found} == {"esp-mirror"}
+    for example in found:
+        words = shlex.split(example)
+        argv = words[2:] if words[0] == "sudo" else words[1:]
+        args = cli._parser(argv).parse_args(argv)
+        if args.command in ("plan", "apply"):
+            checks.check_count(cli_install.request_from_args(args))  # type: ignore[arg-type]  # reads the disks
+        if args.command == "adopt":
+            disks = cli_install.request_from_args(args).disks
+            assert len(disks) >= 2, f"{example}: adopt needs the live ESP's disk and at least one more"
+        if args.command in UPKEEP or args.command in ("apply", "adopt"):
+            assert words[0] == "sudo", f"{example}: {args.command} runs as root"
+
+
+def test_the_example_check_fails_an_adopt_of_one_disk(monkeypatch):
+    """The check above can fail: the page's old adopt example (one disk) is caught."""
+    monkeypatch.setattr(manpage, "MORE_EXAMPLES", [("sudo esp-mirror adopt --dry-run --disk /dev/sdb", "x")])
+    monkeypatch.setattr(sys.modules[__name__], "examples", lambda: [e for e, _ in manpage.MORE_EXAMPLES] * 8)
+    with pytest.raises(AssertionError, match="adopt needs"):
+        test_every_example_in_the_page_is_a_command_line_that_works()
+
+
+def files_section() -> str:
+    source = SHIPPED.read_text().split(".SH FILES\n", 1)[1].split("\n.SH ", 1)[0]
+    return source.replace("\\-", "-")
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_files_names_every_file_a_plan_writes_outside_the_esp(tmp_path, profile):
+    """FILES is complete: every file apply writes in the target, for every bootloader kind of the
+    profile, is named there (the ESP's own files are the bootloader's)."""
+    files = files_section()
+    missing = set()
+    for kind in BOOTLOADERS:
+        machine = equip_two_disks(Machine(tmp_path / kind))
+        image = make_efi_image(machine.root)
+        extra = ["--efi-image", str(image)] if spec(BootloaderKind(kind)).needs_image else []
+        plan = plan_of(machine, "--profile", profile, "--bootloader", kind, *extra)
+        esp = plan["request"]["mountpoint"]
+        for group in plan["groups"]:
+            for step in group["steps"]:
+                if step["kind"] not in ("write-file", "edit-block", "install-program"):
+                    continue
+                path = "/" + os.path.relpath(step["path"], machine.target)
+                directory, name = path.rsplit("/", 1)
+                named = path in files or (f"{directory}/" in files and name in files)  # a directory's file
+                if not path.startswith(f"{esp}/") and not named:
+                    missing.add(path)
+    assert missing == set()
+
+
+def test_files_says_what_each_of_esp_mirrors_own_files_holds():
+    files = files_section()
+    assert "/run/lock/esp-mirror.lock" in files and upkeep_commands.WORK_DIR in files  # lock.PATH, unpatched
+    preseed = files.split(f".B {upgrades.PRESEED}\n", 1)[1].split("\n.TP", 1)[0]
+    assert "debconf" in preseed and upgrades.RELAX not in preseed and "fwupd" not in preseed
+    # what the preseed file holds: debconf answers and comments, nothing else
+    lines = upgrades.debconf_lines(load_profile("debian"), "0:0:0:0").splitlines()
+    assert all(line.startswith("#") or line.split()[0] in ("grub-efi-amd64", "shim-signed") for line in lines)
 
 
 def test_the_shipped_page_is_what_the_generator_makes_from_the_current_parser():

@@ -88,7 +88,8 @@ def test_no_nvram_reads_and_writes_no_boot_entries_and_says_how_it_boots(two_dis
     boot = next(g for g in plan["groups"] if g["name"] == "bootloader")
     assert boot["notes"] == [
         "no NVRAM boot entries (--no-nvram or no EFI variables): the firmware boots each disk "
-        "through \\EFI\\BOOT\\BOOTX64.EFI"
+        "through \\EFI\\BOOT\\BOOTX64.EFI; `esp-mirror entries` on the installed system makes them, one per "
+        "disk, once it runs with EFI variables"
     ]
 
 
@@ -101,7 +102,8 @@ def test_without_efi_variables_nvram_is_off_with_a_warning(two_disks):
     [warning] = next(g for g in plan["groups"] if g["name"] == "notes")["notes"]
     assert warning.startswith(
         "WARNING: no EFI variables here (/sys/firmware/efi/efivars is empty): no boot "
-        "entries are made; the firmware boots each disk through the \\EFI\\BOOT\\ fallback path."
+        "entries are made; the firmware boots each disk through the \\EFI\\BOOT\\ fallback path; pass --no-nvram "
+        "to silence this"
     )
 
 

@@ -15,7 +15,7 @@ from conftest import KVER, FakeHost, Machine, assert_only_read, commands
 
 from esp_mirror_plugin import cli, hookimpl, host
 from esp_mirror_plugin.cli import install as cli_install
-from esp_mirror_plugin.errors import BadInput
+from esp_mirror_plugin.errors import BadInput, ExitCode
 from esp_mirror_plugin.pipeline.context import prepare
 from esp_mirror_plugin.pipeline.execute import Applier, PlanRecorder
 from esp_mirror_plugin.pipeline.request import Request
@@ -93,13 +93,13 @@ def test_an_unexpected_exception_is_one_line_and_debug_shows_the_traceback(two_d
 
     monkeypatch.setattr(cli_install, "prepare", broken)
     outcome = two_disks.cli("plan", *two_disks.args())
-    assert outcome.code == 1
+    assert outcome.code == ExitCode.INTERNAL_ERROR == 70
     assert outcome.err == (
         "esp-mirror: internal error: ZeroDivisionError: division by zero (this is a bug; run "
         "again with --debug for the traceback and report it)\n"
     )
     debug = two_disks.cli("--debug", "plan", *two_disks.args())
-    assert debug.code == 1 and "Traceback (most recent call last)" in debug.err and "in broken" in debug.err
+    assert debug.code == 70 and "Traceback (most recent call last)" in debug.err and "in broken" in debug.err
 
 
 # -- a reviewed plan binds apply -----------------------------------------------------------------
@@ -172,6 +172,7 @@ def test_prepare_looks_at_nothing_in_an_empty_target_and_each_hook_reads_it_when
     (target / "lib/modules" / KVER).mkdir(parents=True)  # the installer installs the kernel ...
     (target / "etc/init.d").mkdir(parents=True)
     (target / "etc/init.d/mdadm-raid").write_text("#!/sbin/openrc-run\n")  # ... and mdadm
+    machine.add_target_programs("mdadm", root=target)
     pm.hook.post_format(ctx=ctx)
     pm.hook.initramfs_config(ctx=ctx)
 
@@ -223,6 +224,7 @@ def test_bind_mounts_come_right_before_the_first_command_in_the_target_and_are_u
         pm.hook.post_format(ctx=ctx)  # debian: nothing runs in the target here
         assert not any(argv[:2] == ("mount", "--bind") for argv in commands(recorder.groups))
         (target / "lib/modules" / KVER).mkdir(parents=True)  # the installer installed the system
+        machine.add_target_programs("mdadm", root=target)
         pm.hook.initramfs_config(ctx=ctx)
     initramfs = [g for g in recorder.groups if g.name == "initramfs_config"]
     assert [type(s).__name__ for s in initramfs[0].steps][:6] == ["MakeDir", "Command"] * 3  # no /proc yet

@@ -128,12 +128,24 @@ def test_a_user_profile_drives_the_plan(two_disks, user_profile):
     assert "--label 'Site (esp-mirror WD-WCC4N0AAAAAA)' --loader '\\EFI\\mydebian\\grubx64.efi'" in outcome.out
 
 
+def test_every_builtin_profile_needs_mdadm_in_the_target():
+    assert all(profiles.load_profile(name).needs_mdadm for name in PROFILES)
+
+
+def test_a_profile_whose_distribution_assembles_md_another_way_plans_without_mdadm(two_disks, user_profile):
+    """The refusal of a target without mdadm (tests/unit/test_bad_input.py) is the default only."""
+    (two_disks.target / "usr/sbin/mdadm").unlink()
+    path = user_profile({"extends": "debian", "needs_mdadm": False})
+    outcome = two_disks.cli("plan", *two_disks.args(), "--profile", path)
+    assert outcome.code == 0, outcome.err
+
+
 INVALID = [
     pytest.param(
         {"extends": "debian", "colour": "blue"},
         "unknown key 'colour': allowed here are boot_assembly, bootloader, debconf, description, entry_label, "
-        "esp_mountpoint, extends, grub, init, initramfs, loader_id, mdadm_conf, own_check, packages, periodic_check, "
-        "releases, systemd_boot",
+        "esp_mountpoint, extends, grub, init, initramfs, loader_id, mdadm_conf, needs_mdadm, own_check, packages, "
+        "periodic_check, releases, systemd_boot",
         id="unknown-key",
     ),
     pytest.param(

@@ -16,6 +16,9 @@ def test_relative_image_paths_and_efi_image_are_taken_from_the_working_directory
         (tmp_path / name).open("r+b").truncate(1 << 30)
     (tmp_path / "payload.efi").write_bytes(b"MZ")
     (tmp_path / "root/etc").mkdir(parents=True)
+    (tmp_path / "root/usr/sbin").mkdir(parents=True)  # the installed system's mdadm
+    (tmp_path / "root/usr/sbin/mdadm").write_text("#!/bin/sh\n")
+    (tmp_path / "root/usr/sbin/mdadm").chmod(0o755)
     # nothing on the blank images (blkid exit 2); no running array, whatever this host has
     runner = RecordingRunner(
         responders=[

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ARRAY_UUID, GRUB_LOADER, Mirror, assert_only_read, guid_of, isolate_upkeep
+from conftest import ARRAY_UUID, GRUB_LOADER, Mirror, assert_only_read, fast_applier, guid_of, isolate_upkeep
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.system.discovery import Mount
@@ -128,7 +128,13 @@ def test_no_booted_member_when_the_boot_did_not_come_from_a_member(mirror, boot)
 
 
 def lose_b(m: Mirror) -> None:
-    m.take_out("/dev/vdb1")
+    """Disk B died and was pulled: its member is gone from the machine."""
+    m.lose_disk("vdb")
+
+
+def kick_b(m: Mirror) -> None:
+    """md left B's member out (it missed writes); the partition is still there."""
+    m.kick("/dev/vdb1")
 
 
 def recovering_b(m: Mirror) -> None:
@@ -157,11 +163,28 @@ HEALTH = {
         [DEGRADED],
         1,
     ),
+    "kicked": (
+        kick_b,
+        [
+            "/dev/md/esp is degraded: 1 of 2 members missing or failed; /dev/vdb1 (/dev/vdb) is here but out "
+            "of the array: run `esp-mirror heal`"
+        ],
+        1,
+    ),
+    "kicked-with-newer-writes": (
+        lambda m: m.kick("/dev/vdb1", events=130),
+        [
+            "/dev/md/esp is degraded: 1 of 2 members missing or failed; /dev/vdb1 (/dev/vdb) has newer writes "
+            "than /dev/md/esp (events 130 > 120) and is not overwritten automatically: to keep the running "
+            "array's copy, run `mdadm /dev/md/esp --add /dev/vdb1`"
+        ],
+        1,
+    ),
     "faulty-member": (
         faulty_b,
         [
-            DEGRADED,
-            "member /dev/vdb1 is faulty: replace it with `esp-mirror replace --old /dev/vdb --new DISK`",
+            "/dev/md/esp is degraded: 1 of 2 members missing or failed; /dev/vdb1 failed: run "
+            "`esp-mirror replace --old /dev/vdb --new DISK`",
         ],
         1,
     ),
@@ -183,7 +206,8 @@ HEALTH = {
     "busy-recovering": (
         recovering_b,
         [
-            DEGRADED,
+            "/dev/md/esp is degraded: 1 of 2 members missing or failed; md is rebuilding /dev/vdb1: wait for it "
+            "(`cat /proc/mdstat` shows how far)",
             "/dev/md/esp is busy: recover 131072 / 1048448",
         ],
         1,
@@ -239,6 +263,7 @@ def test_not_set_up_is_exit_code_2_with_no_problems(machine):
 
 PROBLEMS_WITHOUT_A_FIX = {
     "degraded": lose_b,
+    "kicked": kick_b,
     "faulty-member": faulty_b,
     "loader-file-missing": HEALTH["loader-file-missing"][0],
     "not-mounted": unmounted,
@@ -400,6 +425,62 @@ def test_status_json_of_a_degraded_mirror(mirror):
     }
     assert report["entries"] == [entry_json("/dev/vda", A, "0001", "espvm-A")]
     assert (report["loader_device_partuuid"], report["booted_disk"]) == (A, "/dev/vda")
+
+
+# -- the fix for a member the array lacks: heal when it is still here, replace when it is gone ----
+
+
+def problem_of(mirror: Mirror) -> str:
+    outcome = mirror.cli("status", "--json")
+    assert outcome.code == 1, outcome.err
+    [problem] = json.loads(outcome.out)["problems"]
+    return problem
+
+
+def test_status_names_heal_for_a_member_that_is_present_but_out_of_the_array(mirror):
+    kick_b(mirror)
+    problem = problem_of(mirror)
+    assert "/dev/vdb1 (/dev/vdb) is here but out of the array: run `esp-mirror heal`" in problem
+    assert "replace" not in problem
+
+
+def test_status_names_replace_for_a_member_whose_disk_is_gone(mirror):
+    lose_b(mirror)
+    problem = problem_of(mirror)
+    assert problem.endswith("put in a new disk and run `esp-mirror replace --old missing --new DISK`")
+    assert "heal" not in problem
+
+
+def test_status_names_each_fix_when_one_member_is_here_and_another_gone(mirror_of):
+    mirror = mirror_of("vda", "vdb", "vdc")
+    mirror.kick("/dev/vdb1")
+    mirror.lose_disk("vdc")
+    assert problem_of(mirror) == (
+        "/dev/md/esp is degraded: 2 of 3 members missing or failed; /dev/vdb1 (/dev/vdb) is here but out of "
+        "the array: run `esp-mirror heal`; put in a new disk and run `esp-mirror replace --old missing --new DISK`"
+    )
+
+
+def test_what_status_calls_present_is_what_heal_takes_back(mirror, monkeypatch):
+    kick_b(mirror)
+    assert "run `esp-mirror heal`" in problem_of(mirror)
+    mirror.accept_changes()
+    fast_applier(mirror, monkeypatch)
+    assert mirror.cli("heal").code == 0
+    assert mirror.cli("status").code == 0
+
+
+def test_a_superblock_that_cannot_be_read_is_said_not_guessed(mirror):
+    lose_b(mirror)
+    mirror.fail(("mdadm", "--examine", "--export", "/dev/vda1"), 1, "mdadm: cannot open /dev/vda1: Permission denied\n")
+    problem = problem_of(mirror)
+    assert "whether a member is still here cannot be told: cannot read the md superblock of /dev/vda1" in problem
+    assert problem.endswith("put in a new disk and run `esp-mirror replace --old missing --new DISK`")
+
+
+def test_a_healthy_array_is_not_searched_for_members_out_of_it(mirror):
+    mirror.cli("status")
+    assert not [argv for argv in mirror.runner.calls if argv[:2] == ("mdadm", "--examine")]
 
 
 def test_status_says_not_set_up_and_exits_2_without_record_or_array(machine, monkeypatch):

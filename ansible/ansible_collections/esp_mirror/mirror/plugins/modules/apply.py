@@ -27,7 +27,8 @@ description:
     O(bootloader=efi) or O(bootloader=zfsbootmenu) reports C(changed=false). Disk image files are
     attached and released on every run, which counts too.
   - Bad input (a disk in use, a missing program, a wrong setting) fails the task with esp-mirror's
-    one-line error, and nothing is changed.
+    one-line error, and nothing is changed (exit 2). So does any other exit code but 0 (1 a failed
+    step, 70 an internal error of esp-mirror, 130 interrupted), with esp-mirror's message.
 version_added: 0.1.0
 author:
   - esp-mirror maintainers (!UNKNOWN)

@@ -13,7 +13,8 @@ description:
     C(esp_mirror), and the same under RV(status).
   - A degraded mirror, a missing boot entry or a mirror that is not set up is a fact
     (RV(ansible_facts.esp_mirror.healthy) is false), not a failure; the task fails only when
-    esp-mirror itself fails (not run as root, an internal error), with its error line.
+    esp-mirror itself fails, with its error line, e.g. exit 2 without a report (not run as root)
+    or 70 (an internal error, a bug in esp-mirror to report).
   - Changes nothing.
 version_added: 0.1.0
 author:
@@ -94,12 +95,17 @@ cmd:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.esp_mirror.mirror.plugins.module_utils.runner import executable, report
+from ansible_collections.esp_mirror.mirror.plugins.module_utils.runner import (
+    BAD_INPUT,
+    DONE,
+    PROBLEMS,
+    executable,
+    report,
+)
 
-# esp-mirror status's exit codes; with each it prints its JSON report
-HEALTHY = 0
-PROBLEMS = 1
-NOT_SET_UP = 2
+# esp-mirror status's exit codes with a JSON report: healthy, problems found, not set up here
+HEALTHY = DONE
+NOT_SET_UP = BAD_INPUT
 
 
 def main():

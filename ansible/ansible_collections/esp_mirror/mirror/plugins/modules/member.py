@@ -18,7 +18,8 @@ description:
     boot entry), the task reports C(changed=false) and runs nothing else. In check mode the
     dry run is all that runs.
   - A disk that is in use, too small, or not a member fails the task with esp-mirror's one-line
-    error, and nothing is changed.
+    error, and nothing is changed (exit 2). So does any other exit code but 0 (1 a failed step, 70
+    an internal error of esp-mirror, 130 interrupted), with esp-mirror's message.
 version_added: 0.1.0
 author:
   - esp-mirror maintainers (!UNKNOWN)
