@@ -115,7 +115,7 @@ def waiting_arrays(runner: Runner, host: HostView, record: Record) -> tuple[str,
         ):
             continue
         members = [entry[4:] for entry in host.listdir(md) if entry.startswith("dev-")]
-        uuids = {(_examine(runner, f"/dev/{member}") or {}).get("MD_UUID") for member in members}
+        uuids = {(examine(runner, f"/dev/{member}") or {}).get("MD_UUID") for member in members}
         if members and uuids == {uuid}:
             found.append(f"/dev/{name}")
     return tuple(found)
@@ -132,7 +132,7 @@ def start_steps(devices: tuple[str, ...], record: Record, mounted: bool) -> tupl
     return tuple(steps)
 
 
-def _examine(runner: Runner, node: str) -> dict[str, str] | None:
+def examine(runner: Runner, node: str) -> dict[str, str] | None:
     """The md superblock of ``node`` (``--examine --export``), None when it has none.
 
     :raises BadInput: it cannot be read: "cannot tell" is never "no superblock".
@@ -174,7 +174,7 @@ def find(runner: Runner, host: HostView, array: ArrayState, device: str | None =
     active = next((m for m in array.members if m.active), None)
     if active is None:
         raise BadInput(f"{array.device} has no active member to copy from: see `esp-mirror status`")
-    array_events = _events(_examine(runner, active.node) or {}, active.node)
+    array_events = _events(examine(runner, active.node) or {}, active.node)
     members = {os.path.basename(m.node) for m in array.members}
     add: list[Returning] = []
     left_out: list[str] = []
@@ -182,7 +182,7 @@ def find(runner: Runner, host: HostView, array: ArrayState, device: str | None =
         if name in members:
             continue
         node = f"/dev/{name}"
-        info = _examine(runner, node)
+        info = examine(runner, node)
         if info is None or naming.mdadm_uuid(info.get("MD_UUID", "")) != ours:
             continue  # not ours: another array's member, or no md at all
         disk = "/dev/" + os.path.basename(os.path.dirname(host.realpath(f"/sys/class/block/{name}")))
