@@ -584,7 +584,9 @@ def state_of(mirror: Mirror) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("disks", "argv"), [(("vda", "vdb", "vdc"), ("--disk", "/dev/vdb")), (("vda", "vdb"), ("--all",))]
+    ("disks", "argv"),
+    [(("vda", "vdb", "vdc"), ("--disk", "/dev/vdb")), (("vda", "vdb"), ("--all",))],
+    ids=["disk-of-three", "all-of-two"],
 )
 def test_a_release_cut_at_any_command_finishes_when_run_again(tmp_path, monkeypatch, disks, argv):
     """The kill loop in a unit test: cut at each command in turn (it fails; what came before it
