@@ -267,6 +267,24 @@ def test_esp_mirror_entries_leaves_the_released_disks_entry_alone(three):
     assert plan_commands(json.loads(outcome.out)) == []
 
 
+def test_a_released_disk_goes_back_with_its_copy_erased_and_add_folding_its_entry_into_ours(three):
+    """As docs/operating.md says: `wipefs --all /dev/vdb1`, then `esp-mirror add --disk /dev/vdb`."""
+    three.accept_changes()
+    assert three.cli("release", "--disk", "/dev/vdb", "--yes").code == 0
+    refused = three.cli("add", "--disk", "/dev/vdb", "--yes")
+    assert refused.code == 2 and "holds files, which add never overwrites" in refused.error
+    part = next(p for p in three.disks["/dev/vdb"].partitions if p.number == 1)
+    part.probe, part.inner = {}, {}  # what wipefs --all leaves
+
+    report = json.loads(three.cli("add", "--disk", "/dev/vdb", "--dry-run", "--json").out)
+
+    assert ("mdadm", "/dev/md/esp", "--add", "/dev/vdb1") in plan_commands(report)
+    assert plan_commands(report, "entries")[:2] == [
+        delete("0005"),  # its own entry, a duplicate of ours once its partition is a member again
+        entry_create("0002", "/dev/vdb", f"Debian (esp-mirror {serial_of('vdb')})"),
+    ]
+
+
 def test_released_to_one_member_the_array_is_whole_and_the_last_one_needs_all(mirror, monkeypatch):
     fast_applier(mirror, monkeypatch)
     mirror.accept_changes()
