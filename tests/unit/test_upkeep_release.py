@@ -21,6 +21,7 @@ from conftest import (
     GRUB_LOADER,
     USER_FSTAB,
     Mirror,
+    ToolsExcept,
     assert_upkeep_only_read,
     fast_applier,
     guid_of,
@@ -556,6 +557,16 @@ def test_a_mirror_of_two_is_not_released_to_one_member_without_asking(mirror):
         "releasing /dev/vdb leaves /dev/md/esp one member (/dev/vda1), a mirror of nothing: `esp-mirror release "
         "--all` undoes the mirror (each disk keeps a plain ESP that boots, /dev/vda's mounted); --one-member keeps "
         "the array of one, for `esp-mirror add` to grow again",
+    )
+    assert_upkeep_only_read(outcome.calls)
+
+
+def test_without_fatlabel_nothing_is_released_and_the_package_is_named(three):
+    three.runner.tools = ToolsExcept("fatlabel")
+    outcome = three.cli("release", "--disk", "/dev/vdb", "--yes")
+    assert (outcome.code, outcome.error) == (
+        2,
+        "fatlabel is not installed: install it with `apt-get install --yes dosfstools`",
     )
     assert_upkeep_only_read(outcome.calls)
 
