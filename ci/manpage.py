@@ -166,8 +166,9 @@ FILES = _items(
         (
             f"/{state.STATE_DIR}/",
             f"State: {_in_state(state.HISTORY)} (one line per heal, replace, add and repair), "
-            f"{_in_state(state.LAST_CHECK)} (the last check's result), {_in_state(state.REPAIR_JOURNAL)} "
-            f"and {_in_state(state.ADOPT_JOURNAL)} (a repair or an adoption not finished yet), "
+            f"{_in_state(state.LAST_CHECK)} (the last check's result), {_in_state(state.REPAIR_JOURNAL)}, "
+            f"{_in_state(state.ADOPT_JOURNAL)} and {_in_state(state.RELEASE_JOURNAL)} (a repair, an adoption or a "
+            "release not finished yet), "
             f"{_in_state(state.ADOPT_BACKUPS)}/ (adopt's backups), the files repair overwrites (its "
             f"--backup-dir), {_in_state(state.INITRAMFS_STAMP)} (what the initramfs was last rebuilt from).",
         ),
@@ -238,6 +239,8 @@ MORE_EXAMPLES = [
     ("sudo esp-mirror replace --old missing --new /dev/sdc", "a new disk in place of a failed one"),
     ("sudo esp-mirror repair --source auto", "every member made equal to the one the firmware booted from"),
     ("sudo esp-mirror refresh", "the installed system's files written again (after a package replaced one)"),
+    ("sudo esp-mirror release --disk /dev/sdb", "a disk out of the mirror, as a plain ESP that boots alone"),
+    ("sudo esp-mirror release --all", "the mirror undone: the first disk's ESP partition is the machine's ESP"),
 ]
 # The parser's epilog ("examples:", "exit codes:" blocks, as --help shows them) becomes these sections.
 EPILOG_SECTIONS = {"examples": "examples", "exit codes": "exit status"}

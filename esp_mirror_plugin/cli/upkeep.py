@@ -1,5 +1,5 @@
 """The upkeep commands on the command line: status, check, repair, replace, add, entries, heal,
-refresh, as the rows of :mod:`esp_mirror_plugin.upkeep.table` list them.
+release, refresh, as the rows of :mod:`esp_mirror_plugin.upkeep.table` list them.
 
 What each one does is in :mod:`esp_mirror_plugin.upkeep.commands` (its row's ``work``, under its
 lock); here each one's result is shown (its row's ``show``: text, or ``--json``), and a plan is

@@ -25,17 +25,18 @@ variable bootctl refuses the md ESP, the hook exits 0, and the new kernel never 
   skip the ESP and exit 0; pacman before a transaction that changes a kernel, mkinitcpio or
   systemd (mkinitcpio's hook writes where its presets say).
 
-``esp-mirror refresh`` writes all of it again; docs/operating.md ("Whoever runs the upgrade") says what
-to remove to undo it.
+``esp-mirror refresh`` writes all of it again; ``esp-mirror release --all`` takes it away
+(:func:`removal`), and docs/operating.md ("Whoever runs the upgrade") says what to remove by hand.
 """
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from esp_mirror_plugin.pipeline.bootloaders import RANDOM_SEED, spec
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind
-from esp_mirror_plugin.pipeline.steps import Command, EditBlock, Step, WriteFile
+from esp_mirror_plugin.pipeline.steps import Command, EditBlock, RemoveBlock, Step, WriteFile
 from esp_mirror_plugin.system.target import Target
 
 BOOTCTL = "/usr/bin/bootctl"
@@ -260,3 +261,46 @@ def plan(
             )
         )
     return tuple(steps)
+
+
+def removal(target: Target) -> tuple[Step, ...]:
+    """What :func:`plan` put in place, taken away (``esp-mirror release --all``), callers before
+    what they call: the hooks of apt, pacman, the kernel and kernel-install that run the guard;
+    BOOT_ROOT's block of install.conf (the file goes when esp-mirror made it: kernel-install
+    then reads /usr/lib's again and finds a plain ESP itself); bootctl's wrapper, and its
+    diversion undone, which puts the real bootctl back at its path; then the guard. Only what is
+    there is planned, so a run again after an interruption plans what is left."""
+    why = "nothing writes to a mirrored ESP any more: the guard and what runs it go"
+    callers = (*(f"{d}/{HOOK_NAME}" for d in HOOK_DIRS), KERNEL_INSTALL_PLUGIN, APT_HOOK, PACMAN_HOOK)
+    steps: list[Step] = [Command(("rm", "-f", "--", p), why=why) for p in target.present(*callers)]
+    if target.has_block(INSTALL_CONF):
+        steps.append(
+            RemoveBlock(
+                target.path(INSTALL_CONF),
+                why="kernel-install finds a plain ESP itself",
+                root=target.root,
+                remove_empty=True,
+            )
+        )
+    why_bootctl = "bootctl runs as its package installed it: a plain ESP needs no wrapper"
+    if diverted(target):
+        steps += [Command(("rm", "-f", "--", p), why=why_bootctl) for p in target.present(BOOTCTL)]
+        steps.append(
+            Command(
+                ("dpkg-divert", "--local", "--rename", "--remove", BOOTCTL),
+                root=target.root,
+                why="the real bootctl goes back to its path",
+            )
+        )
+    elif _our_wrapper(target.resolve(LOCAL_BOOTCTL)):
+        steps.append(Command(("rm", "-f", "--", target.path(LOCAL_BOOTCTL)), why=why_bootctl))
+    steps += [Command(("rm", "-f", "--", p), why=why) for p in target.present(GUARD)]
+    return tuple(steps)
+
+
+def _our_wrapper(path: Path) -> bool:
+    """``path`` is esp-mirror's bootctl wrapper (:func:`wrapper`), not a file someone else put there."""
+    try:
+        return path.is_file() and b"\n# esp-mirror: bootctl on the mirrored ESP" in path.read_bytes()[:200]
+    except OSError:
+        return False

@@ -194,3 +194,91 @@ def _order_after(order: tuple[str, ...], commands: list[Command]) -> tuple[str, 
         if "--create" in command.argv:
             result.insert(0, number)
     return tuple(result)
+
+
+def released_label(entry_label: str, member: Member) -> str:
+    """The label of a released disk's entry (``esp-mirror release``): the disk named as in ours,
+    without esp-mirror's tag, so no esp-mirror command takes it for one of its own and removes
+    it as stale once its partition is no member."""
+    return f"{entry_label} ({member.tag})"
+
+
+def release(
+    state: BootState,
+    released: list[Member],
+    stay: set[str],
+    entry_label: str,
+    loader: str,
+    everything: bool = False,
+) -> tuple[Command, ...]:
+    """The efibootmgr commands that give each ``released`` disk an entry of its own, starting
+    ``loader`` from its partition under :func:`released_label`: made before esp-mirror's entry
+    for that partition is removed, so the disk is never without one. BootOrder: the entries of
+    ours of the members that stay (their partition GUIDs: ``stay``), then the released disks' in
+    the order given, then the rest. An entry already made (a release run again) is kept. With
+    ``everything`` (the mirror undone) every other entry of esp-mirror's goes too: a member's
+    that is not here to be released."""
+    partuuids = {m.partuuid for m in released}
+    kept: dict[str, str] = {}
+    delete: list[BootEntry] = []
+    for entry in state.entries:
+        if entry.partuuid not in partuuids:
+            if everything and is_ours(entry, entry_label, set()):
+                delete.append(entry)
+            continue
+        member = next(m for m in released if m.partuuid == entry.partuuid)
+        own = entry.label == released_label(entry_label, member) and entry.loader.lower() == loader.lower()
+        if own and entry.active and member.partuuid not in kept:
+            kept[member.partuuid] = entry.number
+        elif f" ({TAG} " in entry.label:
+            delete.append(entry)
+    used = {e.number for e in state.entries} | set(state.order)
+    free = (f"{n:04X}" for n in range(0x10000) if f"{n:04X}" not in used)
+    numbers = {m.partuuid: kept.get(m.partuuid) or next(free) for m in released}
+    commands = [
+        Command(
+            (
+                "efibootmgr",
+                "--quiet",
+                "--create",
+                "--bootnum",
+                numbers[m.partuuid],
+                "--disk",
+                m.disk,
+                "--part",
+                str(m.part),
+                "--label",
+                released_label(entry_label, m),
+                "--loader",
+                loader,
+            ),
+            why=f"{m.tag} boots alone from its partition {m.partuuid}: an entry that is not esp-mirror's",
+        )
+        for m in reversed(released)
+        if m.partuuid not in kept
+    ]
+    commands += [
+        Command(
+            ("efibootmgr", "--quiet", "--bootnum", e.number, "--delete-bootnum"),
+            why=f"remove esp-mirror's entry {e.number} {e.label!r}: its partition is no member now",
+        )
+        for e in delete
+    ]
+    ours = [
+        n
+        for n in state.order
+        if (e := state.entry(n)) is not None and e.partuuid in stay and is_ours(e, entry_label, stay)
+    ]
+    plain = [numbers[m.partuuid] for m in released]
+    gone = {e.number for e in delete}
+    present = {e.number for e in state.entries}
+    rest = [n for n in state.order if n not in ours and n not in plain and n not in gone and n in present]
+    desired = tuple(ours + plain + rest)
+    if _order_after(state.order, commands) != desired:
+        commands.append(
+            Command(
+                ("efibootmgr", "--quiet", "--bootorder", ",".join(desired)),
+                why="the mirror's entries first, then the released disks', then the others in their order",
+            )
+        )
+    return tuple(commands)

@@ -21,6 +21,13 @@ def line(fs_uuid: str, mountpoint: str) -> str:
     return f"UUID={fs_uuid}\t{mountpoint}\tvfat\t{OPTIONS}\t0\t2"
 
 
+def plain_line(fs_uuid: str, mountpoint: str) -> str:
+    """The line of a plain ESP (a partition, no array), left as the file's own once the mirror is
+    undone (``esp-mirror release --all``): ``nofail`` still, since the other disks keep entries
+    that start their own copies of the ESP, and a boot from one of them must not stop for this."""
+    return f"UUID={fs_uuid}\t{mountpoint}\tvfat\t{MOUNT_OPTIONS},nofail\t0\t2"
+
+
 def conflicting_lines(fstab: str, mountpoint: str) -> list[str]:
     """Lines (of a file without our block) that mount something at the ESP mount point."""
     out = []

@@ -20,11 +20,13 @@ import os
 
 from esp_mirror_plugin.pipeline.kinds import Init
 from esp_mirror_plugin.pipeline.profiles import Profile
-from esp_mirror_plugin.pipeline.steps import Command, EditBlock, Step, WriteFile
+from esp_mirror_plugin.pipeline.steps import Command, EditBlock, RemoveBlock, Step, WriteFile
 from esp_mirror_plugin.system.target import Target
 
 PROGRAM = "/usr/local/sbin/esp-mirror"
 RECORD = "/etc/esp-mirror/esp-mirror.yaml"
+UDEV_RULE = "etc/udev/rules.d/65-esp-mirror-heal.rules"
+OPENRC_SCRIPT = "etc/local.d/esp-mirror-heal.start"
 
 WANTS_TARGET = "multi-user.target"
 WANTS = f"{WANTS_TARGET}.wants"
@@ -96,7 +98,7 @@ def plan(profile: Profile, target: Target, array_uuid: str) -> tuple[tuple[Step,
             WriteFile(target.path("etc/systemd/system/esp-mirror-heal.service"), SERVICE, why=why, root=target.root),
             WriteFile(target.path("etc/systemd/system/esp-mirror-heal@.service"), TEMPLATE, why=why, root=target.root),
             WriteFile(
-                target.path("etc/udev/rules.d/65-esp-mirror-heal.rules"),
+                target.path(UDEV_RULE),
                 udev_rule(array_uuid),
                 why=why + " (hot-plug)",
                 root=target.root,
@@ -109,9 +111,29 @@ def plan(profile: Profile, target: Target, array_uuid: str) -> tuple[tuple[Step,
     )
     if profile.init is Init.OPENRC:
         return (
-            WriteFile(target.path("etc/local.d/esp-mirror-heal.start"), OPENRC, mode=0o755, why=why, root=target.root),
+            WriteFile(target.path(OPENRC_SCRIPT), OPENRC, mode=0o755, why=why, root=target.root),
             Command(("rc-update", "add", "local", "default"), root=target.root, why="runs /etc/local.d at boot"),
         ), (f"heal runs at boot; {later}",)
     return (EditBlock(target.path("etc/rc.local"), RC_LOCAL, mode=0o755, why=why + " (at boot)", root=target.root),), (
         f"heal runs at boot; {later}",
     )
+
+
+def removal(profile: Profile, target: Target) -> tuple[Step, ...]:
+    """What :func:`plan` installed, taken away (``esp-mirror release --all``): heal's units
+    disabled and removed, the udev rule, the OpenRC script or the rc.local block. Only what is
+    there is planned, so a run again after an interruption plans what is left."""
+    why = "no mirror is left for heal to bring members back into"
+    steps: list[Step] = []
+    if profile.init is Init.SYSTEMD:
+        if os.path.lexists(target.path(f"etc/systemd/system/{WANTS}/esp-mirror-heal.service")):
+            steps.append(
+                Command(("systemctl", "disable", "esp-mirror-heal.service"), root=target.root, why=why + " (at boot)")
+            )
+        files = ("etc/systemd/system/esp-mirror-heal.service", "etc/systemd/system/esp-mirror-heal@.service")
+        steps += [Command(("rm", "-f", "--", p), why=why) for p in target.present(*files, UDEV_RULE)]
+    elif profile.init is Init.OPENRC:
+        steps += [Command(("rm", "-f", "--", p), why=why) for p in target.present(OPENRC_SCRIPT)]
+    elif target.has_block("etc/rc.local"):
+        steps.append(RemoveBlock(target.path("etc/rc.local"), why=why + " (at boot)", root=target.root))
+    return tuple(steps)

@@ -16,18 +16,21 @@ the base system, the kernel, mdadm, Python and the bootloader packages there by 
 - the settings package upgrades read (:mod:`.upgrades`), and what makes every path that writes
   to the ESP find it whoever runs it, or stop loudly (:mod:`.anycaller`).
 
-``esp-mirror refresh`` plans this same group on the running system from what apply recorded, and
-``status`` reports when a file of it differs from what it would write.
+``esp-mirror refresh`` plans this same group on the running system from what apply recorded,
+``status`` reports when a file of it differs from what it would write, and ``esp-mirror release
+--all`` takes it away (:func:`removal`).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from esp_mirror_plugin import __version__, completion, man
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import anycaller, heal, periodic, upgrades
-from esp_mirror_plugin.pipeline.kinds import BootloaderKind, OwnCheck
+from esp_mirror_plugin.pipeline.bootloaders import spec
+from esp_mirror_plugin.pipeline.kinds import BootloaderKind, Init, OwnCheck
 from esp_mirror_plugin.pipeline.profiles import Profile
 from esp_mirror_plugin.pipeline.steps import Command, InstallProgram, Step
 from esp_mirror_plugin.system import zipapp
@@ -39,8 +42,19 @@ MANUAL = f"/usr/local/share/man/man8/{man.FILE}"  # /usr/local/share/man: in man
 # each directory of XDG_DATA_DIRS, /usr/local/share first by default
 COMPLETION = f"/usr/local/share/bash-completion/completions/{completion.FILE}"
 # what the installed esp-mirror runs: status and heal (mdadm, blkid), check (mdir, mcopy), repair
-# (fsck.fat, wipefs), replace and add (sgdisk, partx), entries (efibootmgr)
-UPKEEP_PROGRAMS = ("mdadm", "blkid", "mdir", "mcopy", "fsck.fat", "wipefs", "sgdisk", "partx", "efibootmgr")
+# (fsck.fat, wipefs), replace and add (sgdisk, partx), entries (efibootmgr), release (fatlabel)
+UPKEEP_PROGRAMS = (
+    "mdadm",
+    "blkid",
+    "mdir",
+    "mcopy",
+    "fsck.fat",
+    "wipefs",
+    "sgdisk",
+    "partx",
+    "efibootmgr",
+    "fatlabel",
+)
 
 
 @dataclass(frozen=True)
@@ -149,3 +163,51 @@ def plan(setup: Setup) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     )
     caller_notes = anycaller.notes(target, setup.mountpoint, setup.bootloader)
     return (*steps, *upgrade_steps, *callers), (*notes, *upgrade_notes, *caller_notes)
+
+
+SEED_UNITS = ("systemd-boot-random-seed.service", "systemd-boot-system-token.service")
+
+
+def removal(setup: Setup, device: str) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+    """What the group left on the installed system that expects the mirror, taken away once the
+    mirror is undone (``esp-mirror release --all``), as (steps, notes); ``device`` is the
+    partition that is the machine's ESP from then on. Callers before what they call: the
+    upgrade hooks and bootctl's wrapper (:func:`anycaller.removal`), heal, the periodic check and
+    its metrics, the upgrade settings; systemd-boot's random seed writer unmasked (a plain ESP
+    may have the seed again); systemd told. esp-mirror itself and its manual page stay (``adopt``
+    mirrors the ESP again), and so does md assembly at boot and the distribution's md check
+    (other arrays use them). Only what is there is planned, so a run again after an
+    interruption plans what is left."""
+    profile, target = setup.profile, setup.target
+    steps: list[Step] = [*anycaller.removal(target), *heal.removal(profile, target), *periodic.removal(profile, target)]
+    upgrade_steps, notes = upgrades.removal(profile, target, device)
+    steps += upgrade_steps
+    if spec(setup.bootloader).bootctl:
+        masked = [u for u in SEED_UNITS if _masked(target.path(f"etc/systemd/system/{u}"))]
+        if masked:
+            steps.append(
+                Command(
+                    ("systemctl", "unmask", *masked),
+                    root=target.root,
+                    why="esp-mirror masked the seed's writer: on a plain ESP it may write the seed again",
+                )
+            )
+    if profile.init is Init.SYSTEMD and any(_systemd_changes(s) for s in steps):
+        steps.append(Command(("systemctl", "daemon-reload"), root=target.root, why="systemd forgets the removed units"))
+    return tuple(steps), (
+        *notes,
+        f"{heal.PROGRAM} and its manual page stay: `esp-mirror adopt` mirrors the ESP again; remove them by "
+        "hand if you will not",
+    )
+
+
+def _masked(path: str) -> bool:
+    """The unit file ``path`` is a mask (``systemctl mask``: a link to /dev/null)."""
+    return os.path.islink(path) and os.readlink(path) == "/dev/null"
+
+
+def _systemd_changes(step: Step) -> bool:
+    """``step`` changes what systemd has loaded: systemctl, or a file of its configuration removed."""
+    if not isinstance(step, Command):
+        return False
+    return step.argv[0] == "systemctl" or any(isinstance(a, str) and "/systemd/" in a for a in step.argv)

@@ -189,3 +189,23 @@ def _timer(target: Target, unit: str, service_text: str, timer_text: str, why: s
     if not os.path.lexists(target.path(f"etc/systemd/system/timers.target.wants/{unit}.timer")):
         steps.append(Command(("systemctl", "enable", f"{unit}.timer"), root=target.root, why=why))
     return steps
+
+
+def removal(profile: Profile, target: Target) -> tuple[Step, ...]:
+    """What :func:`plan` installed, taken away (``esp-mirror release --all``): esp-mirror's weekly
+    run and the refresh of its metrics, disabled and stopped (systemd) and their files removed.
+    The distribution's own md check stays enabled (other arrays, an md root, need it). Only what
+    is there is planned, so a run again after an interruption plans what is left."""
+    why = "no mirror is left to check, and no metrics to refresh"
+    steps: list[Step] = []
+    rels: list[str] = []
+    for unit in (UNIT, METRICS_UNIT):
+        timer = f"etc/systemd/system/{unit}.timer"
+        if os.path.lexists(target.path(timer)):
+            steps.append(Command(("systemctl", "disable", "--now", f"{unit}.timer"), root=target.root, why=why))
+        rels += [timer, f"etc/systemd/system/{unit}.service"]
+    if profile.own_check in CRON_DIRS:
+        rels.append(f"{CRON_DIRS[profile.own_check]}/{UNIT}")
+        rels.append(f"{REFRESH_DIRS[profile.own_check][0]}/{METRICS_UNIT}")
+    steps += [Command(("rm", "-f", "--", p), why=why) for p in target.present(*rels)]
+    return tuple(steps)

@@ -24,7 +24,7 @@ from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.pipeline.bootloaders import spec
 from esp_mirror_plugin.pipeline.kinds import BootloaderKind, Init
 from esp_mirror_plugin.pipeline.profiles import Profile
-from esp_mirror_plugin.pipeline.steps import Command, EditBlock, LoadDebconf, Step, WriteFile
+from esp_mirror_plugin.pipeline.steps import Command, EditBlock, LoadDebconf, RemoveBlock, Step, WriteFile
 from esp_mirror_plugin.system import files
 from esp_mirror_plugin.system.target import Target
 
@@ -202,3 +202,55 @@ def plan(
     fwupd_steps, fwupd_notes = _fwupd(target, mountpoint, esp_mirror)
     notes += fwupd_notes + _grub_distributor(profile, bootloader, loader_id)
     return debconf_steps + _relaxed_esp_checks(profile, target, bootloader) + fwupd_steps, notes
+
+
+def removal(profile: Profile, target: Target, device: str) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+    """What :func:`plan` set, taken back (``esp-mirror release --all``), as (steps, notes): the
+    relaxed ESP checks (a plain ESP needs none) and fwupd's ESP setting (fwupd finds a plain ESP
+    itself) go. Of the debconf answers, those that name the array are answered again for
+    ``device``, the partition that is the ESP now (Ubuntu's install_devices, which would else
+    name a device that no longer exists when GRUB's package is upgraded); the others stay, and
+    mean on a plain ESP what they meant on the mirror (no NVRAM writes, a current fallback path).
+    The preseed file goes. Only what is there is planned."""
+    steps: list[Step] = []
+    notes: list[str] = []
+    why = "a plain ESP needs no relaxed ESP checks from bootctl"
+    if target.has_block("etc/environment"):
+        steps.append(
+            RemoveBlock(target.path("etc/environment"), why=why + " (logins, sudo: pam_env)", root=target.root)
+        )
+    drop_ins = (SYSTEM_CONF_DROPIN, BOOT_UPDATE_DROPIN)
+    steps += [Command(("rm", "-f", "--", p), why=why) for p in target.present(*drop_ins)]
+    for rel, _section, _key in FWUPD_19 + FWUPD_18:
+        if target.has_block(rel):
+            steps.append(RemoveBlock(target.path(rel), why="fwupd finds a plain ESP by itself", root=target.root))
+    # owner and question -> the answer's type, for the answers that name the array
+    naming_array = {q: a.split(" ", 1)[0] for q, a in profile.debconf.items() if "{array_uuid}" in a}
+    why = "the GRUB packages' upgrades install onto the ESP that is left, not onto the array that is gone"
+    answers = tuple((q.split()[1], device) for q in naming_array)
+    database = target.resolve(DEBCONF_DB + "/config.dat")
+    held = files.debconf_values(database.read_text(errors="replace")) if database.is_file() else {}
+    if all(held.get(question) == value for question, value in answers):
+        naming_array = {}  # answered so already: a release run again
+    if naming_array and target.has_program("debconf-set-selections"):
+        text = "# esp-mirror release: the answers that named the array, for the ESP that is left.\n" + "".join(
+            f"{q} {kind} {device}\n" for q, kind in naming_array.items()
+        )
+        steps.append(WriteFile(target.path(PRESEED), text, why=why, root=target.root))
+        steps.append(
+            LoadDebconf(
+                Command(("debconf-set-selections", PRESEED), root=target.root, why=why),
+                answers,
+                str(target.path(DEBCONF_DB + "/config.dat")),
+                why=why,
+            )
+        )
+    elif naming_array:
+        notes.append(
+            f"debconf is not in the target: answer {', '.join(q.split()[1] for q in naming_array)} with {device} "
+            "(`debconf-set-selections`) before the next GRUB upgrade"
+        )
+    preseed = (target.path(PRESEED),) if any(isinstance(s, WriteFile) for s in steps) else target.present(PRESEED)
+    why = "esp-mirror's debconf answers are loaded; the file was only their source"
+    steps += [Command(("rm", "-f", "--", p), why=why) for p in preseed]
+    return tuple(steps), tuple(notes)

@@ -34,10 +34,12 @@ from esp_mirror_plugin.pipeline.steps import (
     InstallProgram,
     LoadDebconf,
     MakeDir,
+    RemoveBlock,
     Settle,
     Step,
     UuidLink,
     VerifyCopy,
+    VerifyFat,
     WaitForPartition,
     WaitForSync,
     WriteFile,
@@ -125,7 +127,16 @@ def _(step: EditBlock, now: Now) -> bool:
 
 
 @would_change.register
-def _(step: VerifyCopy, now: Now) -> bool:
+def _(step: RemoveBlock, now: Now) -> bool:
+    path = files.resolve_in_root(step.root, step.path)
+    if not path.exists():
+        return False
+    text = files.block_removed(path, step.keep, step.remove_empty)
+    return text is None or files.differs(path, text)
+
+
+@would_change.register
+def _(step: VerifyCopy | VerifyFat, now: Now) -> bool:
     return False  # it only reads
 
 
@@ -329,6 +340,29 @@ class Applier:
         if self._done_already(step):
             return False
         return files.edit_block(files.resolve_in_root(step.root, step.path), step.block, step.mode, step.retire)
+
+    @_apply.register
+    def _(self, step: RemoveBlock, group: str) -> bool:
+        if self._done_already(step):
+            return False
+        return files.remove_block(files.resolve_in_root(step.root, step.path), step.keep, step.remove_empty)
+
+    @_apply.register
+    def _(self, step: VerifyFat, group: str) -> bool:
+        try:
+            fsck = self.runner.run(("fsck.fat", "-n", step.device), ok=(0, 1))
+            problems = fat.fsck_problems(fsck.stdout + fsck.stderr) if fsck.returncode else []
+        except CommandFailed as exc:  # it cannot even be checked
+            problems = fat.fsck_problems(exc.result.stdout + exc.result.stderr) or [exc.stderr_line]
+        if problems:
+            raise StepFailed(
+                group,
+                step.describe(),
+                f"the FAT on {step.device} is damaged ({problems[0].strip()}): repair it with "
+                f"`fsck.fat -a {step.device}`, then run the same esp-mirror command again",
+            )
+        print(f"  [{group}]   fsck.fat -n found no damage on {step.device}", file=self.out)
+        return False
 
     @_apply.register
     def _(self, step: VerifyCopy, group: str) -> bool:

@@ -67,3 +67,16 @@ def volume_id(array: str) -> str:
 def fstab_uuid(vol_id: str) -> str:
     """How blkid and fstab spell a FAT volume serial: XXXX-XXXX."""
     return f"{vol_id[:4]}-{vol_id[4:]}".upper()
+
+
+def released_volume_id(partuuid: str, taken: str = "") -> str:
+    """The FAT volume serial (8 hex digits) a member's partition gets when it leaves the mirror
+    (``esp-mirror release``), from its partition GUID: never the array's FAT's (``taken``), so
+    fstab's UUID= of the array's FAT never resolves to it, and the same again when a release
+    that was interrupted runs again."""
+    n = 0
+    while True:
+        serial = uuid.uuid5(_NAMESPACE, f"vfat-released:{partuuid.lower()}:{n}").hex[:8].upper()
+        if serial != taken.replace("-", "").upper():
+            return serial
+        n += 1

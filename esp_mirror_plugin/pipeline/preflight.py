@@ -25,7 +25,9 @@ from esp_mirror_plugin.pipeline.steps import (
     InstallProgram,
     LoadDebconf,
     MakeDir,
+    RemoveBlock,
     Step,
+    VerifyFat,
     WaitForPartition,
     WriteFile,
 )
@@ -60,6 +62,14 @@ class Preflight:
             for program in ("fsck.fat", "mdir"):
                 self._program(program, "/")
             self._command(step.make)
+        elif isinstance(step, VerifyFat):
+            self._program("fsck.fat", "/")
+        elif isinstance(step, RemoveBlock):
+            path = self._resolved(step.root, step.path)
+            try:
+                files.split_block(read_text(path, step.path))
+            except ValueError as exc:
+                raise BadInput(f"{step.path} {exc}") from None
         elif isinstance(step, LoadDebconf):
             self._command(step.load)
         elif isinstance(step, EditBlock):

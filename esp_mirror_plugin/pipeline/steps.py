@@ -181,6 +181,36 @@ class EditBlock:
 
 
 @dataclass(frozen=True)
+class RemoveBlock:
+    """Give back a file in which esp-mirror owned a marked block (:class:`EditBlock`): the block
+    and its markers go, and ``keep`` (plain lines, which are then the file's own, no longer
+    esp-mirror's) takes its place in the same write; the rest of the file is untouched. With
+    ``remove_empty`` a file left with nothing but blank lines is removed (a file esp-mirror
+    created, whose absence means something: kernel-install reads /usr/lib's install.conf only
+    when /etc has none). A file without the block is left as it is."""
+
+    path: str
+    why: str
+    keep: str = ""
+    root: str = "/"
+    remove_empty: bool = False
+
+    def describe(self) -> str:
+        kept = "; in its place:\n" + _indent(self.keep) if self.keep else ""
+        gone = " (the file goes when nothing else is left in it)" if self.remove_empty else ""
+        return f"edit {self.path}: remove the managed block{gone}{kept}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "remove-block",
+            "path": self.path,
+            "keep": self.keep,
+            "remove_empty": self.remove_empty,
+            "why": self.why,
+        }
+
+
+@dataclass(frozen=True)
 class CopyFile:
     """Copy a file (the bootloader payload). Identical content at ``dest`` means no write."""
 
@@ -276,6 +306,22 @@ class EnsureFat:
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": "ensure-fat", "device": self.device, "make": self.make.to_json(), "why": self.why}
+
+
+@dataclass(frozen=True)
+class VerifyFat:
+    """Check the FAT on ``device`` (``fsck.fat -n``, read-only) and stop the run when it is
+    damaged: what comes after relies on it (a released member that must boot on its own).
+    Changes nothing."""
+
+    device: str
+    why: str
+
+    def describe(self) -> str:
+        return f"fsck.fat -n {shlex.quote(self.device)}   (stop when it finds damage)"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": "verify-fat", "device": self.device, "why": self.why}
 
 
 @dataclass(frozen=True)
@@ -405,11 +451,13 @@ Step = (
     | WriteFile
     | InstallProgram
     | EditBlock
+    | RemoveBlock
     | CopyFile
     | VerifyCopy
     | MakeDir
     | WaitForPartition
     | EnsureFat
+    | VerifyFat
     | LoadDebconf
     | AttachImage
     | AddMember

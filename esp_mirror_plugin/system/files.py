@@ -174,6 +174,35 @@ def block_edited(path: Path, block: str, retire: tuple[str, ...] = ()) -> str:
     return with_block(current, block)
 
 
+def block_removed(path: Path, keep: str = "", remove_empty: bool = False) -> str | None:
+    """What :func:`remove_block` makes of ``path``: its text without our block (``keep``'s lines
+    in its place); None when the file goes (``remove_empty`` and nothing but blank lines left).
+    A missing file, or one without our block, stays as it is.
+
+    :raises ValueError: a broken block (:func:`split_block`).
+    """
+    current = path.read_text() if path.exists() else ""
+    before, found, after = split_block(current)
+    if found is None:
+        return current
+    kept = f"{keep.rstrip(chr(10))}\n" if keep.strip() else ""
+    text = before + kept + after
+    return None if remove_empty and not text.strip() else text
+
+
+def remove_block(path: Path, keep: str = "", remove_empty: bool = False) -> bool:
+    """Our block out of ``path`` (``keep`` in its place), atomically; the file removed when
+    ``remove_empty`` and nothing else is left. Returns False when there was nothing to do."""
+    text = block_removed(path, keep, remove_empty)
+    if text is None:
+        path.unlink()
+        sync_dir(path.parent)
+        return True
+    if not path.exists():
+        return False
+    return write_atomic(path, text)
+
+
 def _retired(text: str, retire: tuple[str, ...]) -> str:
     wanted = {line.strip() for line in retire}
     return "".join(

@@ -14,5 +14,6 @@ HISTORY = f"{STATE_DIR}/history"  # one line per heal, replace, add and repair
 LAST_CHECK = f"{STATE_DIR}/last-check.json"  # the result of the last check
 REPAIR_JOURNAL = f"{STATE_DIR}/repair.json"  # a repair that has begun to change a member
 ADOPT_JOURNAL = f"{STATE_DIR}/adopt.json"  # an adoption that has begun to change the machine
+RELEASE_JOURNAL = f"{STATE_DIR}/release.json"  # a release that has begun to take members out
 ADOPT_BACKUPS = f"{STATE_DIR}/adopt"  # adopt's tar of every ESP, each disk's GPT, the fstab lines
 REPAIR_BACKUPS = f"/{STATE_DIR}"  # repair's tar of the files it overwrites (--backup-dir's default)

@@ -71,6 +71,19 @@ class Target:
     def exists(self, rel: str) -> bool:
         return self.resolve(rel).exists()
 
+    def present(self, *rels: str) -> tuple[str, ...]:
+        """The paths (as plans name them) of those of ``rels`` that are in the target: a file, a
+        directory or a link, a dangling one too (what an undo removes)."""
+        return tuple(self.path(rel) for rel in rels if os.path.lexists(self.path(rel)))
+
+    def has_block(self, rel: str) -> bool:
+        """The file holds esp-mirror's marked block (a broken one counts: its edit then refuses,
+        naming it)."""
+        try:
+            return files.split_block(self.text(rel))[1] is not None
+        except ValueError:
+            return True
+
     def text(self, rel: str) -> str:
         """The file's text; "" when it does not exist.
 

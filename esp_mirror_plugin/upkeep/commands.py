@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from typing import Any, TextIO
 
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.hooks import bootentries, installed, partition
-from esp_mirror_plugin.pipeline import fat, naming
+from esp_mirror_plugin.pipeline import adoption, fat, naming
 from esp_mirror_plugin.pipeline import record as records
 from esp_mirror_plugin.pipeline.checks import MAX_DISKS
 from esp_mirror_plugin.pipeline.execute import Applier, counts, forecast
@@ -33,15 +34,16 @@ from esp_mirror_plugin.pipeline.members import Member, disk_tag
 from esp_mirror_plugin.pipeline.preflight import Preflight
 from esp_mirror_plugin.pipeline.profiles import load_profile
 from esp_mirror_plugin.pipeline.record import Record
-from esp_mirror_plugin.pipeline.steps import Group
+from esp_mirror_plugin.pipeline.steps import Group, Step
 from esp_mirror_plugin.system import lock
-from esp_mirror_plugin.system.discovery import DiskFacts, HostView, describe_disks, read_mounts
+from esp_mirror_plugin.system.discovery import DiskFacts, HostView, blkid_export, describe_disks, read_mounts
 from esp_mirror_plugin.system.runner import CommandFailed, Runner
 from esp_mirror_plugin.upkeep import compare, heal, history, lastcheck, loaders, metrics, plans, settings
 from esp_mirror_plugin.upkeep import journal as journal_file
+from esp_mirror_plugin.upkeep import release as releases
 from esp_mirror_plugin.upkeep.journal import RepairJournal
 from esp_mirror_plugin.upkeep.lastcheck import LastCheck
-from esp_mirror_plugin.upkeep.mirror import ArrayState, MemberState, MirrorState, read_mirror
+from esp_mirror_plugin.upkeep.mirror import ArrayState, MemberState, MirrorState, examine, read_mirror
 from esp_mirror_plugin.upkeep.table import Command
 
 WORK_DIR = "/run/esp-mirror"
@@ -181,26 +183,40 @@ def member_loaders(state: MirrorState, copies: dict[str, Path]) -> tuple[loaders
     return loaders.from_copies(copies, disks, tuple(dict.fromkeys(paths)))
 
 
+@dataclass(frozen=True)
+class FatDamage:
+    """What ``fsck.fat -n`` found wrong with a member's FAT."""
+
+    line: str  # its first line of damage, or why it could not check
+    checked: bool = True  # False: fsck.fat could not check it at all
+
+
+def fat_damage(runner: Runner, node: str) -> FatDamage | None:
+    """``fsck.fat -n`` (read-only) of the FAT on a member; None when it is whole (the dirty bit of
+    a mounted FAT is not damage)."""
+    compare.fresh_view(runner, node)
+    try:
+        fsck = runner.run(("fsck.fat", "-n", node), ok=(0, 1))
+    except CommandFailed as exc:
+        return FatDamage((fat.fsck_problems(exc.result.stdout + exc.result.stderr) or [exc.stderr_line])[0], False)
+    damage = fat.fsck_problems(fsck.stdout + fsck.stderr) if fsck.returncode != 0 else []
+    return FatDamage(damage[0]) if damage else None
+
+
 def check_source_fat(runner: Runner, source: MemberState) -> None:
     """The member a repair copies from must hold a whole FAT (``fsck.fat -n``, read-only).
 
     :raises BadInput: fsck.fat cannot check it, or finds damage beyond the dirty bit.
     """
-    compare.fresh_view(runner, source.node)
-    try:
-        fsck = runner.run(("fsck.fat", "-n", source.node), ok=(0, 1))
-    except CommandFailed as exc:
-        why = (fat.fsck_problems(exc.result.stdout + exc.result.stderr) or [exc.stderr_line])[0]
-        raise BadInput(
-            f"fsck.fat cannot check the source {source.node} ({why}): "
-            "choose another --source, or repair it with fsck.fat first"
-        ) from None
-    damage = fat.fsck_problems(fsck.stdout + fsck.stderr) if fsck.returncode != 0 else []
-    if damage:
-        raise BadInput(
-            f"the FAT on the source {source.node} is damaged ({damage[0]}): "
-            "choose another --source, or repair it with fsck.fat first"
-        )
+    damage = fat_damage(runner, source.node)
+    if damage is None:
+        return
+    what = (
+        f"the FAT on the source {source.node} is damaged"
+        if damage.checked
+        else (f"fsck.fat cannot check the source {source.node}")
+    )
+    raise BadInput(f"{what} ({damage.line}): choose another --source, or repair it with fsck.fat first")
 
 
 def repair_source(state: MirrorState, given: str, journal: RepairJournal | None) -> MemberState:
@@ -448,6 +464,249 @@ def plan_refresh(state: MirrorState, root: str) -> Planned:
     return Planned([Group(installed.GROUP, steps, notes)])
 
 
+def plan_release(
+    runner: Runner,
+    host: HostView,
+    state: MirrorState,
+    disk: str | None,
+    everything: bool,
+    one_member: bool,
+) -> Planned:
+    """release: ``disk``'s member out of the mirror as a plain ESP that boots alone, or with
+    ``everything`` the mirror undone (:mod:`.release`); after an interruption, that release
+    finished from its journal. Every refusal comes here, before anything changes."""
+    root = host.sysroot
+    if disk is None and not everything:
+        raise BadInput("name what to release: --disk DISK (one member), or --all (undo the mirror)")
+    if one_member and everything:
+        raise BadInput("--one-member keeps a mirror of one disk, --all undoes the mirror: pass one of them")
+    if journal_file.load(root) is not None:
+        raise BadInput("a repair was interrupted: finish it first (`esp-mirror repair --source auto`), then release")
+    adopting = adoption.load_journal(root)
+    if adopting is not None:
+        raise BadInput(f"an adoption is not finished: finish it first by running it again ({adopting.command})")
+    journal = journal_file.load_release(root)
+    notes: list[str] = []
+    if journal is None:
+        journal, notes = _release_start(runner, host, state, disk, everything, one_member)
+    else:
+        _release_again(state, journal, disk, everything)
+        notes.append(
+            f"an interrupted release ({journal_file.release_path_in(root)}, phase {journal.phase}) is finished "
+            "from where it stopped"
+        )
+    steps: tuple[Step, ...] = ()
+    if journal.phase == releases.TAKE_OUT:
+        steps = releases.take_out(state, journal, _carrying(runner, state, journal), root)
+    if everything:  # with the record gone (a run cut at its end) state.mount is not looked for
+        esp = os.path.normpath(journal.record.mountpoint)
+        mounted = journal.phase == releases.FINISH and any(m.mountpoint == esp for m in read_mounts(host))
+        steps += releases.undo(journal, root, mounted)
+    else:
+        steps += releases.shrink(state, journal, root)
+    groups = [Group(releases.GROUP, steps, tuple(notes)), releases.entries(state, journal)]
+    if everything:
+        groups.append(releases.installed_system(journal, host))
+    groups.append(releases.finish(journal, root))
+    report: dict[str, Any] = {
+        "all": journal.everything,
+        "release": [r.node for r in journal.release],
+        "keep": journal.keep.node if journal.keep else None,
+        "volume_ids": {r.node: r.volume_id for r in journal.release},
+        "members": journal.members,
+        "phase": journal.phase,
+    }
+    return Planned(groups, report, after=_release_done(journal))
+
+
+def _release_start(
+    runner: Runner,
+    host: HostView,
+    state: MirrorState,
+    disk: str | None,
+    everything: bool,
+    one_member: bool,
+) -> tuple[journal_file.ReleaseJournal, list[str]]:
+    """A new release's journal, after its refusals; and the plan's notes."""
+    array = plans.require_array(state)
+    record = state.record
+    assert record is not None  # require_array checked it
+    busy = array.sync_action != "idle" or array.resync_start not in ("none", "")
+    if busy or any(not m.active for m in array.members):
+        raise BadInput(
+            f"{array.device} is not at rest (md: {array.sync_action} {array.sync_completed}; members "
+            f"{', '.join(f'{m.node} {m.state}' for m in array.members)}): every member must be in sync; wait for "
+            "md (`esp-mirror status`), or take a failed member out first (`esp-mirror replace`)"
+        )
+    if everything:
+        chosen = list(array.members)  # in slot order: the first disk's stays the ESP
+    else:
+        assert disk is not None
+        member = array.member(disk)
+        if member is None:
+            raise BadInput(
+                f"{disk} is not a member of {array.device}: its members are "
+                f"{', '.join(m.disk for m in array.members)}; release one of them, or undo the mirror with --all"
+            )
+        if array.degraded:
+            raise BadInput(
+                f"{array.device} is degraded ({array.degraded} of {array.raid_disks} members missing): release takes "
+                "a disk out of a whole mirror; put the missing one back first (`esp-mirror replace --old missing "
+                "--new DISK`), or undo the mirror with `esp-mirror release --all`"
+            )
+        left = [m for m in array.members if m.node != member.node]
+        if not left:
+            raise BadInput(
+                f"{disk} holds the last member of {array.device}: `esp-mirror release --all` undoes the mirror and "
+                f"leaves {member.node} the machine's ESP"
+            )
+        if len(left) == 1 and not one_member:
+            raise BadInput(
+                f"releasing {disk} leaves {array.device} one member ({left[0].node}), a mirror of nothing: "
+                f"`esp-mirror release --all` undoes the mirror (each disk keeps a plain ESP that boots, "
+                f"{left[0].disk}'s mounted); --one-member keeps the array of one, for `esp-mirror add` to grow again"
+            )
+        if one_member and len(left) != 1:
+            raise BadInput(
+                f"--one-member is for a mirror of two disks; {array.device} keeps {len(left)} members: leave it out"
+            )
+        chosen = [member]
+    for m in chosen:
+        damage = fat_damage(runner, m.node)
+        if damage is not None:
+            what = "its FAT is damaged" if damage.checked else "fsck.fat cannot check its FAT"
+            raise BadInput(
+                f"{m.node} cannot be released: {what} ({damage.line}); `esp-mirror repair --source DISK` "
+                "with a good member makes it whole again"
+            )
+    facts = member_facts(runner, host, state)
+    fs_uuid = _array_fat_uuid(runner, array.device) or record.fs_uuid or naming.fstab_uuid(naming.volume_id(array.uuid))
+    chosen_released = tuple(
+        journal_file.Released(
+            node=m.node,
+            disk=m.disk,
+            partuuid=m.partuuid,
+            tag=disk_tag(facts[m.disk]),
+            volume_id=fs_uuid
+            if everything and i == 0
+            else naming.fstab_uuid(naming.released_volume_id(m.partuuid, taken=fs_uuid)),
+        )
+        for i, m in enumerate(chosen)
+    )
+    journal = journal_file.ReleaseJournal(
+        command=shlex.join(
+            ["esp-mirror", "release", *(["--all"] if everything else ["--disk", str(disk)])]
+            + (["--one-member"] if one_member else [])
+        ),
+        everything=everything,
+        release=chosen_released,
+        members=0 if everything else array.raid_disks - 1,
+        mountpoint=state.mount.mountpoint if state.mount is not None else None,
+        fs_uuid=fs_uuid,
+        array_uuid=naming.mdadm_uuid(array.uuid),
+        record=record,
+    )
+    notes = [
+        f"{r.node} ({r.disk}): fsck.fat -n found no damage; FAT volume id {r.volume_id}"
+        + (" (the array's: fstab names it)" if everything and i == 0 else " (its own)")
+        for i, r in enumerate(chosen_released)
+    ]
+    if everything:
+        keep, others = chosen_released[0], chosen_released[1:]
+        notes.append(f"{keep.node} is the machine's ESP at {record.mountpoint} afterwards")
+        if others:
+            notes.append(
+                f"{', '.join(r.disk for r in others)} keep{'s' if len(others) == 1 else ''} an entry of "
+                f"{'its' if len(others) == 1 else 'their'} own: a copy of the ESP as it is now, which upgrades no "
+                f"longer update (they write to {keep.node}); remove such an entry with `efibootmgr -b NNNN -B` when "
+                "it should not be a fallback"
+            )
+        if array.degraded:
+            notes.append(
+                f"{array.degraded} member{'s' if array.degraded != 1 else ''} of {array.device} "
+                f"{'is' if array.degraded == 1 else 'are'} not here and keep{'s' if array.degraded == 1 else ''} "
+                "the array's superblock: zero it (`mdadm --zero-superblock PARTITION`) before that disk comes back, "
+                "or md assembles the old mirror from it; esp-mirror's entry for it goes"
+            )
+        notes.append(
+            "the initramfs keeps the old mdadm.conf until it is rebuilt (the next kernel update, or by hand): its "
+            "ARRAY line then finds no member and is passed over"
+        )
+    else:
+        notes.append(
+            f"{array.device} keeps {journal.members} member{'s' if journal.members != 1 else ''} and its FAT id "
+            f"{fs_uuid}, which fstab names"
+            + (
+                "; a one-member array mirrors nothing until `esp-mirror add --disk DISK`"
+                if journal.members == 1
+                else ""
+            )
+        )
+    return journal, notes
+
+
+def _array_fat_uuid(runner: Runner, device: str) -> str | None:
+    """The volume id of the FAT on the array, as blkid reads it (what fstab's UUID= finds)."""
+    try:
+        found = blkid_export(runner, ("blkid", "-p", "-o", "export", device))
+    except CommandFailed as exc:
+        raise BadInput(f"cannot read the FAT on {device} ({exc.stderr_line}): run esp-mirror as root") from None
+    return found.get("UUID") if found.get("TYPE") == "vfat" else None
+
+
+def _release_again(
+    state: MirrorState, journal: journal_file.ReleaseJournal, disk: str | None, everything: bool
+) -> None:
+    """An interrupted release is finished by the same command only; a ``--disk`` one needs the array."""
+    same = journal.everything == everything and (
+        everything
+        or (disk is not None and os.path.realpath(disk) in {journal.release[0].disk, journal.release[0].node})
+    )
+    if not same:
+        raise BadInput(f"an interrupted release is not finished: run it again to finish it first: {journal.command}")
+    if not everything:
+        plans.require_array(replace(state, record=state.record or journal.record))
+
+
+def _carrying(runner: Runner, state: MirrorState, journal: journal_file.ReleaseJournal) -> set[str]:
+    """The released partitions that still carry the array's md superblock (a member carries it).
+
+    :raises BadInput: one cannot be read, or carries another array's (not esp-mirror's to zero).
+    """
+    out = set()
+    for r in journal.release:
+        if state.array is not None and state.array.member(r.node) is not None:
+            out.add(r.node)
+            continue
+        info = examine(runner, r.node)
+        if info is None:
+            continue
+        if naming.mdadm_uuid(info.get("MD_UUID", "")) != journal.array_uuid:
+            raise BadInput(
+                f"{r.node} carries the superblock of another md array ({info.get('MD_UUID')}), not the mirror's: "
+                f"see `mdadm --examine {r.node}`; esp-mirror zeroes only its own"
+            )
+        out.add(r.node)
+    return out
+
+
+def _release_done(journal: journal_file.ReleaseJournal) -> tuple[str, ...]:
+    """What the administrator reads once the release is done."""
+    record = journal.record
+    if journal.keep is not None:
+        keep = journal.keep
+        return (
+            f"esp-mirror: the mirror is undone: {keep.node} is the ESP at {record.mountpoint} (UUID={keep.volume_id}); "
+            "each disk keeps a plain ESP and its own boot entry; `esp-mirror adopt` mirrors the ESP again",
+        )
+    return tuple(
+        f"esp-mirror: {r.node} is a plain ESP (FAT volume id {r.volume_id}) that boots alone from its entry "
+        f"{bootentries.released_label(record.entry_label, r.entry())!r}; {record.array} has {journal.members} "
+        f"member{'s' if journal.members != 1 else ''}"
+        for r in journal.release
+    )
+
+
 # -- the commands, as their rows in table.py name them ---------------------------------------------
 
 
@@ -515,6 +774,13 @@ def run_add(call: Call) -> int:
 def run_entries(call: Call) -> int:
     state = mirror_of(call)
     return carry_out(call, state, plan_entries(call.runner, call.host, state))
+
+
+def run_release(call: Call) -> int:
+    state = mirror_of(call)
+    o = call.options
+    planned = plan_release(call.runner, call.host, state, o.disk, o.all, o.one_member)
+    return carry_out(call, state, planned)
 
 
 def run_refresh(call: Call) -> int:

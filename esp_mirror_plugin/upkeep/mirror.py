@@ -325,6 +325,12 @@ def read_mirror(
             )
     except BadInput as exc:
         unfinished.append(str(exc))
+    try:
+        releasing = journal_file.load_release(host.sysroot)
+        if releasing:
+            unfinished.append(releasing.unfinished())
+    except BadInput as exc:
+        unfinished.append(str(exc))
     last_check, last_check_error = None, None
     try:
         last_check = lastcheck.load(host.sysroot)

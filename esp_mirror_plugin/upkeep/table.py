@@ -187,6 +187,35 @@ UPKEEP: dict[str, Command] = {
             lock=Lock(wait=HEAL_LOCK_WAIT),
         ),
         Command(
+            "release",
+            "take a disk out of the mirror as a plain ESP that boots alone, or undo the mirror (--all)",
+            work="run_release",
+            show="show_report",
+            options=(
+                Option(
+                    "--disk",
+                    "the member disk to take out: its partition becomes a plain FAT ESP with a volume id of its "
+                    "own and keeps a boot entry; the array shrinks by one",
+                    metavar="DISK",
+                    exclusive="release",
+                ),
+                Option(
+                    "--all",
+                    "undo the mirror: every member released, the array stopped, the first disk's partition mounted "
+                    "as the machine's ESP, esp-mirror's units, hooks and settings removed",
+                    switch=True,
+                    exclusive="release",
+                ),
+                Option(
+                    "--one-member",
+                    "with --disk on a mirror of two disks: keep the other as an array of one member "
+                    "(`esp-mirror add` grows it again) instead of refusing",
+                    switch=True,
+                ),
+                *CHANGING,
+            ),
+        ),
+        Command(
             "refresh",
             "write the installed system's esp-mirror, heal units and upgrade settings again",
             work="run_refresh",

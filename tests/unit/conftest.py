@@ -31,7 +31,7 @@ import pytest
 
 from esp_mirror_plugin import cli
 from esp_mirror_plugin.cli import install as cli_install
-from esp_mirror_plugin.hooks import installed
+from esp_mirror_plugin.hooks import fstab, installed
 from esp_mirror_plugin.pipeline import naming
 from esp_mirror_plugin.pipeline.bootloaders import BootloaderKind
 from esp_mirror_plugin.pipeline.execute import Applier
@@ -40,6 +40,7 @@ from esp_mirror_plugin.pipeline.request import Request
 from esp_mirror_plugin.pipeline.steps import Command, Group
 from esp_mirror_plugin.system import lock
 from esp_mirror_plugin.system.discovery import HostView
+from esp_mirror_plugin.system.files import with_block
 from esp_mirror_plugin.system.recording import RecordingRunner, UnexpectedCommand
 from esp_mirror_plugin.system.runner import Result, ShRunner, full_argv
 from esp_mirror_plugin.upkeep import commands as upkeep_commands
@@ -866,12 +867,44 @@ class Mirror(Machine):
         )
         self.members: dict[str, dict[str, bytes]] = {}
         self.superblocks: dict[str, dict[str, str]] = {}  # node -> mdadm --examine --export
+        self.raid_probes: dict[str, dict[str, str]] = {}  # node -> blkid -p as it was before its superblock went
         self.readd: set[str] = set()  # nodes md takes back with --re-add (it has a bitmap for them)
         self.fsck: dict[str, tuple[int, str]] = {}
         self.boot_entries: list[tuple[str, str, str, bool]] = []  # (number, label, device path, active)
         self.boot_order: list[str] = []
         self.runner.responders.append(self._upkeep)
         nodes = [self._member_disk(name, slot) for slot, name in enumerate(disks)]
+        self.start_array(nodes, mount=False)
+        self.mount("9:127", self.esp, "vfat", "/dev/md127")
+        for path, data in ESP_FILES.items():
+            (self.esp_dir / path).parent.mkdir(parents=True, exist_ok=True)
+            (self.esp_dir / path).write_bytes(data)
+        self.boot_entries = [("0000", "UiApp", UIAPP, True)]
+        self.boot_entries += [
+            (f"{n:04X}", f"Debian (esp-mirror {serial_of(name)})", hd_path(guid_of(name)), True)
+            for n, name in enumerate(disks, start=1)
+        ]
+        self.boot_entries.append((f"{len(disks) + 1:04X}", "EFI Internal Shell", SHELL, True))
+        self.boot_order = [e[0] for e in self.boot_entries[1:-1]] + ["0000", f"{len(disks) + 1:04X}"]
+        self._nvram_changed()
+        (self.sysroot / "etc/esp-mirror").mkdir(parents=True)
+        (self.sysroot / "etc/esp-mirror/esp-mirror.yaml").write_text(self.record.render())
+        self.add_target_python(root=self.sysroot)
+        self.write_installed_settings()
+        self.write_array_files()
+
+    def write_installed_settings(self) -> None:
+        """The files of apply's "installed-system" group (esp-mirror itself, heal units, the debconf
+        answers), as apply left them on the installed system."""
+        steps, _ = installed.plan(settings.setup(self.record, ARRAY_UUID, str(self.sysroot)))
+        applier = Applier(self.runner, io.StringIO())
+        for step in steps:
+            if not isinstance(step, Command):
+                applier.execute(Group("installed-system", (step,)))
+
+    def start_array(self, nodes: list[str], mount: bool = True) -> None:
+        """/dev/md/esp running (md127) with ``nodes`` in slot order, in sync, each partition held by
+        it; with ``mount`` the ESP mounted from it, as fstab does at boot."""
         self.add_array(
             "/dev/md/esp",
             "md127",
@@ -899,31 +932,22 @@ class Mirror(Machine):
             mismatch_cnt=0,
             raid_disks=len(nodes),
         )
-        self.mount("9:127", self.esp, "vfat", "/dev/md127")
-        for path, data in ESP_FILES.items():
-            (self.esp_dir / path).parent.mkdir(parents=True, exist_ok=True)
-            (self.esp_dir / path).write_bytes(data)
-        self.boot_entries = [("0000", "UiApp", UIAPP, True)]
-        self.boot_entries += [
-            (f"{n:04X}", f"Debian (esp-mirror {serial_of(name)})", hd_path(guid_of(name)), True)
-            for n, name in enumerate(disks, start=1)
-        ]
-        self.boot_entries.append((f"{len(disks) + 1:04X}", "EFI Internal Shell", SHELL, True))
-        self.boot_order = [e[0] for e in self.boot_entries[1:-1]] + ["0000", f"{len(disks) + 1:04X}"]
-        self._nvram_changed()
-        (self.sysroot / "etc/esp-mirror").mkdir(parents=True)
-        (self.sysroot / "etc/esp-mirror/esp-mirror.yaml").write_text(self.record.render())
-        self.add_target_python(root=self.sysroot)
-        self.write_installed_settings()
+        for slot, node in enumerate(nodes):
+            self.set_member(node, "in_sync", slot)
+            (self._sys(os.path.basename(node)) / "holders" / "md127").touch()
+        if mount:
+            self.mount("9:127", self.esp, "vfat", "/dev/md127")
 
-    def write_installed_settings(self) -> None:
-        """The files of apply's "installed-system" group (esp-mirror itself, heal units, the debconf
-        answers), as apply left them on the installed system."""
-        steps, _ = installed.plan(settings.setup(self.record, ARRAY_UUID, str(self.sysroot)))
-        applier = Applier(self.runner, io.StringIO())
-        for step in steps:
-            if not isinstance(step, Command):
-                applier.execute(Group("installed-system", (step,)))
+    def write_array_files(self) -> None:
+        """fstab and mdadm.conf of the installed system as apply left them: the user's lines and
+        esp-mirror's blocks (the ARRAY line and the monitor's address; the mount by the FAT's UUID)."""
+        etc = self.sysroot / "etc"
+        (etc / "mdadm").mkdir(parents=True, exist_ok=True)
+        array = f"ARRAY /dev/md/esp metadata=1.0 UUID={ARRAY_UUID} name=any:esp"
+        (etc / "mdadm/mdadm.conf").write_text(
+            with_block(USER_MDADM_CONF.replace("MAILADDR root\n", ""), f"{array}\nMAILADDR root")
+        )
+        (etc / "fstab").write_text(with_block(USER_FSTAB, fstab.line("C982-96CB", self.esp)))
 
     # -- building the state ----------------------------------------------------------------------
 
@@ -1119,6 +1143,9 @@ class Mirror(Machine):
         match argv:
             case ("rm", "--", path):
                 os.unlink(path)
+            case ("rm", "-f", "--", path):
+                if os.path.lexists(path):
+                    os.unlink(path)
             case ("umount", mountpoint):
                 self.mountinfo = [line for line in self.mountinfo if f" {mountpoint} " not in line]
                 self._write_proc()
@@ -1126,6 +1153,36 @@ class Mirror(Machine):
                 self.mount("9:127", mountpoint, "vfat", "/dev/md127")
             case ("mdadm", "/dev/md/esp", "--fail", node, "--remove", again) if node == again:
                 self.take_out(node)
+                for holder in (self._sys(os.path.basename(node)) / "holders").glob("*"):
+                    holder.unlink()  # md no longer holds the partition
+            case ("mount", "-t", "vfat", "-o", "umask=0077", node, mountpoint) if self._partition(node):
+                disk, part = self._partition(node)
+                self.mount(self.partition_devnum(disk, part.number), mountpoint, "vfat", node)
+            case ("mdadm", "--stop", "/dev/md/esp"):
+                for node in self.member_nodes():
+                    for holder in (self._sys(os.path.basename(node)) / "holders").iterdir():
+                        holder.unlink()
+                self.stop_array()
+            case ("mdadm", "--zero-superblock", node) if node in self.superblocks:
+                del self.superblocks[node]
+                _, part = self._partition(node)
+                self.raid_probes[node] = part.probe
+                part.probe = dict(part.inner)  # the FAT at the partition's start is what blkid finds now
+            case ("fatlabel", "-i", node, serial) if self._partition(node):
+                _, part = self._partition(node)
+                for found in (part.inner, part.probe):
+                    if found.get("TYPE") == "vfat":
+                        found["UUID"] = f"{serial[:4]}-{serial[4:]}".upper()
+            case ("mdadm", "--grow", "/dev/md/esp", raid_devices, *force) if (
+                raid_devices.startswith("--raid-devices=")
+                and force in ([], ["--force"])
+                and int(raid_devices.split("=")[1]) < int(self.md_attr("raid_disks"))
+            ):  # fewer members: md packs the members that are left into the first slots
+                raid_disks = int(raid_devices.split("=")[1])
+                placed = sorted((n for n in self.member_nodes() if self._slot(n) is not None), key=self._slot)
+                for slot, node in enumerate(placed):
+                    self.set_member(node, "in_sync", slot)
+                self.set_md(raid_disks=raid_disks, degraded=max(0, raid_disks - len(placed)))
             case ("mdadm", "/dev/md/esp", "--re-add", node) if node not in self.readd:
                 return Result(argv, 1, "", f"mdadm: --re-add for {node} to /dev/md/esp is not possible\n")
             case ("mdadm", "/dev/md/esp", "--add" | "--re-add", node):
@@ -1136,6 +1193,10 @@ class Mirror(Machine):
                 self.members[node] = dict(self.members[source])  # the recovery copies a whole member
                 self.set_member(node, "in_sync" if slot is not None else "spare", slot)
                 self.set_md(degraded=max(0, int(self.md_attr("degraded")) - (slot is not None)))
+                if node not in self.superblocks:  # zeroed before (a repair): md writes a new member's
+                    self.superblocks[node] = superblock(ARRAY_UUID, events=120)
+                    _, part = self._partition(node)
+                    part.probe = self.raid_probes.pop(node, part.probe)
                 holders = self._sys(os.path.basename(node)) / "holders"
                 if holders.is_dir():
                     (holders / "md127").touch()

@@ -19,6 +19,7 @@ from esp_mirror_plugin.pipeline.steps import (
     Group,
     MakeDir,
     Var,
+    VerifyFat,
     WaitForPartition,
     WriteFile,
 )
@@ -343,3 +344,41 @@ def test_an_image_an_interrupted_run_left_attached_keeps_its_loop_device(images)
     assert outcome.code == 0, outcome.err
     assert ("losetup", "--find", "--show", "--partscan", "/images/a.img") not in outcome.calls
     assert next(c for c in outcome.calls if c[:2] == ("sgdisk", "--new=1:2048:1050623"))[-1] == left
+
+
+# -- a FAT that must be whole (release) ---------------------------------------------------------------
+
+FSCK_OK = "fsck.fat 4.2 (2021-01-31)\n/dev/vdb1: 6 files, 5174/130796 clusters\n"
+DAMAGED = "/EFI/BOOT/BOOTX64.EFI  Contains a free cluster (1234). Assuming EOF."
+
+
+def test_verify_fat_reads_and_changes_nothing_when_the_fat_is_whole():
+    runner = RecordingRunner()
+    runner.script(("fsck.fat", "-n", "/dev/vdb1"), FSCK_OK)
+    out = io.StringIO()
+    applier = Applier(runner, out)
+
+    applier.execute(Group("release", (VerifyFat("/dev/vdb1", why="w"),)))
+
+    assert (runner.calls, applier.changed) == ([("fsck.fat", "-n", "/dev/vdb1")], 0)
+    assert "  [release]   fsck.fat -n found no damage on /dev/vdb1\n" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("code", "stdout", "found"),
+    [(1, FSCK_OK.replace("/dev/vdb1:", f"{DAMAGED}\n/dev/vdb1:"), DAMAGED), (4, "", "open: No such device")],
+    ids=["damaged", "unreadable"],
+)
+def test_verify_fat_stops_the_run_on_damage_naming_the_repair(code, stdout, found):
+    runner = RecordingRunner()
+    runner.script(
+        ("fsck.fat", "-n", "/dev/vdb1"), stdout, returncode=code, stderr="open: No such device\n" if code == 4 else ""
+    )
+
+    with pytest.raises(StepFailed) as failure:
+        Applier(runner, io.StringIO()).execute(Group("release", (VerifyFat("/dev/vdb1", why="w"),)))
+
+    assert failure.value.detail == (
+        f"the FAT on /dev/vdb1 is damaged ({found}): repair it with `fsck.fat -a /dev/vdb1`, then run the same "
+        "esp-mirror command again"
+    )

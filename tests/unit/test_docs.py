@@ -302,7 +302,21 @@ def test_the_readme_says_each_exit_code_in_the_words_of_the_code():
 
 # What the README's host-packages block installs: the programs esp-mirror runs on the machine it
 # runs on, but for util-linux (and Debian's mount), which those distributions' base systems hold
-HOST_PROGRAMS = ("mdadm", "sgdisk", "mkfs.vfat", "fsck.fat", "mdir", "mcopy", "efibootmgr", "wipefs", "blkid", "partx")
+HOST_PROGRAMS = (
+    *(
+        "mdadm",
+        "sgdisk",
+        "mkfs.vfat",
+        "fsck.fat",
+        "fatlabel",
+        "mdir",
+        "mcopy",
+        "efibootmgr",
+        "wipefs",
+        "blkid",
+        "partx",
+    ),
+)
 BASE_PACKAGES = {"util-linux", "sys-apps/util-linux", "mount"}
 
 

@@ -23,12 +23,15 @@ from esp_mirror_plugin.pipeline.steps import (
     InstallProgram,
     LoadDebconf,
     MakeDir,
+    RemoveBlock,
     Settle,
     Var,
+    VerifyFat,
     WaitForPartition,
     WaitForSync,
     WriteFile,
 )
+from esp_mirror_plugin.system import files
 from esp_mirror_plugin.system.recording import RecordingRunner
 from esp_mirror_plugin.system.runner import Result
 
@@ -65,6 +68,50 @@ def test_a_file_step_would_change_exactly_when_the_applier_then_changes_somethin
     state = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
     assert ran_changed(applier, step) is False
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == state  # told unchanged: nothing written
+
+
+def test_a_block_given_back_would_change_exactly_when_the_applier_then_changes_the_file(tmp_path):
+    fstab = tmp_path / "etc/fstab"
+    fstab.parent.mkdir()
+    fstab.write_text(
+        "UUID=0a1b / ext4 defaults 0 1\n"
+        f"{files.BEGIN}\nUUID=C982-96CB\t/boot/efi\tvfat\tumask=0077,nofail\t0\t2\n{files.END}\n"
+        "UUID=5e6f none swap sw 0 0\n"
+    )
+    plain = "UUID=C982-96CB\t/boot/efi\tvfat\tumask=0077,nofail\t0\t2"
+    step = RemoveBlock(str(fstab), why="w", keep=plain, root=str(tmp_path))
+    applier = Applier(RecordingRunner(), io.StringIO())
+
+    assert would_change(step, applier.now) is True
+    assert ran_changed(applier, step) is True
+    assert fstab.read_text() == f"UUID=0a1b / ext4 defaults 0 1\n{plain}\nUUID=5e6f none swap sw 0 0\n"
+    assert (tmp_path / "etc/fstab~").exists()  # one backup, as every edit keeps
+    assert would_change(step, applier.now) is False
+    assert ran_changed(applier, step) is False
+
+
+def test_a_file_left_empty_by_giving_back_its_block_goes_when_asked_and_a_missing_one_stays_missing(tmp_path):
+    conf = tmp_path / "etc/kernel/install.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text(f"{files.BEGIN}\nlayout=bls\nBOOT_ROOT=/boot/efi\n{files.END}\n")
+    step = RemoveBlock(str(conf), why="w", root=str(tmp_path), remove_empty=True)
+    applier = Applier(RecordingRunner(), io.StringIO())
+
+    assert would_change(step, applier.now) is True
+    assert ran_changed(applier, step) is True
+    assert not conf.exists()
+    assert would_change(step, applier.now) is False
+    assert ran_changed(applier, step) is False and not conf.exists()
+
+
+def test_a_file_without_our_block_is_left_as_it_is(tmp_path):
+    environment = tmp_path / "etc/environment"
+    environment.parent.mkdir()
+    environment.write_text("LANG=C.UTF-8\n")
+    step = RemoveBlock(str(environment), why="w", root=str(tmp_path), remove_empty=True)
+    assert would_change(step, Applier(RecordingRunner(), io.StringIO()).now) is False
+    assert ran_changed(Applier(RecordingRunner(), io.StringIO()), step) is False
+    assert environment.read_text() == "LANG=C.UTF-8\n"
 
 
 def test_debconf_answers_already_in_the_database_are_not_loaded_again(tmp_path):
@@ -123,6 +170,7 @@ def test_programs_always_count_a_udev_settle_never_and_probing_steps_are_told_wh
     assert would_change(Settle(why="w"), now) is False
     assert would_change(AttachImage("/images/a.img", "LOOP_1", why="w"), now) is None  # losetup --list decides
     assert would_change(EnsureFat("/dev/md/esp", MKFS, why="w"), now) is None  # fsck.fat -n decides
+    assert would_change(VerifyFat("/dev/vdb1", why="w"), now) is False  # it only reads
 
 
 def test_a_forecast_counts_and_leaves_what_it_cannot_read_undecided(tmp_path):
