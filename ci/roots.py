@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ci.vm.assets import default_cache_dir
+from ci.vm.assets import cache_lock, default_cache_dir
 from ci.vm.command import HOST_PATH, CommandError, run_command
 
 SUITE = "bookworm"  # Debian 12: the host's own release, and the roots' unless a spec names another
@@ -221,8 +221,9 @@ def ensure_root(spec: RootSpec, cache: Path | None = None) -> Root:
     sources = debian_sources(spec.suite)
     cache = cache or cache_dir()
     path = cache / f"{spec.name}-{spec.key(sources)}"
-    if not (path / _STAMP).is_file():
-        _build(spec, sources, path)
+    with cache_lock(cache, f"root-{spec.name}"):
+        if not (path / _STAMP).is_file():
+            _build(spec, sources, path)
     stamp = json.loads((path / _STAMP).read_text())
     return Root(spec.name, path, stamp["kver"], stamp["seconds"], stamp.get("built_at") == _THIS_RUN)
 

@@ -7,9 +7,12 @@ the unpacked packages and downloads nothing.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +55,17 @@ def default_cache_dir() -> Path:
         return Path(explicit)
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "esp-mirror-vm"
+
+
+@contextlib.contextmanager
+def cache_lock(cache: Path, name: str) -> Iterator[None]:
+    """Hold the lock ``name`` of the cache ``cache`` (an flock on ``cache/.NAME.lock``): ci/test's
+    two lanes of tests ask for the same assets and roots at once, and the second waits for the
+    first to build them instead of building them over it."""
+    cache.mkdir(parents=True, exist_ok=True)
+    with (cache / f".{name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def preflight() -> str | None:
@@ -155,15 +169,16 @@ class Assets:
     def ensure(cls, cache_dir: Path | None = None) -> Assets:
         """Download and unpack what is missing from the cache, then return the paths."""
         cache = (cache_dir or default_cache_dir()).resolve()
-        kernel_root = _unpack(kernel_package(), cache)
-        busybox_root = _unpack("busybox-static", cache)
-        stub_root = _unpack("systemd-boot-efi", cache)
-        ovmf_root = _unpack("ovmf", cache)
-        vmlinuz = _one("boot/vmlinuz-*", kernel_root)
-        kver = vmlinuz.name.removeprefix("vmlinuz-")
-        modules_dir = kernel_root / "lib" / "modules" / kver
-        if not (modules_dir / "modules.dep").exists():
-            run_command(["depmod", "-b", str(kernel_root), kver])
+        with cache_lock(cache, "assets"):
+            kernel_root = _unpack(kernel_package(), cache)
+            busybox_root = _unpack("busybox-static", cache)
+            stub_root = _unpack("systemd-boot-efi", cache)
+            ovmf_root = _unpack("ovmf", cache)
+            vmlinuz = _one("boot/vmlinuz-*", kernel_root)
+            kver = vmlinuz.name.removeprefix("vmlinuz-")
+            modules_dir = kernel_root / "lib" / "modules" / kver
+            if not (modules_dir / "modules.dep").exists():
+                run_command(["depmod", "-b", str(kernel_root), kver])
         return cls(
             cache_dir=cache,
             kver=kver,

@@ -19,9 +19,12 @@ from ci.vm.command import HOST_PATH, run_command
 from ci.vm.initrd import BEAT_MARKER
 
 _POLL_SECONDS = 0.5
-# KVM breaks OVMF here (its emulation failure), so qemu's own translator runs the guests;
-# ESP_MIRROR_VM_ACCEL, _CPU and _SMP choose others (measured in docs/numbers.md).
+# KVM breaks OVMF here (its emulation failure), so qemu's own translator runs the guests, each
+# with one vCPU: under TCG a second one made a guest no faster, and took the second core that
+# ci/test's other lane runs its guests on (docs/numbers.md, "CI").
+# ESP_MIRROR_VM_ACCEL, _CPU and _SMP choose others.
 TCG = "tcg"
+SMP = "1"
 
 
 class VmError(RuntimeError):
@@ -178,7 +181,7 @@ def _run_qemu(
         "-machine", "q35" + (",smm=on" if secure_boot else ""),
         "-accel", os.environ.get("ESP_MIRROR_VM_ACCEL", TCG),
         "-cpu", os.environ.get("ESP_MIRROR_VM_CPU", "max"),
-        "-smp", os.environ.get("ESP_MIRROR_VM_SMP", "2"), "-m", str(memory_mib),
+        "-smp", os.environ.get("ESP_MIRROR_VM_SMP", SMP), "-m", str(memory_mib),
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_option(code)}",
         "-drive", f"if=pflash,format=raw,unit=1,file={qemu_option(vars_file)}",
     ]  # fmt: skip
