@@ -23,6 +23,15 @@ from esp_mirror_plugin.system.discovery import DiskFacts, Partition
 
 MIB = 1024 * 1024
 GPT_BACKUP = 34 * 4096  # the backup GPT at the end of a disk (generous for 4Kn)
+GPT_ENTRIES = 128 * 128  # the bytes of a GPT's partition entry array: 128 entries of 128 bytes
+
+
+def gpt_backup(sector_size: int) -> int:
+    """The bytes the backup GPT takes at the end of a disk with ``sector_size``: its entry array
+    and its header's sector. A copy of a table fits on a disk that has these after its last
+    partition (a disk the same size as the one it comes from, when that one's last partition
+    runs to its last usable sector)."""
+    return GPT_ENTRIES + sector_size
 
 # The GPT types a reader knows by name (sgdisk's codes in brackets), for the plan and messages.
 _TYPE_NAMES = {

@@ -14,7 +14,7 @@ from esp_mirror_plugin.errors import BadInput, size_text
 from esp_mirror_plugin.hooks import bootentries, partition
 from esp_mirror_plugin.pipeline import checks, fat, members, naming
 from esp_mirror_plugin.pipeline import record as records
-from esp_mirror_plugin.pipeline.disks import GPT_BACKUP, model
+from esp_mirror_plugin.pipeline.disks import GPT_BACKUP, gpt_backup, model
 from esp_mirror_plugin.pipeline.kinds import EspFrom
 from esp_mirror_plugin.pipeline.members import Member, disk_tag
 from esp_mirror_plugin.pipeline.record import Record
@@ -366,10 +366,11 @@ def table_copy(
             )
         checks.check_wipe(disk_model)
     end = max((p.start + p.size for p in survivor.partitions), default=0) * survivor.sector_size
-    if end + GPT_BACKUP > new.size:
+    need = end + gpt_backup(survivor.sector_size)
+    if need > new.size:
         raise BadInput(
             f"{new.given} ({size_text(new.size)}) is smaller than {survivor.given}'s partitions need "
-            f"({size_text(end + GPT_BACKUP)}): use a disk at least as large"
+            f"({size_text(need)}): use a disk at least as large"
         )
     others, notes = [], []
     for part in survivor.partitions:

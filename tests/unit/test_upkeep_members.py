@@ -22,6 +22,7 @@ from conftest import (
     upkeep_changes,
 )
 
+from esp_mirror_plugin.errors import size_text
 from esp_mirror_plugin.pipeline import naming
 from esp_mirror_plugin.pipeline import record as records
 from esp_mirror_plugin.pipeline.steps import Command
@@ -501,6 +502,31 @@ def test_replace_with_copy_table_and_add_others_runs_the_roots_add_after_the_esp
     assert kinds.index("wait-for-sync") < kinds.index("mdadm /dev/md126 --add")
 
 
+def test_replace_with_copy_table_takes_a_disk_the_size_of_the_survivor_whose_last_partition_runs_to_its_end(
+    mirror,
+):
+    """The usual replacement: a disk of the same model. The survivor's root partition runs to its
+    last usable sector (what an installer's "the rest of the disk" makes): the copy fits exactly,
+    with the backup GPT's 33 sectors after it (a VM test found the bound 135 KiB too tight)."""
+    mirror.lose_disk("vdb")
+    survivor = mirror.disks["/dev/vda"]
+    last = survivor.size // 512 - 34  # the last usable sector of a 512-byte-sector GPT disk
+    mirror.add_partition(survivor, 2, 1050624, last - 1050624 + 1, type_guid=RAID_TYPE, probe=ROOT, holders=("md126",))
+    (mirror.sysroot / "sys/block/md126/md").mkdir(parents=True)
+    (mirror.sysroot / "sys/block/md126/md/degraded").write_text("1\n")
+    mirror.add_new_disk("vdc", size=survivor.size)
+    outcome = mirror.cli("replace", "--old", "missing", "--new", "/dev/vdc", "--copy-table", "--dry-run", "--json")
+    assert outcome.code == 0, outcome.error
+    smaller = mirror.add_new_disk("vdd", size=survivor.size - 512)
+    outcome = mirror.cli("replace", "--old", "missing", "--new", smaller.path, "--copy-table", "--yes")
+    need = (last + 1) * 512 + 128 * 128 + 512
+    assert (outcome.code, outcome.error) == (
+        2,
+        f"/dev/vdd ({size_text(survivor.size - 512)}) is smaller than /dev/vda's partitions need ({size_text(need)}): "
+        "use a disk at least as large",
+    )
+
+
 def test_replace_with_copy_table_refuses_a_disk_that_is_not_blank_or_too_small(mirror):
     mirror.lose_disk("vdb")
     _root_beside(mirror, "vda")
@@ -508,7 +534,7 @@ def test_replace_with_copy_table_refuses_a_disk_that_is_not_blank_or_too_small(m
     outcome = mirror.cli("replace", "--old", "missing", "--new", "/dev/vdc", "--copy-table", "--yes")
     assert (outcome.code, outcome.error) == (
         2,
-        "/dev/vdc (768 MiB) is smaller than /dev/vda's partitions need (1001.4 MiB): use a disk at least as large",
+        "/dev/vdc (768 MiB) is smaller than /dev/vda's partitions need (1001.2 MiB): use a disk at least as large",
     )
     mirror.disks.pop("/dev/vdc")
     other = mirror.add_new_disk("vdd", size=2 * GIB)
