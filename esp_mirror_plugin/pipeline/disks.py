@@ -33,6 +33,7 @@ def gpt_backup(sector_size: int) -> int:
     runs to its last usable sector)."""
     return GPT_ENTRIES + sector_size
 
+
 # The GPT types a reader knows by name (sgdisk's codes in brackets), for the plan and messages.
 _TYPE_NAMES = {
     naming.ESP_TYPE_GUID: "EFI system (EF00)",

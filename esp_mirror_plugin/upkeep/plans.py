@@ -370,7 +370,7 @@ def table_copy(
     if need > new.size:
         raise BadInput(
             f"{new.given} ({size_text(new.size)}) is smaller than {survivor.given}'s partitions need "
-            f"({size_text(need)}): use a disk at least as large"
+            f"({size_text(need)}, {size_text(need - new.size)} more than it has): use a disk at least as large"
         )
     others, notes = [], []
     for part in survivor.partitions:

@@ -522,8 +522,8 @@ def test_replace_with_copy_table_takes_a_disk_the_size_of_the_survivor_whose_las
     need = (last + 1) * 512 + 128 * 128 + 512
     assert (outcome.code, outcome.error) == (
         2,
-        f"/dev/vdd ({size_text(survivor.size - 512)}) is smaller than /dev/vda's partitions need ({size_text(need)}): "
-        "use a disk at least as large",
+        f"/dev/vdd ({size_text(survivor.size - 512)}) is smaller than /dev/vda's partitions need ({size_text(need)}, "
+        "512 bytes more than it has): use a disk at least as large",
     )
 
 
@@ -534,7 +534,8 @@ def test_replace_with_copy_table_refuses_a_disk_that_is_not_blank_or_too_small(m
     outcome = mirror.cli("replace", "--old", "missing", "--new", "/dev/vdc", "--copy-table", "--yes")
     assert (outcome.code, outcome.error) == (
         2,
-        "/dev/vdc (768 MiB) is smaller than /dev/vda's partitions need (1001.2 MiB): use a disk at least as large",
+        "/dev/vdc (768 MiB) is smaller than /dev/vda's partitions need (1001.2 MiB, 233.2 MiB more than it has): "
+        "use a disk at least as large",
     )
     mirror.disks.pop("/dev/vdc")
     other = mirror.add_new_disk("vdd", size=2 * GIB)
