@@ -2,7 +2,8 @@
 
 ``python -m ci.interrupt EFI_IMAGE HALF`` (as tests/vm/test_interrupted.py does, in two guests at
 once, one per HALF) runs these loops and prints one JSON line per interruption; half 1 takes
-apply's odd steps and replace (three blank disks), half 2 apply's even steps and repair:
+apply's odd steps, replace and replace with the table copy (three blank disks), half 2 apply's
+even steps, repair and apply on partitioned disks:
 
 - apply on /dev/vda and /dev/vdb: for step N = 1, 2, ... of the plan, blank the disks and the
   files apply writes, start apply in its own process group, kill the whole group with SIGKILL
@@ -10,6 +11,12 @@ apply's odd steps and replace (three blank disks), half 2 apply's even steps and
 - replace: the same for each step of `replace --old X --new Y --wipe` (X and Y swap each time, so
   every run starts from a healthy mirror without an install in between);
 - repair: the same for each step of `repair --source /dev/vda`;
+- replace with the table copy (half 1): `replace --old missing --new Y --copy-table --add-others`
+  after a member disk died, on disks whose partitions 2 hold an md data array (a root's
+  stand-in); the check adds that array whole with its data, and no entry left for the dead disk;
+- apply on disks an installer partitioned (half 2): A has an empty EF00 partition 1 and a
+  partition 2, B only a partition 2 (a ZFS pool's stand-in, with data); the check adds every byte
+  and GPT entry of the partitions 2 unchanged;
 - adopt (ci/adoptable.py's machine, made again before each run): half 1 with a blank second disk,
   half 2 with a stale copy of the ESP on it, adopted where it is; the check adds the live ESP's
   files on the array byte for byte and every byte outside the ESP partitions unchanged.
@@ -245,6 +252,120 @@ def adopt_loop(efi_image: str, cli: str, *, stale: bool) -> list[dict[str, objec
     return loop(name, lambda n: argv, before, lambda n: adoptable.checks(pair, efi_image, outside), steps)
 
 
+# Disks that hold more than the ESP (issue 25): partition 2 from 80 MiB on, partition 1's room
+# (the 64 MiB of apply_argv) at 1 MiB.
+P2_START = 80 * 2048
+P2_DATA = Path("/run/espvm-p2-data")  # 8 MiB written at the start of each partition 2, made once
+
+
+def _partition_2(disk: str, type_code: str) -> None:
+    sh("sgdisk", f"--new=2:{P2_START}:0", f"--typecode=2:{type_code}", "--change-name=2:data", disk)
+    sh("partx", "--update", disk, ok=(0, 1))
+
+
+def _p2_state(disks: Sequence[str]) -> dict[str, str]:
+    """Each partition 2's sha256 and GPT entry (type, GUID, name, first and last sector)."""
+    out = {}
+    for disk in disks:
+        entry = sh("sgdisk", "--info=2", disk).stdout
+        digest = sh("sha256sum", f"{disk}2").stdout.split()[0]
+        out[disk] = digest + "\n" + "\n".join(x for x in entry.splitlines() if not x.startswith("Partition size"))
+    return out
+
+
+def shared_loop(efi_image: str, cli: str) -> list[dict[str, object]]:
+    """apply killed at each step on disks an installer partitioned: /dev/vda holds an empty EF00
+    partition 1 (its size the one asked) and a partition 2, /dev/vdb only a partition 2 (type
+    BF00, a ZFS pool's stand-in, with data). apply takes A's partition 1 and adds B's; the check
+    adds every byte and GPT entry of both partitions 2 unchanged."""
+    pair = ["/dev/vda", "/dev/vdb"]
+    if not P2_DATA.exists():
+        P2_DATA.write_bytes(os.urandom(8 << 20))
+    argv = apply_argv(efi_image, cli)
+    kept: dict[str, str] = {}
+
+    def before(n: int) -> None:
+        blank(pair)
+        sh("sgdisk", "--new=1:2048:+64M", "--typecode=1:EF00", "--change-name=1:EFI system partition", pair[0])
+        for disk in pair:
+            _partition_2(disk, "BF00")
+            sh("dd", f"if={P2_DATA}", f"of={disk}2", "bs=1M", "conv=fsync", "status=none")
+        kept.update(_p2_state(pair))
+
+    def check(n: int) -> list[str]:
+        wrong = checks(pair, efi_image)
+        return wrong + [f"partition 2 of {d} changed" for d, s in _p2_state(pair).items() if kept[d] != s]
+
+    before(0)
+    steps = list(range(1, steps_of(argv) + 1))
+    return loop("apply (partitions there)", lambda n: argv, before, check, steps)
+
+
+def copy_table_loop(efi_image: str, cli: str) -> list[dict[str, object]]:
+    """``replace --old missing --new DISK --copy-table --add-others`` killed at each step, on disks
+    whose partitions 2 hold an md RAID1 data array (an md root's stand-in) beside the mirrored
+    ESP: before each run a member disk dies (it leaves both arrays, its table and signatures are
+    erased, and it is the next run's new disk: B, then C, then B ...). The check adds the data
+    array whole on A's and the new disk's partitions 2, its data as written, A's partition 2 entry
+    unchanged, and no boot entry left for the dead disk."""
+    a, b, c = "/dev/vda", "/dev/vdb", "/dev/vdc"
+    blank([a, b, c])
+    if not P2_DATA.exists():
+        P2_DATA.write_bytes(os.urandom(8 << 20))
+    for disk in (a, b):
+        _partition_2(disk, "FD00")
+    sh("mdadm", "--create", "/dev/md/data", "--run", "--level=1", "--raid-devices=2", "--metadata=1.2",
+       "--homehost=any", "--name=data", "--assume-clean", f"{a}2", f"{b}2")  # fmt: skip
+    sh("dd", f"if={P2_DATA}", "of=/dev/md/data", "bs=1M", "conv=fsync", "status=none")
+    sh(*apply_argv(efi_image, cli))  # partition 1 at 1 MiB on both: the tables are alike
+    entry_a = sh("sgdisk", "--info=2", a).stdout
+
+    def swap(n: int) -> tuple[str, str]:  # the disk that dies, the blank one that takes its place
+        return (b, c) if n % 2 else (c, b)
+
+    def before(n: int) -> None:
+        dead, _new = swap(n)
+        for array, part in (("/dev/md/esp", f"{dead}1"), ("/dev/md/data", f"{dead}2")):
+            if sh("mdadm", "--detail", array).stdout.count(part):
+                sh("mdadm", array, "--fail", part, "--remove", part)
+        for part in (f"{dead}1", f"{dead}2"):
+            if os.path.exists(part):
+                sh("wipefs", "--all", "--quiet", part)
+        sh("sgdisk", "--zap-all", dead, ok=(0, 2))
+        sh("partx", "--delete", dead, ok=(0, 1))
+
+    def argv(n: int) -> list[str]:
+        return [cli, "replace", "--yes", "--old", "missing", "--new", swap(n)[1], "--copy-table", "--add-others"]
+
+    def check(n: int) -> list[str]:
+        dead, new = swap(n)
+        wrong = checks([a, new], efi_image)
+        sh("mdadm", "--wait", "/dev/md/data", ok=(0, 1))
+        detail = dict(x.split("=", 1) for x in sh("mdadm", "--detail", "--export", "/dev/md/data").stdout.split())
+        members = sorted(v for k, v in detail.items() if k.endswith("_DEV"))
+        if members != [f"{a}2", f"{new}2"] or detail.get("MD_DEGRADED", "0") != "0":
+            wrong.append(f"data array: members {members}, degraded {detail.get('MD_DEGRADED')}")
+        with open("/dev/md/data", "rb") as data:
+            if data.read(8 << 20) != P2_DATA.read_bytes():
+                wrong.append("the data array's data changed")
+        if sh("sgdisk", "--info=2", a).stdout != entry_a:
+            wrong.append(f"partition 2 of {a} changed")
+        serial = Path(f"/sys/block/{os.path.basename(dead)}/serial").read_text().strip()
+        if f"(esp-mirror {serial})" in sh("efibootmgr").stdout:
+            wrong.append(f"a boot entry for the dead disk {dead}")
+        return wrong
+
+    before(1)
+    steps = list(range(1, steps_of(argv(1)) + 1))
+    prepared = {1}
+
+    def before_once(n: int) -> None:
+        if n not in prepared:
+            before(n)
+
+    return loop("replace (table copy)", argv, before_once, check, steps)
+
+
 # Bad input for adopt on ci/adoptable.py's machine: (name, shell lines that make it, the adopt
 # arguments beyond the machine's, shell lines that undo it). Each must exit 2 with one line.
 ADOPT_REFUSALS = (
@@ -360,7 +481,7 @@ def adopt_power_cut_script(efi_image: str, boot: int, cut_file: str, cli: str = 
     return "\n".join(lines) + "\n"
 
 
-COMMANDS = ("apply", "replace", "repair", "adopt")
+COMMANDS = ("apply", "replace", "repair", "adopt", "shared", "copy-table")
 
 
 def main(efi_image: str, half: int, cli: str = CLI, only: Sequence[str] = COMMANDS) -> int:
@@ -398,6 +519,10 @@ def main(efi_image: str, half: int, cli: str = CLI, only: Sequence[str] = COMMAN
         repair = [cli, "repair", "--yes", "--source", "/dev/vda"]
         steps = list(range(1, steps_of(repair) + 1))
         results += loop("repair", lambda n: repair, lambda n: None, lambda n: checks(pair, efi_image), steps)
+    if half == 1 and "copy-table" in only:
+        results += copy_table_loop(efi_image, cli)
+    elif half == 2 and "shared" in only:
+        results += shared_loop(efi_image, cli)
     if "adopt" in only:
         results += adopt_loop(efi_image, cli, stale=half == 2)
     print(json.dumps({"half": half, "steps": len(results)}), flush=True)

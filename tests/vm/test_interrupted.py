@@ -30,8 +30,8 @@ from esp_mirror_plugin.system import zipapp
 pytestmark = pytest.mark.vm
 
 
-# ESP_MIRROR_KILLLOOP=adopt (a comma-separated list of apply, replace, repair, adopt): only those
-# commands' loops, to try them again by hand after a change
+# ESP_MIRROR_KILLLOOP=adopt (a comma-separated list of apply, replace, repair, adopt, shared,
+# copy-table): only those loops, to try them again by hand after a change
 ONLY = tuple(os.environ.get("ESP_MIRROR_KILLLOOP", ",".join(interrupt.COMMANDS)).split(","))
 
 
@@ -63,11 +63,16 @@ def interruptions(vm_assets: Assets, module_dir: Path) -> list[dict]:
 @pytest.mark.killloop
 def test_every_interrupted_apply_replace_and_repair_converges_when_run_again(interruptions, request):
     results = [r for r in interruptions if "command" in r]
-    names = tuple(
-        name
-        for name in ("apply", "replace", "repair", "adopt (blank disk)", "adopt (stale ESP in place)")
-        if name.split()[0] in ONLY
-    )
+    loops = {  # each loop's name in the results: its name in ESP_MIRROR_KILLLOOP
+        "apply": "apply",
+        "replace": "replace",
+        "repair": "repair",
+        "adopt (blank disk)": "adopt",
+        "adopt (stale ESP in place)": "adopt",
+        "apply (partitions there)": "shared",
+        "replace (table copy)": "copy-table",
+    }
+    names = tuple(name for name, key in loops.items() if key in ONLY)
     for name in names:
         mine = [r for r in results if r["command"] == name]
         converged = sum(1 for r in mine if r["converged"])
