@@ -105,7 +105,7 @@ class EspPartition:
         if self.holds is Holds.EMPTY_FAT:
             return "a FAT without files"
         if self.holds is Holds.FILES:
-            return f"a FAT with {part.fat_files} files"
+            return f"a FAT with {part.fat_files} file{'' if part.fat_files == 1 else 's'}"
         if part.fstype == "vfat":
             return "a FAT that mtools cannot read"
         if part.fstype == "linux_raid_member":

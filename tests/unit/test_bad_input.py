@@ -573,6 +573,21 @@ def esp_partition_with_files(m):
     )
 
 
+def small_esp_partition_with_files_on_small_disks(m):
+    """What the partition holds is named before the default 512 MiB's room (the VM's 256 MiB disks)."""
+    two(m, size=256 * MIB)
+    for path in ("/dev/sda", "/dev/sdb"):
+        m.add_partition(
+            m.disks[path], 1, 2048, 131072, type_guid=ESP, probe={"TYPE": "vfat", "UUID": "ABCD-1234"},
+            files=("grub.cfg",),
+        )  # fmt: skip
+    return m.args(), (
+        "disk /dev/sda's ESP partition sda1 (64 MiB at 1 MiB, a FAT with 1 file) holds files, which apply never "
+        "overwrites: take it into the mirror with its files with `esp-mirror adopt`, or, if they are not needed, "
+        "erase it first (`wipefs --all /dev/sda1`)"
+    )
+
+
 def wipe_while_partition_2_is_mounted(m):
     two(m)
     root = m.add_partition(m.disks["/dev/sdb"], 2, 1050624, 16777216, probe={"TYPE": "ext4"})
@@ -667,6 +682,7 @@ CASES = [
     (esp_partitions_of_different_sizes, BOTH),
     (no_room_at_1_mib, BOTH),
     (esp_partition_with_files, BOTH),
+    (small_esp_partition_with_files_on_small_disks, BOTH),
     (wipe_while_partition_2_is_mounted, BOTH),
     (image_files_without_target, BOTH),
 ]
