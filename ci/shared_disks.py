@@ -31,7 +31,8 @@ def script(efi: Path) -> str:
     apply = f"{cli} apply --yes --profile debian --bootloader efi --efi-image {efi} --initramfs skip --no-nvram"
     return f"""
 set -u
-mkdir -p /tmp/t/etc
+mkdir -p /tmp/t/etc /tmp/t/usr/sbin
+cp /usr/sbin/mdadm /tmp/t/usr/sbin/  # the target has mdadm, which apply asks of an installed system
 section() {{ echo "{SECTION}$1"; }}
 p2() {{ for d in "$@"; do sha256sum /dev/${{d}}2 | cut -d' ' -f1; sgdisk -i 2 /dev/$d | grep -v '^Partition size'; done; }}
 node() {{ i=0; until [ -e "$1" ] || [ $i -ge 50 ]; do sleep 0.1; i=$((i+1)); done; }}
