@@ -111,14 +111,21 @@ def waiting_arrays(runner: Runner, host: HostView, record: Record) -> tuple[str,
     return tuple(found)
 
 
-def start_steps(devices: tuple[str, ...], record: Record, mounted: bool) -> tuple[Step, ...]:
-    """What mdadm's last-resort timer would have run, and the mount that waited for it."""
+def start_steps(devices: tuple[str, ...], record: Record, mounted: bool, *, systemd: bool) -> tuple[Step, ...]:
+    """What mdadm's last-resort timer would have run, and the mount that waited for it.
+
+    Under systemd the mount is its mount unit's (``systemctl start /boot/efi`` names the unit by
+    its path): heal runs once local-fs.target is reached, which does not wait for the ESP's
+    ``nofail`` mount, and a mount unit still at work (seen: 24 s for a degraded array under
+    TCG) is joined, not mounted over a second time."""
     steps: list[Step] = [
         Command(("mdadm", "--run", device), why="the array waits for a member that is not there: it runs without it")
         for device in devices
     ]
     if not mounted:
-        steps.append(Command(("mount", record.mountpoint), why="fstab's ESP line, which waited for the array"))
+        why = "fstab's ESP line, which waited for the array"
+        argv = ("systemctl", "start", record.mountpoint) if systemd else ("mount", record.mountpoint)
+        steps.append(Command(argv, why=why + (" (its mount unit: joined if it is at work)" if systemd else "")))
     return tuple(steps)
 
 

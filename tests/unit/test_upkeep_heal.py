@@ -230,11 +230,23 @@ def test_refresh_writes_the_weekly_run_and_the_metrics_refresh_with_the_recorded
     assert mirror.cli("status").code == 0
 
 
-def _waiting_after_a_boot_without_vdb(mirror: Mirror, monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
+def _mount_argv(mirror: Mirror, systemd: bool) -> tuple[str, ...]:
+    """How heal mounts the ESP at boot: through its mount unit where systemd is PID 1."""
+    if systemd:
+        (mirror.sysroot / "run/systemd/system").mkdir(parents=True, exist_ok=True)
+        return ("systemctl", "start", "/boot/efi")
+    return ("mount", "/boot/efi")
+
+
+def _waiting_after_a_boot_without_vdb(
+    mirror: Mirror, monkeypatch: pytest.MonkeyPatch, systemd: bool = False
+) -> tuple[tuple[str, ...], ...]:
     """The machine booted with disk B gone: incremental assembly holds vda1 in md126, inactive,
     waiting for vdb1; /dev/md/esp does not exist and nothing is mounted at /boot/efi. ``mdadm
-    --run /dev/md126`` starts it (degraded) and ``mount /boot/efi`` mounts it, as the
-    machine would have them; returns the calls that started and mounted it."""
+    --run /dev/md126`` starts it (degraded) and ``mount /boot/efi`` (under systemd: ``systemctl
+    start /boot/efi``) mounts it, as the machine would have them; returns the calls that started
+    and mounted it."""
+    mount_argv = _mount_argv(mirror, systemd)
     saved = (mirror.arrays["/dev/md/esp"], list(mirror.mountinfo))
     md_copy = mirror.root / "md-copy"
     shutil.copytree(mirror.md, md_copy)
@@ -256,24 +268,25 @@ def _waiting_after_a_boot_without_vdb(mirror: Mirror, monkeypatch: pytest.Monkey
             (mirror.sysroot / "dev/md").mkdir(parents=True, exist_ok=True)
             (mirror.sysroot / "dev/md/esp").symlink_to("../md127")
             return Result(argv, 0)
-        if argv == ("mount", "/boot/efi"):
+        if argv == mount_argv:
             mirror.mountinfo = saved[1]
             mirror._write_proc()
             return Result(argv, 0)
         return None
 
     mirror.runner.responders.insert(0, start)
-    return ("mdadm", "--run", "/dev/md126"), ("mount", "/boot/efi")
+    return ("mdadm", "--run", "/dev/md126"), mount_argv
 
 
-def test_at_boot_an_array_left_waiting_for_a_missing_disk_is_started_and_mounted(mirror, monkeypatch):
+@pytest.mark.parametrize("systemd", [False, True], ids=["openrc-or-runit", "systemd"])
+def test_at_boot_an_array_left_waiting_for_a_missing_disk_is_started_and_mounted(mirror, monkeypatch, systemd):
     """mdadm's last-resort timer should start it after 30 s and did not (mdadm #263): heal,
     which runs at boot anyway, does what the timer would have, and says so in the history."""
-    started = _waiting_after_a_boot_without_vdb(mirror, monkeypatch)
+    started = _waiting_after_a_boot_without_vdb(mirror, monkeypatch, systemd)
     outcome = mirror.cli("heal", "--why", "boot")
     assert outcome.code == 0, outcome.error
     assert [c for c in upkeep_changes(outcome.calls) if c in started] == list(started)
-    assert "] mdadm --run /dev/md126" in outcome.out and "] mount /boot/efi" in outcome.out  # shown as it runs
+    assert "] mdadm --run /dev/md126" in outcome.out and f"] {' '.join(started[1])}" in outcome.out  # as it runs
     [line] = history.read(str(mirror.sysroot))
     assert line.endswith("started at boot: /dev/md/esp (/dev/md126) without its missing members, mounted at /boot/efi")
     assert line in outcome.out
@@ -295,16 +308,20 @@ def test_an_inactive_array_of_another_uuid_is_not_started(mirror, monkeypatch):
     assert outcome.code == 2 and upkeep_changes(outcome.calls) == []
 
 
-def test_at_boot_a_running_array_that_nothing_mounted_is_mounted(mirror, monkeypatch):
+@pytest.mark.parametrize("systemd", [False, True], ids=["openrc-or-runit", "systemd"])
+def test_at_boot_a_running_array_that_nothing_mounted_is_mounted(mirror, monkeypatch, systemd):
     """The array runs (degraded) but its mount unit failed or gave up before it was ready (seen
-    with systemd-boot starting a disk alone): heal, at boot, mounts it from fstab and says so."""
+    with systemd-boot starting a disk alone), or is still at work: heal, at boot, mounts it from
+    fstab, under systemd through its mount unit (a job at work is joined: a plain mount beside
+    it stacked a second mount of the ESP, seen on Debian 13), and says so."""
+    mount_argv = _mount_argv(mirror, systemd)
     saved = list(mirror.mountinfo)
     mirror.mountinfo = [m for m in mirror.mountinfo if " /boot/efi " not in m]
     mirror._write_proc()
     fast_applier(mirror, monkeypatch)
 
     def mount(argv: tuple[str, ...]):
-        if argv == ("mount", "/boot/efi"):
+        if argv == mount_argv:
             mirror.mountinfo = saved
             mirror._write_proc()
             return Result(argv, 0)
@@ -313,7 +330,7 @@ def test_at_boot_a_running_array_that_nothing_mounted_is_mounted(mirror, monkeyp
     mirror.runner.responders.insert(0, mount)
     outcome = mirror.cli("heal", "--why", "boot")
     assert outcome.code == 0, outcome.error
-    assert upkeep_changes(outcome.calls) == [("mount", "/boot/efi")]
+    assert upkeep_changes(outcome.calls) == [mount_argv]
     [line] = history.read(str(mirror.sysroot))
     assert line.endswith("mounted at boot: /dev/md/esp at /boot/efi (its mount had not happened)"), line
     # by hand or on hot-plug, an unmounted ESP is the administrator's choice: heal leaves it
