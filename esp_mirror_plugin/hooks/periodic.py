@@ -147,7 +147,9 @@ def plan(
     group says why esp-mirror is not there), and neither the weekly run nor the refresh of the
     metrics is installed."""
     steps: list[Step] = [
-        Command(argv, root=target.root, why="the distribution's periodic md check") for argv in profile.periodic_check
+        Command(argv, root=target.root, why="the distribution's periodic md check")
+        for argv in profile.periodic_check
+        if not _enabled_already(argv, target)
     ]
     argv = check_argv(profile.own_check, metrics_dir)
     if profile.own_check is OwnCheck.NONE:
@@ -173,6 +175,12 @@ def plan(
         path = target.path(f"{directory}/{METRICS_UNIT}")
         steps.append(WriteFile(path, metrics_cron(refresh), mode=0o755, why=_refresh_why(how_often), root=target.root))
     return tuple(steps), ()
+
+
+def _enabled_already(argv: tuple[str, ...], target: Target) -> bool:
+    """``systemctl enable UNIT...`` whose every unit is enabled in the target (a second apply, or
+    the package's own postinst did it): nothing to run, so a re-run changes nothing."""
+    return argv[:2] == ("systemctl", "enable") and len(argv) > 2 and all(target.unit_enabled(u) for u in argv[2:])
 
 
 def _refresh_why(how_often: str) -> str:

@@ -127,8 +127,8 @@ def geometry(request: Resolved, disks: Sequence[DiskFacts], array_uuid: str) -> 
     found: dict[str, EspPartition] = {}
     for disk in disks:
         disk_model = model(disk, array_uuid, asked.first, asked.last)
-        if len(disk_model.esps) == 1 and disk_model.esps[0].holds in (Holds.FILES, Holds.OTHER) and not request.wipe:
-            # what that partition holds decides before any size: adopt takes an ESP with files
+        if len(disk_model.esps) == 1 and disk_model.esps[0].holds is Holds.FILES and not request.wipe:
+            # an ESP with files is adopt's, whatever its size: said before any size is weighed
             checks.check_esp_takeable(disk_model, disk_model.esps[0], command="apply")
         esps = [e for e in disk_model.esps if e.holds.empty]  # members are in an array already: as they are
         if len(disk_model.esps) == 1 and esps and not request.wipe:

@@ -118,6 +118,25 @@ class Target:
         """A systemd unit file of that name is installed or written in the target."""
         return any(self.resolve(f"{d}/{name}").exists() for d in UNIT_DIRS)
 
+    def unit_enabled(self, name: str) -> bool:
+        """``systemctl enable NAME`` has nothing left to do in the target: every unit its [Install]
+        section names (WantedBy=, RequiredBy=, UpheldBy=) has the link in /etc/systemd/system, or
+        it has no such line (a static unit). A unit that is not installed is not enabled."""
+        found = next((d for d in UNIT_DIRS if self.resolve(f"{d}/{name}").is_file()), None)
+        if found is None:
+            return False
+        section, links = "", []
+        for line in self.resolve(f"{found}/{name}").read_text(errors="replace").splitlines():
+            line = line.strip()
+            if line.startswith("["):
+                section = line
+                continue
+            key, sep, value = line.partition("=")
+            kind = {"WantedBy": "wants", "RequiredBy": "requires", "UpheldBy": "upholds"}.get(key.strip())
+            if section == "[Install]" and sep and kind:
+                links += [f"etc/systemd/system/{unit}.{kind}/{name}" for unit in value.split()]
+        return all(os.path.lexists(self.path(link)) for link in links)
+
     def python(self) -> Python | None:
         """The target's python3 (on the PATH, as ``env`` finds it) with its version, or None."""
         found = which_in_root("python3", self.root)

@@ -196,8 +196,8 @@ class Machine:
         # what the profiles enable: the distributions' md check timers and OpenRC services
         units = self.target / "usr/lib/systemd/system"
         units.mkdir(parents=True)
-        for unit in TARGET_UNITS:
-            (units / unit).write_text("[Unit]\n")
+        for unit in TARGET_UNITS:  # installed, not enabled: apply enables them
+            (units / unit).write_text("[Unit]\n\n[Install]\nWantedBy=timers.target\n")
         self.add_target_python()
         # mdadm among them: a target without it is refused (tests/unit/test_bad_input.py)
         self.add_target_programs(*installed.UPKEEP_PROGRAMS, "debconf-set-selections")

@@ -296,12 +296,13 @@ def test_debian_13_enables_the_mdcheck_timers_and_12_leaves_the_cron_job() -> No
 
 
 TRIXIE = 'PRETTY_NAME="Debian GNU/Linux 13 (trixie)"\nNAME="Debian GNU/Linux"\nVERSION_ID="13"\nID=debian\n'
+MDCHECK_UNIT = "[Timer]\nOnCalendar=weekly\n\n[Install]\nWantedBy=mdmonitor.service\n"  # installed, not enabled
 
 
 def test_the_plan_names_the_release_it_planned_for_from_the_targets_os_release(two_disks) -> None:
     (two_disks.target / "etc/os-release").write_text(TRIXIE)
-    (two_disks.target / "usr/lib/systemd/system/mdcheck_start.timer").write_text("[Timer]\n")
-    (two_disks.target / "usr/lib/systemd/system/mdcheck_continue.timer").write_text("[Timer]\n")
+    (two_disks.target / "usr/lib/systemd/system/mdcheck_start.timer").write_text(MDCHECK_UNIT)
+    (two_disks.target / "usr/lib/systemd/system/mdcheck_continue.timer").write_text(MDCHECK_UNIT)
     outcome = two_disks.cli("plan", *two_disks.args())
     assert outcome.code == 0, outcome.err
     assert outcome.out.splitlines()[1] == (

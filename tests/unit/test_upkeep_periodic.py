@@ -163,6 +163,46 @@ def test_periodic_check_per_profile(name, tmp_path):
     assert (described(steps, str(tmp_path)), notes) == (PERIODIC[name], ())
 
 
+MDCHECK_TIMER = """\
+[Unit]
+Description=MD array scrubbing
+
+[Timer]
+OnCalendar=Sun *-*-1..7 1:00:00
+
+[Install]
+WantedBy=mdmonitor.service
+Also=mdcheck_continue.timer
+"""
+
+
+def test_the_distributions_timers_enabled_already_are_not_enabled_again(tmp_path):
+    """Debian 13's mdadm enables its mdcheck timers (WantedBy=mdmonitor.service) in its postinst:
+    apply's `systemctl enable` is planned only while a link is missing, so a second apply changes
+    nothing (seen on the installed Debian 13: every apply again reported it changed)."""
+    units = tmp_path / "usr/lib/systemd/system"
+    units.mkdir(parents=True)
+    (units / "mdcheck_start.timer").write_text(MDCHECK_TIMER)
+    (units / "mdcheck_continue.timer").write_text(MDCHECK_TIMER.replace("\nAlso=mdcheck_continue.timer", ""))
+    enable = ("run", "systemctl", "enable", "mdcheck_start.timer", "mdcheck_continue.timer")
+    steps, _ = periodic_plan("arch", tmp_path)
+    assert enable in described(steps, str(tmp_path))  # neither is enabled
+    wants = tmp_path / "etc/systemd/system/mdmonitor.service.wants"
+    wants.mkdir(parents=True)
+    (wants / "mdcheck_start.timer").symlink_to("/usr/lib/systemd/system/mdcheck_start.timer")
+    steps, _ = periodic_plan("arch", tmp_path)
+    assert enable in described(steps, str(tmp_path))  # one of the two is not
+    (wants / "mdcheck_continue.timer").symlink_to("/usr/lib/systemd/system/mdcheck_continue.timer")
+    steps, _ = periodic_plan("arch", tmp_path)
+    assert not [
+        s for s in described(steps, str(tmp_path)) if s[:3] == ("run", "systemctl", "enable") and "mdcheck" in s[3]
+    ]
+    # a static unit (no [Install]) has nothing to enable; a unit that is not there is not enabled
+    (units / "raid-check.timer").write_text("[Timer]\nOnCalendar=weekly\n")
+    assert Target(str(tmp_path)).unit_enabled("raid-check.timer")
+    assert not Target(str(tmp_path)).unit_enabled("missing.timer")
+
+
 @pytest.mark.parametrize(
     ("name", "line"),
     [
