@@ -76,11 +76,17 @@ def parse(text: str) -> BootState:
 
 _GLUED = re.compile(r"^(.*?\.efi)([0-9A-Fa-f]+)$", re.IGNORECASE)
 _HEX = re.compile(r"^\s*([0-9A-Fa-f]{4,})\s*$")
+# efibootmgr 18 prints an entry that starts shim with its optional data as text: " File(.TEXT)"
+_SHIM_TEXT = re.compile(r"^\s*File\(\.(.*)\)\s*$")
 
 
 def _args(rest: str) -> str:
     """The optional data after the device path as the text it holds: efibootmgr prints data that is
-    not plain ASCII as hex digits, and what ``--unicode`` wrote is UCS-2 (a NUL at its end)."""
+    not plain ASCII as hex digits, and what ``--unicode`` wrote is UCS-2 (a NUL at its end);
+    efibootmgr 18 decodes it for an entry that starts shim (``File(.\\EFI\\systemd\\...)``)."""
+    shim = _SHIM_TEXT.match(rest)
+    if shim:
+        return shim.group(1).rstrip("\0")
     found = _HEX.match(rest)
     if not found or len(found.group(1)) % 4:
         return ""
