@@ -16,18 +16,21 @@ it inside a qemu guest, since only the guest kernel has md:
    ext4, mounted at /target; ``post_format``; the base system unpacked; the kernel and mdadm
    unpacked and the root array listed in mdadm.conf; ``initramfs_config`` (one
    update-initramfs); ``bootloader`` (grub-install with the fallback path, one NVRAM entry per
-   disk). Then what the installer does last: ``update-grub`` in the target.
+   disk, and GRUB's configuration). The installer runs nothing after the hooks.
 
-Firmware boots of an installed system (:func:`boot_installed`; the machine is ci/adopted.py's,
-tests/vm/test_installed_system.py): OVMF, GRUB from the ESP, the kernel and initramfs from the
-RAID1 root, systemd up to multi-user, where the test unit prints the state (mdstat, what
-/boot/efi is mounted from, boot timings) and, as the boot's SMBIOS OEM strings ask, acts:
-:data:`ADOPT_ACTION` runs ``esp-mirror adopt`` from the single-file program in /root, then adopt
-again and apply with the same settings; :data:`UPGRADE_ACTION` runs what a grub-efi-amd64
-upgrade runs (its postinst, through dpkg-reconfigure) and the installed esp-mirror's check;
-:data:`HEAL_ACTION` waits, running nothing, until the installed system's ``esp-mirror status``
-says healthy (heal brings the stale member back), then switches the live system to systemd-boot
-and runs what systemd-boot's and a kernel's packages run on their own. Then it powers off.
+Firmware boots of an installed system (:func:`boot_installed`: the README install's Debian 12,
+and ci/chroot_install.py's Debian 13): OVMF, shim or GRUB from the ESP, the kernel and initramfs
+from the RAID1 root, systemd up to multi-user, where the test unit prints the state (mdstat, what
+/boot/efi is mounted from, boot timings) and runs the actions the boot's SMBIOS OEM strings name,
+in this order: :data:`FALLBACK_ACTION` (the entries shim's fallback made, folded), heal
+(:data:`HEAL_ACTION`: nobody runs a command until ``esp-mirror status`` says healthy; then the
+root's member back by hand), :data:`UPGRADE_ACTION` (what GRUB's and shim's package upgrades run,
+from a clean chroot), :data:`REPLACE_ACTION` (``replace --copy-table`` onto a blank disk, then
+the printed ``mdadm --add`` lines), :data:`RELEASE_ALL_ACTION` (``release --all``, then a reboot:
+the actions named ``after_reboot(...)`` run in the boot after it), :data:`ADOPT_ACTION` (adopt
+with the ESP unmounted, then adopt and apply again), :data:`SDBOOT_ACTION` (GRUB's signed package
+purged, systemd-boot behind shim, its postinst, its update service, a kernel installed with apt
+whoever runs it). Then it powers off.
 """
 
 from __future__ import annotations
@@ -55,10 +58,14 @@ MACHINE_ID = "e5b0e5b0e5b0e5b0e5b0e5b0e5b0e5b0"
 ROOT_FSTAB_LINE = f"UUID={ROOT_FS_UUID}\t/\text4\terrors=remount-ro\t0\t1\n"
 STATE = "ESPVM-STATE"
 END = "ESPVM-STATE-END"
+REBOOT = "ESPVM-STATE-REBOOT"  # an action restarts the system (release-all): the same boot goes on
 UPGRADE_ACTION = "espvm-action=upgrade"  # SMBIOS OEM strings (type 11) the test unit reads
 HEAL_ACTION = "espvm-action=heal"
 FALLBACK_ACTION = "espvm-action=fallback"
-ADOPT_ACTION = "espvm-action=adopt"  # ci/adopted.py
+ADOPT_ACTION = "espvm-action=adopt"
+REPLACE_ACTION = "espvm-action=replace"
+RELEASE_ALL_ACTION = "espvm-action=release-all"  # reboots: the actions after it are after_reboot(...)
+SDBOOT_ACTION = "espvm-action=sdboot"
 SECTION = "@@@ "
 
 # What boots this system: GRUB with no menu delay, the kernel's console on the serial port, and
@@ -124,7 +131,17 @@ report() {
     section kernel uname -r
     section secure-boot sh -c "mokutil --sb-state; dmesg | grep -iE 'secure ?boot' | head -n 3"
 }
-action() { cat /sys/firmware/dmi/entries/11-*/raw 2>/dev/null | tr '\0' '\n' | grep -q "espvm-action=$1"; }
+# A boot's actions are SMBIOS OEM strings; one that reboots (release-all) leaves the stage in a
+# file, and the same strings name what runs after the reboot ("espvm-action=after-reboot:NAME").
+stage_file=/var/lib/espvm-stage
+stage=$(cat "$stage_file" 2>/dev/null || echo first)
+rm -f "$stage_file"
+action() {
+    prefix=; [ "$stage" = after-reboot ] && prefix=after-reboot:
+    # the raw table: a 5-byte header (its last byte the string count), then the strings, NUL-ended
+    cat /sys/firmware/dmi/entries/11-*/raw 2>/dev/null | tr '\0' '\n' |
+        grep -qaE "(^|[^[:print:]])espvm-action=$prefix$1\$"
+}
 now() { cut -d' ' -f1 /proc/uptime; }
 since() { awk -v s="$1" '{printf "%.1f\n", $1 - s}' /proc/uptime; }
 esp_mirror=/usr/local/sbin/esp-mirror  # the copy apply put on the installed system
@@ -182,10 +199,12 @@ heal_wait() {
     echo "heal service exited after multi-user: $(systemctl show -P ExecMainExitTimestampMonotonic esp-mirror-heal.service | awk -v m="$multi" '{printf "%.1f", ($1 - m) / 1e6}') s"
 }
 older_sd_boot() {
-    # an older systemd-boot on the ESP, as a package upgrade finds it
-    python3 -c 'import sys, pathlib
+    # an older systemd-boot on the ESP, as a package upgrade finds it (its version string, one down)
+    python3 -c 'import re, sys, pathlib
 for name in sys.argv[1:]:
-    f = pathlib.Path(name); f.write_bytes(f.read_bytes().replace(b"systemd-boot 252.", b"systemd-boot 251.", 1))' \
+    f = pathlib.Path(name)
+    if f.exists():
+        f.write_bytes(re.sub(rb"systemd-boot (\d+)\.", lambda m: b"systemd-boot %d." % (int(m[1]) - 1), f.read_bytes(), 1))' \
         /boot/efi/EFI/systemd/systemd-bootx64.efi /boot/efi/EFI/BOOT/BOOTX64.EFI
 }
 root_back() {
@@ -203,30 +222,27 @@ root_back() {
     grep -A2 '^md.*vd.2' /proc/mdstat
 }
 sdboot() {
-    # systemd-boot on the live system, then what its package and a kernel package run on their own.
+    # then what systemd-boot's package and a kernel package run on their own
     echo "environment: SYSTEMD_RELAX_ESP_CHECKS=${SYSTEMD_RELAX_ESP_CHECKS:-unset}"
-    start=$(now)
-    "$esp_mirror" apply --yes --profile debian --disk /dev/vda --disk /dev/vdb --target / \
-        --bootloader systemd-boot --initramfs skip > /tmp/apply.log 2>&1
-    echo "apply exit $? seconds $(since "$start")"
-    tail -n 5 /tmp/apply.log
     older_sd_boot
     start=$(now)
     systemctl restart systemd-boot-update.service
     echo "update exit $? seconds $(since "$start")"
     journalctl -b -u systemd-boot-update.service -o cat | tail -n 5
-    cmp /boot/efi/EFI/systemd/systemd-bootx64.efi /usr/lib/systemd/boot/efi/systemd-bootx64.efi && echo "sd-boot updated"
-    cmp /boot/efi/EFI/BOOT/BOOTX64.EFI /usr/lib/systemd/boot/efi/systemd-bootx64.efi && echo "fallback updated"
+    signed=/usr/lib/systemd/boot/efi/systemd-bootx64.efi.signed
+    cmp /boot/efi/EFI/systemd/systemd-bootx64.efi "$signed" && echo "sd-boot updated"
+    # shim stays at the fallback path: bootctl update refreshes only copies of systemd-boot
+    cmp /boot/efi/EFI/BOOT/BOOTX64.EFI /usr/lib/shim/shimx64.efi.signed && echo "fallback still shim"
     echo "diversion: $(dpkg-divert --list /usr/bin/bootctl)"
     echo "seed writer: $(readlink /etc/systemd/system/systemd-boot-random-seed.service)"
     # GRUB no longer starts this system: its kernel hooks (update-grub, ~30 s each under TCG) are
     # switched off, as removing GRUB's packages would
-    chmod a-x /etc/kernel/postinst.d/zz-update-grub /etc/kernel/postrm.d/zz-update-grub
+    chmod a-x /etc/kernel/postinst.d/zz-update-grub /etc/kernel/postrm.d/zz-update-grub 2>/dev/null
     # initramfs images for this machine's own drivers, as many servers build them: under TCG
     # mkinitramfs with MODULES=most takes most of a kernel install's time
     sed -i 's/^MODULES=.*/MODULES=dep/' /etc/initramfs-tools/initramfs.conf
 }
-# The second kernel (linux-image-*-cloud-amd64) that ci/adopted.py put in /root.
+# The second kernel's package (linux-image-*-cloud-amd64) in /root: ci/roots.py's TRIXIE root has it.
 second_deb=$(ls /root/linux-image-*-cloud-amd64_*.deb 2>/dev/null)
 second=$(dpkg-deb -f "$second_deb" Package 2>/dev/null)
 second_kver=${second#linux-image-}
@@ -250,6 +266,7 @@ stray() {
     older_sd_boot
     SYSTEMD_RELAX_ESP_CHECKS=1 /usr/bin/bootctl.esp-mirror --esp-path=/boot/efi update > /tmp/bootctl.log 2>&1
     echo "bootctl update exit $?"
+    tail -n 4 /tmp/bootctl.log
     echo "made: $(efibootmgr -v | grep -c 'Linux Boot Manager')"
     "$esp_mirror" status > /tmp/status.log 2>&1
     echo "status exit $?"
@@ -280,16 +297,68 @@ stopped() {
     efibootmgr -v | grep -v '^BootCurrent' | diff /tmp/nvram-before - && echo "nvram untouched"
 }
 adopt() {
-    # What an administrator runs on a machine Debian's installer set up: esp-mirror, fetched as one
-    # file (the zip application) since the system has none yet, adopts the ESP with the disks.
+    # What an administrator runs on a machine with one ESP, which fstab names and nothing mounts
+    # (an administrator unmounted it; a system that mounts it on demand): esp-mirror adopts it
+    # with the disks. Its files first, as they are, for the checks after.
     cli=/root/esp-mirror
     [ -x /usr/local/sbin/esp-mirror ] && cli=/usr/local/sbin/esp-mirror
     echo "program: $cli"
+    (cd /boot/efi && find . -type f -exec sha256sum {} + | sort -k2) > /root/esp-before.sha256
+    umount /boot/efi
+    echo "mounted before: $(findmnt -n -o SOURCE /boot/efi || echo nothing)"
     start=$(now)
     "$cli" adopt --yes --disk /dev/vda --disk /dev/vdb --initramfs skip > /tmp/adopt.log 2>&1
     echo "exit $?"
     echo "seconds $(since "$start")"
     cat /tmp/adopt.log
+}
+backup_files() {
+    # every file of the live ESP, by sha256, in the backup adopt kept (read from the tar)
+    python3 -c 'import hashlib, sys, tarfile
+with tarfile.open(sys.argv[1]) as tar:
+    for m in sorted(tar.getmembers(), key=lambda m: m.name):
+        if m.isfile():
+            print(hashlib.sha256(tar.extractfile(m).read()).hexdigest() + "  " + m.name)' /var/lib/esp-mirror/adopt/esp-vda1.tar
+}
+release_all() {
+    # back to one ESP: the first disk's partition, a plain FAT that fstab names
+    start=$(now)
+    "$esp_mirror" release --all --yes > /tmp/release.log 2>&1
+    echo "exit $? seconds $(since "$start")"
+    tail -n 25 /tmp/release.log
+    echo "fstab: $(grep -v '^#' /etc/fstab | grep -E '[[:space:]]/boot/efi[[:space:]]')"
+    echo "array lines: $(grep -c '^ARRAY .*esp' /etc/mdadm/mdadm.conf)"
+    echo "esp mounted from: $(findmnt -n -o SOURCE /boot/efi)"
+    echo "record: $(ls /etc/esp-mirror/esp-mirror.yaml 2>&1)"
+    for p in /dev/vda1 /dev/vdb1; do echo "$p: $(blkid -p -s TYPE -s UUID -o value $p | tr '\n' ' ')"; done
+    efibootmgr -v
+}
+sdboot13() {
+    # Debian 13's own way to systemd-boot under Secure Boot: GRUB's signed package goes, systemd-boot
+    # signed by Debian starts behind shim (the target has shim-signed and systemd-boot-efi-amd64-signed)
+    clean apt-get --yes purge grub-efi-amd64-signed > /tmp/purge.log 2>&1
+    echo "purge exit $?"
+    tail -n 6 /tmp/purge.log
+    start=$(now)
+    "$esp_mirror" apply --yes --profile debian --disk /dev/vda --disk /dev/vdb --target / \
+        --bootloader systemd-boot --initramfs skip > /tmp/apply.log 2>&1
+    echo "apply exit $? seconds $(since "$start")"
+    tail -n 5 /tmp/apply.log
+    efibootmgr -v | grep -v '^BootCurrent' > /tmp/nvram-before
+    # what every upgrade of systemd-boot runs (its postinst), from a rescue system's clean chroot
+    start=$(now)
+    clean dpkg-reconfigure -f noninteractive systemd-boot > /tmp/reconfigure.log 2>&1
+    echo "reconfigure exit $? seconds $(since "$start")"
+    tail -n 8 /tmp/reconfigure.log
+    efibootmgr -v | grep -v '^BootCurrent' > /tmp/nvram-after
+    diff /tmp/nvram-before /tmp/nvram-after && echo "nvram unchanged"
+    echo "entries starting shim: $(efibootmgr | grep -ci 'shimx64.efi')"
+    cmp /boot/efi/EFI/BOOT/BOOTX64.EFI /usr/lib/shim/shimx64.efi.signed && echo "fallback is shim"
+    cmp /boot/efi/EFI/BOOT/fbx64.efi /usr/lib/shim/fbx64.efi.signed && echo "fallback has fbx64.efi"
+    cmp /boot/efi/EFI/systemd/systemd-bootx64.efi /usr/lib/systemd/boot/efi/systemd-bootx64.efi.signed && echo "systemd-boot is the signed build"
+    # printf, not dash's echo, which reads the "\0" at the end of the argument as a NUL
+    printf 'csv: %s\n' "$(iconv -f UTF-16LE -t UTF-8 /boot/efi/EFI/debian/BOOTX64.CSV 2>/dev/null | tr -d '\r\n')"
+    printf 'record: %s\n' "$(grep -E '^loader(_args)?:' /etc/esp-mirror/esp-mirror.yaml | tr '\n' ' ')"
 }
 adopted_again() {
     /usr/local/sbin/esp-mirror adopt --yes --disk /dev/vda --disk /dev/vdb --initramfs skip; echo "adopt exit $?"
@@ -309,28 +378,32 @@ fallback() {
     echo "entries again exit $? changed $(python3 -c 'import json; print(json.load(open("/tmp/entries.json"))["changed"])')"
     efibootmgr -v
 }
+replace_copy() {
+    # disk B died: a blank disk took its place (it is /dev/vdb now). esp-mirror gives it A's
+    # partition table (new GUIDs) and makes the ESP's member; then the administrator runs the
+    # `mdadm --add` line it printed for the root's array, as the runbook says.
+    echo "root before: $(mdadm --detail /dev/md/root | grep -E 'State :' | tr -s ' ')"
+    start=$(now)
+    "$esp_mirror" replace --old missing --new /dev/vdb --copy-table --yes > /tmp/replace.log 2>&1
+    echo "replace exit $? seconds $(since "$start")"
+    cat /tmp/replace.log
+    sed -n 's/^  \(mdadm \/dev\/md.*\)$/\1/p' /tmp/replace.log > /tmp/add-lines  # the printed lines
+    while read -r line; do echo "run: $line"; $line; echo "exit $?"; done < /tmp/add-lines
+    mdadm --wait /dev/md/root; mdadm --wait /dev/md/esp
+    echo "root after: $(mdadm --detail /dev/md/root | grep -E 'State :' | tr -s ' ')"
+    echo "root members: $(mdadm --detail /dev/md/root | grep -oE '/dev/vd[a-z][0-9]+' | sort | tr '\n' ' ')"
+    "$esp_mirror" status; echo "status exit $?"
+    for d in vda vdb; do echo "$d: $(sgdisk -p /dev/$d | awk '/^ +[0-9]+ /{print $1, $2, $3, $6}' | tr '\n' ';')"; done
+    for d in vda vdb; do echo "$d guid: $(sgdisk -p /dev/$d | sed -n 's/^Disk identifier (GUID): //p')"; done
+    efibootmgr -v
+}
 disks() { for d in /sys/block/vd*; do echo "$(basename "$d") $(cat "$d/serial") $(readlink -f "$d")"; done; }
 report
+section stage echo "$stage"
 section disks disks
 section efibootmgr-v efibootmgr -v
-if action adopt; then
-    section adopt adopt
-    section adopted-again adopted_again
-    section status sh -c "/usr/local/sbin/esp-mirror status; echo \"exit \$?\""
-    section old-files sh -c "cd /boot/efi && sha256sum --check --quiet /root/esp-before.sha256; echo \"exit \$?\""
-    section efibootmgr-after efibootmgr -v
-    section fstab-after cat /etc/fstab
-    section backups sh -c "ls /var/lib/esp-mirror/adopt; tar -tf /var/lib/esp-mirror/adopt/esp-vda1.tar | sort"
-    section mdstat-after cat /proc/mdstat
-fi
 if action fallback; then
     section fallback fallback
-fi
-if action upgrade; then
-    section upgrade upgrade
-    section installed-version "$esp_mirror" --version
-    section installed-check installed_check
-    section debconf sh -c "debconf-show grub-efi-amd64 | grep -E 'update_nvram|extra_removable'"
 fi
 if action heal; then
     section heal heal_wait
@@ -339,6 +412,37 @@ if action heal; then
     section mdstat-after cat /proc/mdstat
     section esp-detail-after mdadm --detail --export /dev/md/esp
     section root-back root_back
+fi
+if action upgrade; then
+    section upgrade upgrade
+    section installed-version "$esp_mirror" --version
+    section installed-check installed_check
+    section debconf sh -c "debconf-show grub-efi-amd64 | grep -E 'update_nvram|extra_removable'"
+fi
+if action replace; then
+    section replace replace_copy
+fi
+if action release-all; then
+    section release-all release_all
+    echo after-reboot > "$stage_file"; sync
+    echo "ESPVM-STATE-REBOOT"
+    systemctl reboot --no-block
+    exit 0
+fi
+if action adopt; then
+    section adopt adopt
+    section adopted-again adopted_again
+    section status sh -c "/usr/local/sbin/esp-mirror status; echo \"exit \$?\""
+    section old-files sh -c "cd /boot/efi && sha256sum --check --quiet /root/esp-before.sha256; echo \"exit \$?\""
+    section backup-files backup_files
+    section esp-before cat /root/esp-before.sha256
+    section efibootmgr-after efibootmgr -v
+    section fstab-after cat /etc/fstab
+    section backups sh -c "ls /var/lib/esp-mirror/adopt"
+    section mdstat-after cat /proc/mdstat
+fi
+if action sdboot; then
+    section sdboot13 sdboot13
     section sdboot sdboot
     section stray stray
     section kernel-login kernel login install "$second_deb"
@@ -351,6 +455,13 @@ fi
 echo "ESPVM-STATE-END"
 systemctl poweroff --no-block
 """
+
+
+def after_reboot(action: str) -> str:
+    """The SMBIOS string for ``action`` ("espvm-action=NAME") run in the stage after an action
+    rebooted the system (RELEASE_ALL_ACTION): "espvm-action=after-reboot:NAME"."""
+    return action.replace("espvm-action=", "espvm-action=after-reboot:", 1)
+
 
 # Serial output that means the installed system will not reach multi-user.
 _BOOT_FAILED = {
@@ -491,16 +602,12 @@ class RaidRootInstaller:
         self.phase("initramfs_config")
 
 
-# What the installer does after esp-mirror's hooks, and what the test reads back, in the guest.
+# What the test reads back in the guest after the installer (esp-mirror's bootloader hook wrote
+# GRUB's configuration: the installer runs nothing after the hooks).
 FINISH_AND_REPORT = r"""
-phase() {{ echo "@@@ phase $1 $(cut -d' ' -f1 /proc/uptime)"; }}
-phase update_grub
-for fs in dev proc sys; do mount --bind /$fs /target/$fs; done
-# The guest has no udev: make the link udev would, or grub-mkconfig falls back to
-# root=/dev/mdNNN, a number the installed system's initramfs may give to the ESP array.
-mkdir -p /dev/disk/by-uuid; ln -sf "$(readlink -f /dev/md/root)" /dev/disk/by-uuid/{root_uuid}
-chroot /target update-grub 2>&1
+phase() { echo "@@@ phase $1 $(cut -d' ' -f1 /proc/uptime)"; }
 phase report
+for fs in dev proc sys; do mount --bind /$fs /target/$fs; done
 echo '@@@ mdadm.conf'; cat /target/etc/mdadm/mdadm.conf
 echo '@@@ fstab'; cat /target/etc/fstab
 echo '@@@ efibootmgr'; efibootmgr -v
@@ -561,7 +668,7 @@ def install_script() -> str:
             'losetup --detach "$a"; losetup --detach "$b"',
             f"echo '{SECTION}install'",
             shlex.join(guest_python_argv("install", *INSTALL_DISKS)) + " 2>&1",
-            FINISH_AND_REPORT.format(root_uuid=ROOT_FS_UUID),
+            FINISH_AND_REPORT,
         ]
     )
 
@@ -691,6 +798,7 @@ class InstalledBoot:
     seconds: float  # power on to power off, measured on the host (every run, with resets)
     serial_log: Path
     resets: int = 0  # the firmware reset before the system came up (shim's fallback)
+    earlier: tuple[dict[str, str], ...] = ()  # the reports of the stages before a reboot an action made
 
     def section(self, name: str) -> str:
         return self.sections.get(name, "")
@@ -748,6 +856,7 @@ def boot_installed(
         ["-snapshot"] if snapshot else []
     )
     seconds, reset = 0.0, 0
+    earlier: list[dict[str, str]] = []  # what the system reported before it rebooted itself
     while True:
         run = run_qemu(
             assets,
@@ -762,6 +871,10 @@ def boot_installed(
         )
         seconds += run.seconds
         text = serial_log.read_text(errors="replace")
+        if REBOOT in text and END not in text and len(earlier) < 2:  # an action rebooted the system
+            earlier.append(parse_sections(text, prefix=STATE)[0])
+            serial_log.rename(run_dir / f"serial-before-reboot-{len(earlier)}.log")
+            continue
         if END in text or reset >= resets or STATE in text:  # the system came up: no firmware reset
             break
         reset += 1
@@ -769,7 +882,7 @@ def boot_installed(
     if END not in text:
         raise VmError(f"the installed system powered off without its {END} report; serial log: {serial_log}")
     sections, _ = parse_sections(text, prefix=STATE)
-    return InstalledBoot(sections, seconds, serial_log, reset)
+    return InstalledBoot(sections, seconds, serial_log, reset, tuple(earlier))
 
 
 def copy_sparse(source: Path, dest: Path) -> Path:
@@ -794,12 +907,17 @@ if __name__ == "__main__":
 
 
 __all__ = [
+    "ADOPT_ACTION",
     "FALLBACK_ACTION",
     "HEAL_ACTION",
+    "RELEASE_ALL_ACTION",
+    "REPLACE_ACTION",
+    "SDBOOT_ACTION",
     "UPGRADE_ACTION",
     "Installed",
     "InstalledBoot",
     "TargetImage",
+    "after_reboot",
     "boot_installed",
     "build_target_archives",
     "build_target_image",

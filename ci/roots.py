@@ -113,10 +113,16 @@ DRACUT = RootSpec("dracut", (*COMMON_PACKAGES, "dracut", "python3"))
 # Debian 13, as its installer sets up a server with Secure Boot: the signed chain shim -> GRUB, and
 # systemd-boot signed by Debian (the pair Debian 13 uses for Secure Boot with systemd-boot), which
 # the installed-system tests move to
+# A second kernel for the installed system to install with apt (its cloud flavour, from the same
+# mirror): /root/linux-image-<version>-cloud-amd64_*.deb
+_SECOND_KERNEL = (
+    'chroot "$1" sh -c \'cd /root && kver=$(ls /lib/modules) && '
+    'apt-get download "linux-image-${kver%-amd64}-cloud-amd64" >/dev/null\''
+)
 TRIXIE = RootSpec(
     "trixie",
     (*INITRAMFS_TOOLS.packages, "systemd-boot-efi-amd64-signed"),
-    customize_hooks=INITRAMFS_TOOLS.customize_hooks,
+    customize_hooks=(*INITRAMFS_TOOLS.customize_hooks, _SECOND_KERNEL),
     suite="trixie",
 )
 SPECS = {spec.name: spec for spec in (INITRAMFS_TOOLS, DRACUT, TRIXIE)}

@@ -44,6 +44,20 @@ def initramfs_tools_root(request: pytest.FixtureRequest) -> roots.Root:
 
 
 @pytest.fixture(scope="session")
+def trixie_root(request: pytest.FixtureRequest) -> roots.Root:
+    """The cached Debian 13 target root (ci/roots.py: shim, signed GRUB and systemd-boot, a second
+    kernel's package in /root), built if missing."""
+    root = roots.ensure_root(roots.TRIXIE)
+    measurements(request.config).record(
+        "root build",
+        "Debian 13 (mmdebstrap)",
+        root.build_seconds,
+        "built now" if root.built_now else "cached, built earlier",
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
 def payload_efi(vm_assets: Assets) -> Path:
     """The EFI payload (a unified kernel image) to install on the ESP, built once per session."""
     return build_payload(vm_assets, vm_assets.cache_dir / "payload" / "espvm-payload.efi")
