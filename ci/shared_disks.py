@@ -53,7 +53,9 @@ for pair in "vda vdb" "vdc vdd"; do
     mdadm --wait-clean /dev/md/data 2>/dev/null
     section "after $1"; p2 "$@"
     section "table $1"; sgdisk -p /dev/$1 | tail -n 3
-    umount /tmp/t/boot/efi; mdadm --stop /dev/md/esp >/dev/null 2>&1; rm -rf /tmp/t/boot /tmp/t/etc/*
+    umount /tmp/t/boot/efi; mdadm --stop /dev/md/esp >/dev/null 2>&1
+    rm -f /dev/md/esp  # no udev in the guest to remove the link mdadm made
+    rm -rf /tmp/t/boot /tmp/t/etc/*
 done
 mdadm --stop /dev/md/data >/dev/null
 refuse() {{  # NAME ARGS...: apply, its exit code and one line, and whether C and D are as they were

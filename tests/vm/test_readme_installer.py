@@ -1,26 +1,45 @@
-"""The README's installer example, run as written in a guest, installs a Debian 12 onto two disks.
+"""The README's installer example, run as written in a guest, installs a Debian 12 onto two disks;
+then the firmware boots it, and a dead disk is replaced (Debian 12's proof; Debian 13's is
+tests/vm/test_installed_system.py's).
 
 The install (ci/installed.py) drives the four hooks through the Python API, with the installer's
 own steps between them (a RAID1 root on partition 2 of both disks, Debian from mmdebstrap
-unpacked in two parts), then update-grub. Before it, in the same guest, two disks that report one
-serial and two loop devices on one image file are refused. What the install left is read back in
-the same guest and from the disk images. The life of an installed system after that (firmware
-boots from each disk alone, upgrades, heal) is tests/vm/test_installed_system.py's, on a Debian
-that esp-mirror adopted.
+unpacked in two parts); the bootloader hook writes GRUB's configuration, and the installer runs
+nothing after the hooks. Before it, in the same guest, two disks that report one serial and two
+loop devices on one image file are refused. What the install left is read back in the same guest
+and from the disk images. Then two firmware boots:
+
+1. disk B alone, through its own entry (its writes discarded: B stays as the install left it);
+2. disk A with a blank disk C where B was (B died): A boots degraded;
+   ``esp-mirror replace --old missing --new /dev/vdb --copy-table`` gives C A's partition table
+   and the ESP's member, and prints the ``mdadm --add`` line for the installer's root array,
+   which the test runs as printed (the README's runbook);
+
+and a third: 3. disk C alone, through the entry replace made for it.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ci import roots
-from ci.installed import ROOT_FS_UUID, Installed, build_target_archives, install
+from ci.installed import (
+    REPLACE_ACTION,
+    ROOT_FS_UUID,
+    Installed,
+    InstalledBoot,
+    boot_installed,
+    build_target_archives,
+    install,
+)
 from ci.measure import measurements
-from ci.vm import ESP_OFFSET, Assets, fresh_vars, list_member, partition_uuid, read_member
+from ci.vm import ESP_OFFSET, Assets, blank_disk, fresh_vars, list_member, member_files, partition_uuid, read_member
 
 pytestmark = [pytest.mark.vm, pytest.mark.installed]
 
@@ -49,7 +68,7 @@ def installed(
         f"\nserial log: {result.guest.serial_log}"
     )
     measured.record("installed system", "install in the guest (qemu start to power off)", result.guest.seconds)
-    readme = result.phases["update_grub"] - result.phases["pre_partition"]
+    readme = result.phases["report"] - result.phases["pre_partition"]
     measured.record(
         "installed system",
         "README install() in the guest",
@@ -65,6 +84,74 @@ def installed(
         "in the TCG guest, root on virtio md RAID1, MODULES=dep",
     )
     return Scenario(work, disks, nvram, result)
+
+
+@pytest.fixture(scope="module")
+def b_alone(installed: Scenario, vm_assets: Assets, request: pytest.FixtureRequest) -> InstalledBoot:
+    boot, _ = _boot(installed.work, "b-alone", installed.disks[1:], installed.nvram, vm_assets, snapshot=True)
+    _record(request, "Debian 12, disk B alone", boot)
+    return boot
+
+
+@dataclass(frozen=True)
+class Replaced:
+    boot: InstalledBoot  # disk A and the blank disk C, replace run
+    disk: Path  # disk-c.img
+    nvram: Path  # what replace left: A's entry and C's
+
+
+@pytest.fixture(scope="module")
+def replaced(
+    installed: Scenario, b_alone: InstalledBoot, vm_assets: Assets, request: pytest.FixtureRequest
+) -> Replaced:
+    new = blank_disk(installed.work / "disk-c.img", 2048)
+    disks = [installed.disks[0], new]
+    boot, vars_file = _boot(installed.work, "replace", disks, installed.nvram, vm_assets, action=REPLACE_ACTION)
+    _record(request, "Debian 12, disk A and a blank disk: replace", boot)
+    found = re.search(r"^replace exit \d+ seconds ([\d.]+)$", boot.section("replace"), re.MULTILINE)
+    if found:
+        measured = measurements(request.config)
+        measured.record("upkeep", "replace --copy-table (the ESP whole; the root resyncs after)", float(found[1]))
+    return Replaced(boot, new, vars_file)
+
+
+@pytest.fixture(scope="module")
+def c_alone(replaced: Replaced, vm_assets: Assets, request: pytest.FixtureRequest) -> InstalledBoot:
+    boot, _ = _boot(replaced.disk.parent, "c-alone", [replaced.disk], replaced.nvram, vm_assets, snapshot=True)
+    _record(request, "Debian 12, the new disk C alone", boot)
+    return boot
+
+
+def _boot(
+    work: Path, name: str, disks: list[Path], nvram: Path, assets: Assets, **kwargs: Any
+) -> tuple[InstalledBoot, Path]:
+    """Boot ``disks`` with a copy of ``nvram``; the copy is returned with the boot's report."""
+    vars_file = shutil.copyfile(nvram, work / f"{name}-vars.fd")
+    return boot_installed(disks, vars_file, work, name=name, assets=assets, **kwargs), vars_file
+
+
+def _record(request: pytest.FixtureRequest, what: str, boot: InstalledBoot) -> None:
+    measured = measurements(request.config)
+    measured.record("boot", f"{what}: power on to power off (host)", boot.seconds, str(boot.serial_log))
+    if "MultiUser" in boot.times():
+        measured.record("boot", f"{what}: kernel start to multi-user.target", boot.times()["MultiUser"])
+
+
+def _booted_entry(boot: InstalledBoot) -> str:
+    text = boot.section("efibootmgr-v")
+    current = re.search(r"^BootCurrent: (\w{4})$", text, re.MULTILINE)
+    assert current, text
+    entry = re.search(rf"^Boot{current[1]}\*? (.+?)\t", text, re.MULTILINE)
+    assert entry, text
+    return entry[1]
+
+
+def _assert_up_with_esp_from_md(boot: InstalledBoot) -> None:
+    assert boot.section("multi-user").strip() == "active", boot.serial_log
+    source, fstype, _options = boot.section("esp-mount").split()
+    assert fstype == "vfat" and re.fullmatch(r"/dev/md\d+", source), (source, boot.serial_log)
+    root_source, _root_type, root_options = boot.section("root-mount").split()
+    assert root_source.startswith("/dev/md") and root_options.split(",")[0] == "rw", boot.section("root-mount")
 
 
 def _step_seconds(result: Installed, command: str) -> float:
@@ -176,3 +263,45 @@ def test_grub_is_on_both_members_with_the_fallback_path_and_left_nvram_to_esp_mi
     grub_cfg = installed.result.sections["grub.cfg"]
     assert "insmod mdraid1x" in grub_cfg  # GRUB reads the kernel from the RAID1 root
     assert f"root=UUID={ROOT_FS_UUID}" in grub_cfg  # never an md number, which the ESP array may get
+
+
+# --- the firmware boots it, and a dead disk is replaced -------------------------------------------
+
+
+def test_disk_b_alone_boots_through_its_own_entry_with_both_arrays_degraded(b_alone: InstalledBoot) -> None:
+    _assert_up_with_esp_from_md(b_alone)
+    assert _booted_entry(b_alone) == "Debian (esp-mirror espvm-B)"
+    for array in ("esp", "root"):
+        assert "[2/1]" in b_alone.mdstat_line(array), b_alone.section("mdstat")
+
+
+def test_replace_gives_the_new_disk_the_table_the_esp_member_and_the_roots_member(
+    replaced: Replaced, installed: Scenario
+) -> None:
+    boot = replaced.boot
+    _assert_up_with_esp_from_md(boot)
+    assert _booted_entry(boot) == "Debian (esp-mirror espvm-A)"  # A alone, before the replacement
+    section = boot.section("replace")
+    assert re.search(r"^replace exit 0 ", section, re.MULTILINE), section
+    assert re.search(r"^root before: +State : \S+, degraded", section, re.MULTILINE), section
+    assert re.search(r"^run: mdadm /dev/md\S+ --add /dev/vdb2\nexit 0$", section, re.MULTILINE), section
+    assert re.search(r"^root after: +State : (clean|active) *$", section, re.MULTILINE), section
+    assert "root members: /dev/vda2 /dev/vdb2 \n" in section, section
+    assert "healthy\nstatus exit 0" in section, section
+    # the same partitions (number, first and last sector, type), on a disk of its own (a new GUID)
+    tables = dict(re.findall(r"^(vd[ab]): (.*)$", section, re.MULTILINE))
+    assert tables["vda"] == tables["vdb"] and tables["vda"].count(";") == 2, tables
+    guids = dict(re.findall(r"^(vd[ab]) guid: (\S+)$", section, re.MULTILINE))
+    assert guids["vda"] != guids["vdb"], guids
+    # NVRAM: A's entry and the new disk's; none for the disk that died
+    entries = re.findall(r"^Boot[0-9A-F]{4}\* (Debian \(esp-mirror espvm-\w\))\t", section, re.MULTILINE)
+    assert sorted(entries) == ["Debian (esp-mirror espvm-A)", "Debian (esp-mirror espvm-C)"], section
+    a, c = (member_files(disk, ESP_OFFSET) for disk in (installed.disks[0], replaced.disk))
+    assert a == c and "EFI/BOOT/BOOTX64.EFI" in a
+
+
+def test_the_new_disk_alone_boots_through_the_entry_replace_made(c_alone: InstalledBoot) -> None:
+    _assert_up_with_esp_from_md(c_alone)
+    assert _booted_entry(c_alone) == "Debian (esp-mirror espvm-C)"
+    for array in ("esp", "root"):
+        assert "[2/1]" in c_alone.mdstat_line(array), c_alone.section("mdstat")

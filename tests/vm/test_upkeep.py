@@ -1,5 +1,6 @@
-"""After install, on real firmware: status, check, repair, add and entries (replace of a missing
-member, then a boot from the new disk alone: tests/vm/test_fleet.py, through the Ansible module).
+"""After install, on real firmware: status, check, repair, add, release of one disk, and entries
+(replace of a missing member, then a boot from the new disk alone: tests/vm/test_fleet.py, through
+the Ansible module; release --all: tests/vm/test_installed_system.py).
 
 Each test starts from a copy of one installed pair of disks. A guest boot's root is a fresh
 overlay, so each script first makes the guest look like the booted installed system
@@ -8,6 +9,7 @@ overlay, so each script first makes the guest look like the booted installed sys
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import shutil
@@ -221,7 +223,12 @@ def test_status_and_entries_in_healthy_missing_entry_and_degraded_states(system:
     assert "degraded" in out["degraded-text"].output
 
 
-def test_add_a_third_disk_then_boot_from_it_alone(system: Installed, vm_assets: Assets) -> None:
+def test_add_a_third_disk_boot_it_alone_then_release_it_and_it_boots_alone_as_a_plain_esp(
+    system: Installed, vm_assets: Assets
+) -> None:
+    """add makes disk C a third member, which the firmware boots alone through esp-mirror's
+    entry; ``release --disk`` takes it out again (issue 24): the mirror of A and B stays whole,
+    and C, a plain FAT with no md superblock, boots alone through an entry of its own."""
     disk_c = blank_disk(system.work / "disk-c.img", 1024)
     out = run(
         system,
@@ -230,6 +237,7 @@ def test_add_a_third_disk_then_boot_from_it_alone(system: Installed, vm_assets: 
         {
             "add": f"{esp_mirror_cli()} add --disk /dev/vdc --yes --json",
             "status": f"{esp_mirror_cli()} status --json",
+            "record": "cat /etc/esp-mirror/esp-mirror.yaml",
         },
         vm_assets,
     )
@@ -239,6 +247,28 @@ def test_add_a_third_disk_then_boot_from_it_alone(system: Installed, vm_assets: 
     assert [m["state"] for m in status["array"]["members"]] == ["in_sync"] * 3
     boot = boot_firmware([disk_c], system.nvram, assets=vm_assets, log_dir=system.work)
     assert boot.boot_entry_description == entry_label(disk_serial(2)), boot.serial_log
+    assert boot.loader_device_partuuid == partition_uuid(disk_c)
+
+    grown = dataclasses.replace(system, record=out["record"].output)  # the record add left (3 members)
+    out = run(
+        grown,
+        [*system.disks, disk_c],
+        [*BOTH, "/dev/vdc1"],
+        {
+            "release": f"{esp_mirror_cli()} release --disk /dev/vdc --yes",
+            "status": f"{esp_mirror_cli()} status --json",
+            "examine": "mdadm --examine /dev/vdc1",
+            "blkid": "blkid -p -o export /dev/vdc1",
+        },
+        vm_assets,
+    )
+    assert out["release"].rc == 0, out["release"].output
+    status = as_json(out["status"])
+    assert (out["status"].rc, status["array"]["raid_disks"]) == (0, 2), status["problems"]
+    assert sorted(m["node"] for m in status["array"]["members"]) == BOTH
+    assert out["examine"].rc != 0 and "TYPE=vfat" in out["blkid"].output, (out["examine"], out["blkid"])
+    boot = boot_firmware([disk_c], system.nvram, assets=vm_assets, log_dir=system.work)
+    assert boot.boot_entry_description == f"Debian ({disk_serial(2)})", boot.serial_log  # its own entry
     assert boot.loader_device_partuuid == partition_uuid(disk_c)
 
 
