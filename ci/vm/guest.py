@@ -22,7 +22,7 @@ from pathlib import Path
 from ci.vm.assets import Assets
 from ci.vm.efivars import LoadOption, boot_number, boot_order, load_option, serial_variables, ucs2
 from ci.vm.initrd import DONE_MARKER, GUEST_WORK_DIR, HOSTROOT_TAG, WORK_TAG, installer_initrd
-from ci.vm.qemu import QemuRun, VmError, qemu_option, run_qemu
+from ci.vm.qemu import GuestFroze, QemuRun, VmError, qemu_option, run_qemu
 
 INSTALLER_CMDLINE = "console=ttyS0 panic=-1 loglevel=4"
 _BOOT_ENTRY = re.compile(r"Boot[0-9A-F]{4}")
@@ -84,6 +84,7 @@ def run_in_guest(
     assets: Assets | None = None,
     log_dir: Path | None = None,
     power_cut: bool = False,
+    retry_frozen: bool = True,
 ) -> GuestResult:
     """Run ``script`` with /bin/sh as root in a guest with ``disks`` attached, and return its result.
 
@@ -94,6 +95,8 @@ def run_in_guest(
     :param log_dir: where the run's directory is made (default: the directory of ``vars_file``).
     :param power_cut: the script resets the machine itself (sysrq ``b``: no sync, no unmount), so
         it never ends: the result has ``rc`` -1 and the output as far as it got.
+    :param retry_frozen: a guest that froze runs once more (run_qemu); False: :class:`GuestFroze`
+        is raised at once (ci/freezes.py counts them).
     :raises VmError: when the guest did not run the script to the end within ``timeout``.
     """
     assets = assets or Assets.ensure()
@@ -119,7 +122,10 @@ def run_in_guest(
                 f"{INSTALLER_CMDLINE} espvm.dump_at={dump_at}",
                 *_share_args(share),
             ],
+            retry_frozen=retry_frozen,
         )
+    except GuestFroze as froze:
+        raise GuestFroze(f"{froze}\n{_output_tail(share)}") from None
     except VmError as error:
         raise VmError(f"{error}\n{_output_tail(share)}") from None
     return _guest_result(share, run, power_cut)
@@ -133,6 +139,7 @@ def _run_qemu_again_if_frozen(
     timeout: float,
     extra_args: Sequence[str],
     give_up_on: dict[str, str] | None = None,
+    retry_frozen: bool = True,
 ) -> QemuRun:
     """:func:`run_qemu` with the run's serial log beside ``share``; when the guest froze (qemu
     puts the disks and NVRAM back, see run_qemu), the share is emptied but for the script before
@@ -153,7 +160,7 @@ def _run_qemu_again_if_frozen(
         timeout=timeout,
         extra_args=extra_args,
         give_up_on=give_up_on,
-        again_if_frozen=reset_share,
+        again_if_frozen=reset_share if retry_frozen else None,
     )
 
 
