@@ -2,7 +2,7 @@
 
 ``python -m ci.interrupt EFI_IMAGE HALF`` (as tests/vm/test_interrupted.py does, in two guests at
 once, one per HALF) runs these loops and prints one JSON line per interruption; half 1 takes
-apply's odd steps, replace and replace with the table copy (three blank disks), half 2 apply's
+apply's odd steps, replace, replace with the table copy and release (three blank disks), half 2 apply's
 even steps, repair and apply on partitioned disks:
 
 - apply on /dev/vda and /dev/vdb: for step N = 1, 2, ... of the plan, blank the disks and the
@@ -17,6 +17,8 @@ even steps, repair and apply on partitioned disks:
 - apply on disks an installer partitioned (half 2): A has an empty EF00 partition 1 and a
   partition 2, B only a partition 2 (a ZFS pool's stand-in, with data); the check adds every byte
   and GPT entry of the partitions 2 unchanged;
+- release --all (half 1), from a mirror apply makes before each run: no array is left, each
+  partition a plain FAT starting its own entry, the first one mounted and in fstab;
 - adopt (ci/adoptable.py's machine, made again before each run): half 1 with a blank second disk,
   half 2 with a stale copy of the ESP on it, adopted where it is; the check adds the live ESP's
   files on the array byte for byte and every byte outside the ESP partitions unchanged.
@@ -366,6 +368,57 @@ def copy_table_loop(efi_image: str, cli: str) -> list[dict[str, object]]:
     return loop("replace (table copy)", argv, before_once, check, steps)
 
 
+def released_checks(pair: Sequence[str], efi_image: str) -> list[str]:
+    """What is wrong after ``release --all``: no array, each partition a plain FAT that fsck.fat
+    passes and that starts its own entry (none of esp-mirror's left), the first disk's mounted at
+    the ESP and named by fstab's one line, mdadm.conf without the ESP's array, no record, no journal."""
+    wrong = []
+    if re.search(r"\b(vd[ab]1)\[", Path("/proc/mdstat").read_text()):
+        wrong.append("an array still holds an ESP partition")
+    entries = sh("efibootmgr").stdout
+    for disk in pair:
+        part = f"{disk}1"
+        if sh("mdadm", "--examine", part, ok=(0, 1)).returncode == 0:
+            wrong.append(f"{part} still carries an md superblock")
+        probe = dict(x.split("=", 1) for x in sh("blkid", "-p", "-o", "export", part, ok=(0, 2)).stdout.split())
+        if probe.get("TYPE") != "vfat":
+            wrong.append(f"{part} is {probe.get('TYPE') or 'nothing'}, not a FAT")
+        fsck = sh("fsck.fat", "-n", part, ok=(0, 1))
+        if fsck.returncode and fsck_problems(fsck.stdout + fsck.stderr):
+            wrong.append(f"fsck.fat -n {part}: {fsck_problems(fsck.stdout + fsck.stderr)[0]}")
+        serial = Path(f"/sys/block/{os.path.basename(disk)}/serial").read_text().strip()
+        if entries.count(f"Debian ({serial})") != 1:
+            wrong.append(f"{entries.count(f'Debian ({serial})')} entries of its own for {disk}")
+    if "(esp-mirror " in entries:
+        wrong.append("an entry of esp-mirror's is left")
+    first = dict(x.split("=", 1) for x in sh("blkid", "-p", "-o", "export", f"{pair[0]}1").stdout.split())
+    fstab = [x for x in Path("/etc/fstab").read_text().splitlines() if ESP in x.split() and not x.startswith("#")]
+    if len(fstab) != 1 or fstab[0].split()[0] != f"UUID={first.get('UUID')}":
+        wrong.append(f"fstab's ESP lines: {fstab}")
+    if sh("findmnt", "-n", "-o", "SOURCE", ESP, ok=(0, 1)).stdout.strip() != f"{pair[0]}1":
+        wrong.append(f"{ESP} is not mounted from {pair[0]}1")
+    if [x for x in Path("/etc/mdadm/mdadm.conf").read_text().splitlines() if x.startswith("ARRAY /dev/md/esp")]:
+        wrong.append("mdadm.conf still lists the ESP's array")
+    left = ("/" + record.PATH, "/var/lib/esp-mirror/release.json")
+    wrong += [f"{path} is left" for path in left if os.path.exists(path)]
+    return wrong
+
+
+def release_loop(efi_image: str, cli: str) -> list[dict[str, object]]:
+    """``release --all`` killed at each step, from the mirror apply makes on two blank disks (made
+    again before each run); the check is :func:`released_checks`."""
+    pair = ["/dev/vda", "/dev/vdb"]
+    argv = [cli, "release", "--all", "--yes"]
+
+    def before(n: int) -> None:
+        blank([*pair, "/dev/vdc"])
+        sh(*apply_argv(efi_image, cli))
+
+    before(0)
+    steps = list(range(1, steps_of(argv) + 1))
+    return loop("release --all", lambda n: argv, before, lambda n: released_checks(pair, efi_image), steps)
+
+
 # Bad input for adopt on ci/adoptable.py's machine: (name, shell lines that make it, the adopt
 # arguments beyond the machine's, shell lines that undo it). Each must exit 2 with one line.
 ADOPT_REFUSALS = (
@@ -481,7 +534,7 @@ def adopt_power_cut_script(efi_image: str, boot: int, cut_file: str, cli: str = 
     return "\n".join(lines) + "\n"
 
 
-COMMANDS = ("apply", "replace", "repair", "adopt", "shared", "copy-table")
+COMMANDS = ("apply", "replace", "repair", "adopt", "shared", "copy-table", "release")
 
 
 def main(efi_image: str, half: int, cli: str = CLI, only: Sequence[str] = COMMANDS) -> int:
@@ -521,6 +574,8 @@ def main(efi_image: str, half: int, cli: str = CLI, only: Sequence[str] = COMMAN
         results += loop("repair", lambda n: repair, lambda n: None, lambda n: checks(pair, efi_image), steps)
     if half == 1 and "copy-table" in only:
         results += copy_table_loop(efi_image, cli)
+    if half == 1 and "release" in only:
+        results += release_loop(efi_image, cli)
     elif half == 2 and "shared" in only:
         results += shared_loop(efi_image, cli)
     if "adopt" in only:

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.vm
 
 
 # ESP_MIRROR_KILLLOOP=adopt (a comma-separated list of apply, replace, repair, adopt, shared,
-# copy-table): only those loops, to try them again by hand after a change
+# copy-table, release): only those loops, to try them again by hand after a change
 ONLY = tuple(os.environ.get("ESP_MIRROR_KILLLOOP", ",".join(interrupt.COMMANDS)).split(","))
 
 
@@ -71,6 +71,7 @@ def test_every_interrupted_apply_replace_and_repair_converges_when_run_again(int
         "adopt (stale ESP in place)": "adopt",
         "apply (partitions there)": "shared",
         "replace (table copy)": "copy-table",
+        "release --all": "release",
     }
     names = tuple(name for name, key in loops.items() if key in ONLY)
     for name in names:
