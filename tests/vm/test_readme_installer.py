@@ -284,7 +284,8 @@ def test_replace_gives_the_new_disk_the_table_the_esp_member_and_the_roots_membe
     section = boot.section("replace")
     assert re.search(r"^replace exit 0 ", section, re.MULTILINE), section
     assert re.search(r"^root before: +State : \S+, degraded", section, re.MULTILINE), section
-    assert re.search(r"^run: mdadm /dev/md\S+ --add /dev/vdb2\nexit 0$", section, re.MULTILINE), section
+    added = r"^run: mdadm /dev/md\S+ --add /dev/vdb2\nmdadm: added /dev/vdb2\nexit 0$"  # the printed line, run
+    assert re.search(added, section, re.MULTILINE), section
     assert re.search(r"^root after: +State : (clean|active) *$", section, re.MULTILINE), section
     assert "root members: /dev/vda2 /dev/vdb2 \n" in section, section
     assert "healthy\nstatus exit 0" in section, section
