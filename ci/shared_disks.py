@@ -64,7 +64,12 @@ refuse() {{  # NAME ARGS...: apply, its exit code and one line, and whether C an
     section "refuse $name"; {apply} "$@" 2>&1; echo "exit $?"
     [ "$before" = "$(sha256sum /dev/vdc /dev/vdd)" ] && echo unchanged || echo CHANGED
 }}
-fresh() {{ for d in vdc vdd; do sgdisk --zap-all /dev/$d >/dev/null 2>&1; wipefs -qa /dev/$d; done; }}
+fresh() {{  # blank disks: the partitions' signatures first (a FAT, md's superblock at the end), then the table
+    for d in vdc vdd; do
+        for p in /dev/$d[0-9]*; do [ -b "$p" ] && wipefs -qa "$p"; done
+        sgdisk --zap-all /dev/$d >/dev/null 2>&1; wipefs -qa /dev/$d; partx -d /dev/$d 2>/dev/null
+    done
+}}
 fresh; sgdisk -n 1:2048:+64M -t 1:EF00 /dev/vdc >/dev/null; sgdisk -n 1:2048:+48M -t 1:EF00 /dev/vdd >/dev/null
 refuse sizes --target /tmp/t --disk /dev/vdc --disk /dev/vdd
 fresh; for d in vdc vdd; do sgdisk -n 1:2048:+40M -t 1:8300 /dev/$d >/dev/null; done
