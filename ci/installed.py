@@ -28,9 +28,8 @@ root's member back by hand), :data:`UPGRADE_ACTION` (what GRUB's and shim's pack
 from a clean chroot), :data:`REPLACE_ACTION` (``replace --copy-table`` onto a blank disk, then
 the printed ``mdadm --add`` lines), :data:`RELEASE_ALL_ACTION` (``release --all``, then a reboot:
 the actions named ``after_reboot(...)`` run in the boot after it), :data:`ADOPT_ACTION` (adopt
-with the ESP unmounted, then adopt and apply again), :data:`SDBOOT_ACTION` (GRUB's signed package
-purged, systemd-boot behind shim, its postinst, its update service, a kernel installed with apt
-whoever runs it). Then it powers off.
+with the ESP unmounted, then adopt and apply again), :data:`SDBOOT_ACTION` (systemd-boot behind
+shim, its postinst, its update service, a kernel installed with apt whoever runs it). Then it powers off.
 """
 
 from __future__ import annotations
@@ -199,12 +198,13 @@ heal_wait() {
     echo "heal service exited after multi-user: $(systemctl show -P ExecMainExitTimestampMonotonic esp-mirror-heal.service | awk -v m="$multi" '{printf "%.1f", ($1 - m) / 1e6}') s"
 }
 older_sd_boot() {
-    # an older systemd-boot on the ESP, as a package upgrade finds it (its version string, one down)
+    # an older systemd-boot on the ESP, as a package upgrade finds it: its version strings, one down
+    # (every one: bootctl reads the one in ".sdmagic", "#### LoaderInfo: systemd-boot 257.13 ####")
     python3 -c 'import re, sys, pathlib
 for name in sys.argv[1:]:
     f = pathlib.Path(name)
     if f.exists():
-        f.write_bytes(re.sub(rb"systemd-boot (\d+)\.", lambda m: b"systemd-boot %d." % (int(m[1]) - 1), f.read_bytes(), 1))' \
+        f.write_bytes(re.sub(rb"systemd-boot (\d+)\.", lambda m: b"systemd-boot %d." % (int(m[1]) - 1), f.read_bytes()))' \
         /boot/efi/EFI/systemd/systemd-bootx64.efi /boot/efi/EFI/BOOT/BOOTX64.EFI
 }
 root_back() {
@@ -334,11 +334,9 @@ release_all() {
     efibootmgr -v
 }
 sdboot13() {
-    # Debian 13's own way to systemd-boot under Secure Boot: GRUB's signed package goes, systemd-boot
-    # signed by Debian starts behind shim (the target has shim-signed and systemd-boot-efi-amd64-signed)
-    clean apt-get --yes purge grub-efi-amd64-signed > /tmp/purge.log 2>&1
-    echo "purge exit $?"
-    tail -n 6 /tmp/purge.log
+    # Debian 13's way to systemd-boot under Secure Boot: systemd-boot signed by Debian, started by
+    # shim (the target has shim-signed and systemd-boot-efi-amd64-signed). GRUB's signed package
+    # stays: Debian marks it essential, and apt will not remove it without --allow-remove-essential.
     start=$(now)
     "$esp_mirror" apply --yes --profile debian --disk /dev/vda --disk /dev/vdb --target / \
         --bootloader systemd-boot --initramfs skip > /tmp/apply.log 2>&1

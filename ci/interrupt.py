@@ -378,7 +378,7 @@ def released_checks(pair: Sequence[str], efi_image: str) -> list[str]:
     entries = sh("efibootmgr").stdout
     for disk in pair:
         part = f"{disk}1"
-        if sh("mdadm", "--examine", part, ok=(0, 1)).returncode == 0:
+        if "Array UUID" in sh("mdadm", "--examine", part, ok=(0, 1)).stdout:  # a FAT: only "MBR Magic"
             wrong.append(f"{part} still carries an md superblock")
         probe = dict(x.split("=", 1) for x in sh("blkid", "-p", "-o", "export", part, ok=(0, 2)).stdout.split())
         if probe.get("TYPE") != "vfat":
