@@ -44,7 +44,12 @@ READ_MKINITFS = 'set -e; . "$1/etc/mkinitfs/mkinitfs.conf"; printf "%s\\n" "$fea
 
 
 def _apply_initramfs_config(profile: str, target: Path, workdir: Path) -> None:
-    """esp-mirror's initramfs_config hook, applied as an installer would (settings only)."""
+    """esp-mirror's initramfs_config hook, applied as an installer would (settings only), to a
+    target that has mdadm (esp-mirror refuses one without it: the array could not assemble)."""
+    mdadm = target / "usr" / "sbin" / "mdadm"
+    mdadm.parent.mkdir(parents=True, exist_ok=True)
+    mdadm.write_text("#!/bin/sh\n")
+    mdadm.chmod(0o755)
     install = prepare_on_images(profile, target, workdir, initramfs=InitramfsMode.CONFIGURE_ONLY, foreign=True)
     install.initramfs_config()
 
