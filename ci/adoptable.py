@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,8 +126,11 @@ def make(live: str, other: str, *, stale: bool, target: str = TARGET) -> dict[st
     if stale:
         _layout(other, STALE_FILES, "/run/espvm-scratch", data=False)
         _root_array(f"{live}2", f"{other}2")
-    for rel in ("etc/mdadm", "boot/efi"):
+    for rel in ("etc/mdadm", "boot/efi", "usr/sbin"):
         os.makedirs(os.path.join(target, rel), exist_ok=True)
+    shutil.copy2(
+        "/usr/sbin/mdadm", os.path.join(target, "usr/sbin/mdadm")
+    )  # an installed system's, which adopt asks for
     uuid = sh("blkid", "-s", "UUID", "-o", "value", f"{live}1").stdout.strip()
     fstab = Path(target, "etc/fstab")
     kept = [line for line in (fstab.read_text().splitlines() if fstab.exists() else []) if "/boot/efi" not in line]

@@ -182,7 +182,8 @@ def image_build_script(efi_image: Path, names: Sequence[str], size_mib: int = 16
     return "\n".join(
         [
             "set -eu",
-            "mkdir -p /tmp/image-root/etc",
+            "mkdir -p /tmp/image-root/etc /tmp/image-root/usr/sbin",
+            "cp /usr/sbin/mdadm /tmp/image-root/usr/sbin/  # the image's root has mdadm, which apply asks for",
             *(f"truncate -s {size_mib}M {i}" for i in images),
             f"echo '{SECTION}0 apply'",
             shlex.join(argv) + " 2>&1",
