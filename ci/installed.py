@@ -260,13 +260,14 @@ kernel() {
     on_esp
 }
 stray() {
-    # the real bootctl, run by hand without the wrapper (no --no-variables): it adds "Linux Boot
-    # Manager", whose device path names no partition, first in BootOrder (update copies, and so
-    # writes the entry, only over an older systemd-boot)
+    # the real bootctl, run by hand without the wrapper (no --no-variables), as the update service
+    # runs it: it adds "Linux Boot Manager", whose device path names no partition, first in
+    # BootOrder (update copies, and so writes the entry, only over an older systemd-boot; without
+    # --graceful, bootctl 257 stops with exit 1 before the variables, the fallback path being shim's)
     older_sd_boot
-    SYSTEMD_RELAX_ESP_CHECKS=1 /usr/bin/bootctl.esp-mirror --esp-path=/boot/efi update > /tmp/bootctl.log 2>&1
+    SYSTEMD_RELAX_ESP_CHECKS=1 /usr/bin/bootctl.esp-mirror --esp-path=/boot/efi --graceful update > /tmp/bootctl.log 2>&1
     echo "bootctl update exit $?"
-    tail -n 4 /tmp/bootctl.log
+    grep -v '^Skipping' /tmp/bootctl.log | tail -n 4
     echo "made: $(efibootmgr -v | grep -c 'Linux Boot Manager')"
     "$esp_mirror" status > /tmp/status.log 2>&1
     echo "status exit $?"
