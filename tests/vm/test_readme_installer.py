@@ -7,15 +7,14 @@ own steps between them (a RAID1 root on partition 2 of both disks, Debian from m
 unpacked in two parts); the bootloader hook writes GRUB's configuration, and the installer runs
 nothing after the hooks. Before it, in the same guest, two disks that report one serial and two
 loop devices on one image file are refused. What the install left is read back in the same guest
-and from the disk images. Then two firmware boots:
+and from the disk images. Then the firmware boots:
 
-1. disk B alone, through its own entry (its writes discarded: B stays as the install left it);
+1. disk A alone, then disk B alone, each through its own entry (their writes discarded);
 2. disk A with a blank disk C where B was (B died): A boots degraded;
    ``esp-mirror replace --old missing --new /dev/vdb --copy-table`` gives C A's partition table
    and the ESP's member, and prints the ``mdadm --add`` line for the installer's root array,
    which the test runs as printed (the README's runbook);
-
-and a third: 3. disk C alone, through the entry replace made for it.
+3. disk C alone, through the entry replace made for it.
 """
 
 from __future__ import annotations
@@ -87,10 +86,15 @@ def installed(
 
 
 @pytest.fixture(scope="module")
-def b_alone(installed: Scenario, vm_assets: Assets, request: pytest.FixtureRequest) -> InstalledBoot:
-    boot, _ = _boot(installed.work, "b-alone", installed.disks[1:], installed.nvram, vm_assets, snapshot=True)
-    _record(request, "Debian 12, disk B alone", boot)
-    return boot
+def alone(installed: Scenario, vm_assets: Assets, request: pytest.FixtureRequest) -> dict[str, InstalledBoot]:
+    """Each disk alone, through the entry the install made for it (writes discarded: the disks stay
+    as the install left them)."""
+    boots = {}
+    for index, name in enumerate("ab"):
+        disk = installed.disks[index : index + 1]
+        boots[name], _ = _boot(installed.work, f"{name}-alone", disk, installed.nvram, vm_assets, snapshot=True)
+        _record(request, f"Debian 12, disk {name.upper()} alone", boots[name])
+    return boots
 
 
 @dataclass(frozen=True)
@@ -102,7 +106,7 @@ class Replaced:
 
 @pytest.fixture(scope="module")
 def replaced(
-    installed: Scenario, b_alone: InstalledBoot, vm_assets: Assets, request: pytest.FixtureRequest
+    installed: Scenario, alone: dict[str, InstalledBoot], vm_assets: Assets, request: pytest.FixtureRequest
 ) -> Replaced:
     new = blank_disk(installed.work / "disk-c.img", 2048)
     disks = [installed.disks[0], new]
@@ -268,11 +272,15 @@ def test_grub_is_on_both_members_with_the_fallback_path_and_left_nvram_to_esp_mi
 # --- the firmware boots it, and a dead disk is replaced -------------------------------------------
 
 
-def test_disk_b_alone_boots_through_its_own_entry_with_both_arrays_degraded(b_alone: InstalledBoot) -> None:
-    _assert_up_with_esp_from_md(b_alone)
-    assert _booted_entry(b_alone) == "Debian (esp-mirror espvm-B)"
+@pytest.mark.parametrize("name", ["a", "b"])
+def test_each_disk_alone_boots_through_its_own_entry_with_both_arrays_degraded(
+    alone: dict[str, InstalledBoot], name: str
+) -> None:
+    boot = alone[name]
+    _assert_up_with_esp_from_md(boot)
+    assert _booted_entry(boot) == f"Debian (esp-mirror espvm-{name.upper()})"
     for array in ("esp", "root"):
-        assert "[2/1]" in b_alone.mdstat_line(array), b_alone.section("mdstat")
+        assert "[2/1]" in boot.mdstat_line(array), boot.section("mdstat")
 
 
 def test_replace_gives_the_new_disk_the_table_the_esp_member_and_the_roots_member(
