@@ -168,7 +168,7 @@ def plan(setup: Setup) -> tuple[tuple[Step, ...], tuple[str, ...]]:
 SEED_UNITS = ("systemd-boot-random-seed.service", "systemd-boot-system-token.service")
 
 
-def removal(setup: Setup, device: str) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+def removal(setup: Setup, device: str, *, running: bool) -> tuple[tuple[Step, ...], tuple[str, ...]]:
     """What the group left on the installed system that expects the mirror, taken away once the
     mirror is undone (``esp-mirror release --all``), as (steps, notes); ``device`` is the
     partition that is the machine's ESP from then on. Callers before what they call: the
@@ -176,10 +176,16 @@ def removal(setup: Setup, device: str) -> tuple[tuple[Step, ...], tuple[str, ...
     its metrics, the upgrade settings; systemd-boot's random seed writer unmasked (a plain ESP
     may have the seed again); systemd told. esp-mirror itself and its manual page stay (``adopt``
     mirrors the ESP again), and so does md assembly at boot and the distribution's md check
-    (other arrays use them). Only what is there is planned, so a run again after an
+    (other arrays use them). ``running``: systemd runs the target (PID 1 of this very system):
+    the timers are stopped too and systemd reloads; without it systemctl only edits the unit
+    links (a chroot, a rescue system). Only what is there is planned, so a run again after an
     interruption plans what is left."""
     profile, target = setup.profile, setup.target
-    steps: list[Step] = [*anycaller.removal(target), *heal.removal(profile, target), *periodic.removal(profile, target)]
+    steps: list[Step] = [
+        *anycaller.removal(target),
+        *heal.removal(profile, target),
+        *periodic.removal(profile, target, running=running),
+    ]
     upgrade_steps, notes = upgrades.removal(profile, target, device)
     steps += upgrade_steps
     if spec(setup.bootloader).bootctl:
@@ -192,7 +198,7 @@ def removal(setup: Setup, device: str) -> tuple[tuple[Step, ...], tuple[str, ...
                     why="esp-mirror masked the seed's writer: on a plain ESP it may write the seed again",
                 )
             )
-    if profile.init is Init.SYSTEMD and any(_systemd_changes(s) for s in steps):
+    if running and profile.init is Init.SYSTEMD and any(_systemd_changes(s) for s in steps):
         steps.append(Command(("systemctl", "daemon-reload"), root=target.root, why="systemd forgets the removed units"))
     return tuple(steps), (
         *notes,

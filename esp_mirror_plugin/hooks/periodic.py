@@ -199,18 +199,20 @@ def _timer(target: Target, unit: str, service_text: str, timer_text: str, why: s
     return steps
 
 
-def removal(profile: Profile, target: Target) -> tuple[Step, ...]:
+def removal(profile: Profile, target: Target, *, running: bool) -> tuple[Step, ...]:
     """What :func:`plan` installed, taken away (``esp-mirror release --all``): esp-mirror's weekly
-    run and the refresh of its metrics, disabled and stopped (systemd) and their files removed.
-    The distribution's own md check stays enabled (other arrays, an md root, need it). Only what
-    is there is planned, so a run again after an interruption plans what is left."""
+    run and the refresh of its metrics, disabled (systemd; stopped too where systemd runs the
+    target: ``running``, or systemctl fails) and their files removed. The distribution's own md
+    check stays enabled (other arrays, an md root, need it). Only what is there is planned, so a
+    run again after an interruption plans what is left."""
     why = "no mirror is left to check, and no metrics to refresh"
     steps: list[Step] = []
     rels: list[str] = []
     for unit in (UNIT, METRICS_UNIT):
         timer = f"etc/systemd/system/{unit}.timer"
         if os.path.lexists(target.path(timer)):
-            steps.append(Command(("systemctl", "disable", "--now", f"{unit}.timer"), root=target.root, why=why))
+            now = ("--now",) if running else ()
+            steps.append(Command(("systemctl", "disable", *now, f"{unit}.timer"), root=target.root, why=why))
         rels += [timer, f"etc/systemd/system/{unit}.service"]
     if profile.own_check in CRON_DIRS:
         rels.append(f"{CRON_DIRS[profile.own_check]}/{UNIT}")

@@ -571,12 +571,17 @@ def md_detail(runner: Runner, host: HostView, device: str, reads: Reads | None =
 
     md's array_state says "clear" or "inactive" for an array that exists but was never started
     (an ``mdadm --create`` or ``--assemble`` killed half way) or was stopped: mdadm --detail may
-    answer for it all the same, but it is not running. An array that exists but cannot be read
-    is not "no array": strict reads refuse.
+    answer for it all the same, but it is not running. A node whose block device is gone from
+    /sys/block is a stopped array too: without udev (a rescue system, an initramfs shell) the
+    node and mdadm's /dev/md/NAME link outlive ``mdadm --stop``. An array that exists but cannot
+    be read is not "no array": strict reads refuse.
     """
     if not host.exists(device) or not host.exists(host.realpath(device)):
         return None
-    state = host.read(f"/sys/block/{os.path.basename(host.realpath(device))}/md/array_state")
+    name = os.path.basename(host.realpath(device))
+    if not host.exists(f"/sys/block/{name}"):
+        return None
+    state = host.read(f"/sys/block/{name}/md/array_state")
     if state is not None and state.strip() in ("clear", "inactive"):
         return None
     try:

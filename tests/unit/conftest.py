@@ -855,6 +855,7 @@ class Mirror(Machine):
         self.esp = "/boot/efi"
         self.esp_dir = self.sysroot / "boot/efi"
         self.md = self.sysroot / "sys/block/md127/md"
+        self.udev = True  # udev removes /dev/md/esp when the array stops
         self.record = Record(
             profile="debian",
             array="/dev/md/esp",
@@ -1034,8 +1035,10 @@ class Mirror(Machine):
         return self.add_disk(name, serial=serial or serial_of(name), **kwargs)
 
     def stop_array(self) -> None:
-        """The array is not assembled (and so not mounted): as on a system booted without it."""
-        (self.sysroot / "dev/md/esp").unlink()
+        """The array is not assembled (and so not mounted): as on a system booted without it. Without
+        ``self.udev`` (a rescue system) the node and mdadm's /dev/md/esp link outlive the array."""
+        if self.udev:
+            (self.sysroot / "dev/md/esp").unlink()
         del self.arrays["/dev/md/esp"]
         shutil.rmtree(self.md.parent)
         self.mountinfo = [line for line in self.mountinfo if " 9:127 " not in line]

@@ -34,8 +34,9 @@ KINDS = (BootloaderKind.GRUB, BootloaderKind.SYSTEMD_BOOT)
 class Installed:
     """A target root on which the group was carried out, and a runner that plays its commands."""
 
-    def __init__(self, machine: Machine, profile: str, kind: BootloaderKind) -> None:
+    def __init__(self, machine: Machine, profile: str, kind: BootloaderKind, *, running: bool = True) -> None:
         self.root = machine.target
+        self.running = running  # systemd runs the target: without it, --now and daemon-reload fail
         self.machine = machine
         if load_profile(profile).packages.install[0] in anycaller.APT:
             machine.add_target_programs("dpkg-divert")
@@ -76,6 +77,8 @@ class Installed:
         debconf-set-selections, rc-update, as they leave the files."""
         if argv[:1] == ("chroot",):
             argv = argv[2:]
+        if not self.running and argv[:1] == ("systemctl",) and ("--now" in argv or "daemon-reload" in argv):
+            return Result(argv, 1, "", "System has not been booted with systemd as init system (PID 1). Can't operate.")
         units = self.root / "etc/systemd/system"
         match argv:
             case ("rm", "-f", "--", path):
@@ -119,11 +122,12 @@ def edited(steps: tuple) -> list[str]:
     return [s.path for s in steps if isinstance(s, EditBlock)]
 
 
+@pytest.mark.parametrize("running", [True, False], ids=["systemd-running", "chroot-or-rescue"])
 @pytest.mark.parametrize("kind", KINDS, ids=str)
 @pytest.mark.parametrize("profile", PROFILES)
-def test_release_all_takes_away_everything_the_group_installed_but_esp_mirror_itself(machine, profile, kind):
-    done = Installed(machine, profile, kind)
-    steps, notes = installed.removal(done.setup, DEVICE)
+def test_release_all_takes_away_everything_the_group_installed_but_esp_mirror_itself(machine, profile, kind, running):
+    done = Installed(machine, profile, kind, running=running)
+    steps, notes = installed.removal(done.setup, DEVICE, running=running)
     done.carry_out(steps)
 
     keep = {str(done.path(p)) for p in (installed.heal.PROGRAM, installed.MANUAL, installed.COMPLETION)}
@@ -146,20 +150,31 @@ def test_release_all_takes_away_everything_the_group_installed_but_esp_mirror_it
     assert notes[-1].startswith(f"{installed.heal.PROGRAM} and its manual page stay")
 
 
+def test_without_systemd_running_the_timers_are_only_disabled_and_systemd_is_not_reloaded(machine):
+    done = Installed(machine, "debian", BootloaderKind.GRUB, running=False)
+    steps, _ = installed.removal(done.setup, DEVICE, running=False)
+    systemctl = [s.argv for s in steps if isinstance(s, Command) and s.argv[0] == "systemctl"]
+    assert systemctl == [
+        ("systemctl", "disable", "esp-mirror-heal.service"),
+        ("systemctl", "disable", "esp-mirror-check.timer"),
+        ("systemctl", "disable", "esp-mirror-metrics.timer"),
+    ]
+
+
 @pytest.mark.parametrize("kind", KINDS, ids=str)
 @pytest.mark.parametrize("profile", PROFILES)
 def test_the_removal_run_again_plans_nothing(machine, profile, kind):
     done = Installed(machine, profile, kind)
-    done.carry_out(installed.removal(done.setup, DEVICE)[0])
+    done.carry_out(installed.removal(done.setup, DEVICE, running=True)[0])
     if profile == "ubuntu":  # what debconf-set-selections left in the database
         database = done.root / "var/cache/debconf/config.dat"
         database.write_text(f"Name: grub-efi/install_devices\nTemplate: grub-efi/install_devices\nValue: {DEVICE}\n")
-    assert installed.removal(done.setup, DEVICE)[0] == ()
+    assert installed.removal(done.setup, DEVICE, running=True)[0] == ()
 
 
 def test_ubuntus_install_devices_answer_names_the_partition_that_stays_the_esp(machine):
     done = Installed(machine, "ubuntu", BootloaderKind.GRUB)
-    steps, _ = installed.removal(done.setup, DEVICE)
+    steps, _ = installed.removal(done.setup, DEVICE, running=True)
     [preseed] = [s for s in steps if isinstance(s, WriteFile)]
     [load] = [s for s in steps if isinstance(s, LoadDebconf)]
     assert preseed.content.splitlines()[1:] == [f"grub-efi-amd64 grub-efi/install_devices multiselect {DEVICE}"]
@@ -171,5 +186,5 @@ def test_ubuntus_install_devices_answer_names_the_partition_that_stays_the_esp(m
 
 def test_debian_keeps_its_other_answers_they_mean_the_same_on_a_plain_esp(machine):
     done = Installed(machine, "debian", BootloaderKind.GRUB)
-    steps, _ = installed.removal(done.setup, DEVICE)
+    steps, _ = installed.removal(done.setup, DEVICE, running=True)
     assert not [s for s in steps if isinstance(s, LoadDebconf | WriteFile)]

@@ -306,9 +306,12 @@ def test_released_to_one_member_the_array_is_whole_and_the_last_one_needs_all(mi
 
 
 def release_all(mirror: Mirror) -> list[tuple[str, ...]]:
-    """What `release --all` runs on the mirror of vda and vdb."""
+    """What `release --all` runs on the mirror of vda and vdb (the timers stopped and systemd
+    reloaded only where systemd runs the machine: not in a rescue system)."""
     host = str(mirror.sysroot)
     systemd = f"{host}/etc/systemd/system"
+    running = (mirror.sysroot / "run/systemd/system").is_dir()
+    now = ("--now",) if running else ()
     return [
         ("umount", "/boot/efi"),
         ("mdadm", "--stop", "/dev/md/esp"),
@@ -326,14 +329,14 @@ def release_all(mirror: Mirror) -> list[tuple[str, ...]]:
         ("rm", "-f", "--", f"{systemd}/esp-mirror-heal.service"),
         ("rm", "-f", "--", f"{systemd}/esp-mirror-heal@.service"),
         ("rm", "-f", "--", f"{host}/etc/udev/rules.d/65-esp-mirror-heal.rules"),
-        ("chroot", host, "systemctl", "disable", "--now", "esp-mirror-check.timer"),
-        ("chroot", host, "systemctl", "disable", "--now", "esp-mirror-metrics.timer"),
+        ("chroot", host, "systemctl", "disable", *now, "esp-mirror-check.timer"),
+        ("chroot", host, "systemctl", "disable", *now, "esp-mirror-metrics.timer"),
         ("rm", "-f", "--", f"{systemd}/esp-mirror-check.timer"),
         ("rm", "-f", "--", f"{systemd}/esp-mirror-check.service"),
         ("rm", "-f", "--", f"{systemd}/esp-mirror-metrics.timer"),
         ("rm", "-f", "--", f"{systemd}/esp-mirror-metrics.service"),
         ("rm", "-f", "--", f"{host}/etc/esp-mirror/debconf.preseed"),
-        ("chroot", host, "systemctl", "daemon-reload"),
+        *([("chroot", host, "systemctl", "daemon-reload")] if running else []),
         ("rm", "-f", "--", f"{host}/etc/esp-mirror/esp-mirror.yaml"),  # the record, last but the journal
         ("rm", "-f", "--", str(journal_of(mirror))),
     ]
@@ -342,6 +345,7 @@ def release_all(mirror: Mirror) -> list[tuple[str, ...]]:
 @pytest.fixture
 def two(mirror, monkeypatch) -> Mirror:
     fast_applier(mirror, monkeypatch)
+    (mirror.sysroot / "run/systemd/system").mkdir(parents=True, exist_ok=True)  # booted with systemd
     return mirror
 
 
@@ -379,6 +383,21 @@ def test_release_all_plans_the_array_stopped_each_member_plain_the_first_one_the
         "members": 0,
     }
     assert_upkeep_only_read(outcome.calls)
+
+
+def test_release_all_in_a_rescue_system_only_disables_the_timers_and_leaves_systemd_alone(mirror, monkeypatch):
+    fast_applier(mirror, monkeypatch)  # no /run/systemd/system: systemctl --now and daemon-reload would fail
+    mirror.accept_changes()
+
+    outcome = mirror.cli("release", "--all", "--yes")
+
+    assert (outcome.code, outcome.err) == (0, "")
+    changes = upkeep_changes(outcome.calls)
+    assert changes == release_all(mirror)
+    assert [c[2:] for c in changes if c[2:3] == ("systemctl",)] == [
+        ("systemctl", "disable", "esp-mirror-check.timer"),
+        ("systemctl", "disable", "esp-mirror-metrics.timer"),
+    ]
 
 
 def test_release_all_leaves_the_first_disks_partition_the_machines_esp_and_nothing_of_the_mirror(two):
@@ -617,16 +636,22 @@ def state_of(mirror: Mirror) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("disks", "argv"),
-    [(("vda", "vdb", "vdc"), ("--disk", "/dev/vdb")), (("vda", "vdb"), ("--all",))],
-    ids=["disk-of-three", "all-of-two"],
+    ("disks", "argv", "udev"),
+    [
+        (("vda", "vdb", "vdc"), ("--disk", "/dev/vdb"), True),
+        (("vda", "vdb"), ("--all",), True),
+        (("vda", "vdb"), ("--all",), False),
+    ],
+    ids=["disk-of-three", "all-of-two", "all-of-two-without-udev"],
 )
-def test_a_release_cut_at_any_command_finishes_when_run_again(tmp_path, monkeypatch, disks, argv):
+def test_a_release_cut_at_any_command_finishes_when_run_again(tmp_path, monkeypatch, disks, argv, udev):
     """The kill loop in a unit test: cut at each command in turn (it fails; what came before it
-    is done), then the same command again must leave exactly what an uninterrupted run leaves."""
+    is done), then the same command again must leave exactly what an uninterrupted run leaves.
+    Without udev (a rescue system) the stopped array's /dev/md/esp link and node stay behind."""
 
     def machine(name: str) -> Mirror:
         m = Mirror(tmp_path / name, disks)
+        m.udev = udev
         isolate_upkeep(m, monkeypatch)
         m.accept_changes()
         return m
