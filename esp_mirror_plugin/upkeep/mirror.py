@@ -392,6 +392,10 @@ def read_array(runner: Runner, host: HostView, device: str) -> ArrayState | None
 def examine(runner: Runner, node: str) -> dict[str, str] | None:
     """The md superblock of ``node`` (``--examine --export``), None when it has none.
 
+    A FAT's boot sector ends in the MBR signature: mdadm reads a plain FAT partition (a released
+    member, a live ESP) as an MBR and exits 0 with nothing to export, so no array UUID is no
+    superblock too.
+
     :raises BadInput: it cannot be read: "cannot tell" is never "no superblock".
     """
     try:
@@ -403,7 +407,8 @@ def examine(runner: Runner, node: str) -> dict[str, str] | None:
             return None
         line = (result.stderr.strip().splitlines() or ["mdadm --examine failed"])[-1]
         raise BadInput(f"cannot read the md superblock of {node} ({line}): run esp-mirror as root")
-    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    info = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    return info if info.get("MD_UUID") else None
 
 
 def _events(info: dict[str, str], node: str) -> int:

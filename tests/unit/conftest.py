@@ -1134,6 +1134,8 @@ class Mirror(Machine):
             case ("mdadm", "--examine", "--export", node) if node in self.superblocks:
                 return Result(argv, 0, "".join(f"{k}={v}\n" for k, v in self.superblocks[node].items()))
             case ("mdadm", "--examine", "--export", node) if self._partition(node):
+                if self._partition(node)[1].probe.get("TYPE") == "vfat":  # mdadm 4.2 reads a FAT as an MBR
+                    return Result(argv, 0, "")
                 return Result(argv, 1, "", f"mdadm: No md superblock detected on {node}.\n")
         return None
 

@@ -85,7 +85,8 @@ def test_every_interrupted_apply_replace_and_repair_converges_when_run_again(int
         )
     steps = {name: sorted(r["step"] for r in results if r["command"] == name) for name in names}
     assert all(numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 8 for numbers in steps.values()), steps
-    assert [r for r in results if not r["converged"]] == []
+    failed = [(r["command"], r["step"], r["killed_in"], r["wrong"]) for r in results if not r["converged"]]
+    assert failed == [], "\n".join(map(repr, failed))
     # every step was really interrupted: the kill came while the command ran, not after it ended
     assert [(r["command"], r["step"]) for r in results if r["killed_in"] is None] == []
 
