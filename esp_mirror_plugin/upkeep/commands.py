@@ -43,7 +43,7 @@ from esp_mirror_plugin.upkeep import journal as journal_file
 from esp_mirror_plugin.upkeep import release as releases
 from esp_mirror_plugin.upkeep.journal import RepairJournal
 from esp_mirror_plugin.upkeep.lastcheck import LastCheck
-from esp_mirror_plugin.upkeep.mirror import ArrayState, MemberState, MirrorState, examine, read_mirror
+from esp_mirror_plugin.upkeep.mirror import DEFAULT_ARRAY, ArrayState, MemberState, MirrorState, examine, read_mirror
 from esp_mirror_plugin.upkeep.table import Command
 
 WORK_DIR = "/run/esp-mirror"
@@ -487,6 +487,15 @@ def plan_release(
         raise BadInput(f"an adoption is not finished: finish it first by running it again ({adopting.command})")
     journal = journal_file.load_release(root)
     notes: list[str] = []
+    if journal is None and everything and state.record is None and state.array is None:
+        # undone already (a run again after one that ended, or was cut after its last step): the
+        # end --all promises holds, as a run again of apply changes nothing. A record gone while
+        # /dev/md/esp runs is refused below (no setup to undo from)
+        done = (
+            f"esp-mirror: nothing to undo: no mirror of esp-mirror's here (no /{records.PATH}, no "
+            f"{DEFAULT_ARRAY}, no unfinished release); `esp-mirror adopt` mirrors the ESP again"
+        )
+        return Planned([], {"all": True, "release": [], "keep": None, "members": 0, "phase": None}, after=(done,))
     if journal is None:
         journal, notes = _release_start(runner, host, state, disk, everything, one_member)
     else:
@@ -794,6 +803,11 @@ def carry_out(call: Call, state: MirrorState, planned: Planned) -> int:
     ``--json`` prints) is the plan, each step with ``would_change`` (``would_change``: 0 and
     ``undecided``: 0 mean there is nothing to do), and after applying how many steps ``changed``.
     Exit 2 when the plan was not confirmed."""
+    if not planned.groups:  # nothing is there to change: said, not confirmed
+        for line in planned.after:
+            print(line, file=call.progress)
+        call.show({"plan": [], **counts([]), "applied": False, **planned.report})
+        return 0
     preflight = Preflight(call.runner, install_hint_of(state.record))
     for group in planned.groups:
         preflight.check(group)

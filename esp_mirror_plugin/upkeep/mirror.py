@@ -261,11 +261,14 @@ class MirrorState:
         return 1 if self.array is None or self.problems() else 0
 
 
+DEFAULT_ARRAY = "/dev/md/esp"  # the array looked at where no record names one
+
+
 def read_mirror(
     runner: Runner,
     record: Record | None,
     host: HostView | None = None,
-    array_device: str = "/dev/md/esp",
+    array_device: str = DEFAULT_ARRAY,
     read_loaders: bool = True,
 ) -> MirrorState:
     """The mirror's state. ``read_loaders``: also read the loader chain from each in-sync member

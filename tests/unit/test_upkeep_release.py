@@ -799,3 +799,25 @@ def test_the_journal_keeps_what_a_run_again_needs_when_the_record_is_gone(three)
     journal = journal_file.load_release(str(three.sysroot))
     assert journal is not None
     assert (journal.record, journal.phase, journal.release[0].volume_id) == (three.record, "take-out", B_ID)
+
+
+def test_release_all_run_again_once_undone_changes_nothing_and_says_so(two):
+    two.accept_changes()
+    assert two.cli("release", "--all", "--yes").code == 0
+
+    again = two.cli("release", "--all", "--yes")
+    dry = two.cli("release", "--all", "--dry-run", "--json")
+    one = two.cli("release", "--disk", "/dev/vdb", "--yes")
+
+    assert (again.code, again.err, upkeep_changes(again.calls)) == (0, "", [])
+    assert again.out == (
+        "esp-mirror: nothing to undo: no mirror of esp-mirror's here (no /etc/esp-mirror/esp-mirror.yaml, no "
+        "/dev/md/esp, no unfinished release); `esp-mirror adopt` mirrors the ESP again\n"
+    )
+    assert dry.code == 0
+    assert {k: v for k, v in json.loads(dry.out).items() if k in ("plan", "would_change", "applied")} == {
+        "plan": [],
+        "would_change": 0,
+        "applied": False,
+    }
+    assert (one.code, one.error.startswith("no esp-mirror setup here")) == (2, True)  # one disk needs a mirror
