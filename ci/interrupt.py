@@ -51,6 +51,7 @@ from esp_mirror_plugin.pipeline import record
 from esp_mirror_plugin.pipeline.fat import fsck_problems
 from esp_mirror_plugin.system.discovery import HostView
 from esp_mirror_plugin.system.runner import ShRunner
+from esp_mirror_plugin.system.state import RELEASE_JOURNAL
 from esp_mirror_plugin.upkeep.mirror import read_mirror
 
 CLI = str(Path(sys.prefix) / "bin" / "esp-mirror")
@@ -399,7 +400,7 @@ def released_checks(pair: Sequence[str], efi_image: str) -> list[str]:
         wrong.append(f"{ESP} is not mounted from {pair[0]}1")
     if [x for x in Path("/etc/mdadm/mdadm.conf").read_text().splitlines() if x.startswith("ARRAY /dev/md/esp")]:
         wrong.append("mdadm.conf still lists the ESP's array")
-    left = ("/" + record.PATH, "/var/lib/esp-mirror/release.json")
+    left = ("/" + record.PATH, "/" + RELEASE_JOURNAL)
     wrong += [f"{path} is left" for path in left if os.path.exists(path)]
     return wrong
 

@@ -399,7 +399,7 @@ def decide(
         staging=STAGING,
         reload_systemd=os.path.normpath(request.target) == "/"
         and profile.init is Init.SYSTEMD
-        and host.exists("/run/systemd/system"),
+        and host.systemd_booted(),
     )
     switched = phase == SWITCHED
     action = "create" if not switched else "keep" if array is not None else "assemble"

@@ -70,6 +70,10 @@ class HostView:
     def exists(self, path: str) -> bool:
         return os.path.lexists(self._p(path))
 
+    def systemd_booted(self) -> bool:
+        """systemd is PID 1 here (sd_booted(3)): not a chroot's view, a rescue system, an initramfs."""
+        return self.exists("/run/systemd/system")
+
     def realpath(self, path: str) -> str:
         real = os.path.realpath(self._p(path))
         root = os.path.realpath(self.sysroot)

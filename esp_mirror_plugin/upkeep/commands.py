@@ -869,8 +869,7 @@ def run_heal(call: Call) -> int:
     if at_boot and (waiting or not mounted):
         # the boot left the ESP unmounted: its array waits for a missing disk, or its mount unit
         # gave up or failed before the array was ready
-        systemd = host.exists("/run/systemd/system")  # systemd is PID 1 (sd_booted(3))
-        start = Group("heal", heal.start_steps(waiting, record, mounted, systemd=systemd))
+        start = Group("heal", heal.start_steps(waiting, record, mounted, systemd=host.systemd_booted()))
         Preflight(runner, install_hint_of(record)).check(start)
         Applier(runner, call.progress, host=host, exists=host.exists).execute(start)
         print(history.append(host.sysroot, heal.started_line(record, waiting)), file=call.progress)

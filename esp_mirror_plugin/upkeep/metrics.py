@@ -23,10 +23,9 @@ from pathlib import Path
 from esp_mirror_plugin.errors import BadInput
 from esp_mirror_plugin.system import files
 from esp_mirror_plugin.upkeep.lastcheck import LastCheck
-from esp_mirror_plugin.upkeep.mirror import ArrayState, MemberState, MirrorState
+from esp_mirror_plugin.upkeep.mirror import DEFAULT_ARRAY, ArrayState, MemberState, MirrorState
 
 FILE_NAME = "esp_mirror.prom"  # in the collector's directory: node_exporter reads *.prom
-DEFAULT_ARRAY = "/dev/md/esp"
 
 # name -> help; every family is a gauge, and is written in this order
 FAMILIES: dict[str, str] = {

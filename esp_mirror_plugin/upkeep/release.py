@@ -236,9 +236,8 @@ def installed_system(journal: ReleaseJournal, host: HostView) -> Group:
     keep = journal.keep
     assert keep is not None
     root, record = host.sysroot, journal.record
-    running = host.exists("/run/systemd/system")  # systemd is PID 1 here (sd_booted(3))
     steps, notes = installed.removal(
-        settings.setup(record, journal.array_uuid, root), device_link(host, keep), running=running
+        settings.setup(record, journal.array_uuid, root), device_link(host, keep), running=host.systemd_booted()
     )
     metrics_file = os.path.join(record.metrics_dir, metrics.FILE_NAME)
     why = "no mirror is left to describe: the metrics would only go stale"
